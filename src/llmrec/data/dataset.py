@@ -1,0 +1,140 @@
+"""Read side of a prepared dataset directory (written by :mod:`llmrec.data.processing`).
+
+Layout::
+
+    items.parquet          canonical item columns; row i is item index i (features use the same order)
+    users.parquet          user_id (+ side information); row u is user index u
+    interactions.parquet   filtered interactions with user_idx / item_idx, chronological per user
+    sequences.parquet      per user: chronological item indices and timestamps
+    eval/{valid,test}_negatives.npy   frozen (U, num_negatives) evaluation negatives
+    ctr/{train,valid,test}.parquet    labelled CTR examples (when the source has ratings or labels)
+    images/manifest.parquet           written by `llmrec images`
+    features/<name>.npy + .json       written by `llmrec features`
+    meta.json              source, filters applied, counts, processing config, checksums
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from llmrec.errors import LlmrecError
+from llmrec.utils.io import read_json, sha256_file
+
+Split = Literal["train", "valid", "test"]
+
+
+@dataclass
+class SplitData:
+    """Leave-one-out evaluation examples: one (history, target) per user."""
+
+    users: np.ndarray  # (U,) user indices
+    histories: list[np.ndarray]  # chronological item indices before the target
+    targets: np.ndarray  # (U,) item indices
+
+
+class Dataset:
+    """A prepared dataset; tables load lazily and are cached."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not (self.root / "meta.json").exists():
+            hint = f"run 'llmrec prepare <dataset> --out {self.root}' first"
+            raise LlmrecError("not a prepared dataset (meta.json missing)", file=self.root, hint=hint)
+        self.meta = read_json(self.root / "meta.json")
+
+    def __repr__(self) -> str:
+        return f"Dataset({str(self.root)!r}, users={self.n_users}, items={self.n_items})"
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("source", {}).get("name", self.root.name))
+
+    def _parquet(self, name: str) -> pd.DataFrame:
+        path = self.root / name
+        if not path.exists():
+            raise LlmrecError("file missing from the dataset", file=path, hint="re-run 'llmrec prepare'")
+        return pd.read_parquet(path)
+
+    @cached_property
+    def items(self) -> pd.DataFrame:
+        return self._parquet("items.parquet")
+
+    @cached_property
+    def users(self) -> pd.DataFrame:
+        return self._parquet("users.parquet")
+
+    @cached_property
+    def interactions(self) -> pd.DataFrame:
+        return self._parquet("interactions.parquet")
+
+    @property
+    def n_items(self) -> int:
+        return int(self.meta["counts"]["items"])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.meta["counts"]["users"])
+
+    @cached_property
+    def sequences(self) -> list[np.ndarray]:
+        """Chronological item indices per user (index = user index)."""
+        return [np.asarray(s, dtype=np.int64) for s in self._parquet("sequences.parquet")["items"]]
+
+    @cached_property
+    def train_sequences(self) -> list[np.ndarray]:
+        """Training part of every sequence: all but the last two items (leave-one-out)."""
+        return [s[:-2] for s in self.sequences]
+
+    def split(self, name: Split) -> SplitData:
+        """Leave-one-out examples: valid predicts item -2 from the items before it; test predicts the last item."""
+        if name not in ("valid", "test"):
+            raise LlmrecError(f"unknown evaluation split '{name}'", hint="use 'valid' or 'test'")
+        cut = -2 if name == "valid" else -1
+        seqs = self.sequences
+        return SplitData(
+            users=np.arange(len(seqs)),
+            histories=[s[:cut] for s in seqs],
+            targets=np.array([s[cut] for s in seqs], dtype=np.int64),
+        )
+
+    def negatives(self, name: Split) -> np.ndarray:
+        """The frozen (U, num_negatives) evaluation negatives of a split, verified against meta.json."""
+        rel = f"eval/{name}_negatives.npy"
+        path = self.root / rel
+        if not path.exists():
+            raise LlmrecError("frozen negatives missing", file=path, hint="re-run 'llmrec prepare'")
+        expected = self.meta.get("checksums", {}).get(rel)
+        if expected and sha256_file(path) != expected:
+            raise LlmrecError("checksum mismatch: the candidates were modified", file=path, hint="re-run 'llmrec prepare'")
+        return np.load(path, allow_pickle=False)
+
+    @cached_property
+    def item_popularity(self) -> np.ndarray:
+        """(N,) training interaction count per item (leave-one-out training part only)."""
+        counts = np.zeros(self.n_items, dtype=np.int64)
+        for s in self.train_sequences:
+            np.add.at(counts, s, 1)
+        return counts
+
+    def ctr(self, name: Split) -> pd.DataFrame:
+        """CTR examples of a split: user_idx, target, label, timestamp, history (liked items before target)."""
+        path = self.root / "ctr" / f"{name}.parquet"
+        if not path.exists():
+            raise LlmrecError(
+                "no CTR examples in this dataset", file=path, hint="the source needs ratings or labels; re-run 'llmrec prepare'"
+            )
+        return pd.read_parquet(path)
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"

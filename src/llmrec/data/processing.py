@@ -1,0 +1,364 @@
+"""From raw canonical tables to a prepared dataset directory.
+
+One pipeline for every source: metadata join, optional attribute filters, de-duplication, iterative
+k-core, optional user subsampling, chronological sequences, leave-one-out splits, frozen evaluation
+negatives and CTR examples. The directory is built in a temp folder and swapped in at the end, so a
+failed run never leaves a half-written dataset and never damages the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmrec.config import option, to_dict
+from llmrec.data.importers import ImportSpec, get_importer
+from llmrec.data.schema import RawData
+from llmrec.errors import ConfigError, LlmrecError
+from llmrec.utils.io import sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessConfig:
+    """How raw tables become a dataset (everything after the importer)."""
+
+    kcore: int = option(5, "iterative k-core: keep users and items with at least k interactions (0 = off)")
+    min_user_len: int = option(3, "drop users with fewer interactions (leave-one-out needs >= 3)")
+    max_users: int | None = option(None, "randomly keep this many users (seeded) for quick runs; k-core re-applied")
+    dedupe: bool = option(True, "keep only the first interaction of a repeated (user, item) pair")
+    require_image: bool = option(False, "drop items without an image reference before k-core (I-LLMRec data)")
+    require_description: bool = option(False, "drop items with an empty description before k-core")
+    num_negatives: int = option(100, "evaluation negatives per user, uniform over items the user never touched")
+    seed: int = option(42, "seed for user subsampling and evaluation negatives")
+    like_threshold: float = option(4.0, "CTR: rating >= threshold is a positive (label 1)")
+    ctr_history_len: int = option(10, "CTR: at most this many most recent liked items before the target")
+    ctr_min_history: int = option(1, "CTR: drop examples whose history is shorter")
+    ctr_split: list[float] = option(factory=lambda: [0.8, 0.1, 0.1], help="CTR: global time split fractions")
+
+    def __post_init__(self) -> None:
+        if self.kcore < 0:
+            raise ConfigError(f"kcore must be >= 0, got {self.kcore}")
+        if self.min_user_len < 3:
+            raise ConfigError(f"min_user_len must be >= 3 for leave-one-out, got {self.min_user_len}")
+        if self.max_users is not None and self.max_users < 1:
+            raise ConfigError(f"max_users must be positive, got {self.max_users}")
+        if self.num_negatives < 1:
+            raise ConfigError(f"num_negatives must be >= 1, got {self.num_negatives}")
+        if len(self.ctr_split) != 3 or abs(sum(self.ctr_split) - 1.0) > 1e-6 or min(self.ctr_split) < 0:
+            raise ConfigError(f"ctr_split must be three non-negative fractions summing to 1, got {self.ctr_split}")
+        if self.ctr_history_len < 1 or self.ctr_min_history < 0:
+            raise ConfigError("ctr_history_len must be >= 1 and ctr_min_history >= 0")
+
+
+@dataclass
+class PrepareConfig(ImportSpec, ProcessConfig):
+    """``llmrec prepare``: importer name, its files, the output directory and the processing options."""
+
+    dataset: str = option("ml-100k", "importer name: ml-100k, ml-1m, ml-latest, amazon2018, amazon2023, table")
+    out: str | None = option(None, "output directory (default: data/<dataset>)")
+
+    def __post_init__(self) -> None:
+        ProcessConfig.__post_init__(self)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("data") / self.dataset
+
+
+def natural_order(ids: pd.Series) -> np.ndarray:
+    """Sort ids numerically when they all are numbers, else as strings: indices are stable across runs."""
+    ids = pd.Series(pd.unique(ids.astype(str)))
+    num = pd.to_numeric(ids, errors="coerce")
+    if num.notna().all():
+        return ids.iloc[np.argsort(num.to_numpy(), kind="stable")].to_numpy()
+    return np.sort(ids.to_numpy())
+
+
+def kcore(inter: pd.DataFrame, k: int, min_user_len: int = 0) -> pd.DataFrame:
+    """Iteratively drop users with < max(k, min_user_len) and items with < k interactions until stable."""
+    ku = max(k, min_user_len)
+    while True:
+        ucount = inter["user_id"].map(inter["user_id"].value_counts())
+        icount = inter["item_id"].map(inter["item_id"].value_counts())
+        keep = (ucount >= ku) & (icount >= k)
+        if keep.all():
+            return inter
+        inter = inter.loc[keep]
+
+
+def sample_negatives(
+    sequences: list[np.ndarray], n_items: int, num: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(U, num) item indices per user, uniform without replacement over items outside the user's sequence."""
+    out = np.empty((len(sequences), num), dtype=np.int32)
+    for u, seq in enumerate(sequences):
+        seen = set(seq.tolist())
+        if n_items - len(seen) < num:
+            raise LlmrecError(
+                f"user index {u} has interacted with {len(seen)} of {n_items} items: fewer than "
+                f"{num} negatives remain",
+                hint="lower --num-negatives or raise --kcore",
+            )
+        chosen: list[int] = []
+        taken: set[int] = set()
+        while len(chosen) < num:
+            for c in rng.integers(0, n_items, size=2 * num).tolist():
+                if c not in seen and c not in taken:
+                    taken.add(c)
+                    chosen.append(c)
+                    if len(chosen) == num:
+                        break
+        out[u] = chosen
+    return out
+
+
+def ctr_examples(inter: pd.DataFrame, cfg: ProcessConfig) -> pd.DataFrame | None:
+    """Labelled (user, history, target, label) rows; history = last liked items strictly before the target.
+
+    Uses the ``label`` column where the source has one, else ``rating >= like_threshold``; returns None
+    for implicit-feedback sources (no rating, no label).
+    """
+    has_label = inter["label"].notna().any()
+    if not has_label and not inter["rating"].notna().any():
+        return None
+    label = inter["label"] if has_label else (inter["rating"] >= cfg.like_threshold).astype(float)
+    rows: dict[str, list[Any]] = {k: [] for k in ("user_idx", "target", "label", "timestamp", "history")}
+    users, items, times = inter["user_idx"].to_numpy(), inter["item_idx"].to_numpy(), inter["timestamp"].to_numpy()
+    labels = label.to_numpy()
+    liked: list[int] = []
+    for i in range(len(inter)):
+        if i == 0 or users[i] != users[i - 1]:
+            liked = []
+        if len(liked) >= cfg.ctr_min_history:
+            rows["user_idx"].append(users[i])
+            rows["target"].append(items[i])
+            rows["label"].append(int(labels[i]))
+            rows["timestamp"].append(times[i])
+            rows["history"].append(np.asarray(liked[-cfg.ctr_history_len :], dtype=np.int32))
+        if labels[i] == 1:
+            liked.append(int(items[i]))
+    df = pd.DataFrame(rows)
+    df["user_idx"] = df["user_idx"].astype("int32")
+    df["target"] = df["target"].astype("int32")
+    df["label"] = df["label"].astype("int8")
+    df["timestamp"] = df["timestamp"].astype("int64")
+    # Global temporal split (CoLLM): sort by time; the oldest 80% train, then 10% valid, 10% test.
+    df = df.sort_values(["timestamp", "user_idx", "target"], kind="stable").reset_index(drop=True)
+    n = len(df)
+    a = int(round(cfg.ctr_split[0] * n))
+    b = int(round((cfg.ctr_split[0] + cfg.ctr_split[1]) * n))
+    df["split"] = np.array(["train"] * a + ["valid"] * (b - a) + ["test"] * (n - b))
+    return df
+
+
+def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
+    """Filter and split ``raw``; return the tables to write plus the meta record (nothing is written here)."""
+    items, inter = raw.items, raw.interactions
+    counts_raw = _counts(inter)
+    counts_raw["items_with_metadata"] = len(items)
+    filters: list[dict[str, Any]] = []
+
+    def note(step: str, before: pd.DataFrame, after: pd.DataFrame) -> None:
+        filters.append({"step": step, "interactions_removed": int(len(before) - len(after)), **_counts(after)})
+
+    known = inter["item_id"].isin(items["item_id"])
+    after = inter.loc[known]
+    note("drop interactions with items missing from the metadata", inter, after)
+    inter = after
+    if cfg.require_image:
+        after = inter.loc[inter["item_id"].isin(items.loc[items["image"] != "", "item_id"])]
+        note("drop items without an image reference", inter, after)
+        inter = after
+    if cfg.require_description:
+        after = inter.loc[inter["item_id"].isin(items.loc[items["description"] != "", "item_id"])]
+        note("drop items without a description", inter, after)
+        inter = after
+    inter = inter.reset_index(drop=True)
+    if cfg.dedupe:
+        order = inter.sort_values(["user_id", "timestamp"], kind="stable").index
+        after = inter.loc[order].drop_duplicates(["user_id", "item_id"], keep="first").sort_index()
+        note("keep the first of repeated (user, item) pairs", inter, after)
+        inter = after
+    after = kcore(inter, cfg.kcore, cfg.min_user_len)
+    note(f"iterative {cfg.kcore}-core (users >= {max(cfg.kcore, cfg.min_user_len)})", inter, after)
+    inter = after
+    if cfg.max_users is not None and inter["user_id"].nunique() > cfg.max_users:
+        rng = np.random.default_rng(cfg.seed)
+        users = natural_order(inter["user_id"])
+        keep = set(rng.choice(users, size=cfg.max_users, replace=False).tolist())
+        after = kcore(inter.loc[inter["user_id"].isin(keep)], cfg.kcore, cfg.min_user_len)
+        note(f"sample {cfg.max_users} users (seed {cfg.seed}) and re-apply k-core", inter, after)
+        inter = after
+    if inter.empty:
+        raise LlmrecError(
+            "no interactions left after filtering", hint="lower --kcore or --min-user-len, or check the input"
+        )
+    return finalize(items, inter, cfg, raw.source, counts_raw, filters, raw.users)
+
+
+def finalize(
+    items: pd.DataFrame,
+    inter: pd.DataFrame,
+    cfg: ProcessConfig,
+    source: dict[str, Any],
+    counts_raw: dict[str, int],
+    filters: list[dict[str, Any]],
+    users_side: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Index users/items, build sequences, negatives and CTR examples from filtered interactions."""
+    item_ids = natural_order(inter["item_id"])
+    user_ids = natural_order(inter["user_id"])
+    items = items.set_index("item_id").loc[item_ids].reset_index()
+    item_index = pd.Series(np.arange(len(item_ids), dtype=np.int32), index=item_ids)
+    user_index = pd.Series(np.arange(len(user_ids), dtype=np.int32), index=user_ids)
+    inter = inter.assign(
+        user_idx=inter["user_id"].map(user_index).astype("int32"),
+        item_idx=inter["item_id"].map(item_index).astype("int32"),
+    )
+    # Chronological per user; ties keep the source's order (stable sort).
+    inter = inter.sort_values(["user_idx", "timestamp"], kind="stable").reset_index(drop=True)
+    grouped = inter.groupby("user_idx", sort=True)
+    seqs = [g.to_numpy(dtype=np.int32) for _, g in grouped["item_idx"]]
+    times = [g.to_numpy(dtype=np.int64) for _, g in grouped["timestamp"]]
+    sequences = pd.DataFrame(
+        {"user_idx": np.arange(len(user_ids), dtype=np.int32), "user_id": user_ids, "items": seqs, "timestamps": times}
+    )
+    rng = np.random.default_rng(cfg.seed)
+    negatives = {
+        split: sample_negatives(seqs, len(item_ids), cfg.num_negatives, rng) for split in ("valid", "test")
+    }
+    users = pd.DataFrame({"user_id": user_ids})
+    if users_side is not None and "user_id" in users_side.columns:
+        side = users_side.astype({"user_id": str}).drop_duplicates("user_id").set_index("user_id")
+        users = users.join(side, on="user_id")
+    ctr = ctr_examples(inter, cfg)
+    meta = {
+        "source": source,
+        "counts_raw": counts_raw,
+        "filters": filters,
+        "counts": _counts(inter),
+        "config": to_dict(cfg),
+        "splits": "leave-one-out: train = sequence[:-2], valid target = sequence[-2], test target = sequence[-1]",
+        "negatives": {"per_user": cfg.num_negatives, "seed": cfg.seed, "sampling": "uniform, never-interacted"},
+    }
+    if ctr is not None:
+        meta["ctr"] = {
+            split: {"examples": int((ctr["split"] == split).sum()), "positives": int(ctr.loc[ctr["split"] == split, "label"].sum())}
+            for split in ("train", "valid", "test")
+        }
+    return {
+        "items": items,
+        "interactions": inter[["user_id", "item_id", "timestamp", "rating", "label", "user_idx", "item_idx"]],
+        "users": users,
+        "sequences": sequences,
+        "negatives": negatives,
+        "ctr": ctr,
+        "meta": meta,
+    }
+
+
+def write_dataset(tables: dict[str, Any], out_dir: Path) -> None:
+    """Write a dataset into a temp folder beside ``out_dir`` and swap it in; the old one survives any failure.
+
+    Side outputs computed later for the same dataset (``images/``, ``features/``, ``texts/``) are carried over
+    when the item list did not change, so re-preparing never throws away downloaded images.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        tables["items"].to_parquet(tmp / "items.parquet", index=False)
+        tables["interactions"].to_parquet(tmp / "interactions.parquet", index=False)
+        tables["users"].to_parquet(tmp / "users.parquet", index=False)
+        tables["sequences"].to_parquet(tmp / "sequences.parquet", index=False)
+        (tmp / "eval").mkdir()
+        checksums = {}
+        for split, arr in tables["negatives"].items():
+            np.save(tmp / "eval" / f"{split}_negatives.npy", arr, allow_pickle=False)
+            checksums[f"eval/{split}_negatives.npy"] = sha256_file(tmp / "eval" / f"{split}_negatives.npy")
+        if tables["ctr"] is not None:
+            (tmp / "ctr").mkdir()
+            for split in ("train", "valid", "test"):
+                part = tables["ctr"].loc[tables["ctr"]["split"] == split].drop(columns="split")
+                part.to_parquet(tmp / "ctr" / f"{split}.parquet", index=False)
+        meta = dict(tables["meta"], checksums=checksums)
+        write_json_atomic(tmp / "meta.json", meta)
+        if out_dir.exists():
+            _carry_side_outputs(out_dir, tmp, tables["items"])
+            backup = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            out_dir.rename(backup)
+            tmp.rename(out_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _carry_side_outputs(old: Path, new: Path, items: pd.DataFrame) -> None:
+    """Keep downloaded images always; keep features only if the item order is unchanged."""
+    if (old / "images").exists():
+        shutil.copytree(old / "images", new / "images")
+    try:
+        old_ids = pd.read_parquet(old / "items.parquet", columns=["item_id"])["item_id"].tolist()
+    except Exception:  # an unreadable old dataset: nothing else to keep
+        return
+    if old_ids == items["item_id"].tolist():
+        for sub in ("features", "texts"):
+            if (old / sub).exists():
+                shutil.copytree(old / sub, new / sub)
+
+
+def prepare(cfg: PrepareConfig) -> dict[str, Any]:
+    """Import, process and write a dataset; returns its meta record."""
+    raw = get_importer(cfg.dataset)(cfg)
+    log.info("imported %s: %s", cfg.dataset, _counts(raw.interactions))
+    tables = process(raw, cfg)
+    write_dataset(tables, cfg.out_dir)
+    return tables["meta"]
+
+
+def _counts(inter: pd.DataFrame) -> dict[str, int]:
+    return {
+        "users": int(inter["user_id"].nunique()),
+        "items": int(inter["item_id"].nunique()),
+        "interactions": int(len(inter)),
+    }
+
+
+def drop_items(data_dir: str | Path, item_ids: set[str] | list[str], reason: str) -> dict[str, Any]:
+    """Remove items from a prepared dataset, re-apply k-core and re-split with the dataset's own config.
+
+    Used by ``llmrec images --missing drop``: the new dataset replaces the old one atomically and its
+    meta.json records the step. Returns the new meta record.
+    """
+    from llmrec.config import from_dict
+    from llmrec.data.dataset import Dataset
+
+    ds = Dataset(data_dir)
+    cfg = from_dict(PrepareConfig, ds.meta["config"])
+    drop = set(map(str, item_ids))
+    inter = ds.interactions[["user_id", "item_id", "timestamp", "rating", "label"]]
+    after = inter.loc[~inter["item_id"].isin(drop)]
+    filters = list(ds.meta["filters"])
+    step = {"step": f"drop {len(drop)} items: {reason}", "interactions_removed": int(len(inter) - len(after))}
+    filters.append({**step, **_counts(after)})
+    kept = kcore(after, cfg.kcore, cfg.min_user_len)
+    filters.append({"step": f"re-apply {cfg.kcore}-core", "interactions_removed": int(len(after) - len(kept)), **_counts(kept)})
+    if kept.empty:
+        raise LlmrecError(f"no interactions left after dropping {len(drop)} items", file=data_dir, hint="keep them instead")
+    users_side = ds.users if ds.users.shape[1] > 1 else None
+    tables = finalize(ds.items, kept.reset_index(drop=True), cfg, ds.meta["source"], ds.meta["counts_raw"], filters, users_side)
+    write_dataset(tables, Path(data_dir))
+    return tables["meta"]

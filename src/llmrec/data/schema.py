@@ -1,0 +1,149 @@
+"""The canonical tables every importer produces and every model reads.
+
+items:        item_id (str), title, brand, category, description, image (URL or local path; "" if none),
+              extra (JSON object as text: year, features, ... whatever the source has beyond the above)
+interactions: user_id (str), item_id (str), timestamp (int64, seconds), rating (float64, NaN if absent),
+              label (float64 in {0, 1}, NaN if absent: for sources with explicit click/no-click labels)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmrec.errors import LlmrecError
+
+ITEM_COLUMNS = ["item_id", "title", "brand", "category", "description", "image", "extra"]
+INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating", "label"]
+TEXT_COLUMNS = ["title", "brand", "category", "description"]
+
+
+@dataclass
+class RawData:
+    """What an importer returns: canonical tables before filtering, plus where they came from."""
+
+    items: pd.DataFrame
+    interactions: pd.DataFrame
+    source: dict[str, Any] = field(default_factory=dict)  # name, files, importer options
+    users: pd.DataFrame | None = None  # optional user side information (user_id + any columns)
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+_WS = re.compile(r"\s+")
+
+
+def strip_html(text: Any) -> str:
+    """Plain text from a field that may hold HTML tags, entities, lists or None (the stdlib HTML parser)."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return ""
+    if isinstance(text, list | tuple):
+        text = " ".join(strip_html(t) for t in text)
+    text = str(text)
+    if "<" in text or "&" in text:
+        parser = _TextExtractor()
+        parser.feed(text)
+        parser.close()
+        text = " ".join(parser.parts)
+        text = html.unescape(text)
+    return _WS.sub(" ", text).strip()
+
+
+def make_items(records: pd.DataFrame | list[dict[str, Any]], source: str) -> pd.DataFrame:
+    """Normalise an item table to the canonical columns: text fields stripped of HTML, extras as JSON text.
+
+    Columns beyond the canonical ones are folded into ``extra``. Raises if ``item_id`` is missing.
+    """
+    df = pd.DataFrame(records) if not isinstance(records, pd.DataFrame) else records.copy()
+    if "item_id" not in df.columns:
+        raise LlmrecError("no 'item_id' column", file=source, hint="map the item id column to 'item_id'")
+    out = pd.DataFrame({"item_id": df["item_id"].astype(str)})
+    for col in TEXT_COLUMNS:
+        out[col] = [strip_html(v) for v in df[col]] if col in df.columns else ""
+    out["image"] = [_first_str(v) for v in df["image"]] if "image" in df.columns else ""
+    extra_cols = [c for c in df.columns if c not in ITEM_COLUMNS]
+    if "extra" in df.columns:
+        base = [json.loads(v) if isinstance(v, str) and v else {} for v in df["extra"]]
+    else:
+        base = [{} for _ in range(len(df))]
+    for col in extra_cols:
+        for d, v in zip(base, df[col].tolist()):
+            v = _jsonable(v)
+            if v not in (None, "", []):
+                d[col] = v
+    out["extra"] = [json.dumps(d, ensure_ascii=False, sort_keys=True) for d in base]
+    dup = out["item_id"].duplicated(keep="first")
+    return out.loc[~dup].reset_index(drop=True)
+
+
+def make_interactions(records: pd.DataFrame | list[dict[str, Any]], source: str) -> pd.DataFrame:
+    """Normalise an interaction table: string ids, int64 timestamps, float ratings/labels (NaN if absent)."""
+    df = pd.DataFrame(records) if not isinstance(records, pd.DataFrame) else records.copy()
+    for col in ("user_id", "item_id", "timestamp"):
+        if col not in df.columns:
+            raise LlmrecError(f"no '{col}' column", file=source, hint=f"map the {col} column")
+    out = pd.DataFrame(
+        {
+            "user_id": df["user_id"].astype(str),
+            "item_id": df["item_id"].astype(str),
+        }
+    )
+    ts = pd.to_numeric(df["timestamp"], errors="coerce")
+    bad = ts.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise LlmrecError(
+            f"timestamp {df['timestamp'].iloc[row]!r} is not a number", file=source, row=row, field="timestamp"
+        )
+    out["timestamp"] = ts.astype("int64")
+    for col in ("rating", "label"):
+        if col in df.columns:
+            vals = pd.to_numeric(df[col], errors="coerce")
+            bad = vals.isna() & df[col].notna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise LlmrecError(f"{df[col].iloc[row]!r} is not a number", file=source, row=row, field=col)
+            out[col] = vals.astype("float64")
+        else:
+            out[col] = np.nan
+    return out
+
+
+def _first_str(v: Any) -> str:
+    """An image field may be a URL, a list of URLs (Amazon) or missing: keep the first usable string."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, list | tuple | np.ndarray):
+        for x in v:
+            s = _first_str(x)
+            if s:
+                return s
+        return ""
+    return str(v).strip()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v

@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions and the protocol that feeds them model scores."""

@@ -1,0 +1,178 @@
+"""Text and image encoders behind one small interface: ``encode(batch) -> (B, dim) float32`` and ``dim``.
+
+Text: any sentence-transformers model (default: the offline all-MiniLM-L6-v2, 384-d).
+Image: EfficientNet-Lite0 ImageNet weights (offline default, 1280-d) or any transformers vision tower
+(CLIP, SigLIP, DINOv2, ... by hub id or local folder; images are preprocessed by its own image processor).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from llmrec.assets import DEFAULT_IMAGE_ENCODER, efficientnet_lite0_weights, resolve_text_encoder
+from llmrec.errors import LlmrecError
+
+DEFAULT_TEMPLATE = "Title: {title} Brand: {brand} Category: {category} Description: {description}"
+
+
+class TextEncoder(Protocol):
+    id: str
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+class ImageEncoder(Protocol):
+    id: str
+    dim: int
+
+    def encode(self, images: list[Any]) -> np.ndarray: ...
+
+
+# ----------------------------------------------------------------------------- text
+
+
+class SentenceTransformerEncoder:
+    """Any sentence-transformers model; embeddings are returned as stored by the model (no extra normalising)."""
+
+    def __init__(self, name: str, device: str = "cpu", batch_size: int = 64) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.id = name
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(resolve_text_encoder(name), device=device)
+        dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else None
+        self.dim = int(dim or self.model.get_sentence_embedding_dimension())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(out, dtype=np.float32)
+
+
+_SEGMENT = re.compile(r"(?P<label>[A-Za-z][A-Za-z ]*:\s*)?\{(?P<field>\w+)\}")
+
+
+def item_fields(row: pd.Series | dict[str, Any]) -> dict[str, str]:
+    """An item's canonical columns plus its ``extra`` JSON keys, all as strings."""
+    row = dict(row)
+    fields = {k: "" if v is None else str(v) for k, v in row.items() if k != "extra"}
+    extra = row.get("extra") or "{}"
+    for k, v in json.loads(extra).items():
+        if k not in fields:
+            fields[k] = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+    return fields
+
+
+def render_template(template: str, fields: dict[str, str], drop_empty: bool = True) -> str:
+    """Fill ``{field}`` placeholders; with ``drop_empty`` a "Label: {field}" segment with an empty value vanishes."""
+
+    def sub(m: re.Match[str]) -> str:
+        value = fields.get(m.group("field"), "").strip()
+        if not value and drop_empty:
+            return ""
+        return (m.group("label") or "") + value
+
+    return re.sub(r"\s+", " ", _SEGMENT.sub(sub, template)).strip()
+
+
+def check_template(template: str, columns: set[str]) -> None:
+    """Fail early on a template that names a field no item has (a typo would silently embed nothing)."""
+    names = {m.group("field") for m in _SEGMENT.finditer(template)}
+    if not names:
+        raise LlmrecError(f"template {template!r} has no {{field}} placeholder", field="template")
+    unknown = names - columns
+    if unknown:
+        raise LlmrecError(
+            f"template names unknown field(s) {sorted(unknown)}", field="template", hint=f"available: {sorted(columns)}"
+        )
+
+
+# ----------------------------------------------------------------------------- image
+
+
+class EfficientNetLiteEncoder:
+    """EfficientNet-Lite0 (ImageNet) global-average-pooled features, 1280-d; 224x224 centre crop, [-1, 1] input."""
+
+    size = 224
+
+    def __init__(self, device: str = "cpu") -> None:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.id = DEFAULT_IMAGE_ENCODER
+        self.device = device
+        self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(efficientnet_lite0_weights()))
+        self.model.eval().to(device)
+        self.dim = 1280
+        self._torch = torch
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        from PIL import Image
+
+        img = image.convert("RGB")
+        w, h = img.size
+        scale = self.size / min(w, h)
+        img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - self.size) // 2, (h - self.size) // 2
+        img = img.crop((left, top, left + self.size, top + self.size))
+        x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)  # (3, 224, 224)
+        return (x / 255.0 - 0.5) / 0.5
+
+    def encode(self, images: list[Any]) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(np.stack([self.preprocess(im) for im in images])).to(self.device)  # (B, 3, 224, 224)
+        with torch.inference_mode():
+            feats = self.model.extract_features(x).mean((2, 3))  # (B, 1280)
+        return feats.float().cpu().numpy()
+
+
+class HFVisionEncoder:
+    """A transformers vision tower: ``get_image_features`` when the model has it (CLIP/SigLIP), else the
+    pooled output, else the CLS token of the last hidden state (DINOv2-style backbones)."""
+
+    def __init__(self, name: str, device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoImageProcessor, AutoModel
+
+        self.id = name
+        self.device = device
+        self._torch = torch
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(name)
+            self.model = AutoModel.from_pretrained(name).eval().to(device)
+        except OSError as e:
+            raise LlmrecError(f"cannot load image encoder '{name}' ({e.__class__.__name__})", hint="give a local folder or a hub id") from None
+        from PIL import Image
+
+        self.dim = int(self.encode([Image.new("RGB", (32, 32))]).shape[1])
+
+    def encode(self, images: list[Any]) -> np.ndarray:
+        torch = self._torch
+        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            if hasattr(self.model, "get_image_features"):
+                feats = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+                if not torch.is_tensor(feats):  # newer transformers return an output object
+                    feats = feats.pooler_output
+            else:
+                out = self.model(pixel_values=inputs["pixel_values"])
+                pooled = getattr(out, "pooler_output", None)
+                feats = pooled if pooled is not None else out.last_hidden_state[:, 0]
+        return feats.float().cpu().numpy()  # (B, dim)
+
+
+def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, device: str = "cpu") -> ImageEncoder:
+    return EfficientNetLiteEncoder(device) if name == DEFAULT_IMAGE_ENCODER else HFVisionEncoder(name, device)
+
+
+def load_text_encoder(name: str, device: str = "cpu", batch_size: int = 64) -> TextEncoder:
+    try:
+        return SentenceTransformerEncoder(name, device, batch_size)
+    except OSError as e:
+        raise LlmrecError(f"cannot load text encoder '{name}' ({e})", hint="give a local folder or a hub id") from None

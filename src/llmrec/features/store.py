@@ -1,0 +1,193 @@
+"""The feature store: one ``.npy`` array per feature, in item (or user) order, plus a JSON manifest.
+
+features/<name>.npy           (count, dim) float array, memory-mapped on load
+features/<name>.missing.npy   (count,) bool: rows without a source (e.g. no image); their values are 0
+features/<name>.json          manifest: encoder, dim, dtype, count, sha256, missing count, provenance
+
+Writes are resumable and atomic: rows go into ``.<name>.partial.npy`` with a progress file; the final
+array is renamed into place and the manifest is written last, so only a complete, checksummed array
+ever loads. Training reads the memory map once; it never re-runs an encoder or opens a file per item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from llmrec.errors import LlmrecError
+from llmrec.utils.io import read_json, sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+# encode(indices) -> (values (len(indices), dim), missing (len(indices),) bool)
+EncodeFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Feature:
+    """A loaded feature: memory-mapped values, missing mask and manifest."""
+
+    name: str
+    values: np.ndarray  # (count, dim), np.memmap
+    missing: np.ndarray  # (count,) bool
+    manifest: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        return int(self.values.shape[1])
+
+
+def ids_checksum(ids: Sequence[str]) -> str:
+    """Fingerprint of the row order a feature was computed for (item or user ids)."""
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+
+
+def _paths(root: Path, name: str) -> dict[str, Path]:
+    d = Path(root)
+    return {
+        "values": d / f"{name}.npy",
+        "missing": d / f"{name}.missing.npy",
+        "manifest": d / f"{name}.json",
+        "partial": d / f".{name}.partial.npy",
+        "partial_missing": d / f".{name}.missing.partial.npy",
+        "progress": d / f".{name}.progress.json",
+    }
+
+
+def is_current(root: Path, name: str, spec: dict[str, Any]) -> bool:
+    """True when a complete feature exists whose manifest matches ``spec`` on every key of ``spec``."""
+    p = _paths(root, name)
+    if not (p["manifest"].exists() and p["values"].exists()):
+        return False
+    manifest = read_json(p["manifest"])
+    return all(manifest.get(k) == v for k, v in spec.items())
+
+
+def compute_feature(
+    root: str | Path,
+    name: str,
+    count: int,
+    dim: int,
+    encode: EncodeFn,
+    spec: dict[str, Any],
+    batch_size: int = 64,
+    dtype: str = "float32",
+    desc: str | None = None,
+) -> Feature:
+    """Fill a (count, dim) feature batch by batch with ``encode``; resume a matching interrupted run.
+
+    ``spec`` identifies what is being computed (encoder, template, ids checksum...): it goes into the
+    manifest, and a partial file is only resumed when its recorded spec is identical.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    p = _paths(root, name)
+    progress = {"spec": spec, "count": count, "dim": dim, "dtype": dtype, "done": 0}
+    done = 0
+    if p["progress"].exists() and p["partial"].exists() and p["partial_missing"].exists():
+        old = read_json(p["progress"])
+        if {k: old.get(k) for k in ("spec", "count", "dim", "dtype")} == {k: progress[k] for k in ("spec", "count", "dim", "dtype")}:
+            done = int(old["done"])
+            log.info("resuming feature '%s' at row %d of %d", name, done, count)
+    if done == 0:
+        values = np.lib.format.open_memmap(p["partial"], mode="w+", dtype=dtype, shape=(count, dim))
+        missing = np.lib.format.open_memmap(p["partial_missing"], mode="w+", dtype=np.bool_, shape=(count,))
+    else:
+        values = np.load(p["partial"], mmap_mode="r+")
+        missing = np.load(p["partial_missing"], mmap_mode="r+")
+    bar = tqdm(total=count, initial=done, desc=desc or f"feature {name}", unit=" rows", disable=None)
+    while done < count:
+        idx = np.arange(done, min(done + batch_size, count))
+        vals, miss = encode(idx)
+        vals = np.asarray(vals, dtype=np.float64)
+        if vals.shape != (len(idx), dim):
+            raise LlmrecError(f"encoder returned shape {vals.shape}, expected {(len(idx), dim)}", field=name)
+        if not np.isfinite(vals).all():
+            raise LlmrecError(f"encoder returned NaN/inf for rows {idx[0]}..{idx[-1]}", field=name)
+        miss = np.asarray(miss, dtype=bool)
+        vals[miss] = 0.0
+        values[idx] = vals
+        missing[idx] = miss
+        done = int(idx[-1]) + 1
+        # Data must reach the disk before the progress file claims it.
+        values.flush()
+        missing.flush()
+        write_json_atomic(p["progress"], dict(progress, done=done))
+        bar.update(len(idx))
+    bar.close()
+    del values, missing
+    manifest = {"name": name, **spec, "dim": dim, "dtype": dtype, "count": count}
+    return _publish(root, name, manifest)
+
+
+def save_feature(
+    root: str | Path,
+    name: str,
+    values: np.ndarray,
+    spec: dict[str, Any],
+    missing: np.ndarray | None = None,
+) -> Feature:
+    """Store an in-memory (count, dim) array as a feature (CF embeddings, generated data...)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    p = _paths(root, name)
+    values = np.ascontiguousarray(values)
+    if values.ndim != 2:
+        raise LlmrecError(f"a feature must be 2-D (count, dim), got shape {values.shape}", field=name)
+    missing = np.zeros(len(values), dtype=bool) if missing is None else np.asarray(missing, dtype=bool)
+    np.save(p["partial"], values, allow_pickle=False)
+    np.save(p["partial_missing"], missing, allow_pickle=False)
+    manifest = {"name": name, **spec, "dim": int(values.shape[1]), "dtype": str(values.dtype), "count": len(values)}
+    return _publish(root, name, manifest)
+
+
+def _publish(root: Path, name: str, manifest: dict[str, Any]) -> Feature:
+    """Rename the partial files into place and write the manifest last (it is what makes a feature valid)."""
+    p = _paths(root, name)
+    p["manifest"].unlink(missing_ok=True)  # an old manifest must never describe the new array
+    manifest["sha256"] = sha256_file(p["partial"])
+    missing = np.load(p["partial_missing"])
+    manifest["missing"] = int(missing.sum())
+    os.replace(p["partial"], p["values"])
+    os.replace(p["partial_missing"], p["missing"])
+    write_json_atomic(p["manifest"], manifest)
+    p["progress"].unlink(missing_ok=True)
+    log.info("feature '%s': %d x %d, %d missing", name, manifest["count"], manifest["dim"], manifest["missing"])
+    return load_feature(root, name, verify=False)
+
+
+def load_feature(root: str | Path, name: str, verify: bool = True, expect_ids: Sequence[str] | None = None) -> Feature:
+    """Memory-map a complete feature; checks manifest, shape, optionally checksum and row order."""
+    p = _paths(Path(root), name)
+    if not p["manifest"].exists() or not p["values"].exists():
+        hint = "run 'llmrec features' for this dataset" + (" (an interrupted run resumes)" if p["progress"].exists() else "")
+        raise LlmrecError(f"feature '{name}' not found", file=p["manifest"], hint=hint)
+    manifest = read_json(p["manifest"])
+    if verify and sha256_file(p["values"]) != manifest.get("sha256"):
+        raise LlmrecError("checksum mismatch: file changed after it was written", file=p["values"], hint="recompute the feature")
+    values = np.load(p["values"], mmap_mode="r")
+    if values.shape != (manifest["count"], manifest["dim"]):
+        raise LlmrecError(f"shape {values.shape} does not match the manifest", file=p["values"], hint="recompute the feature")
+    if expect_ids is not None and manifest.get("ids_sha256") not in (None, ids_checksum(expect_ids)):
+        raise LlmrecError(
+            "rows do not match this dataset's item/user order", file=p["manifest"], hint="recompute the feature for this dataset"
+        )
+    missing = np.load(p["missing"]) if p["missing"].exists() else np.zeros(len(values), dtype=bool)
+    return Feature(name=name, values=values, missing=missing, manifest=manifest)
+
+
+def list_features(root: str | Path) -> list[dict[str, Any]]:
+    """Manifests of every complete feature under ``root``."""
+    root = Path(root)
+    return [read_json(m) for m in sorted(root.glob("*.json")) if not m.name.startswith(".")] if root.exists() else []
+
+
+__all__ = ["Feature", "compute_feature", "save_feature", "load_feature", "list_features", "is_current", "ids_checksum"]
