@@ -163,6 +163,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
+        elif get_origin(base) is dict:
+            kw["nargs"] = "*"
+            kw["type"] = str
+            kw["metavar"] = "KEY=VALUE"
         elif get_origin(base) in (list, tuple):
             kw["nargs"] = "*"
             inner = (get_args(base) or (str,))[0]
@@ -193,11 +197,43 @@ def _parser_for(tp: Any) -> Any:
     return str
 
 
-def resolve(cls: type[T], args: argparse.Namespace, config_file: str | Path | None = None) -> T:
-    """Config = defaults, overridden by ``config_file`` (YAML/JSON), overridden by explicit CLI flags."""
+def parse_key_values(pairs: list[str], where: str) -> dict[str, Any]:
+    """``["lr=1e-3", "name=x"]`` -> ``{"lr": 0.001, "name": "x"}``; values are read as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{where}: expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            out[key] = value
+    return out
+
+
+def resolve(
+    cls: type[T],
+    args: argparse.Namespace,
+    config_file: str | Path | None = None,
+    nested: dict[str, type] | None = None,
+) -> T:
+    """Config = defaults, overridden by ``config_file`` (YAML/JSON), overridden by explicit CLI flags.
+
+    ``nested`` maps a field holding a sub-config to its class: flags of that class fill the sub-config.
+    """
     data: dict[str, Any] = load_file(config_file) if config_file else {}
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    for k, v in vars(args).items():
+    given = vars(args)
+    for k, v in given.items():
         if k in names:
+            if get_origin(_strip_optional(hints[k])) is dict and isinstance(v, list):
+                v = {**data.get(k, {}), **parse_key_values(v, _flag(k))}
             data[k] = v
+    for field_name, sub_cls in (nested or {}).items():
+        sub_names = {f.name for f in dataclasses.fields(sub_cls)}
+        sub = dict(data.get(field_name) or {})
+        sub.update({k: v for k, v in given.items() if k in sub_names and k not in names})
+        if sub:
+            data[field_name] = sub
     return from_dict(cls, data)

@@ -26,6 +26,7 @@ import hashlib
 import http.client
 import logging
 import mimetypes
+import shutil
 import socket
 import time
 import urllib.error
@@ -118,9 +119,9 @@ class _Job:
 class _Failure(Exception):
     """A failed attempt: ``status`` goes to the manifest; ``retry`` says whether trying again may help."""
 
-    def __init__(self, status: str, message: str, retry: bool = False, wait: float = 0.0) -> None:
+    def __init__(self, status: str, message: str, retry: bool = False, delay: float = 0.0) -> None:
         super().__init__(message)
-        self.status, self.retry, self.wait = status, retry, wait
+        self.status, self.retry, self.delay = status, retry, delay  # delay: the server's Retry-After
 
 
 def _row(item_id: str, url: str, status: str, error: str = "", **kw: Any) -> dict[str, Any]:
@@ -216,8 +217,8 @@ def _download_once(url: str, files_dir: Path, cfg: ImagesConfig) -> tuple[Path, 
         e.close()
         transient = e.code >= 500 or e.code == 429
         retry_after = e.headers.get("Retry-After", "") if e.headers else ""
-        wait = min(float(retry_after), 30.0) if retry_after.isdigit() else 0.0
-        raise _Failure(f"http_{e.code}", f"HTTP {e.code} {e.reason}", retry=transient, wait=wait) from None
+        delay = min(float(retry_after), 30.0) if retry_after.isdigit() else 0.0
+        raise _Failure(f"http_{e.code}", f"HTTP {e.code} {e.reason}", retry=transient, delay=delay) from None
     except _Failure:
         raise
     except TimeoutError as e:  # socket.timeout is TimeoutError since Python 3.10
@@ -249,7 +250,7 @@ def _download(url: str, files_dir: Path, cfg: ImagesConfig) -> tuple[Path, str, 
                 if attempt:
                     e.args = (f"{e} (after {attempt + 1} attempts)",)
                 raise
-            time.sleep(max(cfg.backoff * 2**attempt, e.wait))
+            time.sleep(max(cfg.backoff * 2**attempt, e.delay))
             attempt += 1
 
 
@@ -261,6 +262,8 @@ def _run_job(job: _Job, root: Path, files_dir: Path, cfg: ImagesConfig) -> list[
             if not path.is_file():
                 raise _Failure("missing_file", f"file not found: {path}")
             width, height = _check_image(path, cfg.min_side)
+            if _inside(path, root) and not _inside(path, files_dir.parent):
+                path = _adopt(path, files_dir)
             digest = sha256_file(path)
         else:
             path, digest, width, height = _download(job.ref, files_dir, cfg)
@@ -270,6 +273,25 @@ def _run_job(job: _Job, root: Path, files_dir: Path, cfg: ImagesConfig) -> list[
         return [_row(i, job.ref, "error", f"{type(e).__name__}: {e}") for i in job.item_ids]
     rel = _relative(path, root)
     return [_row(i, job.ref, "ok", path=rel, sha256=digest, width=width, height=height) for i in job.item_ids]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _adopt(path: Path, files_dir: Path) -> Path:
+    """Copy a local image that lies in the dataset dir but outside ``images/`` into ``images/files/``.
+
+    Rewriting the dataset (re-prepare, ``--missing drop``) keeps only ``images/`` among side outputs, so a
+    file elsewhere in the dataset dir would vanish under the manifest.
+    """
+    with open(path, "rb") as f:
+        head = f.read(16)
+    key = hashlib.sha1(str(path.resolve()).encode("utf-8")).hexdigest()
+    target = files_dir / f"{key}.{_sniff_ext(head, '', path.name)}"
+    with atomic_path(target) as tmp:
+        shutil.copyfile(path, tmp)
+    return target
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -346,13 +368,18 @@ def _write_manifest(path: Path, rows: dict[str, dict[str, Any]]) -> None:
     write_parquet_atomic(df, path)
 
 
-def _still_valid(row: dict[str, Any], ref: str, root: Path) -> bool:
-    """An earlier ``ok`` row for the same reference whose file is still there, byte for byte."""
+def _still_valid(row: dict[str, Any], kind: str, ref: str, root: Path) -> bool:
+    """An earlier ``ok`` row for the same reference whose file (and local source, if any) is unchanged."""
     if row.get("status") != "ok" or row.get("url") != ref or not row.get("path"):
         return False
     path = root / row["path"]
     try:
-        return path.is_file() and sha256_file(path) == row["sha256"]
+        if not path.is_file() or sha256_file(path) != row["sha256"]:
+            return False
+        source = Path(ref)  # a local source copied into images/files/ may have been edited since
+        return (
+            kind != "file" or source == path or not source.is_file() or sha256_file(source) == row["sha256"]
+        )
     except OSError:
         return False
 
@@ -395,7 +422,7 @@ def fetch_images(cfg: ImagesConfig) -> dict[str, Any]:
     ``dropped`` (items removed with ``missing='drop'``), ``n_items_after`` and ``failures`` (at most 10
     examples of item_id, url, status, error).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     assert cfg.data is not None  # checked by ImagesConfig
     root = Path(cfg.data)
@@ -431,7 +458,7 @@ def fetch_images(cfg: ImagesConfig) -> dict[str, Any]:
         old = previous.get(item_id)
         if kind == "none":
             rows[item_id] = _row(item_id, "", "no_reference", "the item has no image reference")
-        elif old is not None and _still_valid(old, ref, root):
+        elif old is not None and _still_valid(old, kind, ref, root):
             rows[item_id] = old
             skipped += 1
         else:  # a placeholder until the job finishes, so an interrupted run's manifest never lies
@@ -460,13 +487,17 @@ def fetch_images(cfg: ImagesConfig) -> dict[str, Any]:
         }
         while futures:
             finished, futures = wait(futures, return_when=FIRST_COMPLETED)
+            crashed = [f for f in finished if f.exception() is not None]
             for fut in finished:
-                for row in fut.result():
-                    rows[row["item_id"]] = row
-                    done[row["status"]] += 1
-                    since_checkpoint += 1
-                    bar.update(1)
-                bar.set_postfix(ok=done["ok"], failed=sum(done.values()) - done["ok"], refresh=False)
+                if fut.exception() is None:  # record every finished job before raising for a crashed one
+                    for row in fut.result():
+                        rows[row["item_id"]] = row
+                        done[row["status"]] += 1
+                        since_checkpoint += 1
+                        bar.update(1)
+            bar.set_postfix(ok=done["ok"], failed=sum(done.values()) - done["ok"], refresh=False)
+            if crashed:
+                raise crashed[0].exception()  # type: ignore[misc]
             if since_checkpoint >= CHECKPOINT_EVERY:
                 _write_manifest(manifest_path, rows)
                 since_checkpoint = 0

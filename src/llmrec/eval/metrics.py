@@ -41,10 +41,10 @@ def full_ranks(scores: np.ndarray, targets: np.ndarray, exclude: Sequence[np.nda
     scores = np.array(scores, dtype=np.float64, copy=True)
     _check_no_nan(scores, "scores")
     rows = np.arange(len(targets))
+    target_scores = scores[rows, targets].copy()  # read before masking: a re-consumed target still counts
     if exclude is not None:
         for u, items in enumerate(exclude):
             scores[u, np.asarray(items, dtype=np.int64)] = -np.inf
-    target_scores = scores[rows, targets].copy()
     if np.isneginf(target_scores).any():
         raise ValueError("a target item has score -inf: it can never be ranked")
     scores[rows, targets] = -np.inf

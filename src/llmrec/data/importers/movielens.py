@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from llmrec.data.importers import ImportSpec, register_importer
+from llmrec.data.importers.table import is_number, missing_column_error, read_delimited
 from llmrec.data.schema import RawData, make_interactions, make_items
 from llmrec.errors import LlmrecError
 
@@ -58,3 +60,175 @@ def import_ml100k(spec: ImportSpec) -> RawData:
         users=users,
         source={"name": "ml-100k", "files": [str(folder / "ml-100k.inter"), str(folder / "ml-100k.item")]},
     )
+
+
+# ----------------------------------------------------------------------------- GroupLens ml-1m / ml-latest
+
+_GROUPLENS_HINT = (
+    "the file looks damaged: download the dataset again from https://grouplens.org/datasets/movielens/"
+)
+# "Toy Story (1995)", "Fawlty Towers (1975-1979)": a trailing parenthesised year, maybe a range after it.
+_TITLE_YEAR = re.compile(r"^(?P<title>.+?)\s*\((?P<year>\d{4})(?:\s*[-\u2013]\s*\d{0,4})?\s*\)\s*$")
+# ml-1m users.dat codes occupations as 0..20 (its README); names match what ml-100k ships.
+ML1M_OCCUPATIONS = [
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
+    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
+    "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
+    "tradesman/craftsman", "unemployed", "writer",
+]  # fmt: skip
+
+
+def split_title_year(title: str) -> tuple[str, int | None]:
+    """``"Toy Story (1995)"`` -> ``("Toy Story", 1995)``; a title without a trailing year is kept whole."""
+    title = title.strip()
+    m = _TITLE_YEAR.match(title)
+    if m is None:
+        return title, None
+    return m.group("title"), int(m.group("year"))
+
+
+def _genres(text: str) -> str:
+    """``"Animation|Children's"`` -> ``"Animation, Children's"``; ml-latest's placeholder becomes empty."""
+    if text.strip() == "(no genres listed)":
+        return ""
+    return ", ".join(g.strip() for g in text.split("|") if g.strip())
+
+
+def _movie_items(ids: pd.Series, titles: pd.Series, genres: pd.Series, source: Path) -> pd.DataFrame:
+    split = [split_title_year(t) for t in titles]
+    return make_items(
+        pd.DataFrame(
+            {
+                "item_id": ids.str.strip(),
+                "title": [t for t, _ in split],
+                "category": [_genres(g) for g in genres],
+                # object dtype keeps ints and None apart: a float column would turn 1995 into 1995.0
+                "year": pd.Series([y for _, y in split], dtype=object, index=ids.index),
+            }
+        ),
+        source=str(source),
+    )
+
+
+def _occupation(code: str) -> str:
+    code = code.strip()
+    return ML1M_OCCUPATIONS[int(code)] if code.isdigit() and int(code) < len(ML1M_OCCUPATIONS) else code
+
+
+def _grouplens_dir(spec: ImportSpec, name: str, archive: str, required: tuple[str, ...]) -> Path:
+    """The folder ``spec.path`` holding the ``required`` files, or an error saying what to download."""
+    hint = f"unzip {archive} from https://grouplens.org/datasets/movielens/ and pass --path to its folder"
+    if not spec.path:
+        raise LlmrecError(f"no {name} folder given", hint=hint)
+    folder = Path(spec.path).expanduser()
+    if not folder.is_dir():
+        raise LlmrecError(f"{name} folder not found", file=folder, hint=hint)
+    for fname in required:
+        if not (folder / fname).exists():
+            raise LlmrecError(
+                f"{name} file {fname} is not in this folder",
+                file=folder,
+                hint=f"{hint} (it holds {', '.join(required)})",
+            )
+    return folder
+
+
+@register_importer("ml-1m")
+def import_ml1m(spec: ImportSpec) -> RawData:
+    """MovieLens-1M from its GroupLens folder (``ratings.dat``, ``movies.dat``, optional ``users.dat``).
+
+    6,040 users, 3,706 rated movies (3,883 listed), 1,000,209 ratings. Titles lose their trailing
+    year, which goes to ``extra["year"]``; genres become the category. ``users.dat`` becomes the user
+    side table (age is the ml-1m age-group code, occupation its name).
+    """
+    folder = _grouplens_dir(spec, "ml-1m", "ml-1m.zip", ("ratings.dat", "movies.dat"))
+    ratings = read_delimited(
+        folder / "ratings.dat",
+        sep="::",
+        names=["UserID", "MovieID", "Rating", "Timestamp"],
+        encoding="latin-1",
+        checks={c: is_number for c in ("UserID", "MovieID", "Rating", "Timestamp")},
+        hint=_GROUPLENS_HINT,
+    )
+    # GroupLens wrote the .dat files in ISO-8859-1 ("Cité des enfants perdus").
+    movies = read_delimited(
+        folder / "movies.dat",
+        sep="::",
+        names=["MovieID", "Title", "Genres"],
+        encoding="latin-1",
+        checks={"MovieID": is_number},
+        hint=_GROUPLENS_HINT,
+    )
+    users = None
+    files = [str(folder / "ratings.dat"), str(folder / "movies.dat")]
+    if (folder / "users.dat").exists():
+        raw_users = read_delimited(
+            folder / "users.dat",
+            sep="::",
+            names=["UserID", "Gender", "Age", "Occupation", "Zip-code"],
+            encoding="latin-1",
+            checks={"UserID": is_number},
+            hint=_GROUPLENS_HINT,
+        )
+        users = pd.DataFrame(
+            {
+                "user_id": raw_users["UserID"].str.strip(),
+                "age": raw_users["Age"],
+                "gender": raw_users["Gender"],
+                "occupation": [_occupation(c) for c in raw_users["Occupation"]],
+                "zip_code": raw_users["Zip-code"],
+            }
+        )
+        files.append(str(folder / "users.dat"))
+    interactions = make_interactions(
+        pd.DataFrame(
+            {
+                "user_id": ratings["UserID"].str.strip(),
+                "item_id": ratings["MovieID"].str.strip(),
+                "timestamp": ratings["Timestamp"],
+                "rating": ratings["Rating"],
+            }
+        ),
+        source=files[0],
+    )
+    items = _movie_items(movies["MovieID"], movies["Title"], movies["Genres"], folder / "movies.dat")
+    return RawData(
+        items=items, interactions=interactions, users=users, source={"name": "ml-1m", "files": files}
+    )
+
+
+@register_importer("ml-latest")
+def import_ml_latest(spec: ImportSpec) -> RawData:
+    """MovieLens "latest" (full or ``-small``) from its GroupLens folder (``ratings.csv``, ``movies.csv``).
+
+    Same title/year/genre handling as ml-1m; "(no genres listed)" becomes an empty category.
+    """
+    folder = _grouplens_dir(
+        spec, "ml-latest", "ml-latest-small.zip or ml-latest.zip", ("ratings.csv", "movies.csv")
+    )
+    ratings = read_delimited(
+        folder / "ratings.csv",
+        sep=",",
+        checks={c: is_number for c in ("userId", "movieId", "rating", "timestamp")},
+        hint=_GROUPLENS_HINT,
+    )
+    movies = read_delimited(
+        folder / "movies.csv", sep=",", checks={"movieId": is_number}, hint=_GROUPLENS_HINT
+    )
+    for col in ("title", "genres"):
+        if col not in movies.columns:
+            raise missing_column_error(folder / "movies.csv", col, col, list(movies.columns))
+    files = [str(folder / "ratings.csv"), str(folder / "movies.csv")]
+    interactions = make_interactions(
+        pd.DataFrame(
+            {
+                "user_id": ratings["userId"].str.strip(),
+                "item_id": ratings["movieId"].str.strip(),
+                "timestamp": ratings["timestamp"],
+                "rating": ratings["rating"],
+            }
+        ),
+        source=files[0],
+    )
+    items = _movie_items(movies["movieId"], movies["title"], movies["genres"], folder / "movies.csv")
+    return RawData(items=items, interactions=interactions, source={"name": "ml-latest", "files": files})

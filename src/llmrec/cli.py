@@ -1,0 +1,158 @@
+"""The ``llmrec`` command line: one subcommand per pipeline stage, flags generated from the typed configs.
+
+Every subcommand accepts ``--config FILE`` (YAML/JSON with the same keys as the flags); flags given on
+the command line override the file. Bad input ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from llmrec import __version__
+from llmrec.config import add_arguments, resolve, to_dict
+from llmrec.errors import LlmrecError
+
+log = logging.getLogger("llmrec")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from llmrec.data.processing import PrepareConfig, prepare
+
+    cfg = resolve(PrepareConfig, args, args.config)
+    meta = prepare(cfg)
+    raw, final = meta["counts_raw"], meta["counts"]
+    print(f"{cfg.dataset}: before filtering {raw['users']:,} users, {raw['items']:,} items, {raw['interactions']:,} interactions")
+    for step in meta["filters"]:
+        print(f"  {step['step']}: -{step['interactions_removed']:,} -> {step['users']:,} users, {step['items']:,} items, {step['interactions']:,} interactions")
+    print(f"written {cfg.out_dir}: {final['users']:,} users, {final['items']:,} items, {final['interactions']:,} interactions")
+    print(f"  frozen negatives: {cfg.num_negatives} per user (seed {cfg.seed}) for valid and test")
+    if "ctr" in meta:
+        print("  CTR examples: " + ", ".join(f"{s} {v['examples']:,} ({v['positives']:,} positive)" for s, v in meta["ctr"].items()))
+    return 0
+
+
+def _cmd_images(args: argparse.Namespace) -> int:
+    from llmrec.data.images import ImagesConfig, fetch_images
+
+    cfg = resolve(ImagesConfig, args, args.config)
+    summary = fetch_images(cfg)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from llmrec.features.build import FeaturesConfig, build_features
+
+    cfg = resolve(FeaturesConfig, args, args.config)
+    for name, m in build_features(cfg).items():
+        print(f"{name}: {m['count']:,} x {m['dim']} {m['dtype']} from {m['encoder']} ({m['missing']:,} missing) sha256 {m['sha256'][:12]}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from llmrec.train import EvalConfig, TrainConfig, train
+
+    cfg = resolve(TrainConfig, args, args.config, nested={"eval": EvalConfig})
+    run_dir = train(cfg)
+    _print_metrics(run_dir)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from llmrec.config import from_dict
+    from llmrec.train import EvalConfig, evaluate_run
+
+    eval_args = {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__}
+    evaluate_run(args.run, from_dict(EvalConfig, eval_args) if eval_args else None, args.data)
+    _print_metrics(args.run)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from llmrec.demo import DemoConfig, run_demo
+
+    run_demo(resolve(DemoConfig, args, args.config))
+    return 0
+
+
+def _print_metrics(run_dir: Any) -> None:
+    from pathlib import Path
+
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    for split, values in metrics.items():
+        print(f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    print(f"run directory: {run_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llmrec.data.images import ImagesConfig
+    from llmrec.data.importers import available_importers
+    from llmrec.data.processing import PrepareConfig
+    from llmrec.demo import DemoConfig
+    from llmrec.features.build import FeaturesConfig
+    from llmrec.models.base import available_models
+    from llmrec.train import EvalConfig, TrainConfig
+
+    parser = argparse.ArgumentParser(prog="llmrec", description="LLM-based multimodal recommendation")
+    parser.add_argument("--version", action="version", version=f"llmrec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--config", help="YAML/JSON file with options (flags override it)")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = command("prepare", "import a dataset, filter it, split it and freeze evaluation candidates", _cmd_prepare)
+    p.add_argument("dataset", choices=available_importers(), help="importer name")
+    add_arguments(p, PrepareConfig, skip=("dataset",))
+
+    p = command("images", "download or collect item images; record every failure in a manifest", _cmd_images)
+    add_arguments(p, ImagesConfig)
+
+    p = command("features", "compute item text/image features into the dataset's feature store", _cmd_features)
+    add_arguments(p, FeaturesConfig)
+
+    p = command("train", "train a model, save it and evaluate it into a run directory", _cmd_train)
+    p.add_argument("model", choices=available_models(), help="model name")
+    p.add_argument("-o", "--option", dest="options", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS, help="model option (repeatable)")
+    add_arguments(p, TrainConfig, skip=("model", "options"))
+    add_arguments(p, EvalConfig)
+
+    p = command("evaluate", "re-evaluate a saved run (metrics.json is updated)", _cmd_evaluate)
+    p.add_argument("run", help="run directory written by 'llmrec train'")
+    p.add_argument("--data", default=None, help="evaluate on this prepared dataset instead of the run's")
+    add_arguments(p, EvalConfig)
+
+    p = command("demo", "the whole pipeline on MovieLens-100K with the embedded offline models", _cmd_demo)
+    add_arguments(p, DemoConfig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.fn(args)
+    except LlmrecError as e:
+        print(f"llmrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"llmrec {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_parser", "to_dict"]

@@ -1,0 +1,347 @@
+"""The generic importer ('table'): any CSV/TSV/parquet interaction table, plus an optional item table.
+
+Also home of :func:`read_delimited`, the delimited-text reader the MovieLens importers share: pandas
+reads the file fast, and only when something is wrong is the file scanned again line by line, so the
+error can name the exact 1-based line and field.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import lzma
+import math
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pandas as pd
+
+from llmrec.data.importers import ImportSpec, register_importer
+from llmrec.data.schema import ITEM_COLUMNS, RawData, make_interactions, make_items
+from llmrec.errors import LlmrecError
+
+INTERACTION_FIELDS = ("user_id", "item_id", "timestamp", "rating", "label")
+ITEM_FIELDS = ("item_id", "title", "brand", "category", "description", "image")
+_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+# A check takes one field's text and returns what is wrong with it, or None if it is fine.
+Check = Callable[[str], str | None]
+
+
+# ----------------------------------------------------------------------------- shared file helpers
+
+
+def require_path(value: str | Path | None, what: str, flag: str) -> Path:
+    """``value`` as an existing path, or an error saying which option to set."""
+    if not value:
+        raise LlmrecError(f"no {what} given", hint=f"pass {flag}")
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise LlmrecError(f"{what} not found", file=path, hint=f"check {flag}")
+    return path
+
+
+def open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
+    """Open a text file, decompressing .gz/.bz2/.xz by extension (the same files pandas reads)."""
+    opener = _OPENERS.get(path.suffix.lower())
+    if opener is not None:
+        return opener(path, "rt", encoding=encoding, newline="")
+    return open(path, encoding=encoding, newline="")
+
+
+def is_number(text: str) -> str | None:
+    """Check: a number (not empty, not NaN)."""
+    try:
+        if not math.isnan(float(text)):
+            return None
+    except ValueError:
+        pass
+    return f"{text!r} is not a number"
+
+
+def is_number_or_empty(text: str) -> str | None:
+    """Check: a number, or nothing at all (an absent rating)."""
+    return None if not text.strip() else is_number(text)
+
+
+def is_not_empty(text: str) -> str | None:
+    """Check: an id must be present."""
+    return None if text.strip() else "empty value"
+
+
+def is_time(text: str) -> str | None:
+    """Check: unix seconds or an ISO-8601 date (what :func:`_timestamps` accepts)."""
+    if is_number(text) is None:
+        return None
+    try:
+        datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return None
+    except ValueError:
+        return f"{text!r} is neither unix seconds nor an ISO-8601 date"
+
+
+def read_delimited(
+    path: Path,
+    *,
+    sep: str,
+    names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+    checks: dict[str, Check] | None = None,
+    hint: str | None = None,
+) -> pd.DataFrame:
+    """Read a delimited text file as strings; malformed lines raise :class:`LlmrecError` with the line number.
+
+    ``names`` labels a header-less file (MovieLens ``.dat``); without it the first line is the header.
+    ``checks`` maps a column to :data:`Check` functions (:func:`is_number`, ...); only the numeric
+    checks are applied to the whole column with pandas, the rest run only in the error scan. A line
+    with the wrong number of fields is always an error. Blank lines are skipped. Values come back as
+    text exactly as written (no NA guessing, so an id or a title such as "NA" survives).
+    """
+    checks = checks or {}
+    # The C parser cannot split on a multi-character separator such as MovieLens' "::".
+    engine = "c" if len(sep) == 1 else "python"
+    try:
+        df = pd.read_csv(
+            path,
+            sep=sep,
+            header=None if names is not None else 0,
+            names=list(names) if names is not None else None,
+            dtype=str,
+            keep_default_na=False,
+            index_col=False,
+            encoding=encoding,
+            engine=engine,
+        )
+    except FileNotFoundError:
+        raise LlmrecError("file not found", file=path, hint=hint) from None
+    except pd.errors.EmptyDataError:
+        raise LlmrecError("file is empty", file=path, hint=hint) from None
+    except UnicodeDecodeError as e:
+        raise LlmrecError(f"not valid {encoding} text ({e.reason})", file=path, hint=hint) from None
+    except pd.errors.ParserError as e:  # too many fields on some line
+        found = find_bad_line(path, sep, names, encoding, checks)
+        if found is None:
+            raise LlmrecError(f"cannot parse ({e})", file=path, hint=hint) from None
+        raise LlmrecError(found[2], file=path, row=found[0], field=found[1], hint=hint) from None
+    for col in checks:
+        if col not in df.columns:
+            raise missing_column_error(path, col, col, list(df.columns))
+    # The python engine leaves the fields missing from a short line as NaN; the C engine gives "",
+    # which the numeric checks below catch (a short line in a text-only file passes, as in pandas).
+    bad = df.isna().any(axis=1)
+    for col, check in checks.items():
+        if check is is_number:
+            bad |= pd.to_numeric(df[col], errors="coerce").isna()
+        elif check is is_number_or_empty:
+            bad |= pd.to_numeric(df[col], errors="coerce").isna() & (df[col].str.strip() != "")
+    if bad.any():
+        found = find_bad_line(path, sep, names, encoding, checks)
+        if found is None:  # the scan disagrees with pandas: report the data row pandas flagged
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise LlmrecError(
+                f"data row {row + 1} is malformed: {df.iloc[row].to_dict()}", file=path, hint=hint
+            )
+        raise LlmrecError(found[2], file=path, row=found[0], field=found[1], hint=hint)
+    return df
+
+
+def find_bad_line(
+    path: Path, sep: str, names: Sequence[str] | None, encoding: str, checks: dict[str, Check]
+) -> tuple[int, str | None, str] | None:
+    """Scan ``path`` for the first line with the wrong field count or a value failing its check.
+
+    Returns (1-based line number as an editor shows it, header included; field; what is wrong), or None.
+    """
+    expected = list(names) if names is not None else None
+    with open_text(path, encoding) as f:
+        for lineno, fields in _records(f, sep):
+            if not any(x.strip() for x in fields):
+                continue  # blank line: pandas skips it too
+            if expected is None:
+                expected = fields  # the header line
+                continue
+            if len(fields) != len(expected):
+                message = f"{len(fields)} fields where {len(expected)} are expected ({sep.join(expected)})"
+                # A short line names the first missing field; a long one has no single culprit.
+                return lineno, expected[len(fields)] if len(fields) < len(expected) else None, message
+            for col, check in checks.items():
+                if col in expected and (problem := check(fields[expected.index(col)])) is not None:
+                    return lineno, col, problem
+    return None
+
+
+def missing_column_error(path: Path, field: str, column: str, available: Sequence[str]) -> LlmrecError:
+    """The error for a column that should be in ``path`` but is not, listing what is there."""
+    what = f"column '{column}' (mapped to {field})" if column != field else f"column '{column}'"
+    return LlmrecError(
+        f"no {what}; available columns: {list(available)}",
+        file=path,
+        field=field,
+        hint=f"map the right column with --columns {field}=<column>",
+    )
+
+
+def _records(f: IO[str], sep: str) -> Iterator[tuple[int, list[str]]]:
+    """(1-based line where the record starts, fields), split the way pandas splits for this separator."""
+    if len(sep) > 1:  # pandas' python engine: no quoting with a multi-character separator
+        for lineno, line in enumerate(f, 1):
+            yield lineno, line.rstrip("\r\n").split(sep)
+        return
+    reader = csv.reader(f, delimiter=sep)
+    end = 0
+    for fields in reader:
+        start, end = end + 1, reader.line_num  # a quoted field may span lines
+        yield start, fields
+
+
+# ----------------------------------------------------------------------------- the generic importer
+
+
+def _format(path: Path) -> str:
+    """'parquet' or the separator of a text table, from the extension (ignoring a compression suffix)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _OPENERS:
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext == ".parquet":
+        return "parquet"
+    if ext not in _SEPARATORS:
+        raise LlmrecError(
+            f"unknown table format '{ext or path.name}'",
+            file=path,
+            hint="use .csv (comma), .tsv/.txt (tab) or .parquet (text files may end in .gz/.bz2/.xz)",
+        )
+    return _SEPARATORS[ext]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV (.csv), tab-separated (.tsv/.txt) or parquet table; text tables are read as strings."""
+    fmt = _format(path)
+    if fmt != "parquet":
+        return read_delimited(path, sep=fmt)
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a damaged or non-parquet file
+        raise LlmrecError(f"cannot read parquet ({e})", file=path) from None
+
+
+def _check_mapping(columns: dict[str, str]) -> dict[str, str]:
+    known = [*INTERACTION_FIELDS, *ITEM_FIELDS[1:]]
+    unknown = sorted(set(columns) - set(known))
+    if unknown:
+        raise LlmrecError(
+            f"unknown canonical column(s) {unknown} in the column mapping",
+            field=unknown[0],
+            hint=f"map any of {known}, e.g. --columns user_id=uid",
+        )
+    return dict(columns)
+
+
+def _resolve(
+    df: pd.DataFrame, path: Path, mapping: dict[str, str], fields: Sequence[str], required: Sequence[str]
+) -> dict[str, str]:
+    """{canonical name: source column} for ``fields`` found in ``df``; mapped-but-absent columns are errors."""
+    out: dict[str, str] = {}
+    for name in fields:
+        if name in mapping:
+            if mapping[name] not in df.columns:
+                raise missing_column_error(path, name, mapping[name], list(df.columns))
+            out[name] = mapping[name]
+        elif name in df.columns:
+            out[name] = name
+        elif name in required:
+            raise missing_column_error(path, name, name, list(df.columns))
+    return out
+
+
+def _bad_value(
+    path: Path, df: pd.DataFrame, col: str, field: str, bad: pd.Series, check: Check
+) -> LlmrecError:
+    """Name the first bad value: by its line in a text table, by its 1-based row in a parquet table."""
+    fmt = _format(path)
+    if fmt != "parquet":
+        found = find_bad_line(path, fmt, None, "utf-8", {col: check})
+        if found is not None:  # named by the canonical field the user mapped, e.g. 'timestamp'
+            return LlmrecError(found[2], file=path, row=found[0], field=field)
+    row = int(np.flatnonzero(bad.to_numpy())[0])
+    value = df[col].iloc[row]
+    return LlmrecError(check(str(value)) or f"bad value {value!r}", file=path, row=row + 1, field=field)
+
+
+def _timestamps(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
+    """Unix seconds from numbers, datetime columns (parquet) or ISO-8601 date strings."""
+    values = df[col]
+    if pd.api.types.is_datetime64_any_dtype(values):
+        dt = values if values.dt.tz is not None else values.dt.tz_localize("UTC")
+    else:
+        num = pd.to_numeric(values, errors="coerce")
+        if num.notna().all():
+            return num
+        # Hand-made tables often carry dates: accept ISO-8601 text rather than make users convert.
+        dt = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    if dt.isna().any():
+        raise _bad_value(path, df, col, "timestamp", dt.isna(), is_time)
+    return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("int64")
+
+
+@register_importer("table")
+def import_table(spec: ImportSpec) -> RawData:
+    """Any interaction table (``spec.path``) plus an optional item table (``spec.items_path``).
+
+    ``spec.columns`` maps canonical names to source columns (``{"user_id": "uid", "title": "name"}``);
+    unmapped canonical names are used where a column of that name exists. Timestamps may be unix
+    seconds or ISO-8601 dates; an empty rating or label means absent. Without an item table, the items
+    are the distinct item ids, with any item text columns (title, ...) found in the interaction table.
+    """
+    path = require_path(spec.path, "interactions table", "--path")
+    mapping = _check_mapping(spec.columns)
+    src = read_table(path)
+    cols = _resolve(src, path, mapping, INTERACTION_FIELDS, required=("user_id", "item_id", "timestamp"))
+    inter = pd.DataFrame({name: src[col] for name, col in cols.items()})
+    for name in ("user_id", "item_id"):
+        values = src[cols[name]]
+        empty = values.isna() | (values.astype(str).str.strip() == "")
+        if empty.any():
+            raise _bad_value(path, src, cols[name], name, empty, is_not_empty)
+    inter["timestamp"] = _timestamps(src, cols["timestamp"], path)
+    for name in ("rating", "label"):
+        if name in cols:
+            values = src[cols[name]]
+            num = pd.to_numeric(values, errors="coerce")
+            # An empty cell means "no rating here", not an error.
+            bad = num.isna() & values.notna() & (values.astype(str).str.strip() != "")
+            if bad.any():
+                raise _bad_value(path, src, cols[name], name, bad, is_number_or_empty)
+            inter[name] = num
+    interactions = make_interactions(inter, source=str(path))
+    files = [str(path)]
+
+    if spec.items_path:
+        items_path = require_path(spec.items_path, "item table", "--items-path")
+        item_src = read_table(items_path)
+        item_cols = _resolve(item_src, items_path, mapping, ITEM_FIELDS, required=("item_id",))
+        table = pd.DataFrame({name: item_src[col] for name, col in item_cols.items()})
+        for col in item_src.columns:
+            if col in item_cols.values():
+                continue
+            # Every other column is item side information that make_items folds into ``extra``; a column
+            # named like a canonical field the user mapped elsewhere keeps its data under a new name.
+            table[f"source_{col}" if col in ITEM_COLUMNS and col != "extra" else col] = item_src[col]
+        items = make_items(table, source=str(items_path))
+        files.append(str(items_path))
+    else:
+        item_cols = _resolve(src, path, mapping, ITEM_FIELDS, required=("item_id",))
+        # Only the item fields: other columns may describe the event, not the item.
+        table = pd.DataFrame({name: src[col] for name, col in item_cols.items()})
+        table["item_id"] = table["item_id"].astype(str)
+        items = make_items(table.drop_duplicates("item_id", keep="first"), source=str(path))
+    return RawData(
+        items=items,
+        interactions=interactions,
+        source={"name": "table", "files": files, "columns": mapping},
+    )

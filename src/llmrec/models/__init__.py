@@ -1,0 +1,1 @@
+"""Recommendation models. Every model implements :class:`llmrec.models.base.Recommender` and registers itself."""

@@ -1,0 +1,43 @@
+"""PNG plots for results a person would rather look at than read (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmrec.utils.io import atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_popularity_breakdown(
+    breakdowns: dict[str, Sequence[dict[str, float]]], path: str | Path, metric: str = "hit@10"
+) -> None:
+    """Grouped bars: ``metric`` per item-popularity group (0 = least popular), one bar series per model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(breakdowns)
+    width = 0.8 / max(len(names), 1)
+    for j, name in enumerate(names):
+        rows = breakdowns[name]
+        xs = [r["group"] + (j - (len(names) - 1) / 2) * width for r in rows]
+        ax.bar(xs, [r.get(metric, 0.0) for r in rows], width=width, label=name)
+    first = breakdowns[names[0]] if names else []
+    ax.set_xticks([r["group"] for r in first])
+    ax.set_xticklabels([f"G{int(r['group']) + 1}\n{int(r['min_count'])}-{int(r['max_count'])}" for r in first])
+    ax.set_xlabel("target-item popularity group (training interactions per item)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} by item popularity")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

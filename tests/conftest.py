@@ -1,0 +1,50 @@
+"""Shared fixtures: pinned torch threads (2-core CI), small synthetic datasets with known answers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def synthetic_tables(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Canonical items/interactions: users walk the catalog in order (item i -> i+1), ratings alternate 5/2."""
+    from llmrec.data.schema import make_interactions, make_items
+
+    rng = np.random.default_rng(seed)
+    items = make_items(
+        [
+            {"item_id": f"i{i:03d}", "title": f"Item <b>{i}</b>", "brand": f"brand{i % 3}", "category": "cat" + str(i % 4), "description": f"desc {i}"}
+            for i in range(n_items)
+        ],
+        source="synthetic",
+    )
+    rows = []
+    for u in range(n_users):
+        start = int(rng.integers(0, n_items))
+        for t in range(per_user):
+            rows.append({"user_id": f"u{u}", "item_id": f"i{(start + t) % n_items:03d}", "timestamp": 1000 + 10 * t + u, "rating": 5.0 if t % 2 == 0 else 2.0})
+    return items, make_interactions(rows, source="synthetic")
+
+
+@pytest.fixture
+def synthetic_dataset(tmp_path):
+    """A prepared synthetic dataset directory (no k-core: every user has 12 items)."""
+    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
+    from llmrec.data.schema import RawData
+
+    items, inter = synthetic_tables()
+    raw = RawData(items=items, interactions=inter, source={"name": "synthetic"})
+    cfg = ProcessConfig(kcore=0, num_negatives=10, seed=3)
+    tables = finalize(raw.items, raw.interactions, cfg, raw.source, {"users": 30, "items": 40, "interactions": 360}, [])
+    out = tmp_path / "synthetic"
+    write_dataset(tables, out)
+    return out
