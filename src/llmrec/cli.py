@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("prepare", "import a dataset, filter it, split it and freeze evaluation candidates", _cmd_prepare)
-    p.add_argument("dataset", choices=available_importers(), help="importer name")
+    p.add_argument("dataset", help="importer name: " + ", ".join(available_importers()))
     add_arguments(p, PrepareConfig, skip=("dataset",))
 
     p = command("images", "download or collect item images; record every failure in a manifest", _cmd_images)
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, FeaturesConfig)
 
     p = command("train", "train a model, save it and evaluate it into a run directory", _cmd_train)
-    p.add_argument("model", choices=available_models(), help="model name")
+    p.add_argument("model", help="model name: " + ", ".join(available_models()))
     p.add_argument("-o", "--option", dest="options", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS, help="model option (repeatable)")
     add_arguments(p, TrainConfig, skip=("model", "options"))
     add_arguments(p, EvalConfig)

@@ -4,7 +4,8 @@ For each item, in item order, the image reference is resolved in this order:
 
 1. a file ``<image_dir>/<item_id>.<ext>`` (jpg, jpeg, png, webp, gif) when ``--image-dir`` is given;
 2. the item's ``image`` field, when it is a local path (absolute, or relative to the dataset directory)
-   or a ``file://`` URL;
+   or a ``file://`` URL; files inside the dataset directory but outside ``images/`` are copied into
+   ``images/files/`` (a dataset rewrite keeps only ``images/``), other local files are used in place;
 3. the item's ``image`` field, when it is an http(s) URL: downloaded into
    ``<data>/images/files/<sha1 of the URL>.<ext>`` with the extension taken from the bytes;
 4. otherwise the item has no reference (status ``no_reference``).
@@ -81,9 +82,7 @@ class ImagesConfig:
     missing: Literal["keep", "drop"] = option(
         "keep", "items without a usable image: keep them flagged image-less, or drop them and re-apply k-core"
     )
-    user_agent: str = option(
-        "llmrec/0.1 (image fetcher; +https://pypi.org/project/llmrec/)", "HTTP User-Agent"
-    )
+    user_agent: str = option("llmrec/0.1 (research image fetcher)", "HTTP User-Agent")
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -544,12 +543,12 @@ def image_paths(dataset: Dataset | str | Path) -> list[Path | None]:
     field is used as is: local paths (absolute, or relative to the dataset dir) that exist, None for URLs,
     empty fields and missing files (the ``--image-dir`` of a run is not known then).
     """
-    if not hasattr(dataset, "items"):
+    if isinstance(dataset, str | Path):
         from llmrec.data.dataset import Dataset
 
-        dataset = Dataset(dataset)  # type: ignore[arg-type]
-    root = Path(dataset.root).resolve()  # type: ignore[union-attr]
-    items = dataset.items  # type: ignore[union-attr]
+        dataset = Dataset(dataset)
+    root = dataset.root.resolve()
+    items = dataset.items
     item_ids = items["item_id"].astype(str).tolist()
     manifest_path = root / "images" / MANIFEST
     if not manifest_path.exists():
@@ -566,18 +565,23 @@ def image_paths(dataset: Dataset | str | Path) -> list[Path | None]:
         row = by_id.get(item_id)
         if row is None:
             raise LlmrecError(
-                f"item {item_id!r} is not in the image manifest", file=manifest_path, row=row_no,
-                hint=f"re-run 'llmrec images --data {root}'",
-            )  # fmt: skip
+                f"item {item_id!r} is not in the image manifest (images/{MANIFEST})",
+                file=root / "items.parquet",
+                row=row_no,
+                hint=f"the dataset changed since; re-run 'llmrec images --data {root}'",
+            )
         if row["status"] != "ok":
             out.append(None)
             continue
         path = root / row["path"]
         if not path.is_file():
             raise LlmrecError(
-                f"image file missing ({row['path']}) for item {item_id!r}", file=root / "items.parquet", row=row_no,
-                field="image", hint=f"re-run 'llmrec images --data {root}' or pass --missing drop",
-            )  # fmt: skip
+                f"image file missing ({row['path']}) for item {item_id!r}",
+                file=root / "items.parquet",
+                row=row_no,
+                field="image",
+                hint=f"re-run 'llmrec images --data {root}'",
+            )
         out.append(path)
     return out
 

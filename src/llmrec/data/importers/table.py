@@ -276,17 +276,21 @@ def _bad_value(
 def _timestamps(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     """Unix seconds from numbers, datetime columns (parquet) or ISO-8601 date strings."""
     values = df[col]
+    epoch, second = pd.Timestamp(0, tz="UTC"), pd.Timedelta(seconds=1)
     if pd.api.types.is_datetime64_any_dtype(values):
         dt = values if values.dt.tz is not None else values.dt.tz_localize("UTC")
-    else:
-        num = pd.to_numeric(values, errors="coerce")
-        if num.notna().all():
-            return num
-        # Hand-made tables often carry dates: accept ISO-8601 text rather than make users convert.
-        dt = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    if dt.isna().any():
-        raise _bad_value(path, df, col, "timestamp", dt.isna(), is_time)
-    return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("int64")
+        if dt.isna().any():
+            raise _bad_value(path, df, col, "timestamp", dt.isna(), is_time)
+        return ((dt - epoch) // second).astype("int64")
+    num = pd.to_numeric(values, errors="coerce")
+    if num.notna().all():
+        return num
+    # Hand-made tables often carry dates: accept ISO-8601 text rather than make users convert.
+    dt = pd.to_datetime(values.where(num.isna()), utc=True, errors="coerce", format="ISO8601")
+    bad = num.isna() & dt.isna()
+    if bad.any():
+        raise _bad_value(path, df, col, "timestamp", bad, is_time)
+    return num.fillna((dt - epoch) // second).astype("int64")
 
 
 @register_importer("table")

@@ -1,0 +1,79 @@
+"""The command line end to end: outputs, run directories, one-line errors, earlier outputs left intact."""
+
+import json
+
+import pytest
+
+from llmrec.cli import main
+
+
+def _err_lines(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    return [line for line in err if "error" in line]
+
+
+@pytest.mark.slow
+def test_prepare_ml100k_reports_counts(tmp_path, capsys):
+    assert main(["prepare", "ml-100k", "--out", str(tmp_path / "ml")]) == 0
+    out = capsys.readouterr().out
+    assert "before filtering 943 users, 1,682 items, 100,000 interactions" in out
+    assert (tmp_path / "ml" / "eval" / "test_negatives.npy").exists()
+
+
+def test_unknown_dataset_is_one_line_error(tmp_path, capsys):
+    assert main(["prepare", "ml-42k", "--out", str(tmp_path / "x")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unknown dataset 'ml-42k'" in lines[0] and "ml-100k" in lines[0]
+
+
+def test_unknown_config_key_is_an_error(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("kcore: 5\nk_core: 3\n")
+    assert main(["prepare", "ml-100k", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unknown key(s) ['k_core']" in lines[0]
+    cfg.write_text("kcore: five\n")
+    assert main(["prepare", "ml-100k", "--config", str(cfg)]) == 2
+    assert "kcore: expected an integer" in capsys.readouterr().err
+
+
+def test_bad_column_names_file_and_field_and_keeps_old_output(tmp_path, capsys):
+    good = tmp_path / "inter.csv"
+    rows = ["uid,iid,ts"] + [f"u{u},i{(u + t) % 9},{t}" for u in range(12) for t in range(6)]
+    good.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "ds"
+    args = ["prepare", "table", "--path", str(good), "--columns", "user_id=uid", "item_id=iid", "timestamp=ts", "--kcore", "0", "--num-negatives", "2", "--out", str(out)]
+    assert main(args) == 0
+    before = (out / "meta.json").read_bytes()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("uid,iid,ts\nu1,i1,5\nu1,i2,yesterday\n")
+    args[args.index(str(good))] = str(bad)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.csv" in err[0] and "timestamp" in err[0]
+    assert (out / "meta.json").read_bytes() == before
+
+
+def test_train_evaluate_roundtrip_and_run_directory(synthetic_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "popularity", "--data", str(synthetic_dataset), "--out", str(run), "--ks", "1", "5"]) == 0
+    for name in ("config.json", "metrics.json", "log.txt", "breakdown.json", "popularity_breakdown.png", "model/model.json"):
+        assert (run / name).exists(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == "popularity" and cfg["eval"]["ks"] == [1, 5]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"hit@1", "ndcg@5", "full_hit@5", "auc", "uauc"} <= set(metrics["test"])
+    assert main(["evaluate", str(run), "--ks", "1", "5"]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    for k in ("hit@1", "ndcg@5", "full_ndcg@5", "auc"):
+        assert again["test"][k] == metrics["test"][k]
+
+
+def test_unknown_model_option_is_an_error(synthetic_dataset, tmp_path, capsys):
+    assert main(["train", "random", "--data", str(synthetic_dataset), "--out", str(tmp_path / "r"), "-o", "seed=1", "-o", "sed=2"]) == 2
+    assert "unknown key(s) ['sed']" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    assert main(["features", "--data", str(tmp_path / "nope")]) == 2
+    assert "run 'llmrec prepare" in capsys.readouterr().err
