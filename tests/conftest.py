@@ -15,14 +15,22 @@ import torch
 torch.set_num_threads(1)
 
 
-def synthetic_tables(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def synthetic_tables(
+    n_users: int = 30, n_items: int = 40, per_user: int = 12, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Canonical items/interactions: users walk the catalog in order (item i -> i+1), ratings alternate 5/2."""
     from llmrec.data.schema import make_interactions, make_items
 
     rng = np.random.default_rng(seed)
     items = make_items(
         [
-            {"item_id": f"i{i:03d}", "title": f"Item <b>{i}</b>", "brand": f"brand{i % 3}", "category": "cat" + str(i % 4), "description": f"desc {i}"}
+            {
+                "item_id": f"i{i:03d}",
+                "title": f"Item <b>{i}</b>",
+                "brand": f"brand{i % 3}",
+                "category": "cat" + str(i % 4),
+                "description": f"desc {i}",
+            }
             for i in range(n_items)
         ],
         source="synthetic",
@@ -31,7 +39,14 @@ def synthetic_tables(n_users: int = 30, n_items: int = 40, per_user: int = 12, s
     for u in range(n_users):
         start = int(rng.integers(0, n_items))
         for t in range(per_user):
-            rows.append({"user_id": f"u{u}", "item_id": f"i{(start + t) % n_items:03d}", "timestamp": 1000 + 10 * t + u, "rating": 5.0 if t % 2 == 0 else 2.0})
+            rows.append(
+                {
+                    "user_id": f"u{u}",
+                    "item_id": f"i{(start + t) % n_items:03d}",
+                    "timestamp": 1000 + 10 * t + u,
+                    "rating": 5.0 if t % 2 == 0 else 2.0,
+                }
+            )
     return items, make_interactions(rows, source="synthetic")
 
 
@@ -44,7 +59,9 @@ def synthetic_dataset(tmp_path):
     items, inter = synthetic_tables()
     raw = RawData(items=items, interactions=inter, source={"name": "synthetic"})
     cfg = ProcessConfig(kcore=0, num_negatives=10, seed=3)
-    tables = finalize(raw.items, raw.interactions, cfg, raw.source, {"users": 30, "items": 40, "interactions": 360}, [])
+    tables = finalize(
+        raw.items, raw.interactions, cfg, raw.source, {"users": 30, "items": 40, "interactions": 360}, []
+    )
     out = tmp_path / "synthetic"
     write_dataset(tables, out)
     return out

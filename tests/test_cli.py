@@ -42,7 +42,22 @@ def test_bad_column_names_file_and_field_and_keeps_old_output(tmp_path, capsys):
     rows = ["uid,iid,ts"] + [f"u{u},i{(u + t) % 9},{t}" for u in range(12) for t in range(6)]
     good.write_text("\n".join(rows) + "\n")
     out = tmp_path / "ds"
-    args = ["prepare", "table", "--path", str(good), "--columns", "user_id=uid", "item_id=iid", "timestamp=ts", "--kcore", "0", "--num-negatives", "2", "--out", str(out)]
+    args = [
+        "prepare",
+        "table",
+        "--path",
+        str(good),
+        "--columns",
+        "user_id=uid",
+        "item_id=iid",
+        "timestamp=ts",
+        "--kcore",
+        "0",
+        "--num-negatives",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     before = (out / "meta.json").read_bytes()
     bad = tmp_path / "bad.csv"
@@ -56,8 +71,18 @@ def test_bad_column_names_file_and_field_and_keeps_old_output(tmp_path, capsys):
 
 def test_train_evaluate_roundtrip_and_run_directory(synthetic_dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "popularity", "--data", str(synthetic_dataset), "--out", str(run), "--ks", "1", "5"]) == 0
-    for name in ("config.json", "metrics.json", "log.txt", "breakdown.json", "popularity_breakdown.png", "model/model.json"):
+    assert (
+        main(["train", "popularity", "--data", str(synthetic_dataset), "--out", str(run), "--ks", "1", "5"])
+        == 0
+    )
+    for name in (
+        "config.json",
+        "metrics.json",
+        "log.txt",
+        "breakdown.json",
+        "popularity_breakdown.png",
+        "model/model.json",
+    ):
         assert (run / name).exists(), name
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"] == "popularity" and cfg["eval"]["ks"] == [1, 5]
@@ -70,7 +95,23 @@ def test_train_evaluate_roundtrip_and_run_directory(synthetic_dataset, tmp_path,
 
 
 def test_unknown_model_option_is_an_error(synthetic_dataset, tmp_path, capsys):
-    assert main(["train", "random", "--data", str(synthetic_dataset), "--out", str(tmp_path / "r"), "-o", "seed=1", "-o", "sed=2"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "random",
+                "--data",
+                str(synthetic_dataset),
+                "--out",
+                str(tmp_path / "r"),
+                "-o",
+                "seed=1",
+                "-o",
+                "sed=2",
+            ]
+        )
+        == 2
+    )
     assert "unknown key(s) ['sed']" in capsys.readouterr().err
 
 

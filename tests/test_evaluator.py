@@ -39,7 +39,9 @@ def test_oracle_is_perfect_and_anti_oracle_is_worst(synthetic_dataset):
     anti = Anti(None, ds.n_users, ds.n_items)
     anti.fit(ds)
     metrics, _ = evaluate_ranking(anti, ds, "test", ks=(1, 5))
-    assert metrics["hit@5"] == 0.0 and metrics["mrr"] == pytest.approx(1 / 11)  # last of target + 10 negatives
+    assert metrics["hit@5"] == 0.0 and metrics["mrr"] == pytest.approx(
+        1 / 11
+    )  # last of target + 10 negatives
 
 
 def test_random_model_near_chance_and_deterministic(synthetic_dataset, tmp_path):

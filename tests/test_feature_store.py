@@ -85,15 +85,27 @@ def test_tampered_file_and_wrong_order_are_rejected(tmp_path):
 
 def test_encoder_nan_is_an_error(tmp_path):
     with pytest.raises(LlmrecError, match="NaN"):
-        compute_feature(tmp_path, "x", 3, 2, lambda idx: (np.full((len(idx), 2), np.nan), np.zeros(len(idx), bool)), SPEC)
+        compute_feature(
+            tmp_path, "x", 3, 2, lambda idx: (np.full((len(idx), 2), np.nan), np.zeros(len(idx), bool)), SPEC
+        )
 
 
 def test_template_rendering():
-    row = {"item_id": "1", "title": "Toy Story", "brand": "", "category": "Animation", "description": "", "extra": '{"year": "1995", "feature": ["a", "b"]}'}
+    row = {
+        "item_id": "1",
+        "title": "Toy Story",
+        "brand": "",
+        "category": "Animation",
+        "description": "",
+        "extra": '{"year": "1995", "feature": ["a", "b"]}',
+    }
     fields = item_fields(row)
     t = "Title: {title} Brand: {brand} Category: {category} Description: {description}"
     assert render_template(t, fields) == "Title: Toy Story Category: Animation"
-    assert render_template(t, fields, drop_empty=False) == "Title: Toy Story Brand: Category: Animation Description:"
+    assert (
+        render_template(t, fields, drop_empty=False)
+        == "Title: Toy Story Brand: Category: Animation Description:"
+    )
     assert render_template("{title} ({year}) Feature: {feature}", fields) == "Toy Story (1995) Feature: a, b"
     with pytest.raises(LlmrecError, match="unknown field"):
         check_template("Title: {titel}", set(fields))

@@ -26,9 +26,18 @@ def _image_dataset(tmp_path):
         records.append({"item_id": str(i), "title": f"{colour} thing {i}", "image": str(path)})
     items = make_items(records, "test")
     inter = make_interactions(
-        [{"user_id": f"u{u}", "item_id": str(i), "timestamp": 10 * u + i} for u in range(4) for i in range(6) if i != u], "test"
+        [
+            {"user_id": f"u{u}", "item_id": str(i), "timestamp": 10 * u + i}
+            for u in range(4)
+            for i in range(6)
+            if i != u
+        ],
+        "test",
     )
-    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=1), {"name": "img"}, {}, []), tmp_path / "ds")
+    write_dataset(
+        finalize(items, inter, ProcessConfig(kcore=0, num_negatives=1), {"name": "img"}, {}, []),
+        tmp_path / "ds",
+    )
     return tmp_path / "ds"
 
 
@@ -49,19 +58,41 @@ def _check_colour_structure(values, missing):
 def test_efficientnet_lite0_image_features(tmp_path):
     ds = _image_dataset(tmp_path)
     manifest = build_features(FeaturesConfig(data=str(ds), text=False, image=True, batch_size=4))["image"]
-    assert manifest["dim"] == 1280 and manifest["missing"] == 1 and manifest["encoder"] == "efficientnet-lite0"
+    assert (
+        manifest["dim"] == 1280 and manifest["missing"] == 1 and manifest["encoder"] == "efficientnet-lite0"
+    )
     f = load_feature(ds / "features", "image")
     _check_colour_structure(np.asarray(f.values), f.missing)
 
 
 def _tiny_tower(kind, folder):
-    from transformers import BitImageProcessor, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
+    from transformers import (
+        BitImageProcessor,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        Dinov2Config,
+        Dinov2Model,
+    )
 
-    size = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    size = {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
     if kind == "clip":
-        model, proc = CLIPVisionModel(CLIPVisionConfig(**size)), CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        model, proc = (
+            CLIPVisionModel(CLIPVisionConfig(**size)),
+            CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        )
     else:
-        model, proc = Dinov2Model(Dinov2Config(**size)), BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        model, proc = (
+            Dinov2Model(Dinov2Config(**size)),
+            BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        )
     model.save_pretrained(folder)
     proc.save_pretrained(folder)
     return str(folder)
@@ -74,7 +105,9 @@ def test_transformers_vision_tower_features(tmp_path, kind):
     torch.manual_seed(0)
     ds = _image_dataset(tmp_path)
     tower = _tiny_tower(kind, tmp_path / kind)
-    manifest = build_features(FeaturesConfig(data=str(ds), text=False, image=True, image_encoder=tower, image_name=f"img_{kind}"))
+    manifest = build_features(
+        FeaturesConfig(data=str(ds), text=False, image=True, image_encoder=tower, image_name=f"img_{kind}")
+    )
     m = manifest[f"img_{kind}"]
     assert m["dim"] == 32 and m["count"] == 6 and m["missing"] == 1
     f = load_feature(ds / "features", f"img_{kind}")

@@ -322,8 +322,12 @@ def test_interrupted_run_resumes_from_checkpoint(
     n_ok = sum(s == "ok" for s in statuses.values())
 
     monkeypatch.setattr(images_mod, "_run_job", real_run_job)
+    writes = []
+    real_write = images_mod._write_manifest
+    monkeypatch.setattr(images_mod, "_write_manifest", lambda *a: (writes.append(1), real_write(*a)))
     before = server.snapshot()
     summary = fetch_images(_cfg(dataset))
+    assert len(writes) > 2  # checkpoints along the way (every item here), then the final write
     assert summary["skipped"] == n_ok and _statuses(dataset) == EXPECTED
     after = server.snapshot()
     assert after["/good.png"] == before["/good.png"] and after["/good.jpg"] == before["/good.jpg"]
@@ -337,11 +341,16 @@ def test_image_paths_without_manifest_uses_existing_local_files(dataset: Path) -
     assert image_paths(str(dataset)) == list(paths.values())
 
 
-def test_image_paths_reports_a_vanished_file(dataset: Path) -> None:
+def test_image_paths_reports_a_vanished_file_or_a_stale_manifest(dataset: Path) -> None:
     fetch_images(_cfg(dataset))
+    manifest = load_manifest(dataset)
+    manifest.loc[manifest["item_id"] != "i03"].to_parquet(dataset / "images" / "manifest.parquet")
+    with pytest.raises(LlmrecError, match=r"row 3: item 'i03' is not in the image manifest"):
+        image_paths(Dataset(dataset))
+    manifest.to_parquet(dataset / "images" / "manifest.parquet")
     (dataset / load_manifest(dataset).set_index("item_id").loc["i02", "path"]).unlink()
     with pytest.raises(
-        LlmrecError, match=r"row 1, field 'image': image file missing \(images/files/.*llmrec images"
+        LlmrecError, match=r"row 2, field 'image': image file missing \(images/files/.*llmrec images"
     ):
         image_paths(Dataset(dataset))
 

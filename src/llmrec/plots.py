@@ -32,7 +32,9 @@ def plot_popularity_breakdown(
         ax.bar(xs, [r.get(metric, 0.0) for r in rows], width=width, label=name)
     first = breakdowns[names[0]] if names else []
     ax.set_xticks([r["group"] for r in first])
-    ax.set_xticklabels([f"G{int(r['group']) + 1}\n{int(r['min_count'])}-{int(r['max_count'])}" for r in first])
+    ax.set_xticklabels(
+        [f"G{int(r['group']) + 1}\n{int(r['min_count'])}-{int(r['max_count'])}" for r in first]
+    )
     ax.set_xlabel("target-item popularity group (training interactions per item)")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} by item popularity")

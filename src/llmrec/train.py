@@ -49,7 +49,9 @@ class TrainConfig:
     out: str | None = option(None, "run directory (default: runs/<model>-<dataset>-<timestamp>)")
     seed: int = option(42, "global seed (numpy, torch)")
     threads: int | None = option(None, "torch CPU threads (default: torch's choice)")
-    options: dict[str, Any] = option(factory=dict, help="model options, e.g. -o hidden=64 (unknown keys are an error)")
+    options: dict[str, Any] = option(
+        factory=dict, help="model options, e.g. -o hidden=64 (unknown keys are an error)"
+    )
     eval: EvalConfig = option(factory=EvalConfig, help="evaluation settings")
 
 
@@ -96,7 +98,9 @@ def train(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig | None = None, data: str | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, eval_cfg: EvalConfig | None = None, data: str | None = None
+) -> dict[str, Any]:
     """Re-evaluate a saved run's model (optionally on another prepared copy of the dataset)."""
     run_dir = Path(run_dir)
     saved = read_json(run_dir / "config.json")

@@ -111,7 +111,9 @@ class Dataset:
             raise LlmrecError("frozen negatives missing", file=path, hint="re-run 'llmrec prepare'")
         expected = self.meta.get("checksums", {}).get(rel)
         if expected and sha256_file(path) != expected:
-            raise LlmrecError("checksum mismatch: the candidates were modified", file=path, hint="re-run 'llmrec prepare'")
+            raise LlmrecError(
+                "checksum mismatch: the candidates were modified", file=path, hint="re-run 'llmrec prepare'"
+            )
         return np.load(path, allow_pickle=False)
 
     @cached_property
@@ -127,7 +129,9 @@ class Dataset:
         path = self.root / "ctr" / f"{name}.parquet"
         if not path.exists():
             raise LlmrecError(
-                "no CTR examples in this dataset", file=path, hint="the source needs ratings or labels; re-run 'llmrec prepare'"
+                "no CTR examples in this dataset",
+                file=path,
+                hint="the source needs ratings or labels; re-run 'llmrec prepare'",
             )
         return pd.read_parquet(path)
 

@@ -567,7 +567,7 @@ def image_paths(dataset: Dataset | str | Path) -> list[Path | None]:
             raise LlmrecError(
                 f"item {item_id!r} is not in the image manifest (images/{MANIFEST})",
                 file=root / "items.parquet",
-                row=row_no,
+                row=row_no + 1,
                 hint=f"the dataset changed since; re-run 'llmrec images --data {root}'",
             )
         if row["status"] != "ok":
@@ -578,7 +578,7 @@ def image_paths(dataset: Dataset | str | Path) -> list[Path | None]:
             raise LlmrecError(
                 f"image file missing ({row['path']}) for item {item_id!r}",
                 file=root / "items.parquet",
-                row=row_no,
+                row=row_no + 1,
                 field="image",
                 hint=f"re-run 'llmrec images --data {root}'",
             )

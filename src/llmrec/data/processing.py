@@ -9,6 +9,7 @@ failed run never leaves a half-written dataset and never damages the previous on
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,11 +34,15 @@ class ProcessConfig:
 
     kcore: int = option(5, "iterative k-core: keep users and items with at least k interactions (0 = off)")
     min_user_len: int = option(3, "drop users with fewer interactions (leave-one-out needs >= 3)")
-    max_users: int | None = option(None, "randomly keep this many users (seeded) for quick runs; k-core re-applied")
+    max_users: int | None = option(
+        None, "randomly keep this many users (seeded) for quick runs; k-core re-applied"
+    )
     dedupe: bool = option(True, "keep only the first interaction of a repeated (user, item) pair")
     require_image: bool = option(False, "drop items without an image reference before k-core (I-LLMRec data)")
     require_description: bool = option(False, "drop items with an empty description before k-core")
-    num_negatives: int = option(100, "evaluation negatives per user, uniform over items the user never touched")
+    num_negatives: int = option(
+        100, "evaluation negatives per user, uniform over items the user never touched"
+    )
     seed: int = option(42, "seed for user subsampling and evaluation negatives")
     like_threshold: float = option(4.0, "CTR: rating >= threshold is a positive (label 1)")
     ctr_history_len: int = option(10, "CTR: at most this many most recent liked items before the target")
@@ -54,7 +59,9 @@ class ProcessConfig:
         if self.num_negatives < 1:
             raise ConfigError(f"num_negatives must be >= 1, got {self.num_negatives}")
         if len(self.ctr_split) != 3 or abs(sum(self.ctr_split) - 1.0) > 1e-6 or min(self.ctr_split) < 0:
-            raise ConfigError(f"ctr_split must be three non-negative fractions summing to 1, got {self.ctr_split}")
+            raise ConfigError(
+                f"ctr_split must be three non-negative fractions summing to 1, got {self.ctr_split}"
+            )
         if self.ctr_history_len < 1 or self.ctr_min_history < 0:
             raise ConfigError("ctr_history_len must be >= 1 and ctr_min_history >= 0")
 
@@ -63,7 +70,9 @@ class ProcessConfig:
 class PrepareConfig(ImportSpec, ProcessConfig):
     """``llmrec prepare``: importer name, its files, the output directory and the processing options."""
 
-    dataset: str = option("ml-100k", "importer name: ml-100k, ml-1m, ml-latest, amazon2018, amazon2023, table")
+    dataset: str = option(
+        "ml-100k", "importer name: ml-100k, ml-1m, ml-latest, amazon2018, amazon2023, table"
+    )
     out: str | None = option(None, "output directory (default: data/<dataset>)")
 
     def __post_init__(self) -> None:
@@ -132,7 +141,11 @@ def ctr_examples(inter: pd.DataFrame, cfg: ProcessConfig) -> pd.DataFrame | None
         return None
     label = inter["label"] if has_label else (inter["rating"] >= cfg.like_threshold).astype(float)
     rows: dict[str, list[Any]] = {k: [] for k in ("user_idx", "target", "label", "timestamp", "history")}
-    users, items, times = inter["user_idx"].to_numpy(), inter["item_idx"].to_numpy(), inter["timestamp"].to_numpy()
+    users, items, times = (
+        inter["user_idx"].to_numpy(),
+        inter["item_idx"].to_numpy(),
+        inter["timestamp"].to_numpy(),
+    )
     labels = label.to_numpy()
     liked: list[int] = []
     for i in range(len(inter)):
@@ -168,7 +181,9 @@ def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
     filters: list[dict[str, Any]] = []
 
     def note(step: str, before: pd.DataFrame, after: pd.DataFrame) -> None:
-        filters.append({"step": step, "interactions_removed": int(len(before) - len(after)), **_counts(after)})
+        filters.append(
+            {"step": step, "interactions_removed": int(len(before) - len(after)), **_counts(after)}
+        )
 
     known = inter["item_id"].isin(items["item_id"])
     after = inter.loc[known]
@@ -230,7 +245,12 @@ def finalize(
     seqs = [g.to_numpy(dtype=np.int32) for _, g in grouped["item_idx"]]
     times = [g.to_numpy(dtype=np.int64) for _, g in grouped["timestamp"]]
     sequences = pd.DataFrame(
-        {"user_idx": np.arange(len(user_ids), dtype=np.int32), "user_id": user_ids, "items": seqs, "timestamps": times}
+        {
+            "user_idx": np.arange(len(user_ids), dtype=np.int32),
+            "user_id": user_ids,
+            "items": seqs,
+            "timestamps": times,
+        }
     )
     rng = np.random.default_rng(cfg.seed)
     negatives = {
@@ -248,11 +268,18 @@ def finalize(
         "counts": _counts(inter),
         "config": to_dict(cfg),
         "splits": "leave-one-out: train = sequence[:-2], valid target = sequence[-2], test target = sequence[-1]",
-        "negatives": {"per_user": cfg.num_negatives, "seed": cfg.seed, "sampling": "uniform, never-interacted"},
+        "negatives": {
+            "per_user": cfg.num_negatives,
+            "seed": cfg.seed,
+            "sampling": "uniform, never-interacted",
+        },
     }
     if ctr is not None:
         meta["ctr"] = {
-            split: {"examples": int((ctr["split"] == split).sum()), "positives": int(ctr.loc[ctr["split"] == split, "label"].sum())}
+            split: {
+                "examples": int((ctr["split"] == split).sum()),
+                "positives": int(ctr.loc[ctr["split"] == split, "label"].sum()),
+            }
             for split in ("train", "valid", "test")
         }
     return {
@@ -306,10 +333,17 @@ def write_dataset(tables: dict[str, Any], out_dir: Path) -> None:
         raise
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _carry_side_outputs(old: Path, new: Path, items: pd.DataFrame) -> None:
     """Keep downloaded images always; keep features only if the item order is unchanged."""
-    if (old / "images").exists():
-        shutil.copytree(old / "images", new / "images")
+    if (old / "images").exists():  # hard links: no second copy of a large image folder
+        shutil.copytree(old / "images", new / "images", copy_function=_link_or_copy)
     try:
         old_ids = pd.read_parquet(old / "items.parquet", columns=["item_id"])["item_id"].tolist()
     except Exception:  # an unreadable old dataset: nothing else to keep
@@ -355,10 +389,26 @@ def drop_items(data_dir: str | Path, item_ids: set[str] | list[str], reason: str
     step = {"step": f"drop {len(drop)} items: {reason}", "interactions_removed": int(len(inter) - len(after))}
     filters.append({**step, **_counts(after)})
     kept = kcore(after, cfg.kcore, cfg.min_user_len)
-    filters.append({"step": f"re-apply {cfg.kcore}-core", "interactions_removed": int(len(after) - len(kept)), **_counts(kept)})
+    filters.append(
+        {
+            "step": f"re-apply {cfg.kcore}-core",
+            "interactions_removed": int(len(after) - len(kept)),
+            **_counts(kept),
+        }
+    )
     if kept.empty:
-        raise LlmrecError(f"no interactions left after dropping {len(drop)} items", file=data_dir, hint="keep them instead")
+        raise LlmrecError(
+            f"no interactions left after dropping {len(drop)} items", file=data_dir, hint="keep them instead"
+        )
     users_side = ds.users if ds.users.shape[1] > 1 else None
-    tables = finalize(ds.items, kept.reset_index(drop=True), cfg, ds.meta["source"], ds.meta["counts_raw"], filters, users_side)
+    tables = finalize(
+        ds.items,
+        kept.reset_index(drop=True),
+        cfg,
+        ds.meta["source"],
+        ds.meta["counts_raw"],
+        filters,
+        users_side,
+    )
     write_dataset(tables, Path(data_dir))
     return tables["meta"]

@@ -8,12 +8,10 @@ interactions: user_id (str), item_id (str), timestamp (int64, seconds), rating (
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,13 +34,46 @@ class RawData:
     users: pd.DataFrame | None = None  # optional user side information (user_id + any columns)
 
 
+_BLOCK_TAGS = {
+    "br",
+    "p",
+    "div",
+    "li",
+    "ul",
+    "ol",
+    "td",
+    "th",
+    "tr",
+    "table",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+}
+
+
 class _TextExtractor(HTMLParser):
+    """Text content of an HTML fragment; block-level tags become spaces, inline tags vanish."""
+
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
+        super().__init__(convert_charrefs=True)  # entities decoded exactly once, here
         self.parts: list[str] = []
 
     def handle_data(self, data: str) -> None:
         self.parts.append(data)
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in _BLOCK_TAGS:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _BLOCK_TAGS:
+            self.parts.append(" ")
+
+    handle_startendtag = handle_starttag
 
 
 _WS = re.compile(r"\s+")
@@ -59,8 +90,7 @@ def strip_html(text: Any) -> str:
         parser = _TextExtractor()
         parser.feed(text)
         parser.close()
-        text = " ".join(parser.parts)
-        text = html.unescape(text)
+        text = "".join(parser.parts)
     return _WS.sub(" ", text).strip()
 
 
@@ -77,16 +107,20 @@ def make_items(records: pd.DataFrame | list[dict[str, Any]], source: str) -> pd.
         out[col] = [strip_html(v) for v in df[col]] if col in df.columns else ""
     out["image"] = [_first_str(v) for v in df["image"]] if "image" in df.columns else ""
     extra_cols = [c for c in df.columns if c not in ITEM_COLUMNS]
+    base: list[dict[str, Any]] = [{} for _ in range(len(df))]
     if "extra" in df.columns:
-        base = [json.loads(v) if isinstance(v, str) and v else {} for v in df["extra"]]
-    else:
-        base = [{} for _ in range(len(df))]
+        for row, v in enumerate(df["extra"].tolist()):
+            if isinstance(v, str) and v:
+                try:
+                    base[row] = dict(json.loads(v))
+                except (json.JSONDecodeError, TypeError, ValueError):
+                    raise LlmrecError("not a JSON object", file=source, row=row + 1, field="extra") from None
     for col in extra_cols:
         for d, v in zip(base, df[col].tolist()):
             v = _jsonable(v)
-            if v not in (None, "", []):
+            if v is not None and v != "" and v != []:
                 d[col] = v
-    out["extra"] = [json.dumps(d, ensure_ascii=False, sort_keys=True) for d in base]
+    out["extra"] = [json.dumps(d, ensure_ascii=False, sort_keys=True, allow_nan=False) for d in base]
     dup = out["item_id"].duplicated(keep="first")
     return out.loc[~dup].reset_index(drop=True)
 
@@ -108,7 +142,10 @@ def make_interactions(records: pd.DataFrame | list[dict[str, Any]], source: str)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise LlmrecError(
-            f"timestamp {df['timestamp'].iloc[row]!r} is not a number", file=source, row=row, field="timestamp"
+            f"timestamp {df['timestamp'].iloc[row]!r} is not a number",
+            file=source,
+            row=row + 1,
+            field="timestamp",
         )
     out["timestamp"] = ts.astype("int64")
     for col in ("rating", "label"):
@@ -117,7 +154,9 @@ def make_interactions(records: pd.DataFrame | list[dict[str, Any]], source: str)
             bad = vals.isna() & df[col].notna()
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
-                raise LlmrecError(f"{df[col].iloc[row]!r} is not a number", file=source, row=row, field=col)
+                raise LlmrecError(
+                    f"{df[col].iloc[row]!r} is not a number", file=source, row=row + 1, field=col
+                )
             out[col] = vals.astype("float64")
         else:
             out[col] = np.nan
@@ -138,12 +177,19 @@ def _first_str(v: Any) -> str:
 
 
 def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
+    """A JSON-safe version of a cell: arrays -> lists, numpy scalars -> Python, NaN/NA -> None."""
+    if isinstance(v, np.ndarray | list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and np.isnan(v):
+        v = v.item()
+    if v is None or (not isinstance(v, str | bytes) and pd.isna(v)):
         return None
-    if isinstance(v, Path):
-        return str(v)
-    return v
+    if isinstance(v, pd.Timestamp | np.datetime64):
+        return pd.Timestamp(v).isoformat()
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, int | float | str | bool):
+        return v
+    return str(v)  # Path, Decimal, anything else: its text

@@ -44,7 +44,12 @@ def rank_targets(
 
 
 def evaluate_ranking(
-    model: Recommender, ds: Dataset, split: Split, ks: Sequence[int] = (5, 10), full: bool = True, batch_size: int = 256
+    model: Recommender,
+    ds: Dataset,
+    split: Split,
+    ks: Sequence[int] = (5, 10),
+    full: bool = True,
+    batch_size: int = 256,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Ranking metrics of a split (``hit@k``, ``ndcg@k``, ``mrr``; ``full_*`` over the whole catalog)
     and the breakdown by target-item popularity (5 equal-size groups of items by training count)."""

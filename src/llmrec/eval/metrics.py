@@ -32,7 +32,9 @@ def target_ranks(scores: np.ndarray, target_col: int = 0) -> np.ndarray:
     return ge.sum(axis=1)
 
 
-def full_ranks(scores: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def full_ranks(
+    scores: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray] | None = None
+) -> np.ndarray:
     """0-based rank of each target over the whole catalog, pessimistic on ties.
 
     scores: (U, N); targets: (U,) item indices; exclude: per user, items to remove from the ranking
@@ -72,7 +74,9 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = (5, 10)) -> dict[str,
     for k in ks:
         out[f"hit@{k}"] = hit_at_k(ranks, k)
         out[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
-    out["mrr"] = float(np.mean(1.0 / (np.asarray(ranks, dtype=np.float64) + 1.0))) if len(ranks) else float("nan")
+    out["mrr"] = (
+        float(np.mean(1.0 / (np.asarray(ranks, dtype=np.float64) + 1.0))) if len(ranks) else float("nan")
+    )
     return out
 
 
@@ -112,7 +116,11 @@ def popularity_groups(popularity: np.ndarray, n_groups: int = 5) -> np.ndarray:
 
 
 def popularity_breakdown(
-    ranks: np.ndarray, targets: np.ndarray, popularity: np.ndarray, ks: Sequence[int] = (5, 10), n_groups: int = 5
+    ranks: np.ndarray,
+    targets: np.ndarray,
+    popularity: np.ndarray,
+    ks: Sequence[int] = (5, 10),
+    n_groups: int = 5,
 ) -> list[dict[str, float]]:
     """Ranking metrics per popularity group of the target item (group 0 = least popular)."""
     groups = popularity_groups(popularity, n_groups)[np.asarray(targets)]

@@ -33,9 +33,15 @@ class FeaturesConfig:
     data: str = option("data/ml-100k", "prepared dataset directory")
     text: bool = option(True, "compute the text feature")
     image: bool = option(False, "compute the image feature (needs images: run 'llmrec images' first)")
-    text_encoder: str = option(DEFAULT_TEXT_ENCODER, "sentence-transformers model: alias, local folder or hub id")
-    image_encoder: str = option(DEFAULT_IMAGE_ENCODER, "efficientnet-lite0, or a transformers vision model folder / hub id")
-    template: str = option(DEFAULT_TEMPLATE, "text template; {field} = item column or extra key; empty segments dropped")
+    text_encoder: str = option(
+        DEFAULT_TEXT_ENCODER, "sentence-transformers model: alias, local folder or hub id"
+    )
+    image_encoder: str = option(
+        DEFAULT_IMAGE_ENCODER, "efficientnet-lite0, or a transformers vision model folder / hub id"
+    )
+    template: str = option(
+        DEFAULT_TEMPLATE, "text template; {field} = item column or extra key; empty segments dropped"
+    )
     text_name: str = option("text", "feature name for the text feature")
     image_name: str = option("image", "feature name for the image feature")
     batch_size: int = option(64, "items per encoder batch")
@@ -75,7 +81,16 @@ def build_text_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
     def encode(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return encoder.encode([texts[i] or " " for i in idx]), missing[idx]
 
-    return compute_feature(root, cfg.text_name, len(texts), encoder.dim, encode, spec, cfg.batch_size, desc="text features")
+    return compute_feature(
+        root, cfg.text_name, len(texts), encoder.dim, encode, spec, cfg.batch_size, desc="text features"
+    )
+
+
+def _file_stamp(path: Path | None) -> str:
+    if path is None:
+        return ""
+    st = path.stat()
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def build_image_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
@@ -88,7 +103,8 @@ def build_image_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
         "kind": "item",
         "modality": "image",
         "encoder": cfg.image_encoder,
-        "images_sha256": ids_checksum([str(p) if p else "" for p in paths]),
+        # path + size + mtime: a re-downloaded image under the same name marks the feature stale
+        "images_sha256": ids_checksum([_file_stamp(p) for p in paths]),
         "ids_sha256": ids_checksum(ds.items["item_id"].tolist()),
     }
     root = ds.features_dir
@@ -110,7 +126,9 @@ def build_image_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
                 images.append(Image.new("RGB", (32, 32)))
         return encoder.encode(images), missing
 
-    return compute_feature(root, cfg.image_name, len(paths), encoder.dim, encode, spec, cfg.batch_size, desc="image features")
+    return compute_feature(
+        root, cfg.image_name, len(paths), encoder.dim, encode, spec, cfg.batch_size, desc="image features"
+    )
 
 
 def build_features(cfg: FeaturesConfig) -> dict[str, Any]:

@@ -50,7 +50,9 @@ class SentenceTransformerEncoder:
         self.dim = int(dim or self.model.get_sentence_embedding_dimension())
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        out = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False)
+        out = self.model.encode(
+            texts, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False
+        )
         return np.asarray(out, dtype=np.float32)
 
 
@@ -88,7 +90,9 @@ def check_template(template: str, columns: set[str]) -> None:
     unknown = names - columns
     if unknown:
         raise LlmrecError(
-            f"template names unknown field(s) {sorted(unknown)}", field="template", hint=f"available: {sorted(columns)}"
+            f"template names unknown field(s) {sorted(unknown)}",
+            field="template",
+            hint=f"available: {sorted(columns)}",
         )
 
 
@@ -106,7 +110,9 @@ class EfficientNetLiteEncoder:
 
         self.id = DEFAULT_IMAGE_ENCODER
         self.device = device
-        self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(efficientnet_lite0_weights()))
+        self.model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=str(efficientnet_lite0_weights())
+        )
         self.model.eval().to(device)
         self.dim = 1280
         self._torch = torch
@@ -126,7 +132,9 @@ class EfficientNetLiteEncoder:
 
     def encode(self, images: list[Any]) -> np.ndarray:
         torch = self._torch
-        x = torch.from_numpy(np.stack([self.preprocess(im) for im in images])).to(self.device)  # (B, 3, 224, 224)
+        x = torch.from_numpy(np.stack([self.preprocess(im) for im in images])).to(
+            self.device
+        )  # (B, 3, 224, 224)
         with torch.inference_mode():
             feats = self.model.extract_features(x).mean((2, 3))  # (B, 1280)
         return feats.float().cpu().numpy()
@@ -147,14 +155,19 @@ class HFVisionEncoder:
             self.processor = AutoImageProcessor.from_pretrained(name)
             self.model = AutoModel.from_pretrained(name).eval().to(device)
         except OSError as e:
-            raise LlmrecError(f"cannot load image encoder '{name}' ({e.__class__.__name__})", hint="give a local folder or a hub id") from None
+            raise LlmrecError(
+                f"cannot load image encoder '{name}' ({e.__class__.__name__})",
+                hint="give a local folder or a hub id",
+            ) from None
         from PIL import Image
 
         self.dim = int(self.encode([Image.new("RGB", (32, 32))]).shape[1])
 
     def encode(self, images: list[Any]) -> np.ndarray:
         torch = self._torch
-        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").to(self.device)
+        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").to(
+            self.device
+        )
         with torch.inference_mode():
             if hasattr(self.model, "get_image_features"):
                 feats = self.model.get_image_features(pixel_values=inputs["pixel_values"])
@@ -175,4 +188,6 @@ def load_text_encoder(name: str, device: str = "cpu", batch_size: int = 64) -> T
     try:
         return SentenceTransformerEncoder(name, device, batch_size)
     except OSError as e:
-        raise LlmrecError(f"cannot load text encoder '{name}' ({e})", hint="give a local folder or a hub id") from None
+        raise LlmrecError(
+            f"cannot load text encoder '{name}' ({e})", hint="give a local folder or a hub id"
+        ) from None

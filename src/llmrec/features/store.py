@@ -94,7 +94,9 @@ def compute_feature(
     done = 0
     if p["progress"].exists() and p["partial"].exists() and p["partial_missing"].exists():
         old = read_json(p["progress"])
-        if {k: old.get(k) for k in ("spec", "count", "dim", "dtype")} == {k: progress[k] for k in ("spec", "count", "dim", "dtype")}:
+        if {k: old.get(k) for k in ("spec", "count", "dim", "dtype")} == {
+            k: progress[k] for k in ("spec", "count", "dim", "dtype")
+        }:
             done = int(old["done"])
             log.info("resuming feature '%s' at row %d of %d", name, done, count)
     if done == 0:
@@ -145,7 +147,13 @@ def save_feature(
     missing = np.zeros(len(values), dtype=bool) if missing is None else np.asarray(missing, dtype=bool)
     np.save(p["partial"], values, allow_pickle=False)
     np.save(p["partial_missing"], missing, allow_pickle=False)
-    manifest = {"name": name, **spec, "dim": int(values.shape[1]), "dtype": str(values.dtype), "count": len(values)}
+    manifest = {
+        "name": name,
+        **spec,
+        "dim": int(values.shape[1]),
+        "dtype": str(values.dtype),
+        "count": len(values),
+    }
     return _publish(root, name, manifest)
 
 
@@ -160,25 +168,41 @@ def _publish(root: Path, name: str, manifest: dict[str, Any]) -> Feature:
     os.replace(p["partial_missing"], p["missing"])
     write_json_atomic(p["manifest"], manifest)
     p["progress"].unlink(missing_ok=True)
-    log.info("feature '%s': %d x %d, %d missing", name, manifest["count"], manifest["dim"], manifest["missing"])
+    log.info(
+        "feature '%s': %d x %d, %d missing", name, manifest["count"], manifest["dim"], manifest["missing"]
+    )
     return load_feature(root, name, verify=False)
 
 
-def load_feature(root: str | Path, name: str, verify: bool = True, expect_ids: Sequence[str] | None = None) -> Feature:
+def load_feature(
+    root: str | Path, name: str, verify: bool = True, expect_ids: Sequence[str] | None = None
+) -> Feature:
     """Memory-map a complete feature; checks manifest, shape, optionally checksum and row order."""
     p = _paths(Path(root), name)
     if not p["manifest"].exists() or not p["values"].exists():
-        hint = "run 'llmrec features' for this dataset" + (" (an interrupted run resumes)" if p["progress"].exists() else "")
+        hint = "run 'llmrec features' for this dataset" + (
+            " (an interrupted run resumes)" if p["progress"].exists() else ""
+        )
         raise LlmrecError(f"feature '{name}' not found", file=p["manifest"], hint=hint)
     manifest = read_json(p["manifest"])
     if verify and sha256_file(p["values"]) != manifest.get("sha256"):
-        raise LlmrecError("checksum mismatch: file changed after it was written", file=p["values"], hint="recompute the feature")
+        raise LlmrecError(
+            "checksum mismatch: file changed after it was written",
+            file=p["values"],
+            hint="recompute the feature",
+        )
     values = np.load(p["values"], mmap_mode="r")
     if values.shape != (manifest["count"], manifest["dim"]):
-        raise LlmrecError(f"shape {values.shape} does not match the manifest", file=p["values"], hint="recompute the feature")
+        raise LlmrecError(
+            f"shape {values.shape} does not match the manifest",
+            file=p["values"],
+            hint="recompute the feature",
+        )
     if expect_ids is not None and manifest.get("ids_sha256") not in (None, ids_checksum(expect_ids)):
         raise LlmrecError(
-            "rows do not match this dataset's item/user order", file=p["manifest"], hint="recompute the feature for this dataset"
+            "rows do not match this dataset's item/user order",
+            file=p["manifest"],
+            hint="recompute the feature for this dataset",
         )
     missing = np.load(p["missing"]) if p["missing"].exists() else np.zeros(len(values), dtype=bool)
     return Feature(name=name, values=values, missing=missing, manifest=manifest)
@@ -187,7 +211,19 @@ def load_feature(root: str | Path, name: str, verify: bool = True, expect_ids: S
 def list_features(root: str | Path) -> list[dict[str, Any]]:
     """Manifests of every complete feature under ``root``."""
     root = Path(root)
-    return [read_json(m) for m in sorted(root.glob("*.json")) if not m.name.startswith(".")] if root.exists() else []
+    return (
+        [read_json(m) for m in sorted(root.glob("*.json")) if not m.name.startswith(".")]
+        if root.exists()
+        else []
+    )
 
 
-__all__ = ["Feature", "compute_feature", "save_feature", "load_feature", "list_features", "is_current", "ids_checksum"]
+__all__ = [
+    "Feature",
+    "compute_feature",
+    "save_feature",
+    "load_feature",
+    "list_features",
+    "is_current",
+    "ids_checksum",
+]

@@ -47,7 +47,9 @@ class Recommender(abc.ABC):
 
     def score(self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
         """(B, C) scores of the given candidate items."""
-        return np.take_along_axis(self.score_all(users, histories), np.asarray(candidates, dtype=np.int64), axis=1)
+        return np.take_along_axis(
+            self.score_all(users, histories), np.asarray(candidates, dtype=np.int64), axis=1
+        )
 
     def score_pairs(self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
         """(B,) scores of one target item per example (CTR protocol)."""
@@ -60,13 +62,18 @@ class Recommender(abc.ABC):
         self.save_state(directory)
         write_json_atomic(
             directory / "model.json",
-            {"model": self.name, "config": to_dict(self.cfg), "n_users": self.n_users, "n_items": self.n_items},
+            {
+                "model": self.name,
+                "config": to_dict(self.cfg),
+                "n_users": self.n_users,
+                "n_items": self.n_items,
+            },
         )
 
-    def save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path) -> None:  # noqa: B027 (optional hook: stateless models skip it)
         """Write learned state (weights, counts) into ``directory``."""
 
-    def load_state(self, directory: Path) -> None:
+    def load_state(self, directory: Path) -> None:  # noqa: B027 (optional hook)
         """Read what :meth:`save_state` wrote."""
 
 

@@ -19,7 +19,9 @@ from llmrec.errors import LlmrecError
 class ImportSpec:
     """Where a source's raw files are and how to read them (fields unused by an importer are ignored)."""
 
-    path: str | None = option(None, "raw interactions file or source directory (ml-1m/ml-latest dir, reviews file)")
+    path: str | None = option(
+        None, "raw interactions file or source directory (ml-1m/ml-latest dir, reviews file)"
+    )
     meta_path: str | None = option(None, "item metadata file (Amazon meta_<Cat>.json.gz / meta jsonl)")
     items_path: str | None = option(None, "item table for the generic 'table' importer (csv/tsv/parquet)")
     columns: dict[str, str] = option(

@@ -86,9 +86,15 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def read_reviews(
-    path: Path, *, user: str, items: tuple[str, ...], time: str, rating: str, time_divisor: int = 1
+    path: Path,
+    *,
+    user_key: str,
+    item_keys: tuple[str, ...],
+    time_key: str,
+    rating_key: str,
+    time_divisor: int = 1,
 ) -> pd.DataFrame:
-    """The canonical interaction table of a reviews file; ``items`` are item-id keys in order of preference.
+    """The canonical interaction table of a reviews file (``item_keys``: id keys, most preferred first).
 
     ``time_divisor`` turns the source's time unit into seconds (1000 for milliseconds).
     """
@@ -98,8 +104,12 @@ def read_reviews(
     times: list[int] = []
     ratings: list[float] = []
     for lineno, rec in iter_records(path):
-        item = next((rec[k] for k in items if rec.get(k) not in (None, "")), None)
-        for key, value in ((user, rec.get(user)), (items[0], item), (time, rec.get(time))):
+        item = next((rec[k] for k in item_keys if rec.get(k) not in (None, "")), None)
+        for key, value in (
+            (user_key, rec.get(user_key)),
+            (item_keys[0], item),
+            (time_key, rec.get(time_key)),
+        ):
             if value is None or value == "":
                 raise LlmrecError(
                     "missing",
@@ -108,17 +118,17 @@ def read_reviews(
                     field=key,
                     hint="is this a reviews file? item metadata goes in --meta-path",
                 )
-        ts = rec[time]
+        ts = rec[time_key]
         try:
             seconds = (ts if isinstance(ts, int) else int(float(ts))) // time_divisor
         except (TypeError, ValueError, OverflowError):
-            raise LlmrecError(f"{ts!r} is not a unix time", file=path, row=lineno, field=time) from None
-        value = rec.get(rating)
+            raise LlmrecError(f"{ts!r} is not a unix time", file=path, row=lineno, field=time_key) from None
+        value = rec.get(rating_key)
         try:
             stars = math.nan if value is None or value == "" else float(value)
         except (TypeError, ValueError):
-            raise LlmrecError(f"{value!r} is not a number", file=path, row=lineno, field=rating) from None
-        users.append(str(rec[user]))
+            raise LlmrecError(f"{value!r} is not a number", file=path, row=lineno, field=rating_key) from None
+        users.append(str(rec[user_key]))
         item_ids.append(str(item))
         times.append(seconds)
         ratings.append(stars)
@@ -265,7 +275,7 @@ def import_amazon2018(spec: ImportSpec) -> RawData:
     reviews = require_path(spec.path, "Amazon reviews file", "--path")
     meta = _meta_path(spec, reviews, "meta_<Category>.json.gz")
     interactions = read_reviews(
-        reviews, user="reviewerID", items=("asin",), time="unixReviewTime", rating="overall"
+        reviews, user_key="reviewerID", item_keys=("asin",), time_key="unixReviewTime", rating_key="overall"
     )
     items = read_meta(meta, item_2018, id_key="asin")
     return RawData(
@@ -325,10 +335,10 @@ def import_amazon2023(spec: ImportSpec) -> RawData:
     meta = _meta_path(spec, reviews, "meta_<Category>.jsonl")
     interactions = read_reviews(
         reviews,
-        user="user_id",
-        items=("parent_asin", "asin"),
-        time="timestamp",
-        rating="rating",
+        user_key="user_id",
+        item_keys=("parent_asin", "asin"),
+        time_key="timestamp",
+        rating_key="rating",
         time_divisor=1000,
     )
     items = read_meta(meta, item_2023, id_key="parent_asin")

@@ -48,7 +48,7 @@ def import_ml100k(spec: ImportSpec) -> RawData:
                 "item_id": item["item_id"],
                 "title": item["movie_title"],
                 "category": genres,
-                "year": item["release_year"],
+                "year": pd.to_numeric(item["release_year"], errors="coerce").astype("Int64"),
             }
         ),
         source=str(folder / "ml-100k.item"),
@@ -213,7 +213,7 @@ def import_ml_latest(spec: ImportSpec) -> RawData:
         hint=_GROUPLENS_HINT,
     )
     movies = read_delimited(
-        folder / "movies.csv", sep=",", checks={"movieId": is_number}, hint=_GROUPLENS_HINT
+        folder / "movies.csv", sep=",", checks={"movieId": is_number}, hint=_GROUPLENS_HINT, strict=True
     )
     for col in ("title", "genres"):
         if col not in movies.columns:

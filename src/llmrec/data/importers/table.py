@@ -79,9 +79,14 @@ def is_time(text: str) -> str | None:
     if is_number(text) is None:
         return None
     try:
-        datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        datetime.fromisoformat(text.strip().replace("Z", "+00:00"))  # fast path for the common forms
         return None
     except ValueError:
+        pass
+    try:
+        pd.to_datetime(text, utc=True, format="ISO8601")  # the parser _timestamps uses
+        return None
+    except (ValueError, TypeError):
         return f"{text!r} is neither unix seconds nor an ISO-8601 date"
 
 
@@ -93,18 +98,21 @@ def read_delimited(
     encoding: str = "utf-8",
     checks: dict[str, Check] | None = None,
     hint: str | None = None,
+    strict: bool = False,
 ) -> pd.DataFrame:
     """Read a delimited text file as strings; malformed lines raise :class:`LlmrecError` with the line number.
 
     ``names`` labels a header-less file (MovieLens ``.dat``); without it the first line is the header.
     ``checks`` maps a column to :data:`Check` functions (:func:`is_number`, ...); only the numeric
-    checks are applied to the whole column with pandas, the rest run only in the error scan. A line
-    with the wrong number of fields is always an error. Blank lines are skipped. Values come back as
-    text exactly as written (no NA guessing, so an id or a title such as "NA" survives).
+    checks are applied to the whole column with pandas, the rest run only in the error scan. Blank
+    lines are skipped. A line with too many fields is always an error; one with too few only with
+    ``strict`` or when its padding fails a numeric check: pandas' fast C parser pads a short line with
+    empty values, so ``strict`` switches to the slower python parser (meant for small files). Values
+    come back as text exactly as written (no NA guessing, so an id or a title such as "NA" survives).
     """
     checks = checks or {}
     # The C parser cannot split on a multi-character separator such as MovieLens' "::".
-    engine = "c" if len(sep) == 1 else "python"
+    engine = "c" if len(sep) == 1 and not strict else "python"
     try:
         df = pd.read_csv(
             path,
