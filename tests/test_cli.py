@@ -18,6 +18,17 @@ def test_prepare_ml100k_reports_counts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "before filtering 943 users, 1,682 items, 100,000 interactions" in out
     assert (tmp_path / "ml" / "eval" / "test_negatives.npy").exists()
+    assert main(["features", "--data", str(tmp_path / "ml")]) == 0
+    assert "text: 1,349 x 384 float32 from all-minilm-l6-v2 (0 missing)" in capsys.readouterr().out
+
+
+def test_images_command_records_items_without_images(synthetic_dataset, capsys):
+    assert main(["images", "--data", str(synthetic_dataset), "--workers", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["counts"] == {"no_reference": 40}
+    from llmrec.data.images import load_manifest
+
+    assert (load_manifest(synthetic_dataset)["status"] == "no_reference").all()
 
 
 def test_unknown_dataset_is_one_line_error(tmp_path, capsys):
