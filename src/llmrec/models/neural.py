@@ -1,0 +1,135 @@
+"""Base class of the torch models: training examples, a loss, and scores, on top of the model contract.
+
+A subclass provides ``train_batches`` (one epoch of tensors), ``loss(batch)`` and ``score_all_tensor``;
+:mod:`llmrec.trainer` does the rest (optimiser, early stopping on validation NDCG@10, best checkpoint,
+resumable epochs). Weights are saved as safetensors.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmrec.config import option
+from llmrec.errors import ConfigError
+from llmrec.models.base import ModelConfig, Recommender
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass
+class NeuralConfig(ModelConfig):
+    """Training options shared by every torch model."""
+
+    epochs: int = option(200, "maximum training epochs")
+    batch_size: int = option(128, "training examples per step")
+    lr: float = option(1e-3, "Adam learning rate")
+    weight_decay: float = option(0.0, "Adam weight decay")
+    patience: int = option(5, "stop after this many validations without a better valid NDCG@10")
+    eval_every: int = option(1, "epochs between validations")
+    eval_users: int | None = option(None, "validate on a fixed random subset of users (None = all)")
+    device: str = option("cpu", "torch device")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+class TorchRecommender(Recommender, nn.Module):
+    """A Recommender that is an nn.Module trained by :func:`llmrec.trainer.fit`."""
+
+    cfg: NeuralConfig
+
+    def __init__(self, cfg: NeuralConfig, n_users: int, n_items: int) -> None:
+        nn.Module.__init__(self)
+        Recommender.__init__(self, cfg, n_users, n_items)
+
+    # -- what the trainer needs
+    @abc.abstractmethod
+    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+        """One epoch of training batches (tensors on CPU; the trainer moves them)."""
+
+    @abc.abstractmethod
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of a batch."""
+
+    def num_train_batches(self, dataset: Any) -> int | None:
+        """Batches per epoch, for the progress bar (None if unknown)."""
+        return None
+
+    # -- scoring
+    @abc.abstractmethod
+    def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        """(B, N) scores as a tensor (called under ``torch.no_grad`` in eval mode)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            out = self.score_all_tensor(torch.as_tensor(np.asarray(users), device=self.device), histories)
+        self.train(was_training)
+        return out.float().cpu().numpy()
+
+    def fit(self, dataset: Any, run: Any | None = None) -> None:
+        from llmrec.trainer import fit
+
+        fit(self, dataset, run)
+
+    def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
+        """CF features this model can give the LLM methods: {name: (kind 'item'|'user', (count, dim) array)}."""
+        return {}
+
+    # -- persistence
+    def save_state(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+            directory / "model.safetensors",
+        )
+
+    def load_state(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.load_state_dict(load_file(directory / "model.safetensors"))
+
+
+def left_pad(histories: list[np.ndarray], max_len: int, offset: int = 1) -> torch.Tensor:
+    """(B, max_len) long tensor of the last ``max_len`` items of each history, shifted by ``offset``
+    (index 0 is padding), left-padded so the most recent item is always in the last column."""
+    out = np.zeros((len(histories), max_len), dtype=np.int64)
+    for b, h in enumerate(histories):
+        h = np.asarray(h[-max_len:], dtype=np.int64)
+        if len(h):
+            out[b, max_len - len(h) :] = h + offset
+    return torch.from_numpy(out)
+
+
+def sample_negatives_excluding(
+    rng: np.random.Generator, n_items: int, shape: tuple[int, ...], exclude: set[int]
+) -> np.ndarray:
+    """Uniform item indices in [0, n_items) of ``shape``, none of them in ``exclude`` (rejection sampling)."""
+    out = rng.integers(0, n_items, size=shape)
+    if exclude and len(exclude) < n_items:
+        flat = out.reshape(-1)
+        bad = np.fromiter((x in exclude for x in flat.tolist()), dtype=bool, count=flat.size)
+        while bad.any():
+            flat[bad] = rng.integers(0, n_items, size=int(bad.sum()))
+            bad[bad] = np.fromiter(
+                (x in exclude for x in flat[bad].tolist()), dtype=bool, count=int(bad.sum())
+            )
+    return out
