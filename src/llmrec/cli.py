@@ -86,6 +86,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_table(args: argparse.Namespace) -> int:
+    from llmrec.report import TableConfig, make_table
+
+    print(make_table(resolve(TableConfig, args, args.config)))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from llmrec.bench import BenchConfig, format_bench, run_bench
+
+    print(format_bench(run_bench(resolve(BenchConfig, args, args.config))))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from llmrec.demo import DemoConfig, run_demo
 
@@ -103,12 +117,14 @@ def _print_metrics(run_dir: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llmrec.bench import BenchConfig
     from llmrec.data.images import ImagesConfig
     from llmrec.data.importers import available_importers
     from llmrec.data.processing import PrepareConfig
     from llmrec.demo import DemoConfig
     from llmrec.features.build import FeaturesConfig
     from llmrec.models.base import available_models
+    from llmrec.report import TableConfig
     from llmrec.train import EvalConfig, TrainConfig
 
     parser = argparse.ArgumentParser(prog="llmrec", description="LLM-based multimodal recommendation")
@@ -154,6 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory written by 'llmrec train'")
     p.add_argument("--data", default=None, help="evaluate on this prepared dataset instead of the run's")
     add_arguments(p, EvalConfig)
+
+    p = command("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table)
+    p.add_argument("runs", nargs="+", help="run directories")
+    add_arguments(p, TableConfig, skip=("runs",))
+
+    p = command("bench", "training and evaluation throughput of a torch model", _cmd_bench)
+    p.add_argument(
+        "-o",
+        "--option",
+        dest="options",
+        action="append",
+        metavar="KEY=VALUE",
+        default=argparse.SUPPRESS,
+        help="model option (repeatable)",
+    )
+    add_arguments(p, BenchConfig, skip=("options",))
 
     p = command("demo", "the whole pipeline on MovieLens-100K with the embedded offline models", _cmd_demo)
     add_arguments(p, DemoConfig)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmrec.config import option
-from llmrec.utils.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +30,21 @@ class DemoConfig:
     llm: bool = option(True, "load (and on first use convert) the default LLM and check that it generates")
 
 
+# Quick presets: minutes on 2 CPU cores. The README's full runs use the models' defaults.
+DEMO_MODELS: dict[str, dict[str, object]] = {
+    "popularity": {},
+    "random": {},
+    "sasrec": {"max_len": 200, "epochs": 40, "eval_every": 5, "patience": 2},
+}
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     import torch
 
     from llmrec.data.processing import PrepareConfig, prepare
     from llmrec.features.build import FeaturesConfig, build_features
     from llmrec.plots import plot_popularity_breakdown
+    from llmrec.report import TableConfig, make_table
     from llmrec.train import TrainConfig, train
 
     if cfg.threads:
@@ -73,28 +81,22 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     print("== 4/4 train and evaluate baselines")
     results: dict[str, dict[str, float]] = {}
     breakdowns = {}
-    for model_name in ("popularity", "random"):
+    for model_name, options in DEMO_MODELS.items():
         run_dir = Path(cfg.runs) / model_name
-        train(TrainConfig(model=model_name, data=cfg.data, out=str(run_dir), seed=cfg.seed))
+        print(f"   {model_name} {options or ''}")
+        train(
+            TrainConfig(
+                model=model_name, data=cfg.data, out=str(run_dir), seed=cfg.seed, options=dict(options)
+            )
+        )
         results[model_name] = json.loads((run_dir / "metrics.json").read_text())["test"]
         breakdowns[model_name] = json.loads((run_dir / "breakdown.json").read_text())["test"]
-    table = results_table(results)
-    write_text_atomic(Path(cfg.runs) / "results.md", table + "\n")
+    table = make_table(
+        TableConfig(runs=[str(Path(cfg.runs) / m) for m in results], out=str(Path(cfg.runs) / "results"))
+    )
     plot_popularity_breakdown(breakdowns, Path(cfg.runs) / "popularity_breakdown.png")
     print(table)
     print(
-        f"demo finished in {time.perf_counter() - t0:.0f}s; results in {cfg.runs}/results.md and popularity_breakdown.png"
+        f"demo finished in {time.perf_counter() - t0:.0f}s; results in {cfg.runs}/results.md, results.csv and popularity_breakdown.png"
     )
     return results
-
-
-def results_table(
-    results: dict[str, dict[str, float]],
-    columns: tuple[str, ...] = ("hit@5", "ndcg@5", "hit@10", "ndcg@10", "full_hit@10", "auc", "uauc"),
-) -> str:
-    """A Markdown table of test metrics, one row per model."""
-    cols = [c for c in columns if any(c in r for r in results.values())]
-    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" if c in r else "-" for c in cols) + " |")
-    return "\n".join(lines)

@@ -12,7 +12,7 @@ import numpy as np
 from llmrec.assets import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
-from llmrec.errors import ConfigError
+from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.encoders import (
     DEFAULT_TEMPLATE,
     check_template,
@@ -21,7 +21,14 @@ from llmrec.features.encoders import (
     load_text_encoder,
     render_template,
 )
-from llmrec.features.store import Feature, compute_feature, ids_checksum, is_current, load_feature
+from llmrec.features.store import (
+    Feature,
+    compute_feature,
+    ids_checksum,
+    is_current,
+    load_feature,
+    save_feature,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +54,15 @@ class FeaturesConfig:
     batch_size: int = option(64, "items per encoder batch")
     device: str = option("cpu", "torch device for the encoders")
     force: bool = option(False, "recompute even if an up-to-date feature exists")
+    cf: str | None = option(
+        None, "export a trained run's CF embeddings (e.g. runs/sasrec) instead of text/image"
+    )
+    cf_prefix: str | None = option(None, "name prefix of exported CF features (default: the model name)")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.text or self.image):
+        if not (self.text or self.image or self.cf):
             raise ConfigError("nothing to compute: enable --text and/or --image")
 
 
@@ -131,9 +142,56 @@ def build_image_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
     )
 
 
+def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = None) -> dict[str, Any]:
+    """Write a trained model's embeddings into the feature store as ``<prefix>_<item|user>``.
+
+    Rows follow the dataset's item (user) order whatever the model's own indexing (SASRec's padding row 0
+    is dropped by the model's ``export_embeddings``); the manifest names the run they came from.
+    """
+    from llmrec.models.base import load_model
+    from llmrec.utils.io import read_json
+
+    run_dir = Path(run_dir)
+    model = load_model(run_dir / "model")
+    if (model.n_users, model.n_items) != (ds.n_users, ds.n_items):
+        raise LlmrecError(
+            f"the run's model covers {model.n_users} users / {model.n_items} items, the dataset {ds.n_users} / {ds.n_items}",
+            file=run_dir,
+            hint="export into the dataset the model was trained on",
+        )
+    exported = model.export_embeddings() if hasattr(model, "export_embeddings") else {}
+    if not exported:
+        raise LlmrecError(
+            f"model '{model.name}' has no embeddings to export",
+            file=run_dir,
+            hint="use sasrec, mf, vbpr, ...",
+        )
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    out = {}
+    for key, (kind, values) in exported.items():
+        ids = ds.items["item_id"] if kind == "item" else ds.users["user_id"]
+        if len(values) != len(ids):
+            raise LlmrecError(
+                f"{model.name} exported {len(values)} {kind} rows for {len(ids)} {kind}s", file=run_dir
+            )
+        name = f"{prefix or model.name}_{key}"
+        spec = {
+            "kind": kind,
+            "modality": "cf",
+            "encoder": model.name,
+            "source_run": str(run_dir.resolve()),
+            "source_test_metrics": metrics.get("test", {}),
+            "ids_sha256": ids_checksum(ids.astype(str).tolist()),
+        }
+        out[name] = save_feature(ds.features_dir, name, np.asarray(values, dtype=np.float32), spec).manifest
+    return out
+
+
 def build_features(cfg: FeaturesConfig) -> dict[str, Any]:
     """Compute the requested features; return their manifests by name."""
     ds = Dataset(Path(cfg.data))
+    if cfg.cf:
+        return export_cf_features(ds, cfg.cf, cfg.cf_prefix)
     out: dict[str, Any] = {}
     if cfg.text:
         out[cfg.text_name] = build_text_feature(ds, cfg).manifest

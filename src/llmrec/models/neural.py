@@ -106,6 +106,7 @@ class TorchRecommender(Recommender, nn.Module):
         from safetensors.torch import load_file
 
         self.load_state_dict(load_file(directory / "model.safetensors"))
+        self.eval()  # a loaded model is for scoring; fit() switches back to training mode
 
 
 def left_pad(histories: list[np.ndarray], max_len: int, offset: int = 1) -> torch.Tensor:

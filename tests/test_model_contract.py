@@ -1,0 +1,83 @@
+"""One contract every registered model must pass, on synthetic data whose right answer is known.
+
+In the synthetic data every user walks the catalog in id order, so the next item is always last + 1.
+Learning models must beat the random ranker by a clear margin after a short training; every model
+must score consistently across ``score``/``score_all``/``score_pairs`` and survive save -> load.
+"""
+
+import numpy as np
+import pytest
+
+from llmrec.data.dataset import Dataset
+from llmrec.eval.evaluator import evaluate_ranking
+from llmrec.features.store import ids_checksum, save_feature
+from llmrec.models.base import available_models, build_model, load_model
+
+# Tiny settings per model: a new model must add its own line here (the test fails otherwise).
+TINY = {
+    "popularity": {},
+    "random": {"seed": 0},
+    "sasrec": {"hidden": 32, "max_len": 12, "epochs": 30, "batch_size": 16, "dropout": 0.1, "eval_every": 5},
+    "gru4rec": {
+        "hidden": 32,
+        "embedding": 32,
+        "max_len": 12,
+        "epochs": 30,
+        "batch_size": 16,
+        "eval_every": 5,
+    },
+    "bert4rec": {"hidden": 32, "max_len": 12, "epochs": 60, "batch_size": 16, "eval_every": 10},
+    "mf": {"dim": 32, "epochs": 60, "batch_size": 64, "lr": 0.01, "eval_every": 10},
+    "vbpr": {"dim": 32, "epochs": 60, "batch_size": 64, "lr": 0.01, "eval_every": 10, "feature": "image"},
+}
+FLOORS = {"popularity", "random"}  # sanity floors: no learning requirement
+
+
+@pytest.fixture
+def contract_dataset(synthetic_dataset):
+    """The synthetic dataset plus an 'image' feature (a noisy code of the item index; 3 items missing)."""
+    ds = Dataset(synthetic_dataset)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(ds.n_items, 8)).astype(np.float32)
+    missing = np.zeros(ds.n_items, dtype=bool)
+    missing[[3, 17, 29]] = True
+    save_feature(
+        ds.features_dir,
+        "image",
+        values,
+        {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())},
+        missing,
+    )
+    return ds
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_model_contract(name, contract_dataset, tmp_path):
+    import torch
+
+    assert name in TINY, f"add tiny test options for the new model '{name}' to TINY"
+    ds = contract_dataset
+    torch.manual_seed(0)
+    model = build_model(name, TINY[name], ds.n_users, ds.n_items)
+    model.fit(ds)
+    data = ds.split("test")
+    users, hist = data.users[:7], data.histories[:7]
+    full = model.score_all(users, hist)
+    assert full.shape == (7, ds.n_items) and np.isfinite(full).all()
+    cand = np.concatenate([data.targets[:7, None], ds.negatives("test")[:7]], axis=1)
+    np.testing.assert_allclose(
+        model.score(users, hist, cand), np.take_along_axis(full, cand, 1), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.score_pairs(users, hist, data.targets[:7]),
+        full[np.arange(7), data.targets[:7]],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    model.save(tmp_path / "m")
+    np.testing.assert_allclose(load_model(tmp_path / "m").score_all(users, hist), full, rtol=1e-6, atol=1e-6)
+    if name not in FLOORS:
+        metrics, _ = evaluate_ranking(model, ds, "test", ks=(5,), full=False)
+        rand = build_model("random", {"seed": 0}, ds.n_users, ds.n_items)
+        chance, _ = evaluate_ranking(rand, ds, "test", ks=(5,), full=False)
+        assert metrics["ndcg@5"] >= chance["ndcg@5"] + 0.2, (metrics, chance)
