@@ -205,9 +205,15 @@ def parse_key_values(pairs: list[str], where: str) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"{where}: expected KEY=VALUE, got {pair!r}")
         try:
-            out[key] = yaml.safe_load(value) if value else ""
+            parsed = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
-            out[key] = value
+            parsed = value
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string; a number is meant
+            try:
+                parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
+            except ValueError:
+                pass
+        out[key] = parsed
     return out
 
 

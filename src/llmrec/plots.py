@@ -46,24 +46,22 @@ def plot_popularity_breakdown(
 
 
 def plot_training_curve(history: Sequence[dict[str, float]], path: str | Path, title: str = "") -> None:
-    """Training loss and validation NDCG@10 per epoch."""
+    """Training loss and the validation metric per epoch."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="training loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss", color="tab:blue")
-    evals = [h for h in history if "valid_ndcg@10" in h]
+    # the validation metric that drove early stopping: valid_ndcg@10, or a model's own (e.g. valid_auc)
+    metric = next(
+        (k for h in history for k in h if k.startswith("valid_") and not k.startswith("valid_hit")), None
+    )
+    evals = [h for h in history if metric in h]
     if evals:
         ax2 = ax.twinx()
-        ax2.plot(
-            [h["epoch"] for h in evals],
-            [h["valid_ndcg@10"] for h in evals],
-            "o-",
-            color="tab:red",
-            label="valid NDCG@10",
-        )
-        ax2.set_ylabel("valid NDCG@10", color="tab:red")
+        ax2.plot([h["epoch"] for h in evals], [h[metric] for h in evals], "o-", color="tab:red", label=metric)
+        ax2.set_ylabel(metric, color="tab:red")
     ax.set_title(title or "training")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:

@@ -1,0 +1,171 @@
+"""VBPR (He & McAuley, AAAI 2016): BPR matrix factorisation plus a visual preference term.
+
+score(u, i) = b_i + <gamma_u, gamma_i> + <theta_u, E f_i> + <beta', f_i>
+
+f_i is a precomputed item feature from the dataset's feature store: option ``feature``, "image" by
+default as in the paper (CNN image features), but any item feature works, e.g. ``-o feature=text`` on
+MovieLens, which has no images. E (no bias, to ``visual_dim``) and beta' are learned. The paper's global
+offset and user bias are left out: they cancel in the BPR difference and never change a user's ranking.
+Features are divided by their mean row norm (of the items that have one) so that one learning rate fits
+every encoder. Items whose feature is missing (the store's ``missing`` mask) get a learned vector m in
+place of E f_i and no beta' term, rather than the projection of a zero row.
+
+Everything else is MF's (:mod:`llmrec.models.mf`): the BPR (or CTR) training examples, per-example L2
+``reg`` on gamma_u, theta_u, gamma_i, b_i; E, beta' and m get ``reg_visual`` once per batch (0 by
+default: they are shared by all items). ``export_embeddings`` returns [gamma_u; theta_u] and
+[gamma_i; E f_i (or m)] in dataset order, so their dot product is the score minus b_i + <beta', f_i>.
+
+The feature is read once in ``fit`` into a buffer that is not saved with the weights; ``feature.json``
+in the model directory records the dataset path, the feature name and its sha256, and loading the model
+re-reads the feature from that store, refusing one whose checksum has changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmrec.config import option
+from llmrec.data.dataset import Dataset
+from llmrec.errors import ConfigError, LlmrecError
+from llmrec.features.store import Feature, load_feature
+from llmrec.models.base import register_model
+from llmrec.models.mf import MF, MFConfig
+from llmrec.utils.io import read_json, write_json_atomic
+
+
+@dataclasses.dataclass
+class VBPRConfig(MFConfig):
+    feature: str = option("image", "item feature used as f_i (any name in the store, e.g. text on MovieLens)")
+    visual_dim: int = option(32, "size of theta_u and of the projected feature E f_i")
+    reg_visual: float = option(0.0, "L2 on E, beta' and the missing-feature vector m, once per batch")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.feature:
+            raise ConfigError("feature must name an item feature of the dataset's store")
+        if self.visual_dim < 1:
+            raise ConfigError(f"visual_dim must be >= 1, got {self.visual_dim}")
+        if self.reg_visual < 0:
+            raise ConfigError(f"reg_visual must be >= 0, got {self.reg_visual}")
+
+
+def load_item_feature(ds: Dataset, name: str, n_items: int) -> Feature:
+    """The item feature ``name`` of ``ds``, checksum and row order verified."""
+    if not (ds.features_dir / f"{name}.json").exists():
+        raise LlmrecError(
+            f"vbpr needs the item feature '{name}'",
+            file=ds.features_dir / f"{name}.json",
+            hint="compute it with 'llmrec features' (images: 'llmrec images', then 'llmrec features --image') "
+            "or choose another one with -o feature=NAME (e.g. text)",
+        )
+    feature = load_feature(ds.features_dir, name, expect_ids=ds.items["item_id"].astype(str).tolist())
+    if len(feature.values) != n_items or feature.manifest.get("kind", "item") != "item":
+        raise LlmrecError(
+            f"feature '{name}' has {len(feature.values)} rows of kind {feature.manifest.get('kind')!r}, "
+            f"expected {n_items} item rows",
+            file=ds.features_dir / f"{name}.json",
+            hint="choose an item feature of this dataset",
+        )
+    return feature
+
+
+@register_model("vbpr")
+class VBPR(MF):
+    config_cls = VBPRConfig
+    cfg: VBPRConfig
+
+    def __init__(self, cfg: VBPRConfig, n_users: int, n_items: int) -> None:
+        super().__init__(cfg, n_users, n_items)
+        self.user_visual = nn.Embedding(n_users, cfg.visual_dim)  # theta_u
+        nn.init.normal_(self.user_visual.weight, std=0.1)
+        self.missing_visual = nn.Parameter(torch.zeros(cfg.visual_dim))  # m, stands in for E f_i
+        # E and beta' depend on the feature's size: attach_feature creates them (in fit or load_state).
+        self.proj: nn.Linear | None = None
+        self.source: dict[str, Any] | None = None
+
+    def attach_feature(self, feature: Feature) -> None:
+        """Hold the feature as (N, F) float32 buffers (not saved with the weights) and create E, beta'."""
+        values = np.array(feature.values, dtype=np.float32)  # (N, F), read once from the memory map
+        present = ~np.asarray(feature.missing, dtype=bool)
+        norm = float(np.linalg.norm(values[present], axis=1).mean()) if present.any() else 0.0
+        if norm > 0:
+            values /= norm
+        self.register_buffer("features", torch.from_numpy(values), persistent=False)  # (N, F)
+        self.register_buffer("missing", torch.from_numpy(~present), persistent=False)  # (N,)
+        self.proj = nn.Linear(values.shape[1], self.cfg.visual_dim, bias=False)  # E
+        self.beta_visual = nn.Parameter(torch.zeros(values.shape[1]))  # beta'
+
+    def fit(self, dataset: Any, run: Any | None = None) -> None:
+        feature = load_item_feature(dataset, self.cfg.feature, self.n_items)
+        self.attach_feature(feature)
+        self.source = {
+            "dataset": str(Path(dataset.root).resolve()),
+            "feature": self.cfg.feature,
+            "sha256": feature.manifest["sha256"],
+            "shape": list(feature.values.shape),
+        }
+        super().fit(dataset, run)
+
+    # -- the factorisation: MF's factors with the visual ones appended
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.user_emb(users), self.user_visual(users)], dim=-1)  # (..., d + d')
+
+    def item_terms(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.proj is None:
+            raise LlmrecError("vbpr has no item feature yet", hint="fit the model or load a saved one")
+        gamma, bias = super().item_terms(items)  # (..., d), (...)
+        f = self.features[items]  # (..., F)
+        missing = self.missing[items]  # (...)
+        visual = torch.where(missing.unsqueeze(-1), self.missing_visual, self.proj(f))  # (..., d')
+        bias = bias + (f @ self.beta_visual).masked_fill(missing, 0.0)  # (...)
+        return torch.cat([gamma, visual], dim=-1), bias
+
+    def penalty(self, users: torch.Tensor, *items: torch.Tensor) -> torch.Tensor:
+        out = super().penalty(users, *items) + self.cfg.reg * self.user_visual(users).pow(2).sum(-1).mean()
+        if self.cfg.reg_visual:
+            assert self.proj is not None
+            shared = (
+                self.proj.weight.pow(2).sum()
+                + self.beta_visual.pow(2).sum()
+                + self.missing_visual.pow(2).sum()
+            )
+            out = out + self.cfg.reg_visual * shared
+        return out
+
+    # -- persistence: weights as MF, the feature by reference (dataset path + checksum)
+    def save_state(self, directory: Path) -> None:
+        if self.source is None:
+            raise LlmrecError("vbpr: nothing to save before fit", file=directory, hint="fit the model first")
+        super().save_state(directory)
+        write_json_atomic(directory / "feature.json", self.source)
+
+    def load_state(self, directory: Path) -> None:
+        ref = directory / "feature.json"
+        if not ref.exists():
+            raise LlmrecError("saved vbpr model without feature.json", file=ref, hint="retrain the model")
+        source = read_json(ref)
+        root = Path(source["dataset"])
+        if not (root / "meta.json").exists():
+            raise LlmrecError(
+                f"the dataset holding the model's feature '{source['feature']}' is gone",
+                file=root,
+                hint=f"restore it, or set 'dataset' in {ref} to a copy of it",
+            )
+        ds = Dataset(root)
+        feature = load_item_feature(ds, source["feature"], self.n_items)
+        if feature.manifest["sha256"] != source["sha256"]:
+            raise LlmrecError(
+                f"feature '{source['feature']}' changed since the model was trained "
+                f"(sha256 {feature.manifest['sha256'][:12]}, trained on {source['sha256'][:12]})",
+                file=ds.features_dir / f"{source['feature']}.npy",
+                hint="restore the feature the model was trained on, or retrain the model",
+            )
+        self.attach_feature(feature)
+        self.source = source
+        super().load_state(directory)
