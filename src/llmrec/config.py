@@ -8,6 +8,7 @@ fields into command-line flags, so the CLI, YAML files and Python callers share 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import types
 import typing
@@ -209,10 +210,8 @@ def parse_key_values(pairs: list[str], where: str) -> dict[str, Any]:
         except yaml.YAMLError:
             parsed = value
         if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string; a number is meant
-            try:
+            with contextlib.suppress(ValueError):
                 parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
-            except ValueError:
-                pass
         out[key] = parsed
     return out
 
