@@ -26,7 +26,7 @@ TINY = {
         "batch_size": 16,
         "eval_every": 5,
     },
-    "bert4rec": {"hidden": 32, "max_len": 12, "epochs": 60, "batch_size": 16, "eval_every": 10},
+    "bert4rec": {"hidden": 32, "max_len": 12, "epochs": 60, "batch_size": 16, "eval_every": 10, "lr": 0.01},
     "mf": {"dim": 32, "epochs": 60, "batch_size": 64, "lr": 0.01, "eval_every": 10},
     "vbpr": {"dim": 32, "epochs": 60, "batch_size": 64, "lr": 0.01, "eval_every": 10, "feature": "image"},
 }

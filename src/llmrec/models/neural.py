@@ -32,7 +32,7 @@ class NeuralConfig(ModelConfig):
     batch_size: int = option(128, "training examples per step")
     lr: float = option(1e-3, "Adam learning rate")
     weight_decay: float = option(0.0, "Adam weight decay")
-    patience: int = option(5, "stop after this many validations without a better valid NDCG@10")
+    patience: int = option(20, "stop after this many validations without a better validation metric")
     eval_every: int = option(1, "epochs between validations")
     eval_users: int | None = option(None, "validate on a fixed random subset of users (None = all)")
     device: str = option("cpu", "torch device")
