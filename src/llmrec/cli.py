@@ -116,6 +116,18 @@ def _print_metrics(run_dir: Any) -> None:
     print(f"run directory: {run_dir}")
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--option",
+        dest="options",
+        action="append",
+        metavar="KEY=VALUE",
+        default=argparse.SUPPRESS,
+        help="model option (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from llmrec.bench import BenchConfig
     from llmrec.data.images import ImagesConfig
@@ -154,15 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "train a model, save it and evaluate it into a run directory", _cmd_train)
     p.add_argument("model", help="model name: " + ", ".join(available_models()))
-    p.add_argument(
-        "-o",
-        "--option",
-        dest="options",
-        action="append",
-        metavar="KEY=VALUE",
-        default=argparse.SUPPRESS,
-        help="model option (repeatable)",
-    )
+    _add_model_options(p)
     add_arguments(p, TrainConfig, skip=("model", "options"))
     add_arguments(p, EvalConfig)
 
@@ -176,15 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, TableConfig, skip=("runs",))
 
     p = command("bench", "training and evaluation throughput of a torch model", _cmd_bench)
-    p.add_argument(
-        "-o",
-        "--option",
-        dest="options",
-        action="append",
-        metavar="KEY=VALUE",
-        default=argparse.SUPPRESS,
-        help="model option (repeatable)",
-    )
+    _add_model_options(p)
     add_arguments(p, BenchConfig, skip=("options",))
 
     p = command("demo", "the whole pipeline on MovieLens-100K with the embedded offline models", _cmd_demo)

@@ -36,7 +36,14 @@ from torch import nn
 from llmrec.config import option
 from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, left_pad
+from llmrec.models.neural import (
+    Batch,
+    NeuralConfig,
+    TorchRecommender,
+    left_pad,
+    sequence_batch_count,
+    trainable_users,
+)
 
 
 @dataclasses.dataclass
@@ -132,11 +139,11 @@ class BERT4Rec(TorchRecommender):
 
     # -- training: cloze task over the last max_len training items of each user
     def num_train_batches(self, dataset: Any) -> int:
-        return -(-sum(len(s) >= 2 for s in dataset.train_sequences) // self.cfg.batch_size)
+        return sequence_batch_count(dataset, self.cfg.batch_size)
 
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         seqs = dataset.train_sequences
-        users = np.array([u for u, s in enumerate(seqs) if len(s) >= 2])
+        users = trainable_users(dataset)
         rng.shuffle(users)
         for start in range(0, len(users), self.cfg.batch_size):
             chunk = users[start : start + self.cfg.batch_size]

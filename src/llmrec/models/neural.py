@@ -134,3 +134,41 @@ def sample_negatives_excluding(
                 (x in exclude for x in flat[bad].tolist()), dtype=bool, count=int(bad.sum())
             )
     return out
+
+
+def trainable_users(dataset: Any, min_len: int = 2) -> np.ndarray:
+    """Users whose training sequence has at least ``min_len`` items (one input and one target)."""
+    return np.array([u for u, s in enumerate(dataset.train_sequences) if len(s) >= min_len], dtype=np.int64)
+
+
+def sequence_batch_count(dataset: Any, batch_size: int) -> int:
+    """Batches per epoch when every trainable user contributes one sequence."""
+    return -(-len(trainable_users(dataset)) // batch_size)
+
+
+def next_item_batches(
+    dataset: Any, rng: np.random.Generator, batch_size: int, max_len: int, n_items: int, negatives: bool
+) -> Iterator[Batch]:
+    """One epoch of next-item batches, one (shuffled) user per row, rows = item index + 1, 0 = padding.
+
+    ``inputs`` = the last ``max_len`` training items but the final one, ``pos`` = the item that follows each
+    input position, and with ``negatives`` ``neg`` = one uniformly sampled item the user never trained on,
+    per position that has a target (the SASRec reference's sampling).
+    """
+    seqs = dataset.train_sequences
+    users = trainable_users(dataset)
+    rng.shuffle(users)
+    for start in range(0, len(users), batch_size):
+        chunk = users[start : start + batch_size]
+        inputs = left_pad([seqs[u][:-1] for u in chunk], max_len)  # (B, L) rows
+        pos = left_pad([seqs[u][1:] for u in chunk], max_len)  # (B, L) next item at each position
+        batch = {"inputs": inputs, "pos": pos}
+        if negatives:
+            neg = np.stack(
+                [
+                    sample_negatives_excluding(rng, n_items, (max_len,), set(seqs[u].tolist())) + 1
+                    for u in chunk
+                ]
+            )
+            batch["neg"] = torch.from_numpy(neg) * (pos != 0)  # (B, L) rows, 0 where there is no target
+        yield batch

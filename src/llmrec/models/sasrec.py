@@ -20,7 +20,14 @@ from torch import nn
 
 from llmrec.config import option
 from llmrec.models.base import register_model
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, left_pad, sample_negatives_excluding
+from llmrec.models.neural import (
+    Batch,
+    NeuralConfig,
+    TorchRecommender,
+    left_pad,
+    next_item_batches,
+    sequence_batch_count,
+)
 
 
 @dataclasses.dataclass
@@ -91,24 +98,12 @@ class SASRec(TorchRecommender):
 
     # -- training: every position predicts the next item against one sampled negative
     def num_train_batches(self, dataset: Any) -> int:
-        return -(-sum(len(s) >= 2 for s in dataset.train_sequences) // self.cfg.batch_size)
+        return sequence_batch_count(dataset, self.cfg.batch_size)
 
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
-        seqs = dataset.train_sequences
-        users = np.array([u for u, s in enumerate(seqs) if len(s) >= 2])
-        rng.shuffle(users)
-        L = self.cfg.max_len
-        for start in range(0, len(users), self.cfg.batch_size):
-            chunk = users[start : start + self.cfg.batch_size]
-            inputs = left_pad([seqs[u][:-1] for u in chunk], L)  # (B, L) rows
-            pos = left_pad([seqs[u][1:] for u in chunk], L)  # (B, L) next item at each position
-            neg = np.stack(
-                [
-                    sample_negatives_excluding(rng, self.n_items, (L,), set(seqs[u].tolist())) + 1
-                    for u in chunk
-                ]
-            )
-            yield {"inputs": inputs, "pos": pos, "neg": torch.from_numpy(neg) * (pos != 0)}
+        return next_item_batches(
+            dataset, rng, self.cfg.batch_size, self.cfg.max_len, self.n_items, negatives=True
+        )
 
     def loss(self, batch: Batch) -> torch.Tensor:
         h = self.encode(batch["inputs"])  # (B, L, d)
