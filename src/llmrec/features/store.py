@@ -208,6 +208,28 @@ def load_feature(
     return Feature(name=name, values=values, missing=missing, manifest=manifest)
 
 
+def load_item_feature(
+    ds: Any, name: str, n_items: int, who: str = "this model", option: str = "feature"
+) -> Feature:
+    """The item feature ``name`` of the prepared dataset ``ds``, checksum and row order verified."""
+    if not (ds.features_dir / f"{name}.json").exists():
+        raise LlmrecError(
+            f"{who} needs the item feature '{name}'",
+            file=ds.features_dir / f"{name}.json",
+            hint="compute it with 'llmrec features' (images: 'llmrec images', then 'llmrec features --image'; "
+            f"CF: 'llmrec features --cf <run>') or choose another one with -o {option}=NAME (e.g. text)",
+        )
+    feature = load_feature(ds.features_dir, name, expect_ids=ds.items["item_id"].astype(str).tolist())
+    if len(feature.values) != n_items or feature.manifest.get("kind", "item") != "item":
+        raise LlmrecError(
+            f"feature '{name}' has {len(feature.values)} rows of kind {feature.manifest.get('kind')!r}, "
+            f"expected {n_items} item rows",
+            file=ds.features_dir / f"{name}.json",
+            hint="choose an item feature of this dataset",
+        )
+    return feature
+
+
 def list_features(root: str | Path) -> list[dict[str, Any]]:
     """Manifests of every complete feature under ``root``."""
     root = Path(root)
@@ -221,6 +243,7 @@ def list_features(root: str | Path) -> list[dict[str, Any]]:
 __all__ = [
     "Feature",
     "compute_feature",
+    "load_item_feature",
     "save_feature",
     "load_feature",
     "list_features",

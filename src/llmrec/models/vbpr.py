@@ -33,7 +33,7 @@ from torch import nn
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.features.store import Feature, load_feature
+from llmrec.features.store import Feature, load_item_feature
 from llmrec.models.base import register_model
 from llmrec.models.mf import MF, MFConfig
 from llmrec.utils.io import read_json, write_json_atomic
@@ -53,26 +53,6 @@ class VBPRConfig(MFConfig):
             raise ConfigError(f"visual_dim must be >= 1, got {self.visual_dim}")
         if self.reg_visual < 0:
             raise ConfigError(f"reg_visual must be >= 0, got {self.reg_visual}")
-
-
-def load_item_feature(ds: Dataset, name: str, n_items: int) -> Feature:
-    """The item feature ``name`` of ``ds``, checksum and row order verified."""
-    if not (ds.features_dir / f"{name}.json").exists():
-        raise LlmrecError(
-            f"vbpr needs the item feature '{name}'",
-            file=ds.features_dir / f"{name}.json",
-            hint="compute it with 'llmrec features' (images: 'llmrec images', then 'llmrec features --image') "
-            "or choose another one with -o feature=NAME (e.g. text)",
-        )
-    feature = load_feature(ds.features_dir, name, expect_ids=ds.items["item_id"].astype(str).tolist())
-    if len(feature.values) != n_items or feature.manifest.get("kind", "item") != "item":
-        raise LlmrecError(
-            f"feature '{name}' has {len(feature.values)} rows of kind {feature.manifest.get('kind')!r}, "
-            f"expected {n_items} item rows",
-            file=ds.features_dir / f"{name}.json",
-            hint="choose an item feature of this dataset",
-        )
-    return feature
 
 
 @register_model("vbpr")
@@ -102,7 +82,7 @@ class VBPR(MF):
         self.beta_visual = nn.Parameter(torch.zeros(values.shape[1]))  # beta'
 
     def fit(self, dataset: Any, run: Any | None = None) -> None:
-        feature = load_item_feature(dataset, self.cfg.feature, self.n_items)
+        feature = load_item_feature(dataset, self.cfg.feature, self.n_items, who="vbpr")
         self.attach_feature(feature)
         self.source = {
             "dataset": str(Path(dataset.root).resolve()),
@@ -158,7 +138,7 @@ class VBPR(MF):
                 hint=f"restore it, or set 'dataset' in {ref} to a copy of it",
             )
         ds = Dataset(root)
-        feature = load_item_feature(ds, source["feature"], self.n_items)
+        feature = load_item_feature(ds, source["feature"], self.n_items, who="vbpr")
         if feature.manifest["sha256"] != source["sha256"]:
             raise LlmrecError(
                 f"feature '{source['feature']}' changed since the model was trained "
