@@ -12,7 +12,6 @@ record loss and validation metrics.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -32,16 +31,21 @@ log = logging.getLogger(__name__)
 def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[str, float]]:
     cfg = model.cfg
     model.to(cfg.device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        weight_decay=cfg.weight_decay,
+    )
     rng = np.random.default_rng(torch.initial_seed() % 2**32)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s: %s trainable parameters", model.name, f"{n_params:,}")
     state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": []}
-    best_weights = copy.deepcopy(model.state_dict())
+    best_weights = model.checkpoint_state()
     ckpt = run.root / "checkpoint.pt" if run is not None else None
     if ckpt is not None and ckpt.exists():
         saved = torch.load(ckpt, map_location=cfg.device, weights_only=False)
-        model.load_state_dict(saved["model"])
+        model.load_checkpoint_state(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         best_weights = saved["best_weights"]
         state = saved["state"]
@@ -90,7 +94,7 @@ def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[s
             state["metric"] = criterion
             if metrics[criterion] > state["best"]:
                 state.update(best=metrics[criterion], best_epoch=epoch, bad=0)
-                best_weights = copy.deepcopy(model.state_dict())
+                best_weights = model.checkpoint_state()
             else:
                 state["bad"] += 1
             log.info(
@@ -108,7 +112,7 @@ def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[s
             with atomic_path(ckpt) as tmp:
                 torch.save(
                     {
-                        "model": model.state_dict(),
+                        "model": model.checkpoint_state(),
                         "optimizer": opt.state_dict(),
                         "best_weights": best_weights,
                         "state": state,
@@ -122,7 +126,7 @@ def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[s
         log.info(
             "early stop at epoch %d: no better %s for %d validations", state["epoch"], criterion, cfg.patience
         )
-    model.load_state_dict(best_weights)
+    model.load_checkpoint_state(best_weights)
     if run is not None:
         run.write_json("history.json", state["history"])
         run.log_metrics(

@@ -93,6 +93,13 @@ class TorchRecommender(Recommender, nn.Module):
         """CF features this model can give the LLM methods: {name: (kind 'item'|'user', (count, dim) array)}."""
         return {}
 
+    # -- what the trainer keeps as "best" and checkpoints (models around a frozen LLM keep less)
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state)
+
     # -- persistence
     def save_state(self, directory: Path) -> None:
         from safetensors.torch import save_file

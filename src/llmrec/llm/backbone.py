@@ -1,0 +1,180 @@
+"""The LLM backbone every LLM method shares: any HuggingFace causal LM, frozen unless LoRA is on.
+
+Non-text inputs (an item's image, a CF embedding, the learnable [REC] vector, a compressed history...)
+enter the LM as *placeholder tokens*: the prompt text contains e.g. ``[VISUAL]``; the tokenizer knows it as
+one added special token; before the transformer runs, the word-embedding lookup sees a harmless id (0) at
+those positions and :meth:`Backbone.embed` writes the caller's vectors there with ``masked_scatter`` after
+checking that the counts match (transformers' LLaVA does the same). The LM's weights and embedding matrix
+are never resized or modified; LoRA (peft) is the only way to train the LM.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from llmrec.assets import DEFAULT_LLM, load_causal_lm
+from llmrec.config import option
+from llmrec.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDERS = ("[VISUAL]", "[CF]", "[REC]", "[HIST]", "[USERID]", "[ITEMID]")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BackboneConfig:
+    """Which causal LM, in which precision, frozen or with LoRA."""
+
+    llm: str = option(DEFAULT_LLM, "causal LM: offline alias, local folder, hub id or .gguf file")
+    dtype: Literal["float32", "bfloat16", "float16"] = option(
+        "float32", "LM weights dtype (fp32 is fastest on CPU)"
+    )
+    device: str = option("cpu", "torch device")
+    lora: bool = option(False, "train LoRA adapters (peft); otherwise the LM is frozen")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha")
+    lora_dropout: float = option(0.05, "LoRA dropout")
+    lora_targets: list[str] = option(factory=lambda: ["q_proj", "v_proj"], help="LoRA target modules")
+    gradient_checkpointing: bool = option(False, "trade compute for memory in the LM")
+    chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
+
+
+class Backbone(nn.Module):
+    """A causal LM plus its tokenizer, with placeholder-token embedding injection."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        model, tokenizer = load_causal_lm(cfg.llm, dtype=_DTYPES[cfg.dtype])
+        tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDERS)})
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = (
+            "right"  # + explicit last-token indices: no NaN from left padding (CoLLM issue)
+        )
+        self.tokenizer = tokenizer
+        self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=cfg.lora_r,
+                    lora_alpha=cfg.lora_alpha,
+                    lora_dropout=cfg.lora_dropout,
+                    target_modules=list(cfg.lora_targets),
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        self.model = model.to(cfg.device)
+        self.hidden_size = int(
+            model.config.hidden_size if not cfg.lora else model.base_model.model.config.hidden_size
+        )
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        log.info(
+            "backbone %s: %s parameters, %s trainable (LoRA %s)",
+            cfg.llm,
+            f"{total:,}",
+            f"{trainable:,}",
+            "on" if cfg.lora else "off",
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def chat(self, text: str) -> str:
+        """``text`` as the user turn of the chat template (with the assistant prompt), when there is one."""
+        if self.cfg.chat_template and getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return text
+
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Right-padded ids and mask; placeholders are single tokens. No BOS/EOS is added beyond the template's."""
+        return self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+            truncation=max_length is not None,
+            max_length=max_length,
+        )
+
+    def embed(self, input_ids: torch.Tensor, inject: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, d) input embeddings with placeholder positions replaced.
+
+        ``inject`` maps a placeholder (e.g. "[VISUAL]") to a (n, d) tensor: one row per occurrence of that
+        placeholder in the batch, in row-major order. Every placeholder present must be filled exactly.
+        """
+        inject = inject or {}
+        # Placeholder ids may lie past the embedding matrix (or inside its padding rows): never look them up.
+        special = torch.isin(input_ids, torch.tensor(list(self.token_ids.values()), device=input_ids.device))
+        embeds = self.model.get_input_embeddings()(input_ids.masked_fill(special, 0))  # (B, T, d)
+        for name, values in inject.items():
+            mask = input_ids == self.token_ids[name]  # (B, T)
+            n = int(mask.sum())
+            if n != values.shape[0]:
+                raise ValueError(
+                    f"{n} {name} placeholder(s) in the batch but {values.shape[0]} embedding(s) to insert"
+                )
+            if values.shape[-1] != embeds.shape[-1]:
+                raise ValueError(
+                    f"{name} embeddings have dim {values.shape[-1]}, the LM expects {embeds.shape[-1]}"
+                )
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), values.to(embeds.dtype))
+        unfilled = [p for p, i in self.token_ids.items() if p not in inject and bool((input_ids == i).any())]
+        if unfilled:
+            raise ValueError(f"placeholder(s) {unfilled} in the prompt but no embeddings given for them")
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        inject: dict[str, torch.Tensor] | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> Any:
+        """Run the LM on ids with injected embeddings; returns the HF output (``.loss`` when labels are given,
+        ``.hidden_states[-1]`` = the final hidden states (B, T, d))."""
+        embeds = self.embed(input_ids, inject)
+        return self.model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+
+    def last_hidden_at(self, hidden: torch.Tensor, input_ids: torch.Tensor, placeholder: str) -> torch.Tensor:
+        """(B, d) final hidden state at the (single) position of ``placeholder`` in each row."""
+        mask = input_ids == self.token_ids[placeholder]  # (B, T)
+        counts = mask.sum(1)
+        if not bool((counts == 1).all()):
+            raise ValueError(f"each prompt must hold exactly one {placeholder}; counts {counts.tolist()}")
+        return hidden[mask]  # (B, d)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,145 @@
+"""How items and histories appear in LLM prompts (I-LLMRec's and its baselines' representations).
+
+Every representation renders one item as a brace-wrapped record, joined into the official I-LLMRec
+history prompt, so the paper's representation comparison (Fig. 1, Table 1) is one switch:
+
+image              {Title: <title>, Visual representation: [VISUAL]}             (I-LLMRec, Eq. 2)
+title              {Title: <title>}                                              (TALLRec, titles only)
+attribute          {Title: <title>, Brand: <brand>, Category: <category>}        (TALLRec-style "A")
+description        {Title: <title>, Description: <full description>}            (full description)
+summary            {Title: <title>, Description: <generated summary>}           (TRSR-style)
+cf                 {Title: <title>, Item embedding: [CF]}                        (A-LLMRec-style "CF")
+image_description  {Title: <title>, Visual representation: [VISUAL], Description: <description>}  (I-LLMRec+D)
+
+An item without an image, under an image representation, falls back to its description (Sec. 4.5).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+REPRESENTATIONS = ("image", "title", "attribute", "description", "summary", "cf", "image_description")
+Representation = Literal["image", "title", "attribute", "description", "summary", "cf", "image_description"]
+
+HISTORY_PREFIX = (
+    "Your job is to recommend a suitable next item based on a user's interacted items. "
+    "This user has chronologically interacted with following items: ["
+)
+HISTORY_SUFFIX = "], where each interacted item's information is contained in curly brackets (i.e.,{}). "
+IRE_INSTRUCTION = (
+    "Please conduct an analysis of user preferences based on the interacted items, and then generate a "
+    "recommendation token for the next item to be consumed: [REC]"
+)
+ILA_INSTRUCTION = "Please conduct an analysis of user preference, taking into account the interacted items. Based on your analysis, "
+
+# I-LLMRec Appendix I (Figure 11): 5 questions for each of 4 properties, and the answer templates.
+ILA_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "brand": (
+        "What brand will this user go for with the next item?",
+        "Which brand will the user choose for their next item?",
+        "What brand is the user likely to pick for their next purchase?",
+        "What brand will the user decide on for their next item?",
+        "Which brand could this user go with for their next product?",
+    ),
+    "category": (
+        "Which product category will the user shop from next?",
+        "Which category will the user choose for the next purchase?",
+        "From which category will the user's next item be selected?",
+        "What will be the next category of purchase for this user?",
+        "In which category will the user's next purchase fall?",
+    ),
+    "title": (
+        "What's the title of the next item this user plan to buy?",
+        "Which item is this user likely to buy next?",
+        "What's the name of the next item this user is considering buying?",
+        "What is the title of the next product this user plans to buy?",
+        "What's the title of the next purchase this user is planning?",
+    ),
+    "description": (
+        "Please describe the details of the next item that this user would consume.",
+        "Please give a detailed description of the next item this user intends to consume.",
+        "Could you describe the characteristics of the next item this user would consume?",
+        "Describe the features of the next item this user is likely to consume.",
+        "Can you share the specifics of the next item this user is going to consume?",
+    ),
+}
+ILA_ANSWERS = {
+    "brand": "The brand of the next item to be consumed is '{}'",
+    "category": "The category of the next item to be consumed is '{}'",
+    "title": "The title of the next item to be consumed is '{}'",
+    "description": "The details of the next item to be consumed is as follows: '{}'",
+}
+
+_BRACES = re.compile(r"[{}]")
+
+
+@dataclass
+class ItemText:
+    """The text fields a renderer may use for one item (already cleaned)."""
+
+    title: str
+    brand: str = ""
+    category: str = ""
+    description: str = ""  # full description (or a generated one for datasets without)
+    summary: str = ""  # TRSR-style summary (llmrec describe --mode summary)
+    has_image: bool = True
+
+
+def _clean(text: str, max_chars: int | None = None) -> str:
+    text = _BRACES.sub("", text).strip()  # braces delimit items in the prompt
+    return text[:max_chars].rstrip() if max_chars and len(text) > max_chars else text
+
+
+def render_item(
+    item: ItemText, representation: Representation, max_description_chars: int | None = None
+) -> str:
+    """One item as it appears in the history prompt (see the module docstring for each representation)."""
+    parts = [f"Title: {_clean(item.title) or 'Unknown'}"]
+    desc = _clean(item.description, max_description_chars)
+    if representation in ("image", "image_description") and not item.has_image:
+        representation = "description"  # missing image: fall back to the description (Sec. 4.5)
+    if representation == "image":
+        parts.append("Visual representation: [VISUAL]")
+    elif representation == "image_description":
+        parts.append("Visual representation: [VISUAL]")
+        if desc:
+            parts.append(f"Description: {desc}")
+    elif representation == "attribute":
+        if item.brand:
+            parts.append(f"Brand: {_clean(item.brand)}")
+        if item.category:
+            parts.append(f"Category: {_clean(item.category)}")
+    elif representation == "description":
+        if desc:
+            parts.append(f"Description: {desc}")
+    elif representation == "summary":
+        summary = _clean(item.summary, max_description_chars)
+        if summary:
+            parts.append(f"Description: {summary}")
+    elif representation == "cf":
+        parts.append("Item embedding: [CF]")
+    elif representation != "title":
+        raise ValueError(f"unknown representation {representation!r}; choose one of {REPRESENTATIONS}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def history_prompt(rendered_items: Sequence[str]) -> str:
+    """The official I-LLMRec user-interaction prompt around already rendered items."""
+    return HISTORY_PREFIX + ", ".join(rendered_items) + HISTORY_SUFFIX
+
+
+def ire_prompt(rendered_items: Sequence[str]) -> str:
+    """History prompt + the IRE instruction ending in the [REC] placeholder."""
+    return history_prompt(rendered_items) + IRE_INSTRUCTION
+
+
+def ila_question(rendered_items: Sequence[str], field: str, template: int) -> str:
+    return history_prompt(rendered_items) + ILA_INSTRUCTION + ILA_QUESTIONS[field][template]
+
+
+def ila_answer(field: str, value: str, max_chars: int | None = None) -> str:
+    """The target output; an empty property is answered 'Unknown' (official code)."""
+    return ILA_ANSWERS[field].format(_clean(value, max_chars) or "Unknown")

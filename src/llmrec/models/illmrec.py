@@ -1,0 +1,469 @@
+"""I-LLMRec (Kim et al., 2025): items shown to a frozen LLM as their title plus ONE image token.
+
+Read top to bottom: the config; the modules (adaptor M, the [REC] vector, user/item projectors per
+feature type); how a history becomes a prompt; the two losses (ILA, Eq. 3; IRE, Eq. 5-6; combined as
+Eq. 7) and retrieval over the whole catalog (Eq. 8). Facts from the official code (reference-notes):
+adaptor Linear(d_img, 512) -> LayerNorm -> GELU -> Linear(512, d_llm); projectors Linear(in, 2 d_s) ->
+LayerNorm -> ReLU -> Linear(2 d_s, d_s) with d_s = 512; [REC] xavier-initialised; IRE = BCE(target) +
+BCE(one random negative) per feature type, averaged over the types; training histories are random
+windows (2..4 or 2..9 items, prob. 0.5 each) of the training sequence; at test the last 10 items.
+
+Every ablation is a config switch: ``representation`` (image / title / attribute / description / summary /
+cf / image_description: the paper's representation comparison under one protocol and backbone),
+``ila`` on/off, ``features`` any subset of image/cf/text, ``training`` end2end or two_stage
+(Appendix H), ``backbone.lora`` (Appendix E), ``missing_image_fraction`` (Sec. 4.5: image-less items
+fall back to their description in the prompt and to a text feature, through its own projector, in
+retrieval). Every score is over real catalog items, so every recommendation exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmrec.config import option
+from llmrec.data.dataset import Dataset
+from llmrec.errors import ConfigError, LlmrecError
+from llmrec.features.store import load_item_feature
+from llmrec.llm.backbone import Backbone, BackboneConfig
+from llmrec.llm.prompts import (
+    ILA_QUESTIONS,
+    REPRESENTATIONS,
+    ItemText,
+    Representation,
+    ila_answer,
+    ila_question,
+    ire_prompt,
+    render_item,
+)
+from llmrec.models.base import register_model
+from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, trainable_users
+from llmrec.utils.io import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FEATURE_TYPES = ("image", "cf", "text")
+
+
+@dataclasses.dataclass
+class ILLMRecConfig(NeuralConfig):
+    backbone: BackboneConfig = option(factory=BackboneConfig, help="the LLM (frozen unless backbone.lora)")
+    representation: Representation = option("image", "how history items appear in the prompt")
+    features: list[str] = option(
+        factory=lambda: ["image", "cf", "text"], help="IRE feature types (subset of image, cf, text)"
+    )
+    image_feature: str = option("image", "feature-store name of the image feature")
+    cf_feature: str = option(
+        "sasrec_item", "feature-store name of the CF item embeddings (llmrec features --cf)"
+    )
+    text_feature: str = option(
+        "text", "feature-store name of the text feature (also the missing-image fallback)"
+    )
+    ila: bool = option(True, "train with the Image-LLM Alignment task")
+    ila_fields: list[str] = option(
+        factory=lambda: ["brand", "category", "title", "description"], help="ILA properties"
+    )
+    training: Literal["end2end", "two_stage"] = option(
+        "end2end", "end2end, or ILA first then IRE with a frozen adaptor"
+    )
+    stage1_epochs: int = option(1, "two_stage: epochs of ILA-only training")
+    adaptor_hidden: int = option(512, "hidden size of the 2-layer MLP adaptor")
+    d_shared: int = option(512, "size of the shared recommendation space of the projectors")
+    window_short: int = option(4, "training history windows: 2..window_short items ...")
+    window_long: int = option(9, "... or 2..window_long items, each with probability 0.5")
+    test_history: int = option(10, "items of history in evaluation prompts (the most recent)")
+    max_prompt_tokens: int = option(1024, "context budget: drop the oldest items until the prompt fits")
+    max_description_chars: int = option(1200, "cut descriptions longer than this in prompts and ILA answers")
+    description_texts: str | None = option(None, "use generated texts (llmrec describe NAME) as descriptions")
+    summary_texts: str = option(
+        "summary", "generated summaries (llmrec describe --mode summary) for 'summary'"
+    )
+    missing_image_fraction: float = option(
+        0.0, "drop this fraction of item images (seeded) to simulate Sec. 4.5"
+    )
+    missing_seed: int = option(0, "seed of the simulated missing images")
+    score_batch_size: int = option(16, "prompts per LLM forward when scoring")
+    batch_size: int = option(8, "training examples per step")
+    epochs: int = option(5, "maximum training epochs")
+    patience: int = option(3, "validations without improvement before stopping")
+    eval_users: int | None = option(200, "validation users (a fixed random subset; None = all)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.representation not in REPRESENTATIONS:
+            raise ConfigError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
+        bad = [f for f in self.features if f not in FEATURE_TYPES]
+        if bad or not self.features:
+            raise ConfigError(f"features must be a non-empty subset of {FEATURE_TYPES}, got {self.features}")
+        bad = [f for f in self.ila_fields if f not in ILA_QUESTIONS]
+        if bad or (self.ila and not self.ila_fields):
+            raise ConfigError(
+                f"ila_fields must be a non-empty subset of {sorted(ILA_QUESTIONS)}, got {self.ila_fields}"
+            )
+        if not 0.0 <= self.missing_image_fraction <= 1.0:
+            raise ConfigError(f"missing_image_fraction must be in [0, 1], got {self.missing_image_fraction}")
+        if not 2 <= self.window_short <= self.window_long:
+            raise ConfigError("need 2 <= window_short <= window_long")
+        if self.training == "two_stage" and not self.ila:
+            raise ConfigError("two_stage training needs ila on (stage 1 is ILA)")
+
+
+def mlp_adaptor(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    """The official adaptor: Linear -> LayerNorm -> GELU -> Linear."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+
+def projector(d_in: int, d_s: int) -> nn.Sequential:
+    """The official IRE projector: Linear -> LayerNorm -> ReLU -> Linear to the shared space."""
+    return nn.Sequential(nn.Linear(d_in, 2 * d_s), nn.LayerNorm(2 * d_s), nn.ReLU(), nn.Linear(2 * d_s, d_s))
+
+
+@register_model("illmrec")
+class ILLMRec(TorchRecommender):
+    config_cls = ILLMRecConfig
+    cfg: ILLMRecConfig
+
+    def __init__(self, cfg: ILLMRecConfig, n_users: int, n_items: int) -> None:
+        super().__init__(cfg, n_users, n_items)
+        self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))
+        self.backbone: Backbone | None = None  # built by attach(): it needs the dataset's feature sizes
+        self.source: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ building against a dataset
+    def _needs(self) -> dict[str, str]:
+        """Feature-store names this configuration reads, by role."""
+        cfg, need = self.cfg, {}
+        if cfg.representation in ("image", "image_description") or "image" in cfg.features:
+            need["image"] = cfg.image_feature
+        if cfg.representation == "cf" or "cf" in cfg.features:
+            need["cf"] = cfg.cf_feature
+        if "text" in cfg.features or ("image" in need and cfg.missing_image_fraction > 0):
+            need["text"] = cfg.text_feature
+        return need
+
+    def attach(self, ds: Dataset) -> None:
+        """Load the backbone, the features and item texts of ``ds``; create adaptors and projectors."""
+        cfg = self.cfg
+        feats = {
+            role: load_item_feature(ds, name, self.n_items, who="illmrec", option=f"{role}_feature")
+            for role, name in self._needs().items()
+        }
+        self.source = {
+            "dataset": str(Path(ds.root).resolve()),
+            "features": {role: {"name": f.name, "sha256": f.manifest["sha256"]} for role, f in feats.items()},
+        }
+        for role, f in feats.items():
+            self.register_buffer(
+                f"feat_{role}", torch.from_numpy(np.array(f.values, dtype=np.float32)), persistent=False
+            )  # (N, d_role)
+        has_image = np.zeros(self.n_items, dtype=bool)
+        if "image" in feats:
+            has_image = ~np.asarray(feats["image"].missing, dtype=bool)
+            if cfg.missing_image_fraction > 0:
+                rng = np.random.default_rng(cfg.missing_seed)
+                drop = rng.choice(
+                    self.n_items, size=int(round(cfg.missing_image_fraction * self.n_items)), replace=False
+                )
+                has_image[drop] = False
+        self.register_buffer("has_image", torch.from_numpy(has_image), persistent=False)  # (N,)
+        if cfg.missing_image_fraction > 0 and "image" in cfg.features and "text" not in feats:
+            raise LlmrecError(
+                "missing images need a text feature for retrieval",
+                hint=f"compute '{cfg.text_feature}' with 'llmrec features'",
+            )
+
+        self.backbone = Backbone(cfg.backbone)
+        d = self.backbone.hidden_size
+        if "image" in feats:
+            self.adaptor = mlp_adaptor(feats["image"].dim, cfg.adaptor_hidden, d)  # M: image -> one LLM token
+        if "cf" in feats and cfg.representation == "cf":
+            self.cf_adaptor = mlp_adaptor(feats["cf"].dim, cfg.adaptor_hidden, d)  # A-LLMRec-style CF token
+        self.rec = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, d)))  # [REC]
+        self.user_proj = nn.ModuleDict({t: projector(d, cfg.d_shared) for t in cfg.features})
+        self.item_proj = nn.ModuleDict({t: projector(feats[t].dim, cfg.d_shared) for t in cfg.features})
+        if "image" in cfg.features and not has_image.all():
+            # image-less items are retrieved through their text feature, with a projector of its own
+            self.item_proj["image_fallback"] = projector(feats["text"].dim, cfg.d_shared)
+        self._texts = self._item_texts(ds, has_image)
+        self._rendered: dict[str, list[str]] = {}
+        self._lengths: dict[str, np.ndarray] = {}
+        self.to(cfg.backbone.device)
+
+    def _item_texts(self, ds: Dataset, has_image: np.ndarray) -> list[ItemText]:
+        items = ds.items
+        descriptions = items["description"].tolist()
+        if self.cfg.description_texts:
+            from llmrec.llm.describe import load_texts
+
+            descriptions = load_texts(ds.root, self.cfg.description_texts)
+        summaries = [""] * len(items)
+        if self.cfg.representation == "summary":
+            from llmrec.llm.describe import load_texts
+
+            summaries = load_texts(ds.root, self.cfg.summary_texts)
+        return [
+            ItemText(title=t, brand=b, category=c, description=d, summary=s, has_image=bool(h))
+            for t, b, c, d, s, h in zip(
+                items["title"], items["brand"], items["category"], descriptions, summaries, has_image
+            )
+        ]
+
+    def rendered(self, representation: str | None = None) -> tuple[list[str], np.ndarray]:
+        """Every item rendered once (cached) and its token count, for prompts and the context budget."""
+        rep = representation or self.cfg.representation
+        if rep not in self._rendered:
+            assert self.backbone is not None
+            texts = [render_item(t, rep, self.cfg.max_description_chars) for t in self._texts]  # type: ignore[arg-type]
+            lengths = [
+                len(ids) for ids in self.backbone.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            ]
+            self._rendered[rep], self._lengths[rep] = texts, np.asarray(lengths) + 1  # + the ", " separator
+        return self._rendered[rep], self._lengths[rep]
+
+    # ------------------------------------------------------------------ prompts
+    def fit_history(self, history: np.ndarray, budget: int) -> np.ndarray:
+        """Drop the oldest items until the rendered history fits ``budget`` tokens."""
+        _, lengths = self.rendered()
+        history = np.asarray(history, dtype=np.int64)
+        total = np.cumsum(lengths[history][::-1])[::-1]  # tokens from item j to the end
+        return history[np.searchsorted(-total, -budget) :] if len(history) else history
+
+    def _prompt_parts(self, history: np.ndarray) -> tuple[list[str], list[int], list[int]]:
+        texts, _ = self.rendered()
+        rendered = [texts[i] for i in history]
+        visual = [int(i) for i in history if "[VISUAL]" in texts[i]]
+        cf = [int(i) for i in history if "[CF]" in texts[i]]
+        return rendered, visual, cf
+
+    def _budget(self, overhead_text: str) -> int:
+        assert self.backbone is not None
+        return self.cfg.max_prompt_tokens - self.backbone.count_tokens(self.backbone.chat(overhead_text))
+
+    def build_ire(self, histories: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Tokenised IRE prompts (history + instruction + [REC]) and the items behind their placeholders."""
+        assert self.backbone is not None
+        budget = self._budget(ire_prompt([]))
+        prompts, visual, cf = [], [], []
+        for h in histories:
+            rendered, v, c = self._prompt_parts(self.fit_history(h, budget))
+            prompts.append(self.backbone.chat(ire_prompt(rendered)))
+            visual += v
+            cf += c
+        enc = self.backbone.tokenize(prompts)
+        return {
+            "ids": enc["input_ids"],
+            "mask": enc["attention_mask"],
+            "visual": torch.tensor(visual, dtype=torch.long),
+            "cf": torch.tensor(cf, dtype=torch.long),
+        }
+
+    def build_ila(
+        self, histories: list[np.ndarray], targets: np.ndarray, rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
+        """ILA examples: a random property question about the target; labels only on the answer (+ EOS)."""
+        assert self.backbone is not None
+        tok = self.backbone.tokenizer
+        budget = self._budget(ila_question([], "description", 0)) - 64
+        ids, labels, visual, cf = [], [], [], []
+        for h, t in zip(histories, targets):
+            rendered, v, c = self._prompt_parts(self.fit_history(h, budget))
+            field = self.cfg.ila_fields[int(rng.integers(len(self.cfg.ila_fields)))]
+            question = self.backbone.chat(ila_question(rendered, field, int(rng.integers(5))))
+            item = self._texts[int(t)]
+            value = {
+                "brand": item.brand,
+                "category": item.category,
+                "title": item.title,
+                "description": item.description,
+            }[field]
+            answer = ila_answer(field, value, self.cfg.max_description_chars) + (tok.eos_token or "")
+            q = tok(question, add_special_tokens=False)["input_ids"]
+            a = tok(answer, add_special_tokens=False)["input_ids"][:96]
+            ids.append(q + a)
+            labels.append([-100] * len(q) + a)
+            visual += v
+            cf += c
+        width = max(map(len, ids))
+        pad = tok.pad_token_id
+        return {
+            "ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
+            "mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
+            "labels": torch.tensor([x + [-100] * (width - len(x)) for x in labels]),
+            "visual": torch.tensor(visual, dtype=torch.long),
+            "cf": torch.tensor(cf, dtype=torch.long),
+        }
+
+    # ------------------------------------------------------------------ training
+    def num_train_batches(self, dataset: Any) -> int:
+        return -(-len(trainable_users(dataset)) // self.cfg.batch_size)
+
+    def sample_window(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """A random (history, target) pair from a training sequence (official: 2..4 or 2..9 items)."""
+        longest = self.cfg.window_short if rng.random() < 0.5 else self.cfg.window_long
+        t = int(rng.integers(1, len(seq)))  # target position
+        size = int(rng.integers(2, longest + 1))
+        return seq[max(0, t - size) : t], int(seq[t])
+
+    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+        self.epochs_started += 1
+        seqs = dataset.train_sequences
+        users = trainable_users(dataset)
+        rng.shuffle(users)
+        for start in range(0, len(users), self.cfg.batch_size):
+            chunk = users[start : start + self.cfg.batch_size]
+            windows = [self.sample_window(seqs[u], rng) for u in chunk]
+            histories = [w[0] for w in windows]
+            targets = np.array([w[1] for w in windows])
+            negatives = np.array([self._negative(seqs[u], rng) for u in chunk])
+            batch = {f"ire_{k}": v for k, v in self.build_ire(histories).items()}
+            batch.update({"target": torch.from_numpy(targets), "negative": torch.from_numpy(negatives)})
+            if self.cfg.ila:
+                batch.update({f"ila_{k}": v for k, v in self.build_ila(histories, targets, rng).items()})
+            yield batch
+
+    def _negative(self, seq: np.ndarray, rng: np.random.Generator) -> int:
+        seen = set(seq.tolist())
+        while (c := int(rng.integers(self.n_items))) in seen:
+            pass
+        return c
+
+    @property
+    def stage(self) -> int:
+        """1 = ILA only (two_stage, first epochs), 2 = IRE only with a frozen adaptor, 0 = end-to-end."""
+        if self.cfg.training != "two_stage":
+            return 0
+        return 1 if int(self.epochs_started) <= self.cfg.stage1_epochs else 2
+
+    def inject(self, visual: torch.Tensor, cf: torch.Tensor, n_rec: int = 0) -> dict[str, torch.Tensor]:
+        """Embeddings for the placeholders of a batch: adapted images, adapted CF vectors, [REC]."""
+        out: dict[str, torch.Tensor] = {}
+        if len(visual):
+            out["[VISUAL]"] = self.adaptor(self.feat_image[visual])  # (n_visual, d)
+        if len(cf):
+            out["[CF]"] = self.cf_adaptor(self.feat_cf[cf])  # (n_cf, d)
+        if n_rec:
+            out["[REC]"] = self.rec.expand(n_rec, -1)  # (B, d)
+        return out
+
+    def user_states(
+        self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor, cf: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, d) last hidden state at [REC]: the LLM-guided user representation (Sec. 3.3.1)."""
+        assert self.backbone is not None
+        out = self.backbone(ids, mask, self.inject(visual, cf, n_rec=len(ids)))
+        return self.backbone.last_hidden_at(out.hidden_states[-1], ids, "[REC]").float()
+
+    def item_vectors(self, feature: str, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, d_s) projected item representations o_i for one feature type (all items when ``items`` is None)."""
+        idx = items if items is not None else torch.arange(self.n_items, device=self.rec.device)
+        proj = self.item_proj[feature](getattr(self, f"feat_{feature}")[idx])  # (n, d_s)
+        if feature == "image" and "image_fallback" in self.item_proj:
+            fallback = self.item_proj["image_fallback"](self.feat_text[idx])  # (n, d_s)
+            proj = torch.where(self.has_image[idx].unsqueeze(-1), proj, fallback)
+        return proj
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        stage = self.stage
+        if stage == 2 and hasattr(self, "adaptor"):
+            self.adaptor.requires_grad_(False)  # two-stage: the aligned adaptor stays as stage 1 left it
+        total = torch.zeros((), device=self.rec.device)
+        if stage != 1:
+            h = self.user_states(
+                batch["ire_ids"], batch["ire_mask"], batch["ire_visual"], batch["ire_cf"]
+            )  # (B, d)
+            ire = []
+            for t in self.cfg.features:
+                o_u = self.user_proj[t](h)  # (B, d_s)
+                pos = (o_u * self.item_vectors(t, batch["target"])).sum(-1)  # (B,)
+                neg = (o_u * self.item_vectors(t, batch["negative"])).sum(-1)  # (B,)
+                ire.append(
+                    F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
+                    + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
+                )
+            total = total + torch.stack(ire).mean()
+        if self.cfg.ila and stage != 2:
+            assert self.backbone is not None
+            out = self.backbone(
+                batch["ila_ids"],
+                batch["ila_mask"],
+                self.inject(batch["ila_visual"], batch["ila_cf"]),
+                labels=batch["ila_labels"],
+            )
+            total = total + out.loss.float()
+        return total
+
+    # ------------------------------------------------------------------ scoring (Eq. 8)
+    def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        if self.backbone is None:
+            raise LlmrecError("illmrec is not attached to a dataset", hint="fit it or load a saved model")
+        items = {t: self.item_vectors(t) for t in self.cfg.features}  # (N, d_s) each
+        out = []
+        for s in range(0, len(histories), self.cfg.score_batch_size):
+            chunk = [
+                np.asarray(h)[-self.cfg.test_history :] for h in histories[s : s + self.cfg.score_batch_size]
+            ]
+            enc = {k: v.to(self.rec.device) for k, v in self.build_ire(chunk).items()}
+            h = self.user_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])  # (b, d)
+            out.append(sum(self.user_proj[t](h) @ items[t].T for t in self.cfg.features))  # (b, N)
+        return torch.cat(out)  # (B, N)
+
+    # ------------------------------------------------------------------ persistence
+    def fit(self, dataset: Any, run: Any | None = None) -> None:
+        self.attach(dataset)
+        super().fit(dataset, run)
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """Only what training changes (adaptors, projectors, [REC], LoRA, counters): never the frozen LLM."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad} | {"epochs_started"}
+        if hasattr(self, "adaptor"):
+            trainable |= {n for n, _ in self.named_parameters() if n.startswith("adaptor.")}
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(state) - set(self.state_dict())
+        if missing:
+            raise LlmrecError(
+                f"checkpoint has unknown weights {sorted(missing)[:3]}",
+                hint="it belongs to another configuration",
+            )
+        self.load_state_dict(state, strict=False)
+
+    def save_state(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(
+            {k: v.cpu().contiguous() for k, v in self.checkpoint_state().items()},
+            directory / "illmrec.safetensors",
+        )
+        write_json_atomic(directory / "sources.json", self.source)
+
+    def load_state(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        source = read_json(directory / "sources.json")
+        root = Path(source["dataset"])
+        if not (root / "meta.json").exists():
+            raise LlmrecError(
+                "the dataset this model reads its features from is gone",
+                file=root,
+                hint=f"restore it or edit {directory / 'sources.json'}",
+            )
+        self.attach(Dataset(root))
+        for role, ref in source["features"].items():
+            now = self.source["features"].get(role, {}).get("sha256")
+            if now != ref["sha256"]:
+                raise LlmrecError(
+                    f"feature '{ref['name']}' changed since the model was trained",
+                    file=root / "features",
+                    hint="restore it or retrain",
+                )
+        self.load_checkpoint_state(load_file(directory / "illmrec.safetensors"))
+        self.eval()
