@@ -129,3 +129,17 @@ def test_unknown_model_option_is_an_error(synthetic_dataset, tmp_path, capsys):
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert main(["features", "--data", str(tmp_path / "nope")]) == 2
     assert "run 'llmrec prepare" in capsys.readouterr().err
+
+
+def test_recommend_command(synthetic_dataset, tmp_path, capsys):
+    run = tmp_path / "pop"
+    assert main(["train", "popularity", "--data", str(synthetic_dataset), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--items", "i000", "i001", "--k", "3", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert [r["rank"] for r in recs] == [1, 2, 3]
+    assert not {"i000", "i001"} & {r["item_id"] for r in recs}
+    assert main(["recommend", str(run), "--items", "nope"]) == 2
+    assert "unknown item id(s) ['nope']" in capsys.readouterr().err
+    assert main(["recommend", str(run), "--user", "u3", "--k", "2"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2

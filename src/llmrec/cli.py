@@ -86,6 +86,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmrec.data.dataset import Dataset
+    from llmrec.models.base import load_model
+    from llmrec.recommend import recommend
+    from llmrec.utils.io import read_json
+
+    run = Path(args.run)
+    data = args.data or read_json(run / "config.json")["data"]
+    recs = recommend(
+        load_model(run / "model"), Dataset(data), user_id=args.user, history_ids=args.items, k=args.k
+    )
+    if args.json:
+        print(json.dumps(recs, indent=2))
+    else:
+        for r in recs:
+            print(f"{r['rank']:>3}. {r['item_id']}\t{r['title']}\t{r['score']:.4f}")
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     from llmrec.report import TableConfig, make_table
 
@@ -174,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory written by 'llmrec train'")
     p.add_argument("--data", default=None, help="evaluate on this prepared dataset instead of the run's")
     add_arguments(p, EvalConfig)
+
+    p = command(
+        "recommend", "top-k catalog items for a user id or an ad-hoc history of item ids", _cmd_recommend
+    )
+    p.add_argument("run", help="run directory of a trained model")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id of the dataset")
+    who.add_argument("--items", nargs="+", help="item ids of a history, oldest first")
+    p.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
+    p.add_argument("--data", default=None, help="dataset directory (default: the run's)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table)
     p.add_argument("runs", nargs="+", help="run directories")

@@ -1,0 +1,57 @@
+"""``llmrec recommend``: top-k catalog items for a known user or for an ad-hoc history of item ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from llmrec.data.dataset import Dataset
+from llmrec.errors import LlmrecError
+from llmrec.models.base import Recommender
+
+
+def recommend(
+    model: Recommender,
+    ds: Dataset,
+    user_id: str | None = None,
+    history_ids: Sequence[str] | None = None,
+    k: int = 10,
+    exclude_history: bool = True,
+) -> list[dict[str, Any]]:
+    """Ranked recommendations (item_id, title, score) over the whole catalog.
+
+    A known ``user_id`` uses that user's full sequence as history (its index feeds ID-based models); an
+    ad-hoc ``history_ids`` list (chronological) is scored as a new user (index 0 is passed to models that
+    need one, so ID-based models such as MF are only meaningful with ``user_id``).
+    """
+    if (user_id is None) == (history_ids is None):
+        raise LlmrecError(
+            "give exactly one of a user id or a list of item ids", hint="--user ID or --items ID ..."
+        )
+    item_ids = ds.items["item_id"].astype(str).tolist()
+    if user_id is not None:
+        users = ds.users["user_id"].astype(str).tolist()
+        if str(user_id) not in users:
+            raise LlmrecError(f"unknown user id {user_id!r}", file=ds.root / "users.parquet", field="user_id")
+        u = users.index(str(user_id))
+        history = ds.sequences[u]
+    else:
+        index = {iid: i for i, iid in enumerate(item_ids)}
+        unknown = [i for i in history_ids or [] if str(i) not in index]
+        if unknown:
+            raise LlmrecError(
+                f"unknown item id(s) {unknown[:5]}", file=ds.root / "items.parquet", field="item_id"
+            )
+        u, history = 0, np.array([index[str(i)] for i in history_ids or []], dtype=np.int64)
+    scores = np.asarray(model.score_all(np.array([u]), [history]), dtype=np.float64)[0]  # (N,)
+    if exclude_history and len(history):
+        scores[history] = -np.inf
+    top = np.argsort(-scores, kind="stable")[:k]
+    titles = ds.items["title"].tolist()
+    return [
+        {"rank": r + 1, "item_id": item_ids[i], "title": titles[i], "score": float(scores[i])}
+        for r, i in enumerate(top)
+        if np.isfinite(scores[i])
+    ]

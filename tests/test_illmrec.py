@@ -1,0 +1,179 @@
+"""I-LLMRec's quality bar with a tiny random backbone (hidden 32, 2 layers)."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmrec.data.dataset import Dataset
+from llmrec.features.store import ids_checksum, save_feature
+from llmrec.llm.backbone import Backbone, BackboneConfig
+from llmrec.llm.prompts import ItemText, ila_answer, ire_prompt, render_item
+from llmrec.models.base import build_model, load_model
+
+SMALL = {"adaptor_hidden": 16, "d_shared": 8, "batch_size": 4, "epochs": 1, "eval_users": 8}
+
+
+@pytest.fixture
+def ill_dataset(synthetic_dataset):
+    ds = Dataset(synthetic_dataset)
+    ids = ids_checksum(ds.items["item_id"].tolist())
+    rng = np.random.default_rng(0)
+    for name, d in (("image", 8), ("text", 16), ("sasrec_item", 6)):
+        save_feature(
+            ds.features_dir,
+            name,
+            rng.normal(size=(ds.n_items, d)).astype(np.float32),
+            {"kind": "item", "ids_sha256": ids},
+        )
+    return ds
+
+
+def _model(ds, tiny_llm, **kw):
+    torch.manual_seed(0)
+    opts = {**SMALL, "backbone": {"llm": tiny_llm, **kw.pop("backbone", {})}, **kw}
+    m = build_model("illmrec", opts, ds.n_users, ds.n_items)
+    m.attach(ds)
+    return m
+
+
+def test_official_item_and_prompt_text():
+    item = ItemText(title="Red {Shoe}", brand="Acme", category="Shoes", description="Light.", has_image=True)
+    assert render_item(item, "image") == "{Title: Red Shoe, Visual representation: [VISUAL]}"
+    assert render_item(item, "attribute") == "{Title: Red Shoe, Brand: Acme, Category: Shoes}"
+    assert (
+        render_item(item, "image_description")
+        == "{Title: Red Shoe, Visual representation: [VISUAL], Description: Light.}"
+    )
+    assert (
+        render_item(ItemText(title="X", description="D", has_image=False), "image")
+        == "{Title: X, Description: D}"
+    )
+    assert render_item(item, "cf") == "{Title: Red Shoe, Item embedding: [CF]}"
+    prompt = ire_prompt(["{Title: A}", "{Title: B}"])
+    assert prompt.startswith(
+        "Your job is to recommend a suitable next item based on a user's interacted items. This user has chronologically interacted with following items: [{Title: A}, {Title: B}], where each"
+    )
+    assert prompt.endswith("generate a recommendation token for the next item to be consumed: [REC]")
+    assert ila_answer("brand", "") == "The brand of the next item to be consumed is 'Unknown'"
+
+
+def test_placeholder_count_mismatch_raises_and_injection_lands(tiny_llm):
+    bb = Backbone(BackboneConfig(llm=tiny_llm))
+    enc = bb.tokenize(["a [VISUAL] b [VISUAL]", "[VISUAL] c"])
+    ids = enc["input_ids"]
+    d = bb.hidden_size
+    with pytest.raises(ValueError, match="3 \\[VISUAL\\] placeholder\\(s\\) in the batch but 2"):
+        bb.embed(ids, {"[VISUAL]": torch.zeros(2, d)})
+    with pytest.raises(ValueError, match="no embeddings given"):
+        bb.embed(ids)
+    values = torch.randn(3, d)
+    out = bb.embed(ids, {"[VISUAL]": values})
+    expected = bb.model.get_input_embeddings()(
+        ids.clamp(max=bb.model.get_input_embeddings().num_embeddings - 1)
+    ).clone()
+    positions = (ids == bb.token_ids["[VISUAL]"]).nonzero().tolist()
+    for k, (b, t) in enumerate(positions):  # row-major order
+        expected[b, t] = values[k]
+    torch.testing.assert_close(out, expected)
+
+
+def test_trains_adaptor_and_rec_and_keeps_backbone_bit_identical(ill_dataset, tiny_llm):
+    m = _model(ill_dataset, tiny_llm)
+    before = {k: v.clone() for k, v in m.backbone.model.state_dict().items()}
+    rec_before = m.rec.detach().clone()
+    batch = next(m.train_batches(ill_dataset, np.random.default_rng(0)))
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss = m.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        assert m.rec.grad is not None and m.rec.grad.abs().sum() > 0
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.adaptor.parameters())
+        opt.step()
+    assert not torch.equal(m.rec.detach(), rec_before)
+    for k, v in m.backbone.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_lora_trains_only_adapters(ill_dataset, tiny_llm):
+    m = _model(ill_dataset, tiny_llm, backbone={"lora": True, "lora_targets": ["q_proj", "v_proj"]})
+    base = {k: v.clone() for k, v in m.backbone.model.state_dict().items() if "lora_" not in k}
+    lora = {k: v.clone() for k, v in m.backbone.model.state_dict().items() if "lora_" in k}
+    assert lora
+    batch = next(m.train_batches(ill_dataset, np.random.default_rng(0)))
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        m.loss(batch).backward()
+        opt.step()
+    state = m.backbone.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in base.items())
+    assert any(not torch.equal(state[k], v) for k, v in lora.items())
+
+
+def test_ila_labels_cover_only_the_answer(ill_dataset, tiny_llm):
+    m = _model(ill_dataset, tiny_llm, ila_fields=["brand"])
+    hist, target = [np.array([0, 1, 2])], np.array([3])
+    ila = m.build_ila(hist, target, np.random.default_rng(0))
+    tok = m.backbone.tokenizer
+    labelled = ila["labels"][0][ila["labels"][0] != -100]
+    expected = tok(ila_answer("brand", m._texts[3].brand) + tok.eos_token, add_special_tokens=False)[
+        "input_ids"
+    ]
+    assert labelled.tolist() == expected
+    # the labelled span is the end of the sequence, right before padding
+    n = int(ila["mask"][0].sum())
+    assert ila["ids"][0][n - len(expected) : n].tolist() == expected
+    assert int(ila["visual"].numel()) == 3
+
+
+def test_context_budget_drops_oldest(ill_dataset, tiny_llm):
+    m = _model(ill_dataset, tiny_llm, representation="description")
+    _, lengths = m.rendered()
+    hist = np.arange(10)
+    kept = m.fit_history(hist, int(lengths[7:10].sum()))
+    assert kept.tolist() == [7, 8, 9]
+    assert m.fit_history(hist, 10**6).tolist() == list(range(10))
+
+
+def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, tmp_path):
+    from llmrec.recommend import recommend
+
+    torch.manual_seed(0)
+    m = build_model(
+        "illmrec", {**SMALL, "backbone": {"llm": tiny_llm}}, ill_dataset.n_users, ill_dataset.n_items
+    )
+    m.fit(ill_dataset)
+    hist = ill_dataset.split("test").histories[:3]
+    scores = m.score_all(np.arange(3), hist)
+    assert scores.shape == (3, ill_dataset.n_items) and np.isfinite(scores).all()
+    m.save(tmp_path / "model")
+    again = load_model(tmp_path / "model")
+    np.testing.assert_allclose(again.score_all(np.arange(3), hist), scores, rtol=1e-5, atol=1e-6)
+    recs = recommend(
+        again, ill_dataset, history_ids=ill_dataset.items["item_id"].iloc[[0, 1, 2]].tolist(), k=5
+    )
+    assert len(recs) == 5 and set(r["item_id"] for r in recs) <= set(ill_dataset.items["item_id"])
+    assert not {r["item_id"] for r in recs} & set(ill_dataset.items["item_id"].iloc[[0, 1, 2]])
+
+
+def test_missing_images_fall_back_to_text(ill_dataset, tiny_llm):
+    m = _model(ill_dataset, tiny_llm, missing_image_fraction=0.5, representation="image")
+    assert int((~m.has_image).sum()) == 20
+    texts, _ = m.rendered()
+    no_image = int(np.flatnonzero(~m.has_image.numpy())[0])
+    assert "[VISUAL]" not in texts[no_image] and "Description:" in texts[no_image]
+    assert "image_fallback" in m.item_proj
+    vec = m.item_vectors("image", torch.tensor([no_image]))
+    torch.testing.assert_close(vec, m.item_proj["image_fallback"](m.feat_text[[no_image]]))
+
+
+def test_ablation_switches_build(ill_dataset, tiny_llm):
+    for kw in (
+        {"features": ["cf"], "representation": "cf"},
+        {"features": ["text"], "ila": False, "representation": "attribute"},
+        {"training": "two_stage"},
+    ):
+        m = _model(ill_dataset, tiny_llm, **kw)
+        batch = next(m.train_batches(ill_dataset, np.random.default_rng(0)))
+        assert torch.isfinite(m.loss(batch))
