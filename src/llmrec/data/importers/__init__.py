@@ -50,7 +50,7 @@ def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from llmrec.data.importers import amazon, movielens, table  # noqa: F401
+        from llmrec.data.importers import amazon, movielens, synthetic, table  # noqa: F401
 
 
 def available_importers() -> list[str]:
