@@ -107,6 +107,15 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_efficiency(args: argparse.Namespace) -> int:
+    from llmrec.efficiency import EfficiencyConfig, format_efficiency, run_efficiency
+
+    cfg = resolve(EfficiencyConfig, args, args.config)
+    print(format_efficiency(run_efficiency(cfg)))
+    print(f"written {cfg.out}/efficiency.json, efficiency.md, efficiency.png")
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     from llmrec.report import TableConfig, make_table
 
@@ -155,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llmrec.data.importers import available_importers
     from llmrec.data.processing import PrepareConfig
     from llmrec.demo import DemoConfig
+    from llmrec.efficiency import EfficiencyConfig
     from llmrec.features.build import FeaturesConfig
     from llmrec.models.base import available_models
     from llmrec.report import TableConfig
@@ -206,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
     p.add_argument("--data", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command(
+        "efficiency", "tokens and inference time of item representations, side by side", _cmd_efficiency
+    )
+    add_arguments(p, EfficiencyConfig)
 
     p = command("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table)
     p.add_argument("runs", nargs="+", help="run directories")

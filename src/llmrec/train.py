@@ -68,7 +68,10 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
         t0 = time.perf_counter()
         metrics, breakdown = evaluate_ranking(model, ds, split, cfg.ks, cfg.full_ranking, cfg.batch_size)  # type: ignore[arg-type]
         if cfg.ctr and (ds.root / "ctr").exists():
-            metrics.update(evaluate_ctr(model, ds, split))  # type: ignore[arg-type]
+            if ds.ctr(split)["label"].nunique() == 2:  # type: ignore[arg-type]
+                metrics.update(evaluate_ctr(model, ds, split))  # type: ignore[arg-type]
+            else:
+                log.info("CTR metrics skipped on %s: its examples have one class only", split)
         metrics["eval_seconds"] = time.perf_counter() - t0
         run.log_metrics(split, metrics)
         breakdowns[split] = breakdown

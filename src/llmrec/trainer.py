@@ -63,6 +63,7 @@ def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[s
         epoch = state["epoch"] + 1
         model.train()
         t0, total, steps = time.perf_counter(), 0.0, 0
+        last_note = t0
         bar = tqdm(
             model.train_batches(ds, rng),
             total=model.num_train_batches(ds),
@@ -83,6 +84,16 @@ def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[s
             total += loss.item()
             steps += 1
             bar.set_postfix(loss=f"{total / steps:.4f}", best=f"{max(state['best'], 0):.4f}")
+            if time.perf_counter() - last_note > 60:  # the log (and a non-terminal) still sees progress
+                log.info(
+                    "epoch %d: step %d/%s, loss %.4f, %.2f s/step",
+                    epoch,
+                    steps,
+                    bar.total or "?",
+                    total / steps,
+                    (time.perf_counter() - t0) / steps,
+                )
+                last_note = time.perf_counter()
         record: dict[str, float] = {
             "epoch": epoch,
             "loss": total / max(steps, 1),

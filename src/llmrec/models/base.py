@@ -94,7 +94,7 @@ def register_model(name: str) -> Callable[[type[Recommender]], type[Recommender]
 
 
 def _load_builtins() -> None:
-    from llmrec.models import bert4rec, gru4rec, mf, popularity, sasrec, vbpr  # noqa: F401
+    from llmrec.models import bert4rec, gru4rec, illmrec, mf, popularity, sasrec, vbpr  # noqa: F401
 
 
 def available_models() -> list[str]:

@@ -174,11 +174,24 @@ class ILLMRec(TorchRecommender):
                 )
                 has_image[drop] = False
         self.register_buffer("has_image", torch.from_numpy(has_image), persistent=False)  # (N,)
-        if cfg.missing_image_fraction > 0 and "image" in cfg.features and "text" not in feats:
-            raise LlmrecError(
-                "missing images need a text feature for retrieval",
-                hint=f"compute '{cfg.text_feature}' with 'llmrec features'",
+        if "image" in cfg.features and not has_image.all() and "text" not in feats:
+            # image-less items are retrieved through their text feature (Sec. 4.5)
+            feats["text"] = load_item_feature(
+                ds,
+                cfg.text_feature,
+                self.n_items,
+                who="illmrec (items without images)",
+                option="text_feature",
             )
+            self.register_buffer(
+                "feat_text",
+                torch.from_numpy(np.array(feats["text"].values, dtype=np.float32)),
+                persistent=False,
+            )
+            self.source["features"]["text"] = {
+                "name": feats["text"].name,
+                "sha256": feats["text"].manifest["sha256"],
+            }
 
         self.backbone = Backbone(cfg.backbone)
         d = self.backbone.hidden_size

@@ -1,0 +1,203 @@
+"""``llmrec efficiency``: token economy and inference time of item representations, side by side in one run.
+
+For each representation (I-LLMRec Fig. 1a / Fig. 4): tokens per item and per prompt, and the time to
+score 100 users (one LLM forward per user + retrieval over the catalog) at history lengths 2..20, all
+with the same backbone, batch size and thread count in one process, so the ratios compare like with like.
+Weights are untrained: speed does not depend on weight values. On a dataset without an image feature the
+image token is fed a zero vector (documented in the output): its cost is one token whatever the pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmrec.assets import DEFAULT_LLM
+from llmrec.config import option
+from llmrec.data.dataset import Dataset
+from llmrec.errors import ConfigError
+from llmrec.features.store import ids_checksum, save_feature
+from llmrec.llm.prompts import REPRESENTATIONS, ire_prompt
+from llmrec.utils.io import atomic_path, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+DUMMY_IMAGE = "efficiency_zero_image"
+
+
+@dataclass
+class EfficiencyConfig:
+    """What to measure."""
+
+    data: str = option("data/ml-100k", "prepared dataset directory")
+    llm: str = option(DEFAULT_LLM, "causal LM (alias, folder, hub id, .gguf)")
+    representations: list[str] = option(
+        factory=lambda: ["image", "attribute", "description", "image_description"],
+        help="representations to time",
+    )
+    lengths: list[int] = option(factory=lambda: [2, 5, 10, 15, 20], help="history lengths to time")
+    users: int = option(100, "users timed per point (time is reported per 100 users)")
+    batch_size: int = option(16, "prompts per LLM forward")
+    text_feature: str = option("text", "item feature used for retrieval (any item feature of the store)")
+    image_feature: str = option("image", "image feature (a zero stand-in is used when the dataset has none)")
+    description_texts: str | None = option(
+        None, "generated descriptions (llmrec describe NAME) for datasets without"
+    )
+    summary_texts: str | None = option(None, "generated summaries for the 'summary' representation")
+    threads: int | None = option(None, "torch CPU threads")
+    dtype: str = option("float32", "LM dtype")
+    device: str = option("cpu", "torch device")
+    out: str = option("runs/efficiency", "output folder: efficiency.json, efficiency.md, efficiency.png")
+
+    def __post_init__(self) -> None:
+        bad = [r for r in self.representations if r not in REPRESENTATIONS]
+        if bad:
+            raise ConfigError(f"unknown representation(s) {bad}; choose from {REPRESENTATIONS}")
+        if not self.lengths or min(self.lengths) < 1 or self.users < 1:
+            raise ConfigError("lengths must be positive and users >= 1")
+
+
+def _model(ds: Dataset, cfg: EfficiencyConfig, representation: str, image_feature: str) -> Any:
+    from llmrec.models.base import build_model
+
+    options = {
+        "backbone": {"llm": cfg.llm, "dtype": cfg.dtype, "device": cfg.device},
+        "representation": representation,
+        "features": ["text"],
+        "text_feature": cfg.text_feature,
+        "image_feature": image_feature,
+        "ila": False,
+        "score_batch_size": cfg.batch_size,
+        "max_prompt_tokens": 10**6,  # time the whole history: no context trimming
+        "max_description_chars": 10**6,
+        "description_texts": cfg.description_texts,
+        "summary_texts": cfg.summary_texts or "summary",
+    }
+    model = build_model("illmrec", options, ds.n_users, ds.n_items)
+    model.attach(ds)
+    return model.eval()
+
+
+def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(0)
+    ds = Dataset(cfg.data)
+    image_feature, zero_image = cfg.image_feature, False
+    if not (ds.features_dir / f"{cfg.image_feature}.json").exists():
+        image_feature, zero_image = DUMMY_IMAGE, True
+        spec = {
+            "kind": "item",
+            "encoder": "zeros (timing stand-in)",
+            "ids_sha256": ids_checksum(ds.items["item_id"].astype(str).tolist()),
+        }
+        save_feature(ds.features_dir, DUMMY_IMAGE, np.zeros((ds.n_items, 8), dtype=np.float32), spec)
+    seqs = ds.sequences
+    result: dict[str, Any] = {
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "zero_image_stand_in": zero_image,
+        "tokens": {},
+        "time_per_100_users": {},
+        "prompt_tokens": {},
+    }
+    for rep in cfg.representations:
+        model = _model(ds, cfg, rep, image_feature)
+        texts, lengths = model.rendered()
+        result["tokens"][rep] = {
+            "per_item_mean": float(np.mean(lengths - 1)),
+            "per_item_max": int(np.max(lengths - 1)),
+        }
+        result["time_per_100_users"][rep], result["prompt_tokens"][rep] = {}, {}
+        for L in cfg.lengths:
+            users = [u for u, s in enumerate(seqs) if len(s) > L][: cfg.users]
+            if not users:
+                continue
+            histories = [seqs[u][-L - 1 : -1] for u in users]
+            model.cfg.test_history = L
+            prompts = [model.backbone.chat(ire_prompt([texts[i] for i in h])) for h in histories]
+            result["prompt_tokens"][rep][L] = float(
+                np.mean([model.backbone.count_tokens(p) for p in prompts])
+            )
+            model.score_all(np.array(users[:2]), histories[:2])  # warm-up
+            t0 = time.perf_counter()
+            model.score_all(np.array(users), histories)
+            result["time_per_100_users"][rep][L] = (time.perf_counter() - t0) * 100 / len(users)
+            log.info(
+                "%s, %d items: %.1f prompt tokens, %.2f s per 100 users",
+                rep,
+                L,
+                result["prompt_tokens"][rep][L],
+                result["time_per_100_users"][rep][L],
+            )
+        del model
+    result["ratios"] = _ratios(result, cfg.lengths)
+    out = Path(cfg.out)
+    write_json_atomic(out / "efficiency.json", result)
+    write_text_atomic(out / "efficiency.md", format_efficiency(result) + "\n")
+    plot_efficiency(result, out / "efficiency.png")
+    return result
+
+
+def _ratios(result: dict[str, Any], lengths: list[int]) -> dict[str, float]:
+    """Inference-time ratios against the image representation at each history length."""
+    times = result["time_per_100_users"]
+    out = {}
+    if "image" in times:
+        for rep in times:
+            for L in lengths:
+                if rep != "image" and L in times[rep] and L in times["image"]:
+                    out[f"{rep}/image@{L}"] = times[rep][L] / times["image"][L]
+    return out
+
+
+def format_efficiency(r: dict[str, Any]) -> str:
+    reps = list(r["time_per_100_users"])
+    lengths = sorted({L for rep in reps for L in r["time_per_100_users"][rep]})
+    lines = [
+        "| representation | tokens/item | "
+        + " | ".join(f"prompt tokens @{L}" for L in lengths)
+        + " | "
+        + " | ".join(f"s/100 users @{L}" for L in lengths)
+        + " |"
+    ]
+    lines.append("|---|---:|" + "---:|" * (2 * len(lengths)))
+    for rep in reps:
+        toks = " | ".join(f"{r['prompt_tokens'][rep].get(L, float('nan')):.0f}" for L in lengths)
+        times = " | ".join(f"{r['time_per_100_users'][rep].get(L, float('nan')):.2f}" for L in lengths)
+        lines.append(f"| {rep} | {r['tokens'][rep]['per_item_mean']:.1f} | {toks} | {times} |")
+    if r["ratios"]:
+        lines.append("")
+        lines.append("Time ratios vs image: " + ", ".join(f"{k} = {v:.2f}x" for k, v in r["ratios"].items()))
+    if r.get("zero_image_stand_in"):
+        lines.append(
+            "(no image feature in this dataset: the image token was fed a zero vector; its cost is one token)"
+        )
+    return "\n".join(lines)
+
+
+def plot_efficiency(r: dict[str, Any], path: Path) -> None:
+    from llmrec.plots import _pyplot
+
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    reps = list(r["tokens"])
+    ax1.bar(reps, [r["tokens"][k]["per_item_mean"] for k in reps], color="tab:blue")
+    ax1.set_ylabel("tokens per item (mean)")
+    ax1.set_title("token cost of one item")
+    ax1.tick_params(axis="x", rotation=20)
+    for rep in reps:
+        pts = sorted(r["time_per_100_users"][rep].items())
+        ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=rep)
+    ax2.set_xlabel("history length (items)")
+    ax2.set_ylabel("seconds per 100 users")
+    ax2.set_title("inference time")
+    ax2.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

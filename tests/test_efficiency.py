@@ -1,0 +1,45 @@
+"""The efficiency experiment runs end to end and counts what it should (tiny backbone)."""
+
+import json
+
+from llmrec.cli import main
+
+
+def test_efficiency_tokens_and_times(synthetic_dataset, tiny_llm, tmp_path, capsys):
+    from llmrec.features.build import FeaturesConfig, build_features
+
+    build_features(FeaturesConfig(data=str(synthetic_dataset)))
+    out = tmp_path / "eff"
+    args = [
+        "efficiency",
+        "--data",
+        str(synthetic_dataset),
+        "--llm",
+        tiny_llm,
+        "--lengths",
+        "2",
+        "5",
+        "--users",
+        "6",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    r = json.loads((out / "efficiency.json").read_text())
+    assert (out / "efficiency.png").exists() and (out / "efficiency.md").exists()
+    assert r["zero_image_stand_in"] is True
+    tok = r["tokens"]
+    # one [VISUAL] token replaces the description: image items are shorter than description items
+    assert (
+        tok["image"]["per_item_mean"]
+        < tok["description"]["per_item_mean"]
+        < tok["image_description"]["per_item_mean"]
+    )
+    p = r["prompt_tokens"]
+    assert (
+        p["image"]["5"] > p["image"]["2"]
+        and p["description"]["5"] - p["description"]["2"] > p["image"]["5"] - p["image"]["2"]
+    )
+    assert all(v > 0 for rep in r["time_per_100_users"].values() for v in rep.values())
+    assert "description/image@5" in r["ratios"]
+    assert "Time ratios vs image" in capsys.readouterr().out
