@@ -106,6 +106,7 @@ def tiny_llm(tmp_path_factory):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
+        initializer_range=0.3,  # larger than the 0.02 default: attention must carry signal in a random model
     )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder)

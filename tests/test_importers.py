@@ -39,7 +39,15 @@ def check_canonical(raw) -> None:
 
 
 def test_all_importers_registered():
-    assert available_importers() == ["amazon2018", "amazon2023", "ml-100k", "ml-1m", "ml-latest", "synthetic-images", "table"]
+    assert available_importers() == [
+        "amazon2018",
+        "amazon2023",
+        "ml-100k",
+        "ml-1m",
+        "ml-latest",
+        "synthetic-images",
+        "table",
+    ]
 
 
 # ----------------------------------------------------------------------------- Amazon 2018

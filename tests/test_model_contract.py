@@ -42,10 +42,6 @@ TINY = {
     "vbpr": {"dim": 32, "epochs": 60, "batch_size": 64, "lr": 0.01, "eval_every": 10, "feature": "image"},
 }
 FLOORS = {"popularity", "random"}  # sanity floors: no learning requirement
-# Required NDCG@5 gain over random. I-LLMRec's user state comes through a random 2-layer LM in which the
-# few injected item tokens are diluted among ~100 prompt tokens, so a short run can only show that signal
-# gets through; its real test is the synthetic image catalog with the real backbone (README).
-MARGIN = {"illmrec": 0.05}
 
 
 @pytest.fixture
@@ -99,4 +95,4 @@ def test_model_contract(name, contract_dataset, tmp_path, request):
         metrics, _ = evaluate_ranking(model, ds, "test", ks=(5,), full=False)
         rand = build_model("random", {"seed": 0}, ds.n_users, ds.n_items)
         chance, _ = evaluate_ranking(rand, ds, "test", ks=(5,), full=False)
-        assert metrics["ndcg@5"] >= chance["ndcg@5"] + MARGIN.get(name, 0.2), (metrics, chance)
+        assert metrics["ndcg@5"] >= chance["ndcg@5"] + 0.2, (metrics, chance)

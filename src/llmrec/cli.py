@@ -107,6 +107,18 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from llmrec.llm.describe import DescribeConfig, run_describe
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = run_describe(resolve(DescribeConfig, args, args.config))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def _cmd_efficiency(args: argparse.Namespace) -> int:
     from llmrec.efficiency import EfficiencyConfig, format_efficiency, run_efficiency
 
@@ -165,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llmrec.data.processing import PrepareConfig
     from llmrec.demo import DemoConfig
     from llmrec.efficiency import EfficiencyConfig
+    from llmrec.llm.describe import DescribeConfig
     from llmrec.features.build import FeaturesConfig
     from llmrec.models.base import available_models
     from llmrec.report import TableConfig

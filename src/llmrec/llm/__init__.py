@@ -1,0 +1,1 @@
+"""LLM building blocks: backbone wrapper, prompts, text generation."""
