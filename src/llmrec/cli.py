@@ -177,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     from llmrec.data.processing import PrepareConfig
     from llmrec.demo import DemoConfig
     from llmrec.efficiency import EfficiencyConfig
-    from llmrec.llm.describe import DescribeConfig
     from llmrec.features.build import FeaturesConfig
+    from llmrec.llm.describe import DescribeConfig
     from llmrec.models.base import available_models
     from llmrec.report import TableConfig
     from llmrec.train import EvalConfig, TrainConfig
@@ -229,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
     p.add_argument("--data", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command(
+        "describe", "generate item texts with an LLM (TRSR summaries, HistLLM descriptions)", _cmd_describe
+    )
+    add_arguments(p, DescribeConfig)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     p = command(
         "efficiency", "tokens and inference time of item representations, side by side", _cmd_efficiency
