@@ -36,13 +36,22 @@ DEMO_MODELS: dict[str, dict[str, object]] = {
     "random": {},
     "sasrec": {"max_len": 200, "epochs": 40, "eval_every": 5, "patience": 2},
 }
+# I-LLMRec on MovieLens (no images): items as title + genres, retrieval with SASRec CF + MiniLM text features.
+ILLMREC_QUICK: dict[str, object] = {
+    "representation": "attribute",
+    "features": ["cf", "text"],
+    "epochs": 1,
+    "train_users": 240,
+    "eval_users": 100,
+}
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     import torch
 
+    from llmrec.data.dataset import Dataset
     from llmrec.data.processing import PrepareConfig, prepare
-    from llmrec.features.build import FeaturesConfig, build_features
+    from llmrec.features.build import FeaturesConfig, build_features, export_cf_features
     from llmrec.plots import plot_popularity_breakdown
     from llmrec.report import TableConfig, make_table
     from llmrec.train import TrainConfig, train
@@ -81,12 +90,22 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     print("== 4/4 train and evaluate baselines")
     results: dict[str, dict[str, float]] = {}
     breakdowns = {}
-    for model_name, options in DEMO_MODELS.items():
+    models = dict(DEMO_MODELS)
+    if cfg.llm:
+        models["illmrec"] = ILLMREC_QUICK
+    for model_name, options in models.items():
         run_dir = Path(cfg.runs) / model_name
+        if model_name == "illmrec":  # I-LLMRec retrieves with the SASRec item embeddings trained just above
+            export_cf_features(Dataset(cfg.data), Path(cfg.runs) / "sasrec")
         print(f"   {model_name} {options or ''}")
         train(
             TrainConfig(
-                model=model_name, data=cfg.data, out=str(run_dir), seed=cfg.seed, options=dict(options)
+                model=model_name,
+                data=cfg.data,
+                out=str(run_dir),
+                seed=cfg.seed,
+                threads=cfg.threads,
+                options=dict(options),
             )
         )
         results[model_name] = json.loads((run_dir / "metrics.json").read_text())["test"]

@@ -91,6 +91,9 @@ class ILLMRecConfig(NeuralConfig):
     )
     missing_seed: int = option(0, "seed of the simulated missing images")
     score_batch_size: int = option(16, "prompts per LLM forward when scoring")
+    train_users: int | None = option(
+        None, "training examples per epoch from this many random users (None = all)"
+    )
     batch_size: int = option(8, "training examples per step")
     epochs: int = option(5, "maximum training epochs")
     patience: int = option(3, "validations without improvement before stopping")
@@ -316,7 +319,7 @@ class ILLMRec(TorchRecommender):
 
     # ------------------------------------------------------------------ training
     def num_train_batches(self, dataset: Any) -> int:
-        return -(-len(trainable_users(dataset)) // self.cfg.batch_size)
+        return -(-len(trainable_users(dataset)[: self.cfg.train_users]) // self.cfg.batch_size)
 
     def sample_window(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """A random (history, target) pair from a training sequence (official: 2..4 or 2..9 items)."""
@@ -330,6 +333,7 @@ class ILLMRec(TorchRecommender):
         seqs = dataset.train_sequences
         users = trainable_users(dataset)
         rng.shuffle(users)
+        users = users[: self.cfg.train_users]
         for start in range(0, len(users), self.cfg.batch_size):
             chunk = users[start : start + self.cfg.batch_size]
             windows = [self.sample_window(seqs[u], rng) for u in chunk]
