@@ -77,6 +77,9 @@ class ILLMRecConfig(NeuralConfig):
     stage1_epochs: int = option(1, "two_stage: epochs of ILA-only training")
     adaptor_hidden: int = option(512, "hidden size of the 2-layer MLP adaptor")
     d_shared: int = option(512, "size of the shared recommendation space of the projectors")
+    scaled_scores: bool = option(
+        True, "divide affinities by sqrt(d_shared) (false = the paper's plain dot product; same ranking)"
+    )
     window_short: int = option(4, "training history windows: 2..window_short items ...")
     window_long: int = option(9, "... or 2..window_long items, each with probability 0.5")
     test_history: int = option(10, "items of history in evaluation prompts (the most recent)")
@@ -353,6 +356,12 @@ class ILLMRec(TorchRecommender):
         return c
 
     @property
+    def score_scale(self) -> float:
+        """1/sqrt(d_s): keeps the initial BCE logits near 0 (plain dot products of two 512-d projections start
+        around +-20, and the first hundred steps go into undoing that); ranking is unchanged."""
+        return self.cfg.d_shared**-0.5 if self.cfg.scaled_scores else 1.0
+
+    @property
     def stage(self) -> int:
         """1 = ILA only (two_stage, first epochs), 2 = IRE only with a frozen adaptor, 0 = end-to-end."""
         if self.cfg.training != "two_stage":
@@ -399,8 +408,8 @@ class ILLMRec(TorchRecommender):
             ire = []
             for t in self.cfg.features:
                 o_u = self.user_proj[t](h)  # (B, d_s)
-                pos = (o_u * self.item_vectors(t, batch["target"])).sum(-1)  # (B,)
-                neg = (o_u * self.item_vectors(t, batch["negative"])).sum(-1)  # (B,)
+                pos = (o_u * self.item_vectors(t, batch["target"])).sum(-1) * self.score_scale  # (B,)
+                neg = (o_u * self.item_vectors(t, batch["negative"])).sum(-1) * self.score_scale  # (B,)
                 ire.append(
                     F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
                     + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
@@ -429,7 +438,7 @@ class ILLMRec(TorchRecommender):
             ]
             enc = {k: v.to(self.rec.device) for k, v in self.build_ire(chunk).items()}
             h = self.user_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])  # (b, d)
-            out.append(sum(self.user_proj[t](h) @ items[t].T for t in self.cfg.features))  # (b, N)
+            out.append(sum(self.user_proj[t](h) @ items[t].T for t in self.cfg.features) * self.score_scale)  # (b, N)
         return torch.cat(out)  # (B, N)
 
     # ------------------------------------------------------------------ persistence
