@@ -54,7 +54,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     from llmrec.features.build import FeaturesConfig, build_features, export_cf_features
     from llmrec.plots import plot_popularity_breakdown
     from llmrec.report import TableConfig, make_table
-    from llmrec.train import TrainConfig, train
+    from llmrec.train import EvalConfig, TrainConfig, train
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -106,6 +106,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
                 seed=cfg.seed,
                 threads=cfg.threads,
                 options=dict(options),
+                # the LLM scores one prompt per user: the quick preset skips the valid split's final pass
+                eval=EvalConfig(splits=["test"]) if model_name == "illmrec" else EvalConfig(),
             )
         )
         results[model_name] = json.loads((run_dir / "metrics.json").read_text())["test"]
