@@ -8,34 +8,11 @@ import torch
 from llmrec.assets import DEFAULT_LLM, load_causal_lm, smollm2_gguf
 
 
-def test_local_causal_lm_folder(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {
-        "[UNK]": 0,
-        "<s>": 1,
-        "</s>": 2,
-        **{w: i + 3 for i, w in enumerate(["yes", "no", "the", "movie", "user"])},
-    }
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
-    cfg = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
-    fast.save_pretrained(tmp_path / "tiny")
-    model, tokenizer = load_causal_lm(str(tmp_path / "tiny"))
+def test_local_causal_lm_folder(tiny_llm):
+    model, tokenizer = load_causal_lm(tiny_llm)  # a random 2-layer Llama saved as a folder (conftest)
     ids = tokenizer("the movie", return_tensors="pt")["input_ids"]
-    assert model(ids).logits.shape == (1, ids.shape[1], len(vocab))
-    assert model.dtype == torch.float32
+    assert model(ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+    assert model.dtype == torch.float32 and model.config.num_hidden_layers == 2
 
 
 @pytest.mark.slow

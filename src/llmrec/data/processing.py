@@ -23,7 +23,7 @@ from llmrec.config import option, to_dict
 from llmrec.data.importers import ImportSpec, get_importer
 from llmrec.data.schema import RawData
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.utils.io import sha256_file, write_json_atomic
+from llmrec.utils.io import replace_dir, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -321,13 +321,7 @@ def write_dataset(tables: dict[str, Any], out_dir: Path) -> None:
         write_json_atomic(tmp / "meta.json", meta)
         if out_dir.exists():
             _carry_side_outputs(out_dir, tmp, tables["items"])
-            backup = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            out_dir.rename(backup)
-            tmp.rename(out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw
 from llmrec.config import option, to_dict
 from llmrec.data.schema import make_interactions, make_items
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.utils.io import write_json_atomic
+from llmrec.utils.io import replace_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -411,14 +411,7 @@ def generate_catalog(cfg: SyntheticConfig) -> Path:
         items.to_parquet(tmp / "items.parquet", index=False)
         interactions.to_parquet(tmp / "interactions.parquet", index=False)
         write_json_atomic(tmp / "truth.json", truth)  # written last: its presence marks a finished catalog
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            out.rename(backup)
-            tmp.rename(out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -438,7 +438,9 @@ class ILLMRec(TorchRecommender):
             ]
             enc = {k: v.to(self.rec.device) for k, v in self.build_ire(chunk).items()}
             h = self.user_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])  # (b, d)
-            out.append(sum(self.user_proj[t](h) @ items[t].T for t in self.cfg.features) * self.score_scale)  # (b, N)
+            out.append(
+                sum(self.user_proj[t](h) @ items[t].T for t in self.cfg.features) * self.score_scale
+            )  # (b, N)
         return torch.cat(out)  # (B, N)
 
     # ------------------------------------------------------------------ persistence

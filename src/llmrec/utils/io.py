@@ -31,6 +31,20 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def replace_dir(finished: Path, target: Path) -> None:
+    """Swap a completely written folder ``finished`` into ``target``; the old ``target`` is kept until then."""
+    import shutil
+
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old")
+        shutil.rmtree(backup, ignore_errors=True)
+        target.rename(backup)
+        finished.rename(target)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        finished.rename(target)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
