@@ -106,8 +106,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
                 seed=cfg.seed,
                 threads=cfg.threads,
                 options=dict(options),
-                # the LLM scores one prompt per user: the quick preset skips the valid split's final pass
-                eval=EvalConfig(splits=["test"]) if model_name == "illmrec" else EvalConfig(),
+                # one LLM prompt per user (and per CTR example): the quick preset scores the test ranking only
+                eval=EvalConfig(splits=["test"], ctr=False) if model_name == "illmrec" else EvalConfig(),
             )
         )
         results[model_name] = json.loads((run_dir / "metrics.json").read_text())["test"]
