@@ -104,6 +104,7 @@ class ILLMRecConfig(NeuralConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.device = self.backbone.device  # one device for the LM, adaptors, projectors and batches
         if self.representation not in REPRESENTATIONS:
             raise ConfigError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
         bad = [f for f in self.features if f not in FEATURE_TYPES]
