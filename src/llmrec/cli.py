@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmrec import __version__
-from llmrec.config import add_arguments, resolve, to_dict
+from llmrec.config import add_arguments, resolve
 from llmrec.errors import LlmrecError
 
 log = logging.getLogger("llmrec")
@@ -274,4 +274,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["main", "build_parser", "to_dict"]
+__all__ = ["main", "build_parser"]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmrec.config import ConfigError, from_dict, option, to_dict
+from llmrec.config import ConfigError, from_dict, option
 from llmrec.data.dataset import Dataset
 from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking
 from llmrec.models.base import Recommender, build_model, load_model
@@ -127,4 +127,4 @@ def evaluate_run(
         return evaluate_model(model, ds, cfg.eval, run)
 
 
-__all__ = ["TrainConfig", "EvalConfig", "train", "evaluate_run", "to_dict"]
+__all__ = ["TrainConfig", "EvalConfig", "train", "evaluate_run"]
