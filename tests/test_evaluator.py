@@ -60,5 +60,5 @@ def test_popularity_scores_are_training_counts(synthetic_dataset):
     model = build_model("popularity", {}, ds.n_users, ds.n_items)
     model.fit(ds)
     np.testing.assert_array_equal(model.score_all(np.array([0]), [np.array([0])])[0], ds.item_popularity)
-    ctr = evaluate_ctr(model, ds, "test")
+    ctr, _ = evaluate_ctr(model, ds, "test")
     assert 0.0 <= ctr["auc"] <= 1.0 and 0.0 <= ctr["uauc"] <= 1.0

@@ -41,6 +41,29 @@ TINY = {
     },
     "vbpr": {"dim": 32, "epochs": 60, "batch_size": 64, "lr": 0.01, "eval_every": 10, "feature": "image"},
 }
+# HistLLM and its LLM baselines (CTR models: the learning check lives in test_histllm.py)
+CTR_TINY = {
+    "mapper_hidden": 16,
+    "encoder_dim": 16,
+    "description_texts": None,
+    "train_examples": 32,
+    "eval_examples": 40,
+    "epochs": 1,
+    "step1_epochs": 1,
+    "binary_bits": 8,
+}
+for _name in (
+    "histllm",
+    "tallrec",
+    "tallrec_desc",
+    "tallrec_image",
+    "collm",
+    "collm_image",
+    "binllm",
+    "binllm_image",
+):
+    TINY[_name] = dict(CTR_TINY)
+CTR_TINY_NAMES = {n for n, o in TINY.items() if o == CTR_TINY}
 FLOORS = {"popularity", "random"}  # sanity floors: no learning requirement
 
 
@@ -60,6 +83,9 @@ def contract_dataset(synthetic_dataset):
     spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
     save_feature(ds.features_dir, "image", values, spec, missing)
     save_feature(ds.features_dir, "text", rng.normal(size=(ds.n_items, 6)).astype(np.float32), spec)
+    save_feature(ds.features_dir, "mf_item", rng.normal(size=(ds.n_items, 8)).astype(np.float32), spec)
+    users = {"kind": "user", "encoder": "test", "ids_sha256": ids_checksum(ds.users["user_id"].tolist())}
+    save_feature(ds.features_dir, "mf_user", rng.normal(size=(ds.n_users, 8)).astype(np.float32), users)
     return ds
 
 
@@ -70,8 +96,10 @@ def test_model_contract(name, contract_dataset, tmp_path, request):
     assert name in TINY, f"add tiny test options for the new model '{name}' to TINY"
     ds = contract_dataset
     options = dict(TINY[name])
-    if name == "illmrec":
+    if name == "illmrec" or name in CTR_TINY_NAMES:
         options["backbone"] = {"llm": request.getfixturevalue("tiny_llm")}
+        if name in CTR_TINY_NAMES:
+            options["backbone"]["lora"] = True
     torch.manual_seed(0)
     model = build_model(name, options, ds.n_users, ds.n_items)
     model.fit(ds)
@@ -91,7 +119,7 @@ def test_model_contract(name, contract_dataset, tmp_path, request):
     )
     model.save(tmp_path / "m")
     np.testing.assert_allclose(load_model(tmp_path / "m").score_all(users, hist), full, rtol=1e-6, atol=1e-6)
-    if name not in FLOORS:
+    if name not in FLOORS and "ranking" in model.tasks:
         metrics, _ = evaluate_ranking(model, ds, "test", ks=(5,), full=False)
         rand = build_model("random", {"seed": 0}, ds.n_users, ds.n_items)
         chance, _ = evaluate_ranking(rand, ds, "test", ks=(5,), full=False)

@@ -30,6 +30,10 @@ class EvalConfig:
     ks: list[int] = option(factory=lambda: [5, 10], help="cut-offs for hit@k / ndcg@k")
     full_ranking: bool = option(True, "also rank the whole catalog (history items excluded)")
     ctr: bool = option(True, "also compute AUC/UAUC on the CTR examples when the dataset has them")
+    ranking: bool = option(True, "rank the frozen candidates (CTR-only models skip it whatever this says)")
+    ctr_examples: int | None = option(
+        None, "CTR on a seeded random subset of this many examples per split (None = all; rows recorded)"
+    )
     batch_size: int = option(256, "users per scoring batch")
 
     def __post_init__(self) -> None:
@@ -64,20 +68,41 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
     """Evaluate on each split, write metrics.json, breakdown.json and the popularity plot."""
     results: dict[str, dict[str, float]] = {}
     breakdowns: dict[str, Any] = {}
+    ctr_rows: dict[str, list[int]] = {}
+    ranking = cfg.ranking and "ranking" in model.tasks
     for split in cfg.splits:
         t0 = time.perf_counter()
-        metrics, breakdown = evaluate_ranking(model, ds, split, cfg.ks, cfg.full_ranking, cfg.batch_size)  # type: ignore[arg-type]
-        if cfg.ctr and (ds.root / "ctr").exists():
+        metrics: dict[str, float] = {}
+        if ranking:
+            metrics, breakdowns[split] = evaluate_ranking(
+                model,
+                ds,
+                split,
+                cfg.ks,
+                cfg.full_ranking,
+                cfg.batch_size,  # type: ignore[arg-type]
+            )
+        if (cfg.ctr or "ranking" not in model.tasks) and (ds.root / "ctr").exists():
             if ds.ctr(split)["label"].nunique() == 2:  # type: ignore[arg-type]
-                metrics.update(evaluate_ctr(model, ds, split))  # type: ignore[arg-type]
+                ctr, rows = evaluate_ctr(
+                    model,
+                    ds,
+                    split,  # type: ignore[arg-type]
+                    batch_size=getattr(model, "pair_batch_size", 1024),
+                    max_examples=cfg.ctr_examples,
+                )
+                metrics.update(ctr)
+                ctr_rows[split] = rows.tolist()
             else:
                 log.info("CTR metrics skipped on %s: its examples have one class only", split)
         metrics["eval_seconds"] = time.perf_counter() - t0
         run.log_metrics(split, metrics)
-        breakdowns[split] = breakdown
         results[split] = metrics
         log.info("%s %s: %s", model.name, split, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    run.write_json("breakdown.json", breakdowns)
+    if cfg.ctr_examples is not None and ctr_rows:
+        run.write_json("ctr_rows.json", ctr_rows)  # which CTR rows were scored: the subset is reproducible
+    if breakdowns:
+        run.write_json("breakdown.json", breakdowns)
     if "test" in breakdowns:
         plot_popularity_breakdown({model.name: breakdowns["test"]}, run.root / "popularity_breakdown.png")
     return results

@@ -28,21 +28,33 @@ from llmrec.utils.io import atomic_path
 log = logging.getLogger(__name__)
 
 
-def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[str, float]]:
+def fit(
+    model: TorchRecommender,
+    ds: Any,
+    run: Any | None = None,
+    stage: str | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` on ``ds``. A multi-step model calls this once per ``stage`` (its checkpoint, history
+    and curve files are then suffixed with the stage name) and may override ``epochs`` and ``lr``."""
     cfg = model.cfg
+    epochs = epochs or cfg.epochs
+    suffix = f"-{stage}" if stage else ""
     model.to(cfg.device)
-    opt = torch.optim.Adam(
+    opt_cls = torch.optim.AdamW if getattr(model, "decoupled_weight_decay", False) else torch.optim.Adam
+    opt = opt_cls(
         [p for p in model.parameters() if p.requires_grad],
-        lr=cfg.lr,
+        lr=lr or cfg.lr,
         betas=(0.9, 0.98),
         weight_decay=cfg.weight_decay,
     )
     rng = np.random.default_rng(torch.initial_seed() % 2**32)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("%s: %s trainable parameters", model.name, f"{n_params:,}")
+    log.info("%s%s: %s trainable parameters", model.name, f" {stage}" if stage else "", f"{n_params:,}")
     state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": []}
     best_weights = model.checkpoint_state()
-    ckpt = run.root / "checkpoint.pt" if run is not None else None
+    ckpt = run.root / f"checkpoint{suffix}.pt" if run is not None else None
     if ckpt is not None and ckpt.exists():
         saved = torch.load(ckpt, map_location=cfg.device, weights_only=False)
         model.load_checkpoint_state(saved["model"])
@@ -59,7 +71,7 @@ def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[s
             state["best"],
         )
     eval_ds = _eval_subset(ds, cfg.eval_users)
-    while state["epoch"] < cfg.epochs and state["bad"] < cfg.patience:
+    while state["epoch"] < epochs and state["bad"] < cfg.patience:
         epoch = state["epoch"] + 1
         model.train()
         t0, total, steps = time.perf_counter(), 0.0, 0
@@ -67,7 +79,7 @@ def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[s
         bar = tqdm(
             model.train_batches(ds, rng),
             total=model.num_train_batches(ds),
-            desc=f"epoch {epoch}/{cfg.epochs}",
+            desc=f"{stage + ' ' if stage else ''}epoch {epoch}/{epochs}",
             leave=False,
             disable=None,
         )
@@ -99,7 +111,7 @@ def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[s
             "loss": total / max(steps, 1),
             "train_seconds": time.perf_counter() - t0,
         }
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        if epoch % cfg.eval_every == 0 or epoch == epochs:
             criterion, metrics = validate(model, eval_ds)
             record.update(metrics)
             state["metric"] = criterion
@@ -139,18 +151,21 @@ def fit(model: TorchRecommender, ds: Any, run: Any | None = None) -> list[dict[s
         )
     model.load_checkpoint_state(best_weights)
     if run is not None:
-        run.write_json("history.json", state["history"])
+        run.write_json(f"history{suffix}.json", state["history"])
+        prefix = f"{stage}_" if stage else ""
         run.log_metrics(
             "train",
             {
-                "best_epoch": state["best_epoch"],
-                f"best_{criterion}": state["best"],
-                "epochs_run": state["epoch"],
+                f"{prefix}best_epoch": state["best_epoch"],
+                f"{prefix}best_{criterion}": state["best"],
+                f"{prefix}epochs_run": state["epoch"],
             },
         )
         from llmrec.plots import plot_training_curve
 
-        plot_training_curve(state["history"], run.root / "training_curve.png", title=model.name)
+        plot_training_curve(
+            state["history"], run.root / f"training_curve{suffix}.png", title=f"{model.name}{suffix}"
+        )
         ckpt.unlink(
             missing_ok=True
         )  # the trained model is saved by the caller; a finished run has nothing to resume

@@ -47,6 +47,9 @@ class ProcessConfig:
     like_threshold: float = option(4.0, "CTR: rating >= threshold is a positive (label 1)")
     ctr_history_len: int = option(10, "CTR: at most this many most recent liked items before the target")
     ctr_min_history: int = option(1, "CTR: drop examples whose history is shorter")
+    ctr_sampled_negatives: int = option(
+        0, "CTR: add this many sampled unseen items (label 0) per example, for all-positive sources"
+    )
     ctr_split: list[float] = option(factory=lambda: [0.8, 0.1, 0.1], help="CTR: global time split fractions")
 
     def __post_init__(self) -> None:
@@ -62,8 +65,8 @@ class ProcessConfig:
             raise ConfigError(
                 f"ctr_split must be three non-negative fractions summing to 1, got {self.ctr_split}"
             )
-        if self.ctr_history_len < 1 or self.ctr_min_history < 0:
-            raise ConfigError("ctr_history_len must be >= 1 and ctr_min_history >= 0")
+        if self.ctr_history_len < 1 or self.ctr_min_history < 0 or self.ctr_sampled_negatives < 0:
+            raise ConfigError("ctr_history_len must be >= 1, ctr_min_history and ctr_sampled_negatives >= 0")
 
 
 @dataclass
@@ -130,6 +133,16 @@ def sample_negatives(
     return out
 
 
+def _unseen(rng: np.random.Generator, n_items: int, num: int, seen: set[int]) -> list[int]:
+    """``num`` uniform items outside ``seen`` (with replacement across calls; none if all were seen)."""
+    out: list[int] = []
+    while len(out) < num and len(seen) < n_items:
+        c = int(rng.integers(n_items))
+        if c not in seen:
+            out.append(c)
+    return out
+
+
 def ctr_examples(inter: pd.DataFrame, cfg: ProcessConfig) -> pd.DataFrame | None:
     """Labelled (user, history, target, label) rows; history = last liked items strictly before the target.
 
@@ -137,9 +150,14 @@ def ctr_examples(inter: pd.DataFrame, cfg: ProcessConfig) -> pd.DataFrame | None
     for implicit-feedback sources (no rating, no label).
     """
     has_label = inter["label"].notna().any()
-    if not has_label and not inter["rating"].notna().any():
+    if not has_label and not inter["rating"].notna().any() and not cfg.ctr_sampled_negatives:
         return None
-    label = inter["label"] if has_label else (inter["rating"] >= cfg.like_threshold).astype(float)
+    if has_label:
+        label = inter["label"]
+    elif inter["rating"].notna().any():
+        label = (inter["rating"] >= cfg.like_threshold).astype(float)
+    else:  # implicit feedback: every interaction is a positive, sampled items are the negatives
+        label = pd.Series(np.ones(len(inter)), index=inter.index)
     rows: dict[str, list[Any]] = {k: [] for k in ("user_idx", "target", "label", "timestamp", "history")}
     users, items, times = (
         inter["user_idx"].to_numpy(),
@@ -147,16 +165,22 @@ def ctr_examples(inter: pd.DataFrame, cfg: ProcessConfig) -> pd.DataFrame | None
         inter["timestamp"].to_numpy(),
     )
     labels = label.to_numpy()
+    rng = np.random.default_rng(cfg.seed)
+    n_items = int(items.max()) + 1 if len(items) else 0
+    seen = inter.groupby("user_idx")["item_idx"].agg(set).to_dict() if cfg.ctr_sampled_negatives else {}
     liked: list[int] = []
     for i in range(len(inter)):
         if i == 0 or users[i] != users[i - 1]:
             liked = []
         if len(liked) >= cfg.ctr_min_history:
-            rows["user_idx"].append(users[i])
-            rows["target"].append(items[i])
-            rows["label"].append(int(labels[i]))
-            rows["timestamp"].append(times[i])
-            rows["history"].append(np.asarray(liked[-cfg.ctr_history_len :], dtype=np.int32))
+            history = np.asarray(liked[-cfg.ctr_history_len :], dtype=np.int32)
+            sampled = _unseen(rng, n_items, cfg.ctr_sampled_negatives, seen.get(users[i], set()))
+            for target, y in [(items[i], int(labels[i]))] + [(c, 0) for c in sampled]:
+                rows["user_idx"].append(users[i])
+                rows["target"].append(target)
+                rows["label"].append(y)
+                rows["timestamp"].append(times[i])
+                rows["history"].append(history)
         if labels[i] == 1:
             liked.append(int(items[i]))
     df = pd.DataFrame(rows)

@@ -61,9 +61,24 @@ def evaluate_ranking(
     return metrics, breakdown
 
 
-def evaluate_ctr(model: Recommender, ds: Dataset, split: Split, batch_size: int = 1024) -> dict[str, float]:
-    """AUC and UAUC of ``score_pairs`` on the split's labelled CTR examples."""
+def evaluate_ctr(
+    model: Recommender,
+    ds: Dataset,
+    split: Split,
+    batch_size: int = 1024,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, float], np.ndarray]:
+    """AUC and UAUC of ``score_pairs`` on the split's labelled CTR examples, and the rows used.
+
+    ``max_examples`` evaluates a seeded uniform subset of the rows (for slow LLM scorers); the same seed
+    and split always give the same rows, returned so the caller can record them.
+    """
     df = ds.ctr(split)
+    rows = np.arange(len(df))
+    if max_examples is not None and max_examples < len(df):
+        rows = np.sort(np.random.default_rng(seed).choice(len(df), size=max_examples, replace=False))
+        df = df.iloc[rows].reset_index(drop=True)
     histories = [np.asarray(h, dtype=np.int64) for h in df["history"]]
     users, targets = df["user_idx"].to_numpy(), df["target"].to_numpy().astype(np.int64)
     scores = np.empty(len(df), dtype=np.float64)
@@ -71,4 +86,4 @@ def evaluate_ctr(model: Recommender, ds: Dataset, split: Split, batch_size: int 
         sl = slice(s, s + batch_size)
         scores[sl] = model.score_pairs(users[sl], histories[sl], targets[sl])
     labels = df["label"].to_numpy()
-    return {"auc": auc(labels, scores), "uauc": uauc(users, labels, scores)}
+    return {"auc": auc(labels, scores), "uauc": uauc(users, labels, scores), "ctr_examples": len(df)}, rows

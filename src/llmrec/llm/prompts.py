@@ -143,3 +143,51 @@ def ila_question(rendered_items: Sequence[str], field: str, template: int) -> st
 def ila_answer(field: str, value: str, max_chars: int | None = None) -> str:
     """The target output; an empty property is answered 'Unknown' (official code)."""
     return ILA_ANSWERS[field].format(_clean(value, max_chars) or "Unknown")
+
+
+# --------------------------------------------------------------------------- CTR (Yes/No) prompts
+# HistLLM Appendix A.1 (TALLRec, TALLRec_desc, TALLRec_image) and A.3 (CoLLM, BinLLM and their -image
+# variants), written for a configurable item noun ("movie" in the papers). HistLLM's own Figure 3 prompt
+# is not printed verbatim in the paper: we use the CoLLM form with the history replaced by its one
+# [HIST] token and the target given by its description and image (the five placeholders of Sec. 3.2).
+CTR_HISTORY = "#Question: A user has given high ratings to the following {nouns}: {history}. "
+CTR_PLAIN = (
+    "Leverage the information to predict whether the user would enjoy the {noun} {target} "
+    'Answer with "Yes" or "No". \n#Answer:'
+)
+CTR_WITH_FEATURES = (
+    "Additionally, we have information about the user's preferences encoded in the feature {user}. "
+    "Using all available information, make a prediction about whether the user would enjoy the {noun} "
+    '{target} with the feature {item}? Answer with "Yes" or "No". \n#Answer:'
+)
+
+
+def ctr_item(title: str, description: str | None = None, image: bool = False) -> str:
+    """An item in a CTR history: its quoted title, or its description (KE), then [VISUAL] when shown."""
+    text = _clean(description) if description is not None else f'"{_clean(title)}"'
+    return f"{text} [VISUAL]" if image else text
+
+
+def ctr_target(title: str, description: str | None = None, image: bool = False) -> str:
+    """The target clause: 'titled "<title>"' (TALLRec) or 'with the description as follows: <desc>'."""
+    text = (
+        f"with the description as follows: {_clean(description)}"
+        if description is not None
+        else f'titled "{_clean(title)}"'
+    )
+    return f"{text} [VISUAL]" if image else text
+
+
+def ctr_prompt(
+    history: Sequence[str],
+    target: str,
+    noun: str = "movie",
+    user_feature: str | None = None,
+    item_feature: str | None = None,
+) -> str:
+    """The Yes/No question: TALLRec form, or the CoLLM/BinLLM form when user/item features are given
+    (``"[USERID]"``/``"[ITEMID]"`` tokens, or BinLLM's 0/1 text codes)."""
+    head = CTR_HISTORY.format(nouns=noun + "s", history=", ".join(history))
+    if user_feature is None or item_feature is None:
+        return head + CTR_PLAIN.format(noun=noun, target=target)
+    return head + CTR_WITH_FEATURES.format(noun=noun, target=target, user=user_feature, item=item_feature)

@@ -33,6 +33,10 @@ class ModelConfig:
 class Recommender(abc.ABC):
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
+    #: default options of a registered preset (e.g. ``collm`` = histllm with a fixed prompt recipe)
+    preset: ClassVar[dict[str, Any]] = {}
+    #: what the model is for: next-item ranking and/or CTR (a CTR-only model skips ranking evaluation)
+    tasks: ClassVar[tuple[str, ...]] = ("ranking", "ctr")
 
     def __init__(self, cfg: ModelConfig, n_users: int, n_items: int) -> None:
         self.cfg, self.n_users, self.n_items = cfg, n_users, n_items
@@ -94,7 +98,7 @@ def register_model(name: str) -> Callable[[type[Recommender]], type[Recommender]
 
 
 def _load_builtins() -> None:
-    from llmrec.models import bert4rec, gru4rec, illmrec, mf, popularity, sasrec, vbpr  # noqa: F401
+    from llmrec.models import bert4rec, gru4rec, histllm, illmrec, mf, popularity, sasrec, vbpr  # noqa: F401
 
 
 def available_models() -> list[str]:
@@ -112,6 +116,7 @@ def get_model_class(name: str) -> type[Recommender]:
 def build_model(name: str, options: dict[str, Any], n_users: int, n_items: int) -> Recommender:
     """Instantiate a registered model from a dict of its options (unknown keys are an error)."""
     cls = get_model_class(name)
+    options = {**cls.preset, **options}  # a registered preset of another model fixes some defaults
     return cls(from_dict(cls.config_cls, options, where=f"model '{name}' options"), n_users, n_items)
 
 

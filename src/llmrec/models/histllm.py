@@ -1,0 +1,634 @@
+"""HistLLM (2025): a Yes/No CTR recommender whose whole multimodal history is ONE token; and its baselines.
+
+Read top to bottom: the config (every choice the paper leaves open is an option, with our default); the
+modules (visual mapper, VMA; CF mapper, CIA; history encoder, UHEM); how a CTR example becomes a prompt;
+the Yes/No score; two-step training; persistence.
+
+One class serves every method of the paper's Table 2 that fine-tunes an LLM, through four switches, and
+each method is a registered preset (``llmrec train collm`` ...):
+
+=================  ========  =====  ======  =======  ====================================================
+preset             history   ke     image   cf       prompt
+=================  ========  =====  ======  =======  ====================================================
+tallrec            inline    no     no      none     A.1 Fig. 6: titles
+tallrec_desc       inline    yes    no      none     A.1 Fig. 8: KE descriptions
+tallrec_image      inline    no     yes     none     A.1 Fig. 7: titles + [VISUAL] per item and target
+collm              inline    no     no      tokens   A.3 Fig. 11: + [USERID] / [ITEMID] MF tokens
+collm_image        inline    no     yes     tokens   A.3 Fig. 12
+binllm             inline    no     no      binary   A.3 Fig. 11 with the MF vectors as 0/1 text codes
+binllm_image       inline    no     yes     binary   A.3 Fig. 12, same
+histllm            uhem      yes    auto    tokens   Fig. 3: [HIST] + target description + [VISUAL] + CF
+=================  ========  =====  ======  =======  ====================================================
+
+HistLLM's ablations are the same switches: w/o UHEM ``-o history=inline`` (descriptions and images
+inline, as in Fig. 1), w/o KE ``-o ke=false`` (titles instead of descriptions), w/o VMA ``-o image=false``.
+
+Our choices where the paper is silent (all options): the history encoder projects the LLM's word
+embeddings to ``encoder_dim`` = 512, then a 1-layer GRU (last state) or a 2-layer pre-norm Transformer
+(4 heads, learned positions, a CLS token) and a linear map back to the LLM width; every item contributes
+its first ``max_text_tokens`` = 48 description tokens then its image token; a learned start vector makes
+an empty history valid. The visual and CF mappers are Linear(d_in, 512) -> GELU/ReLU -> Linear(512, d_llm)
+(CoLLM's CIE shape; one CF mapper shared by users and items). BinLLM's codes are the signs of the first
+32 principal components of the MF user and item vectors (one PCA over both, so a user's and an item's
+codes agree where their vectors do). Scoring is TALLRec's: P(Yes) = softmax over the ("Yes", "No")
+answer-token logits = sigmoid(l_yes - l_no); ``-o scoring=yes_logit`` is CoLLM's sigmoid(l_yes). The
+answer ids are resolved through the tokenizer (:meth:`Backbone.answer_token_id`).
+
+Training (Sec. 3.3): step 1 trains LoRA (r 8, alpha 16, dropout 0.05, q_proj/v_proj) on the text-only
+prompt — TALLRec's titles prompt (Fig. 6), or BinLLM's with its codes — and step 2 freezes LoRA and
+trains the mappers and the history encoder on the full prompt. A preset without non-text placeholders
+(tallrec, tallrec_desc, binllm) is one LoRA step on its own prompt. Since every two-step method shares
+step 1, ``-o step1_from=RUN`` reuses a trained TALLRec (or BinLLM) run's LoRA instead of retraining it.
+AdamW, weight decay 1e-3, BCE on the answer logit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
+
+from llmrec.config import option
+from llmrec.data.dataset import Dataset
+from llmrec.errors import ConfigError, LlmrecError
+from llmrec.features.store import load_feature, load_item_feature
+from llmrec.llm.backbone import Backbone, BackboneConfig
+from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
+from llmrec.models.base import register_model
+from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender
+from llmrec.utils.io import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _lora_backbone() -> BackboneConfig:
+    return BackboneConfig(lora=True)
+
+
+@dataclasses.dataclass
+class HistLLMConfig(NeuralConfig):
+    backbone: BackboneConfig = option(factory=_lora_backbone, help="the LLM; LoRA on (step 1 trains it)")
+    history: Literal["uhem", "inline"] = option(
+        "uhem", "uhem: the history as ONE encoded token; inline: every item written into the prompt"
+    )
+    ke: bool = option(True, "knowledge enhancement: items as generated descriptions instead of titles")
+    image: bool | None = option(None, "visual tokens (VMA); None = when the dataset has the image feature")
+    cf: Literal["none", "tokens", "binary"] = option(
+        "tokens", "collaborative info: none, MF tokens (CoLLM/CIA) or 0/1 text codes (BinLLM)"
+    )
+    encoder: Literal["gru", "transformer"] = option("gru", "UHEM history encoder")
+    encoder_dim: int = option(512, "width of the history encoder")
+    encoder_layers: int | None = option(None, "encoder layers (None: GRU 1, Transformer 2)")
+    encoder_heads: int = option(4, "Transformer encoder heads")
+    encoder_dropout: float = option(0.1, "history encoder dropout")
+    mapper_hidden: int = option(512, "hidden width of the visual and CF mapping MLPs")
+    history_len: int = option(5, "most recent liked items per example (paper: 5 movies, 10 netflix/news)")
+    max_text_tokens: int = option(48, "tokens of each item's title/description kept (UHEM and inline)")
+    description_texts: str | None = option(
+        "from_title", "KE texts (llmrec describe --mode from_title); None = the items' own descriptions"
+    )
+    noun: str = option("movie", "what the prompt calls an item ('movie' in the papers)")
+    image_feature: str = option("image", "feature-store name of the image feature (VMA)")
+    user_cf_feature: str = option("mf_user", "MF user embeddings (llmrec features --cf RUN)")
+    item_cf_feature: str = option("mf_item", "MF item embeddings (llmrec features --cf RUN)")
+    binary_bits: int = option(32, "BinLLM code length")
+    scoring: Literal["softmax", "yes_logit"] = option(
+        "softmax", "P(Yes): softmax over Yes/No logits (TALLRec) or sigmoid of the Yes logit (CoLLM)"
+    )
+    step1_epochs: int = option(1, "LoRA epochs of step 1 (0 = none: LoRA stays as initialised or loaded)")
+    step1_lr: float = option(1e-3, "learning rate of step 1")
+    step1_from: str | None = option(
+        None, "reuse the step-1 LoRA of a trained run with the same step-1 prompt"
+    )
+    train_examples: int | None = option(
+        2048, "CTR training examples per epoch (a fresh random subset each epoch; None = all)"
+    )
+    eval_examples: int | None = option(1000, "validation CTR examples (a fixed random subset; None = all)")
+    score_batch_size: int = option(16, "prompts per LLM forward when scoring")
+    epochs: int = option(2, "epochs of step 2 (the mappers and history encoder)")
+    batch_size: int = option(8, "training examples per step")
+    lr: float = option(1e-3, "learning rate of step 2")
+    weight_decay: float = option(1e-3, "AdamW weight decay (paper: 1e-3)")
+    patience: int = option(2, "validations without a better valid AUC before stopping")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.device = self.backbone.device
+        if self.history_len < 1 or self.max_text_tokens < 1 or self.binary_bits < 1:
+            raise ConfigError("history_len, max_text_tokens and binary_bits must be >= 1")
+        if self.step1_epochs < 0:
+            raise ConfigError(f"step1_epochs must be >= 0, got {self.step1_epochs}")
+
+
+def mapper(d_in: int, hidden: int, d_out: int, act: type[nn.Module] = nn.GELU) -> nn.Sequential:
+    """A 2-layer MLP into the LLM's input space (VMA: GELU; CIA: ReLU as CoLLM's CIE)."""
+    return nn.Sequential(nn.Linear(d_in, hidden), act(), nn.Linear(hidden, d_out))
+
+
+class HistoryEncoder(nn.Module):
+    """UHEM's H_beta: a (B, S, d_llm) sequence of item token embeddings -> ONE (B, d_llm) token."""
+
+    def __init__(
+        self, kind: str, d_llm: int, dim: int, layers: int, heads: int, dropout: float, max_len: int
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.inp = nn.Linear(d_llm, dim)
+        self.start = nn.Parameter(torch.randn(1, 1, dim) * 0.02)  # GRU: first input; Transformer: CLS
+        if kind == "gru":
+            self.rnn = nn.GRU(
+                dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0
+            )
+        else:
+            self.pos = nn.Embedding(max_len + 1, dim)
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
+            )
+            self.tf = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, d_llm)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, S, d_llm) right-padded, ``lengths`` (B,) real tokens per row (0 allowed) -> (B, d_llm)."""
+        b = x.shape[0]
+        h = torch.cat([self.start.expand(b, -1, -1), self.inp(x)], 1)  # (B, 1 + S, dim)
+        n = lengths.cpu() + 1
+        if self.kind == "gru":
+            packed = pack_padded_sequence(h, n, batch_first=True, enforce_sorted=False)
+            _, last = self.rnn(packed)  # (layers, B, dim): the state after each row's last real token
+            return self.out(last[-1])
+        h = h + self.pos(torch.arange(h.shape[1], device=h.device))[None]
+        pad = torch.arange(h.shape[1], device=h.device)[None, :] >= n.to(h.device)[:, None]  # (B, 1 + S)
+        return self.out(self.norm(self.tf(h, src_key_padding_mask=pad)[:, 0]))  # the CLS output
+
+
+@register_model("histllm")
+class HistLLM(TorchRecommender):
+    config_cls = HistLLMConfig
+    cfg: HistLLMConfig
+    tasks = ("ctr",)
+    decoupled_weight_decay = True  # AdamW
+
+    def __init__(self, cfg: HistLLMConfig, n_users: int, n_items: int) -> None:
+        super().__init__(cfg, n_users, n_items)
+        self.register_buffer("step_done", torch.zeros((), dtype=torch.long))  # 1 after step 1 finished
+        self.backbone: Backbone | None = None  # built by attach(): it needs the dataset
+        self.source: dict[str, Any] = {}
+        self.step = 2  # which prompt the batches use: 1 = text-only (step 1), 2 = full
+
+    @property
+    def pair_batch_size(self) -> int:
+        return 4 * self.cfg.score_batch_size  # rows per progress-bar update in CTR evaluation
+
+    # ------------------------------------------------------------------ building against a dataset
+    def attach(self, ds: Dataset) -> None:
+        """Load the backbone, item texts, features; create the mappers and the history encoder."""
+        cfg = self.cfg
+        self.source = {"dataset": str(Path(ds.root).resolve()), "features": {}}
+        image = cfg.image
+        if image is None:
+            image = (ds.features_dir / f"{cfg.image_feature}.json").exists()
+            log.info(
+                "image feature %r %s", cfg.image_feature, "found: VMA on" if image else "absent: VMA off"
+            )
+        self.use_image = bool(image)
+        self.backbone = Backbone(cfg.backbone)
+        d = self.backbone.hidden_size
+        if self.use_image:
+            feat = load_item_feature(
+                ds, cfg.image_feature, self.n_items, who=self.name, option="image_feature"
+            )
+            self._register_feature("image", feat)
+            self.image_mapper = mapper(feat.dim, cfg.mapper_hidden, d)
+        if cfg.cf != "none":
+            users = self._user_feature(ds)
+            items = load_item_feature(
+                ds, cfg.item_cf_feature, self.n_items, who=self.name, option="item_cf_feature"
+            )
+            if users.dim != items.dim:
+                raise LlmrecError(
+                    f"MF user ({users.dim}-d) and item ({items.dim}-d) embeddings differ in size",
+                    file=ds.features_dir,
+                    hint="export both from the same MF run: llmrec features --cf RUN",
+                )
+            if cfg.cf == "tokens":
+                self._register_feature("user_cf", users)
+                self._register_feature("item_cf", items)
+                self.cf_mapper = mapper(users.dim, cfg.mapper_hidden, d, nn.ReLU)
+            else:
+                self.user_codes, self.item_codes = binary_codes(
+                    np.asarray(users.values), np.asarray(items.values), cfg.binary_bits
+                )
+                self.source["features"]["user_cf"] = {"name": users.name, "sha256": users.manifest["sha256"]}
+                self.source["features"]["item_cf"] = {"name": items.name, "sha256": items.manifest["sha256"]}
+        self.titles = [str(t) for t in ds.items["title"]]
+        self.descriptions = self._descriptions(ds) if cfg.ke else None
+        if cfg.history == "uhem":
+            texts = self.descriptions or self.titles
+            enc = self.backbone.tokenizer(
+                texts, add_special_tokens=False, truncation=True, max_length=cfg.max_text_tokens
+            )
+            width = max(map(len, enc["input_ids"]))
+            ids = np.full((self.n_items, width), self.backbone.tokenizer.pad_token_id, dtype=np.int64)
+            for i, row in enumerate(enc["input_ids"]):
+                ids[i, : len(row)] = row
+            self.register_buffer("item_tokens", torch.from_numpy(ids), persistent=False)  # (N, L)
+            self.register_buffer(
+                "item_ntok", torch.tensor([len(r) for r in enc["input_ids"]]), persistent=False
+            )  # (N,)
+            per_item = width + int(self.use_image)
+            self.history_encoder = HistoryEncoder(
+                cfg.encoder,
+                d,
+                cfg.encoder_dim,
+                cfg.encoder_layers or (1 if cfg.encoder == "gru" else 2),
+                cfg.encoder_heads,
+                cfg.encoder_dropout,
+                max_len=per_item * max(cfg.history_len, 1),
+            )
+        self.answer_ids = [self.backbone.answer_token_id("Yes"), self.backbone.answer_token_id("No")]
+        self.to(cfg.backbone.device)
+
+    def _register_feature(self, role: str, feat: Any) -> None:
+        self.register_buffer(
+            f"feat_{role}", torch.from_numpy(np.array(feat.values, dtype=np.float32)), persistent=False
+        )
+        self.source["features"][role] = {"name": feat.name, "sha256": feat.manifest["sha256"]}
+
+    def _user_feature(self, ds: Dataset) -> Any:
+        name = self.cfg.user_cf_feature
+        if not (ds.features_dir / f"{name}.json").exists():
+            raise LlmrecError(
+                f"{self.name} needs the MF user embeddings '{name}'",
+                file=ds.features_dir / f"{name}.json",
+                hint="train MF (llmrec train mf -o objective=ctr -o dim=256) and export it with "
+                "'llmrec features --cf RUN', or use -o cf=none",
+            )
+        feat = load_feature(ds.features_dir, name, expect_ids=ds.users["user_id"].astype(str).tolist())
+        if len(feat.values) != self.n_users or feat.manifest.get("kind") != "user":
+            raise LlmrecError(
+                f"feature '{name}' has {len(feat.values)} rows of kind {feat.manifest.get('kind')!r}, "
+                f"expected {self.n_users} user rows",
+                file=ds.features_dir / f"{name}.json",
+                hint="export the user embeddings of an MF run on this dataset",
+            )
+        return feat
+
+    def _descriptions(self, ds: Dataset) -> list[str]:
+        if self.cfg.description_texts:
+            from llmrec.llm.describe import load_texts
+
+            texts = load_texts(ds.root, self.cfg.description_texts)
+        else:
+            texts = [str(t) for t in ds.items["description"]]
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if len(empty) == len(texts):
+            raise LlmrecError(
+                "knowledge enhancement needs item descriptions and none has one",
+                file=Path(ds.root) / "items.parquet",
+                hint="generate them: llmrec describe --mode from_title (then -o description_texts=from_title), "
+                "or use -o ke=false",
+            )
+        return [t if t.strip() else self.titles[i] for i, t in enumerate(texts)]  # a title beats nothing
+
+    # ------------------------------------------------------------------ which parts a step trains
+    @property
+    def has_step2(self) -> bool:
+        """Whether the full prompt holds non-text placeholders (and so trainable mappers/encoder)."""
+        return self.use_image or self.cfg.cf == "tokens" or self.cfg.history == "uhem"
+
+    def step1_signature(self) -> dict[str, Any]:
+        """What a step-1 LoRA was trained on: runs with equal signatures can share it (step1_from)."""
+        cfg = self.cfg
+        text_only = self.has_step2
+        return {
+            "llm": cfg.backbone.llm,
+            "lora": [cfg.backbone.lora_r, cfg.backbone.lora_alpha, sorted(cfg.backbone.lora_targets)],
+            "chat_template": cfg.backbone.chat_template,
+            "ke": False if text_only else cfg.ke,
+            "cf": "binary" if cfg.cf == "binary" else "none",
+            "binary_bits": cfg.binary_bits if cfg.cf == "binary" else None,
+            "noun": cfg.noun,
+            "history_len": cfg.history_len,
+        }
+
+    def _set_trainable(self, step: int) -> None:
+        assert self.backbone is not None
+        for n, p in self.backbone.named_parameters():
+            p.requires_grad_(step == 1 and "lora_" in n)
+        for name in ("image_mapper", "cf_mapper", "history_encoder"):
+            if hasattr(self, name):
+                getattr(self, name).requires_grad_(step == 2)
+
+    # ------------------------------------------------------------------ prompts
+    def prompts(
+        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, step: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Tokenised Yes/No prompts and the items/users behind their placeholders.
+
+        ``step`` 1 gives the text-only prompt of LoRA training (titles; BinLLM keeps its codes), 2 the full one.
+        """
+        assert self.backbone is not None
+        cfg = self.cfg
+        full = (step or self.step) == 2 or not self.has_step2
+        image = self.use_image and full
+        desc = self.descriptions if full else None
+        texts, visual, hist_items, hist_rows = [], [], [], []
+        for b, (h, t) in enumerate(zip(histories, targets)):
+            h = np.asarray(h, dtype=np.int64)[-cfg.history_len :]
+            t = int(t)
+            if full and cfg.history == "uhem":
+                items = ["[HIST]"]
+                hist_items.append(torch.from_numpy(h))
+                hist_rows.append(b)
+            else:
+                items = [ctr_item(self.titles[i], desc[i] if desc else None, image) for i in h.tolist()]
+                visual += h.tolist() if image else []
+            target = ctr_target(self.titles[t], desc[t] if desc else None, image)
+            visual += [t] if image else []
+            user_feature = item_feature = None
+            if cfg.cf == "tokens" and full:
+                user_feature, item_feature = "[USERID]", "[ITEMID]"
+            elif cfg.cf == "binary":
+                user_feature, item_feature = self.user_codes[int(users[b])], self.item_codes[t]
+            texts.append(self.backbone.chat(ctr_prompt(items, target, cfg.noun, user_feature, item_feature)))
+        enc = self.backbone.tokenize(texts)
+        out = {
+            "ids": enc["input_ids"],
+            "mask": enc["attention_mask"],
+            "users": torch.as_tensor(np.asarray(users, dtype=np.int64)),
+            "targets": torch.as_tensor(np.asarray(targets, dtype=np.int64)),
+            "visual": torch.tensor(visual, dtype=torch.long),
+        }
+        if hist_items:  # (n_hist_rows, history_len) right-padded items, -1 = none
+            out["hist"] = pad_sequence(hist_items, batch_first=True, padding_value=-1)
+        return out
+
+    # ------------------------------------------------------------------ the modules at work
+    def encode_histories(self, hist: torch.Tensor) -> torch.Tensor:
+        """UHEM (Eq. 4-8): (B, n) item indices (-1 = none) -> (B, d) ONE token per history."""
+        assert self.backbone is not None
+        words = self.backbone.model.get_input_embeddings()
+        rows, lengths = [], []
+        for items in hist:
+            items = items[items >= 0]
+            parts = []
+            if len(items):
+                ntok = self.item_ntok[items]  # (n,)
+                emb = words(self.item_tokens[items])  # (n, L, d): the LLM's own word embeddings
+                img = self.image_mapper(self.feat_image[items]) if self.use_image else None  # (n, d)
+                for k in range(len(items)):
+                    parts.append(emb[k, : int(ntok[k])])  # e_dk
+                    if img is not None:
+                        parts.append(img[k : k + 1])  # e_pk, concatenated after the description (Eq. 6)
+            seq = (
+                torch.cat(parts) if parts else words.weight.new_zeros(0, words.weight.shape[1])
+            )  # e_his, Eq. 7
+            rows.append(seq)
+            lengths.append(len(seq))
+        x = (
+            pad_sequence(rows, batch_first=True)
+            if max(lengths)
+            else words.weight.new_zeros(len(rows), 1, words.weight.shape[1])
+        )
+        return self.history_encoder(x.float(), torch.tensor(lengths))  # (B, d), Eq. 8
+
+    def inject(self, batch: Batch) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if len(batch["visual"]):
+            out["[VISUAL]"] = self.image_mapper(self.feat_image[batch["visual"]])  # VMA, Eq. 3
+        ids = batch["ids"]
+        assert self.backbone is not None
+        tok = self.backbone.token_ids
+        if bool((ids == tok["[USERID]"]).any()):
+            out["[USERID]"] = self.cf_mapper(self.feat_user_cf[batch["users"]])  # CIA, Eq. 11
+            out["[ITEMID]"] = self.cf_mapper(self.feat_item_cf[batch["targets"]])  # Eq. 12
+        if "hist" in batch:
+            out["[HIST]"] = self.encode_histories(batch["hist"])
+        return out
+
+    def answer_logits(self, batch: Batch) -> torch.Tensor:
+        """(B,) logit of P(Yes) at the answer position (the last real token of each prompt)."""
+        assert self.backbone is not None
+        ids, mask = batch["ids"], batch["mask"]
+        hidden = self.backbone.hidden(ids, mask, self.inject(batch))  # (B, T, d)
+        last = hidden[torch.arange(len(ids), device=ids.device), Backbone.last_positions(mask)]  # (B, d)
+        yes_no = self.backbone.token_logits(last, self.answer_ids).float()  # (B, 2)
+        return yes_no[:, 0] - yes_no[:, 1] if self.cfg.scoring == "softmax" else yes_no[:, 0]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(
+            self.answer_logits(batch), batch["labels"].float()
+        )  # Eq. 14
+
+    # ------------------------------------------------------------------ training (Sec. 3.3)
+    def num_train_batches(self, dataset: Any) -> int:
+        n = len(dataset.ctr("train"))
+        return -(-min(n, self.cfg.train_examples or n) // self.cfg.batch_size)
+
+    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+        df = dataset.ctr("train")
+        rows = rng.permutation(len(df))[: self.cfg.train_examples]
+        users, targets = df["user_idx"].to_numpy(np.int64), df["target"].to_numpy(np.int64)
+        labels, histories = df["label"].to_numpy(), df["history"].to_numpy()
+        for s in range(0, len(rows), self.cfg.batch_size):
+            r = rows[s : s + self.cfg.batch_size]
+            batch = self.prompts(users[r], [histories[i] for i in r], targets[r])
+            batch["labels"] = torch.from_numpy(labels[r].astype(np.float32))
+            yield batch
+
+    def validation_metric(self, ds: Any) -> tuple[str, float]:
+        """Early stopping on valid AUC over a fixed random subset of the valid CTR examples."""
+        from llmrec.eval.evaluator import evaluate_ctr
+
+        metrics, _ = evaluate_ctr(self, ds, "valid", self.pair_batch_size, self.cfg.eval_examples)
+        return "valid_auc", metrics["auc"]
+
+    def fit(self, dataset: Any, run: Any | None = None) -> None:
+        from llmrec.trainer import fit as train_loop
+
+        self.attach(dataset)
+        cfg = self.cfg
+        if not cfg.backbone.lora and not self.has_step2:
+            raise ConfigError(f"{self.name}: nothing to train (LoRA off and no mappers or history encoder)")
+        marker = run.root / "step1.safetensors" if run is not None else None
+        if cfg.backbone.lora and int(self.step_done) < 1:
+            if cfg.step1_from:
+                self._load_step1(Path(cfg.step1_from))
+            elif marker is not None and marker.exists():  # resumed run: step 1 finished before
+                self._load_lora(marker)
+                log.info("step 1 already done: LoRA loaded from %s", marker)
+            elif cfg.step1_epochs:
+                self.step = 1
+                self._set_trainable(1)
+                train_loop(
+                    self,
+                    dataset,
+                    run,
+                    stage="step1" if self.has_step2 else None,
+                    epochs=cfg.step1_epochs,
+                    lr=cfg.step1_lr,
+                )
+                if marker is not None and self.has_step2:
+                    self._save_lora(marker)
+            self.step_done.fill_(1)
+        if self.has_step2:
+            self.step = 2
+            self._set_trainable(2)
+            train_loop(self, dataset, run, stage="step2" if cfg.backbone.lora else None)
+        self.step = 2
+        self.eval()
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score_pairs(self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
+        if self.backbone is None:
+            raise LlmrecError(
+                f"{self.name} is not attached to a dataset", hint="fit it or load a saved model"
+            )
+        was_training = self.training
+        self.eval()
+        out = []
+        for s in range(0, len(targets), self.cfg.score_batch_size):
+            sl = slice(s, s + self.cfg.score_batch_size)
+            batch = self.prompts(np.asarray(users)[sl], list(histories[sl]), np.asarray(targets)[sl])
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out.append(self.answer_logits(batch).cpu())
+        self.train(was_training)
+        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+    def score(self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
+        """(B, C) P(Yes) logits of every candidate: one prompt per (user, candidate) pair."""
+        candidates = np.asarray(candidates, dtype=np.int64)
+        b, c = candidates.shape
+        flat = self.score_pairs(
+            np.repeat(np.asarray(users), c), [h for h in histories for _ in range(c)], candidates.reshape(-1)
+        )
+        return flat.reshape(b, c)
+
+    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        every = np.tile(np.arange(self.n_items), (len(users), 1))
+        return self.score(users, histories, every)
+
+    def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(self.score_all(users.cpu().numpy(), histories))
+
+    # ------------------------------------------------------------------ persistence
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """LoRA, mappers, encoder and counters: never the frozen LLM."""
+        return {
+            k: v.detach().clone()
+            for k, v in self.state_dict().items()
+            if not k.startswith("backbone.") or "lora_" in k
+        }
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        unknown = set(state) - set(self.state_dict())
+        if unknown:
+            raise LlmrecError(
+                f"checkpoint has unknown weights {sorted(unknown)[:3]}",
+                hint="it belongs to another configuration",
+            )
+        self.load_state_dict(state, strict=False)
+
+    def _save_lora(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        from llmrec.utils.io import atomic_path
+
+        lora = {k: v for k, v in self.checkpoint_state().items() if "lora_" in k}
+        with atomic_path(path) as tmp:
+            save_file({k: v.cpu().contiguous() for k, v in lora.items()}, str(tmp))
+
+    def _load_lora(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = {k: v for k, v in load_file(path).items() if "lora_" in k}
+        if not state:
+            raise LlmrecError(
+                "no LoRA weights in this file", file=path, hint="point step1_from at a LoRA run"
+            )
+        self.load_checkpoint_state(state)
+
+    def _load_step1(self, source: Path) -> None:
+        """Step 1 from another run (a run or its model folder): same step-1 signature required."""
+        folder = source / "model" if (source / "model" / "model.json").exists() else source
+        info = read_json(folder / "sources.json")
+        if info.get("step1") != self.step1_signature():
+            raise LlmrecError(
+                "its step-1 prompt or LoRA settings differ from this model's",
+                file=folder / "sources.json",
+                hint="train step 1 here (drop step1_from) or point at a TALLRec/BinLLM run with these settings",
+            )
+        self._load_lora(folder / "histllm.safetensors")
+        log.info("step 1 LoRA reused from %s", folder)
+
+    def save_state(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(
+            {k: v.cpu().contiguous() for k, v in self.checkpoint_state().items()},
+            directory / "histllm.safetensors",
+        )
+        write_json_atomic(
+            directory / "sources.json",
+            {**self.source, "step1": self.step1_signature(), "image": self.use_image},
+        )
+
+    def load_state(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        source = read_json(directory / "sources.json")
+        root = Path(source["dataset"])
+        if not (root / "meta.json").exists():
+            raise LlmrecError(
+                "the dataset this model reads its features from is gone",
+                file=root,
+                hint=f"restore it or edit {directory / 'sources.json'}",
+            )
+        self.cfg.image = bool(source.get("image", self.cfg.image))
+        self.attach(Dataset(root))
+        for role, ref in source["features"].items():
+            if self.source["features"].get(role, {}).get("sha256") != ref["sha256"]:
+                raise LlmrecError(
+                    f"feature '{ref['name']}' changed since the model was trained",
+                    file=root / "features",
+                    hint="restore it or retrain",
+                )
+        self.load_checkpoint_state(load_file(directory / "histllm.safetensors"))
+        self.eval()
+
+
+def binary_codes(users: np.ndarray, items: np.ndarray, bits: int) -> tuple[list[str], list[str]]:
+    """BinLLM-style 0/1 text codes: signs of the first ``bits`` principal components of the MF vectors
+    (one PCA over users and items together, so codes of both sides live in one space)."""
+    from sklearn.decomposition import PCA
+
+    both = np.concatenate([users, items]).astype(np.float64)
+    k = min(bits, both.shape[1], both.shape[0])
+    proj = PCA(n_components=k, random_state=0).fit_transform(both)  # (U + I, k), centred
+    codes = ["".join("1" if x > 0 else "0" for x in row) for row in proj]
+    return codes[: len(users)], codes[len(users) :]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tallrec": {"history": "inline", "ke": False, "image": False, "cf": "none"},
+    "tallrec_desc": {"history": "inline", "ke": True, "image": False, "cf": "none"},
+    "tallrec_image": {"history": "inline", "ke": False, "image": True, "cf": "none"},
+    "collm": {"history": "inline", "ke": False, "image": False, "cf": "tokens"},
+    "collm_image": {"history": "inline", "ke": False, "image": True, "cf": "tokens"},
+    "binllm": {"history": "inline", "ke": False, "image": False, "cf": "binary"},
+    "binllm_image": {"history": "inline", "ke": False, "image": True, "cf": "binary"},
+}
+for _name, _preset in PRESETS.items():
+    register_model(_name)(
+        type(_name, (HistLLM,), {"preset": _preset, "__doc__": f"HistLLM preset: {_preset}"})
+    )

@@ -1,0 +1,256 @@
+"""HistLLM and its CTR baselines: one history token, two-step training, Yes/No scoring, padding, persistence."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmrec.data.dataset import Dataset
+from llmrec.eval.evaluator import evaluate_ctr
+from llmrec.features.store import ids_checksum, save_feature
+from llmrec.llm.backbone import Backbone
+from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
+from llmrec.models.base import build_model, load_model
+from llmrec.models.histllm import binary_codes
+
+TINY = {
+    "mapper_hidden": 16,
+    "encoder_dim": 16,
+    "description_texts": None,
+    "train_examples": 48,
+    "eval_examples": 40,
+    "epochs": 1,
+    "step1_epochs": 1,
+    "binary_bits": 8,
+}
+
+
+@pytest.fixture
+def ctr_dataset(synthetic_dataset):
+    """The synthetic dataset (ratings alternate 5/2, so CTR rows have both labels) + image and MF features."""
+    ds = Dataset(synthetic_dataset)
+    rng = np.random.default_rng(0)
+    order = ds.items["item_id"].str[1:].astype(int).to_numpy()
+    angle = 2 * np.pi * order[:, None] * np.arange(1, 4)[None, :] / ds.n_items  # the item's place on the walk
+    image = np.concatenate([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+    items = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
+    users = {"kind": "user", "encoder": "test", "ids_sha256": ids_checksum(ds.users["user_id"].tolist())}
+    save_feature(ds.features_dir, "image", image, items)
+    save_feature(ds.features_dir, "mf_item", rng.normal(size=(ds.n_items, 8)).astype(np.float32), items)
+    save_feature(ds.features_dir, "mf_user", rng.normal(size=(ds.n_users, 8)).astype(np.float32), users)
+    return ds
+
+
+def make(name, ds, tiny_llm, **options):
+    opts = {**TINY, **options, "backbone": {"llm": tiny_llm, "lora": True}}
+    torch.manual_seed(0)
+    return build_model(name, opts, ds.n_users, ds.n_items)
+
+
+def test_prompts_follow_the_appendix():
+    tallrec = ctr_prompt([ctr_item("Heat"), ctr_item("Fargo")], ctr_target("Alien"))
+    assert tallrec == (
+        '#Question: A user has given high ratings to the following movies: "Heat", "Fargo". Leverage the '
+        'information to predict whether the user would enjoy the movie titled "Alien" Answer with "Yes" or '
+        '"No". \n#Answer:'
+    )
+    collm = ctr_prompt(
+        [ctr_item("Heat", image=True)], ctr_target("Alien", image=True), "movie", "[USERID]", "[ITEMID]"
+    )
+    assert '"Heat" [VISUAL]' in collm and "encoded in the feature [USERID]" in collm
+    assert 'titled "Alien" [VISUAL] with the feature [ITEMID]?' in collm
+    desc = ctr_prompt([ctr_item("Heat", "A heist.")], ctr_target("Alien", "Space horror."))
+    assert "movies: A heist.." in desc and "with the description as follows: Space horror." in desc
+
+
+def test_history_becomes_exactly_one_token(ctr_dataset, tiny_llm):
+    model = make("histllm", ctr_dataset, tiny_llm)
+    model.attach(ctr_dataset)
+    histories = [np.arange(1), np.arange(3), np.arange(5), np.array([], dtype=np.int64)]
+    batch = model.prompts(np.zeros(4, dtype=np.int64), histories, np.array([7, 7, 7, 7]))
+    hist_id = model.backbone.token_ids["[HIST]"]
+    assert ((batch["ids"] == hist_id).sum(1) == 1).all()
+    assert batch["mask"].sum(1).unique().numel() == 1  # prompt length does not grow with the history
+    encoded = model.encode_histories(batch["hist"])
+    assert encoded.shape == (4, model.backbone.hidden_size)
+    # the token depends on the history (it is not a constant)
+    assert not torch.allclose(encoded[0], encoded[2])
+    inline = make("histllm", ctr_dataset, tiny_llm, history="inline")
+    inline.attach(ctr_dataset)
+    long = inline.prompts(np.zeros(2, dtype=np.int64), [np.arange(1), np.arange(5)], np.array([7, 8]))
+    assert long["mask"].sum(1)[1] > long["mask"].sum(1)[0]  # w/o UHEM: the prompt grows per item
+
+
+def test_step2_keeps_lora_bit_identical_and_trains_modules(ctr_dataset, tiny_llm, monkeypatch):
+    model = make("histllm", ctr_dataset, tiny_llm)
+    snapshots = {}
+    original = type(model)._set_trainable
+
+    def spy(self, step):
+        if step == 2:  # step 1 is over: LoRA as it must stay; modules as they start
+            snapshots.update({k: v.clone() for k, v in self.checkpoint_state().items()})
+        original(self, step)
+
+    monkeypatch.setattr(type(model), "_set_trainable", spy)
+    model.fit(ctr_dataset)
+    after = model.checkpoint_state()
+    lora = [k for k in after if "lora_" in k]
+    modules = [k for k in after if k.startswith(("history_encoder.", "image_mapper.", "cf_mapper."))]
+    assert lora and modules
+    assert all(torch.equal(after[k], snapshots[k]) for k in lora)
+    changed = [k for k in modules if not torch.equal(after[k], snapshots[k])]
+    assert {k.split(".")[0] for k in changed} == {"history_encoder", "image_mapper", "cf_mapper"}
+    # and step 1 did move LoRA (B starts at zero in peft)
+    assert any(after[k].abs().sum() > 0 for k in lora if "lora_B" in k)
+
+
+def test_frozen_llm_weights_never_change(ctr_dataset, tiny_llm):
+    model = make("collm", ctr_dataset, tiny_llm)
+    model.attach(ctr_dataset)
+    base = {k: v.clone() for k, v in model.backbone.state_dict().items() if "lora_" not in k}
+    model.fit(ctr_dataset)
+    now = model.backbone.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in base.items())
+
+
+def test_yes_no_ids_come_from_the_tokenizer(ctr_dataset, tiny_llm):
+    model = make("tallrec", ctr_dataset, tiny_llm)
+    model.attach(ctr_dataset)
+    tok = model.backbone.tokenizer
+    yes, no = model.answer_ids
+    assert yes != no
+    assert tok.decode([yes]).strip().startswith("Y") and tok.decode([no]).strip().startswith("N")
+    # the chat template ends in a new line: the answer starts without a space
+    prompt = model.backbone.chat("q")
+    assert (
+        tok(prompt + "Yes", add_special_tokens=False)["input_ids"][
+            len(tok(prompt, add_special_tokens=False)["input_ids"])
+        ]
+        == yes
+    )
+
+
+def test_padding_side_cannot_change_a_prediction(ctr_dataset, tiny_llm):
+    model = make("collm", ctr_dataset, tiny_llm, image=True)
+    model.attach(ctr_dataset)
+    model.eval()
+    histories = [np.arange(1), np.arange(6), np.arange(3)]
+    right = model.prompts(np.array([0, 1, 2]), histories, np.array([5, 9, 12]))
+    ids, mask = right["ids"], right["mask"]
+    pad = model.backbone.tokenizer.pad_token_id
+    left_ids, left_mask = torch.full_like(ids, pad), torch.zeros_like(mask)
+    for b in range(len(ids)):
+        n = int(mask[b].sum())
+        left_ids[b, ids.shape[1] - n :] = ids[b, :n]
+        left_mask[b, ids.shape[1] - n :] = 1
+    left = {**right, "ids": left_ids, "mask": left_mask}
+    with torch.no_grad():
+        a, b = model.answer_logits(right), model.answer_logits(left)
+    assert torch.allclose(torch.sigmoid(a), torch.sigmoid(b), atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["gru", "transformer"])
+def test_save_load_same_predictions(ctr_dataset, tiny_llm, tmp_path, encoder):
+    model = make("histllm", ctr_dataset, tiny_llm, encoder=encoder)
+    model.fit(ctr_dataset)
+    df = ctr_dataset.ctr("test").head(12)
+    args = (df["user_idx"].to_numpy(), list(df["history"]), df["target"].to_numpy())
+    before = model.score_pairs(*args)
+    model.save(tmp_path / "m")
+    np.testing.assert_allclose(load_model(tmp_path / "m").score_pairs(*args), before, atol=1e-6)
+
+
+def test_step1_is_shared_through_step1_from(ctr_dataset, tiny_llm, tmp_path):
+    tallrec = make("tallrec", ctr_dataset, tiny_llm)
+    tallrec.fit(ctr_dataset)
+    tallrec.save(tmp_path / "tallrec")
+    collm = make("collm", ctr_dataset, tiny_llm, step1_from=str(tmp_path / "tallrec"))
+    collm.fit(ctr_dataset)
+    lora = {k: v for k, v in tallrec.checkpoint_state().items() if "lora_" in k}
+    assert all(torch.equal(collm.checkpoint_state()[k], v) for k, v in lora.items())
+    binllm = make("binllm", ctr_dataset, tiny_llm, step1_from=str(tmp_path / "tallrec"))
+    with pytest.raises(Exception, match="step-1 prompt"):
+        binllm.fit(ctr_dataset)
+
+
+def test_binary_codes_share_one_space():
+    rng = np.random.default_rng(0)
+    users, items = rng.normal(size=(20, 16)), rng.normal(size=(30, 16))
+    items[0] = users[0]
+    u, i = binary_codes(users, items, 8)
+    assert len(u) == 20 and len(i) == 30 and all(len(c) == 8 and set(c) <= {"0", "1"} for c in u + i)
+    assert u[0] == i[0]
+
+
+def test_missing_inputs_are_clear_errors(synthetic_dataset, tiny_llm):
+    ds = Dataset(synthetic_dataset)
+    model = make("collm", ds, tiny_llm)
+    with pytest.raises(Exception, match="mf_user"):
+        model.attach(ds)
+    model = make("tallrec_image", ds, tiny_llm)
+    with pytest.raises(Exception, match="image"):
+        model.attach(ds)
+
+
+@pytest.fixture
+def parity_dataset(tmp_path):
+    """Users like exactly the even items (rating 5) and dislike the odd ones (rating 2): the label is visible
+    only in the target's picture (its parity): every item has the same title and description."""
+    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
+    from llmrec.data.schema import make_interactions, make_items
+
+    rng = np.random.default_rng(1)
+    items = make_items(
+        [
+            {
+                "item_id": f"i{i:03d}",
+                "title": "Item",
+                "description": "A product",
+            }  # text tells items apart not
+            for i in range(40)
+        ],
+        source="t",
+    )
+    rows = [
+        {
+            "user_id": f"u{u}",
+            "item_id": f"i{i:03d}",
+            "timestamp": 1000 + 10 * t + u,
+            "rating": 5.0 if i % 2 == 0 else 2.0,
+        }
+        for u in range(30)
+        for t, i in enumerate(rng.choice(40, size=12, replace=False))
+    ]
+    tables = finalize(
+        items, make_interactions(rows, source="t"), ProcessConfig(kcore=0, num_negatives=5), {}, {}, []
+    )
+    write_dataset(tables, tmp_path / "parity")
+    ds = Dataset(tmp_path / "parity")
+    parity = ds.items["item_id"].str[1:].astype(int).to_numpy() % 2
+    image = np.eye(2, dtype=np.float32)[parity] + 0.05 * rng.normal(size=(ds.n_items, 2)).astype(np.float32)
+    spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
+    save_feature(ds.features_dir, "image", image, spec)
+    return ds
+
+
+def test_histllm_learns_through_its_visual_tokens(parity_dataset, tiny_llm):
+    ds = parity_dataset
+    model = make(
+        "histllm", ds, tiny_llm, cf="none", train_examples=None, epochs=6, lr=3e-3, patience=6, step1_epochs=0
+    )
+    model.fit(ds)
+    metrics, _ = evaluate_ctr(model, ds, "test")
+    blind = make(
+        "histllm",
+        ds,
+        tiny_llm,
+        cf="none",
+        train_examples=None,
+        epochs=6,
+        lr=3e-3,
+        patience=6,
+        step1_epochs=0,
+        image=False,
+    )
+    blind.fit(ds)
+    control, _ = evaluate_ctr(blind, ds, "test")
+    assert metrics["auc"] > 0.9 and control["auc"] < 0.75, (metrics, control)
