@@ -7,10 +7,10 @@ import torch
 from llmrec.data.dataset import Dataset
 from llmrec.eval.evaluator import evaluate_ctr
 from llmrec.features.store import ids_checksum, save_feature
-from llmrec.llm.backbone import Backbone
 from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
 from llmrec.models.base import build_model, load_model
 from llmrec.models.histllm import binary_codes
+from llmrec.utils.io import read_json
 
 TINY = {
     "mapper_hidden": 16,
@@ -254,3 +254,58 @@ def test_histllm_learns_through_its_visual_tokens(parity_dataset, tiny_llm):
     blind.fit(ds)
     control, _ = evaluate_ctr(blind, ds, "test")
     assert metrics["auc"] > 0.9 and control["auc"] < 0.75, (metrics, control)
+
+
+def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_path):
+    from llmrec.ctr_experiments import CtrEfficiencyConfig, run_ctr_efficiency
+
+    cfg = CtrEfficiencyConfig(
+        data=str(ctr_dataset.root),
+        llm=tiny_llm,
+        lengths=[2, 4],
+        examples=8,
+        train_steps=1,
+        batch_size=4,
+        options={"mapper_hidden": 16, "encoder_dim": 16, "description_texts": None},
+        out=str(tmp_path / "eff"),
+    )
+    r = run_ctr_efficiency(cfg)
+    by = {(p["history_items"], p["uhem"]): p for p in r["points"]}
+    assert set(by) == {(2, True), (2, False), (4, True), (4, False)}
+    assert by[(4, True)]["prompt_tokens"] == by[(2, True)]["prompt_tokens"]  # one token whatever the length
+    assert by[(4, False)]["prompt_tokens"] > by[(2, False)]["prompt_tokens"] > by[(2, True)]["prompt_tokens"]
+    assert all(p["inference_s_per_100"] > 0 and p["train_s_per_100"] > 0 for p in r["points"])
+    assert {"ctr_efficiency.json", "ctr_efficiency.md", "ctr_efficiency.png"} <= {
+        f.name for f in (tmp_path / "eff").iterdir()
+    }
+
+
+def test_history_sweep_trains_each_point_once(ctr_dataset, tiny_llm, tmp_path):
+    from llmrec.ctr_experiments import HistorySweepConfig, run_history_sweep
+
+    cfg = HistorySweepConfig(
+        data=str(ctr_dataset.root),
+        models=["tallrec", "histllm"],
+        lengths=[1, 3],
+        options={
+            **TINY,
+            "backbone": {"llm": tiny_llm, "lora": True},
+            "train_examples": 16,
+            "eval_examples": 16,
+        },
+        ctr_examples=20,
+        out=str(tmp_path / "sweep"),
+    )
+    r = run_history_sweep(cfg)
+    assert [(p["model"], p["history_items"]) for p in r["points"]] == [
+        ("tallrec", 1),
+        ("tallrec", 3),
+        ("histllm", 1),
+        ("histllm", 3),
+    ]
+    saved = read_json(tmp_path / "sweep" / "histllm-n3" / "config.json")
+    assert saved["options"]["history_len"] == 3
+    stamp = (tmp_path / "sweep" / "tallrec-n1" / "metrics.json").stat().st_mtime
+    run_history_sweep(cfg)  # finished points are not retrained
+    assert (tmp_path / "sweep" / "tallrec-n1" / "metrics.json").stat().st_mtime == stamp
+    assert (tmp_path / "sweep" / "history_sweep.png").exists()

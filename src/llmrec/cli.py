@@ -128,6 +128,24 @@ def _cmd_efficiency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ctr_efficiency(args: argparse.Namespace) -> int:
+    from llmrec.ctr_experiments import CtrEfficiencyConfig, format_ctr_efficiency, run_ctr_efficiency
+
+    cfg = resolve(CtrEfficiencyConfig, args, args.config)
+    print(format_ctr_efficiency(run_ctr_efficiency(cfg)))
+    print(f"written {cfg.out}/ctr_efficiency.json, ctr_efficiency.md, ctr_efficiency.png")
+    return 0
+
+
+def _cmd_history_sweep(args: argparse.Namespace) -> int:
+    from llmrec.ctr_experiments import HistorySweepConfig, format_history_sweep, run_history_sweep
+
+    cfg = resolve(HistorySweepConfig, args, args.config)
+    print(format_history_sweep(run_history_sweep(cfg)))
+    print(f"written {cfg.out}/history_sweep.json, history_sweep.md, history_sweep.png")
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     from llmrec.report import TableConfig, make_table
 
@@ -172,6 +190,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from llmrec.bench import BenchConfig
+    from llmrec.ctr_experiments import CtrEfficiencyConfig, HistorySweepConfig
     from llmrec.data.images import ImagesConfig
     from llmrec.data.importers import available_importers
     from llmrec.data.processing import PrepareConfig
@@ -240,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
         "efficiency", "tokens and inference time of item representations, side by side", _cmd_efficiency
     )
     add_arguments(p, EfficiencyConfig)
+
+    p = command(
+        "ctr-efficiency",
+        "HistLLM with vs without UHEM: prompt tokens, inference and training time",
+        _cmd_ctr_efficiency,
+    )
+    add_arguments(p, CtrEfficiencyConfig)
+
+    p = command(
+        "history-sweep",
+        "AUC/UAUC against the number of history items (TALLRec vs HistLLM)",
+        _cmd_history_sweep,
+    )
+    add_arguments(p, HistorySweepConfig)
 
     p = command("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table)
     p.add_argument("runs", nargs="+", help="run directories")

@@ -83,20 +83,27 @@ def _model(ds: Dataset, cfg: EfficiencyConfig, representation: str, image_featur
     return model.eval()
 
 
-def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(0)
-    ds = Dataset(cfg.data)
-    image_feature, zero_image = cfg.image_feature, False
-    if not (ds.features_dir / f"{cfg.image_feature}.json").exists():
-        image_feature, zero_image = DUMMY_IMAGE, True
+def zero_image_feature(ds: Dataset, name: str) -> tuple[str, bool]:
+    """(feature to use, whether it is a stand-in): ``name`` when the dataset has it, else an all-zero
+    timing stand-in written once into the store (an image token costs one token whatever it holds)."""
+    if (ds.features_dir / f"{name}.json").exists():
+        return name, False
+    if not (ds.features_dir / f"{DUMMY_IMAGE}.json").exists():
         spec = {
             "kind": "item",
             "encoder": "zeros (timing stand-in)",
             "ids_sha256": ids_checksum(ds.items["item_id"].astype(str).tolist()),
         }
         save_feature(ds.features_dir, DUMMY_IMAGE, np.zeros((ds.n_items, 8), dtype=np.float32), spec)
+    return DUMMY_IMAGE, True
+
+
+def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(0)
+    ds = Dataset(cfg.data)
+    image_feature, zero_image = zero_image_feature(ds, cfg.image_feature)
     seqs = ds.sequences
     result: dict[str, Any] = {
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},

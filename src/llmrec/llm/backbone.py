@@ -175,7 +175,10 @@ class Backbone(nn.Module):
         )
 
     def hidden(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, inject: dict[str, torch.Tensor] | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        inject: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """(B, T, d) final hidden states (after the last norm) from the decoder alone: no vocabulary
         projection of every position, which costs ~20% of a small LM's forward."""

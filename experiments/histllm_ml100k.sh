@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# HistLLM, its ablations and its LLM baselines on MovieLens-100K (CTR: rating >= 4 is a like, 5 history items),
+# SmolLM2-135M-Instruct, under one CPU budget: 512 training examples per step, valid AUC on 200 fixed rows,
+# test AUC/UAUC on 600 fixed (seeded) rows. Every two-step model reuses TALLRec's step-1 LoRA, as the paper's
+# step 1 is TALLRec training. No images exist for MovieLens, so every model here runs without VMA.
+set -euo pipefail
+THREADS=${THREADS:-1}
+OUT=${OUT:-runs/ml100k-ctr}
+DATA=data/ml-100k
+COMMON=(--data "$DATA" --splits test --ctr-examples 600 --threads "$THREADS"
+        -o train_examples=512 -o eval_examples=200 -o step1_epochs=1 -o epochs=1)
+[ -d "$DATA" ] || llmrec prepare ml-100k --out "$DATA"
+[ -f "$DATA/texts/from_title.parquet" ] || llmrec describe --data "$DATA" --mode from_title
+if [ ! -f "$DATA/features/mf_user.json" ]; then  # CIA: 256-d MF trained on the CTR labels (CoLLM)
+    [ -f runs/mf-ctr-ml100k/metrics.json ] || llmrec train mf --data "$DATA" --out runs/mf-ctr-ml100k \
+        -o objective=ctr -o dim=256 -o epochs=400 -o patience=10
+    llmrec features --data "$DATA" --cf runs/mf-ctr-ml100k
+fi
+run() { local name=$1 model=$2; shift 2; [ -f "$OUT/$name/metrics.json" ] || \
+        llmrec train "$model" --out "$OUT/$name" "${COMMON[@]}" "$@"; }
+STEP1=(-o step1_from="$OUT/tallrec")
+run tallrec tallrec
+run histllm-gru histllm "${STEP1[@]}"
+run collm collm "${STEP1[@]}"
+run histllm-transformer histllm -o encoder=transformer "${STEP1[@]}"
+run histllm-wo-uhem histllm -o history=inline "${STEP1[@]}"
+run histllm-wo-ke histllm -o ke=false "${STEP1[@]}"
+run tallrec-desc tallrec_desc
+run binllm binllm
+for cf in mf-ctr sasrec; do  # the CF models on the very same 600 test rows (same seed -> same rows)
+    if [ ! -f "$OUT/$cf/metrics.json" ] && [ -d "runs/$cf-ml100k" ]; then
+        rm -rf "$OUT/$cf" && cp -r "runs/$cf-ml100k" "$OUT/$cf" && rm -f "$OUT/$cf/metrics.json"
+        llmrec evaluate "$OUT/$cf" --splits test --ctr-examples 600 --no-ranking
+    fi
+done
+llmrec table "$OUT"/*/ --metrics auc uauc ctr_examples --out "$OUT/results"
