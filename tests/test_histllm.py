@@ -309,3 +309,23 @@ def test_history_sweep_trains_each_point_once(ctr_dataset, tiny_llm, tmp_path):
     run_history_sweep(cfg)  # finished points are not retrained
     assert (tmp_path / "sweep" / "tallrec-n1" / "metrics.json").stat().st_mtime == stamp
     assert (tmp_path / "sweep" / "history_sweep.png").exists()
+
+
+@pytest.mark.slow
+def test_default_backbone_on_movielens(tmp_path):
+    """SmolLM2 + MovieLens-100K CTR rows: Yes/No resolve to the words, the TALLRec prompt reads as in A.1."""
+    from llmrec.data.processing import PrepareConfig, prepare
+
+    prepare(PrepareConfig(dataset="ml-100k", out=str(tmp_path / "ml")))
+    ds = Dataset(tmp_path / "ml")
+    model = build_model("tallrec", {}, ds.n_users, ds.n_items)
+    model.attach(ds)
+    tok = model.backbone.tokenizer
+    assert [tok.decode([i]) for i in model.answer_ids] == ["Yes", "No"]
+    df = ds.ctr("test").head(16)
+    batch = model.prompts(df["user_idx"].to_numpy(), list(df["history"]), df["target"].to_numpy())
+    text = tok.decode(batch["ids"][0][batch["mask"][0].bool()])
+    assert "#Question: A user has given high ratings to the following movies: " in text
+    assert text.rstrip().endswith("<|im_start|>assistant")
+    scores = model.score_pairs(df["user_idx"].to_numpy(), list(df["history"]), df["target"].to_numpy())
+    assert scores.shape == (16,) and np.isfinite(scores).all() and scores.std() > 0

@@ -45,6 +45,13 @@ ILLMREC_QUICK: dict[str, object] = {
     "eval_users": 100,
 }
 
+# HistLLM vs TALLRec on the CTR task (like = rating >= 4), quick presets: HistLLM reuses TALLRec's LoRA as
+# its step 1 (the paper's step 1 is TALLRec training). KE is off here: generating the ~20-word descriptions
+# of 1,349 movies takes ~15 minutes on this CPU (llmrec describe; the README's full runs use them).
+CTR_QUICK: dict[str, object] = {"train_examples": 128, "eval_examples": 100, "step1_epochs": 1, "epochs": 1}
+CTR_TEST_ROWS = 300
+MF_CTR: dict[str, object] = {"objective": "ctr", "dim": 256, "epochs": 400, "patience": 10}
+
 
 def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     import torch
@@ -59,7 +66,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    print("== 1/4 prepare MovieLens-100K (recbole's copy), 5-core, leave-one-out, 100 frozen negatives")
+    print(
+        f"== 1/{5 if cfg.llm else 4} prepare MovieLens-100K (recbole's copy), 5-core, leave-one-out, 100 frozen negatives"
+    )
     meta = prepare(PrepareConfig(dataset="ml-100k", out=cfg.data, max_users=cfg.max_users, seed=cfg.seed))
     raw, final = meta["counts_raw"], meta["counts"]
     print(
@@ -69,12 +78,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
         f"   after filtering:  {final['users']:,} users, {final['items']:,} items, {final['interactions']:,} interactions"
     )
 
-    print("== 2/4 text features with all-MiniLM-L6-v2 (offline)")
+    print(f"== 2/{5 if cfg.llm else 4} text features with all-MiniLM-L6-v2 (offline)")
     for name, m in build_features(FeaturesConfig(data=cfg.data)).items():
         print(f"   {name}: {m['count']:,} x {m['dim']} ({m['encoder']})")
 
     if cfg.llm:
-        print("== 3/4 default LLM: SmolLM2-135M-Instruct from its GGUF (converted once, then cached)")
+        print("== 3/5 default LLM: SmolLM2-135M-Instruct from its GGUF (converted once, then cached)")
         from llmrec.assets import load_causal_lm
 
         t1 = time.perf_counter()
@@ -87,7 +96,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
         )
         del model
 
-    print("== 4/4 train and evaluate baselines")
+    steps = 5 if cfg.llm else 4
+    print(f"== 4/{steps} train and evaluate next-item models")
     results: dict[str, dict[str, float]] = {}
     breakdowns = {}
     models = dict(DEMO_MODELS)
@@ -117,7 +127,50 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     )
     plot_popularity_breakdown(breakdowns, Path(cfg.runs) / "popularity_breakdown.png")
     print(table)
+    if cfg.llm:
+        results.update(_ctr_demo(cfg))
     print(
         f"demo finished in {time.perf_counter() - t0:.0f}s; results in {cfg.runs}/results.md, results.csv and popularity_breakdown.png"
+    )
+    return results
+
+
+def _ctr_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
+    """Step 5: MF (CTR objective, also the CF tokens), TALLRec and HistLLM on the same seeded test rows."""
+    from llmrec.data.dataset import Dataset
+    from llmrec.features.build import export_cf_features
+    from llmrec.report import TableConfig, make_table
+    from llmrec.train import EvalConfig, TrainConfig, train
+
+    print(f"== 5/5 CTR (like = rating >= 4, 5 history items): AUC/UAUC on the same {CTR_TEST_ROWS} test rows")
+    runs = Path(cfg.runs)
+    plan = {
+        "mf_ctr": ("mf", MF_CTR),
+        "tallrec": ("tallrec", CTR_QUICK),
+        "histllm": ("histllm", {**CTR_QUICK, "ke": False, "step1_from": str(runs / "tallrec")}),
+    }
+    results = {}
+    for run_name, (model, options) in plan.items():
+        print(f"   {model} {options}")
+        train(
+            TrainConfig(
+                model=model,
+                data=cfg.data,
+                out=str(runs / run_name),
+                seed=cfg.seed,
+                threads=cfg.threads,
+                options=dict(options),
+                eval=EvalConfig(splits=["test"], ranking=False, ctr_examples=CTR_TEST_ROWS),
+            )
+        )
+        if model == "mf":  # CoLLM/HistLLM CF tokens come from this MF
+            export_cf_features(Dataset(cfg.data), runs / run_name)
+        results[run_name] = json.loads((runs / run_name / "metrics.json").read_text())["test"]
+    print(
+        make_table(
+            TableConfig(
+                runs=[str(runs / r) for r in plan], metrics=["auc", "uauc"], out=str(runs / "ctr_results")
+            )
+        )
     )
     return results
