@@ -113,6 +113,18 @@ def test_ctr_examples(tmp_path, synthetic):
         assert row["history"].tolist() == liked[-3:]
 
 
+def test_ctr_sampled_negatives_for_all_positive_sources(tmp_path, synthetic):
+    items, inter = synthetic
+    implicit = inter.assign(rating=np.nan)  # no ratings, no labels: every interaction is a positive
+    ds = _prepared(tmp_path / "d", (items, implicit), ctr_sampled_negatives=2)
+    rows = pd.concat([ds.ctr(s) for s in ("train", "valid", "test")])
+    assert (rows["label"] == 0).sum() == 2 * (rows["label"] == 1).sum()
+    for _, row in rows[rows["label"] == 0].iterrows():  # sampled items the user never interacted with
+        assert row["target"] not in set(ds.sequences[row["user_idx"]].tolist())
+    again = _prepared(tmp_path / "e", (items, implicit), ctr_sampled_negatives=2)
+    pd.testing.assert_frame_equal(again.ctr("test"), ds.ctr("test"))  # seeded
+
+
 def test_failed_write_keeps_previous_dataset(tmp_path, synthetic, monkeypatch):
     ds = _prepared(tmp_path / "d", synthetic)
     before = (ds.root / "eval" / "test_negatives.npy").read_bytes()
