@@ -385,8 +385,8 @@ class ILLMRec(TorchRecommender):
     ) -> torch.Tensor:
         """(B, d) last hidden state at [REC]: the LLM-guided user representation (Sec. 3.3.1)."""
         assert self.backbone is not None
-        out = self.backbone(ids, mask, self.inject(visual, cf, n_rec=len(ids)))
-        return self.backbone.last_hidden_at(out.hidden_states[-1], ids, "[REC]").float()
+        hidden = self.backbone.hidden(ids, mask, self.inject(visual, cf, n_rec=len(ids)))  # no vocabulary head
+        return self.backbone.last_hidden_at(hidden, ids, "[REC]").float()
 
     def item_vectors(self, feature: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """(n, d_s) projected item representations o_i for one feature type (all items when ``items`` is None)."""
