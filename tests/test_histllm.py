@@ -305,6 +305,7 @@ def test_history_sweep_trains_each_point_once(ctr_dataset, tiny_llm, tmp_path):
     ]
     saved = read_json(tmp_path / "sweep" / "histllm-n3" / "config.json")
     assert saved["options"]["history_len"] == 3
+    assert saved["options"]["step1_from"].endswith("tallrec-n3")  # step 1 = TALLRec at the same length
     stamp = (tmp_path / "sweep" / "tallrec-n1" / "metrics.json").stat().st_mtime
     run_history_sweep(cfg)  # finished points are not retrained
     assert (tmp_path / "sweep" / "tallrec-n1" / "metrics.json").stat().st_mtime == stamp

@@ -224,6 +224,10 @@ class HistorySweepConfig:
     model_options: dict[str, Any] = option(
         factory=dict, help="per-model options, e.g. --model-options 'histllm={step1_from: runs/x}'"
     )
+    step1_from_model: str | None = option(
+        "tallrec",
+        "two-step models reuse this model's run at the same length as their step 1 (None = train it)",
+    )
     ctr_examples: int | None = option(600, "test CTR rows per point (seeded: the same rows everywhere)")
     seed: int = option(42, "training seed")
     threads: int | None = option(None, "torch CPU threads")
@@ -239,7 +243,8 @@ def run_history_sweep(cfg: HistorySweepConfig) -> dict[str, Any]:
 
     out = Path(cfg.out)
     points = []
-    for name in cfg.models:
+    first = [m for m in cfg.models if m == cfg.step1_from_model]  # its runs must exist before the others'
+    for name in first + [m for m in cfg.models if m not in first]:
         for length in cfg.lengths:
             run_dir = out / f"{name}-n{length}"
             if not (run_dir / "metrics.json").exists():
@@ -250,7 +255,16 @@ def run_history_sweep(cfg: HistorySweepConfig) -> dict[str, Any]:
                         out=str(run_dir),
                         seed=cfg.seed,
                         threads=cfg.threads,
-                        options={**cfg.options, **cfg.model_options.get(name, {}), "history_len": length},
+                        options={
+                            **cfg.options,
+                            **(
+                                {"step1_from": str(out / f"{first[0]}-n{length}")}
+                                if first and name != first[0]
+                                else {}
+                            ),
+                            **cfg.model_options.get(name, {}),
+                            "history_len": length,
+                        },
                         eval=EvalConfig(splits=["test"], ranking=False, ctr_examples=cfg.ctr_examples),
                     )
                 )
