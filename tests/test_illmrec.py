@@ -136,14 +136,20 @@ def test_context_budget_drops_oldest(ill_dataset, tiny_llm):
     assert m.fit_history(hist, 10**6).tolist() == list(range(10))
 
 
-def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, tmp_path):
+@pytest.mark.parametrize("rec_norm", [False, True])
+def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, tmp_path, rec_norm):
     from llmrec.recommend import recommend
 
     torch.manual_seed(0)
     m = build_model(
-        "illmrec", {**SMALL, "backbone": {"llm": tiny_llm}}, ill_dataset.n_users, ill_dataset.n_items
+        "illmrec",
+        {**SMALL, "backbone": {"llm": tiny_llm}, "rec_norm": rec_norm},
+        ill_dataset.n_users,
+        ill_dataset.n_items,
     )
     m.fit(ill_dataset)
+    if rec_norm:  # the running statistics moved during training and travel with the model
+        assert not torch.equal(m.rec_norm.running_var, torch.ones_like(m.rec_norm.running_var))
     hist = ill_dataset.split("test").histories[:3]
     scores = m.score_all(np.arange(3), hist)
     assert scores.shape == (3, ill_dataset.n_items) and np.isfinite(scores).all()

@@ -80,6 +80,11 @@ class ILLMRecConfig(NeuralConfig):
     scaled_scores: bool = option(
         True, "divide affinities by sqrt(d_shared) (false = the paper's plain dot product; same ranking)"
     )
+    rec_norm: bool = option(
+        False,
+        "standardise the [REC] state per dimension (BatchNorm; running statistics at test) before the user "
+        "projectors: removes the component every prompt shares (not in the paper)",
+    )
     window_short: int = option(4, "training history windows: 2..window_short items ...")
     window_long: int = option(9, "... or 2..window_long items, each with probability 0.5")
     test_history: int = option(10, "items of history in evaluation prompts (the most recent)")
@@ -208,6 +213,7 @@ class ILLMRec(TorchRecommender):
             self.cf_adaptor = mlp_adaptor(feats["cf"].dim, cfg.adaptor_hidden, d)  # A-LLMRec-style CF token
         self.rec = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, d)))  # [REC]
         self.user_proj = nn.ModuleDict({t: projector(d, cfg.d_shared) for t in cfg.features})
+        self.rec_norm = nn.BatchNorm1d(d, affine=False) if cfg.rec_norm else nn.Identity()
         self.item_proj = nn.ModuleDict({t: projector(feats[t].dim, cfg.d_shared) for t in cfg.features})
         if "image" in cfg.features and not has_image.all():
             # image-less items are retrieved through their text feature, with a projector of its own
@@ -385,8 +391,10 @@ class ILLMRec(TorchRecommender):
     ) -> torch.Tensor:
         """(B, d) last hidden state at [REC]: the LLM-guided user representation (Sec. 3.3.1)."""
         assert self.backbone is not None
-        hidden = self.backbone.hidden(ids, mask, self.inject(visual, cf, n_rec=len(ids)))  # no vocabulary head
-        return self.backbone.last_hidden_at(hidden, ids, "[REC]").float()
+        hidden = self.backbone.hidden(
+            ids, mask, self.inject(visual, cf, n_rec=len(ids))
+        )  # no vocabulary head
+        return self.rec_norm(self.backbone.last_hidden_at(hidden, ids, "[REC]").float())
 
     def item_vectors(self, feature: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """(n, d_s) projected item representations o_i for one feature type (all items when ``items`` is None)."""
@@ -452,6 +460,7 @@ class ILLMRec(TorchRecommender):
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Only what training changes (adaptors, projectors, [REC], LoRA, counters): never the frozen LLM."""
         trainable = {n for n, p in self.named_parameters() if p.requires_grad} | {"epochs_started"}
+        trainable |= {n for n, _ in self.named_buffers() if n.startswith("rec_norm.")}  # running statistics
         if hasattr(self, "adaptor"):
             trainable |= {n for n, _ in self.named_parameters() if n.startswith("adaptor.")}
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}
