@@ -63,8 +63,9 @@ from llmrec.features.store import load_feature, load_item_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
 from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
 from llmrec.models.base import register_model
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender
-from llmrec.utils.io import read_json, write_json_atomic
+from llmrec.models.llm_base import FeatureBackedLLM
+from llmrec.models.neural import Batch, NeuralConfig
+from llmrec.utils.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,9 @@ class HistoryEncoder(nn.Module):
 
 
 @register_model("histllm")
-class HistLLM(TorchRecommender):
+class HistLLM(FeatureBackedLLM):
     config_cls = HistLLMConfig
+    weights_name = "histllm"
     cfg: HistLLMConfig
     tasks = ("ctr",)
     decoupled_weight_decay = True  # AdamW
@@ -530,15 +532,6 @@ class HistLLM(TorchRecommender):
             if not k.startswith("backbone.") or "lora_" in k
         }
 
-    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
-        unknown = set(state) - set(self.state_dict())
-        if unknown:
-            raise LlmrecError(
-                f"checkpoint has unknown weights {sorted(unknown)[:3]}",
-                hint="it belongs to another configuration",
-            )
-        self.load_state_dict(state, strict=False)
-
     def _save_lora(self, path: Path) -> None:
         from safetensors.torch import save_file
 
@@ -571,40 +564,11 @@ class HistLLM(TorchRecommender):
         self._load_lora(folder / "histllm.safetensors")
         log.info("step 1 LoRA reused from %s", folder)
 
-    def save_state(self, directory: Path) -> None:
-        from safetensors.torch import save_file
+    def sources_record(self) -> dict[str, Any]:
+        return {**self.source, "step1": self.step1_signature(), "image": self.use_image}
 
-        save_file(
-            {k: v.cpu().contiguous() for k, v in self.checkpoint_state().items()},
-            directory / "histllm.safetensors",
-        )
-        write_json_atomic(
-            directory / "sources.json",
-            {**self.source, "step1": self.step1_signature(), "image": self.use_image},
-        )
-
-    def load_state(self, directory: Path) -> None:
-        from safetensors.torch import load_file
-
-        source = read_json(directory / "sources.json")
-        root = Path(source["dataset"])
-        if not (root / "meta.json").exists():
-            raise LlmrecError(
-                "the dataset this model reads its features from is gone",
-                file=root,
-                hint=f"restore it or edit {directory / 'sources.json'}",
-            )
+    def before_attach(self, source: dict[str, Any]) -> None:
         self.cfg.image = bool(source.get("image", self.cfg.image))
-        self.attach(Dataset(root))
-        for role, ref in source["features"].items():
-            if self.source["features"].get(role, {}).get("sha256") != ref["sha256"]:
-                raise LlmrecError(
-                    f"feature '{ref['name']}' changed since the model was trained",
-                    file=root / "features",
-                    hint="restore it or retrain",
-                )
-        self.load_checkpoint_state(load_file(directory / "histllm.safetensors"))
-        self.eval()
 
 
 def binary_codes(users: np.ndarray, items: np.ndarray, bits: int) -> tuple[list[str], list[str]]:

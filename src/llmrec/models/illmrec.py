@@ -45,8 +45,8 @@ from llmrec.llm.prompts import (
     render_item,
 )
 from llmrec.models.base import register_model
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, trainable_users
-from llmrec.utils.io import read_json, write_json_atomic
+from llmrec.models.llm_base import FeatureBackedLLM
+from llmrec.models.neural import Batch, NeuralConfig, trainable_users
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,9 @@ def projector(d_in: int, d_s: int) -> nn.Sequential:
 
 
 @register_model("illmrec")
-class ILLMRec(TorchRecommender):
+class ILLMRec(FeatureBackedLLM):
     config_cls = ILLMRecConfig
+    weights_name = "illmrec"
     cfg: ILLMRecConfig
 
     def __init__(self, cfg: ILLMRecConfig, n_users: int, n_items: int) -> None:
@@ -464,44 +465,3 @@ class ILLMRec(TorchRecommender):
         if hasattr(self, "adaptor"):
             trainable |= {n for n, _ in self.named_parameters() if n.startswith("adaptor.")}
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}
-
-    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(state) - set(self.state_dict())
-        if missing:
-            raise LlmrecError(
-                f"checkpoint has unknown weights {sorted(missing)[:3]}",
-                hint="it belongs to another configuration",
-            )
-        self.load_state_dict(state, strict=False)
-
-    def save_state(self, directory: Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file(
-            {k: v.cpu().contiguous() for k, v in self.checkpoint_state().items()},
-            directory / "illmrec.safetensors",
-        )
-        write_json_atomic(directory / "sources.json", self.source)
-
-    def load_state(self, directory: Path) -> None:
-        from safetensors.torch import load_file
-
-        source = read_json(directory / "sources.json")
-        root = Path(source["dataset"])
-        if not (root / "meta.json").exists():
-            raise LlmrecError(
-                "the dataset this model reads its features from is gone",
-                file=root,
-                hint=f"restore it or edit {directory / 'sources.json'}",
-            )
-        self.attach(Dataset(root))
-        for role, ref in source["features"].items():
-            now = self.source["features"].get(role, {}).get("sha256")
-            if now != ref["sha256"]:
-                raise LlmrecError(
-                    f"feature '{ref['name']}' changed since the model was trained",
-                    file=root / "features",
-                    hint="restore it or retrain",
-                )
-        self.load_checkpoint_state(load_file(directory / "illmrec.safetensors"))
-        self.eval()
