@@ -276,6 +276,28 @@ def test_limit_and_load_texts_errors(synthetic_dataset, tiny_llm):
         run_describe(DescribeConfig(data=str(synthetic_dataset), llm=tiny_llm, prompt="About {plot}:"))
 
 
+def test_summaries_of_generated_descriptions(tmp_path, tiny_llm, monkeypatch):
+    """MovieLens has no descriptions: summary mode can summarise the from_title texts instead."""
+    data = items_dataset(tmp_path / "movies", MOVIES)
+    run_describe(DescribeConfig(data=str(data), llm=tiny_llm, max_new_tokens=6))
+    seen: list[str] = []
+    real = describe.generate_texts
+
+    def spy(model, tokenizer, prompts, *args):
+        seen.extend(prompts)
+        return real(model, tokenizer, prompts, *args)
+
+    monkeypatch.setattr(describe, "generate_texts", spy)
+    cfg = DescribeConfig(
+        data=str(data), llm=tiny_llm, mode="summary", description_texts="from_title", max_new_tokens=6
+    )
+    assert run_describe(cfg)["generated"] == 4
+    for text in load_texts(data, "from_title"):
+        assert sum(f"Description: {text}" in p for p in seen) >= 1
+    with pytest.raises(ConfigError, match="would read the texts this run is writing"):
+        run_describe(DescribeConfig(**{**vars(cfg), "description_texts": "summary"}))
+
+
 # ----------------------------------------------------------------------------- the real backbone
 
 

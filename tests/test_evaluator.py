@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llmrec.data.dataset import Dataset
-from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking
+from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking, rank_targets, seeded_rows
 from llmrec.models.base import Recommender, build_model, load_model
 
 
@@ -62,3 +62,16 @@ def test_popularity_scores_are_training_counts(synthetic_dataset):
     np.testing.assert_array_equal(model.score_all(np.array([0]), [np.array([0])])[0], ds.item_popularity)
     ctr, _ = evaluate_ctr(model, ds, "test")
     assert 0.0 <= ctr["auc"] <= 1.0 and 0.0 <= ctr["uauc"] <= 1.0
+
+
+def test_user_subset_ranks_are_the_full_runs_rows(synthetic_dataset):
+    ds = Dataset(synthetic_dataset)
+    model = build_model("popularity", {}, ds.n_users, ds.n_items)
+    model.fit(ds)
+    rows = seeded_rows(ds.n_users, 7)
+    assert len(rows) == 7 and np.array_equal(rows, seeded_rows(ds.n_users, 7))  # same seed, same users
+    assert np.array_equal(seeded_rows(5, 9), np.arange(5))
+    every = rank_targets(model, ds, "test", full=True, batch_size=4)
+    subset = rank_targets(model, ds, "test", full=True, batch_size=4, rows=rows)
+    for key in ("sampled", "full", "targets"):
+        assert np.array_equal(subset[key], every[key][rows])

@@ -72,3 +72,18 @@ def test_interrupted_training_resumes_to_the_same_model(synthetic_dataset, tmp_p
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     np.testing.assert_array_equal(_scores(tmp_path / "run", synthetic_dataset), reference)
+
+
+def test_ranking_on_a_user_subset_records_the_users(synthetic_dataset, tmp_path):
+    cfg = TrainConfig(
+        model="popularity",
+        data=str(synthetic_dataset),
+        out=str(tmp_path / "pop"),
+        eval=EvalConfig(splits=["test"], ctr=False, ranking_users=6),
+    )
+    run = train(cfg)
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    users = json.loads((run / "ranking_users.json").read_text())["test"]
+    assert metrics["ranking_users"] == 6 and len(set(users)) == 6
+    with pytest.raises(Exception, match="ranking_users must be >= 1"):
+        EvalConfig(ranking_users=0)

@@ -26,7 +26,7 @@ from llmrec.assets import DEFAULT_LLM
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError
-from llmrec.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from llmrec.utils.io import read_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,9 @@ def format_ctr_efficiency(r: dict[str, Any]) -> str:
 
 
 def plot_ctr_efficiency(r: dict[str, Any], path: Path) -> None:
-    from llmrec.plots import _pyplot
+    from llmrec.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     keys = [("prompt_tokens", "prompt tokens"), ("inference_s_per_100", "inference s / 100 examples")]
     if any("train_s_per_100" in p for p in r["points"]):
         keys.append(("train_s_per_100", "step-2 training s / 100 examples"))
@@ -204,10 +204,7 @@ def plot_ctr_efficiency(r: dict[str, Any], path: Path) -> None:
         ax.set_xticks(x, [f"{L} items" for L in lengths])
         ax.set_title(label)
     np.atleast_1d(axes)[0].legend()
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- Fig. 4: number of history items
@@ -296,9 +293,9 @@ def format_history_sweep(r: dict[str, Any]) -> str:
 
 
 def plot_history_sweep(r: dict[str, Any], path: Path) -> None:
-    from llmrec.plots import _pyplot
+    from llmrec.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("auc", "uauc")):
         for name in dict.fromkeys(p["model"] for p in r["points"]):
@@ -307,7 +304,4 @@ def plot_history_sweep(r: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("history items in the prompt")
         ax.set_ylabel(f"test {metric.upper()}")
         ax.legend()
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

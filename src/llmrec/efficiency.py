@@ -24,7 +24,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.prompts import REPRESENTATIONS, ire_prompt
-from llmrec.utils.io import atomic_path, write_json_atomic, write_text_atomic
+from llmrec.utils.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 DUMMY_IMAGE = "efficiency_zero_image"
@@ -188,9 +188,9 @@ def format_efficiency(r: dict[str, Any]) -> str:
 
 
 def plot_efficiency(r: dict[str, Any], path: Path) -> None:
-    from llmrec.plots import _pyplot
+    from llmrec.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     reps = list(r["tokens"])
     ax1.bar(reps, [r["tokens"][k]["per_item_mean"] for k in reps], color="tab:blue")
@@ -204,7 +204,4 @@ def plot_efficiency(r: dict[str, Any], path: Path) -> None:
     ax2.set_ylabel("seconds per 100 users")
     ax2.set_title("inference time")
     ax2.legend()
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

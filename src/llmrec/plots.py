@@ -9,7 +9,8 @@ from typing import Any
 from llmrec.utils.io import atomic_path
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend (imported on first use: the CLI starts faster)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,11 +19,19 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Lay out, write ``fig`` as a PNG through a temporary file (a reader never sees half a plot), close it."""
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    pyplot().close(fig)
+
+
 def plot_popularity_breakdown(
     breakdowns: dict[str, Sequence[dict[str, float]]], path: str | Path, metric: str = "hit@10"
 ) -> None:
     """Grouped bars: ``metric`` per item-popularity group (0 = least popular), one bar series per model."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     names = list(breakdowns)
     width = 0.8 / max(len(names), 1)
@@ -39,15 +48,12 @@ def plot_popularity_breakdown(
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} by item popularity")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_training_curve(history: Sequence[dict[str, float]], path: str | Path, title: str = "") -> None:
     """Training loss and the validation metric per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="training loss")
@@ -63,7 +69,4 @@ def plot_training_curve(history: Sequence[dict[str, float]], path: str | Path, t
         ax2.plot([h["epoch"] for h in evals], [h[metric] for h in evals], "o-", color="tab:red", label=metric)
         ax2.set_ylabel(metric, color="tab:red")
     ax.set_title(title or "training")
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -13,7 +13,7 @@ import torch
 
 from llmrec.config import ConfigError, from_dict, option
 from llmrec.data.dataset import Dataset
-from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking
+from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking, seeded_rows
 from llmrec.models.base import Recommender, build_model, load_model
 from llmrec.plots import plot_popularity_breakdown
 from llmrec.runs import Run, default_run_name
@@ -34,6 +34,9 @@ class EvalConfig:
     ctr_examples: int | None = option(
         None, "CTR on a seeded random subset of this many examples per split (None = all; rows recorded)"
     )
+    ranking_users: int | None = option(
+        None, "rank for a seeded random subset of this many users per split (None = all; users recorded)"
+    )
     batch_size: int = option(256, "users per scoring batch")
 
     def __post_init__(self) -> None:
@@ -42,6 +45,9 @@ class EvalConfig:
             raise ConfigError(f"unknown split(s) {bad}; use valid and/or test")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"ks must be positive integers, got {self.ks}")
+        for name in ("ctr_examples", "ranking_users"):
+            if (value := getattr(self, name)) is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 (or unset for all), got {value}")
 
 
 @dataclass
@@ -69,19 +75,24 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
     results: dict[str, dict[str, float]] = {}
     breakdowns: dict[str, Any] = {}
     ctr_rows: dict[str, list[int]] = {}
+    ranked_users: dict[str, list[int]] = {}
     ranking = cfg.ranking and "ranking" in model.tasks
     for split in cfg.splits:
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         if ranking:
+            rows = seeded_rows(len(ds.split(split).users), cfg.ranking_users)  # type: ignore[arg-type]
             metrics, breakdowns[split] = evaluate_ranking(
                 model,
                 ds,
-                split,
+                split,  # type: ignore[arg-type]
                 cfg.ks,
                 cfg.full_ranking,
-                cfg.batch_size,  # type: ignore[arg-type]
+                cfg.batch_size,
+                rows,
             )
+            metrics["ranking_users"] = len(rows)
+            ranked_users[split] = ds.split(split).users[rows].tolist()  # type: ignore[arg-type]
         if (cfg.ctr or "ranking" not in model.tasks) and (ds.root / "ctr").exists():
             if ds.ctr(split)["label"].nunique() == 2:  # type: ignore[arg-type]
                 ctr, rows = evaluate_ctr(
@@ -101,6 +112,8 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
         log.info("%s %s: %s", model.name, split, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     if cfg.ctr_examples is not None and ctr_rows:
         run.write_json("ctr_rows.json", ctr_rows)  # which CTR rows were scored: the subset is reproducible
+    if cfg.ranking_users is not None and ranked_users:
+        run.write_json("ranking_users.json", ranked_users)  # which users were ranked
     if breakdowns:
         run.write_json("breakdown.json", breakdowns)
     if "test" in breakdowns:

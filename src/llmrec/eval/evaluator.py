@@ -18,17 +18,33 @@ def _batches(n: int, size: int, desc: str) -> Any:
     return tqdm(starts, desc=desc, unit=" batch", disable=None, leave=False)
 
 
+def seeded_rows(n: int, max_rows: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of a seeded uniform subset of ``max_rows`` of ``n`` rows (all rows when None or
+    ``max_rows >= n``): the same seed gives the same rows to every model, so subsets stay comparable."""
+    if max_rows is None or max_rows >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+
+
 def rank_targets(
-    model: Recommender, ds: Dataset, split: Split, full: bool, batch_size: int = 256
+    model: Recommender,
+    ds: Dataset,
+    split: Split,
+    full: bool,
+    batch_size: int = 256,
+    rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """0-based target ranks per user: among target + frozen negatives, and (if ``full``) over the catalog."""
+    """0-based target ranks per user: among target + frozen negatives, and (if ``full``) over the catalog.
+    ``rows`` restricts the evaluation to those users of the split (indices into it)."""
     data = ds.split(split)
-    negatives = ds.negatives(split)
-    sampled = np.empty(len(data.users), dtype=np.int64)
-    full_r = np.empty(len(data.users), dtype=np.int64) if full else None
-    for s in _batches(len(data.users), batch_size, f"evaluate {split}"):
+    rows = np.arange(len(data.users)) if rows is None else rows
+    negatives = ds.negatives(split)[rows]
+    all_users, all_hist, all_targets = data.users[rows], [data.histories[r] for r in rows], data.targets[rows]
+    sampled = np.empty(len(rows), dtype=np.int64)
+    full_r = np.empty(len(rows), dtype=np.int64) if full else None
+    for s in _batches(len(rows), batch_size, f"evaluate {split}"):
         sl = slice(s, s + batch_size)
-        users, hist, targets = data.users[sl], data.histories[sl], data.targets[sl]
+        users, hist, targets = all_users[sl], all_hist[sl], all_targets[sl]
         if full:
             scores = np.asarray(model.score_all(users, hist))  # (B, N)
             cand = np.concatenate([targets[:, None], negatives[sl]], axis=1)
@@ -37,7 +53,7 @@ def rank_targets(
         else:
             cand = np.concatenate([targets[:, None], negatives[sl]], axis=1)  # (B, 1 + n_neg), target first
             sampled[sl] = target_ranks(np.asarray(model.score(users, hist, cand)))
-    out = {"sampled": sampled, "targets": data.targets}
+    out = {"sampled": sampled, "targets": all_targets}
     if full_r is not None:
         out["full"] = full_r
     return out
@@ -50,10 +66,12 @@ def evaluate_ranking(
     ks: Sequence[int] = (5, 10),
     full: bool = True,
     batch_size: int = 256,
+    rows: np.ndarray | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Ranking metrics of a split (``hit@k``, ``ndcg@k``, ``mrr``; ``full_*`` over the whole catalog)
-    and the breakdown by target-item popularity (5 equal-size groups of items by training count)."""
-    ranks = rank_targets(model, ds, split, full, batch_size)
+    and the breakdown by target-item popularity (5 equal-size groups of items by training count).
+    ``rows`` (see :func:`seeded_rows`) evaluates a subset of the split's users (for slow LLM scorers)."""
+    ranks = rank_targets(model, ds, split, full, batch_size, rows)
     metrics = ranking_metrics(ranks["sampled"], ks)
     if "full" in ranks:
         metrics.update({f"full_{k}": v for k, v in ranking_metrics(ranks["full"], ks).items()})
@@ -75,10 +93,8 @@ def evaluate_ctr(
     and split always give the same rows, returned so the caller can record them.
     """
     df = ds.ctr(split)
-    rows = np.arange(len(df))
-    if max_examples is not None and max_examples < len(df):
-        rows = np.sort(np.random.default_rng(seed).choice(len(df), size=max_examples, replace=False))
-        df = df.iloc[rows].reset_index(drop=True)
+    rows = seeded_rows(len(df), max_examples, seed)
+    df = df.iloc[rows].reset_index(drop=True)
     histories = [np.asarray(h, dtype=np.int64) for h in df["history"]]
     users, targets = df["user_idx"].to_numpy(), df["target"].to_numpy().astype(np.int64)
     scores = np.empty(len(df), dtype=np.float64)

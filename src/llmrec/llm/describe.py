@@ -79,6 +79,9 @@ class DescribeConfig:
     )
     llm: str = option(DEFAULT_LLM, "causal LM: alias, local folder, hub id or .gguf file")
     name: str | None = option(None, "output name: texts/<name>.parquet (default: the mode)")
+    description_texts: str | None = option(
+        None, "fill {description} with earlier generated texts (e.g. summarise from_title descriptions)"
+    )
     max_new_tokens: int = option(48, "most tokens generated per item (greedy decoding)")
     batch_size: int = option(16, "prompts per generate() call")
     device: str = option("cpu", "torch device for the LM")
@@ -267,6 +270,11 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
     path, manifest_path = texts_paths(ds.root, name)
     items = ds.items.assign(item_id=ds.items["item_id"].astype(str))
     fields = [prompt_fields(r) for r in items.to_dict("records")]
+    if cfg.description_texts is not None:
+        if cfg.description_texts == name:
+            raise ConfigError(f"description_texts {name!r} would read the texts this run is writing")
+        for f, text in zip(fields, load_texts(ds.root, cfg.description_texts)):
+            f["description"] = text
     check_template(cfg.template, set().union(*(f.keys() for f in fields)) if fields else set())
 
     model, tokenizer = load_causal_lm(cfg.llm, device=cfg.device)
