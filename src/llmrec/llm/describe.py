@@ -330,7 +330,7 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
         )
 
     log.info("describe '%s': %d items to generate, %d cached", name, len(todo), reused)
-    t0 = time.perf_counter()
+    t0 = last_note = time.perf_counter()
     with tqdm(total=len(todo), desc=f"describe {name}", unit="item", disable=None) as bar:
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start : start + cfg.batch_size]
@@ -340,6 +340,10 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
                 done[ids[j]] = (clean_text(text, fallback), keys[j])
             checkpoint()
             bar.update(len(batch))
+            if time.perf_counter() - last_note > 60:  # the log (and a non-terminal) still sees progress
+                rate = bar.n / (time.perf_counter() - t0)
+                log.info("describe '%s': %d/%d items, %.2f items/s", name, bar.n, len(todo), rate)
+                last_note = time.perf_counter()
     if not todo and (stale or not path.exists() or not manifest_path.exists()):
         checkpoint()  # nothing generated, but stale rows were dropped or the files are new
     seconds = time.perf_counter() - t0
