@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 
 from llmrec.config import ConfigError, from_dict, option
 from llmrec.data.dataset import Dataset
@@ -17,6 +19,7 @@ from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking, seeded_rows
 from llmrec.models.base import Recommender, build_model, load_model
 from llmrec.plots import plot_popularity_breakdown
 from llmrec.runs import Run, default_run_name
+from llmrec.trainer import accelerator_for
 from llmrec.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -121,14 +124,42 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
     return results
 
 
+@dataclass
+class _MainRunDir:
+    """The run as a process other than the main one sees it: the directory where the main process writes
+    and from whose checkpoint every process resumes. It writes nothing there."""
+
+    root: Path
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Fit, save and evaluate; returns the run directory."""
+    """Fit, save and evaluate; returns the run directory.
+
+    Started as several processes (``accelerate launch``), every process trains in step and only the main
+    one writes the run directory (config, log, checkpoints, model, evaluation); the others wait for it.
+    """
     ds = Dataset(cfg.data)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, cfg.options, ds.n_users, ds.n_items)
+    accelerator = accelerator_for(model)  # joins the other processes before the model loads onto a GPU
+    if (
+        accelerator.num_processes == 1
+        and os.environ.get("ACCELERATE_USE_CPU") == "True"
+        and "MASTER_ADDR" in os.environ
+    ):
+        log.warning(
+            "one process only: `accelerate launch --cpu --num_processes N` starts N processes through mpirun "
+            "alone; use `accelerate launch --multi_gpu --num_processes N` (with device=cpu they use gloo) or torchrun"
+        )
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg.model, cfg.data)
+    [run_dir] = broadcast_object_list([run_dir])  # the main process's timestamp names the run everywhere
+    if not accelerator.is_main_process:
+        logging.getLogger("llmrec").setLevel(logging.WARNING)  # the main process logs the run
+        model.fit(ds, _MainRunDir(run_dir))
+        accelerator.wait_for_everyone()
+        return run_dir
     with Run(run_dir, cfg) as run:
         log.info("training %s on %s (%d users, %d items)", cfg.model, ds.root, ds.n_users, ds.n_items)
         t0 = time.perf_counter()
@@ -136,6 +167,7 @@ def train(cfg: TrainConfig) -> Path:
         run.log_metrics("train", {"fit_seconds": time.perf_counter() - t0})
         model.save(run.model_dir)
         evaluate_model(model, ds, cfg.eval, run)
+    accelerator.wait_for_everyone()
     return run_dir
 
 

@@ -8,24 +8,46 @@ valid AUC; the run records it as ``best_<name>``. With a run directory, a checkp
 RNG states, best so far) is written atomically after every epoch, so an interrupted run resumes where it
 stopped when started again with the same run directory; ``history.json`` and ``training_curve.png``
 record loss and validation metrics.
+
+Devices, mixed precision and several processes go through ``accelerate``. Started as N processes
+(``accelerate launch --multi_gpu --num_processes N -m llmrec train ...``, or ``torchrun``), every process
+builds every batch of an epoch from the same seeded rng and trains on every N-th one, its disjoint share;
+each step's gradients are averaged over the processes in one all-reduce before the optimiser step, so
+all processes keep the same weights. (Models compute their loss with ``model.loss(batch)``, not
+``forward``, which DistributedDataParallel would not see.) Every process validates the same weights on
+the same users, the main process's numbers decide early stopping everywhere, and only the main process
+writes checkpoints, history and curves. One process runs exactly the loop it ran before accelerate.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
+import os
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import InitProcessGroupKwargs, broadcast, broadcast_object_list
 from tqdm.auto import tqdm
 
+from llmrec.errors import ConfigError
 from llmrec.eval.evaluator import evaluate_ranking
-from llmrec.models.neural import TorchRecommender
+from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender
 from llmrec.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
+
+# our option's names -> accelerate's ("no" would be read as false from YAML and -o KEY=VALUE)
+_PRECISION = {"none": "no", "bf16": "bf16", "fp16": "fp16"}
+# how long a process waits for the others: at the end of ``llmrec train`` the other processes wait
+# while the main one evaluates, which can take hours for an LLM
+_PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=24)
 
 
 def fit(
@@ -41,24 +63,34 @@ def fit(
     cfg = model.cfg
     epochs = epochs or cfg.epochs
     suffix = f"-{stage}" if stage else ""
-    model.to(cfg.device)
+    accelerator = accelerator_for(model)
+    n, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    # alone, the device as configured (e.g. cuda:1); launched, the one the launcher gave this process
+    device = torch.device(cfg.device) if n == 1 else accelerator.device
+    device = torch.device("cpu") if device.type == "cpu" else device  # torch.load cannot map to "cpu:0"
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if getattr(model, "decoupled_weight_decay", False) else torch.optim.Adam
-    opt = opt_cls(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=lr or cfg.lr,
-        betas=(0.9, 0.98),
-        weight_decay=cfg.weight_decay,
+    opt = opt_cls(params, lr=lr or cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    opt = accelerator.prepare_optimizer(opt, device_placement=False)  # steps through the fp16 loss scaler
+    rng = np.random.default_rng(torch.initial_seed() % 2**32)  # the same on every process
+    n_params = sum(p.numel() for p in params)
+    log.info(
+        "%s%s: %s trainable parameters%s",
+        model.name,
+        f" {stage}" if stage else "",
+        f"{n_params:,}",
+        f", {n} processes" if n > 1 else "",
     )
-    rng = np.random.default_rng(torch.initial_seed() % 2**32)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("%s%s: %s trainable parameters", model.name, f" {stage}" if stage else "", f"{n_params:,}")
     state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": []}
     best_weights = model.checkpoint_state()
     ckpt = run.root / f"checkpoint{suffix}.pt" if run is not None else None
-    if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, map_location=cfg.device, weights_only=False)
+    if ckpt is not None and ckpt.exists():  # every process resumes from the main process's checkpoint
+        saved = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_checkpoint_state(saved["model"])
         opt.load_state_dict(saved["optimizer"])
+        if accelerator.scaler is not None and saved.get("scaler"):
+            accelerator.scaler.load_state_dict(saved["scaler"])
         best_weights = saved["best_weights"]
         state = saved["state"]
         rng.bit_generator.state = saved["rng"]
@@ -70,28 +102,37 @@ def fit(
             state.get("metric", "valid_ndcg@10"),
             state["best"],
         )
+    if n > 1:  # as DistributedDataParallel does: every process starts from the main process's weights
+        _broadcast_from_main(params + _float_buffers(model))
     eval_ds = _eval_subset(ds, cfg.eval_users)
     while state["epoch"] < epochs and state["bad"] < cfg.patience:
         epoch = state["epoch"] + 1
         model.train()
         t0, total, steps = time.perf_counter(), 0.0, 0
         last_note = t0
+        n_batches = model.num_train_batches(ds)
         bar = tqdm(
-            model.train_batches(ds, rng),
-            total=model.num_train_batches(ds),
+            _my_share(model.train_batches(ds, rng), n, rank),
+            total=None if n_batches is None else -(-n_batches // n),
             desc=f"{stage + ' ' if stage else ''}epoch {epoch}/{epochs}",
             leave=False,
-            disable=None,
+            disable=None if main else True,
         )
         for batch in bar:
-            batch = {k: v.to(cfg.device) for k, v in batch.items()}
-            loss = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            if batch is None:  # past the end of a short last round: this process adds nothing
+                loss = torch.zeros((), device=device)
+            else:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with accelerator.autocast():
+                    loss = model.loss(batch)
+                accelerator.backward(loss)
+            if n > 1:
+                loss = _average_gradients(accelerator, params, loss, batch is not None)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{model.name}: loss became {loss.item()} at epoch {epoch}, step {steps}; lower --lr"
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             opt.step()
             total += loss.item()
             steps += 1
@@ -106,6 +147,8 @@ def fit(
                     (time.perf_counter() - t0) / steps,
                 )
                 last_note = time.perf_counter()
+        if n > 1:  # e.g. BatchNorm statistics, which each process gathered from its own batches
+            _broadcast_from_main(_float_buffers(model))
         record: dict[str, float] = {
             "epoch": epoch,
             "loss": total / max(steps, 1),
@@ -113,6 +156,8 @@ def fit(
         }
         if epoch % cfg.eval_every == 0 or epoch == epochs:
             criterion, metrics = validate(model, eval_ds)
+            if n > 1:  # the processes decide on the same numbers even if their kernels differ in the last bit
+                criterion, metrics = broadcast_object_list([criterion, metrics])
             record.update(metrics)
             state["metric"] = criterion
             if metrics[criterion] > state["best"]:
@@ -131,12 +176,13 @@ def fit(
             )
         state["epoch"] = epoch
         state["history"].append(record)
-        if ckpt is not None:
+        if ckpt is not None and main:
             with atomic_path(ckpt) as tmp:
                 torch.save(
                     {
                         "model": model.checkpoint_state(),
                         "optimizer": opt.state_dict(),
+                        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                         "best_weights": best_weights,
                         "state": state,
                         "rng": rng.bit_generator.state,
@@ -150,7 +196,7 @@ def fit(
             "early stop at epoch %d: no better %s for %d validations", state["epoch"], criterion, cfg.patience
         )
     model.load_checkpoint_state(best_weights)
-    if run is not None:
+    if run is not None and main:
         run.write_json(f"history{suffix}.json", state["history"])
         prefix = f"{stage}_" if stage else ""
         run.log_metrics(
@@ -170,6 +216,92 @@ def fit(
             missing_ok=True
         )  # the trained model is saved by the caller; a finished run has nothing to resume
     return state["history"]
+
+
+def accelerator_for(model: Any) -> Accelerator:
+    """The Accelerator that trains ``model``: on its ``device`` and with its ``mixed_precision`` (CPU and
+    full precision for models without these options).
+
+    Under ``accelerate launch`` or ``torchrun`` the first call joins the other processes and makes this
+    process's own GPU (cuda:<local rank>) the current one, so call it before the model puts weights on a
+    GPU (``llmrec train`` does). A process on its own gets a fresh accelerate state at every call:
+    accelerate keeps one device and precision per process, and one process may train several models.
+    """
+    cfg = model.cfg
+    device, precision = (
+        (cfg.device, cfg.mixed_precision) if isinstance(cfg, NeuralConfig) else ("cpu", "none")
+    )
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` was told
+    if launched not in ("no", _PRECISION[precision]):
+        raise ConfigError(
+            f"accelerate launch asks for mixed precision {launched} but the model option mixed_precision is "
+            f"{precision}; pass -o mixed_precision={launched} instead (the option is saved with the run)"
+        )
+    if not torch.distributed.is_initialized():
+        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(
+        cpu=device == "cpu",
+        mixed_precision=_PRECISION[precision],
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=_PROCESS_GROUP_TIMEOUT)],
+    )
+    if precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("mixed_precision=fp16 needs a GPU (-o device=cuda); on the CPU use bf16")
+    return accelerator
+
+
+def _my_share(batches: Iterable[Batch], n: int, rank: int) -> Iterator[Batch | None]:
+    """Of every ``n`` consecutive batches, the ``rank``-th: this process's disjoint share of an epoch.
+
+    Every process builds every batch, so the rng that makes them stays the same everywhere; in a short last
+    round the processes past its end get ``None``, so that all processes take the same number of steps.
+    """
+    mine: Batch | None = None
+    seen = 0
+    for seen, batch in enumerate(batches, 1):
+        if (seen - 1) % n == rank:
+            mine = batch
+        if seen % n == 0:  # a round is complete
+            yield mine
+            mine = None
+    if seen % n:
+        yield mine
+
+
+def _average_gradients(
+    accelerator: Accelerator, params: list[torch.nn.Parameter], loss: torch.Tensor, had_batch: bool
+) -> torch.Tensor:
+    """Replace every gradient by its mean over the processes that had a batch this step (one all-reduce)
+    and return their mean loss.
+
+    A parameter outside this process's graph counts as a zero gradient, as in DistributedDataParallel; one
+    outside every process's graph keeps no gradient, so the optimiser skips it as it would in one process.
+    """
+    sizes = [p.numel() for p in params]
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
+        + [
+            torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=loss.device),
+            torch.stack([loss.detach().float(), torch.tensor(float(had_batch), device=loss.device)]),
+        ]
+    )  # (sum(sizes) + len(params) + 2,)
+    flat = accelerator.reduce(flat, "sum")
+    grads, present, (loss_sum, count) = flat[: sum(sizes)].split(sizes), flat[sum(sizes) : -2], flat[-2:]
+    for p, g, anywhere in zip(params, grads, present.tolist()):
+        p.grad = (g / count).view_as(p).to(p.dtype) if anywhere else None
+    return loss_sum / count
+
+
+def _float_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Persistent floating-point buffers, e.g. BatchNorm statistics (feature tables are not persistent)."""
+    buffers = {name for name, _ in model.named_buffers()}
+    return [t for name, t in model.state_dict().items() if name in buffers and t.is_floating_point()]
+
+
+def _broadcast_from_main(tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` in place with the main process's values."""
+    with torch.no_grad():
+        for t in tensors:
+            broadcast(t, from_process=0)
 
 
 def validate(model: TorchRecommender, ds: Any) -> tuple[str, dict[str, float]]:

@@ -11,7 +11,7 @@ import abc
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,7 +35,11 @@ class NeuralConfig(ModelConfig):
     patience: int = option(20, "stop after this many validations without a better validation metric")
     eval_every: int = option(1, "epochs between validations")
     eval_users: int | None = option(None, "validate on a fixed random subset of users (None = all)")
-    device: str = option("cpu", "torch device")
+    device: str = option("cpu", "torch device (under accelerate launch: cpu, or each process's own GPU)")
+    mixed_precision: Literal["none", "bf16", "fp16"] = option(
+        "none",
+        "autocast of the training loss (bf16: CPU or GPU; fp16: GPU, loss-scaled); weights keep their dtype",
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_every"):
