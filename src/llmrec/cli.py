@@ -72,7 +72,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = resolve(TrainConfig, args, args.config, nested={"eval": EvalConfig})
     run_dir = train(cfg)
-    _print_metrics(run_dir)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # launched as several processes, the main one reports
+        _print_metrics(run_dir)
     return 0
 
 
