@@ -193,7 +193,10 @@ def shape_dataset(tmp_path):
     from llmrec.data.schema import make_interactions, make_items
 
     rng = np.random.default_rng(2)
-    items = make_items([{"item_id": f"i{i:03d}", "title": "Item"} for i in range(24)], source="t")
+    items = make_items(
+        [{"item_id": f"i{i:03d}", "title": "Item", "category": f"shape{i % 4}"} for i in range(24)],
+        source="t",
+    )
     rows = []
     for u in range(40):
         shape = int(rng.integers(4))
@@ -243,3 +246,31 @@ def test_image_token_carries_the_picture_through_the_llm(shape_dataset, tiny_llm
     blind.fit(ds)
     seen, control = _right_shape_share(seeing, ds, shapes), _right_shape_share(blind, ds, shapes)
     assert seen > 0.6 and control < 0.4, (seen, control)  # chance: 0.25
+
+
+@pytest.mark.parametrize("representation", ["image", "title"])
+def test_probe_reads_the_picture_from_the_user_state(shape_dataset, tiny_llm, tmp_path, representation):
+    """``llmrec probe``: the last item's shape is decodable from [REC] only when its picture is in the prompt."""
+    from llmrec.probe import ProbeConfig, run_probe
+    from llmrec.train import EvalConfig, TrainConfig, train
+
+    ds, _ = shape_dataset
+    opts = {**SMALL, "backbone": {"llm": tiny_llm}, "features": ["image"], "ila": False, "test_history": 2}
+    run = train(
+        TrainConfig(
+            model="illmrec",
+            data=str(ds.root),
+            out=str(tmp_path / representation),
+            options={**opts, "representation": representation},
+            eval=EvalConfig(splits=["test"], ctr=False),
+        )
+    )
+    result = run_probe(ProbeConfig(run=str(run), fields=["category"], untrained=True))
+    shape = result["fields"]["category"]
+    assert result["users"] == ds.n_users and (run / "probe-untrained.md").exists()
+    if representation == "image":
+        assert shape["last"] > 0.9 and shape["next"] > 0.9, shape  # the rule: next shape = last + 1
+    else:
+        assert shape["last"] < 0.5 and shape["next"] < 0.5, shape  # identical titles: chance is 0.25
+    trained = run_probe(ProbeConfig(run=str(run), fields=["category"]))
+    assert set(trained["fields"]["category"]) == {"next", "next_majority", "last", "last_majority"}

@@ -110,6 +110,17 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from llmrec.probe import ProbeConfig, format_probe, run_probe
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(format_probe(run_probe(resolve(ProbeConfig, args, args.config))), end="")
+    return 0
+
+
 def _cmd_describe(args: argparse.Namespace) -> int:
     from llmrec.llm.describe import DescribeConfig, run_describe
 
@@ -202,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llmrec.features.build import FeaturesConfig
     from llmrec.llm.describe import DescribeConfig
     from llmrec.models.base import available_models
+    from llmrec.probe import ProbeConfig
     from llmrec.report import TableConfig
     from llmrec.train import EvalConfig, TrainConfig
 
@@ -251,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
     p.add_argument("--data", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command(
+        "probe",
+        "linear probe: which item attributes a model's user states encode (I-LLMRec [REC])",
+        _cmd_probe,
+    )
+    add_arguments(p, ProbeConfig)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     p = command(
         "describe", "generate item texts with an LLM (TRSR summaries, HistLLM descriptions)", _cmd_describe

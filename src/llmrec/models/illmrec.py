@@ -437,21 +437,30 @@ class ILLMRec(FeatureBackedLLM):
         return total
 
     # ------------------------------------------------------------------ scoring (Eq. 8)
-    def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+    def _state_chunks(self, histories: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        """(b, d) user states of the evaluation prompts (the last ``test_history`` items), chunk by chunk."""
         if self.backbone is None:
             raise LlmrecError("illmrec is not attached to a dataset", hint="fit it or load a saved model")
-        items = {t: self.item_vectors(t) for t in self.cfg.features}  # (N, d_s) each
-        out = []
         for s in range(0, len(histories), self.cfg.score_batch_size):
             chunk = [
                 np.asarray(h)[-self.cfg.test_history :] for h in histories[s : s + self.cfg.score_batch_size]
             ]
             enc = {k: v.to(self.rec.device) for k, v in self.build_ire(chunk).items()}
-            h = self.user_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])  # (b, d)
-            out.append(
-                sum(self.user_proj[t](h) @ items[t].T for t in self.cfg.features) * self.score_scale
-            )  # (b, N)
+            yield self.user_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])
+
+    def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        items = {t: self.item_vectors(t) for t in self.cfg.features}  # (N, d_s) each
+        out = [
+            sum(self.user_proj[t](h) @ items[t].T for t in self.cfg.features) * self.score_scale  # (b, N)
+            for h in self._state_chunks(histories)
+        ]
         return torch.cat(out)  # (B, N)
+
+    @torch.no_grad()
+    def user_representations(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(U, d) the [REC] states the IRE projectors read, for inspection (``llmrec probe``)."""
+        self.eval()
+        return torch.cat(list(self._state_chunks(histories))).float().cpu().numpy()
 
     # ------------------------------------------------------------------ persistence
     def fit(self, dataset: Any, run: Any | None = None) -> None:
