@@ -27,8 +27,11 @@ run attribute -o representation=attribute
 run cf -o representation=cf
 run description -o representation=description -o description_texts=from_title
 run summary -o representation=summary
-if [ ! -f "$OUT/sasrec/metrics.json" ]; then  # SASRec on the very same test users
-    rm -rf "$OUT/sasrec" && cp -r runs/sasrec-ml100k "$OUT/sasrec" && rm -f "$OUT/sasrec/metrics.json"
-    llmrec evaluate "$OUT/sasrec" --splits test --no-ctr --ranking-users "$USERS"
-fi
+for base in sasrec popularity random; do  # the baselines on the very same test users (same seed, same users)
+    if [ ! -f "$OUT/$base/metrics.json" ]; then
+        [ -f "runs/$base-ml100k/metrics.json" ] || llmrec train "$base" --data "$DATA" --out "runs/$base-ml100k"
+        rm -rf "$OUT/$base" && cp -r "runs/$base-ml100k" "$OUT/$base" && rm -f "$OUT/$base/metrics.json"
+        llmrec evaluate "$OUT/$base" --splits test --no-ctr --ranking-users "$USERS"
+    fi
+done
 llmrec table "$OUT"/*/ --metrics hit@5 ndcg@5 hit@10 ndcg@10 full_hit@10 ranking_users --out "$OUT/results"
