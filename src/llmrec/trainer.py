@@ -37,7 +37,7 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast, broadcast_object
 from tqdm.auto import tqdm
 
 from llmrec.errors import ConfigError
-from llmrec.eval.evaluator import evaluate_ranking
+from llmrec.eval.evaluator import evaluate_ranking, seeded_rows
 from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender
 from llmrec.utils.io import atomic_path
 
@@ -345,5 +345,4 @@ class _Subset:
 def _eval_subset(ds: Any, n: int | None) -> Any:
     if n is None or n >= ds.n_users:
         return ds
-    users = np.sort(np.random.default_rng(0).choice(ds.n_users, size=n, replace=False))
-    return _Subset(ds, users)
+    return _Subset(ds, seeded_rows(ds.n_users, n))  # the same users at every validation
