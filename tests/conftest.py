@@ -50,6 +50,25 @@ def synthetic_tables(
     return items, make_interactions(rows, source="synthetic")
 
 
+def visual_rule_dataset(root, item_records, rows, n_classes: int, rng: np.random.Generator):
+    """Write a dataset whose only visual signal is each item's class (item number mod ``n_classes``): its
+    "image" feature is the class one-hot plus a little noise. Returns (Dataset, class per item)."""
+    from llmrec.data.dataset import Dataset
+    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
+    from llmrec.data.schema import make_interactions, make_items
+    from llmrec.features.store import ids_checksum, save_feature
+
+    items, inter = make_items(item_records, source="t"), make_interactions(rows, source="t")
+    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=5), {}, {}, []), root)
+    ds = Dataset(root)
+    classes = ds.items["item_id"].str[1:].astype(int).to_numpy() % n_classes
+    noise = 0.05 * rng.normal(size=(ds.n_items, n_classes)).astype(np.float32)
+    image = np.eye(n_classes, dtype=np.float32)[classes] + noise
+    spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
+    save_feature(ds.features_dir, "image", image, spec)
+    return ds, classes
+
+
 @pytest.fixture
 def synthetic_dataset(tmp_path):
     """A prepared synthetic dataset directory (no k-core: every user has 12 items)."""

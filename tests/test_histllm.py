@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import visual_rule_dataset
 from llmrec.data.dataset import Dataset
 from llmrec.eval.evaluator import evaluate_ctr
 from llmrec.features.store import ids_checksum, save_feature
@@ -195,21 +196,10 @@ def test_missing_inputs_are_clear_errors(synthetic_dataset, tiny_llm):
 def parity_dataset(tmp_path):
     """Users like exactly the even items (rating 5) and dislike the odd ones (rating 2): the label is visible
     only in the target's picture (its parity): every item has the same title and description."""
-    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
-    from llmrec.data.schema import make_interactions, make_items
-
     rng = np.random.default_rng(1)
-    items = make_items(
-        [
-            {
-                "item_id": f"i{i:03d}",
-                "title": "Item",
-                "description": "A product",
-            }  # text tells items apart not
-            for i in range(40)
-        ],
-        source="t",
-    )
+    items = [  # text tells items apart not
+        {"item_id": f"i{i:03d}", "title": "Item", "description": "A product"} for i in range(40)
+    ]
     rows = [
         {
             "user_id": f"u{u}",
@@ -220,15 +210,7 @@ def parity_dataset(tmp_path):
         for u in range(30)
         for t, i in enumerate(rng.choice(40, size=12, replace=False))
     ]
-    tables = finalize(
-        items, make_interactions(rows, source="t"), ProcessConfig(kcore=0, num_negatives=5), {}, {}, []
-    )
-    write_dataset(tables, tmp_path / "parity")
-    ds = Dataset(tmp_path / "parity")
-    parity = ds.items["item_id"].str[1:].astype(int).to_numpy() % 2
-    image = np.eye(2, dtype=np.float32)[parity] + 0.05 * rng.normal(size=(ds.n_items, 2)).astype(np.float32)
-    spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
-    save_feature(ds.features_dir, "image", image, spec)
+    ds, _ = visual_rule_dataset(tmp_path / "parity", items, rows, 2, rng)
     return ds
 
 

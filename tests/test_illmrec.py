@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import visual_rule_dataset
 from llmrec.data.dataset import Dataset
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
@@ -189,14 +190,8 @@ def test_ablation_switches_build(ill_dataset, tiny_llm):
 def shape_dataset(tmp_path):
     """A visual rule only the pictures reveal: 24 items of 4 "shapes" (one-hot image + noise) with identical
     titles; every user's next item has the previous item's shape + 1 (mod 4), any item of that shape."""
-    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
-    from llmrec.data.schema import make_interactions, make_items
-
     rng = np.random.default_rng(2)
-    items = make_items(
-        [{"item_id": f"i{i:03d}", "title": "Item", "category": f"shape{i % 4}"} for i in range(24)],
-        source="t",
-    )
+    items = [{"item_id": f"i{i:03d}", "title": "Item", "category": f"shape{i % 4}"} for i in range(24)]
     rows = []
     for u in range(40):
         shape = int(rng.integers(4))
@@ -205,20 +200,7 @@ def shape_dataset(tmp_path):
                 {"user_id": f"u{u}", "item_id": f"i{4 * int(rng.integers(6)) + shape:03d}", "timestamp": t}
             )
             shape = (shape + 1) % 4
-    tables = finalize(
-        items, make_interactions(rows, source="t"), ProcessConfig(kcore=0, num_negatives=5), {}, {}, []
-    )
-    write_dataset(tables, tmp_path / "shapes")
-    ds = Dataset(tmp_path / "shapes")
-    shapes = ds.items["item_id"].str[1:].astype(int).to_numpy() % 4
-    image = np.eye(4, dtype=np.float32)[shapes] + 0.05 * rng.normal(size=(ds.n_items, 4)).astype(np.float32)
-    save_feature(
-        ds.features_dir,
-        "image",
-        image,
-        {"kind": "item", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())},
-    )
-    return ds, shapes
+    return visual_rule_dataset(tmp_path / "shapes", items, rows, 4, rng)
 
 
 def _right_shape_share(model, ds, shapes):
