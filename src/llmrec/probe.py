@@ -14,6 +14,7 @@ Written to ``<run>/probe.json`` (or ``probe-untrained.json``) and ``probe.md``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmrec.config import from_dict, option
+from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.eval.evaluator import seeded_rows
-from llmrec.utils.io import read_json, write_json_atomic, write_text_atomic
+from llmrec.utils.io import write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -49,16 +50,11 @@ class ProbeConfig:
             raise ConfigError("fields: name at least one item column (e.g. category)")
 
 
-def _model(cfg: ProbeConfig, ds: Dataset) -> Any:
+def _model(cfg: ProbeConfig, train_cfg: Any, ds: Dataset) -> Any:
     from llmrec.models.base import build_model, load_model
-    from llmrec.train import TrainConfig
 
-    run = Path(cfg.run)
     if not cfg.untrained:
-        return load_model(run / "model")
-    saved = read_json(run / "config.json")
-    saved.pop("_llmrec", None)
-    train_cfg = from_dict(TrainConfig, saved)
+        return load_model(Path(cfg.run) / "model")
     torch.manual_seed(cfg.seed)
     model = build_model(train_cfg.model, train_cfg.options, ds.n_users, ds.n_items)
     model.attach(ds)
@@ -76,8 +72,6 @@ def linear_probe(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0) -> flo
     folds = min(folds, int(counts.max()))
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    import warnings
-
     with warnings.catch_warnings():  # rare classes with fewer members than folds are expected
         warnings.simplefilter("ignore", UserWarning)
         return float(cross_val_score(clf, x, y, cv=cv).mean())
@@ -85,12 +79,11 @@ def linear_probe(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0) -> flo
 
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Probe the user states of a run; write and return {field: {next/last: accuracy, majority: rate}}."""
+    from llmrec.train import saved_config
+
     run = Path(cfg.run)
-    if not (run / "config.json").exists():
-        raise LlmrecError(
-            "not a run directory (config.json missing)", file=run, hint="give an 'llmrec train' run"
-        )
-    ds = Dataset(read_json(run / "config.json")["data"])
+    train_cfg = saved_config(run)
+    ds = Dataset(train_cfg.data)
     missing = [f for f in cfg.fields if f not in ds.items.columns]
     if missing:
         raise LlmrecError(
@@ -98,7 +91,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
             file=ds.root / "items.parquet",
             hint="see --fields",
         )
-    model = _model(cfg, ds)
+    model = _model(cfg, train_cfg, ds)
     if not hasattr(model, "user_representations"):
         raise LlmrecError(
             f"model '{model.name}' exposes no user states to probe", file=run, hint="probe an illmrec run"

@@ -15,6 +15,7 @@ from accelerate.utils import broadcast_object_list
 
 from llmrec.config import ConfigError, from_dict, option
 from llmrec.data.dataset import Dataset
+from llmrec.errors import LlmrecError
 from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking, seeded_rows
 from llmrec.models.base import Recommender, build_model, load_model
 from llmrec.plots import plot_popularity_breakdown
@@ -171,14 +172,24 @@ def train(cfg: TrainConfig) -> Path:
     return run_dir
 
 
+def saved_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved TrainConfig a run directory was trained with (its config.json, provenance dropped)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise LlmrecError(
+            "not a run directory (config.json missing)", file=path.parent, hint="give an 'llmrec train' run"
+        )
+    saved = read_json(path)
+    saved.pop("_llmrec", None)
+    return from_dict(TrainConfig, saved)
+
+
 def evaluate_run(
     run_dir: str | Path, eval_cfg: EvalConfig | None = None, data: str | None = None
 ) -> dict[str, Any]:
     """Re-evaluate a saved run's model (optionally on another prepared copy of the dataset)."""
     run_dir = Path(run_dir)
-    saved = read_json(run_dir / "config.json")
-    saved.pop("_llmrec", None)
-    cfg = from_dict(TrainConfig, saved)
+    cfg = saved_config(run_dir)
     if eval_cfg is not None:
         cfg.eval = eval_cfg
     if data:
@@ -186,8 +197,6 @@ def evaluate_run(
     ds = Dataset(cfg.data)
     model = load_model(run_dir / "model")
     if (model.n_users, model.n_items) != (ds.n_users, ds.n_items):
-        from llmrec.errors import LlmrecError
-
         raise LlmrecError(
             f"model was trained for {model.n_users} users / {model.n_items} items, dataset has {ds.n_users} / {ds.n_items}",
             file=ds.root,
@@ -197,4 +206,4 @@ def evaluate_run(
         return evaluate_model(model, ds, cfg.eval, run)
 
 
-__all__ = ["TrainConfig", "EvalConfig", "train", "evaluate_run"]
+__all__ = ["TrainConfig", "EvalConfig", "train", "evaluate_run", "saved_config"]
