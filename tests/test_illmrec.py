@@ -6,6 +6,7 @@ import torch
 
 from conftest import visual_rule_dataset
 from llmrec.data.dataset import Dataset
+from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
 from llmrec.llm.prompts import ItemText, ila_answer, ire_prompt, render_item
@@ -179,11 +180,93 @@ def test_ablation_switches_build(ill_dataset, tiny_llm):
     for kw in (
         {"features": ["cf"], "representation": "cf"},
         {"features": ["text"], "ila": False, "representation": "attribute"},
-        {"training": "two_stage"},
     ):
         m = _model(ill_dataset, tiny_llm, **kw)
         batch = next(m.train_batches(ill_dataset, np.random.default_rng(0)))
         assert torch.isfinite(m.loss(batch))
+
+
+@pytest.mark.parametrize("training", ["end2end", "two_stage"])
+def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path, monkeypatch, training):
+    """The projectors-alone stage (two_stage's stage 2; end2end + head_epochs): only the projectors change,
+    and the LLM sees each cached training window and each validation prompt once over all its epochs."""
+    import llmrec.trainer
+    from llmrec.runs import Run
+
+    opts = {"training": training, "epochs": 1, "stage1_epochs": 1, "head_epochs": 3, "head_windows": 2}
+    m = _model(ill_dataset, tiny_llm, **opts, score_batch_size=4)
+    first: dict = {}
+    calls: list[int] = []
+    loop = llmrec.trainer.fit
+
+    def spy(model, ds, run, stage=None, epochs=None, lr=None):
+        if stage == "head":  # the first stage is over: keep its weights, count LLM prompts from now on
+            first.update(model.checkpoint_state())
+            hidden = model.backbone.hidden
+            monkeypatch.setattr(
+                model.backbone,
+                "hidden",
+                lambda ids, *a, **kw: calls.append(len(ids)) or hidden(ids, *a, **kw),
+            )
+        return loop(model, ds, run, stage=stage, epochs=epochs, lr=lr)
+
+    monkeypatch.setattr(llmrec.trainer, "fit", spy)
+    with Run(tmp_path / "run", m.cfg) as run:
+        m.fit(ill_dataset, run)
+    assert (run.root / "stage1.safetensors").exists() and (run.root / "history-head.json").exists()
+    assert sum(calls) == len(m._train_users(ill_dataset)) * 2 + m.cfg.eval_users
+    final = m.checkpoint_state()
+    assert set(final) == set(first) and "rec" in final and any(k.startswith("adaptor.") for k in final)
+    projectors = [k for k in final if k.startswith(("user_proj.", "item_proj."))]
+    assert any(not torch.equal(final[k], first[k]) for k in projectors)
+    assert all(torch.equal(final[k], first[k]) for k in set(final) - set(projectors))
+    assert all(p.requires_grad for n, p in m.named_parameters() if n in m._trainable)
+
+
+def test_interrupted_projectors_stage_resumes_after_the_first_stage(
+    ill_dataset, tiny_llm, tmp_path, monkeypatch
+):
+    """stage1.safetensors marks the first stage done: a restarted run goes straight to the projectors."""
+    import llmrec.trainer
+    from llmrec.runs import Run
+
+    opts = {"epochs": 1, "head_epochs": 1, "head_windows": 1}
+    m = _model(ill_dataset, tiny_llm, **opts)
+    stages: list = []
+    loop = llmrec.trainer.fit
+
+    def interrupted(model, ds, run, stage=None, epochs=None, lr=None):
+        stages.append(stage)
+        if stage == "head":
+            raise KeyboardInterrupt
+        return loop(model, ds, run, stage=stage, epochs=epochs, lr=lr)
+
+    monkeypatch.setattr(llmrec.trainer, "fit", interrupted)
+    with Run(tmp_path / "run", m.cfg) as run, pytest.raises(KeyboardInterrupt):
+        m.fit(ill_dataset, run)
+    monkeypatch.setattr(
+        llmrec.trainer, "fit", lambda *a, **kw: stages.append(kw.get("stage")) or loop(*a, **kw)
+    )
+    again = _model(ill_dataset, tiny_llm, **opts)
+    with Run(tmp_path / "run", again.cfg) as run:
+        again.fit(ill_dataset, run)
+    assert stages == ["end2end", "head", "head"]
+    assert torch.equal(again.adaptor[0].weight, m.adaptor[0].weight)  # the first stage's adaptor, reloaded
+
+
+def test_stage1_from_trains_the_projectors_of_a_saved_model(ill_dataset, tiny_llm, tmp_path):
+    trained = _model(ill_dataset, tiny_llm)
+    trained.fit(ill_dataset)
+    trained.save(tmp_path / "model")
+    m = _model(ill_dataset, tiny_llm, stage1_from=str(tmp_path / "model"), head_epochs=1, head_windows=1)
+    m.fit(ill_dataset)
+    assert torch.equal(m.adaptor[0].weight, trained.adaptor[0].weight) and torch.equal(m.rec, trained.rec)
+    assert not torch.equal(m.user_proj["image"][0].weight, trained.user_proj["image"][0].weight)
+    other = _model(ill_dataset, tiny_llm, stage1_from=str(tmp_path / "model"), head_epochs=1, features=["cf"])
+    with pytest.raises(LlmrecError, match="another configuration"):
+        other.fit(ill_dataset)
+    with pytest.raises(ConfigError, match="give head_epochs"):
+        _model(ill_dataset, tiny_llm, stage1_from=str(tmp_path / "model"))
 
 
 @pytest.fixture

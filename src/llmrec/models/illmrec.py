@@ -11,9 +11,16 @@ windows (2..4 or 2..9 items, prob. 0.5 each) of the training sequence; at test t
 Every ablation is a config switch: ``representation`` (image / title / attribute / description / summary /
 cf / image_description: the paper's representation comparison under one protocol and backbone),
 ``ila`` on/off, ``features`` any subset of image/cf/text, ``training`` end2end or two_stage
-(Appendix H), ``backbone.lora`` (Appendix E), ``missing_image_fraction`` (Sec. 4.5: image-less items
+(Appendix H: ILA alone, then the projectors alone), ``head_epochs`` (end-to-end training followed by the
+projectors alone), ``backbone.lora`` (Appendix E), ``missing_image_fraction`` (Sec. 4.5: image-less items
 fall back to their description in the prompt and to a text feature, through its own projector, in
 retrieval). Every score is over real catalog items, so every recommendation exists.
+
+Training the projectors alone (two_stage's stage 2, ``head_epochs``) is cheap: with the LLM, the adaptor
+and [REC] frozen, the [REC] state of a prompt never changes, so each of ``head_windows`` random windows per
+user is run through the LLM once and its state cached; an epoch then costs no LLM call at all, and
+validation prompts are cached the same way. On a CPU this turns a few hundred examples into tens of
+thousands of projector updates for the price of one or two end-to-end epochs.
 """
 
 from __future__ import annotations
@@ -72,9 +79,22 @@ class ILLMRecConfig(NeuralConfig):
         factory=lambda: ["brand", "category", "title", "description"], help="ILA properties"
     )
     training: Literal["end2end", "two_stage"] = option(
-        "end2end", "end2end, or ILA first then IRE with a frozen adaptor"
+        "end2end",
+        "end2end (ILA + IRE, `epochs`), or two_stage: ILA alone (`stage1_epochs`), then the projectors "
+        "alone on cached [REC] states with the adaptor and [REC] frozen (`epochs`)",
     )
     stage1_epochs: int = option(1, "two_stage: epochs of ILA-only training")
+    head_epochs: int = option(
+        0, "end2end: then this many epochs of the projectors alone on cached [REC] states (as stage 2)"
+    )
+    head_windows: int = option(4, "projectors alone: random history windows per training user, drawn once")
+    head_batch_size: int = option(64, "projectors alone: examples per step")
+    head_lr: float = option(1e-3, "projectors alone: learning rate")
+    stage1_from: str | None = option(
+        None,
+        "skip the first stage: start from a saved I-LLMRec model of the same configuration (its model/ "
+        "folder) and train the projectors alone",
+    )
     adaptor_hidden: int = option(512, "hidden size of the 2-layer MLP adaptor")
     d_shared: int = option(512, "size of the shared recommendation space of the projectors")
     scaled_scores: bool = option(
@@ -126,6 +146,10 @@ class ILLMRecConfig(NeuralConfig):
             raise ConfigError("need 2 <= window_short <= window_long")
         if self.training == "two_stage" and not self.ila:
             raise ConfigError("two_stage training needs ila on (stage 1 is ILA)")
+        if self.head_epochs < 0 or self.stage1_epochs < 0 or self.head_windows < 1:
+            raise ConfigError("need head_epochs >= 0, stage1_epochs >= 0 and head_windows >= 1")
+        if self.stage1_from and self.training == "end2end" and not self.head_epochs:
+            raise ConfigError("stage1_from skips the first stage: give head_epochs (or training=two_stage)")
 
 
 def mlp_adaptor(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -146,9 +170,11 @@ class ILLMRec(FeatureBackedLLM):
 
     def __init__(self, cfg: ILLMRecConfig, n_users: int, n_items: int) -> None:
         super().__init__(cfg, n_users, n_items)
-        self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))
         self.backbone: Backbone | None = None  # built by attach(): it needs the dataset's feature sizes
         self.source: dict[str, Any] = {}
+        self.phase: Literal["end2end", "ila", "head"] = "end2end"  # what loss() trains, set by fit()
+        self._pool: dict[str, torch.Tensor] | None = None  # head phase: cached training states
+        self._state_cache: dict[tuple[int, ...], torch.Tensor] | None = None  # head phase: prompt -> state
 
     # ------------------------------------------------------------------ building against a dataset
     def _needs(self) -> dict[str, str]:
@@ -222,6 +248,8 @@ class ILLMRec(FeatureBackedLLM):
         self._texts = self._item_texts(ds, has_image)
         self._rendered: dict[str, list[str]] = {}
         self._lengths: dict[str, np.ndarray] = {}
+        # what training may change (the projectors-alone stage freezes some of it for a while)
+        self._trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         self.to(cfg.backbone.device)
 
     def _item_texts(self, ds: Dataset, has_image: np.ndarray) -> list[ItemText]:
@@ -329,8 +357,13 @@ class ILLMRec(FeatureBackedLLM):
         }
 
     # ------------------------------------------------------------------ training
+    def _train_users(self, dataset: Any) -> np.ndarray:
+        return trainable_users(dataset)[: self.cfg.train_users]
+
     def num_train_batches(self, dataset: Any) -> int:
-        return -(-len(trainable_users(dataset)[: self.cfg.train_users]) // self.cfg.batch_size)
+        if self.phase == "head":
+            return -(-len(self._train_users(dataset)) * self.cfg.head_windows // self.cfg.head_batch_size)
+        return -(-len(self._train_users(dataset)) // self.cfg.batch_size)
 
     def sample_window(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """A random (history, target) pair from a training sequence (official: 2..4 or 2..9 items)."""
@@ -340,7 +373,9 @@ class ILLMRec(FeatureBackedLLM):
         return seq[max(0, t - size) : t], int(seq[t])
 
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
-        self.epochs_started += 1
+        if self.phase == "head":
+            yield from self._cached_batches(dataset, rng)
+            return
         seqs = dataset.train_sequences
         users = trainable_users(dataset)
         rng.shuffle(users)
@@ -357,6 +392,51 @@ class ILLMRec(FeatureBackedLLM):
                 batch.update({f"ila_{k}": v for k, v in self.build_ila(histories, targets, rng).items()})
             yield batch
 
+    def _cached_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+        """Projectors alone: every cached window once, in random order, each with a fresh random negative."""
+        if self._pool is None:
+            self._pool = self._cache_windows(dataset)
+        pool, seqs = self._pool, dataset.train_sequences
+        order = rng.permutation(len(pool["target"]))
+        for start in range(0, len(order), self.cfg.head_batch_size):
+            rows = torch.from_numpy(order[start : start + self.cfg.head_batch_size])
+            users = pool["user"][rows].tolist()
+            negatives = np.array([self._negative(seqs[u], rng) for u in users])
+            yield {
+                "ire_state": pool["state"][rows],
+                "target": pool["target"][rows],
+                "negative": torch.from_numpy(negatives),
+            }
+
+    @torch.no_grad()
+    def _cache_windows(self, dataset: Any) -> dict[str, torch.Tensor]:
+        """[REC] states of ``head_windows`` random windows per training user, through the LLM once.
+
+        The windows come from their own seeded rng, so a resumed run caches the same ones."""
+        from tqdm.auto import tqdm
+
+        rng = np.random.default_rng(torch.initial_seed() % 2**32 + 1)
+        seqs = dataset.train_sequences
+        users = np.repeat(self._train_users(dataset), self.cfg.head_windows)
+        windows = [self.sample_window(seqs[u], rng) for u in users]
+        was_training = self.training
+        self.eval()
+        states = []
+        step = self.cfg.score_batch_size
+        for s in tqdm(range(0, len(windows), step), desc="caching [REC] states", leave=False, disable=None):
+            enc = {
+                k: v.to(self.rec.device)
+                for k, v in self.build_ire([w[0] for w in windows[s : s + step]]).items()
+            }
+            states.append(self.raw_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"]).cpu())
+        self.train(was_training)
+        log.info("cached the [REC] states of %d training windows", len(windows))
+        return {
+            "state": torch.cat(states),
+            "target": torch.tensor([w[1] for w in windows]),
+            "user": torch.from_numpy(users),
+        }
+
     def _negative(self, seq: np.ndarray, rng: np.random.Generator) -> int:
         seen = set(seq.tolist())
         while (c := int(rng.integers(self.n_items))) in seen:
@@ -369,13 +449,6 @@ class ILLMRec(FeatureBackedLLM):
         around +-20, and the first hundred steps go into undoing that); ranking is unchanged."""
         return self.cfg.d_shared**-0.5 if self.cfg.scaled_scores else 1.0
 
-    @property
-    def stage(self) -> int:
-        """1 = ILA only (two_stage, first epochs), 2 = IRE only with a frozen adaptor, 0 = end-to-end."""
-        if self.cfg.training != "two_stage":
-            return 0
-        return 1 if int(self.epochs_started) <= self.cfg.stage1_epochs else 2
-
     def inject(self, visual: torch.Tensor, cf: torch.Tensor, n_rec: int = 0) -> dict[str, torch.Tensor]:
         """Embeddings for the placeholders of a batch: adapted images, adapted CF vectors, [REC]."""
         out: dict[str, torch.Tensor] = {}
@@ -387,7 +460,7 @@ class ILLMRec(FeatureBackedLLM):
             out["[REC]"] = self.rec.expand(n_rec, -1)  # (B, d)
         return out
 
-    def user_states(
+    def raw_states(
         self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor, cf: torch.Tensor
     ) -> torch.Tensor:
         """(B, d) last hidden state at [REC]: the LLM-guided user representation (Sec. 3.3.1)."""
@@ -395,7 +468,13 @@ class ILLMRec(FeatureBackedLLM):
         hidden = self.backbone.hidden(
             ids, mask, self.inject(visual, cf, n_rec=len(ids))
         )  # no vocabulary head
-        return self.rec_norm(self.backbone.last_hidden_at(hidden, ids, "[REC]").float())
+        return self.backbone.last_hidden_at(hidden, ids, "[REC]").float()
+
+    def user_states(
+        self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor, cf: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, d) what the user projectors read: the [REC] state, standardised when ``rec_norm``."""
+        return self.rec_norm(self.raw_states(ids, mask, visual, cf))
 
     def item_vectors(self, feature: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """(n, d_s) projected item representations o_i for one feature type (all items when ``items`` is None)."""
@@ -407,14 +486,14 @@ class ILLMRec(FeatureBackedLLM):
         return proj
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        stage = self.stage
-        if stage == 2 and hasattr(self, "adaptor"):
-            self.adaptor.requires_grad_(False)  # two-stage: the aligned adaptor stays as stage 1 left it
         total = torch.zeros((), device=self.rec.device)
-        if stage != 1:
-            h = self.user_states(
-                batch["ire_ids"], batch["ire_mask"], batch["ire_visual"], batch["ire_cf"]
-            )  # (B, d)
+        if self.phase != "ila":
+            if "ire_state" in batch:  # projectors alone: the state was cached
+                h = self.rec_norm(batch["ire_state"])  # (B, d)
+            else:
+                h = self.user_states(
+                    batch["ire_ids"], batch["ire_mask"], batch["ire_visual"], batch["ire_cf"]
+                )  # (B, d)
             ire = []
             for t in self.cfg.features:
                 o_u = self.user_proj[t](h)  # (B, d_s)
@@ -425,7 +504,7 @@ class ILLMRec(FeatureBackedLLM):
                     + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
                 )
             total = total + torch.stack(ire).mean()
-        if self.cfg.ila and stage != 2:
+        if self.cfg.ila and self.phase != "head":
             assert self.backbone is not None
             out = self.backbone(
                 batch["ila_ids"],
@@ -441,12 +520,20 @@ class ILLMRec(FeatureBackedLLM):
         """(b, d) user states of the evaluation prompts (the last ``test_history`` items), chunk by chunk."""
         if self.backbone is None:
             raise LlmrecError("illmrec is not attached to a dataset", hint="fit it or load a saved model")
+        cache = self._state_cache
         for s in range(0, len(histories), self.cfg.score_batch_size):
             chunk = [
                 np.asarray(h)[-self.cfg.test_history :] for h in histories[s : s + self.cfg.score_batch_size]
             ]
+            keys = [tuple(h.tolist()) for h in chunk]
+            if cache is not None and all(k in cache for k in keys):
+                yield self.rec_norm(torch.stack([cache[k] for k in keys]).to(self.rec.device))
+                continue
             enc = {k: v.to(self.rec.device) for k, v in self.build_ire(chunk).items()}
-            yield self.user_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])
+            raw = self.raw_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])
+            if cache is not None:  # projectors alone: the prompt's state cannot change
+                cache.update(zip(keys, raw.detach().cpu()))
+            yield self.rec_norm(raw)
 
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         items = {t: self.item_vectors(t) for t in self.cfg.features}  # (N, d_s) each
@@ -464,13 +551,65 @@ class ILLMRec(FeatureBackedLLM):
 
     # ------------------------------------------------------------------ persistence
     def fit(self, dataset: Any, run: Any | None = None) -> None:
+        """end2end: ILA + IRE for ``epochs``, then (``head_epochs``) the projectors alone; two_stage: ILA alone
+        for ``stage1_epochs``, then the projectors alone for ``epochs`` (Appendix H).
+
+        With a run directory, the weights after the first part are kept in ``stage1.safetensors``, so a run
+        interrupted while training the projectors resumes there without repeating the first part."""
+        from safetensors.torch import load_file, save_file
+
+        from llmrec.trainer import fit as train_loop
+
         self.attach(dataset)
-        super().fit(dataset, run)
+        cfg = self.cfg
+        first, first_epochs, head_epochs = (
+            ("ila", cfg.stage1_epochs, cfg.epochs)
+            if cfg.training == "two_stage"
+            else ("end2end", cfg.epochs, cfg.head_epochs)
+        )
+        marker = run.root / "stage1.safetensors" if run is not None and head_epochs else None
+        if cfg.stage1_from:
+            weights = Path(cfg.stage1_from) / f"{self.weights_name}.safetensors"
+            if not weights.exists():
+                raise LlmrecError(
+                    "stage1_from: no I-LLMRec weights there", file=weights, hint="give a run's model/ folder"
+                )
+            state = load_file(weights)
+            if self._trainable - set(state):
+                raise LlmrecError(
+                    f"stage1_from: the saved model lacks {sorted(self._trainable - set(state))[:3]}",
+                    file=weights,
+                    hint="it was trained with another configuration (features, representation, LoRA)",
+                )
+            self.load_checkpoint_state(state)
+            log.info("first stage skipped: weights loaded from %s", weights)
+        elif marker is not None and marker.exists():
+            self.load_checkpoint_state(load_file(marker))
+            log.info("first stage already done: weights loaded from %s", marker)
+        elif first_epochs:
+            self.phase = first
+            train_loop(self, dataset, run, stage=first if head_epochs else None, epochs=first_epochs)
+            if marker is not None:
+                save_file({k: v.cpu().contiguous() for k, v in self.checkpoint_state().items()}, marker)
+        if head_epochs:
+            self.phase = "head"
+            for name, p in self.named_parameters():
+                p.requires_grad_(name.startswith(("user_proj.", "item_proj.")))
+            self._state_cache = {}
+            try:
+                train_loop(self, dataset, run, stage="head", epochs=head_epochs, lr=cfg.head_lr)
+            finally:
+                self._pool, self._state_cache = None, None
+                for name, p in self.named_parameters():
+                    p.requires_grad_(name in self._trainable)
+        self.phase = "end2end"
+        self.eval()
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
-        """Only what training changes (adaptors, projectors, [REC], LoRA, counters): never the frozen LLM."""
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad} | {"epochs_started"}
-        trainable |= {n for n, _ in self.named_buffers() if n.startswith("rec_norm.")}  # running statistics
-        if hasattr(self, "adaptor"):
-            trainable |= {n for n, _ in self.named_parameters() if n.startswith("adaptor.")}
+        """Only what training changes (adaptors, projectors, [REC], LoRA): never the frozen LLM."""
+        trainable = self._trainable | {n for n, _ in self.named_buffers() if n.startswith("rec_norm.")}
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        state = {k: v for k, v in state.items() if k != "epochs_started"}  # a counter of models before 0.2
+        super().load_checkpoint_state(state)
