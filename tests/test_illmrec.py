@@ -214,7 +214,7 @@ def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path
     with Run(tmp_path / "run", m.cfg) as run:
         m.fit(ill_dataset, run)
     assert (run.root / "stage1.safetensors").exists() and (run.root / "history-head.json").exists()
-    assert sum(calls) == len(m._train_users(ill_dataset)) * 2 + m.cfg.eval_users
+    assert sum(calls) == m.num_train_users(ill_dataset) * 2 + m.cfg.eval_users
     final = m.checkpoint_state()
     assert set(final) == set(first) and "rec" in final and any(k.startswith("adaptor.") for k in final)
     projectors = [k for k in final if k.startswith(("user_proj.", "item_proj."))]

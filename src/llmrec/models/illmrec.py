@@ -357,13 +357,14 @@ class ILLMRec(FeatureBackedLLM):
         }
 
     # ------------------------------------------------------------------ training
-    def _train_users(self, dataset: Any) -> np.ndarray:
-        return trainable_users(dataset)[: self.cfg.train_users]
+    def num_train_users(self, dataset: Any) -> int:
+        """Users per epoch: ``train_users`` random ones (the projectors-alone stage draws them once), or all."""
+        return len(trainable_users(dataset)[: self.cfg.train_users])
 
     def num_train_batches(self, dataset: Any) -> int:
         if self.phase == "head":
-            return -(-len(self._train_users(dataset)) * self.cfg.head_windows // self.cfg.head_batch_size)
-        return -(-len(self._train_users(dataset)) // self.cfg.batch_size)
+            return -(-self.num_train_users(dataset) * self.cfg.head_windows // self.cfg.head_batch_size)
+        return -(-self.num_train_users(dataset) // self.cfg.batch_size)
 
     def sample_window(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """A random (history, target) pair from a training sequence (official: 2..4 or 2..9 items)."""
@@ -417,8 +418,12 @@ class ILLMRec(FeatureBackedLLM):
 
         rng = np.random.default_rng(torch.initial_seed() % 2**32 + 1)
         seqs = dataset.train_sequences
-        users = np.repeat(self._train_users(dataset), self.cfg.head_windows)
+        users = trainable_users(dataset)
+        if self.cfg.train_users is not None:  # a random subset, drawn once
+            users = rng.permutation(users)[: self.cfg.train_users]
+        users = np.repeat(users, self.cfg.head_windows)
         windows = [self.sample_window(seqs[u], rng) for u in users]
+        log.info("caching the [REC] states of %d training windows (one LLM pass each)", len(windows))
         was_training = self.training
         self.eval()
         states = []
@@ -430,7 +435,6 @@ class ILLMRec(FeatureBackedLLM):
             }
             states.append(self.raw_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"]).cpu())
         self.train(was_training)
-        log.info("cached the [REC] states of %d training windows", len(windows))
         return {
             "state": torch.cat(states),
             "target": torch.tensor([w[1] for w in windows]),
