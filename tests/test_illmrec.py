@@ -219,8 +219,21 @@ def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path
     assert set(final) == set(first) and "rec" in final and any(k.startswith("adaptor.") for k in final)
     projectors = [k for k in final if k.startswith(("user_proj.", "item_proj."))]
     assert any(not torch.equal(final[k], first[k]) for k in projectors)
-    assert all(torch.equal(final[k], first[k]) for k in set(final) - set(projectors))
+    statistics = ["state_mean", "state_std"]  # set from the cached states: a fixed standardisation
+    assert all(torch.equal(final[k], first[k]) for k in set(final) - set(projectors) - set(statistics))
+    assert not torch.equal(final["state_std"], torch.ones_like(final["state_std"]))
     assert all(p.requires_grad for n, p in m.named_parameters() if n in m._trainable)
+    hist = ill_dataset.split("test").histories[:3]
+    enc = m.build_ire([np.asarray(h)[-m.cfg.test_history :] for h in hist])
+    with torch.no_grad():
+        raw = m.raw_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])
+    states = torch.from_numpy(m.user_representations(hist))  # what the projectors read
+    torch.testing.assert_close(states, (raw - final["state_mean"]) / final["state_std"])
+    m.save(tmp_path / "model")
+    again = load_model(tmp_path / "model")
+    np.testing.assert_allclose(
+        again.score_all(np.arange(3), hist), m.score_all(np.arange(3), hist), rtol=1e-5
+    )
 
 
 def test_interrupted_projectors_stage_resumes_after_the_first_stage(

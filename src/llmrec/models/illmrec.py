@@ -90,6 +90,11 @@ class ILLMRecConfig(NeuralConfig):
     head_windows: int = option(4, "projectors alone: random history windows per training user, drawn once")
     head_batch_size: int = option(64, "projectors alone: examples per step")
     head_lr: float = option(1e-3, "projectors alone: learning rate")
+    head_standardize: bool = option(
+        True,
+        "projectors alone: standardise each [REC] dimension by the mean and std of the cached training states "
+        "(fixed statistics, saved with the model): SmolLM2's states share a large common component",
+    )
     stage1_from: str | None = option(
         None,
         "skip the first stage: start from a saved I-LLMRec model of the same configuration (its model/ "
@@ -241,6 +246,9 @@ class ILLMRec(FeatureBackedLLM):
         self.rec = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, d)))  # [REC]
         self.user_proj = nn.ModuleDict({t: projector(d, cfg.d_shared) for t in cfg.features})
         self.rec_norm = nn.BatchNorm1d(d, affine=False) if cfg.rec_norm else nn.Identity()
+        # fixed standardisation of the [REC] state, set by the projectors-alone stage (identity until then)
+        self.register_buffer("state_mean", torch.zeros(d))
+        self.register_buffer("state_std", torch.ones(d))
         self.item_proj = nn.ModuleDict({t: projector(feats[t].dim, cfg.d_shared) for t in cfg.features})
         if "image" in cfg.features and not has_image.all():
             # image-less items are retrieved through their text feature, with a projector of its own
@@ -397,6 +405,10 @@ class ILLMRec(FeatureBackedLLM):
         """Projectors alone: every cached window once, in random order, each with a fresh random negative."""
         if self._pool is None:
             self._pool = self._cache_windows(dataset)
+            if self.cfg.head_standardize:
+                states = self._pool["state"]
+                self.state_mean.copy_(states.mean(0))
+                self.state_std.copy_(states.std(0).clamp_min(1e-6))
         pool, seqs = self._pool, dataset.train_sequences
         order = rng.permutation(len(pool["target"]))
         for start in range(0, len(order), self.cfg.head_batch_size):
@@ -477,8 +489,13 @@ class ILLMRec(FeatureBackedLLM):
     def user_states(
         self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor, cf: torch.Tensor
     ) -> torch.Tensor:
-        """(B, d) what the user projectors read: the [REC] state, standardised when ``rec_norm``."""
-        return self.rec_norm(self.raw_states(ids, mask, visual, cf))
+        """(B, d) what the user projectors read: the [REC] state, standardised (see ``read_state``)."""
+        return self.read_state(self.raw_states(ids, mask, visual, cf))
+
+    def read_state(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, d) the [REC] state standardised with the fixed statistics of the projectors-alone stage, then
+        with batch statistics when ``rec_norm`` (both identities by default)."""
+        return self.rec_norm((raw - self.state_mean) / self.state_std)
 
     def item_vectors(self, feature: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """(n, d_s) projected item representations o_i for one feature type (all items when ``items`` is None)."""
@@ -493,7 +510,7 @@ class ILLMRec(FeatureBackedLLM):
         total = torch.zeros((), device=self.rec.device)
         if self.phase != "ila":
             if "ire_state" in batch:  # projectors alone: the state was cached
-                h = self.rec_norm(batch["ire_state"])  # (B, d)
+                h = self.read_state(batch["ire_state"])  # (B, d)
             else:
                 h = self.user_states(
                     batch["ire_ids"], batch["ire_mask"], batch["ire_visual"], batch["ire_cf"]
@@ -531,13 +548,13 @@ class ILLMRec(FeatureBackedLLM):
             ]
             keys = [tuple(h.tolist()) for h in chunk]
             if cache is not None and all(k in cache for k in keys):
-                yield self.rec_norm(torch.stack([cache[k] for k in keys]).to(self.rec.device))
+                yield self.read_state(torch.stack([cache[k] for k in keys]).to(self.rec.device))
                 continue
             enc = {k: v.to(self.rec.device) for k, v in self.build_ire(chunk).items()}
             raw = self.raw_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])
             if cache is not None:  # projectors alone: the prompt's state cannot change
                 cache.update(zip(keys, raw.detach().cpu()))
-            yield self.rec_norm(raw)
+            yield self.read_state(raw)
 
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         items = {t: self.item_vectors(t) for t in self.cfg.features}  # (N, d_s) each
@@ -611,7 +628,8 @@ class ILLMRec(FeatureBackedLLM):
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Only what training changes (adaptors, projectors, [REC], LoRA): never the frozen LLM."""
-        trainable = self._trainable | {n for n, _ in self.named_buffers() if n.startswith("rec_norm.")}
+        buffers = {n for n, _ in self.named_buffers() if n.startswith(("rec_norm.", "state_"))}  # statistics
+        trainable = self._trainable | buffers
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
