@@ -533,13 +533,7 @@ class HistLLM(FeatureBackedLLM):
         }
 
     def _save_lora(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
-        from llmrec.utils.io import atomic_path
-
-        lora = {k: v for k, v in self.checkpoint_state().items() if "lora_" in k}
-        with atomic_path(path) as tmp:
-            save_file({k: v.cpu().contiguous() for k, v in lora.items()}, str(tmp))
+        self.save_weights(path, {k: v for k, v in self.checkpoint_state().items() if "lora_" in k})
 
     def _load_lora(self, path: Path) -> None:
         from safetensors.torch import load_file

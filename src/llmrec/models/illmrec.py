@@ -441,11 +441,7 @@ class ILLMRec(FeatureBackedLLM):
         states = []
         step = self.cfg.score_batch_size
         for s in tqdm(range(0, len(windows), step), desc="caching [REC] states", leave=False, disable=None):
-            enc = {
-                k: v.to(self.rec.device)
-                for k, v in self.build_ire([w[0] for w in windows[s : s + step]]).items()
-            }
-            states.append(self.raw_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"]).cpu())
+            states.append(self.prompt_states([w[0] for w in windows[s : s + step]]).cpu())
         self.train(was_training)
         return {
             "state": torch.cat(states),
@@ -485,6 +481,11 @@ class ILLMRec(FeatureBackedLLM):
             ids, mask, self.inject(visual, cf, n_rec=len(ids))
         )  # no vocabulary head
         return self.backbone.last_hidden_at(hidden, ids, "[REC]").float()
+
+    def prompt_states(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """(B, d) raw [REC] states of the IRE prompts of ``histories``, in one LLM forward."""
+        enc = {k: v.to(self.rec.device) for k, v in self.build_ire(histories).items()}
+        return self.raw_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])
 
     def user_states(
         self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor, cf: torch.Tensor
@@ -550,8 +551,7 @@ class ILLMRec(FeatureBackedLLM):
             if cache is not None and all(k in cache for k in keys):
                 yield self.read_state(torch.stack([cache[k] for k in keys]).to(self.rec.device))
                 continue
-            enc = {k: v.to(self.rec.device) for k, v in self.build_ire(chunk).items()}
-            raw = self.raw_states(enc["ids"], enc["mask"], enc["visual"], enc["cf"])
+            raw = self.prompt_states(chunk)
             if cache is not None:  # projectors alone: the prompt's state cannot change
                 cache.update(zip(keys, raw.detach().cpu()))
             yield self.read_state(raw)
@@ -577,7 +577,7 @@ class ILLMRec(FeatureBackedLLM):
 
         With a run directory, the weights after the first part are kept in ``stage1.safetensors``, so a run
         interrupted while training the projectors resumes there without repeating the first part."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         from llmrec.trainer import fit as train_loop
 
@@ -611,7 +611,7 @@ class ILLMRec(FeatureBackedLLM):
             self.phase = first
             train_loop(self, dataset, run, stage=first if head_epochs else None, epochs=first_epochs)
             if marker is not None:
-                save_file({k: v.cpu().contiguous() for k, v in self.checkpoint_state().items()}, marker)
+                self.save_weights(marker, self.checkpoint_state())
         if head_epochs:
             self.phase = "head"
             for name, p in self.named_parameters():

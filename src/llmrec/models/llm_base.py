@@ -12,7 +12,7 @@ import torch
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
 from llmrec.models.neural import TorchRecommender
-from llmrec.utils.io import read_json, write_json_atomic
+from llmrec.utils.io import atomic_path, read_json, write_json_atomic
 
 
 class FeatureBackedLLM(TorchRecommender):
@@ -42,13 +42,16 @@ class FeatureBackedLLM(TorchRecommender):
             )
         self.load_state_dict(state, strict=False)
 
-    def save_state(self, directory: Path) -> None:
+    @staticmethod
+    def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+        """Write ``state`` as safetensors through a temp file, so an interrupted write leaves no half file."""
         from safetensors.torch import save_file
 
-        save_file(
-            {k: v.cpu().contiguous() for k, v in self.checkpoint_state().items()},
-            directory / f"{self.weights_name}.safetensors",
-        )
+        with atomic_path(path) as tmp:
+            save_file({k: v.cpu().contiguous() for k, v in state.items()}, str(tmp))
+
+    def save_state(self, directory: Path) -> None:
+        self.save_weights(directory / f"{self.weights_name}.safetensors", self.checkpoint_state())
         write_json_atomic(directory / "sources.json", self.sources_record())
 
     def load_state(self, directory: Path) -> None:
