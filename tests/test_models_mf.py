@@ -191,7 +191,8 @@ def test_vbpr_learns_saves_and_reloads(blocks, tmp_path):
     assert model.missing_visual.abs().sum() > 0  # it was trained
     model.save(tmp_path / "m")
     ref = json.loads((tmp_path / "m" / "feature.json").read_text())
-    assert ref["feature"] == "image" and ref["dataset"] == str(blocks.root.resolve())
+    where = json.loads((tmp_path / "m" / "model.json").read_text())["dataset"]
+    assert ref["feature"] == "image" and where["absolute"] == str(blocks.root.resolve())
     users = np.arange(blocks.n_users)
     hist = [np.zeros(0, np.int64)] * blocks.n_users
     np.testing.assert_array_equal(

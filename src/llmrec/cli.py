@@ -71,7 +71,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from llmrec.train import EvalConfig, TrainConfig, train
 
     cfg = resolve(TrainConfig, args, args.config, nested={"eval": EvalConfig})
-    run_dir = train(cfg)
+    if args.print_config:
+        print(json.dumps(cfg.resolved(), indent=2))
+        return 0
+    run_dir = train(cfg, restart=args.restart)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # launched as several processes, the main one reports
@@ -80,11 +83,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from llmrec.config import from_dict
-    from llmrec.train import EvalConfig, evaluate_run
+    from llmrec.config import load_file, merge, to_dict
+    from llmrec.train import EvalConfig, evaluate_run, evaluation_config
 
-    eval_args = {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__}
-    evaluate_run(args.run, from_dict(EvalConfig, eval_args) if eval_args else None, args.data)
+    given = load_file(args.config) if args.config else {}
+    overrides = merge(given, {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__})
+    if args.print_config:
+        cfg = evaluation_config(args.run, overrides, args.data)
+        cfg.device, cfg.dtype = args.device, args.dtype
+        print(json.dumps({**cfg.resolved(), "eval": to_dict(cfg.eval)}, indent=2))
+        return 0
+    evaluate_run(args.run, overrides, args.data, device=args.device, dtype=args.dtype)
     _print_metrics(args.run)
     return 0
 
@@ -92,16 +101,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from llmrec.data.dataset import Dataset
     from llmrec.models.base import load_model
     from llmrec.recommend import recommend
-    from llmrec.utils.io import read_json
+    from llmrec.train import run_dataset
 
-    run = Path(args.run)
-    data = args.data or read_json(run / "config.json")["data"]
-    recs = recommend(
-        load_model(run / "model"), Dataset(data), user_id=args.user, history_ids=args.items, k=args.k
-    )
+    ds = run_dataset(Path(args.run), args.data)
+    model = load_model(args.run, device=args.device, dtype=args.dtype, data=ds.root)
+    recs = recommend(model, ds, user_id=args.user, history_ids=args.items, k=args.k)
     if args.json:
         print(json.dumps(recs, indent=2))
     else:
@@ -190,6 +196,19 @@ def _print_metrics(run_dir: Any) -> None:
     print(f"run directory: {run_dir}")
 
 
+def _add_placement(p: argparse.ArgumentParser) -> None:
+    """--device and --dtype of the commands that load a saved model."""
+    from llmrec.devices import DEVICE_HELP, DTYPES
+
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="LLM backbone weights (auto: bf16 on CUDA, fp32 on CPU)",
+    )
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
@@ -247,11 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     add_arguments(p, TrainConfig, skip=("model", "options"))
     add_arguments(p, EvalConfig)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="the run directory holds an earlier run: delete what llmrec wrote there and start over",
+    )
 
     p = command("evaluate", "re-evaluate a saved run (metrics.json is updated)", _cmd_evaluate)
     p.add_argument("run", help="run directory written by 'llmrec train'")
-    p.add_argument("--data", default=None, help="evaluate on this prepared dataset instead of the run's")
+    p.add_argument("--data", default=None, help="the run's dataset moved: its new folder (checksum verified)")
     add_arguments(p, EvalConfig)
+    _add_placement(p)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
 
     p = command(
         "recommend", "top-k catalog items for a user id or an ad-hoc history of item ids", _cmd_recommend
@@ -261,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", help="a user id of the dataset")
     who.add_argument("--items", nargs="+", help="item ids of a history, oldest first")
     p.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
-    p.add_argument("--data", default=None, help="dataset directory (default: the run's)")
+    p.add_argument("--data", default=None, help="the run's dataset moved: its new folder (checksum verified)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_placement(p)
 
     p = command(
         "probe",

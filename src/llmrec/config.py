@@ -93,14 +93,60 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def unflatten(data: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys of one mapping become nested mappings: ``{"backbone.dtype": "bfloat16"}`` ->
+    ``{"backbone": {"dtype": "bfloat16"}}`` (values are not looked into; colliding groups merge)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        *parents, leaf = str(key).split(".")
+        for part in reversed(parents):
+            value = {leaf: value}
+            leaf = part
+        if isinstance(value, dict) and isinstance(out.get(leaf), dict):
+            value = merge(out[leaf], value)
+        elif leaf in out:
+            raise ConfigError(f"{key}: '{leaf}' is given twice, as a value and as a group of options")
+        out[leaf] = value
+    return out
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged into ``base`` at every depth (a mapping merges into a mapping; anything else
+    replaces); dotted keys of either side count as nested. Neither argument is modified."""
+    out = unflatten(base)
+    for key, value in unflatten(override).items():
+        value = unflatten(value) if isinstance(value, dict) else value
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
-    """Build the dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    """Build the dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
+
+    ``data`` overrides the defaults at every depth: a mapping given for a sub-config field merges into that
+    field's default (``{"backbone": {"dtype": "bfloat16"}}`` keeps every other backbone default, including
+    a default the parent config chose for it), and dotted keys (``"backbone.dtype"``) mean the same.
+    """
     where = where or cls.__name__
+    data = unflatten(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
+    for k, v in data.items():
+        default = _field_default(fields[k])
+        if isinstance(v, dict) and dataclasses.is_dataclass(default):
+            data[k] = merge(to_dict(default), v)
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -226,19 +272,34 @@ def resolve(
 
     ``nested`` maps a field holding a sub-config to its class: flags of that class fill the sub-config.
     """
-    data: dict[str, Any] = load_file(config_file) if config_file else {}
+    return from_dict(cls, resolved_dict(cls, args, config_file, nested))
+
+
+def resolved_dict(
+    cls: type,
+    args: argparse.Namespace,
+    config_file: str | Path | None = None,
+    nested: dict[str, type] | None = None,
+) -> dict[str, Any]:
+    """What :func:`resolve` builds its config from: the file's mapping with the flags merged in (at every
+    depth: ``-o backbone.dtype=bfloat16`` on top of a file's ``options: {backbone: {lora_r: 4}}`` keeps both)."""
+    data: dict[str, Any] = unflatten(load_file(config_file)) if config_file else {}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     given = vars(args)
     for k, v in given.items():
         if k in names:
-            if get_origin(_strip_optional(hints[k])) is dict and isinstance(v, list):
-                v = {**data.get(k, {}), **parse_key_values(v, _flag(k))}
+            tp = _strip_optional(hints[k])
+            if get_origin(tp) is dict and isinstance(v, list):
+                given_pairs = parse_key_values(v, _flag(k))
+                if get_args(tp)[1:] == (Any,):  # options of a config (model options): merged at every depth
+                    v = merge(data.get(k) or {}, given_pairs)
+                else:  # a plain mapping (e.g. column names, which may hold dots)
+                    v = {**(data.get(k) or {}), **given_pairs}
             data[k] = v
     for field_name, sub_cls in (nested or {}).items():
         sub_names = {f.name for f in dataclasses.fields(sub_cls)}
-        sub = dict(data.get(field_name) or {})
-        sub.update({k: v for k, v in given.items() if k in sub_names and k not in names})
-        if sub:
-            data[field_name] = sub
-    return from_dict(cls, data)
+        flags = {k: v for k, v in given.items() if k in sub_names and k not in names}
+        if flags:
+            data[field_name] = merge(data.get(field_name) or {}, flags)
+    return data

@@ -44,7 +44,7 @@ class CtrEfficiencyConfig:
     batch_size: int = option(8, "prompts per forward (training and inference alike)")
     options: dict[str, Any] = option(factory=dict, help="extra histllm options for both variants")
     threads: int | None = option(None, "torch CPU threads")
-    device: str = option("cpu", "torch device")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     out: str = option("runs/ctr-efficiency", "output folder: ctr_efficiency.json/.md/.png")
 
     def __post_init__(self) -> None:
@@ -56,7 +56,8 @@ def _variant(ds: Dataset, cfg: CtrEfficiencyConfig, history: str, length: int, i
     from llmrec.models.base import build_model
 
     options = {
-        "backbone": {"llm": cfg.llm, "device": cfg.device, "lora": True},
+        "device": cfg.device,
+        "backbone": {"llm": cfg.llm, "lora": True},
         "cf": "tokens" if (ds.features_dir / "mf_user.json").exists() else "none",
         "image": True,
         "image_feature": image_feature,

@@ -50,8 +50,10 @@ class EfficiencyConfig:
     )
     summary_texts: str | None = option(None, "generated summaries for the 'summary' representation")
     threads: int | None = option(None, "torch CPU threads")
-    dtype: str = option("float32", "LM dtype")
-    device: str = option("cpu", "torch device")
+    dtype: str = option(
+        "auto", "LM dtype: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16"
+    )
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     out: str = option("runs/efficiency", "output folder: efficiency.json, efficiency.md, efficiency.png")
 
     def __post_init__(self) -> None:
@@ -66,7 +68,8 @@ def _model(ds: Dataset, cfg: EfficiencyConfig, representation: str, image_featur
     from llmrec.models.base import build_model
 
     options = {
-        "backbone": {"llm": cfg.llm, "dtype": cfg.dtype, "device": cfg.device},
+        "device": cfg.device,
+        "backbone": {"llm": cfg.llm, "dtype": cfg.dtype},
         "representation": representation,
         "features": ["text"],
         "text_feature": cfg.text_feature,

@@ -54,9 +54,9 @@ def _model(cfg: ProbeConfig, train_cfg: Any, ds: Dataset) -> Any:
     from llmrec.models.base import build_model, load_model
 
     if not cfg.untrained:
-        return load_model(Path(cfg.run) / "model")
+        return load_model(cfg.run, data=ds.root)
     torch.manual_seed(cfg.seed)
-    model = build_model(train_cfg.model, train_cfg.options, ds.n_users, ds.n_items)
+    model = build_model(train_cfg.model, train_cfg.model_options(), ds.n_users, ds.n_items)
     model.attach(ds)
     return model
 
@@ -79,11 +79,11 @@ def linear_probe(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0) -> flo
 
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Probe the user states of a run; write and return {field: {next/last: accuracy, majority: rate}}."""
-    from llmrec.train import saved_config
+    from llmrec.train import run_dataset, saved_config
 
     run = Path(cfg.run)
     train_cfg = saved_config(run)
-    ds = Dataset(train_cfg.data)
+    ds = run_dataset(run)
     missing = [f for f in cfg.fields if f not in ds.items.columns]
     if missing:
         raise LlmrecError(

@@ -23,7 +23,8 @@ from llmrec.utils.io import read_json, write_json_atomic
 class Run:
     """A run directory with a log file attached to the root logger while the run is open."""
 
-    def __init__(self, root: str | Path, config: Any) -> None:
+    def __init__(self, root: str | Path, config: Any, dataset: dict[str, Any] | None = None) -> None:
+        """``dataset``: how the run refers to its dataset (:func:`llmrec.data.dataset.dataset_ref`)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -37,6 +38,7 @@ class Run:
                     "platform": platform.platform(),
                     "command": " ".join(sys.argv),
                     "started": dt.datetime.now().isoformat(timespec="seconds"),
+                    **({"dataset": dataset} if dataset else {}),
                 },
             },
         )
@@ -68,6 +70,38 @@ class Run:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# what llmrec writes into a run directory (``clear_run`` removes these and nothing else)
+RUN_FILES = (
+    "config.json",
+    "metrics.json",
+    "log.txt",
+    "model",
+    "tracking",
+    "checkpoint*.pt",
+    "stage-*.safetensors",
+    "step1.safetensors",
+    "stage1.safetensors",
+    "history*.json",
+    "training_curve*.png",
+    "breakdown.json",
+    "popularity_breakdown.png",
+    "ctr_rows.json",
+    "ranking_users.json",
+)
+
+
+def clear_run(root: str | Path) -> None:
+    """Delete what earlier llmrec runs wrote into ``root`` (``--restart``); other files stay untouched."""
+    import shutil
+
+    for pattern in RUN_FILES:
+        for path in Path(root).glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def default_run_name(model: str, data: str | Path) -> str:

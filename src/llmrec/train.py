@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
 
-from llmrec.config import ConfigError, from_dict, option
-from llmrec.data.dataset import Dataset
+from llmrec.config import ConfigError, from_dict, merge, option, to_dict
+from llmrec.data.dataset import Dataset, dataset_ref, locate_dataset
+from llmrec.devices import DEVICE_HELP
 from llmrec.errors import LlmrecError
 from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking, seeded_rows
-from llmrec.models.base import Recommender, build_model, load_model
+from llmrec.models.base import Recommender, build_model, load_model, model_config
 from llmrec.plots import plot_popularity_breakdown
-from llmrec.runs import Run, default_run_name
+from llmrec.runs import Run, clear_run, default_run_name
 from llmrec.trainer import accelerator_for
 from llmrec.utils.io import read_json
 
@@ -63,10 +64,76 @@ class TrainConfig:
     out: str | None = option(None, "run directory (default: runs/<model>-<dataset>-<timestamp>)")
     seed: int = option(42, "global seed (numpy, torch)")
     threads: int | None = option(None, "torch CPU threads (default: torch's choice)")
+    device: str | None = option(None, f"{DEVICE_HELP}; sets the model option 'device' (default: auto)")
+    dtype: str | None = option(
+        None, "LLM backbone weights: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
+    )
     options: dict[str, Any] = option(
-        factory=dict, help="model options, e.g. -o hidden=64 (unknown keys are an error)"
+        factory=dict,
+        help="model options, e.g. -o hidden=64 -o backbone.lora_r=16 (merged into the defaults; unknown keys "
+        "are an error)",
     )
     eval: EvalConfig = option(factory=EvalConfig, help="evaluation settings")
+
+    def model_options(self) -> dict[str, Any]:
+        """The model options with ``device`` and ``dtype`` merged in (they are shortcuts for them)."""
+        extra: dict[str, Any] = {}
+        if self.device:
+            extra["device"] = self.device
+        if self.dtype:
+            extra["backbone"] = {"dtype": self.dtype}
+        return merge(self.options, extra)
+
+    def resolved(self) -> dict[str, Any]:
+        """This config with every model option at its value (defaults, preset, file, flags; device and
+        dtype resolved for this machine): what ``--print-config`` prints."""
+        out = to_dict(self)
+        out["options"] = to_dict(model_config(self.model, self.options, self.device, self.dtype))
+        out.pop("device"), out.pop("dtype")  # resolved into the options
+        return out
+
+
+# what may differ when a run resumes: where it runs, how it is evaluated, where it is written
+_RESUMABLE_CHANGES = (
+    "out",
+    "threads",
+    "device",
+    "dtype",
+    "eval",
+    "data",
+    "options.device",
+    "options.backbone.dtype",
+)
+
+
+def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Dotted keys whose values differ between a run's saved config and ``cfg`` (models' options compared
+    after resolving their defaults, so an explicit default equals an omitted one)."""
+
+    def comparable(d: dict[str, Any]) -> dict[str, Any]:
+        d = dict(d)
+        d["options"] = to_dict(model_config(d["model"], d.get("options") or {}, resolve=False))
+        return _flatten(d)
+
+    before = comparable({k: v for k, v in saved.items() if not k.startswith("_")})
+    after = comparable(to_dict(cfg))
+    keys = sorted(set(before) | set(after))
+    return [
+        k
+        for k in keys
+        if before.get(k) != after.get(k)
+        and not any(k == p or k.startswith(p + ".") for p in _RESUMABLE_CHANGES)
+    ]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -133,17 +200,45 @@ class _MainRunDir:
     root: Path
 
 
-def train(cfg: TrainConfig) -> Path:
+def check_resume(run_dir: Path, cfg: TrainConfig, ds: Dataset, restart: bool = False) -> None:
+    """A run directory belongs to one model and configuration: training into one that holds another is
+    refused, naming the changed keys (``restart`` clears what earlier runs wrote there and starts over)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    if restart:
+        clear_run(run_dir)
+        log.info("--restart: cleared the earlier run in %s", run_dir)
+        return
+    saved = read_json(path)
+    try:
+        changed = config_changes(saved, cfg)
+    except LlmrecError as e:  # e.g. a model or option this version no longer has
+        changed = [f"(unreadable: {e})"]
+    identity = (saved.get("_llmrec") or {}).get("dataset", {}).get("identity")
+    if identity and identity != ds.identity:
+        changed.append("data (another dataset)")
+    if changed:
+        raise LlmrecError(
+            f"holds a run with another configuration (changed: {', '.join(changed)})",
+            file=run_dir,
+            hint="use the run's options to resume it, another --out, or --restart to start it over",
+        )
+
+
+def train(cfg: TrainConfig, restart: bool = False) -> Path:
     """Fit, save and evaluate; returns the run directory.
 
-    Started as several processes (``accelerate launch``), every process trains in step and only the main
-    one writes the run directory (config, log, checkpoints, model, evaluation); the others wait for it.
+    An existing run directory with the same configuration resumes (from its checkpoints); one with another
+    configuration is refused unless ``restart``. Started as several processes (``accelerate launch``),
+    every process trains in step and only the main one writes the run directory (config, log, checkpoints,
+    model, evaluation); the others wait for it.
     """
     ds = Dataset(cfg.data)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, cfg.options, ds.n_users, ds.n_items)
+    model = build_model(cfg.model, cfg.model_options(), ds.n_users, ds.n_items)
     accelerator = accelerator_for(model)  # joins the other processes before the model loads onto a GPU
     if (
         accelerator.num_processes == 1
@@ -156,17 +251,27 @@ def train(cfg: TrainConfig) -> Path:
         )
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg.model, cfg.data)
     [run_dir] = broadcast_object_list([run_dir])  # the main process's timestamp names the run everywhere
+    if accelerator.is_main_process:
+        check_resume(run_dir, cfg, ds, restart)
+    accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         logging.getLogger("llmrec").setLevel(logging.WARNING)  # the main process logs the run
         model.fit(ds, _MainRunDir(run_dir))
         accelerator.wait_for_everyone()
         return run_dir
-    with Run(run_dir, cfg) as run:
-        log.info("training %s on %s (%d users, %d items)", cfg.model, ds.root, ds.n_users, ds.n_items)
+    with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
+        log.info(
+            "training %s on %s (%d users, %d items) on %s",
+            cfg.model,
+            ds.root,
+            ds.n_users,
+            ds.n_items,
+            getattr(model.cfg, "device", "cpu"),
+        )
         t0 = time.perf_counter()
         model.fit(ds, run)
         run.log_metrics("train", {"fit_seconds": time.perf_counter() - t0})
-        model.save(run.model_dir)
+        model.save(run.model_dir, ds)
         evaluate_model(model, ds, cfg.eval, run)
     accelerator.wait_for_everyone()
     return run_dir
@@ -184,26 +289,45 @@ def saved_config(run_dir: str | Path) -> TrainConfig:
     return from_dict(TrainConfig, saved)
 
 
-def evaluate_run(
-    run_dir: str | Path, eval_cfg: EvalConfig | None = None, data: str | None = None
-) -> dict[str, Any]:
-    """Re-evaluate a saved run's model (optionally on another prepared copy of the dataset)."""
+def run_dataset(run_dir: str | Path, data: str | Path | None = None) -> Dataset:
+    """The dataset a run was trained on: ``data`` (a moved copy, checksum verified), else the path the run
+    recorded relative to itself, else the absolute one (runs of older versions: their config's ``data``)."""
     run_dir = Path(run_dir)
+    saved = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    ref = (saved.get("_llmrec") or {}).get("dataset")
+    if ref is None and (run_dir / "model" / "model.json").exists():
+        ref = read_json(run_dir / "model" / "model.json").get("dataset")
+        return locate_dataset(ref or saved.get("data"), run_dir / "model", data)
+    return locate_dataset(ref or saved.get("data"), run_dir, data)
+
+
+def evaluation_config(
+    run_dir: str | Path, overrides: dict[str, Any] | None = None, data: str | None = None
+) -> TrainConfig:
+    """A run's saved config with evaluation ``overrides`` merged into its saved evaluation settings (so
+    ``--ks 1`` keeps the run's ``ranking_users`` and ``ctr_examples``)."""
     cfg = saved_config(run_dir)
-    if eval_cfg is not None:
-        cfg.eval = eval_cfg
+    cfg.eval = from_dict(EvalConfig, merge(to_dict(cfg.eval), overrides or {}), where="evaluation options")
     if data:
-        cfg.data = data
-    ds = Dataset(cfg.data)
-    model = load_model(run_dir / "model")
-    if (model.n_users, model.n_items) != (ds.n_users, ds.n_items):
-        raise LlmrecError(
-            f"model was trained for {model.n_users} users / {model.n_items} items, dataset has {ds.n_users} / {ds.n_items}",
-            file=ds.root,
-            hint="evaluate on the dataset the model was trained on",
-        )
-    with Run(run_dir, cfg) as run:
+        cfg.data = str(data)
+    return cfg
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    data: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> dict[str, Any]:
+    """Re-evaluate a saved run's model on ``device`` (any: where it was trained does not matter), with
+    ``overrides`` merged into its saved evaluation settings, optionally on a moved copy of its dataset."""
+    run_dir = Path(run_dir)
+    cfg = evaluation_config(run_dir, overrides, data)
+    ds = run_dataset(run_dir, data)
+    model = load_model(run_dir, device=device, dtype=dtype, data=ds.root)
+    with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
         return evaluate_model(model, ds, cfg.eval, run)
 
 
-__all__ = ["TrainConfig", "EvalConfig", "train", "evaluate_run", "saved_config"]
+__all__ = ["TrainConfig", "EvalConfig", "train", "evaluate_run", "saved_config", "run_dataset"]

@@ -15,10 +15,12 @@ Layout::
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -72,6 +74,11 @@ class Dataset:
     @cached_property
     def interactions(self) -> pd.DataFrame:
         return self._parquet("interactions.parquet")
+
+    @cached_property
+    def identity(self) -> str:
+        """sha256 of the dataset's content (recorded in meta.json by ``prepare``; computed for older ones)."""
+        return str(self.meta.get("identity") or content_identity(self.root))
 
     @property
     def n_items(self) -> int:
@@ -142,3 +149,72 @@ class Dataset:
     @property
     def images_dir(self) -> Path:
         return self.root / "images"
+
+
+# what makes a prepared dataset what it is: its tables and frozen candidates (not images/, features/, texts/)
+_CONTENT = ("items.parquet", "users.parquet", "interactions.parquet", "sequences.parquet", "eval", "ctr")
+
+
+def content_identity(root: str | Path) -> str:
+    """sha256 over the names and sha256s of a prepared dataset's tables and frozen candidates: equal for a
+    copy anywhere, different as soon as one byte of them differs."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for name in _CONTENT:
+        path = root / name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if f.exists():
+                h.update(f"{f.relative_to(root).as_posix()}:{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def dataset_ref(ds: Dataset, relative_to: str | Path) -> dict[str, Any]:
+    """How a run or a saved model refers to its dataset: a path relative to ``relative_to`` (so the two can
+    move together), the absolute path it had, and its identity (so a moved copy can be verified)."""
+    root = ds.root.resolve()
+    return {
+        "path": os.path.relpath(root, Path(relative_to).resolve()),
+        "absolute": str(root),
+        "identity": ds.identity,
+        "users": ds.n_users,
+        "items": ds.n_items,
+    }
+
+
+def locate_dataset(
+    ref: dict[str, Any] | str | None, relative_to: str | Path, data: str | Path | None = None
+) -> Dataset:
+    """The dataset ``ref`` (from :func:`dataset_ref`; an older absolute path string is accepted) refers to.
+
+    ``data`` names it explicitly (a moved copy): its identity must match. Otherwise the relative path is
+    tried first, then the absolute one.
+    """
+    ref = {"absolute": ref} if isinstance(ref, str) else dict(ref or {})
+    expected = ref.get("identity")
+    if data is not None:
+        ds = Dataset(data)
+        if expected and ds.identity != expected:
+            raise LlmrecError(
+                f"not the dataset the model was trained on (content sha256 {ds.identity[:12]}, expected "
+                f"{expected[:12]})",
+                file=ds.root,
+                hint="point --data at a copy of the training dataset",
+            )
+        return ds
+    tried = []
+    for key in ("path", "absolute"):
+        if not ref.get(key):
+            continue
+        root = Path(relative_to) / ref[key] if key == "path" else Path(ref[key])
+        tried.append(str(root))
+        if (root / "meta.json").exists():
+            ds = Dataset(root)
+            if not expected or ds.identity == expected:
+                return ds
+    raise LlmrecError(
+        "the dataset the model was trained on is not where the run recorded it"
+        + (f" ({' nor '.join(dict.fromkeys(tried))})" if tried else ""),
+        file=relative_to,
+        hint="pass --data DIR with a copy of it (its content checksum is verified)",
+    )

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.config import option, to_dict
+from llmrec.data.dataset import content_identity
 from llmrec.data.importers import ImportSpec, get_importer
 from llmrec.data.schema import RawData
 from llmrec.errors import ConfigError, LlmrecError
@@ -341,7 +342,7 @@ def write_dataset(tables: dict[str, Any], out_dir: Path) -> None:
             for split in ("train", "valid", "test"):
                 part = tables["ctr"].loc[tables["ctr"]["split"] == split].drop(columns="split")
                 part.to_parquet(tmp / "ctr" / f"{split}.parquet", index=False)
-        meta = dict(tables["meta"], checksums=checksums)
+        meta = dict(tables["meta"], checksums=checksums, identity=content_identity(tmp))
         write_json_atomic(tmp / "meta.json", meta)
         if out_dir.exists():
             _carry_side_outputs(out_dir, tmp, tables["items"])

@@ -152,13 +152,7 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
     from llmrec.utils.io import read_json
 
     run_dir = Path(run_dir)
-    model = load_model(run_dir / "model")
-    if (model.n_users, model.n_items) != (ds.n_users, ds.n_items):
-        raise LlmrecError(
-            f"the run's model covers {model.n_users} users / {model.n_items} items, the dataset {ds.n_users} / {ds.n_items}",
-            file=run_dir,
-            hint="export into the dataset the model was trained on",
-        )
+    model = load_model(run_dir, device="cpu", data=ds.root)  # checks it is the dataset it was trained on
     exported = model.export_embeddings() if hasattr(model, "export_embeddings") else {}
     if not exported:
         raise LlmrecError(

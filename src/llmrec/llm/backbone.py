@@ -32,10 +32,9 @@ class BackboneConfig:
     """Which causal LM, in which precision, frozen or with LoRA."""
 
     llm: str = option(DEFAULT_LLM, "causal LM: offline alias, local folder, hub id or .gguf file")
-    dtype: Literal["float32", "bfloat16", "float16"] = option(
-        "float32", "LM weights dtype (fp32 is fastest on CPU)"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", "LM weights dtype (also --dtype); auto: bfloat16 on CUDA, float32 elsewhere (fastest on CPU)"
     )
-    device: str = option("cpu", "torch device")
     lora: bool = option(False, "train LoRA adapters (peft); otherwise the LM is frozen")
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA alpha")
@@ -55,12 +54,15 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class Backbone(nn.Module):
-    """A causal LM plus its tokenizer, with placeholder-token embedding injection."""
+    """A causal LM plus its tokenizer, with placeholder-token embedding injection, on ``device`` (the
+    model's one device option) in ``cfg.dtype`` (``auto`` resolved for that device)."""
 
-    def __init__(self, cfg: BackboneConfig) -> None:
+    def __init__(self, cfg: BackboneConfig, device: str = "cpu") -> None:
+        from llmrec.devices import resolve_dtype
+
         super().__init__()
         self.cfg = cfg
-        model, tokenizer = load_causal_lm(cfg.llm, dtype=_DTYPES[cfg.dtype])
+        model, tokenizer = load_causal_lm(cfg.llm, dtype=_DTYPES[resolve_dtype(cfg.dtype, device)])
         tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDERS)})
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -87,7 +89,7 @@ class Backbone(nn.Module):
                     task_type="CAUSAL_LM",
                 ),
             )
-        self.model = model.to(cfg.device)
+        self.model = model.to(device)
         self.hidden_size = int(
             model.config.hidden_size if not cfg.lora else model.base_model.model.config.hidden_size
         )

@@ -16,13 +16,16 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from llmrec.config import from_dict, to_dict
+from llmrec.config import ConfigError, from_dict, merge, to_dict
 from llmrec.errors import LlmrecError
 from llmrec.utils.io import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 
 @dataclasses.dataclass
@@ -37,6 +40,8 @@ class Recommender(abc.ABC):
     preset: ClassVar[dict[str, Any]] = {}
     #: what the model is for: next-item ranking and/or CTR (a CTR-only model skips ranking evaluation)
     tasks: ClassVar[tuple[str, ...]] = ("ranking", "ctr")
+    #: whether loading a saved model needs its dataset (models that read item texts/features from it)
+    needs_dataset: ClassVar[bool] = False
 
     def __init__(self, cfg: ModelConfig, n_users: int, n_items: int) -> None:
         self.cfg, self.n_users, self.n_items = cfg, n_users, n_items
@@ -59,11 +64,16 @@ class Recommender(abc.ABC):
         """(B,) scores of one target item per example (CTR protocol)."""
         return self.score(users, histories, np.asarray(targets, dtype=np.int64)[:, None])[:, 0]
 
-    # -- persistence: config + sizes in model.json; subclasses add their weights in save_state/load_state
-    def save(self, directory: str | Path) -> None:
+    # -- persistence: config, sizes and dataset in model.json; subclasses add their state in save_state/load_state
+    def save(self, directory: str | Path, dataset: Dataset | None = None) -> None:
+        """Write the model into ``directory``; ``dataset`` (the one it was trained on) is recorded by a path
+        relative to ``directory`` and its content checksum, so a run can move with its dataset."""
+        from llmrec.data.dataset import dataset_ref
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.save_state(directory)
+        dataset = dataset or self.trained_on
         write_json_atomic(
             directory / "model.json",
             {
@@ -71,14 +81,20 @@ class Recommender(abc.ABC):
                 "config": to_dict(self.cfg),
                 "n_users": self.n_users,
                 "n_items": self.n_items,
+                "dataset": dataset_ref(dataset, directory) if dataset is not None else None,
             },
         )
+
+    @property
+    def trained_on(self) -> Dataset | None:
+        """The dataset the model is attached to, when it keeps one (models around an LLM do)."""
+        return None
 
     def save_state(self, directory: Path) -> None:  # noqa: B027 (optional hook: stateless models skip it)
         """Write learned state (weights, counts) into ``directory``."""
 
-    def load_state(self, directory: Path) -> None:  # noqa: B027 (optional hook)
-        """Read what :meth:`save_state` wrote."""
+    def load_state(self, directory: Path, dataset: Dataset | None) -> None:  # noqa: B027 (optional hook)
+        """Read what :meth:`save_state` wrote (``dataset``: the located training dataset, when known)."""
 
 
 _MODELS: dict[str, type[Recommender]] = {}
@@ -113,17 +129,104 @@ def get_model_class(name: str) -> type[Recommender]:
     return _MODELS[name]
 
 
-def build_model(name: str, options: dict[str, Any], n_users: int, n_items: int) -> Recommender:
-    """Instantiate a registered model from a dict of its options (unknown keys are an error)."""
+def model_config(
+    name: str,
+    options: dict[str, Any],
+    device: str | None = None,
+    dtype: str | None = None,
+    resolve: bool = True,
+) -> ModelConfig:
+    """The fully resolved config of model ``name``: its preset, then ``options`` merged in at every depth
+    (unknown keys are an error), with ``device`` and the backbone ``dtype`` resolved for this machine
+    (``resolve=False`` leaves them as given, e.g. ``auto``).
+
+    ``device``/``dtype`` override the options' own (``--device``/``--dtype`` of the CLI)."""
     cls = get_model_class(name)
-    options = {**cls.preset, **options}  # a registered preset of another model fixes some defaults
-    return cls(from_dict(cls.config_cls, options, where=f"model '{name}' options"), n_users, n_items)
+    options = merge(cls.preset, options)  # a registered preset of another model fixes some defaults
+    cfg = from_dict(cls.config_cls, options, where=f"model '{name}' options")
+    if resolve:
+        place(cfg, device, dtype, name)
+    return cfg
 
 
-def load_model(directory: str | Path) -> Recommender:
-    """Rebuild a saved model from ``directory/model.json`` and its state files."""
-    directory = Path(directory)
+def place(cfg: ModelConfig, device: str | None, dtype: str | None, name: str) -> None:
+    """Resolve (and override) the device and backbone dtype of ``cfg`` in place."""
+    from llmrec.devices import resolve_device, resolve_dtype
+
+    if hasattr(cfg, "device"):
+        cfg.device = resolve_device(device or cfg.device)  # type: ignore[attr-defined]
+    elif device not in (None, "auto", "cpu"):
+        raise ConfigError(f"model '{name}' has no device option: it runs on the CPU (numpy); drop --device")
+    backbone = getattr(cfg, "backbone", None)
+    if backbone is not None:
+        backbone.dtype = resolve_dtype(dtype or backbone.dtype, cfg.device)  # type: ignore[attr-defined]
+    elif dtype not in (None, "auto"):
+        raise ConfigError(f"--dtype applies to LLM backbones and model '{name}' has none; drop it")
+
+
+def build_model(
+    name: str,
+    options: dict[str, Any],
+    n_users: int,
+    n_items: int,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Recommender:
+    """Instantiate a registered model from a dict of its options (see :func:`model_config`)."""
+    return get_model_class(name)(model_config(name, options, device, dtype), n_users, n_items)
+
+
+def model_dir(path: str | Path) -> Path:
+    """The model folder of a run directory, or ``path`` itself when it is one."""
+    path = Path(path)
+    if (path / "model" / "model.json").exists():
+        return path / "model"
+    if not (path / "model.json").exists():
+        raise LlmrecError(
+            "neither a run directory nor a saved model (no model/model.json, no model.json)",
+            file=path,
+            hint="give a directory written by 'llmrec train'",
+        )
+    return path
+
+
+# keys older versions saved that the current configs no longer have
+_LEGACY_KEYS = {"backbone": ("device",), "": ("rec_norm",)}
+
+
+def load_model(
+    path: str | Path, device: str = "auto", dtype: str = "auto", data: str | Path | None = None
+) -> Recommender:
+    """Rebuild a saved model (a run directory or its ``model/`` folder) on ``device`` in ``dtype``.
+
+    Whatever device and precision it was trained with, it loads here: ``auto`` is this machine's GPU when
+    there is one, else the CPU (and bf16 / fp32 for an LLM backbone). A model that reads its dataset
+    (the LLM methods) finds it through the path recorded relative to the model, or ``data`` (a moved copy;
+    its content checksum must match). Missing or unexpected weights are an error.
+    """
+    from llmrec.data.dataset import locate_dataset
+
+    directory = model_dir(path)
     info = read_json(directory / "model.json")
-    model = build_model(info["model"], info["config"], info["n_users"], info["n_items"])
-    model.load_state(directory)
+    config = dict(info["config"])
+    for group, keys in _LEGACY_KEYS.items():
+        node = config.get(group) if group else config
+        for key in keys:
+            if isinstance(node, dict) and key in node and not (key == "rec_norm" and node[key]):
+                node.pop(key)
+    model = build_model(info["model"], config, info["n_users"], info["n_items"], device, dtype)
+    ref = info.get("dataset")
+    if ref is None and (directory / "sources.json").exists():  # saved before model.json recorded it
+        ref = read_json(directory / "sources.json").get("dataset")
+    dataset = None
+    if model.needs_dataset or data is not None:
+        dataset = locate_dataset(ref, directory, data)
+        if (dataset.n_users, dataset.n_items) != (model.n_users, model.n_items):
+            raise LlmrecError(
+                f"the model was trained for {model.n_users} users / {model.n_items} items, this dataset has "
+                f"{dataset.n_users} / {dataset.n_items}",
+                file=dataset.root,
+                hint="use the dataset the model was trained on",
+            )
+    model.load_state(directory, dataset)
     return model

@@ -122,7 +122,6 @@ class HistLLMConfig(NeuralConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.device = self.backbone.device
         if self.history_len < 1 or self.max_text_tokens < 1 or self.binary_bits < 1:
             raise ConfigError("history_len, max_text_tokens and binary_bits must be >= 1")
         if self.step1_epochs < 0:
@@ -194,7 +193,7 @@ class HistLLM(FeatureBackedLLM):
     def attach(self, ds: Dataset) -> None:
         """Load the backbone, item texts, features; create the mappers and the history encoder."""
         cfg = self.cfg
-        self.source = {"dataset": str(Path(ds.root).resolve()), "features": {}}
+        self.source, self._dataset = {"features": {}}, ds
         image = cfg.image
         if image is None:
             image = (ds.features_dir / f"{cfg.image_feature}.json").exists()
@@ -202,7 +201,7 @@ class HistLLM(FeatureBackedLLM):
                 "image feature %r %s", cfg.image_feature, "found: VMA on" if image else "absent: VMA off"
             )
         self.use_image = bool(image)
-        self.backbone = Backbone(cfg.backbone)
+        self.backbone = Backbone(cfg.backbone, cfg.device)
         d = self.backbone.hidden_size
         if self.use_image:
             feat = load_item_feature(
@@ -257,7 +256,7 @@ class HistLLM(FeatureBackedLLM):
                 max_len=per_item * max(cfg.history_len, 1),
             )
         self.answer_ids = [self.backbone.answer_token_id("Yes"), self.backbone.answer_token_id("No")]
-        self.to(cfg.backbone.device)
+        self.to(cfg.device)
 
     def _register_feature(self, role: str, feat: Any) -> None:
         self.register_buffer(

@@ -134,7 +134,6 @@ class ILLMRecConfig(NeuralConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.device = self.backbone.device  # one device for the LM, adaptors, projectors and batches
         if self.representation not in REPRESENTATIONS:
             raise ConfigError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
         bad = [f for f in self.features if f not in FEATURE_TYPES]
@@ -200,8 +199,8 @@ class ILLMRec(FeatureBackedLLM):
             role: load_item_feature(ds, name, self.n_items, who="illmrec", option=f"{role}_feature")
             for role, name in self._needs().items()
         }
+        self._dataset = ds
         self.source = {
-            "dataset": str(Path(ds.root).resolve()),
             "features": {role: {"name": f.name, "sha256": f.manifest["sha256"]} for role, f in feats.items()},
         }
         for role, f in feats.items():
@@ -237,7 +236,7 @@ class ILLMRec(FeatureBackedLLM):
                 "sha256": feats["text"].manifest["sha256"],
             }
 
-        self.backbone = Backbone(cfg.backbone)
+        self.backbone = Backbone(cfg.backbone, cfg.device)  # one device for the LM and every module
         d = self.backbone.hidden_size
         if "image" in feats:
             self.adaptor = mlp_adaptor(feats["image"].dim, cfg.adaptor_hidden, d)  # M: image -> one LLM token
@@ -258,7 +257,7 @@ class ILLMRec(FeatureBackedLLM):
         self._lengths: dict[str, np.ndarray] = {}
         # what training may change (the projectors-alone stage freezes some of it for a while)
         self._trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        self.to(cfg.backbone.device)
+        self.to(cfg.device)
 
     def _item_texts(self, ds: Dataset, has_image: np.ndarray) -> list[ItemText]:
         items = ds.items

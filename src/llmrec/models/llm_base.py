@@ -11,24 +11,31 @@ import torch
 
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
-from llmrec.models.neural import TorchRecommender
+from llmrec.models.neural import TorchRecommender, check_weights, read_weights
 from llmrec.utils.io import atomic_path, read_json, write_json_atomic
 
 
 class FeatureBackedLLM(TorchRecommender):
     """A subclass provides ``attach(ds)`` (which fills ``self.source["features"]`` with each feature's name and
-    sha256) and ``checkpoint_state``; its weights file is ``<weights_name>.safetensors`` beside sources.json."""
+    sha256) and ``checkpoint_state``; its weights file is ``<weights_name>.safetensors`` beside sources.json.
+    The dataset itself is recorded in model.json (see :meth:`Recommender.save`)."""
 
     weights_name: ClassVar[str] = ""
+    needs_dataset = True
     source: dict[str, Any]
+    _dataset: Dataset | None = None
 
     @abc.abstractmethod
     def attach(self, ds: Dataset) -> None:
         """Load the backbone and the dataset's features; build the modules; record ``self.source``."""
 
+    @property
+    def trained_on(self) -> Dataset | None:
+        return self._dataset
+
     def sources_record(self) -> dict[str, Any]:
         """What sources.json holds (subclasses may add keys that ``before_attach`` reads back)."""
-        return self.source
+        return {k: v for k, v in self.source.items() if k != "dataset"}
 
     def before_attach(self, source: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore from sources.json what ``attach`` needs to rebuild the same modules."""
@@ -54,25 +61,22 @@ class FeatureBackedLLM(TorchRecommender):
         self.save_weights(directory / f"{self.weights_name}.safetensors", self.checkpoint_state())
         write_json_atomic(directory / "sources.json", self.sources_record())
 
-    def load_state(self, directory: Path) -> None:
-        from safetensors.torch import load_file
-
+    def load_state(self, directory: Path, dataset: Dataset | None) -> None:
+        """Attach to ``dataset`` (located by :func:`load_model`), check the features are the ones trained
+        on, then load exactly the weights training changes (a missing or unexpected one is an error)."""
+        assert dataset is not None  # needs_dataset: load_model located it
         source = read_json(directory / "sources.json")
-        root = Path(source["dataset"])
-        if not (root / "meta.json").exists():
-            raise LlmrecError(
-                "the dataset this model reads its features from is gone",
-                file=root,
-                hint=f"restore it or edit {directory / 'sources.json'}",
-            )
         self.before_attach(source)
-        self.attach(Dataset(root))
+        self.attach(dataset)
         for role, ref in source["features"].items():
             if self.source["features"].get(role, {}).get("sha256") != ref["sha256"]:
                 raise LlmrecError(
                     f"feature '{ref['name']}' changed since the model was trained",
-                    file=root / "features",
+                    file=dataset.features_dir,
                     hint="restore it or retrain",
                 )
-        self.load_checkpoint_state(load_file(directory / f"{self.weights_name}.safetensors"))
+        path = directory / f"{self.weights_name}.safetensors"
+        state = read_weights(path)
+        check_weights(path, state, self.checkpoint_state())
+        self.load_checkpoint_state(state)
         self.eval()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from llmrec.config import option
-from llmrec.errors import ConfigError
+from llmrec.errors import ConfigError, LlmrecError
 from llmrec.models.base import ModelConfig, Recommender
 
 Batch = dict[str, torch.Tensor]
@@ -35,7 +35,11 @@ class NeuralConfig(ModelConfig):
     patience: int = option(20, "stop after this many validations without a better validation metric")
     eval_every: int = option(1, "epochs between validations")
     eval_users: int | None = option(None, "validate on a fixed random subset of users (None = all)")
-    device: str = option("cpu", "torch device (under accelerate launch: cpu, or each process's own GPU)")
+    device: str = option(
+        "auto",
+        "auto | cpu | cuda | cuda:N | mps (auto: cuda when available; also --device; under accelerate "
+        "launch: cpu, or each process's own GPU)",
+    )
     mixed_precision: Literal["none", "bf16", "fp16"] = option(
         "none",
         "autocast of the training loss (bf16: CPU or GPU; fp16: GPU, loss-scaled); weights keep their dtype",
@@ -113,11 +117,46 @@ class TorchRecommender(Recommender, nn.Module):
             directory / "model.safetensors",
         )
 
-    def load_state(self, directory: Path) -> None:
-        from safetensors.torch import load_file
-
-        self.load_state_dict(load_file(directory / "model.safetensors"))
+    def load_state(self, directory: Path, dataset: Any = None) -> None:
+        path = directory / "model.safetensors"
+        state = read_weights(path)
+        check_weights(path, state, self.state_dict())
+        self.load_state_dict(state)
+        self.to(self.cfg.device)
         self.eval()  # a loaded model is for scoring; fit() switches back to training mode
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (on the CPU), with a one-line error when it is missing or unreadable."""
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise LlmrecError("model weights missing", file=path, hint="train the model again (llmrec train)")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise LlmrecError(
+            f"unreadable weights ({e})", file=path, hint="the file is truncated or not ours; train again"
+        ) from None
+
+
+def check_weights(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Missing or unexpected weights are an error naming them (never a model left partly random)."""
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        raise LlmrecError(
+            f"weights do not match the model: missing {missing[:4]}{' ...' if len(missing) > 4 else ''}, "
+            f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}",
+            file=path,
+            hint="it was saved by another model or configuration; load it with that one or retrain",
+        )
+    for name, value in saved.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise LlmrecError(
+                f"weight '{name}' has shape {tuple(value.shape)}, the model expects {tuple(expected[name].shape)}",
+                file=path,
+                hint="it was saved with another configuration; load it with that one or retrain",
+            )
 
 
 def left_pad(histories: list[np.ndarray], max_len: int, offset: int = 1) -> torch.Tensor:

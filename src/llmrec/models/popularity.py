@@ -25,7 +25,7 @@ class Popularity(Recommender):
     def save_state(self, directory: Path) -> None:
         np.save(directory / "counts.npy", self.counts)
 
-    def load_state(self, directory: Path) -> None:
+    def load_state(self, directory: Path, dataset: Any = None) -> None:
         self.counts = np.load(directory / "counts.npy")
 
 

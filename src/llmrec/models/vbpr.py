@@ -58,6 +58,7 @@ class VBPRConfig(MFConfig):
 @register_model("vbpr")
 class VBPR(MF):
     config_cls = VBPRConfig
+    needs_dataset = True
     cfg: VBPRConfig
 
     def __init__(self, cfg: VBPRConfig, n_users: int, n_items: int) -> None:
@@ -68,6 +69,7 @@ class VBPR(MF):
         # E and beta' depend on the feature's size: attach_feature creates them (in fit or load_state).
         self.proj: nn.Linear | None = None
         self.source: dict[str, Any] | None = None
+        self._dataset: Dataset | None = None
 
     def attach_feature(self, feature: Feature) -> None:
         """Hold the feature as (N, F) float32 buffers (not saved with the weights) and create E, beta'."""
@@ -84,8 +86,8 @@ class VBPR(MF):
     def fit(self, dataset: Any, run: Any | None = None) -> None:
         feature = load_item_feature(dataset, self.cfg.feature, self.n_items, who="vbpr")
         self.attach_feature(feature)
+        self._dataset = dataset
         self.source = {
-            "dataset": str(Path(dataset.root).resolve()),
             "feature": self.cfg.feature,
             "sha256": feature.manifest["sha256"],
             "shape": list(feature.values.shape),
@@ -125,19 +127,18 @@ class VBPR(MF):
         super().save_state(directory)
         write_json_atomic(directory / "feature.json", self.source)
 
-    def load_state(self, directory: Path) -> None:
+    @property
+    def trained_on(self) -> Dataset | None:
+        return self._dataset
+
+    def load_state(self, directory: Path, dataset: Dataset | None) -> None:
         ref = directory / "feature.json"
         if not ref.exists():
             raise LlmrecError("saved vbpr model without feature.json", file=ref, hint="retrain the model")
         source = read_json(ref)
-        root = Path(source["dataset"])
-        if not (root / "meta.json").exists():
-            raise LlmrecError(
-                f"the dataset holding the model's feature '{source['feature']}' is gone",
-                file=root,
-                hint=f"restore it, or set 'dataset' in {ref} to a copy of it",
-            )
-        ds = Dataset(root)
+        source.pop("dataset", None)  # saved by older versions; model.json locates the dataset now
+        assert dataset is not None  # needs_dataset: load_model located it
+        ds = self._dataset = dataset
         feature = load_item_feature(ds, source["feature"], self.n_items, who="vbpr")
         if feature.manifest["sha256"] != source["sha256"]:
             raise LlmrecError(
@@ -148,4 +149,4 @@ class VBPR(MF):
             )
         self.attach_feature(feature)
         self.source = source
-        super().load_state(directory)
+        super().load_state(directory, dataset)
