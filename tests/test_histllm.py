@@ -238,8 +238,12 @@ def test_histllm_learns_through_its_visual_tokens(parity_dataset, tiny_llm):
     assert metrics["auc"] > 0.9 and control["auc"] < 0.75, (metrics, control)
 
 
-def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_path):
+def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_path, monkeypatch):
     from llmrec.ctr_experiments import CtrEfficiencyConfig, run_ctr_efficiency
+    from llmrec.utils import timing
+
+    synced = []  # every timed span waits for the device on both ends
+    monkeypatch.setattr(timing, "synchronize", lambda device: synced.append(str(device)))
 
     cfg = CtrEfficiencyConfig(
         data=str(ctr_dataset.root),
@@ -257,6 +261,8 @@ def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_p
     assert by[(4, True)]["prompt_tokens"] == by[(2, True)]["prompt_tokens"]  # one token whatever the length
     assert by[(4, False)]["prompt_tokens"] > by[(2, False)]["prompt_tokens"] > by[(2, True)]["prompt_tokens"]
     assert all(p["inference_s_per_100"] > 0 and p["train_s_per_100"] > 0 for p in r["points"])
+    # per point: inference (start, end), the warm-up step (start only), the timed step (start, end)
+    assert synced == ["cpu"] * 4 * (2 + 1 + 2)
     assert {"ctr_efficiency.json", "ctr_efficiency.md", "ctr_efficiency.png"} <= {
         f.name for f in (tmp_path / "eff").iterdir()
     }
