@@ -81,6 +81,40 @@ def test_history_becomes_exactly_one_token(ctr_dataset, tiny_llm):
     assert long["mask"].sum(1)[1] > long["mask"].sum(1)[0]  # w/o UHEM: the prompt grows per item
 
 
+@pytest.mark.parametrize("history", ["uhem", "inline"])
+def test_placeholder_strings_in_item_text_train_and_score(ctr_dataset, tiny_llm, history):
+    """Titles and descriptions holding placeholder strings are text: UHEM's item tokens and every prompt hold
+    exactly the template's placeholders."""
+    items = ctr_dataset.items
+    items["title"] = [f"Press [REC] {i} [HIST]" for i in range(len(items))]
+    items["description"] = "[VISUAL] [CF] [REC] [HIST] [USERID] [ITEMID] inside"
+    model = make("histllm", ctr_dataset, tiny_llm, description_texts=None, history=history)
+    model.attach(ctr_dataset)
+    tok = model.backbone.token_ids
+    if history == "uhem":
+        assert not torch.isin(model.item_tokens, torch.tensor(list(tok.values()))).any()
+    rows = ctr_dataset.ctr("train").head(4)
+    users, targets = rows["user_idx"].to_numpy(), rows["target"].to_numpy()
+    histories = [np.asarray(h) for h in rows["history"]]
+    for step in (1, 2):
+        batch = model.prompts(users, histories, targets, step=step)
+        counts = {name: (batch["ids"] == i).sum(1) for name, i in tok.items()}
+        n_items = torch.tensor([min(len(h), model.cfg.history_len) for h in histories])
+        if step == 1:  # the text-only prompt: no placeholder at all
+            assert all(int(c.sum()) == 0 for c in counts.values())
+            continue
+        assert (counts["[HIST]"] == int(history == "uhem")).all() and (counts["[REC]"] == 0).all()
+        assert (
+            (counts["[USERID]"] == 1).all()
+            and (counts["[ITEMID]"] == 1).all()
+            and (counts["[CF]"] == 0).all()
+        )
+        assert torch.equal(counts["[VISUAL]"], 1 + (n_items if history == "inline" else 0 * n_items))
+        batch["labels"] = torch.from_numpy(rows["label"].to_numpy(np.float32))
+        model.loss(batch).backward()
+    assert np.isfinite(model.score_pairs(users, histories, targets)).all()
+
+
 def test_step2_keeps_lora_bit_identical_and_trains_modules(ctr_dataset, tiny_llm, monkeypatch):
     model = make("histllm", ctr_dataset, tiny_llm)
     snapshots = {}

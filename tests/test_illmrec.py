@@ -9,7 +9,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
-from llmrec.llm.prompts import ItemText, ila_answer, ire_prompt, render_item
+from llmrec.llm.prompts import ItemText, escape_placeholders, ila_answer, ire_prompt, render_item
 from llmrec.models.base import build_model, load_model
 
 SMALL = {"adaptor_hidden": 16, "d_shared": 8, "batch_size": 4, "epochs": 1, "eval_users": 8}
@@ -57,6 +57,39 @@ def test_official_item_and_prompt_text():
     )
     assert prompt.endswith("generate a recommendation token for the next item to be consumed: [REC]")
     assert ila_answer("brand", "") == "The brand of the next item to be consumed is 'Unknown'"
+
+
+def test_placeholder_strings_in_data_are_escaped():
+    assert escape_placeholders("Press [REC] then [VISUAL]; [Blu-ray] [rec]") == (
+        "Press (REC) then (VISUAL); [Blu-ray] [rec]"
+    )
+    assert escape_placeholders(escape_placeholders("[HIST]")) == "(HIST)"
+    item = ItemText(title="[REC] {Deck}", brand="[CF]", category="[HIST]", description="[USERID] [ITEMID]")
+    assert render_item(item, "attribute") == "{Title: (REC) Deck, Brand: (CF), Category: (HIST)}"
+    assert render_item(item, "image_description") == (
+        "{Title: (REC) Deck, Visual representation: [VISUAL], Description: (USERID) (ITEMID)}"
+    )
+    assert ila_answer("title", "[VISUAL] x") == "The title of the next item to be consumed is '(VISUAL) x'"
+
+
+def test_placeholder_strings_in_item_text_train_and_score(ill_dataset, tiny_llm):
+    """Item data holding placeholder strings is text: each prompt holds exactly the template's placeholders."""
+    items = ill_dataset.items
+    items["title"] = [f"Press [REC] {i} [VISUAL]" for i in range(len(items))]
+    items["description"] = "[VISUAL] [CF] [REC] [HIST] [USERID] [ITEMID] inside"
+    items["brand"], items["category"] = "[REC]", "[CF]"
+    m = _model(ill_dataset, tiny_llm, representation="image_description")
+    batch = next(m.train_batches(ill_dataset, np.random.default_rng(0)))
+    tok = m.backbone.token_ids
+    assert ((batch["ire_ids"] == tok["[REC]"]).sum(1) == 1).all()
+    assert int((batch["ire_ids"] == tok["[VISUAL]"]).sum()) == len(batch["ire_visual"])
+    assert int((batch["ila_ids"] == tok["[VISUAL]"]).sum()) == len(batch["ila_visual"])
+    for name in ("[CF]", "[HIST]", "[USERID]", "[ITEMID]"):
+        assert not (batch["ire_ids"] == tok[name]).any() and not (batch["ila_ids"] == tok[name]).any()
+    assert not (batch["ila_ids"] == tok["[REC]"]).any()
+    m.loss(batch).backward()
+    scores = m.score_all(np.arange(2), ill_dataset.split("test").histories[:2])
+    assert np.isfinite(scores).all()
 
 
 def test_placeholder_count_mismatch_raises_and_injection_lands(tiny_llm):

@@ -5,7 +5,8 @@ enter the LM as *placeholder tokens*: the prompt text contains e.g. ``[VISUAL]``
 one added special token; before the transformer runs, the word-embedding lookup sees a harmless id (0) at
 those positions and :meth:`Backbone.embed` writes the caller's vectors there with ``masked_scatter`` after
 checking that the counts match (transformers' LLaVA does the same). The LM's weights and embedding matrix
-are never resized or modified; LoRA (peft) is the only way to train the LM.
+are never resized or modified; LoRA (peft) is the only way to train the LM. Data text that happens to hold
+a placeholder string is escaped before it reaches a prompt (:func:`llmrec.llm.prompts.escape_placeholders`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from torch import nn
 from llmrec.assets import DEFAULT_LLM, load_causal_lm
 from llmrec.config import option
 from llmrec.errors import ConfigError
+from llmrec.llm.prompts import PLACEHOLDERS
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDERS = ("[VISUAL]", "[CF]", "[REC]", "[HIST]", "[USERID]", "[ITEMID]")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

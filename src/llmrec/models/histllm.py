@@ -61,7 +61,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import load_feature, load_item_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
-from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
+from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target, escape_placeholders
 from llmrec.models.base import register_model
 from llmrec.models.llm_base import FeatureBackedLLM
 from llmrec.models.neural import Batch, NeuralConfig
@@ -231,8 +231,9 @@ class HistLLM(FeatureBackedLLM):
                 )
                 self.source["features"]["user_cf"] = {"name": users.name, "sha256": users.manifest["sha256"]}
                 self.source["features"]["item_cf"] = {"name": items.name, "sha256": items.manifest["sha256"]}
-        self.titles = [str(t) for t in ds.items["title"]]
-        self.descriptions = self._descriptions(ds) if cfg.ke else None
+        # placeholder strings in item data escaped once here: UHEM tokenises these texts directly
+        self.titles = [escape_placeholders(str(t)) for t in ds.items["title"]]
+        self.descriptions = [escape_placeholders(t) for t in self._descriptions(ds)] if cfg.ke else None
         if cfg.history == "uhem":
             texts = self.descriptions or self.titles
             enc = self.backbone.tokenizer(
