@@ -162,6 +162,19 @@ def test_ila_labels_cover_only_the_answer(ill_dataset, tiny_llm):
     assert int(ila["visual"].numel()) == 3
 
 
+@pytest.mark.timeout(30)
+def test_training_batch_for_a_user_who_has_seen_every_item_finishes(ill_dataset, tiny_llm):
+    """No unseen item is left for user 0: the batch is built (its negative is any item), it does not hang."""
+    from types import SimpleNamespace
+
+    m = _model(ill_dataset, tiny_llm, batch_size=2, ila=False)
+    seqs = [np.random.default_rng(0).permutation(ill_dataset.n_items), np.arange(5)]
+    batch = next(m.train_batches(SimpleNamespace(train_sequences=seqs), np.random.default_rng(0)))
+    assert batch["negative"].shape == (2,) and int(batch["negative"].min()) >= 0
+    assert int(batch["negative"].max()) < ill_dataset.n_items
+    assert torch.isfinite(m.loss(batch))
+
+
 def test_context_budget_drops_oldest(ill_dataset, tiny_llm):
     m = _model(ill_dataset, tiny_llm, representation="description")
     _, lengths = m.rendered()

@@ -53,7 +53,7 @@ from llmrec.llm.prompts import (
 )
 from llmrec.models.base import register_model
 from llmrec.models.llm_base import FeatureBackedLLM
-from llmrec.models.neural import Batch, NeuralConfig, trainable_users
+from llmrec.models.neural import Batch, NeuralConfig, negatives_for_user, trainable_users
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +394,7 @@ class ILLMRec(FeatureBackedLLM):
             windows = [self.sample_window(seqs[u], rng) for u in chunk]
             histories = [w[0] for w in windows]
             targets = np.array([w[1] for w in windows])
-            negatives = np.array([self._negative(seqs[u], rng) for u in chunk])
+            negatives = np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in chunk])
             batch = {f"ire_{k}": v for k, v in self.build_ire(histories).items()}
             batch.update({"target": torch.from_numpy(targets), "negative": torch.from_numpy(negatives)})
             if self.cfg.ila:
@@ -414,7 +414,7 @@ class ILLMRec(FeatureBackedLLM):
         for start in range(0, len(order), self.cfg.head_batch_size):
             rows = torch.from_numpy(order[start : start + self.cfg.head_batch_size])
             users = pool["user"][rows].tolist()
-            negatives = np.array([self._negative(seqs[u], rng) for u in users])
+            negatives = np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in users])
             yield {
                 "ire_state": pool["state"][rows],
                 "target": pool["target"][rows],
@@ -448,12 +448,6 @@ class ILLMRec(FeatureBackedLLM):
             "target": torch.tensor([w[1] for w in windows]),
             "user": torch.from_numpy(users),
         }
-
-    def _negative(self, seq: np.ndarray, rng: np.random.Generator) -> int:
-        seen = set(seq.tolist())
-        while (c := int(rng.integers(self.n_items))) in seen:
-            pass
-        return c
 
     @property
     def score_scale(self) -> float:
