@@ -115,6 +115,39 @@ def test_placeholder_strings_in_item_text_train_and_score(ctr_dataset, tiny_llm,
     assert np.isfinite(model.score_pairs(users, histories, targets)).all()
 
 
+def test_inline_items_are_cut_like_uhem_items_and_prompts_fit_the_context(ctr_dataset, tiny_llm, monkeypatch):
+    """w/o UHEM writes each item's text cut to the max_text_tokens tokens UHEM encodes (cut once per item),
+    and a prompt longer than the LM's context (2048 here) is a clear error."""
+    from llmrec.errors import ConfigError
+
+    items = ctr_dataset.items
+    items["description"] = [
+        f"item {i}: " + "a long plot summary of this movie " * 80 for i in range(len(items))
+    ]
+    uhem = make("histllm", ctr_dataset, tiny_llm, max_text_tokens=8)
+    uhem.attach(ctr_dataset)
+    inline = make("histllm", ctr_dataset, tiny_llm, max_text_tokens=8, history="inline")
+    inline.attach(ctr_dataset)
+    tok = inline.backbone.tokenizer
+    for i in (0, 7):
+        assert inline.descriptions[i] == tok.decode(uhem.item_tokens[i, : int(uhem.item_ntok[i])])
+        assert inline.descriptions[i].startswith(f"item {i}: ")
+        assert (
+            len(tok(inline.descriptions[i], add_special_tokens=False)["input_ids"]) <= 8 + 1
+        )  # re-tokenised
+    user, history, target = np.zeros(1, dtype=np.int64), [np.arange(5)], np.array([7])
+    monkeypatch.setattr(tok, "decode", None)  # prompts reuse the cut texts: nothing is cut per prompt
+    cut = int(inline.prompts(user, history, target)["mask"].sum())
+    one_token = int(uhem.prompts(user, history, target)["mask"].sum())
+    assert cut <= one_token + 5 * (9 + 2)  # [HIST] -> 5 items of <= 9 tokens + separators (whole: ~2,000)
+    monkeypatch.undo()
+    whole = make("histllm", ctr_dataset, tiny_llm, max_text_tokens=10**4, history="inline")
+    whole.attach(ctr_dataset)
+    pattern = r"a prompt of \d+ tokens exceeds the context of .* \(2048 tokens\); lower history_len \(5\) or max_text_tokens"
+    with pytest.raises(ConfigError, match=pattern):
+        whole.prompts(np.zeros(1, dtype=np.int64), [np.arange(5)], np.array([7]))
+
+
 def test_step2_keeps_lora_bit_identical_and_trains_modules(ctr_dataset, tiny_llm, monkeypatch):
     model = make("histllm", ctr_dataset, tiny_llm)
     snapshots = {}

@@ -175,6 +175,33 @@ def test_training_batch_for_a_user_who_has_seen_every_item_finishes(ill_dataset,
     assert torch.isfinite(m.loss(batch))
 
 
+def test_prompts_never_exceed_the_llm_context(ill_dataset, tiny_llm):
+    """max_prompt_tokens above the LM's context (2048 here): histories are still cut to fit the context."""
+    items = ill_dataset.items
+    items["description"] = [
+        f"item {i} " + "a long plot summary of this thing " * 60 for i in range(len(items))
+    ]
+    m = _model(
+        ill_dataset,
+        tiny_llm,
+        representation="description",
+        max_prompt_tokens=10**6,
+        max_description_chars=10**6,
+        ila_fields=["title"],
+    )
+    context = m.backbone.model.config.max_position_embeddings  # 2048; the tokenizer sets no limit
+    _, lengths = m.rendered()
+    hist = [np.arange(12)]
+    assert lengths[hist[0]].sum() > context  # the whole history would not fit
+    ire = m.build_ire(hist)
+    ila = m.build_ila(hist, np.array([20]), np.random.default_rng(0))
+    assert context - lengths.max() < int(ire["mask"].sum()) <= context  # as many items as fit
+    assert int(ila["mask"].sum()) <= context
+    m.backbone.context_length = 20  # not even the instruction fits: a clear error, not a cut prompt
+    with pytest.raises(ConfigError, match=r"a prompt of \d+ tokens exceeds the context of .* \(20 tokens\)"):
+        m.build_ire(hist)
+
+
 def test_context_budget_drops_oldest(ill_dataset, tiny_llm):
     m = _model(ill_dataset, tiny_llm, representation="description")
     _, lengths = m.rendered()

@@ -73,7 +73,7 @@ def _model(ds: Dataset, cfg: EfficiencyConfig, representation: str, image_featur
         "image_feature": image_feature,
         "ila": False,
         "score_batch_size": cfg.batch_size,
-        "max_prompt_tokens": 10**6,  # time the whole history: no context trimming
+        "max_prompt_tokens": 10**6,  # time the whole history (trimmed only to fit the LM's context)
         "max_description_chars": 10**6,
         "description_texts": cfg.description_texts,
         "summary_texts": cfg.summary_texts or "summary",

@@ -55,6 +55,15 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def context_length(config: Any, tokenizer: Any) -> int | None:
+    """The longest prompt the LM takes: the smaller of its position table (``max_position_embeddings``)
+    and the tokenizer's ``model_max_length``, each where it is set (a tokenizer without a limit reports a
+    huge sentinel); None when neither says."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**9]
+    return min(limits) if limits else None
+
+
 class Backbone(nn.Module):
     """A causal LM plus its tokenizer, with placeholder-token embedding injection."""
 
@@ -70,6 +79,7 @@ class Backbone(nn.Module):
         )
         self.tokenizer = tokenizer
         self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
+        self.context_length = context_length(model.config, tokenizer)
         for p in model.parameters():
             p.requires_grad_(False)
         if cfg.gradient_checkpointing:
@@ -128,6 +138,17 @@ class Backbone(nn.Module):
             truncation=max_length is not None,
             max_length=max_length,
         )
+
+    def check_context(self, attention_mask: torch.Tensor, hint: str) -> None:
+        """Raise a one-line ConfigError when a prompt of the batch is longer than the LM's context;
+        ``hint`` says which options shorten the prompts."""
+        longest = int(attention_mask.sum(1).max()) if attention_mask.numel() else 0
+        if self.context_length is not None and longest > self.context_length:
+            raise ConfigError(
+                f"a prompt of {longest} tokens exceeds the context of {self.cfg.llm} "
+                f"({self.context_length} tokens)",
+                hint=hint,
+            )
 
     def embed(self, input_ids: torch.Tensor, inject: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, d) input embeddings with placeholder positions replaced.

@@ -58,6 +58,7 @@ from llmrec.models.neural import Batch, NeuralConfig, negatives_for_user, traina
 log = logging.getLogger(__name__)
 
 FEATURE_TYPES = ("image", "cf", "text")
+ILA_ANSWER_TOKENS = 96  # ILA answers are cut to this many tokens (+ EOS)
 
 
 @dataclasses.dataclass
@@ -113,7 +114,9 @@ class ILLMRecConfig(NeuralConfig):
     window_short: int = option(4, "training history windows: 2..window_short items ...")
     window_long: int = option(9, "... or 2..window_long items, each with probability 0.5")
     test_history: int = option(10, "items of history in evaluation prompts (the most recent)")
-    max_prompt_tokens: int = option(1024, "context budget: drop the oldest items until the prompt fits")
+    max_prompt_tokens: int = option(
+        1024, "context budget: drop the oldest items until the prompt fits (never more than the LM's context)"
+    )
     max_description_chars: int = option(1200, "cut descriptions longer than this in prompts and ILA answers")
     description_texts: str | None = option(None, "use generated texts (llmrec describe NAME) as descriptions")
     summary_texts: str = option(
@@ -238,6 +241,13 @@ class ILLMRec(FeatureBackedLLM):
             }
 
         self.backbone = Backbone(cfg.backbone)
+        context = self.backbone.context_length
+        if context is not None and cfg.max_prompt_tokens > context:
+            log.info(
+                "max_prompt_tokens %d > the LM's context: histories are cut to %d tokens",
+                cfg.max_prompt_tokens,
+                context,
+            )
         d = self.backbone.hidden_size
         if "image" in feats:
             self.adaptor = mlp_adaptor(feats["image"].dim, cfg.adaptor_hidden, d)  # M: image -> one LLM token
@@ -306,9 +316,22 @@ class ILLMRec(FeatureBackedLLM):
         cf = [int(i) for i in history if "[CF]" in texts[i]]
         return rendered, visual, cf
 
-    def _budget(self, overhead_text: str) -> int:
+    def _budget(self, overhead_text: str, answer_tokens: int = 0) -> int:
+        """Tokens left for the history: ``max_prompt_tokens``, and never more than the LM's context less the
+        answer, minus the fixed text."""
         assert self.backbone is not None
-        return self.cfg.max_prompt_tokens - self.backbone.count_tokens(self.backbone.chat(overhead_text))
+        limit = self.cfg.max_prompt_tokens
+        if self.backbone.context_length is not None:
+            limit = min(limit, self.backbone.context_length - answer_tokens)
+        return limit - self.backbone.count_tokens(self.backbone.chat(overhead_text))
+
+    def _check_context(self, mask: torch.Tensor) -> None:
+        assert self.backbone is not None
+        self.backbone.check_context(
+            mask,
+            hint=f"the fixed prompt text alone nearly fills it: lower max_description_chars "
+            f"({self.cfg.max_description_chars}) or use an LM with a longer context",
+        )
 
     def build_ire(self, histories: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """Tokenised IRE prompts (history + instruction + [REC]) and the items behind their placeholders."""
@@ -321,6 +344,7 @@ class ILLMRec(FeatureBackedLLM):
             visual += v
             cf += c
         enc = self.backbone.tokenize(prompts)
+        self._check_context(enc["attention_mask"])
         return {
             "ids": enc["input_ids"],
             "mask": enc["attention_mask"],
@@ -334,7 +358,7 @@ class ILLMRec(FeatureBackedLLM):
         """ILA examples: a random property question about the target; labels only on the answer (+ EOS)."""
         assert self.backbone is not None
         tok = self.backbone.tokenizer
-        budget = self._budget(ila_question([], "description", 0)) - 64
+        budget = self._budget(ila_question([], "description", 0), ILA_ANSWER_TOKENS + 1) - 64
         ids, labels, visual, cf = [], [], [], []
         for h, t in zip(histories, targets):
             rendered, v, c = self._prompt_parts(self.fit_history(h, budget))
@@ -349,16 +373,18 @@ class ILLMRec(FeatureBackedLLM):
             }[field]
             answer = ila_answer(field, value, self.cfg.max_description_chars) + (tok.eos_token or "")
             q = tok(question, add_special_tokens=False)["input_ids"]
-            a = tok(answer, add_special_tokens=False)["input_ids"][:96]
+            a = tok(answer, add_special_tokens=False)["input_ids"][:ILA_ANSWER_TOKENS]
             ids.append(q + a)
             labels.append([-100] * len(q) + a)
             visual += v
             cf += c
         width = max(map(len, ids))
         pad = tok.pad_token_id
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+        self._check_context(mask)
         return {
             "ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
-            "mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
+            "mask": mask,
             "labels": torch.tensor([x + [-100] * (width - len(x)) for x in labels]),
             "visual": torch.tensor(visual, dtype=torch.long),
             "cf": torch.tensor(cf, dtype=torch.long),
