@@ -211,20 +211,14 @@ def test_context_budget_drops_oldest(ill_dataset, tiny_llm):
     assert m.fit_history(hist, 10**6).tolist() == list(range(10))
 
 
-@pytest.mark.parametrize("rec_norm", [False, True])
-def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, tmp_path, rec_norm):
+def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, tmp_path):
     from llmrec.recommend import recommend
 
     torch.manual_seed(0)
     m = build_model(
-        "illmrec",
-        {**SMALL, "backbone": {"llm": tiny_llm}, "rec_norm": rec_norm},
-        ill_dataset.n_users,
-        ill_dataset.n_items,
+        "illmrec", {**SMALL, "backbone": {"llm": tiny_llm}}, ill_dataset.n_users, ill_dataset.n_items
     )
     m.fit(ill_dataset)
-    if rec_norm:  # the running statistics moved during training and travel with the model
-        assert not torch.equal(m.rec_norm.running_var, torch.ones_like(m.rec_norm.running_var))
     hist = ill_dataset.split("test").histories[:3]
     scores = m.score_all(np.arange(3), hist)
     assert scores.shape == (3, ill_dataset.n_items) and np.isfinite(scores).all()
@@ -236,6 +230,24 @@ def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, 
     )
     assert len(recs) == 5 and set(r["item_id"] for r in recs) <= set(ill_dataset.items["item_id"])
     assert not {r["item_id"] for r in recs} & set(ill_dataset.items["item_id"].iloc[[0, 1, 2]])
+
+
+def test_removed_rec_norm_loads_only_as_false(ill_dataset, tiny_llm, tmp_path):
+    """rec_norm (a BatchNorm of the [REC] state) is gone; a model config saved with rec_norm: false still loads."""
+    import json
+
+    m = _model(ill_dataset, tiny_llm, rec_norm=False)
+    assert not any("rec_norm" in k for k in m.state_dict()) and not hasattr(m, "rec_norm")
+    m.save(tmp_path / "model")
+    info = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert info["config"]["rec_norm"] is False  # as every I-LLMRec model.json written before the removal
+    again = load_model(tmp_path / "model")
+    hist = ill_dataset.split("test").histories[:2]
+    np.testing.assert_allclose(
+        again.score_all(np.arange(2), hist), m.score_all(np.arange(2), hist), rtol=1e-5
+    )
+    with pytest.raises(ConfigError, match="rec_norm was removed"):
+        build_model("illmrec", {"rec_norm": True}, ill_dataset.n_users, ill_dataset.n_items)
 
 
 def test_missing_images_fall_back_to_text(ill_dataset, tiny_llm):

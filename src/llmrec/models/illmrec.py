@@ -108,8 +108,8 @@ class ILLMRecConfig(NeuralConfig):
     )
     rec_norm: bool = option(
         False,
-        "standardise the [REC] state per dimension (BatchNorm; running statistics at test) before the user "
-        "projectors: removes the component every prompt shares (not in the paper)",
+        "removed (a BatchNorm of the [REC] state, tried and dropped): only false is accepted, so that model "
+        "configs saved before its removal still load",
     )
     window_short: int = option(4, "training history windows: 2..window_short items ...")
     window_long: int = option(9, "... or 2..window_long items, each with probability 0.5")
@@ -156,6 +156,11 @@ class ILLMRecConfig(NeuralConfig):
             raise ConfigError("two_stage training needs ila on (stage 1 is ILA)")
         if self.head_epochs < 0 or self.stage1_epochs < 0 or self.head_windows < 1:
             raise ConfigError("need head_epochs >= 0, stage1_epochs >= 0 and head_windows >= 1")
+        if self.rec_norm:
+            raise ConfigError(
+                "rec_norm was removed (its BatchNorm of the [REC] state was worse and not pursued)",
+                hint="drop the option (a model trained with rec_norm=true cannot be loaded: retrain it)",
+            )
         if self.stage1_from and self.training == "end2end" and not self.head_epochs:
             raise ConfigError("stage1_from skips the first stage: give head_epochs (or training=two_stage)")
 
@@ -255,7 +260,6 @@ class ILLMRec(FeatureBackedLLM):
             self.cf_adaptor = mlp_adaptor(feats["cf"].dim, cfg.adaptor_hidden, d)  # A-LLMRec-style CF token
         self.rec = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, d)))  # [REC]
         self.user_proj = nn.ModuleDict({t: projector(d, cfg.d_shared) for t in cfg.features})
-        self.rec_norm = nn.BatchNorm1d(d, affine=False) if cfg.rec_norm else nn.Identity()
         # fixed standardisation of the [REC] state, set by the projectors-alone stage (identity until then)
         self.register_buffer("state_mean", torch.zeros(d))
         self.register_buffer("state_std", torch.ones(d))
@@ -514,9 +518,9 @@ class ILLMRec(FeatureBackedLLM):
         return self.read_state(self.raw_states(ids, mask, visual, cf))
 
     def read_state(self, raw: torch.Tensor) -> torch.Tensor:
-        """(B, d) the [REC] state standardised with the fixed statistics of the projectors-alone stage, then
-        with batch statistics when ``rec_norm`` (both identities by default)."""
-        return self.rec_norm((raw - self.state_mean) / self.state_std)
+        """(B, d) the [REC] state standardised with the fixed statistics of the projectors-alone stage
+        (the identity until that stage sets them)."""
+        return (raw - self.state_mean) / self.state_std
 
     def item_vectors(self, feature: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """(n, d_s) projected item representations o_i for one feature type (all items when ``items`` is None)."""
@@ -648,7 +652,7 @@ class ILLMRec(FeatureBackedLLM):
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Only what training changes (adaptors, projectors, [REC], LoRA): never the frozen LLM."""
-        buffers = {n for n, _ in self.named_buffers() if n.startswith(("rec_norm.", "state_"))}  # statistics
+        buffers = {n for n, _ in self.named_buffers() if n.startswith("state_")}  # statistics
         trainable = self._trainable | buffers
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}
 
