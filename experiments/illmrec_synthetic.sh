@@ -4,8 +4,8 @@
 # lr 2e-3 so that a CPU budget of one end-to-end epoch (38 steps) can move the adaptor and [REC]; then the
 # projectors alone for up to 30 epochs on the cached [REC] states of 6 windows per user (head_epochs): on 2 CPU
 # cores the end-to-end steps alone (~10 s each) never gave the projectors enough updates (114 end-to-end steps:
-# image 0.1233 hit@10, random 0.1100). (-o rec_norm=true, which standardises the [REC] state with batch
-# statistics, was worse after one epoch: valid hit@10 0.075 vs 0.275.)
+# image 0.1233 hit@10, random 0.1100). (Standardising the [REC] state with batch statistics, an option since
+# removed, was worse after one epoch: valid hit@10 0.075 vs 0.275.)
 set -euo pipefail
 THREADS=${THREADS:-1}
 COMMON=(--data data/synth300 --splits test --threads "$THREADS" --no-ctr

@@ -5,8 +5,12 @@ import json
 from llmrec.cli import main
 
 
-def test_efficiency_tokens_and_times(synthetic_dataset, tiny_llm, tmp_path, capsys):
+def test_efficiency_tokens_and_times(synthetic_dataset, tiny_llm, tmp_path, capsys, monkeypatch):
     from llmrec.features.build import FeaturesConfig, build_features
+    from llmrec.utils import timing
+
+    synced = []  # every timed span waits for the device on both ends
+    monkeypatch.setattr(timing, "synchronize", synced.append)
 
     build_features(FeaturesConfig(data=str(synthetic_dataset)))
     out = tmp_path / "eff"
@@ -42,4 +46,5 @@ def test_efficiency_tokens_and_times(synthetic_dataset, tiny_llm, tmp_path, caps
     )
     assert all(v > 0 for rep in r["time_per_100_users"].values() for v in rep.values())
     assert "description/image@5" in r["ratios"]
+    assert [str(d) for d in synced] == ["cpu"] * 2 * 4 * 2  # 4 representations x 2 lengths
     assert "Time ratios vs image" in capsys.readouterr().out

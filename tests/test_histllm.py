@@ -81,6 +81,73 @@ def test_history_becomes_exactly_one_token(ctr_dataset, tiny_llm):
     assert long["mask"].sum(1)[1] > long["mask"].sum(1)[0]  # w/o UHEM: the prompt grows per item
 
 
+@pytest.mark.parametrize("history", ["uhem", "inline"])
+def test_placeholder_strings_in_item_text_train_and_score(ctr_dataset, tiny_llm, history):
+    """Titles and descriptions holding placeholder strings are text: UHEM's item tokens and every prompt hold
+    exactly the template's placeholders."""
+    items = ctr_dataset.items
+    items["title"] = [f"Press [REC] {i} [HIST]" for i in range(len(items))]
+    items["description"] = "[VISUAL] [CF] [REC] [HIST] [USERID] [ITEMID] inside"
+    model = make("histllm", ctr_dataset, tiny_llm, description_texts=None, history=history)
+    model.attach(ctr_dataset)
+    tok = model.backbone.token_ids
+    if history == "uhem":
+        assert not torch.isin(model.item_tokens, torch.tensor(list(tok.values()))).any()
+    rows = ctr_dataset.ctr("train").head(4)
+    users, targets = rows["user_idx"].to_numpy(), rows["target"].to_numpy()
+    histories = [np.asarray(h) for h in rows["history"]]
+    for step in (1, 2):
+        batch = model.prompts(users, histories, targets, step=step)
+        counts = {name: (batch["ids"] == i).sum(1) for name, i in tok.items()}
+        n_items = torch.tensor([min(len(h), model.cfg.history_len) for h in histories])
+        if step == 1:  # the text-only prompt: no placeholder at all
+            assert all(int(c.sum()) == 0 for c in counts.values())
+            continue
+        assert (counts["[HIST]"] == int(history == "uhem")).all() and (counts["[REC]"] == 0).all()
+        assert (
+            (counts["[USERID]"] == 1).all()
+            and (counts["[ITEMID]"] == 1).all()
+            and (counts["[CF]"] == 0).all()
+        )
+        assert torch.equal(counts["[VISUAL]"], 1 + (n_items if history == "inline" else 0 * n_items))
+        batch["labels"] = torch.from_numpy(rows["label"].to_numpy(np.float32))
+        model.loss(batch).backward()
+    assert np.isfinite(model.score_pairs(users, histories, targets)).all()
+
+
+def test_inline_items_are_cut_like_uhem_items_and_prompts_fit_the_context(ctr_dataset, tiny_llm, monkeypatch):
+    """w/o UHEM writes each item's text cut to the max_text_tokens tokens UHEM encodes (cut once per item),
+    and a prompt longer than the LM's context (2048 here) is a clear error."""
+    from llmrec.errors import ConfigError
+
+    items = ctr_dataset.items
+    items["description"] = [
+        f"item {i}: " + "a long plot summary of this movie " * 80 for i in range(len(items))
+    ]
+    uhem = make("histllm", ctr_dataset, tiny_llm, max_text_tokens=8)
+    uhem.attach(ctr_dataset)
+    inline = make("histllm", ctr_dataset, tiny_llm, max_text_tokens=8, history="inline")
+    inline.attach(ctr_dataset)
+    tok = inline.backbone.tokenizer
+    for i in (0, 7):
+        assert inline.descriptions[i] == tok.decode(uhem.item_tokens[i, : int(uhem.item_ntok[i])])
+        assert inline.descriptions[i].startswith(f"item {i}: ")
+        assert (
+            len(tok(inline.descriptions[i], add_special_tokens=False)["input_ids"]) <= 8 + 1
+        )  # re-tokenised
+    user, history, target = np.zeros(1, dtype=np.int64), [np.arange(5)], np.array([7])
+    monkeypatch.setattr(tok, "decode", None)  # prompts reuse the cut texts: nothing is cut per prompt
+    cut = int(inline.prompts(user, history, target)["mask"].sum())
+    one_token = int(uhem.prompts(user, history, target)["mask"].sum())
+    assert cut <= one_token + 5 * (9 + 2)  # [HIST] -> 5 items of <= 9 tokens + separators (whole: ~2,000)
+    monkeypatch.undo()
+    whole = make("histllm", ctr_dataset, tiny_llm, max_text_tokens=10**4, history="inline")
+    whole.attach(ctr_dataset)
+    pattern = r"a prompt of \d+ tokens exceeds the context of .* \(2048 tokens\); lower history_len \(5\) or max_text_tokens"
+    with pytest.raises(ConfigError, match=pattern):
+        whole.prompts(np.zeros(1, dtype=np.int64), [np.arange(5)], np.array([7]))
+
+
 def test_step2_keeps_lora_bit_identical_and_trains_modules(ctr_dataset, tiny_llm, monkeypatch):
     model = make("histllm", ctr_dataset, tiny_llm)
     snapshots = {}
@@ -238,8 +305,12 @@ def test_histllm_learns_through_its_visual_tokens(parity_dataset, tiny_llm):
     assert metrics["auc"] > 0.9 and control["auc"] < 0.75, (metrics, control)
 
 
-def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_path):
+def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_path, monkeypatch):
     from llmrec.ctr_experiments import CtrEfficiencyConfig, run_ctr_efficiency
+    from llmrec.utils import timing
+
+    synced = []  # every timed span waits for the device on both ends
+    monkeypatch.setattr(timing, "synchronize", lambda device: synced.append(str(device)))
 
     cfg = CtrEfficiencyConfig(
         data=str(ctr_dataset.root),
@@ -257,6 +328,8 @@ def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_p
     assert by[(4, True)]["prompt_tokens"] == by[(2, True)]["prompt_tokens"]  # one token whatever the length
     assert by[(4, False)]["prompt_tokens"] > by[(2, False)]["prompt_tokens"] > by[(2, True)]["prompt_tokens"]
     assert all(p["inference_s_per_100"] > 0 and p["train_s_per_100"] > 0 for p in r["points"])
+    # per point: inference (start, end), the warm-up step (start only), the timed step (start, end)
+    assert synced == ["cpu"] * 4 * (2 + 1 + 2)
     assert {"ctr_efficiency.json", "ctr_efficiency.md", "ctr_efficiency.png"} <= {
         f.name for f in (tmp_path / "eff").iterdir()
     }

@@ -9,7 +9,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
-from llmrec.llm.prompts import ItemText, ila_answer, ire_prompt, render_item
+from llmrec.llm.prompts import ItemText, escape_placeholders, ila_answer, ire_prompt, render_item
 from llmrec.models.base import build_model, load_model
 
 SMALL = {"adaptor_hidden": 16, "d_shared": 8, "batch_size": 4, "epochs": 1, "eval_users": 8}
@@ -57,6 +57,39 @@ def test_official_item_and_prompt_text():
     )
     assert prompt.endswith("generate a recommendation token for the next item to be consumed: [REC]")
     assert ila_answer("brand", "") == "The brand of the next item to be consumed is 'Unknown'"
+
+
+def test_placeholder_strings_in_data_are_escaped():
+    assert escape_placeholders("Press [REC] then [VISUAL]; [Blu-ray] [rec]") == (
+        "Press (REC) then (VISUAL); [Blu-ray] [rec]"
+    )
+    assert escape_placeholders(escape_placeholders("[HIST]")) == "(HIST)"
+    item = ItemText(title="[REC] {Deck}", brand="[CF]", category="[HIST]", description="[USERID] [ITEMID]")
+    assert render_item(item, "attribute") == "{Title: (REC) Deck, Brand: (CF), Category: (HIST)}"
+    assert render_item(item, "image_description") == (
+        "{Title: (REC) Deck, Visual representation: [VISUAL], Description: (USERID) (ITEMID)}"
+    )
+    assert ila_answer("title", "[VISUAL] x") == "The title of the next item to be consumed is '(VISUAL) x'"
+
+
+def test_placeholder_strings_in_item_text_train_and_score(ill_dataset, tiny_llm):
+    """Item data holding placeholder strings is text: each prompt holds exactly the template's placeholders."""
+    items = ill_dataset.items
+    items["title"] = [f"Press [REC] {i} [VISUAL]" for i in range(len(items))]
+    items["description"] = "[VISUAL] [CF] [REC] [HIST] [USERID] [ITEMID] inside"
+    items["brand"], items["category"] = "[REC]", "[CF]"
+    m = _model(ill_dataset, tiny_llm, representation="image_description")
+    batch = next(m.train_batches(ill_dataset, np.random.default_rng(0)))
+    tok = m.backbone.token_ids
+    assert ((batch["ire_ids"] == tok["[REC]"]).sum(1) == 1).all()
+    assert int((batch["ire_ids"] == tok["[VISUAL]"]).sum()) == len(batch["ire_visual"])
+    assert int((batch["ila_ids"] == tok["[VISUAL]"]).sum()) == len(batch["ila_visual"])
+    for name in ("[CF]", "[HIST]", "[USERID]", "[ITEMID]"):
+        assert not (batch["ire_ids"] == tok[name]).any() and not (batch["ila_ids"] == tok[name]).any()
+    assert not (batch["ila_ids"] == tok["[REC]"]).any()
+    m.loss(batch).backward()
+    scores = m.score_all(np.arange(2), ill_dataset.split("test").histories[:2])
+    assert np.isfinite(scores).all()
 
 
 def test_placeholder_count_mismatch_raises_and_injection_lands(tiny_llm):
@@ -129,6 +162,46 @@ def test_ila_labels_cover_only_the_answer(ill_dataset, tiny_llm):
     assert int(ila["visual"].numel()) == 3
 
 
+@pytest.mark.timeout(30)
+def test_training_batch_for_a_user_who_has_seen_every_item_finishes(ill_dataset, tiny_llm):
+    """No unseen item is left for user 0: the batch is built (its negative is any item), it does not hang."""
+    from types import SimpleNamespace
+
+    m = _model(ill_dataset, tiny_llm, batch_size=2, ila=False)
+    seqs = [np.random.default_rng(0).permutation(ill_dataset.n_items), np.arange(5)]
+    batch = next(m.train_batches(SimpleNamespace(train_sequences=seqs), np.random.default_rng(0)))
+    assert batch["negative"].shape == (2,) and int(batch["negative"].min()) >= 0
+    assert int(batch["negative"].max()) < ill_dataset.n_items
+    assert torch.isfinite(m.loss(batch))
+
+
+def test_prompts_never_exceed_the_llm_context(ill_dataset, tiny_llm):
+    """max_prompt_tokens above the LM's context (2048 here): histories are still cut to fit the context."""
+    items = ill_dataset.items
+    items["description"] = [
+        f"item {i} " + "a long plot summary of this thing " * 60 for i in range(len(items))
+    ]
+    m = _model(
+        ill_dataset,
+        tiny_llm,
+        representation="description",
+        max_prompt_tokens=10**6,
+        max_description_chars=10**6,
+        ila_fields=["title"],
+    )
+    context = m.backbone.model.config.max_position_embeddings  # 2048; the tokenizer sets no limit
+    _, lengths = m.rendered()
+    hist = [np.arange(12)]
+    assert lengths[hist[0]].sum() > context  # the whole history would not fit
+    ire = m.build_ire(hist)
+    ila = m.build_ila(hist, np.array([20]), np.random.default_rng(0))
+    assert context - lengths.max() < int(ire["mask"].sum()) <= context  # as many items as fit
+    assert int(ila["mask"].sum()) <= context
+    m.backbone.context_length = 20  # not even the instruction fits: a clear error, not a cut prompt
+    with pytest.raises(ConfigError, match=r"a prompt of \d+ tokens exceeds the context of .* \(20 tokens\)"):
+        m.build_ire(hist)
+
+
 def test_context_budget_drops_oldest(ill_dataset, tiny_llm):
     m = _model(ill_dataset, tiny_llm, representation="description")
     _, lengths = m.rendered()
@@ -138,20 +211,14 @@ def test_context_budget_drops_oldest(ill_dataset, tiny_llm):
     assert m.fit_history(hist, 10**6).tolist() == list(range(10))
 
 
-@pytest.mark.parametrize("rec_norm", [False, True])
-def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, tmp_path, rec_norm):
+def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, tmp_path):
     from llmrec.recommend import recommend
 
     torch.manual_seed(0)
     m = build_model(
-        "illmrec",
-        {**SMALL, "backbone": {"llm": tiny_llm}, "rec_norm": rec_norm},
-        ill_dataset.n_users,
-        ill_dataset.n_items,
+        "illmrec", {**SMALL, "backbone": {"llm": tiny_llm}}, ill_dataset.n_users, ill_dataset.n_items
     )
     m.fit(ill_dataset)
-    if rec_norm:  # the running statistics moved during training and travel with the model
-        assert not torch.equal(m.rec_norm.running_var, torch.ones_like(m.rec_norm.running_var))
     hist = ill_dataset.split("test").histories[:3]
     scores = m.score_all(np.arange(3), hist)
     assert scores.shape == (3, ill_dataset.n_items) and np.isfinite(scores).all()
@@ -163,6 +230,29 @@ def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, 
     )
     assert len(recs) == 5 and set(r["item_id"] for r in recs) <= set(ill_dataset.items["item_id"])
     assert not {r["item_id"] for r in recs} & set(ill_dataset.items["item_id"].iloc[[0, 1, 2]])
+
+
+def test_removed_rec_norm_loads_only_as_false(ill_dataset, tiny_llm, tmp_path):
+    """rec_norm (a BatchNorm of the [REC] state) is gone; a model saved with rec_norm: false (every I-LLMRec
+    model.json written before the removal) still loads, one saved with rec_norm: true is a clear error."""
+    import json
+
+    m = _model(ill_dataset, tiny_llm)
+    assert not any("rec_norm" in k for k in m.state_dict()) and not hasattr(m, "rec_norm")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['rec_norm'\]"):
+        build_model("illmrec", {"rec_norm": False}, ill_dataset.n_users, ill_dataset.n_items)
+    m.save(tmp_path / "model")
+    path = tmp_path / "model" / "model.json"
+    info = json.loads(path.read_text())
+    path.write_text(json.dumps({**info, "config": {**info["config"], "rec_norm": False}}))
+    again = load_model(tmp_path / "model")
+    hist = ill_dataset.split("test").histories[:2]
+    np.testing.assert_allclose(
+        again.score_all(np.arange(2), hist), m.score_all(np.arange(2), hist), rtol=1e-5
+    )
+    path.write_text(json.dumps({**info, "config": {**info["config"], "rec_norm": True}}))
+    with pytest.raises(LlmrecError, match="rec_norm=True, which this version no longer has"):
+        load_model(tmp_path / "model")
 
 
 def test_missing_images_fall_back_to_text(ill_dataset, tiny_llm):

@@ -131,6 +131,37 @@ def test_defaults_and_validation():
         build_model("vbpr", {"visual_dim": 0}, 5, 7)
 
 
+@pytest.mark.timeout(30)
+def test_one_sampler_keeps_the_rejection_stream_and_never_loops(monkeypatch, caplog):
+    from llmrec.models import neural
+
+    def reference(rng, seqs, n_items):  # plain rejection sampling, one user after the other
+        out = []
+        for seq in seqs:
+            while (c := int(rng.integers(n_items))) in set(seq.tolist()):
+                pass
+            out.append(c)
+        return out
+
+    seqs = [np.array([0, 1, 2, 3]), np.array([5, 6]), np.arange(1, 9)]
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    got = [int(neural.negatives_for_user(rng_a, u, s, 10, 1)[0]) for u, s in enumerate(seqs)]
+    assert got == reference(rng_b, seqs, 10) and rng_a.random() == rng_b.random()
+    # a user who has seen every item: uniform over all items, one warning naming the user, no endless loop
+    monkeypatch.setattr(neural, "_warned_all_seen", False)
+    everything = np.arange(10)[::-1]
+    with caplog.at_level("WARNING", logger="llmrec.models.neural"):
+        for _ in range(3):
+            neg = neural.negatives_for_user(np.random.default_rng(0), 4, everything, 10, 50)
+            assert neg.shape == (50,) and ((neg >= 0) & (neg < 10)).all()
+    warned = [r.getMessage() for r in caplog.records if "interacted with all 10 items" in r.getMessage()]
+    assert len(warned) == 1 and "user index 4" in warned[0]
+    users = np.array([0, 1, 0, 1])
+    seen = neural.seen_keys(np.array([0] * 10 + [1]), np.concatenate([everything, [3]]), 10)
+    neg = sample_unseen(np.random.default_rng(1), users, 10, seen)
+    assert (neg[users == 1] != 3).all()  # the other user still gets unseen items
+
+
 def test_bpr_negatives_are_unseen(blocks):
     users, items = training_pairs(blocks.train_sequences, blocks.n_items)
     assert len(users) == sum(len(s) for s in blocks.train_sequences)

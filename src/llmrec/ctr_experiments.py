@@ -14,7 +14,6 @@ the paper) with the same options, resuming finished points, and writes AUC/UAUC 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError
 from llmrec.utils.io import read_json, write_json_atomic, write_text_atomic
+from llmrec.utils.timing import clock
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,9 @@ def run_ctr_efficiency(cfg: CtrEfficiencyConfig) -> dict[str, Any]:
             batch = model.prompts(users, histories, targets)
             point["prompt_tokens"] = float(batch["mask"].sum(1).float().mean())
             model.score_pairs(users[:2], histories[:2], targets[:2])  # warm-up
-            t0 = time.perf_counter()
+            t0 = clock(model.device)
             model.score_pairs(users, histories, targets)
-            point["inference_s_per_100"] = (time.perf_counter() - t0) * 100 / len(rows)
+            point["inference_s_per_100"] = (clock(model.device) - t0) * 100 / len(rows)
             if cfg.train_steps:
                 point["train_s_per_100"] = _time_step2(model, users, histories, targets, labels, cfg)
             result["points"].append(point)
@@ -133,13 +133,13 @@ def _time_step2(
         batch = model.prompts(users[s : s + b], histories[s : s + b], targets[s : s + b])
         batch["labels"] = labels[s : s + b]
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        t0 = time.perf_counter()
+        t0 = clock(model.device)
         loss = model.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step:
-            spent += time.perf_counter() - t0
+            spent += clock(model.device) - t0
             n += len(batch["labels"])
     model.eval()
     return spent * 100 / max(n, 1)

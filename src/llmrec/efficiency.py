@@ -10,7 +10,6 @@ image token is fed a zero vector (documented in the output): its cost is one tok
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from llmrec.errors import ConfigError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.prompts import REPRESENTATIONS, ire_prompt
 from llmrec.utils.io import write_json_atomic, write_text_atomic
+from llmrec.utils.timing import clock
 
 log = logging.getLogger(__name__)
 DUMMY_IMAGE = "efficiency_zero_image"
@@ -76,7 +76,7 @@ def _model(ds: Dataset, cfg: EfficiencyConfig, representation: str, image_featur
         "image_feature": image_feature,
         "ila": False,
         "score_batch_size": cfg.batch_size,
-        "max_prompt_tokens": 10**6,  # time the whole history: no context trimming
+        "max_prompt_tokens": 10**6,  # time the whole history (trimmed only to fit the LM's context)
         "max_description_chars": 10**6,
         "description_texts": cfg.description_texts,
         "summary_texts": cfg.summary_texts or "summary",
@@ -134,9 +134,9 @@ def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
                 np.mean([model.backbone.count_tokens(p) for p in prompts])
             )
             model.score_all(np.array(users[:2]), histories[:2])  # warm-up
-            t0 = time.perf_counter()
+            t0 = clock(model.device)
             model.score_all(np.array(users), histories)
-            result["time_per_100_users"][rep][L] = (time.perf_counter() - t0) * 100 / len(users)
+            result["time_per_100_users"][rep][L] = (clock(model.device) - t0) * 100 / len(users)
             log.info(
                 "%s, %d items: %.1f prompt tokens, %.2f s per 100 users",
                 rep,

@@ -5,7 +5,8 @@ enter the LM as *placeholder tokens*: the prompt text contains e.g. ``[VISUAL]``
 one added special token; before the transformer runs, the word-embedding lookup sees a harmless id (0) at
 those positions and :meth:`Backbone.embed` writes the caller's vectors there with ``masked_scatter`` after
 checking that the counts match (transformers' LLaVA does the same). The LM's weights and embedding matrix
-are never resized or modified; LoRA (peft) is the only way to train the LM.
+are never resized or modified; LoRA (peft) is the only way to train the LM. Data text that happens to hold
+a placeholder string is escaped before it reaches a prompt (:func:`llmrec.llm.prompts.escape_placeholders`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from torch import nn
 from llmrec.assets import DEFAULT_LLM, load_causal_lm
 from llmrec.config import option
 from llmrec.errors import ConfigError
+from llmrec.llm.prompts import PLACEHOLDERS
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDERS = ("[VISUAL]", "[CF]", "[REC]", "[HIST]", "[USERID]", "[ITEMID]")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -53,6 +54,15 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def context_length(config: Any, tokenizer: Any) -> int | None:
+    """The longest prompt the LM takes: the smaller of its position table (``max_position_embeddings``)
+    and the tokenizer's ``model_max_length``, each where it is set (a tokenizer without a limit reports a
+    huge sentinel); None when neither says."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**9]
+    return min(limits) if limits else None
+
+
 class Backbone(nn.Module):
     """A causal LM plus its tokenizer, with placeholder-token embedding injection, on ``device`` (the
     model's one device option) in ``cfg.dtype`` (``auto`` resolved for that device)."""
@@ -71,6 +81,7 @@ class Backbone(nn.Module):
         )
         self.tokenizer = tokenizer
         self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
+        self.context_length = context_length(model.config, tokenizer)
         for p in model.parameters():
             p.requires_grad_(False)
         if cfg.gradient_checkpointing:
@@ -129,6 +140,17 @@ class Backbone(nn.Module):
             truncation=max_length is not None,
             max_length=max_length,
         )
+
+    def check_context(self, attention_mask: torch.Tensor, hint: str) -> None:
+        """Raise a one-line ConfigError when a prompt of the batch is longer than the LM's context;
+        ``hint`` says which options shorten the prompts."""
+        longest = int(attention_mask.sum(1).max()) if attention_mask.numel() else 0
+        if self.context_length is not None and longest > self.context_length:
+            raise ConfigError(
+                f"a prompt of {longest} tokens exceeds the context of {self.cfg.llm} "
+                f"({self.context_length} tokens)",
+                hint=hint,
+            )
 
     def embed(self, input_ids: torch.Tensor, inject: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, d) input embeddings with placeholder positions replaced.

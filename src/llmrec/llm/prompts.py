@@ -12,6 +12,10 @@ cf                 {Title: <title>, Item embedding: [CF]}                       
 image_description  {Title: <title>, Visual representation: [VISUAL], Description: <description>}  (I-LLMRec+D)
 
 An item without an image, under an image representation, falls back to its description (Sec. 4.5).
+
+Every piece of item or user data (title, brand, category, description, generated text, answer) goes
+through :func:`escape_placeholders` on its way into a prompt, so only the prompt templates place
+placeholder tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+#: the placeholder tokens the backbone registers (one special token each); only templates may write them
+PLACEHOLDERS = ("[VISUAL]", "[CF]", "[REC]", "[HIST]", "[USERID]", "[ITEMID]")
 
 REPRESENTATIONS = ("image", "title", "attribute", "description", "summary", "cf", "image_description")
 Representation = Literal["image", "title", "attribute", "description", "summary", "cf", "image_description"]
@@ -74,6 +81,19 @@ ILA_ANSWERS = {
 }
 
 _BRACES = re.compile(r"[{}]")
+_PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
+
+
+def escape_placeholders(text: str) -> str:
+    """``text`` with every placeholder string in it written with round brackets: "[REC]" -> "(REC)".
+
+    The tokenizer turns an exact placeholder string into its special token wherever it appears, so a title
+    such as "Press [REC] to record" would add a [REC] position the model has no embedding for (and a
+    count check failing mid-epoch). Round brackets keep the text readable and its meaning obvious, cost
+    no invisible characters (a zero-width space would look identical in a printed prompt but tokenise into
+    odd bytes), and touch nothing else: other bracketed text ("[Blu-ray]") stays as it is. Idempotent.
+    """
+    return _PLACEHOLDER.sub(lambda m: f"({m.group()[1:-1]})", text)
 
 
 @dataclass
@@ -89,7 +109,8 @@ class ItemText:
 
 
 def _clean(text: str, max_chars: int | None = None) -> str:
-    text = _BRACES.sub("", text).strip()  # braces delimit items in the prompt
+    """Data text as a prompt may hold it: placeholders escaped, braces (they delimit items) removed, cut."""
+    text = _BRACES.sub("", escape_placeholders(text)).strip()
     return text[:max_chars].rstrip() if max_chars and len(text) > max_chars else text
 
 

@@ -190,8 +190,26 @@ def model_dir(path: str | Path) -> Path:
     return path
 
 
-# keys older versions saved that the current configs no longer have
-_LEGACY_KEYS = {"backbone": ("device",), "": ("rec_norm",)}
+# keys older versions saved that the current configs no longer have, at their value of no effect
+# (backbone.device: the model's one device option replaced it; rec_norm: an I-LLMRec BatchNorm, removed)
+_LEGACY_KEYS: dict[str, dict[str, Any]] = {"backbone": {"device": None}, "": {"rec_norm": False}}
+
+
+def _drop_legacy_keys(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for group, keys in _LEGACY_KEYS.items():
+        node = config.get(group) if group else config
+        for key, harmless in keys.items():
+            if not isinstance(node, dict) or key not in node:
+                continue
+            if harmless is not None and node[key] != harmless:
+                raise LlmrecError(
+                    f"saved with the option {key}={node[key]!r}, which this version no longer has",
+                    file=path,
+                    hint="retrain the model with this version",
+                )
+            node.pop(key)
+    return config
 
 
 def load_model(
@@ -208,12 +226,7 @@ def load_model(
 
     directory = model_dir(path)
     info = read_json(directory / "model.json")
-    config = dict(info["config"])
-    for group, keys in _LEGACY_KEYS.items():
-        node = config.get(group) if group else config
-        for key in keys:
-            if isinstance(node, dict) and key in node and not (key == "rec_norm" and node[key]):
-                node.pop(key)
+    config = _drop_legacy_keys(info["config"], directory / "model.json")
     model = build_model(info["model"], config, info["n_users"], info["n_items"], device, dtype)
     ref = info.get("dataset")
     if ref is None and (directory / "sources.json").exists():  # saved before model.json recorded it

@@ -26,8 +26,9 @@ inline, as in Fig. 1), w/o KE ``-o ke=false`` (titles instead of descriptions), 
 Our choices where the paper is silent (all options): the history encoder projects the LLM's word
 embeddings to ``encoder_dim`` = 512, then a 1-layer GRU (last state) or a 2-layer pre-norm Transformer
 (4 heads, learned positions, a CLS token) and a linear map back to the LLM width; every item contributes
-its first ``max_text_tokens`` = 48 description tokens then its image token; a learned start vector makes
-an empty history valid. The visual and CF mappers are Linear(d_in, 512) -> GELU/ReLU -> Linear(512, d_llm)
+its first ``max_text_tokens`` = 48 description tokens then its image token (inline histories and targets
+show the same texts cut to the same tokens, so w/o UHEM compares like for like); a learned start vector makes
+an empty history valid. A prompt longer than the LM's context is an error, never silently cut. The visual and CF mappers are Linear(d_in, 512) -> GELU/ReLU -> Linear(512, d_llm)
 (CoLLM's CIE shape; one CF mapper shared by users and items). BinLLM's codes are the signs of the first
 32 principal components of the MF user and item vectors (one PCA over both, so a user's and an item's
 codes agree where their vectors do). Scoring is TALLRec's: P(Yes) = softmax over the ("Yes", "No")
@@ -61,7 +62,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import load_feature, load_item_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
-from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
+from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target, escape_placeholders
 from llmrec.models.base import register_model
 from llmrec.models.llm_base import FeatureBackedLLM
 from llmrec.models.neural import Batch, NeuralConfig
@@ -230,20 +231,19 @@ class HistLLM(FeatureBackedLLM):
                 )
                 self.source["features"]["user_cf"] = {"name": users.name, "sha256": users.manifest["sha256"]}
                 self.source["features"]["item_cf"] = {"name": items.name, "sha256": items.manifest["sha256"]}
-        self.titles = [str(t) for t in ds.items["title"]]
-        self.descriptions = self._descriptions(ds) if cfg.ke else None
+        titles = [str(t) for t in ds.items["title"]]
+        self.titles, tokens = self._item_texts(titles)
+        self.descriptions = None
+        if cfg.ke:
+            self.descriptions, tokens = self._item_texts(self._descriptions(ds, titles))
         if cfg.history == "uhem":
-            texts = self.descriptions or self.titles
-            enc = self.backbone.tokenizer(
-                texts, add_special_tokens=False, truncation=True, max_length=cfg.max_text_tokens
-            )
-            width = max(map(len, enc["input_ids"]))
+            width = max(map(len, tokens))
             ids = np.full((self.n_items, width), self.backbone.tokenizer.pad_token_id, dtype=np.int64)
-            for i, row in enumerate(enc["input_ids"]):
+            for i, row in enumerate(tokens):
                 ids[i, : len(row)] = row
             self.register_buffer("item_tokens", torch.from_numpy(ids), persistent=False)  # (N, L)
             self.register_buffer(
-                "item_ntok", torch.tensor([len(r) for r in enc["input_ids"]]), persistent=False
+                "item_ntok", torch.tensor([len(r) for r in tokens]), persistent=False
             )  # (N,)
             per_item = width + int(self.use_image)
             self.history_encoder = HistoryEncoder(
@@ -283,7 +283,21 @@ class HistLLM(FeatureBackedLLM):
             )
         return feat
 
-    def _descriptions(self, ds: Dataset) -> list[str]:
+    def _item_texts(self, texts: list[str]) -> tuple[list[str], list[list[int]]]:
+        """Each item's text as every prompt shows it, computed once per item: placeholder strings escaped,
+        cut to its first ``max_text_tokens`` tokens (decoded back); and those tokens, UHEM's input. The
+        inline history and target (w/o UHEM, the TALLRec-style presets) thus hold what UHEM encodes."""
+        assert self.backbone is not None
+        tok, n = self.backbone.tokenizer, self.cfg.max_text_tokens
+        texts = [escape_placeholders(t) for t in texts]
+        ids = tok(texts, add_special_tokens=False, truncation=True, max_length=n + 1)["input_ids"]
+        cut = [
+            t if len(i) <= n else tok.decode(i[:n], clean_up_tokenization_spaces=False).rstrip("\ufffd")
+            for t, i in zip(texts, ids)
+        ]  # a cut inside a multi-byte character decodes to U+FFFD: dropped
+        return cut, [i[:n] for i in ids]
+
+    def _descriptions(self, ds: Dataset, titles: list[str]) -> list[str]:
         if self.cfg.description_texts:
             from llmrec.llm.describe import load_texts
 
@@ -298,7 +312,7 @@ class HistLLM(FeatureBackedLLM):
                 hint="generate them: llmrec describe --mode from_title (then -o description_texts=from_title), "
                 "or use -o ke=false",
             )
-        return [t if t.strip() else self.titles[i] for i, t in enumerate(texts)]  # a title beats nothing
+        return [t if t.strip() else titles[i] for i, t in enumerate(texts)]  # a title beats nothing
 
     # ------------------------------------------------------------------ which parts a step trains
     @property
@@ -362,6 +376,10 @@ class HistLLM(FeatureBackedLLM):
                 user_feature, item_feature = self.user_codes[int(users[b])], self.item_codes[t]
             texts.append(self.backbone.chat(ctr_prompt(items, target, cfg.noun, user_feature, item_feature)))
         enc = self.backbone.tokenize(texts)
+        self.backbone.check_context(
+            enc["attention_mask"],
+            hint=f"lower history_len ({cfg.history_len}) or max_text_tokens ({cfg.max_text_tokens})",
+        )
         out = {
             "ids": enc["input_ids"],
             "mask": enc["attention_mask"],

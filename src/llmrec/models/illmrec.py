@@ -53,11 +53,12 @@ from llmrec.llm.prompts import (
 )
 from llmrec.models.base import register_model
 from llmrec.models.llm_base import FeatureBackedLLM
-from llmrec.models.neural import Batch, NeuralConfig, trainable_users
+from llmrec.models.neural import Batch, NeuralConfig, negatives_for_user, trainable_users
 
 log = logging.getLogger(__name__)
 
 FEATURE_TYPES = ("image", "cf", "text")
+ILA_ANSWER_TOKENS = 96  # ILA answers are cut to this many tokens (+ EOS)
 
 
 @dataclasses.dataclass
@@ -105,15 +106,12 @@ class ILLMRecConfig(NeuralConfig):
     scaled_scores: bool = option(
         True, "divide affinities by sqrt(d_shared) (false = the paper's plain dot product; same ranking)"
     )
-    rec_norm: bool = option(
-        False,
-        "standardise the [REC] state per dimension (BatchNorm; running statistics at test) before the user "
-        "projectors: removes the component every prompt shares (not in the paper)",
-    )
     window_short: int = option(4, "training history windows: 2..window_short items ...")
     window_long: int = option(9, "... or 2..window_long items, each with probability 0.5")
     test_history: int = option(10, "items of history in evaluation prompts (the most recent)")
-    max_prompt_tokens: int = option(1024, "context budget: drop the oldest items until the prompt fits")
+    max_prompt_tokens: int = option(
+        1024, "context budget: drop the oldest items until the prompt fits (never more than the LM's context)"
+    )
     max_description_chars: int = option(1200, "cut descriptions longer than this in prompts and ILA answers")
     description_texts: str | None = option(None, "use generated texts (llmrec describe NAME) as descriptions")
     summary_texts: str = option(
@@ -237,6 +235,13 @@ class ILLMRec(FeatureBackedLLM):
             }
 
         self.backbone = Backbone(cfg.backbone, cfg.device)  # one device for the LM and every module
+        context = self.backbone.context_length
+        if context is not None and cfg.max_prompt_tokens > context:
+            log.info(
+                "max_prompt_tokens %d > the LM's context: histories are cut to %d tokens",
+                cfg.max_prompt_tokens,
+                context,
+            )
         d = self.backbone.hidden_size
         if "image" in feats:
             self.adaptor = mlp_adaptor(feats["image"].dim, cfg.adaptor_hidden, d)  # M: image -> one LLM token
@@ -244,7 +249,6 @@ class ILLMRec(FeatureBackedLLM):
             self.cf_adaptor = mlp_adaptor(feats["cf"].dim, cfg.adaptor_hidden, d)  # A-LLMRec-style CF token
         self.rec = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, d)))  # [REC]
         self.user_proj = nn.ModuleDict({t: projector(d, cfg.d_shared) for t in cfg.features})
-        self.rec_norm = nn.BatchNorm1d(d, affine=False) if cfg.rec_norm else nn.Identity()
         # fixed standardisation of the [REC] state, set by the projectors-alone stage (identity until then)
         self.register_buffer("state_mean", torch.zeros(d))
         self.register_buffer("state_std", torch.ones(d))
@@ -305,9 +309,22 @@ class ILLMRec(FeatureBackedLLM):
         cf = [int(i) for i in history if "[CF]" in texts[i]]
         return rendered, visual, cf
 
-    def _budget(self, overhead_text: str) -> int:
+    def _budget(self, overhead_text: str, answer_tokens: int = 0) -> int:
+        """Tokens left for the history: ``max_prompt_tokens``, and never more than the LM's context less the
+        answer, minus the fixed text."""
         assert self.backbone is not None
-        return self.cfg.max_prompt_tokens - self.backbone.count_tokens(self.backbone.chat(overhead_text))
+        limit = self.cfg.max_prompt_tokens
+        if self.backbone.context_length is not None:
+            limit = min(limit, self.backbone.context_length - answer_tokens)
+        return limit - self.backbone.count_tokens(self.backbone.chat(overhead_text))
+
+    def _check_context(self, mask: torch.Tensor) -> None:
+        assert self.backbone is not None
+        self.backbone.check_context(
+            mask,
+            hint=f"the fixed prompt text alone nearly fills it: lower max_description_chars "
+            f"({self.cfg.max_description_chars}) or use an LM with a longer context",
+        )
 
     def build_ire(self, histories: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """Tokenised IRE prompts (history + instruction + [REC]) and the items behind their placeholders."""
@@ -320,6 +337,7 @@ class ILLMRec(FeatureBackedLLM):
             visual += v
             cf += c
         enc = self.backbone.tokenize(prompts)
+        self._check_context(enc["attention_mask"])
         return {
             "ids": enc["input_ids"],
             "mask": enc["attention_mask"],
@@ -333,7 +351,7 @@ class ILLMRec(FeatureBackedLLM):
         """ILA examples: a random property question about the target; labels only on the answer (+ EOS)."""
         assert self.backbone is not None
         tok = self.backbone.tokenizer
-        budget = self._budget(ila_question([], "description", 0)) - 64
+        budget = self._budget(ila_question([], "description", 0), ILA_ANSWER_TOKENS + 1) - 64
         ids, labels, visual, cf = [], [], [], []
         for h, t in zip(histories, targets):
             rendered, v, c = self._prompt_parts(self.fit_history(h, budget))
@@ -348,16 +366,18 @@ class ILLMRec(FeatureBackedLLM):
             }[field]
             answer = ila_answer(field, value, self.cfg.max_description_chars) + (tok.eos_token or "")
             q = tok(question, add_special_tokens=False)["input_ids"]
-            a = tok(answer, add_special_tokens=False)["input_ids"][:96]
+            a = tok(answer, add_special_tokens=False)["input_ids"][:ILA_ANSWER_TOKENS]
             ids.append(q + a)
             labels.append([-100] * len(q) + a)
             visual += v
             cf += c
         width = max(map(len, ids))
         pad = tok.pad_token_id
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+        self._check_context(mask)
         return {
             "ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
-            "mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
+            "mask": mask,
             "labels": torch.tensor([x + [-100] * (width - len(x)) for x in labels]),
             "visual": torch.tensor(visual, dtype=torch.long),
             "cf": torch.tensor(cf, dtype=torch.long),
@@ -393,7 +413,7 @@ class ILLMRec(FeatureBackedLLM):
             windows = [self.sample_window(seqs[u], rng) for u in chunk]
             histories = [w[0] for w in windows]
             targets = np.array([w[1] for w in windows])
-            negatives = np.array([self._negative(seqs[u], rng) for u in chunk])
+            negatives = np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in chunk])
             batch = {f"ire_{k}": v for k, v in self.build_ire(histories).items()}
             batch.update({"target": torch.from_numpy(targets), "negative": torch.from_numpy(negatives)})
             if self.cfg.ila:
@@ -413,7 +433,7 @@ class ILLMRec(FeatureBackedLLM):
         for start in range(0, len(order), self.cfg.head_batch_size):
             rows = torch.from_numpy(order[start : start + self.cfg.head_batch_size])
             users = pool["user"][rows].tolist()
-            negatives = np.array([self._negative(seqs[u], rng) for u in users])
+            negatives = np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in users])
             yield {
                 "ire_state": pool["state"][rows],
                 "target": pool["target"][rows],
@@ -447,12 +467,6 @@ class ILLMRec(FeatureBackedLLM):
             "target": torch.tensor([w[1] for w in windows]),
             "user": torch.from_numpy(users),
         }
-
-    def _negative(self, seq: np.ndarray, rng: np.random.Generator) -> int:
-        seen = set(seq.tolist())
-        while (c := int(rng.integers(self.n_items))) in seen:
-            pass
-        return c
 
     @property
     def score_scale(self) -> float:
@@ -493,9 +507,9 @@ class ILLMRec(FeatureBackedLLM):
         return self.read_state(self.raw_states(ids, mask, visual, cf))
 
     def read_state(self, raw: torch.Tensor) -> torch.Tensor:
-        """(B, d) the [REC] state standardised with the fixed statistics of the projectors-alone stage, then
-        with batch statistics when ``rec_norm`` (both identities by default)."""
-        return self.rec_norm((raw - self.state_mean) / self.state_std)
+        """(B, d) the [REC] state standardised with the fixed statistics of the projectors-alone stage
+        (the identity until that stage sets them)."""
+        return (raw - self.state_mean) / self.state_std
 
     def item_vectors(self, feature: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """(n, d_s) projected item representations o_i for one feature type (all items when ``items`` is None)."""
@@ -627,7 +641,7 @@ class ILLMRec(FeatureBackedLLM):
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Only what training changes (adaptors, projectors, [REC], LoRA): never the frozen LLM."""
-        buffers = {n for n, _ in self.named_buffers() if n.startswith(("rec_norm.", "state_"))}  # statistics
+        buffers = {n for n, _ in self.named_buffers() if n.startswith("state_")}  # statistics
         trainable = self._trainable | buffers
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}
 

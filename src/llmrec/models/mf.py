@@ -35,7 +35,7 @@ from torch import nn
 from llmrec.config import option
 from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender
+from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, sample_unseen, seen_keys
 
 
 @dataclasses.dataclass
@@ -65,26 +65,6 @@ def training_pairs(sequences: list[np.ndarray], n_items: int) -> tuple[np.ndarra
     users = np.repeat(np.arange(len(sequences)), [len(s) if k else 0 for s, k in zip(sequences, keep)])
     items = np.concatenate([s for s, k in zip(sequences, keep) if k] or [np.zeros(0, np.int64)])
     return users.astype(np.int64), items.astype(np.int64)
-
-
-def sample_unseen(rng: np.random.Generator, users: np.ndarray, n_items: int, seen: np.ndarray) -> np.ndarray:
-    """One uniform item per entry of ``users`` that the user has not interacted with (rejection sampling).
-
-    ``seen`` holds the sorted keys ``user * n_items + item`` of the interactions; every user must have an
-    item outside them (see :func:`training_pairs`).
-    """
-
-    def is_seen(u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        keys = u * n_items + i
-        pos = np.minimum(np.searchsorted(seen, keys), len(seen) - 1)
-        return seen[pos] == keys
-
-    neg = rng.integers(0, n_items, size=len(users))
-    bad = is_seen(users, neg)
-    while bad.any():
-        neg[bad] = rng.integers(0, n_items, size=int(bad.sum()))
-        bad[bad] = is_seen(users[bad], neg[bad])
-    return neg
 
 
 @register_model("mf")
@@ -149,7 +129,7 @@ class MF(TorchRecommender):
             neg = None
         else:
             users, pos = training_pairs(dataset.train_sequences, self.n_items)
-            seen = np.unique(users * self.n_items + pos)  # sorted keys of the training interactions
+            seen = seen_keys(users, pos, self.n_items)
             neg = sample_unseen(rng, users, self.n_items, seen)
         order = rng.permutation(len(users))
         for start in range(0, len(order), self.cfg.batch_size):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,8 @@ from torch import nn
 from llmrec.config import option
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.models.base import ModelConfig, Recommender
+
+log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 
@@ -170,20 +173,64 @@ def left_pad(histories: list[np.ndarray], max_len: int, offset: int = 1) -> torc
     return torch.from_numpy(out)
 
 
-def sample_negatives_excluding(
-    rng: np.random.Generator, n_items: int, shape: tuple[int, ...], exclude: set[int]
+def seen_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """Sorted unique keys ``user * n_items + item`` of interactions: what :func:`sample_unseen` excludes."""
+    return np.unique(np.asarray(users, dtype=np.int64) * n_items + np.asarray(items, dtype=np.int64))
+
+
+_warned_all_seen = False  # the all-seen fallback is reported once per process
+
+
+def sample_unseen(rng: np.random.Generator, users: np.ndarray, n_items: int, seen: np.ndarray) -> np.ndarray:
+    """One uniform item per entry of ``users`` that this user has not interacted with: the one negative
+    sampler of the models (rejection sampling; ``seen`` = :func:`seen_keys` of the interactions).
+
+    A user who has interacted with every item has no valid negative. Rather than loop forever or stop a
+    training run over one degenerate user, their entries are drawn uniformly over all items (so one of their
+    own items acts as a negative), and a warning naming the user is logged once per process. Every other
+    entry is drawn exactly as plain rejection sampling draws it (one ``rng.integers`` over all entries, then
+    again for the rejected ones, in order), so seeded results do not depend on the guard.
+    """
+    global _warned_all_seen
+    users = np.asarray(users, dtype=np.int64)
+    neg = rng.integers(0, n_items, size=len(users))
+    if not len(seen):
+        return neg
+
+    def is_seen(u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        keys = u * n_items + i
+        pos = np.minimum(np.searchsorted(seen, keys), len(seen) - 1)
+        return seen[pos] == keys
+
+    bad = is_seen(users, neg)
+    if bad.any():  # users with nothing left to sample from take any item
+        distinct = np.unique(users[bad])
+        count = np.searchsorted(seen, (distinct + 1) * n_items) - np.searchsorted(seen, distinct * n_items)
+        full = distinct[count >= n_items]
+        if len(full):
+            bad &= ~np.isin(users, full)
+            if not _warned_all_seen:
+                _warned_all_seen = True
+                log.warning(
+                    "user index %d%s has interacted with all %d items: no unseen item is left as a negative, "
+                    "so its negatives are drawn from all items (reported once)",
+                    full[0],
+                    f" (and {len(full) - 1} more)" if len(full) > 1 else "",
+                    n_items,
+                )
+    while bad.any():
+        neg[bad] = rng.integers(0, n_items, size=int(bad.sum()))
+        bad[bad] = is_seen(users[bad], neg[bad])
+    return neg
+
+
+def negatives_for_user(
+    rng: np.random.Generator, user: int, items: np.ndarray, n_items: int, size: int
 ) -> np.ndarray:
-    """Uniform item indices in [0, n_items) of ``shape``, none of them in ``exclude`` (rejection sampling)."""
-    out = rng.integers(0, n_items, size=shape)
-    if exclude and len(exclude) < n_items:
-        flat = out.reshape(-1)
-        bad = np.fromiter((x in exclude for x in flat.tolist()), dtype=bool, count=flat.size)
-        while bad.any():
-            flat[bad] = rng.integers(0, n_items, size=int(bad.sum()))
-            bad[bad] = np.fromiter(
-                (x in exclude for x in flat[bad].tolist()), dtype=bool, count=int(bad.sum())
-            )
-    return out
+    """``size`` negatives of one user whose interacted items are ``items`` (:func:`sample_unseen`)."""
+    return sample_unseen(
+        rng, np.full(size, user), n_items, seen_keys(np.full(len(items), user), items, n_items)
+    )
 
 
 def trainable_users(dataset: Any, min_len: int = 2) -> np.ndarray:
@@ -214,11 +261,6 @@ def next_item_batches(
         pos = left_pad([seqs[u][1:] for u in chunk], max_len)  # (B, L) next item at each position
         batch = {"inputs": inputs, "pos": pos}
         if negatives:
-            neg = np.stack(
-                [
-                    sample_negatives_excluding(rng, n_items, (max_len,), set(seqs[u].tolist())) + 1
-                    for u in chunk
-                ]
-            )
+            neg = np.stack([negatives_for_user(rng, u, seqs[u], n_items, max_len) + 1 for u in chunk])
             batch["neg"] = torch.from_numpy(neg) * (pos != 0)  # (B, L) rows, 0 where there is no target
         yield batch
