@@ -306,7 +306,7 @@ def test_histllm_learns_through_its_visual_tokens(parity_dataset, tiny_llm):
 
 
 def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_path, monkeypatch):
-    from llmrec.ctr_experiments import CtrEfficiencyConfig, run_ctr_efficiency
+    from llmrec.experiments.ctr import CtrEfficiencyConfig, run_ctr_efficiency
     from llmrec.utils import timing
 
     synced = []  # every timed span waits for the device on both ends
@@ -336,7 +336,7 @@ def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_p
 
 
 def test_history_sweep_trains_each_point_once(ctr_dataset, tiny_llm, tmp_path):
-    from llmrec.ctr_experiments import HistorySweepConfig, run_history_sweep
+    from llmrec.experiments.ctr import HistorySweepConfig, run_history_sweep
 
     cfg = HistorySweepConfig(
         data=str(ctr_dataset.root),

@@ -419,7 +419,7 @@ def test_image_token_carries_the_picture_through_the_llm(shape_dataset, tiny_llm
 @pytest.mark.parametrize("representation", ["image", "title"])
 def test_probe_reads_the_picture_from_the_user_state(shape_dataset, tiny_llm, tmp_path, representation):
     """``llmrec probe``: the last item's shape is decodable from [REC] only when its picture is in the prompt."""
-    from llmrec.probe import ProbeConfig, run_probe
+    from llmrec.experiments.probe import ProbeConfig, run_probe
     from llmrec.train import EvalConfig, TrainConfig, train
 
     ds, _ = shape_dataset

@@ -21,7 +21,7 @@ def test_clock_synchronises_an_accelerator_and_not_a_cpu(monkeypatch):
 
 
 def test_bench_reads_the_clock_through_the_helper(synthetic_dataset, monkeypatch):
-    from llmrec.bench import BenchConfig, run_bench
+    from llmrec.experiments.bench import BenchConfig, run_bench
 
     synced = []
     monkeypatch.setattr(timing, "synchronize", synced.append)

@@ -117,7 +117,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from llmrec.probe import ProbeConfig, format_probe, run_probe
+    from llmrec.experiments.probe import ProbeConfig, format_probe, run_probe
 
     if args.threads:
         import torch
@@ -140,7 +140,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_efficiency(args: argparse.Namespace) -> int:
-    from llmrec.efficiency import EfficiencyConfig, format_efficiency, run_efficiency
+    from llmrec.experiments.efficiency import EfficiencyConfig, format_efficiency, run_efficiency
 
     cfg = resolve(EfficiencyConfig, args, args.config)
     print(format_efficiency(run_efficiency(cfg)))
@@ -149,7 +149,7 @@ def _cmd_efficiency(args: argparse.Namespace) -> int:
 
 
 def _cmd_ctr_efficiency(args: argparse.Namespace) -> int:
-    from llmrec.ctr_experiments import CtrEfficiencyConfig, format_ctr_efficiency, run_ctr_efficiency
+    from llmrec.experiments.ctr import CtrEfficiencyConfig, format_ctr_efficiency, run_ctr_efficiency
 
     cfg = resolve(CtrEfficiencyConfig, args, args.config)
     print(format_ctr_efficiency(run_ctr_efficiency(cfg)))
@@ -158,7 +158,7 @@ def _cmd_ctr_efficiency(args: argparse.Namespace) -> int:
 
 
 def _cmd_history_sweep(args: argparse.Namespace) -> int:
-    from llmrec.ctr_experiments import HistorySweepConfig, format_history_sweep, run_history_sweep
+    from llmrec.experiments.ctr import HistorySweepConfig, format_history_sweep, run_history_sweep
 
     cfg = resolve(HistorySweepConfig, args, args.config)
     print(format_history_sweep(run_history_sweep(cfg)))
@@ -174,14 +174,14 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from llmrec.bench import BenchConfig, format_bench, run_bench
+    from llmrec.experiments.bench import BenchConfig, format_bench, run_bench
 
     print(format_bench(run_bench(resolve(BenchConfig, args, args.config))))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from llmrec.demo import DemoConfig, run_demo
+    from llmrec.experiments.demo import DemoConfig, run_demo
 
     run_demo(resolve(DemoConfig, args, args.config))
     return 0
@@ -222,17 +222,17 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmrec.bench import BenchConfig
-    from llmrec.ctr_experiments import CtrEfficiencyConfig, HistorySweepConfig
+    from llmrec.experiments.bench import BenchConfig
+    from llmrec.experiments.ctr import CtrEfficiencyConfig, HistorySweepConfig
     from llmrec.data.images import ImagesConfig
     from llmrec.data.importers import available_importers
     from llmrec.data.processing import PrepareConfig
-    from llmrec.demo import DemoConfig
-    from llmrec.efficiency import EfficiencyConfig
+    from llmrec.experiments.demo import DemoConfig
+    from llmrec.experiments.efficiency import EfficiencyConfig
     from llmrec.features.build import FeaturesConfig
     from llmrec.llm.describe import DescribeConfig
     from llmrec.models.base import available_models
-    from llmrec.probe import ProbeConfig
+    from llmrec.experiments.probe import ProbeConfig
     from llmrec.report import TableConfig
     from llmrec.train import EvalConfig, TrainConfig
 

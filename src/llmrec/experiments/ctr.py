@@ -77,7 +77,7 @@ def _variant(ds: Dataset, cfg: CtrEfficiencyConfig, history: str, length: int, i
 
 
 def run_ctr_efficiency(cfg: CtrEfficiencyConfig) -> dict[str, Any]:
-    from llmrec.efficiency import zero_image_feature
+    from llmrec.experiments.efficiency import zero_image_feature
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
