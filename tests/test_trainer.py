@@ -87,3 +87,37 @@ def test_ranking_on_a_user_subset_records_the_users(synthetic_dataset, tmp_path)
     assert metrics["ranking_users"] == 6 and len(set(users)) == 6
     with pytest.raises(Exception, match="ranking_users must be >= 1"):
         EvalConfig(ranking_users=0)
+
+
+def test_checkpoint_loads_on_the_cpu_and_resumes_on_any_machine(synthetic_dataset, tmp_path, monkeypatch):
+    """The checkpoint is read onto the CPU (the RNG state must stay a CPU tensor; the trainer moves the
+    weights), and CUDA RNG states from a machine with other devices are skipped: same final model."""
+    import torch
+
+    reference = _scores(_train(synthetic_dataset, tmp_path / "ref"), synthetic_dataset)
+    original = SASRec.train_batches
+    calls = {"n": 0}
+
+    def dies_in_epoch_3(self, dataset, rng):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Killed
+        return original(self, dataset, rng)
+
+    monkeypatch.setattr(SASRec, "train_batches", dies_in_epoch_3)
+    with pytest.raises(Killed):
+        _train(synthetic_dataset, tmp_path / "run")
+    monkeypatch.setattr(SASRec, "train_batches", original)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert "cuda_rng" in saved
+    saved["cuda_rng"] = [torch.zeros(16, dtype=torch.uint8)] * 3  # as if written on a 3-GPU machine
+    torch.save(saved, ckpt)
+    where = []
+    load = torch.load
+    monkeypatch.setattr(
+        torch, "load", lambda *a, **kw: where.append(kw.get("map_location")) or load(*a, **kw)
+    )
+    _train(synthetic_dataset, tmp_path / "run")
+    assert where == ["cpu"]
+    np.testing.assert_array_equal(_scores(tmp_path / "run", synthetic_dataset), reference)

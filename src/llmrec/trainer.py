@@ -67,7 +67,6 @@ def fit(
     n, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     # alone, the device as configured (e.g. cuda:1); launched, the one the launcher gave this process
     device = torch.device(cfg.device) if n == 1 else accelerator.device
-    device = torch.device("cpu") if device.type == "cpu" else device  # torch.load cannot map to "cpu:0"
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if getattr(model, "decoupled_weight_decay", False) else torch.optim.Adam
@@ -86,7 +85,9 @@ def fit(
     best_weights = model.checkpoint_state()
     ckpt = run.root / f"checkpoint{suffix}.pt" if run is not None else None
     if ckpt is not None and ckpt.exists():  # every process resumes from the main process's checkpoint
-        saved = torch.load(ckpt, map_location=device, weights_only=False)
+        # on the CPU first: the RNG states must stay CPU tensors, and the checkpoint may come from another
+        # device; load_state_dict copies the weights (and the optimiser its state) to the parameters' device
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_checkpoint_state(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         if accelerator.scaler is not None and saved.get("scaler"):
@@ -94,7 +95,7 @@ def fit(
         best_weights = saved["best_weights"]
         state = saved["state"]
         rng.bit_generator.state = saved["rng"]
-        torch.set_rng_state(saved["torch_rng"])
+        set_rng_states(saved["torch_rng"], saved.get("cuda_rng"))
         log.info(
             "resumed from %s at epoch %d (best %s %.4f)",
             ckpt,
@@ -187,6 +188,7 @@ def fit(
                         "state": state,
                         "rng": rng.bit_generator.state,
                         "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": cuda_rng_states(),
                     },
                     tmp,
                 )
@@ -247,6 +249,21 @@ def accelerator_for(model: Any) -> Accelerator:
     if precision == "fp16" and accelerator.device.type == "cpu":
         raise ConfigError("mixed_precision=fp16 needs a GPU (-o device=cuda); on the CPU use bf16")
     return accelerator
+
+
+def cuda_rng_states() -> list[torch.Tensor] | None:
+    """The RNG state of every CUDA device (dropout on a GPU draws from them), None without CUDA."""
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def set_rng_states(cpu: torch.Tensor, cuda: list[torch.Tensor] | None) -> None:
+    """Restore the CPU RNG and, when the saving machine had as many CUDA devices as this one, theirs: a
+    checkpoint written on a CPU resumes on a GPU machine and vice versa (the GPU streams then start anew)."""
+    torch.set_rng_state(cpu.cpu())
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    elif cuda is not None or torch.cuda.is_available():
+        log.info("CUDA RNG states not restored: the checkpoint comes from a machine with other devices")
 
 
 def _my_share(batches: Iterable[Batch], n: int, rank: int) -> Iterator[Batch | None]:
