@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
 
+from llmrec import trainer
 from llmrec.config import ConfigError, from_dict, option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
@@ -158,13 +159,13 @@ def train(cfg: TrainConfig) -> Path:
     [run_dir] = broadcast_object_list([run_dir])  # the main process's timestamp names the run everywhere
     if not accelerator.is_main_process:
         logging.getLogger("llmrec").setLevel(logging.WARNING)  # the main process logs the run
-        model.fit(ds, _MainRunDir(run_dir))
+        trainer.fit(model, ds, _MainRunDir(run_dir))
         accelerator.wait_for_everyone()
         return run_dir
     with Run(run_dir, cfg) as run:
         log.info("training %s on %s (%d users, %d items)", cfg.model, ds.root, ds.n_users, ds.n_items)
         t0 = time.perf_counter()
-        model.fit(ds, run)
+        trainer.fit(model, ds, run)
         run.log_metrics("train", {"fit_seconds": time.perf_counter() - t0})
         model.save(run.model_dir)
         evaluate_model(model, ds, cfg.eval, run)

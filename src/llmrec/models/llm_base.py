@@ -26,6 +26,10 @@ class FeatureBackedLLM(TorchRecommender):
     def attach(self, ds: Dataset) -> None:
         """Load the backbone and the dataset's features; build the modules; record ``self.source``."""
 
+    def prepare(self, dataset: Dataset) -> None:
+        """Before training: attach the backbone and features of ``dataset``."""
+        self.attach(dataset)
+
     def sources_record(self) -> dict[str, Any]:
         """What sources.json holds (subclasses may add keys that ``before_attach`` reads back)."""
         return self.source
