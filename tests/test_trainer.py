@@ -121,3 +121,56 @@ def test_checkpoint_loads_on_the_cpu_and_resumes_on_any_machine(synthetic_datase
     _train(synthetic_dataset, tmp_path / "run")
     assert where == ["cpu"]
     np.testing.assert_array_equal(_scores(tmp_path / "run", synthetic_dataset), reference)
+
+
+def _scalars(folder):
+    """(tag, step) of every scalar in the TensorBoard event files under ``folder`` (TFRecord framing:
+    length, its crc, an Event proto, its crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in folder.rglob("events.out.tfevents.*"):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = Event.FromString(data[i + 12 : i + 12 + n])
+            out += [(v.tag, event.step) for v in event.summary.value]
+            i += 12 + n + 4
+    return out
+
+
+def test_tensorboard_tracker_gets_every_epoch_in_the_run_directory(synthetic_dataset, tmp_path):
+    pytest.importorskip("tensorboardX")
+    cfg = TrainConfig(
+        model="sasrec",
+        data=str(synthetic_dataset),
+        out=str(tmp_path / "run"),
+        options={**OPTS, "epochs": 2},
+        eval=EvalConfig(splits=["test"], ctr=False, full_ranking=False),
+        log_with="tensorboard",
+    )
+    run = train(cfg)
+    scalars = {(tag.replace("@", "_"), step) for tag, step in _scalars(run / "tracking")}  # tensorboardX: _
+    for epoch in (1, 2):
+        assert {("loss", epoch), ("valid_ndcg_10", epoch), ("valid_hit_10", epoch)} <= scalars
+
+
+def test_trackers_that_cannot_run_are_config_errors(synthetic_dataset, tmp_path, monkeypatch):
+    import llmrec.trainer
+    from llmrec.config import from_dict
+    from llmrec.errors import ConfigError
+    from llmrec.models.base import build_model
+    from llmrec.trainer import accelerator_for, fit
+
+    model = build_model("sasrec", OPTS, 30, 40)
+    monkeypatch.setitem(llmrec.trainer._TRACKERS, "wandb", (lambda: False, "pip install wandb"))
+    with pytest.raises(ConfigError, match="log_with=wandb needs its package.*: pip install wandb"):
+        accelerator_for(model, "wandb", tmp_path)
+    with pytest.raises(ConfigError, match="unknown tracker log_with='neptune'"):
+        accelerator_for(model, "neptune", tmp_path)
+    with pytest.raises(ConfigError, match="'neptune' is not one of"):
+        from_dict(TrainConfig, {"log_with": "neptune"})
+    with pytest.raises(ConfigError, match="needs a run directory"):
+        fit(model, None, log_with="tensorboard")

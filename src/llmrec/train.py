@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -64,6 +64,10 @@ class TrainConfig:
     out: str | None = option(None, "run directory (default: runs/<model>-<dataset>-<timestamp>)")
     seed: int = option(42, "global seed (numpy, torch)")
     threads: int | None = option(None, "torch CPU threads (default: torch's choice)")
+    log_with: Literal["none", "tensorboard", "wandb", "mlflow"] = option(
+        "none",
+        "experiment tracker for the training curves (through accelerate; local ones write in <run>/tracking)",
+    )
     options: dict[str, Any] = option(
         factory=dict, help="model options, e.g. -o hidden=64 (unknown keys are an error)"
     )
@@ -159,13 +163,13 @@ def train(cfg: TrainConfig) -> Path:
     [run_dir] = broadcast_object_list([run_dir])  # the main process's timestamp names the run everywhere
     if not accelerator.is_main_process:
         logging.getLogger("llmrec").setLevel(logging.WARNING)  # the main process logs the run
-        trainer.fit(model, ds, _MainRunDir(run_dir))
+        trainer.fit(model, ds, _MainRunDir(run_dir), cfg.log_with)
         accelerator.wait_for_everyone()
         return run_dir
     with Run(run_dir, cfg) as run:
         log.info("training %s on %s (%d users, %d items)", cfg.model, ds.root, ds.n_users, ds.n_items)
         t0 = time.perf_counter()
-        trainer.fit(model, ds, run)
+        trainer.fit(model, ds, run, cfg.log_with)
         run.log_metrics("train", {"fit_seconds": time.perf_counter() - t0})
         model.save(run.model_dir)
         evaluate_model(model, ds, cfg.eval, run)

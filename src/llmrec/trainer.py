@@ -16,6 +16,11 @@ the last leaves its weights and RNG states in ``stage-<stage>.safetensors``: a r
 goes on with the next stage. Checkpoints are read onto the CPU and then moved, so a run checkpointed on
 a GPU machine resumes on a CPU one and vice versa.
 
+``log_with`` (tensorboard, wandb, mlflow) also sends every epoch's record (loss, validation metrics; keys
+prefixed with the stage's name when there are several) to an experiment tracker through accelerate's
+trackers, from the main process only; the model's and the run's configs are its hyperparameters, and
+local trackers write under ``<run>/tracking``.
+
 Devices, mixed precision and several processes go through ``accelerate``. Started as N processes
 (``accelerate launch --multi_gpu --num_processes N -m llmrec train ...``, or ``torchrun``), every process
 builds every batch of an epoch from the same seeded rng and trains on every N-th one, its disjoint share;
@@ -43,9 +48,17 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import InitProcessGroupKwargs, broadcast, broadcast_object_list
+from accelerate.utils import (
+    InitProcessGroupKwargs,
+    broadcast,
+    broadcast_object_list,
+    is_mlflow_available,
+    is_tensorboard_available,
+    is_wandb_available,
+)
 from tqdm.auto import tqdm
 
+from llmrec.config import to_dict
 from llmrec.errors import ConfigError
 from llmrec.eval.evaluator import evaluate_ranking, seeded_rows
 from llmrec.models.base import Recommender
@@ -59,22 +72,37 @@ _PRECISION = {"none": "no", "bf16": "bf16", "fp16": "fp16"}
 # how long a process waits for the others: at the end of ``llmrec train`` the other processes wait
 # while the main one evaluates, which can take hours for an LLM
 _PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=24)
+# log_with -> (whether its package is installed, what to install)
+_TRACKERS = {
+    "tensorboard": (is_tensorboard_available, "pip install tensorboardX (or tensorboard)"),
+    "wandb": (is_wandb_available, "pip install wandb"),
+    "mlflow": (is_mlflow_available, "pip install mlflow"),
+}
 
 
-def fit(model: Recommender, ds: Any, run: Any | None = None) -> list[dict[str, float]]:
+def fit(
+    model: Recommender, ds: Any, run: Any | None = None, log_with: str = "none"
+) -> list[dict[str, float]]:
     """Train ``model`` on ``ds``: a TorchRecommender through the stages it declares, in order; any other
-    Recommender by its own ``fit``. Returns the history (a record per epoch) of the last stage trained."""
+    Recommender by its own ``fit``. ``log_with`` names an experiment tracker (tensorboard, wandb, mlflow;
+    none). Returns the history (a record per epoch) of the last stage trained."""
     if not isinstance(model, TorchRecommender):
         model.fit(ds, run)
         return []
+    if log_with != "none" and run is None:
+        raise ConfigError(
+            f"log_with={log_with} needs a run directory (the trackers write under <run>/tracking)"
+        )
+    accelerator = accelerator_for(model, log_with, run.root / "tracking" if run is not None else None)
     model.prepare(ds)
     stages = model.stages(ds)
-    accelerator = accelerator_for(model)
     # alone, the device as configured (e.g. cuda:1); launched, the one the launcher gave this process
     device = torch.device(model.cfg.device) if accelerator.num_processes == 1 else accelerator.device
     model.to(device)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     history: list[dict[str, float]] = []
+    if log_with != "none":
+        accelerator.init_trackers(run.root.name, _flat(_tracked_config(model, run)))
     try:
         for i, stage in enumerate(stages):
             last = i == len(stages) - 1
@@ -95,6 +123,8 @@ def fit(model: Recommender, ds: Any, run: Any | None = None) -> list[dict[str, f
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
+        for tracker in accelerator.trackers:  # not end_training(): llmrec train still needs the process group
+            tracker.finish()
     model.eval()  # a trained model is for scoring
     return history
 
@@ -158,6 +188,8 @@ def train_stage(
             )
         state["epoch"] = epoch
         state["history"].append(record)
+        prefix = f"{stage.name}/" if named else ""
+        accelerator.log({prefix + k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         if ckpt is not None and main:
             _save_checkpoint(ckpt, model, opt, accelerator, best_weights, state, rng)
     criterion = state.get("metric", "valid_ndcg@10")
@@ -336,9 +368,10 @@ def _unb64(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
-def accelerator_for(model: Any) -> Accelerator:
+def accelerator_for(model: Any, log_with: str = "none", tracking_dir: Path | None = None) -> Accelerator:
     """The Accelerator that trains ``model``: on its ``device`` and with its ``mixed_precision`` (CPU and
-    full precision for models without these options).
+    full precision for models without these options), and with the experiment tracker ``log_with``
+    (none, or one of ``_TRACKERS``; local ones write under ``tracking_dir``).
 
     Under ``accelerate launch`` or ``torchrun`` the first call joins the other processes and makes this
     process's own GPU (cuda:<local rank>) the current one, so call it before the model puts weights on a
@@ -355,16 +388,42 @@ def accelerator_for(model: Any) -> Accelerator:
             f"accelerate launch asks for mixed precision {launched} but the model option mixed_precision is "
             f"{precision}; pass -o mixed_precision={launched} instead (the option is saved with the run)"
         )
+    if log_with != "none" and log_with not in _TRACKERS:
+        raise ConfigError(f"unknown tracker log_with={log_with!r}; use one of none, {', '.join(_TRACKERS)}")
+    if log_with != "none" and not _TRACKERS[log_with][0]():
+        raise ConfigError(
+            f"log_with={log_with} needs its package, which is not installed: {_TRACKERS[log_with][1]}"
+        )
     if not torch.distributed.is_initialized():
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
         cpu=device == "cpu",
         mixed_precision=_PRECISION[precision],
         kwargs_handlers=[InitProcessGroupKwargs(timeout=_PROCESS_GROUP_TIMEOUT)],
+        log_with=None if log_with == "none" else log_with,
+        project_dir=tracking_dir,
     )
     if precision == "fp16" and accelerator.device.type == "cpu":
         raise ConfigError("mixed_precision=fp16 needs a GPU (-o device=cuda); on the CPU use bf16")
     return accelerator
+
+
+def _tracked_config(model: TorchRecommender, run: Any) -> dict[str, Any]:
+    """The hyperparameters a tracker records: the model's resolved options and the run's config."""
+    from llmrec.runs import Run
+
+    return {"model": to_dict(model.cfg), **({"run": to_dict(run.config)} if isinstance(run, Run) else {})}
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested options as dotted keys with scalar values (what every tracker accepts; lists as text)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value if isinstance(value, bool | int | float | str) else str(value)
+    return out
 
 
 def cuda_rng_states() -> list[torch.Tensor] | None:
