@@ -163,13 +163,13 @@ def train(cfg: TrainConfig) -> Path:
     [run_dir] = broadcast_object_list([run_dir])  # the main process's timestamp names the run everywhere
     if not accelerator.is_main_process:
         logging.getLogger("llmrec").setLevel(logging.WARNING)  # the main process logs the run
-        trainer.fit(model, ds, _MainRunDir(run_dir), cfg.log_with)
+        trainer.fit(model, ds, _MainRunDir(run_dir), log_with=cfg.log_with)
         accelerator.wait_for_everyone()
         return run_dir
     with Run(run_dir, cfg) as run:
         log.info("training %s on %s (%d users, %d items)", cfg.model, ds.root, ds.n_users, ds.n_items)
         t0 = time.perf_counter()
-        trainer.fit(model, ds, run, cfg.log_with)
+        trainer.fit(model, ds, run, log_with=cfg.log_with)
         run.log_metrics("train", {"fit_seconds": time.perf_counter() - t0})
         model.save(run.model_dir)
         evaluate_model(model, ds, cfg.eval, run)

@@ -96,10 +96,13 @@ def fit(
     accelerator = accelerator_for(model, log_with, run.root / "tracking" if run is not None else None)
     model.prepare(ds)
     stages = model.stages(ds)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    for stage in stages:  # a misspelt name would silently train nothing
+        if unknown := stage.trainable - flags.keys():
+            raise ValueError(f"{model.name} stage {stage.name}: no parameters named {sorted(unknown)[:3]}")
     # alone, the device as configured (e.g. cuda:1); launched, the one the launcher gave this process
     device = torch.device(model.cfg.device) if accelerator.num_processes == 1 else accelerator.device
     model.to(device)
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
     history: list[dict[str, float]] = []
     if log_with != "none":
         accelerator.init_trackers(run.root.name, _flat(_tracked_config(model, run)))
