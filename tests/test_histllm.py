@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import visual_rule_dataset
 from llmrec.data.dataset import Dataset
@@ -11,6 +12,7 @@ from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
 from llmrec.models.base import build_model, load_model
 from llmrec.models.histllm import binary_codes
+from llmrec.trainer import fit
 from llmrec.utils.io import read_json
 
 TINY = {
@@ -149,21 +151,25 @@ def test_inline_items_are_cut_like_uhem_items_and_prompts_fit_the_context(ctr_da
 
 
 def test_step2_keeps_lora_bit_identical_and_trains_modules(ctr_dataset, tiny_llm, monkeypatch):
+    import llmrec.trainer
+
     model = make("histllm", ctr_dataset, tiny_llm)
-    snapshots = {}
-    original = type(model)._set_trainable
+    snapshots, trained = {}, {}
+    loop = llmrec.trainer.train_stage
 
-    def spy(self, step):
-        if step == 2:  # step 1 is over: LoRA as it must stay; modules as they start
-            snapshots.update({k: v.clone() for k, v in self.checkpoint_state().items()})
-        original(self, step)
+    def spy(model, ds, run, stage, *args, **kwargs):
+        trained[stage.name] = {n for n, p in model.named_parameters() if p.requires_grad}
+        if stage.name == "step2":  # step 1 is over: LoRA as it must stay; modules as they start
+            snapshots.update({k: v.clone() for k, v in model.checkpoint_state().items()})
+        return loop(model, ds, run, stage, *args, **kwargs)
 
-    monkeypatch.setattr(type(model), "_set_trainable", spy)
-    model.fit(ctr_dataset)
+    monkeypatch.setattr(llmrec.trainer, "train_stage", spy)
+    fit(model, ctr_dataset)
     after = model.checkpoint_state()
     lora = [k for k in after if "lora_" in k]
     modules = [k for k in after if k.startswith(("history_encoder.", "image_mapper.", "cf_mapper."))]
     assert lora and modules
+    assert trained == {"step1": set(lora), "step2": set(modules)}  # each step trains exactly its parts
     assert all(torch.equal(after[k], snapshots[k]) for k in lora)
     changed = [k for k in modules if not torch.equal(after[k], snapshots[k])]
     assert {k.split(".")[0] for k in changed} == {"history_encoder", "image_mapper", "cf_mapper"}
@@ -171,11 +177,61 @@ def test_step2_keeps_lora_bit_identical_and_trains_modules(ctr_dataset, tiny_llm
     assert any(after[k].abs().sum() > 0 for k in lora if "lora_B" in k)
 
 
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("killed_in", ["step2 epoch 1", "step2 epoch 2"])
+def test_interrupted_run_resumes_at_step2_without_retraining_step1(
+    ctr_dataset, tiny_llm, tmp_path, monkeypatch, killed_in
+):
+    """Killed before step 2 finished an epoch (after step 1's marker) or during its second epoch (after its
+    checkpoint): the restarted run loads step 1's LoRA, never trains step 1 again, and ends exactly as a run
+    that was never interrupted."""
+    from llmrec.models.histllm import HistLLM
+    from llmrec.runs import Run
+
+    options = {"epochs": 2, "patience": 5}
+    reference = make("histllm", ctr_dataset, tiny_llm, **options)
+    fit(reference, ctr_dataset)
+    original = HistLLM.train_batches
+    epochs = {1: 0, 2: 0}  # epochs started, per step
+    kill = [killed_in]
+
+    def batches(self, dataset, rng, step=2):
+        epochs[step] += 1
+        if f"step{step} epoch {epochs[step]}" in kill:
+            raise Killed
+        return original(self, dataset, rng, step)
+
+    monkeypatch.setattr(HistLLM, "train_batches", batches)
+    model = make("histllm", ctr_dataset, tiny_llm, **options)
+    with Run(tmp_path / "run", model.cfg) as run, pytest.raises(Killed):
+        fit(model, ctr_dataset, run)
+    marker = tmp_path / "run" / "stage-step1.safetensors"
+    assert marker.exists() and epochs[1] == 1
+    assert (tmp_path / "run" / "checkpoint-step2.pt").exists() == (killed_in == "step2 epoch 2")
+    step1_lora = {k: v for k, v in load_file(marker).items() if "lora_" in k}
+    assert step1_lora and any(v.abs().sum() > 0 for k, v in step1_lora.items() if "lora_B" in k)
+
+    epochs.update({1: 0, 2: 0})
+    kill.clear()
+    again = make("histllm", ctr_dataset, tiny_llm, **options)
+    with Run(tmp_path / "run", again.cfg) as run:
+        fit(again, ctr_dataset, run)
+    assert epochs[1] == 0  # step 1 was not run again
+    assert epochs[2] == (2 if killed_in == "step2 epoch 1" else 1)  # step 2 went on from its checkpoint
+    final, expected = again.checkpoint_state(), reference.checkpoint_state()
+    assert all(torch.equal(final[k], v) for k, v in step1_lora.items())  # step 1's LoRA, bit-identical
+    assert all(torch.equal(final[k], v) for k, v in expected.items())  # as if never interrupted
+    assert [h["epoch"] for h in read_json(tmp_path / "run" / "history-step2.json")] == [1, 2]
+
+
 def test_frozen_llm_weights_never_change(ctr_dataset, tiny_llm):
     model = make("collm", ctr_dataset, tiny_llm)
     model.attach(ctr_dataset)
     base = {k: v.clone() for k, v in model.backbone.state_dict().items() if "lora_" not in k}
-    model.fit(ctr_dataset)
+    fit(model, ctr_dataset)
     now = model.backbone.state_dict()
     assert all(torch.equal(now[k], v) for k, v in base.items())
 
@@ -219,7 +275,7 @@ def test_padding_side_cannot_change_a_prediction(ctr_dataset, tiny_llm):
 @pytest.mark.parametrize("encoder", ["gru", "transformer"])
 def test_save_load_same_predictions(ctr_dataset, tiny_llm, tmp_path, encoder):
     model = make("histllm", ctr_dataset, tiny_llm, encoder=encoder)
-    model.fit(ctr_dataset)
+    fit(model, ctr_dataset)
     df = ctr_dataset.ctr("test").head(12)
     args = (df["user_idx"].to_numpy(), list(df["history"]), df["target"].to_numpy())
     before = model.score_pairs(*args)
@@ -229,15 +285,15 @@ def test_save_load_same_predictions(ctr_dataset, tiny_llm, tmp_path, encoder):
 
 def test_step1_is_shared_through_step1_from(ctr_dataset, tiny_llm, tmp_path):
     tallrec = make("tallrec", ctr_dataset, tiny_llm)
-    tallrec.fit(ctr_dataset)
+    fit(tallrec, ctr_dataset)
     tallrec.save(tmp_path / "tallrec")
     collm = make("collm", ctr_dataset, tiny_llm, step1_from=str(tmp_path / "tallrec"))
-    collm.fit(ctr_dataset)
+    fit(collm, ctr_dataset)
     lora = {k: v for k, v in tallrec.checkpoint_state().items() if "lora_" in k}
     assert all(torch.equal(collm.checkpoint_state()[k], v) for k, v in lora.items())
     binllm = make("binllm", ctr_dataset, tiny_llm, step1_from=str(tmp_path / "tallrec"))
     with pytest.raises(Exception, match="step-1 prompt"):
-        binllm.fit(ctr_dataset)
+        fit(binllm, ctr_dataset)
 
 
 def test_binary_codes_share_one_space():
@@ -286,7 +342,7 @@ def test_histllm_learns_through_its_visual_tokens(parity_dataset, tiny_llm):
     model = make(
         "histllm", ds, tiny_llm, cf="none", train_examples=None, epochs=6, lr=3e-3, patience=6, step1_epochs=0
     )
-    model.fit(ds)
+    fit(model, ds)
     metrics, _ = evaluate_ctr(model, ds, "test")
     blind = make(
         "histllm",
@@ -300,7 +356,7 @@ def test_histllm_learns_through_its_visual_tokens(parity_dataset, tiny_llm):
         step1_epochs=0,
         image=False,
     )
-    blind.fit(ds)
+    fit(blind, ds)
     control, _ = evaluate_ctr(blind, ds, "test")
     assert metrics["auc"] > 0.9 and control["auc"] < 0.75, (metrics, control)
 

@@ -11,6 +11,7 @@ from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
 from llmrec.llm.prompts import ItemText, escape_placeholders, ila_answer, ire_prompt, render_item
 from llmrec.models.base import build_model, load_model
+from llmrec.trainer import fit
 
 SMALL = {"adaptor_hidden": 16, "d_shared": 8, "batch_size": 4, "epochs": 1, "eval_users": 8}
 
@@ -218,7 +219,7 @@ def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, 
     m = build_model(
         "illmrec", {**SMALL, "backbone": {"llm": tiny_llm}}, ill_dataset.n_users, ill_dataset.n_items
     )
-    m.fit(ill_dataset)
+    fit(m, ill_dataset)
     hist = ill_dataset.split("test").histories[:3]
     scores = m.score_all(np.arange(3), hist)
     assert scores.shape == (3, ill_dataset.n_items) and np.isfinite(scores).all()
@@ -287,10 +288,12 @@ def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path
     m = _model(ill_dataset, tiny_llm, **opts, score_batch_size=4)
     first: dict = {}
     calls: list[int] = []
-    loop = llmrec.trainer.fit
+    trained: dict = {}
+    loop = llmrec.trainer.train_stage
 
-    def spy(model, ds, run, stage=None, epochs=None, lr=None):
-        if stage == "head":  # the first stage is over: keep its weights, count LLM prompts from now on
+    def spy(model, ds, run, stage, *args, **kwargs):
+        trained[stage.name] = {n for n, p in model.named_parameters() if p.requires_grad}
+        if stage.name == "head":  # the first stage is over: keep its weights, count LLM prompts from now on
             first.update(model.checkpoint_state())
             hidden = model.backbone.hidden
             monkeypatch.setattr(
@@ -298,16 +301,19 @@ def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path
                 "hidden",
                 lambda ids, *a, **kw: calls.append(len(ids)) or hidden(ids, *a, **kw),
             )
-        return loop(model, ds, run, stage=stage, epochs=epochs, lr=lr)
+        return loop(model, ds, run, stage, *args, **kwargs)
 
-    monkeypatch.setattr(llmrec.trainer, "fit", spy)
+    monkeypatch.setattr(llmrec.trainer, "train_stage", spy)
     with Run(tmp_path / "run", m.cfg) as run:
-        m.fit(ill_dataset, run)
-    assert (run.root / "stage1.safetensors").exists() and (run.root / "history-head.json").exists()
+        fit(m, ill_dataset, run)
+    name = "ila" if training == "two_stage" else "end2end"
+    assert (run.root / f"stage-{name}.safetensors").exists() and (run.root / "history-head.json").exists()
     assert sum(calls) == m.num_train_users(ill_dataset) * 2 + m.cfg.eval_users
     final = m.checkpoint_state()
     assert set(final) == set(first) and "rec" in final and any(k.startswith("adaptor.") for k in final)
     projectors = [k for k in final if k.startswith(("user_proj.", "item_proj."))]
+    assert trained["head"] == set(projectors)  # the projectors alone, exactly
+    assert trained[name] == m._trainable - ({"rec", *projectors} if name == "ila" else set())
     assert any(not torch.equal(final[k], first[k]) for k in projectors)
     statistics = ["state_mean", "state_std"]  # set from the cached states: a fixed standardisation
     assert all(torch.equal(final[k], first[k]) for k in set(final) - set(projectors) - set(statistics))
@@ -326,48 +332,57 @@ def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path
     )
 
 
+@pytest.mark.parametrize("training", ["end2end", "two_stage"])
 def test_interrupted_projectors_stage_resumes_after_the_first_stage(
-    ill_dataset, tiny_llm, tmp_path, monkeypatch
+    ill_dataset, tiny_llm, tmp_path, monkeypatch, training
 ):
-    """stage1.safetensors marks the first stage done: a restarted run goes straight to the projectors."""
+    """stage-<first>.safetensors marks the first stage done: a restarted run goes straight to the
+    projectors, and ends exactly as a run that was never interrupted."""
     import llmrec.trainer
     from llmrec.runs import Run
 
-    opts = {"epochs": 1, "head_epochs": 1, "head_windows": 1}
+    opts = {"training": training, "epochs": 1, "stage1_epochs": 1, "head_epochs": 1, "head_windows": 1}
+    reference = _model(ill_dataset, tiny_llm, **opts)
+    fit(reference, ill_dataset)
     m = _model(ill_dataset, tiny_llm, **opts)
     stages: list = []
-    loop = llmrec.trainer.fit
+    loop = llmrec.trainer.train_stage
 
-    def interrupted(model, ds, run, stage=None, epochs=None, lr=None):
-        stages.append(stage)
-        if stage == "head":
+    def interrupted(model, ds, run, stage, *args, **kwargs):
+        stages.append(stage.name)
+        if stage.name == "head":
             raise KeyboardInterrupt
-        return loop(model, ds, run, stage=stage, epochs=epochs, lr=lr)
+        return loop(model, ds, run, stage, *args, **kwargs)
 
-    monkeypatch.setattr(llmrec.trainer, "fit", interrupted)
+    monkeypatch.setattr(llmrec.trainer, "train_stage", interrupted)
     with Run(tmp_path / "run", m.cfg) as run, pytest.raises(KeyboardInterrupt):
-        m.fit(ill_dataset, run)
+        fit(m, ill_dataset, run)
     monkeypatch.setattr(
-        llmrec.trainer, "fit", lambda *a, **kw: stages.append(kw.get("stage")) or loop(*a, **kw)
+        llmrec.trainer,
+        "train_stage",
+        lambda m, d, r, stage, *a, **kw: stages.append(stage.name) or loop(m, d, r, stage, *a, **kw),
     )
     again = _model(ill_dataset, tiny_llm, **opts)
     with Run(tmp_path / "run", again.cfg) as run:
-        again.fit(ill_dataset, run)
-    assert stages == ["end2end", "head", "head"]
+        fit(again, ill_dataset, run)
+    first = "ila" if training == "two_stage" else "end2end"
+    assert stages == [first, "head", "head"]
     assert torch.equal(again.adaptor[0].weight, m.adaptor[0].weight)  # the first stage's adaptor, reloaded
+    final, expected = again.checkpoint_state(), reference.checkpoint_state()
+    assert all(torch.equal(final[k], v) for k, v in expected.items())
 
 
 def test_stage1_from_trains_the_projectors_of_a_saved_model(ill_dataset, tiny_llm, tmp_path):
     trained = _model(ill_dataset, tiny_llm)
-    trained.fit(ill_dataset)
+    fit(trained, ill_dataset)
     trained.save(tmp_path / "model")
     m = _model(ill_dataset, tiny_llm, stage1_from=str(tmp_path / "model"), head_epochs=1, head_windows=1)
-    m.fit(ill_dataset)
+    fit(m, ill_dataset)
     assert torch.equal(m.adaptor[0].weight, trained.adaptor[0].weight) and torch.equal(m.rec, trained.rec)
     assert not torch.equal(m.user_proj["image"][0].weight, trained.user_proj["image"][0].weight)
     other = _model(ill_dataset, tiny_llm, stage1_from=str(tmp_path / "model"), head_epochs=1, features=["cf"])
     with pytest.raises(LlmrecError, match="another configuration"):
-        other.fit(ill_dataset)
+        fit(other, ill_dataset)
     with pytest.raises(ConfigError, match="give head_epochs"):
         _model(ill_dataset, tiny_llm, stage1_from=str(tmp_path / "model"))
 
@@ -409,9 +424,9 @@ def test_image_token_carries_the_picture_through_the_llm(shape_dataset, tiny_llm
         **{"epochs": 40, "patience": 40, "lr": 3e-3, "eval_users": None},
     }
     seeing = _model(ds, tiny_llm, representation="image", **opts)
-    seeing.fit(ds)
+    fit(seeing, ds)
     blind = _model(ds, tiny_llm, representation="title", **opts)
-    blind.fit(ds)
+    fit(blind, ds)
     seen, control = _right_shape_share(seeing, ds, shapes), _right_shape_share(blind, ds, shapes)
     assert seen > 0.6 and control < 0.4, (seen, control)  # chance: 0.25
 

@@ -12,6 +12,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.eval.evaluator import evaluate_ranking
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import available_models, build_model, load_model
+from llmrec.trainer import fit
 
 # Tiny settings per model: a new model must add its own line here (the test fails otherwise).
 TINY = {
@@ -102,7 +103,7 @@ def test_model_contract(name, contract_dataset, tmp_path, request):
             options["backbone"]["lora"] = True
     torch.manual_seed(0)
     model = build_model(name, options, ds.n_users, ds.n_items)
-    model.fit(ds)
+    fit(model, ds)
     data = ds.split("test")
     users, hist = data.users[:7], data.histories[:7]
     full = model.score_all(users, hist)

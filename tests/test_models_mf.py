@@ -18,6 +18,7 @@ from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import build_model, load_model
 from llmrec.models.mf import MF, sample_unseen, training_pairs
 from llmrec.runs import Run
+from llmrec.trainer import fit
 
 N_USERS, N_ITEMS = 40, 40
 MISSING = [1, 22, 37]  # items without the VBPR feature
@@ -104,7 +105,7 @@ def _fit(name, ds, **options):
     torch.manual_seed(0)
     tiny = {"dim": 8, "epochs": 40, "batch_size": 64, "lr": 0.02, "eval_every": 5, "patience": 3}
     model = build_model(name, {**tiny, **options}, ds.n_users, ds.n_items)
-    model.fit(ds)
+    fit(model, ds)
     return model
 
 
@@ -275,7 +276,7 @@ def test_mf_ctr_objective_early_stops_on_valid_auc(tmp_path):
     batch = next(model.train_batches(ds, np.random.default_rng(0)))
     assert set(batch) == {"users", "pos", "labels"}
     with Run(tmp_path / "run", model.cfg) as run:
-        model.fit(ds, run)
+        fit(model, ds, run)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]
     aucs = [h["valid_auc"] for h in history if "valid_auc" in h]

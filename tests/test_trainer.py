@@ -87,3 +87,90 @@ def test_ranking_on_a_user_subset_records_the_users(synthetic_dataset, tmp_path)
     assert metrics["ranking_users"] == 6 and len(set(users)) == 6
     with pytest.raises(Exception, match="ranking_users must be >= 1"):
         EvalConfig(ranking_users=0)
+
+
+def test_checkpoint_loads_on_the_cpu_and_resumes_on_any_machine(synthetic_dataset, tmp_path, monkeypatch):
+    """The checkpoint is read onto the CPU (the RNG state must stay a CPU tensor; the trainer moves the
+    weights), and CUDA RNG states from a machine with other devices are skipped: same final model."""
+    import torch
+
+    reference = _scores(_train(synthetic_dataset, tmp_path / "ref"), synthetic_dataset)
+    original = SASRec.train_batches
+    calls = {"n": 0}
+
+    def dies_in_epoch_3(self, dataset, rng):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Killed
+        return original(self, dataset, rng)
+
+    monkeypatch.setattr(SASRec, "train_batches", dies_in_epoch_3)
+    with pytest.raises(Killed):
+        _train(synthetic_dataset, tmp_path / "run")
+    monkeypatch.setattr(SASRec, "train_batches", original)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert "cuda_rng" in saved
+    saved["cuda_rng"] = [torch.zeros(16, dtype=torch.uint8)] * 3  # as if written on a 3-GPU machine
+    torch.save(saved, ckpt)
+    where = []
+    load = torch.load
+    monkeypatch.setattr(
+        torch, "load", lambda *a, **kw: where.append(kw.get("map_location")) or load(*a, **kw)
+    )
+    _train(synthetic_dataset, tmp_path / "run")
+    assert where == ["cpu"]
+    np.testing.assert_array_equal(_scores(tmp_path / "run", synthetic_dataset), reference)
+
+
+def _scalars(folder):
+    """(tag, step) of every scalar in the TensorBoard event files under ``folder`` (TFRecord framing:
+    length, its crc, an Event proto, its crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in folder.rglob("events.out.tfevents.*"):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = Event.FromString(data[i + 12 : i + 12 + n])
+            out += [(v.tag, event.step) for v in event.summary.value]
+            i += 12 + n + 4
+    return out
+
+
+def test_tensorboard_tracker_gets_every_epoch_in_the_run_directory(synthetic_dataset, tmp_path):
+    pytest.importorskip("tensorboardX")
+    cfg = TrainConfig(
+        model="sasrec",
+        data=str(synthetic_dataset),
+        out=str(tmp_path / "run"),
+        options={**OPTS, "epochs": 2},
+        eval=EvalConfig(splits=["test"], ctr=False, full_ranking=False),
+        log_with="tensorboard",
+    )
+    run = train(cfg)
+    scalars = {(tag.replace("@", "_"), step) for tag, step in _scalars(run / "tracking")}  # tensorboardX: _
+    for epoch in (1, 2):
+        assert {("loss", epoch), ("valid_ndcg_10", epoch), ("valid_hit_10", epoch)} <= scalars
+
+
+def test_trackers_that_cannot_run_are_config_errors(synthetic_dataset, tmp_path, monkeypatch):
+    import llmrec.trainer
+    from llmrec.config import from_dict
+    from llmrec.errors import ConfigError
+    from llmrec.models.base import build_model
+    from llmrec.trainer import accelerator_for, fit
+
+    model = build_model("sasrec", OPTS, 30, 40)
+    monkeypatch.setitem(llmrec.trainer._TRACKERS, "wandb", (lambda: False, "pip install wandb"))
+    with pytest.raises(ConfigError, match="log_with=wandb needs its package.*: pip install wandb"):
+        accelerator_for(model, "wandb", tmp_path)
+    with pytest.raises(ConfigError, match="unknown tracker log_with='neptune'"):
+        accelerator_for(model, "neptune", tmp_path)
+    with pytest.raises(ConfigError, match="'neptune' is not one of"):
+        from_dict(TrainConfig, {"log_with": "neptune"})
+    with pytest.raises(ConfigError, match="needs a run directory"):
+        fit(model, None, log_with="tensorboard")

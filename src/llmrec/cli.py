@@ -222,17 +222,17 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmrec.experiments.bench import BenchConfig
-    from llmrec.experiments.ctr import CtrEfficiencyConfig, HistorySweepConfig
     from llmrec.data.images import ImagesConfig
     from llmrec.data.importers import available_importers
     from llmrec.data.processing import PrepareConfig
+    from llmrec.experiments.bench import BenchConfig
+    from llmrec.experiments.ctr import CtrEfficiencyConfig, HistorySweepConfig
     from llmrec.experiments.demo import DemoConfig
     from llmrec.experiments.efficiency import EfficiencyConfig
+    from llmrec.experiments.probe import ProbeConfig
     from llmrec.features.build import FeaturesConfig
     from llmrec.llm.describe import DescribeConfig
     from llmrec.models.base import available_models
-    from llmrec.experiments.probe import ProbeConfig
     from llmrec.report import TableConfig
     from llmrec.train import EvalConfig, TrainConfig
 

@@ -7,12 +7,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
 
+from llmrec import trainer
 from llmrec.config import ConfigError, from_dict, merge, option, to_dict
 from llmrec.data.dataset import Dataset, dataset_ref, locate_dataset
 from llmrec.devices import DEVICE_HELP
@@ -67,6 +68,10 @@ class TrainConfig:
     device: str | None = option(None, f"{DEVICE_HELP}; sets the model option 'device' (default: auto)")
     dtype: str | None = option(
         None, "LLM backbone weights: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
+    )
+    log_with: Literal["none", "tensorboard", "wandb", "mlflow"] = option(
+        "none",
+        "experiment tracker for the training curves (through accelerate; local ones write in <run>/tracking)",
     )
     options: dict[str, Any] = option(
         factory=dict,
@@ -256,7 +261,7 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         logging.getLogger("llmrec").setLevel(logging.WARNING)  # the main process logs the run
-        model.fit(ds, _MainRunDir(run_dir))
+        trainer.fit(model, ds, _MainRunDir(run_dir), log_with=cfg.log_with)
         accelerator.wait_for_everyone()
         return run_dir
     with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
@@ -269,7 +274,7 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
             getattr(model.cfg, "device", "cpu"),
         )
         t0 = time.perf_counter()
-        model.fit(ds, run)
+        trainer.fit(model, ds, run, log_with=cfg.log_with)
         run.log_metrics("train", {"fit_seconds": time.perf_counter() - t0})
         model.save(run.model_dir, ds)
         evaluate_model(model, ds, cfg.eval, run)

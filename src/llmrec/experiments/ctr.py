@@ -125,8 +125,13 @@ def _time_step2(
 ) -> float:
     """Seconds per 100 examples of step-2 training (LoRA frozen; mappers and encoder learn)."""
     model.train()
-    model._set_trainable(2)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    trainable = model.step_parameters(2)  # what the declared step-2 stage trains
+    params = [p for n, p in model.named_parameters() if n in trainable]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=1e-4)
     b, n, spent = cfg.batch_size, 0, 0.0
     for step in range(cfg.train_steps + 1):  # the first step is a warm-up
         s = (step * b) % max(len(targets) - b + 1, 1)

@@ -1,6 +1,7 @@
 """The model contract the trainer and evaluator rely on, and nothing else.
 
-A model is built from its own typed config plus the dataset's sizes, learns with ``fit``, and scores:
+A model is built from its own typed config plus the dataset's sizes, learns (``llmrec.trainer.fit``: its
+own ``fit``, or a torch model's declared stages), and scores:
 
 - ``score_all(users, histories) -> (B, N)``: every catalog item, for full ranking;
 - ``score(users, histories, candidates) -> (B, C)``: given candidates (target + frozen negatives);
@@ -48,7 +49,10 @@ class Recommender(abc.ABC):
 
     @abc.abstractmethod
     def fit(self, dataset: Any, run: Any | None = None) -> None:
-        """Learn from ``dataset`` (a :class:`llmrec.data.dataset.Dataset`); log to ``run`` when given."""
+        """Learn from ``dataset`` (a :class:`llmrec.data.dataset.Dataset`); log to ``run`` when given.
+
+        Models without torch weights (popularity, random) learn here; a torch model declares its training
+        stages instead and :func:`llmrec.trainer.fit` (which calls this for the others) runs them."""
 
     @abc.abstractmethod
     def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:

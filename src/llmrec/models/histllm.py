@@ -40,15 +40,18 @@ prompt — TALLRec's titles prompt (Fig. 6), or BinLLM's with its codes — and 
 trains the mappers and the history encoder on the full prompt. A preset without non-text placeholders
 (tallrec, tallrec_desc, binllm) is one LoRA step on its own prompt. Since every two-step method shares
 step 1, ``-o step1_from=RUN`` reuses a trained TALLRec (or BinLLM) run's LoRA instead of retraining it.
-AdamW, weight decay 1e-3, BCE on the answer logit.
+AdamW, weight decay 1e-3, BCE on the answer logit. The steps are declared as stages (:meth:`HistLLM.stages`)
+and run by :func:`llmrec.trainer.fit`, which resumes an interrupted run at the step it had reached.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -65,7 +68,7 @@ from llmrec.llm.backbone import Backbone, BackboneConfig
 from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target, escape_placeholders
 from llmrec.models.base import register_model
 from llmrec.models.llm_base import FeatureBackedLLM
-from llmrec.models.neural import Batch, NeuralConfig
+from llmrec.models.neural import Batch, NeuralConfig, Stage
 from llmrec.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -175,16 +178,15 @@ class HistoryEncoder(nn.Module):
 class HistLLM(FeatureBackedLLM):
     config_cls = HistLLMConfig
     weights_name = "histllm"
+    legacy_weights = ("step_done",)  # the step-1 flag of models saved before the trainer ran the stages
     cfg: HistLLMConfig
     tasks = ("ctr",)
     decoupled_weight_decay = True  # AdamW
 
     def __init__(self, cfg: HistLLMConfig, n_users: int, n_items: int) -> None:
         super().__init__(cfg, n_users, n_items)
-        self.register_buffer("step_done", torch.zeros((), dtype=torch.long))  # 1 after step 1 finished
         self.backbone: Backbone | None = None  # built by attach(): it needs the dataset
         self.source: dict[str, Any] = {}
-        self.step = 2  # which prompt the batches use: 1 = text-only (step 1), 2 = full
 
     @property
     def pair_batch_size(self) -> int:
@@ -335,17 +337,18 @@ class HistLLM(FeatureBackedLLM):
             "history_len": cfg.history_len,
         }
 
-    def _set_trainable(self, step: int) -> None:
-        assert self.backbone is not None
-        for n, p in self.backbone.named_parameters():
-            p.requires_grad_(step == 1 and "lora_" in n)
-        for name in ("image_mapper", "cf_mapper", "history_encoder"):
-            if hasattr(self, name):
-                getattr(self, name).requires_grad_(step == 2)
+    def step_parameters(self, step: int) -> frozenset[str]:
+        """What a step trains: 1 = LoRA, 2 = the mappers and the history encoder."""
+        if step == 1:
+            return frozenset(
+                n for n, _ in self.named_parameters() if n.startswith("backbone.") and "lora_" in n
+            )
+        modules = ("image_mapper.", "cf_mapper.", "history_encoder.")
+        return frozenset(n for n, _ in self.named_parameters() if n.startswith(modules))
 
     # ------------------------------------------------------------------ prompts
     def prompts(
-        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, step: int | None = None
+        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, step: int = 2
     ) -> dict[str, torch.Tensor]:
         """Tokenised Yes/No prompts and the items/users behind their placeholders.
 
@@ -353,7 +356,7 @@ class HistLLM(FeatureBackedLLM):
         """
         assert self.backbone is not None
         cfg = self.cfg
-        full = (step or self.step) == 2 or not self.has_step2
+        full = step == 2 or not self.has_step2
         image = self.use_image and full
         desc = self.descriptions if full else None
         texts, visual, hist_items, hist_rows = [], [], [], []
@@ -453,62 +456,70 @@ class HistLLM(FeatureBackedLLM):
         n = len(dataset.ctr("train"))
         return -(-min(n, self.cfg.train_examples or n) // self.cfg.batch_size)
 
-    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def train_batches(self, dataset: Any, rng: np.random.Generator, step: int = 2) -> Iterator[Batch]:
+        """Labelled CTR prompts of ``train_examples`` random training rows; ``step`` 1: the text-only prompt."""
         df = dataset.ctr("train")
         rows = rng.permutation(len(df))[: self.cfg.train_examples]
         users, targets = df["user_idx"].to_numpy(np.int64), df["target"].to_numpy(np.int64)
         labels, histories = df["label"].to_numpy(), df["history"].to_numpy()
         for s in range(0, len(rows), self.cfg.batch_size):
             r = rows[s : s + self.cfg.batch_size]
-            batch = self.prompts(users[r], [histories[i] for i in r], targets[r])
+            batch = self.prompts(users[r], [histories[i] for i in r], targets[r], step)
             batch["labels"] = torch.from_numpy(labels[r].astype(np.float32))
             yield batch
 
-    def validation_metric(self, ds: Any) -> tuple[str, float]:
-        """Early stopping on valid AUC over a fixed random subset of the valid CTR examples."""
+    def validation_metric(self, ds: Any, step: int = 2) -> tuple[str, float]:
+        """Early stopping on valid AUC over a fixed random subset of the valid CTR examples, of the prompt
+        that ``step`` trains (1: text-only)."""
         from llmrec.eval.evaluator import evaluate_ctr
 
-        metrics, _ = evaluate_ctr(self, ds, "valid", self.pair_batch_size, self.cfg.eval_examples)
+        scorer = (
+            self if step == 2 else SimpleNamespace(score_pairs=functools.partial(self.score_pairs, step=step))
+        )
+        metrics, _ = evaluate_ctr(scorer, ds, "valid", self.pair_batch_size, self.cfg.eval_examples)
         return "valid_auc", metrics["auc"]
 
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
-        from llmrec.trainer import fit as train_loop
-
-        self.attach(dataset)
+    def stages(self, dataset: Any) -> list[Stage]:
+        """Step 1 (with LoRA): LoRA on the text-only prompt, or loaded from ``step1_from``; step 2 (when the
+        full prompt has mappers or the history encoder): those, with LoRA frozen, on the full prompt."""
         cfg = self.cfg
         if not cfg.backbone.lora and not self.has_step2:
             raise ConfigError(f"{self.name}: nothing to train (LoRA off and no mappers or history encoder)")
-        marker = run.root / "step1.safetensors" if run is not None else None
-        if cfg.backbone.lora and int(self.step_done) < 1:
+        out = []
+        if cfg.backbone.lora:
+            step1 = Stage(
+                "step1",
+                trainable=self.step_parameters(1),
+                epochs=cfg.step1_epochs,
+                lr=cfg.step1_lr,
+                batches=functools.partial(self.train_batches, step=1),
+                loss=self.loss,
+                num_batches=self.num_train_batches,
+                validation=functools.partial(self.validation_metric, step=1),
+            )
             if cfg.step1_from:
-                self._load_step1(Path(cfg.step1_from))
-            elif marker is not None and marker.exists():  # resumed run: step 1 finished before
-                self._load_lora(marker)
-                log.info("step 1 already done: LoRA loaded from %s", marker)
-            elif cfg.step1_epochs:
-                self.step = 1
-                self._set_trainable(1)
-                train_loop(
-                    self,
-                    dataset,
-                    run,
-                    stage="step1" if self.has_step2 else None,
-                    epochs=cfg.step1_epochs,
-                    lr=cfg.step1_lr,
-                )
-                if marker is not None and self.has_step2:
-                    self._save_lora(marker)
-            self.step_done.fill_(1)
+                step1 = Stage("step1", load=functools.partial(self._load_step1, Path(cfg.step1_from)))
+            out.append(step1)
         if self.has_step2:
-            self.step = 2
-            self._set_trainable(2)
-            train_loop(self, dataset, run, stage="step2" if cfg.backbone.lora else None)
-        self.step = 2
-        self.eval()
+            out.append(
+                Stage(
+                    "step2",
+                    trainable=self.step_parameters(2),
+                    epochs=cfg.epochs,
+                    lr=cfg.lr,
+                    batches=self.train_batches,
+                    loss=self.loss,
+                    num_batches=self.num_train_batches,
+                )
+            )
+        return out
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score_pairs(self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
+    def score_pairs(
+        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, step: int = 2
+    ) -> np.ndarray:
+        """(B,) P(Yes) logits of the prompts (``step`` 1: the text-only prompt of LoRA training)."""
         if self.backbone is None:
             raise LlmrecError(
                 f"{self.name} is not attached to a dataset", hint="fit it or load a saved model"
@@ -518,7 +529,7 @@ class HistLLM(FeatureBackedLLM):
         out = []
         for s in range(0, len(targets), self.cfg.score_batch_size):
             sl = slice(s, s + self.cfg.score_batch_size)
-            batch = self.prompts(np.asarray(users)[sl], list(histories[sl]), np.asarray(targets)[sl])
+            batch = self.prompts(np.asarray(users)[sl], list(histories[sl]), np.asarray(targets)[sl], step)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out.append(self.answer_logits(batch).cpu())
         self.train(was_training)
@@ -542,15 +553,12 @@ class HistLLM(FeatureBackedLLM):
 
     # ------------------------------------------------------------------ persistence
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
-        """LoRA, mappers, encoder and counters: never the frozen LLM."""
+        """LoRA, mappers and encoder: never the frozen LLM."""
         return {
             k: v.detach().clone()
             for k, v in self.state_dict().items()
             if not k.startswith("backbone.") or "lora_" in k
         }
-
-    def _save_lora(self, path: Path) -> None:
-        self.save_weights(path, {k: v for k, v in self.checkpoint_state().items() if "lora_" in k})
 
     def _load_lora(self, path: Path) -> None:
         from safetensors.torch import load_file

@@ -25,7 +25,9 @@ thousands of projector updates for the price of one or two end-to-end epochs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +55,7 @@ from llmrec.llm.prompts import (
 )
 from llmrec.models.base import register_model
 from llmrec.models.llm_base import FeatureBackedLLM
-from llmrec.models.neural import Batch, NeuralConfig, negatives_for_user, trainable_users
+from llmrec.models.neural import Batch, NeuralConfig, Stage, negatives_for_user, trainable_users
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +170,17 @@ def projector(d_in: int, d_s: int) -> nn.Sequential:
 class ILLMRec(FeatureBackedLLM):
     config_cls = ILLMRecConfig
     weights_name = "illmrec"
+    legacy_weights = ("epochs_started",)  # a counter of models before 0.2
     cfg: ILLMRecConfig
 
     def __init__(self, cfg: ILLMRecConfig, n_users: int, n_items: int) -> None:
         super().__init__(cfg, n_users, n_items)
         self.backbone: Backbone | None = None  # built by attach(): it needs the dataset's feature sizes
         self.source: dict[str, Any] = {}
-        self.phase: Literal["end2end", "ila", "head"] = "end2end"  # what loss() trains, set by fit()
-        self._pool: dict[str, torch.Tensor] | None = None  # head phase: cached training states
-        self._state_cache: dict[tuple[int, ...], torch.Tensor] | None = None  # head phase: prompt -> state
+        self._pool: dict[str, torch.Tensor] | None = None  # projectors alone: cached training states
+        self._state_cache: dict[tuple[int, ...], torch.Tensor] | None = (
+            None  # projectors alone: prompt -> state
+        )
 
     # ------------------------------------------------------------------ building against a dataset
     def _needs(self) -> dict[str, str]:
@@ -389,9 +393,11 @@ class ILLMRec(FeatureBackedLLM):
         return len(trainable_users(dataset)[: self.cfg.train_users])
 
     def num_train_batches(self, dataset: Any) -> int:
-        if self.phase == "head":
-            return -(-self.num_train_users(dataset) * self.cfg.head_windows // self.cfg.head_batch_size)
         return -(-self.num_train_users(dataset) // self.cfg.batch_size)
+
+    def num_cached_batches(self, dataset: Any) -> int:
+        """Batches per epoch of the projectors alone (``head_windows`` cached windows per user)."""
+        return -(-self.num_train_users(dataset) * self.cfg.head_windows // self.cfg.head_batch_size)
 
     def sample_window(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """A random (history, target) pair from a training sequence (official: 2..4 or 2..9 items)."""
@@ -401,9 +407,7 @@ class ILLMRec(FeatureBackedLLM):
         return seq[max(0, t - size) : t], int(seq[t])
 
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
-        if self.phase == "head":
-            yield from self._cached_batches(dataset, rng)
-            return
+        """IRE prompts of random training windows (and their ILA prompts when ``ila``), a user per example."""
         seqs = dataset.train_sequences
         users = trainable_users(dataset)
         rng.shuffle(users)
@@ -420,8 +424,10 @@ class ILLMRec(FeatureBackedLLM):
                 batch.update({f"ila_{k}": v for k, v in self.build_ila(histories, targets, rng).items()})
             yield batch
 
-    def _cached_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
-        """Projectors alone: every cached window once, in random order, each with a fresh random negative."""
+    def cached_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+        """Projectors alone: every cached window once, in random order, each with a fresh random negative.
+
+        The windows' [REC] states are computed at the first call (see ``_cache_windows``)."""
         if self._pool is None:
             self._pool = self._cache_windows(dataset)
             if self.cfg.head_standardize:
@@ -521,34 +527,42 @@ class ILLMRec(FeatureBackedLLM):
         return proj
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        total = torch.zeros((), device=self.rec.device)
-        if self.phase != "ila":
-            if "ire_state" in batch:  # projectors alone: the state was cached
-                h = self.read_state(batch["ire_state"])  # (B, d)
-            else:
-                h = self.user_states(
-                    batch["ire_ids"], batch["ire_mask"], batch["ire_visual"], batch["ire_cf"]
-                )  # (B, d)
-            ire = []
-            for t in self.cfg.features:
-                o_u = self.user_proj[t](h)  # (B, d_s)
-                pos = (o_u * self.item_vectors(t, batch["target"])).sum(-1) * self.score_scale  # (B,)
-                neg = (o_u * self.item_vectors(t, batch["negative"])).sum(-1) * self.score_scale  # (B,)
-                ire.append(
-                    F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
-                    + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
-                )
-            total = total + torch.stack(ire).mean()
-        if self.cfg.ila and self.phase != "head":
-            assert self.backbone is not None
-            out = self.backbone(
-                batch["ila_ids"],
-                batch["ila_mask"],
-                self.inject(batch["ila_visual"], batch["ila_cf"]),
-                labels=batch["ila_labels"],
-            )
-            total = total + out.loss.float()
+        """End to end (Eq. 7): IRE, plus ILA when ``ila``."""
+        total = self.ire_loss(batch)
+        if self.cfg.ila:
+            total = total + self.ila_loss(batch)
         return total
+
+    def ire_loss(self, batch: Batch) -> torch.Tensor:
+        """IRE (Eq. 5-6): BCE of the target and of one random negative per feature type, averaged over the
+        types; from the batch's prompts, or from their cached [REC] states (projectors alone)."""
+        if "ire_state" in batch:  # projectors alone: the state was cached
+            h = self.read_state(batch["ire_state"])  # (B, d)
+        else:
+            h = self.user_states(
+                batch["ire_ids"], batch["ire_mask"], batch["ire_visual"], batch["ire_cf"]
+            )  # (B, d)
+        ire = []
+        for t in self.cfg.features:
+            o_u = self.user_proj[t](h)  # (B, d_s)
+            pos = (o_u * self.item_vectors(t, batch["target"])).sum(-1) * self.score_scale  # (B,)
+            neg = (o_u * self.item_vectors(t, batch["negative"])).sum(-1) * self.score_scale  # (B,)
+            ire.append(
+                F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
+                + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
+            )
+        return torch.stack(ire).mean()
+
+    def ila_loss(self, batch: Batch) -> torch.Tensor:
+        """ILA (Eq. 3): next-token loss of the answer about the target item's property."""
+        assert self.backbone is not None
+        out = self.backbone(
+            batch["ila_ids"],
+            batch["ila_mask"],
+            self.inject(batch["ila_visual"], batch["ila_cf"]),
+            labels=batch["ila_labels"],
+        )
+        return out.loss.float()
 
     # ------------------------------------------------------------------ scoring (Eq. 8)
     def _state_chunks(self, histories: list[np.ndarray]) -> Iterator[torch.Tensor]:
@@ -584,67 +598,80 @@ class ILLMRec(FeatureBackedLLM):
         return torch.cat(list(self._state_chunks(histories))).float().cpu().numpy()
 
     # ------------------------------------------------------------------ persistence
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
+    def stages(self, dataset: Any) -> list[Stage]:
         """end2end: ILA + IRE for ``epochs``, then (``head_epochs``) the projectors alone; two_stage: ILA alone
-        for ``stage1_epochs``, then the projectors alone for ``epochs`` (Appendix H).
+        for ``stage1_epochs``, then the projectors alone for ``epochs`` (Appendix H). ``stage1_from`` takes
+        the first stage's weights from a saved model instead of training them."""
+        cfg = self.cfg
+        projectors = frozenset(n for n in self._trainable if n.startswith(("user_proj.", "item_proj.")))
+        if cfg.training == "two_stage":  # ILA trains what the ILA prompt reaches: adaptors (and LoRA)
+            first = Stage(
+                "ila",
+                trainable=frozenset(self._trainable - projectors - {"rec"}),
+                epochs=cfg.stage1_epochs,
+                lr=cfg.lr,
+                batches=self.train_batches,
+                loss=self.ila_loss,
+                num_batches=self.num_train_batches,
+            )
+            head_epochs = cfg.epochs
+        else:
+            first = Stage(
+                "end2end",
+                trainable=frozenset(self._trainable),
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                batches=self.train_batches,
+                loss=self.loss,
+                num_batches=self.num_train_batches,
+            )
+            head_epochs = cfg.head_epochs
+        if cfg.stage1_from:
+            first = Stage(first.name, load=functools.partial(self.load_stage1, Path(cfg.stage1_from)))
+        if not head_epochs:
+            return [first]
+        head = Stage(
+            "head",
+            trainable=projectors,
+            epochs=head_epochs,
+            lr=cfg.head_lr,
+            batches=self.cached_batches,
+            loss=self.ire_loss,
+            num_batches=self.num_cached_batches,
+            context=self._projectors_alone,
+        )
+        return [first, head]
 
-        With a run directory, the weights after the first part are kept in ``stage1.safetensors``, so a run
-        interrupted while training the projectors resumes there without repeating the first part."""
+    @contextlib.contextmanager
+    def _projectors_alone(self) -> Iterator[None]:
+        """While only the projectors train, the [REC] state of a prompt cannot change: cache it."""
+        self._state_cache = {}
+        try:
+            yield
+        finally:
+            self._pool, self._state_cache = None, None
+
+    def load_stage1(self, folder: Path) -> None:
+        """The first stage's weights from a saved I-LLMRec model of the same configuration (``stage1_from``)."""
         from safetensors.torch import load_file
 
-        from llmrec.trainer import fit as train_loop
-
-        self.attach(dataset)
-        cfg = self.cfg
-        first, first_epochs, head_epochs = (
-            ("ila", cfg.stage1_epochs, cfg.epochs)
-            if cfg.training == "two_stage"
-            else ("end2end", cfg.epochs, cfg.head_epochs)
-        )
-        marker = run.root / "stage1.safetensors" if run is not None and head_epochs else None
-        if cfg.stage1_from:
-            weights = Path(cfg.stage1_from) / f"{self.weights_name}.safetensors"
-            if not weights.exists():
-                raise LlmrecError(
-                    "stage1_from: no I-LLMRec weights there", file=weights, hint="give a run's model/ folder"
-                )
-            state = load_file(weights)
-            if self._trainable - set(state):
-                raise LlmrecError(
-                    f"stage1_from: the saved model lacks {sorted(self._trainable - set(state))[:3]}",
-                    file=weights,
-                    hint="it was trained with another configuration (features, representation, LoRA)",
-                )
-            self.load_checkpoint_state(state)
-            log.info("first stage skipped: weights loaded from %s", weights)
-        elif marker is not None and marker.exists():
-            self.load_checkpoint_state(load_file(marker))
-            log.info("first stage already done: weights loaded from %s", marker)
-        elif first_epochs:
-            self.phase = first
-            train_loop(self, dataset, run, stage=first if head_epochs else None, epochs=first_epochs)
-            if marker is not None:
-                self.save_weights(marker, self.checkpoint_state())
-        if head_epochs:
-            self.phase = "head"
-            for name, p in self.named_parameters():
-                p.requires_grad_(name.startswith(("user_proj.", "item_proj.")))
-            self._state_cache = {}
-            try:
-                train_loop(self, dataset, run, stage="head", epochs=head_epochs, lr=cfg.head_lr)
-            finally:
-                self._pool, self._state_cache = None, None
-                for name, p in self.named_parameters():
-                    p.requires_grad_(name in self._trainable)
-        self.phase = "end2end"
-        self.eval()
+        weights = folder / f"{self.weights_name}.safetensors"
+        if not weights.exists():
+            raise LlmrecError(
+                "stage1_from: no I-LLMRec weights there", file=weights, hint="give a run's model/ folder"
+            )
+        state = load_file(weights)
+        if self._trainable - set(state):
+            raise LlmrecError(
+                f"stage1_from: the saved model lacks {sorted(self._trainable - set(state))[:3]}",
+                file=weights,
+                hint="it was trained with another configuration (features, representation, LoRA)",
+            )
+        self.load_checkpoint_state(state)
+        log.info("first stage skipped: weights loaded from %s", weights)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Only what training changes (adaptors, projectors, [REC], LoRA): never the frozen LLM."""
         buffers = {n for n, _ in self.named_buffers() if n.startswith("state_")}  # statistics
         trainable = self._trainable | buffers
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}
-
-    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
-        state = {k: v for k, v in state.items() if k != "epochs_started"}  # a counter of models before 0.2
-        super().load_checkpoint_state(state)

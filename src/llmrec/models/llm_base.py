@@ -21,6 +21,8 @@ class FeatureBackedLLM(TorchRecommender):
     The dataset itself is recorded in model.json (see :meth:`Recommender.save`)."""
 
     weights_name: ClassVar[str] = ""
+    #: entries older versions saved with the weights that are no longer weights (dropped on loading)
+    legacy_weights: ClassVar[tuple[str, ...]] = ()
     needs_dataset = True
     source: dict[str, Any]
     _dataset: Dataset | None = None
@@ -33,6 +35,10 @@ class FeatureBackedLLM(TorchRecommender):
     def trained_on(self) -> Dataset | None:
         return self._dataset
 
+    def prepare(self, dataset: Dataset) -> None:
+        """Before training: attach the backbone and features of ``dataset``."""
+        self.attach(dataset)
+
     def sources_record(self) -> dict[str, Any]:
         """What sources.json holds (subclasses may add keys that ``before_attach`` reads back)."""
         return {k: v for k, v in self.source.items() if k != "dataset"}
@@ -41,6 +47,7 @@ class FeatureBackedLLM(TorchRecommender):
         """Restore from sources.json what ``attach`` needs to rebuild the same modules."""
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        state = {k: v for k, v in state.items() if k not in self.legacy_weights}
         unknown = set(state) - set(self.state_dict())
         if unknown:
             raise LlmrecError(
@@ -76,7 +83,7 @@ class FeatureBackedLLM(TorchRecommender):
                     hint="restore it or retrain",
                 )
         path = directory / f"{self.weights_name}.safetensors"
-        state = read_weights(path)
+        state = {k: v for k, v in read_weights(path).items() if k not in self.legacy_weights}
         check_weights(path, state, self.checkpoint_state())
         self.load_checkpoint_state(state)
         self.eval()

@@ -1,18 +1,21 @@
 """Base class of the torch models: training examples, a loss, and scores, on top of the model contract.
 
 A subclass provides ``train_batches`` (one epoch of tensors), ``loss(batch)`` and ``score_all_tensor``;
-:mod:`llmrec.trainer` does the rest (optimiser, early stopping on validation NDCG@10, best checkpoint,
-resumable epochs). Weights are saved as safetensors.
+:func:`llmrec.trainer.fit` does the rest (optimiser, early stopping on validation NDCG@10, best checkpoint,
+resumable epochs). A model trained in several parts (LoRA first, then adaptors ...) declares them as
+:class:`Stage` s in :meth:`TorchRecommender.stages`; the trainer runs them in order. Weights are saved as
+safetensors.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -56,10 +59,38 @@ class NeuralConfig(ModelConfig):
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One part of a model's training, declared by :meth:`TorchRecommender.stages` and run by the trainer.
+
+    The trainer trains exactly the parameters named in ``trainable`` (every other one is frozen while the
+    stage runs) for at most ``epochs`` epochs of ``batches`` at learning rate ``lr``, minimising ``loss``.
+    A stage with ``load`` is satisfied by calling it instead (weights taken from another run). With a
+    run directory and more than one stage, the stage's files are named after it (``checkpoint-<name>.pt``,
+    ``history-<name>.json``, ``training_curve-<name>.png``), and a finished stage that another follows
+    leaves its weights in ``stage-<name>.safetensors``, from which a restarted run goes on.
+    """
+
+    name: str  # names the stage's files in the run and its lines in the log
+    trainable: frozenset[str] = frozenset()  # names (as in named_parameters) of the parameters it trains
+    epochs: int = 0  # at most this many epochs (early stopping may end it sooner); 0 = nothing to train
+    lr: float = 1e-3  # learning rate of its optimiser
+    batches: Callable[[Any, np.random.Generator], Iterator[Batch]] | None = None  # one epoch (dataset, rng)
+    loss: Callable[[Batch], torch.Tensor] | None = None  # scalar loss of a batch
+    num_batches: Callable[[Any], int | None] | None = None  # batches per epoch, for the progress bar
+    # its early-stopping criterion, as validation_metric (None: the model's validation_metric)
+    validation: Callable[[Any], tuple[str, float] | None] | None = None
+    load: Callable[[], None] | None = None  # instead of training: load the stage's weights from elsewhere
+    # held while the stage trains and validates, e.g. a cache that is valid only while some weights are frozen
+    context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+
+
 class TorchRecommender(Recommender, nn.Module):
-    """A Recommender that is an nn.Module trained by :func:`llmrec.trainer.fit`."""
+    """A Recommender that is an nn.Module: :func:`llmrec.trainer.fit` trains it through its :meth:`stages`."""
 
     cfg: NeuralConfig
+    #: AdamW (weight decay decoupled from the gradient) instead of Adam
+    decoupled_weight_decay: ClassVar[bool] = False
 
     def __init__(self, cfg: NeuralConfig, n_users: int, n_items: int) -> None:
         nn.Module.__init__(self)
@@ -76,6 +107,29 @@ class TorchRecommender(Recommender, nn.Module):
 
     def num_train_batches(self, dataset: Any) -> int | None:
         """Batches per epoch, for the progress bar (None if unknown)."""
+        return None
+
+    def prepare(self, dataset: Any) -> None:  # noqa: B027 (optional hook: most models need nothing)
+        """Called by the trainer before the stages: build what needs the dataset (features, a backbone)."""
+
+    def stages(self, dataset: Any) -> list[Stage]:
+        """The parts of training, in order (called after :meth:`prepare`). By default one stage: every
+        parameter that requires a gradient, ``epochs`` epochs of ``train_batches`` at ``lr``."""
+        return [
+            Stage(
+                name="train",
+                trainable=frozenset(n for n, p in self.named_parameters() if p.requires_grad),
+                epochs=self.cfg.epochs,
+                lr=self.cfg.lr,
+                batches=self.train_batches,
+                loss=self.loss,
+                num_batches=self.num_train_batches,
+            )
+        ]
+
+    def validation_metric(self, dataset: Any) -> tuple[str, float] | None:
+        """The early-stopping criterion as (name, value), higher is better, e.g. valid AUC of a CTR model;
+        None: the trainer's valid NDCG@10 of the frozen ranking candidates."""
         return None
 
     # -- scoring
@@ -96,9 +150,8 @@ class TorchRecommender(Recommender, nn.Module):
         return out.float().cpu().numpy()
 
     def fit(self, dataset: Any, run: Any | None = None) -> None:
-        from llmrec.trainer import fit
-
-        fit(self, dataset, run)
+        """Torch models do not train themselves: :func:`llmrec.trainer.fit` runs their :meth:`stages`."""
+        raise TypeError(f"{self.name} is trained by llmrec.trainer.fit(model, dataset, run)")
 
     def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
         """CF features this model can give the LLM methods: {name: (kind 'item'|'user', (count, dim) array)}."""

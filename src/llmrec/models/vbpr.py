@@ -15,9 +15,9 @@ Everything else is MF's (:mod:`llmrec.models.mf`): the BPR (or CTR) training exa
 default: they are shared by all items). ``export_embeddings`` returns [gamma_u; theta_u] and
 [gamma_i; E f_i (or m)] in dataset order, so their dot product is the score minus b_i + <beta', f_i>.
 
-The feature is read once in ``fit`` into a buffer that is not saved with the weights; ``feature.json``
-in the model directory records the dataset path, the feature name and its sha256, and loading the model
-re-reads the feature from that store, refusing one whose checksum has changed.
+The feature is read once before training (``prepare``) into a buffer that is not saved with the weights;
+``feature.json`` in the model directory records the dataset path, the feature name and its sha256, and
+loading the model re-reads the feature from that store, refusing one whose checksum has changed.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class VBPR(MF):
         self.user_visual = nn.Embedding(n_users, cfg.visual_dim)  # theta_u
         nn.init.normal_(self.user_visual.weight, std=0.1)
         self.missing_visual = nn.Parameter(torch.zeros(cfg.visual_dim))  # m, stands in for E f_i
-        # E and beta' depend on the feature's size: attach_feature creates them (in fit or load_state).
+        # E and beta' depend on the feature's size: attach_feature creates them (in prepare or load_state).
         self.proj: nn.Linear | None = None
         self.source: dict[str, Any] | None = None
         self._dataset: Dataset | None = None
@@ -83,7 +83,8 @@ class VBPR(MF):
         self.proj = nn.Linear(values.shape[1], self.cfg.visual_dim, bias=False)  # E
         self.beta_visual = nn.Parameter(torch.zeros(values.shape[1]))  # beta'
 
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
+    def prepare(self, dataset: Any) -> None:
+        """Attach the dataset's item feature (E and beta' are sized by it) before training."""
         feature = load_item_feature(dataset, self.cfg.feature, self.n_items, who="vbpr")
         self.attach_feature(feature)
         self._dataset = dataset
@@ -92,7 +93,6 @@ class VBPR(MF):
             "sha256": feature.manifest["sha256"],
             "shape": list(feature.values.shape),
         }
-        super().fit(dataset, run)
 
     # -- the factorisation: MF's factors with the visual ones appended
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
