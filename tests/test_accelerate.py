@@ -21,7 +21,7 @@ from llmrec.errors import ConfigError
 from llmrec.models.base import build_model, load_model
 from llmrec.models.sasrec import SASRec
 from llmrec.train import seed_everything
-from llmrec.trainer import accelerator_for, fit
+from llmrec.training import accelerator_for, fit
 
 SEED = 5
 # 30 trainable users in batches of 7: 5 batches an epoch, so two processes also meet a short last round
@@ -161,10 +161,10 @@ def _train_as_one_of_two(data: str, out: str, *options: str) -> None:
     as the command line runs it, then the weights this process ended with, saved as rank<i>.safetensors."""
     from accelerate import PartialState
 
-    import llmrec.trainer
+    import llmrec.training.loop
     from llmrec.cli import main
 
-    loop = llmrec.trainer.fit
+    loop = llmrec.training.fit
 
     def fit_and_keep_weights(model, ds, run=None, **kwargs):
         history = loop(model, ds, run, **kwargs)
@@ -172,7 +172,7 @@ def _train_as_one_of_two(data: str, out: str, *options: str) -> None:
         save_file(weights, Path(out) / f"rank{PartialState().process_index}.safetensors")
         return history
 
-    llmrec.trainer.fit = fit_and_keep_weights  # llmrec.train looks the loop up at every call
+    llmrec.training.fit = fit_and_keep_weights  # llmrec.train looks the loop up at every call
     flags = [flag for option in options for flag in ("-o", option)]
     argv = ["train", "sasrec", "--data", data, "--out", str(Path(out) / "run"), "--seed", str(SEED), *flags]
     raise SystemExit(main([*argv, "--no-ctr", "--no-full-ranking", "--splits", "valid", "test"]))

@@ -143,3 +143,38 @@ def test_recommend_command(synthetic_dataset, tmp_path, capsys):
     assert "unknown item id(s) ['nope']" in capsys.readouterr().err
     assert main(["recommend", str(run), "--user", "u3", "--k", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_the_parser_of_everyday_commands_imports_no_torch():
+    """`llmrec --help`, `llmrec table` and `llmrec train --help` build their parser without torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from llmrec.cli import build_parser, main\n"
+        "for only in ('', 'table', 'train', 'evaluate', 'recommend', 'prepare', 'features'):\n"
+        "    build_parser(only)\n"
+        "try:\n"
+        "    main(['train', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+
+
+def test_builtin_model_names_match_the_registry():
+    import importlib
+
+    from llmrec.models import base
+
+    for module in set(base.BUILTIN_MODELS.values()):
+        importlib.import_module(f"llmrec.models.{module}")
+    registered = {
+        name: cls.__module__.rsplit(".", 1)[1]
+        for name, cls in base._MODELS.items()
+        if cls.__module__.startswith("llmrec.models.")  # tests register models of their own
+    }
+    assert registered == base.BUILTIN_MODELS

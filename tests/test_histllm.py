@@ -12,7 +12,7 @@ from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
 from llmrec.models.base import build_model, load_model
 from llmrec.models.histllm import binary_codes
-from llmrec.trainer import fit
+from llmrec.training import fit
 from llmrec.utils.io import read_json
 
 TINY = {
@@ -151,11 +151,11 @@ def test_inline_items_are_cut_like_uhem_items_and_prompts_fit_the_context(ctr_da
 
 
 def test_step2_keeps_lora_bit_identical_and_trains_modules(ctr_dataset, tiny_llm, monkeypatch):
-    import llmrec.trainer
+    import llmrec.training.loop
 
     model = make("histllm", ctr_dataset, tiny_llm)
     snapshots, trained = {}, {}
-    loop = llmrec.trainer.train_stage
+    loop = llmrec.training.loop.train_stage
 
     def spy(model, ds, run, stage, *args, **kwargs):
         trained[stage.name] = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -163,7 +163,7 @@ def test_step2_keeps_lora_bit_identical_and_trains_modules(ctr_dataset, tiny_llm
             snapshots.update({k: v.clone() for k, v in model.checkpoint_state().items()})
         return loop(model, ds, run, stage, *args, **kwargs)
 
-    monkeypatch.setattr(llmrec.trainer, "train_stage", spy)
+    monkeypatch.setattr(llmrec.training.loop, "train_stage", spy)
     fit(model, ctr_dataset)
     after = model.checkpoint_state()
     lora = [k for k in after if "lora_" in k]

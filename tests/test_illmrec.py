@@ -11,7 +11,7 @@ from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
 from llmrec.llm.prompts import ItemText, escape_placeholders, ila_answer, ire_prompt, render_item
 from llmrec.models.base import build_model, load_model
-from llmrec.trainer import fit
+from llmrec.training import fit
 
 SMALL = {"adaptor_hidden": 16, "d_shared": 8, "batch_size": 4, "epochs": 1, "eval_users": 8}
 
@@ -281,7 +281,7 @@ def test_ablation_switches_build(ill_dataset, tiny_llm):
 def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path, monkeypatch, training):
     """The projectors-alone stage (two_stage's stage 2; end2end + head_epochs): only the projectors change,
     and the LLM sees each cached training window and each validation prompt once over all its epochs."""
-    import llmrec.trainer
+    import llmrec.training.loop
     from llmrec.runs import Run
 
     opts = {"training": training, "epochs": 1, "stage1_epochs": 1, "head_epochs": 3, "head_windows": 2}
@@ -289,7 +289,7 @@ def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path
     first: dict = {}
     calls: list[int] = []
     trained: dict = {}
-    loop = llmrec.trainer.train_stage
+    loop = llmrec.training.loop.train_stage
 
     def spy(model, ds, run, stage, *args, **kwargs):
         trained[stage.name] = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -303,7 +303,7 @@ def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path
             )
         return loop(model, ds, run, stage, *args, **kwargs)
 
-    monkeypatch.setattr(llmrec.trainer, "train_stage", spy)
+    monkeypatch.setattr(llmrec.training.loop, "train_stage", spy)
     with Run(tmp_path / "run", m.cfg) as run:
         fit(m, ill_dataset, run)
     name = "ila" if training == "two_stage" else "end2end"
@@ -338,7 +338,7 @@ def test_interrupted_projectors_stage_resumes_after_the_first_stage(
 ):
     """stage-<first>.safetensors marks the first stage done: a restarted run goes straight to the
     projectors, and ends exactly as a run that was never interrupted."""
-    import llmrec.trainer
+    import llmrec.training.loop
     from llmrec.runs import Run
 
     opts = {"training": training, "epochs": 1, "stage1_epochs": 1, "head_epochs": 1, "head_windows": 1}
@@ -346,7 +346,7 @@ def test_interrupted_projectors_stage_resumes_after_the_first_stage(
     fit(reference, ill_dataset)
     m = _model(ill_dataset, tiny_llm, **opts)
     stages: list = []
-    loop = llmrec.trainer.train_stage
+    loop = llmrec.training.loop.train_stage
 
     def interrupted(model, ds, run, stage, *args, **kwargs):
         stages.append(stage.name)
@@ -354,11 +354,11 @@ def test_interrupted_projectors_stage_resumes_after_the_first_stage(
             raise KeyboardInterrupt
         return loop(model, ds, run, stage, *args, **kwargs)
 
-    monkeypatch.setattr(llmrec.trainer, "train_stage", interrupted)
+    monkeypatch.setattr(llmrec.training.loop, "train_stage", interrupted)
     with Run(tmp_path / "run", m.cfg) as run, pytest.raises(KeyboardInterrupt):
         fit(m, ill_dataset, run)
     monkeypatch.setattr(
-        llmrec.trainer,
+        llmrec.training.loop,
         "train_stage",
         lambda m, d, r, stage, *a, **kw: stages.append(stage.name) or loop(m, d, r, stage, *a, **kw),
     )

@@ -12,7 +12,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.eval.evaluator import evaluate_ranking
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import available_models, build_model, load_model
-from llmrec.trainer import fit
+from llmrec.training import fit
 
 # Tiny settings per model: a new model must add its own line here (the test fails otherwise).
 TINY = {

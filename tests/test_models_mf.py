@@ -18,7 +18,7 @@ from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import build_model, load_model
 from llmrec.models.mf import MF, sample_unseen, training_pairs
 from llmrec.runs import Run
-from llmrec.trainer import fit
+from llmrec.training import fit
 
 N_USERS, N_ITEMS = 40, 40
 MISSING = [1, 22, 37]  # items without the VBPR feature
@@ -286,7 +286,7 @@ def test_mf_ctr_objective_early_stops_on_valid_auc(tmp_path):
 
 
 def test_validation_metric_hook_drives_early_stopping(blocks):
-    from llmrec.trainer import fit
+    from llmrec.training import fit
 
     class Worsening(MF):
         """Every validation is worse than the one before: training stops after 1 + patience of them."""

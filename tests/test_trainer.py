@@ -158,14 +158,14 @@ def test_tensorboard_tracker_gets_every_epoch_in_the_run_directory(synthetic_dat
 
 
 def test_trackers_that_cannot_run_are_config_errors(synthetic_dataset, tmp_path, monkeypatch):
-    import llmrec.trainer
+    import llmrec.training.loop
     from llmrec.config import from_dict
     from llmrec.errors import ConfigError
     from llmrec.models.base import build_model
-    from llmrec.trainer import accelerator_for, fit
+    from llmrec.training import accelerator_for, fit
 
     model = build_model("sasrec", OPTS, 30, 40)
-    monkeypatch.setitem(llmrec.trainer._TRACKERS, "wandb", (lambda: False, "pip install wandb"))
+    monkeypatch.setitem(llmrec.training.distributed._TRACKERS, "wandb", (lambda: False, "pip install wandb"))
     with pytest.raises(ConfigError, match="log_with=wandb needs its package.*: pip install wandb"):
         accelerator_for(model, "wandb", tmp_path)
     with pytest.raises(ConfigError, match="unknown tracker log_with='neptune'"):

@@ -221,47 +221,30 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from llmrec.data.images import ImagesConfig
+def _setup_prepare(p: argparse.ArgumentParser) -> None:
     from llmrec.data.importers import available_importers
     from llmrec.data.processing import PrepareConfig
-    from llmrec.experiments.bench import BenchConfig
-    from llmrec.experiments.ctr import CtrEfficiencyConfig, HistorySweepConfig
-    from llmrec.experiments.demo import DemoConfig
-    from llmrec.experiments.efficiency import EfficiencyConfig
-    from llmrec.experiments.probe import ProbeConfig
-    from llmrec.features.build import FeaturesConfig
-    from llmrec.llm.describe import DescribeConfig
-    from llmrec.models.base import available_models
-    from llmrec.report import TableConfig
-    from llmrec.train import EvalConfig, TrainConfig
 
-    parser = argparse.ArgumentParser(prog="llmrec", description="LLM-based multimodal recommendation")
-    parser.add_argument("--version", action="version", version=f"llmrec {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(name: str, help: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--config", help="YAML/JSON file with options (flags override it)")
-        p.set_defaults(fn=fn)
-        return p
-
-    p = command(
-        "prepare", "import a dataset, filter it, split it and freeze evaluation candidates", _cmd_prepare
-    )
     p.add_argument("dataset", help="importer name: " + ", ".join(available_importers()))
     add_arguments(p, PrepareConfig, skip=("dataset",))
 
-    p = command("images", "download or collect item images; record every failure in a manifest", _cmd_images)
+
+def _setup_images(p: argparse.ArgumentParser) -> None:
+    from llmrec.data.images import ImagesConfig
+
     add_arguments(p, ImagesConfig)
 
-    p = command(
-        "features", "compute item text/image features into the dataset's feature store", _cmd_features
-    )
+
+def _setup_features(p: argparse.ArgumentParser) -> None:
+    from llmrec.features.build import FeaturesConfig
+
     add_arguments(p, FeaturesConfig)
 
-    p = command("train", "train a model, save it and evaluate it into a run directory", _cmd_train)
+
+def _setup_train(p: argparse.ArgumentParser) -> None:
+    from llmrec.models.base import available_models
+    from llmrec.train import EvalConfig, TrainConfig
+
     p.add_argument("model", help="model name: " + ", ".join(available_models()))
     _add_model_options(p)
     add_arguments(p, TrainConfig, skip=("model", "options"))
@@ -273,16 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run directory holds an earlier run: delete what llmrec wrote there and start over",
     )
 
-    p = command("evaluate", "re-evaluate a saved run (metrics.json is updated)", _cmd_evaluate)
+
+def _setup_evaluate(p: argparse.ArgumentParser) -> None:
+    from llmrec.train import EvalConfig
+
     p.add_argument("run", help="run directory written by 'llmrec train'")
     p.add_argument("--data", default=None, help="the run's dataset moved: its new folder (checksum verified)")
     add_arguments(p, EvalConfig)
     _add_placement(p)
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
 
-    p = command(
-        "recommend", "top-k catalog items for a user id or an ad-hoc history of item ids", _cmd_recommend
-    )
+
+def _setup_recommend(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory of a trained model")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a user id of the dataset")
@@ -292,54 +277,105 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_placement(p)
 
-    p = command(
-        "probe",
-        "linear probe: which item attributes a model's user states encode (I-LLMRec [REC])",
-        _cmd_probe,
-    )
+
+def _setup_probe(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.probe import ProbeConfig
+
     add_arguments(p, ProbeConfig)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
-    p = command(
-        "describe", "generate item texts with an LLM (TRSR summaries, HistLLM descriptions)", _cmd_describe
-    )
+
+def _setup_describe(p: argparse.ArgumentParser) -> None:
+    from llmrec.llm.describe import DescribeConfig
+
     add_arguments(p, DescribeConfig)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
-    p = command(
-        "efficiency", "tokens and inference time of item representations, side by side", _cmd_efficiency
-    )
+
+def _setup_efficiency(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.efficiency import EfficiencyConfig
+
     add_arguments(p, EfficiencyConfig)
 
-    p = command(
-        "ctr-efficiency",
-        "HistLLM with vs without UHEM: prompt tokens, inference and training time",
-        _cmd_ctr_efficiency,
-    )
+
+def _setup_ctr_efficiency(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.ctr import CtrEfficiencyConfig
+
     add_arguments(p, CtrEfficiencyConfig)
 
-    p = command(
-        "history-sweep",
-        "AUC/UAUC against the number of history items (TALLRec vs HistLLM)",
-        _cmd_history_sweep,
-    )
+
+def _setup_history_sweep(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.ctr import HistorySweepConfig
+
     add_arguments(p, HistorySweepConfig)
 
-    p = command("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table)
+
+def _setup_table(p: argparse.ArgumentParser) -> None:
+    from llmrec.report import TableConfig
+
     p.add_argument("runs", nargs="+", help="run directories")
     add_arguments(p, TableConfig, skip=("runs",))
 
-    p = command("bench", "training and evaluation throughput of a torch model", _cmd_bench)
+
+def _setup_bench(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.bench import BenchConfig
+
     _add_model_options(p)
     add_arguments(p, BenchConfig, skip=("options",))
 
-    p = command("demo", "the whole pipeline on MovieLens-100K with the embedded offline models", _cmd_demo)
+
+def _setup_demo(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.demo import DemoConfig
+
     add_arguments(p, DemoConfig)
+
+
+Setup = Callable[[argparse.ArgumentParser], None]
+# name, one-line help, what it runs, its flags (added only when the command is used: a command's options
+# import only its own module, so `llmrec --help` or `llmrec table` never imports torch)
+COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Setup]] = [
+    ("prepare", "import a dataset, filter it, split it and freeze evaluation candidates", _cmd_prepare, _setup_prepare),
+    ("images", "download or collect item images; record every failure in a manifest", _cmd_images, _setup_images),
+    ("features", "compute item text/image features into the dataset's feature store", _cmd_features, _setup_features),
+    ("train", "train a model, save it and evaluate it into a run directory", _cmd_train, _setup_train),
+    ("evaluate", "re-evaluate a saved run (metrics.json is updated)", _cmd_evaluate, _setup_evaluate),
+    ("recommend", "top-k catalog items for a user id or an ad-hoc history of item ids", _cmd_recommend, _setup_recommend),
+    ("probe", "linear probe: which item attributes a model's user states encode (I-LLMRec [REC])", _cmd_probe, _setup_probe),
+    ("describe", "generate item texts with an LLM (TRSR summaries, HistLLM descriptions)", _cmd_describe, _setup_describe),
+    ("efficiency", "tokens and inference time of item representations, side by side", _cmd_efficiency, _setup_efficiency),
+    ("ctr-efficiency", "HistLLM with vs without UHEM: prompt tokens, inference and training time", _cmd_ctr_efficiency, _setup_ctr_efficiency),
+    ("history-sweep", "AUC/UAUC against the number of history items (TALLRec vs HistLLM)", _cmd_history_sweep, _setup_history_sweep),
+    ("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table, _setup_table),
+    ("bench", "training and evaluation throughput of a torch model", _cmd_bench, _setup_bench),
+    ("demo", "the whole pipeline on MovieLens-100K with the embedded offline models", _cmd_demo, _setup_demo),
+]  # fmt: skip
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, every command is listed but only that one gets its flags
+    (what :func:`main` builds: the other commands' modules are never imported)."""
+    parser = argparse.ArgumentParser(prog="llmrec", description="LLM-based multimodal recommendation")
+    parser.add_argument("--version", action="version", version=f"llmrec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help, fn, setup in COMMANDS:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--config", help="YAML/JSON file with options (flags override it)")
+        p.set_defaults(fn=fn)
+        if only is None or only == name:
+            setup(p)
     return parser
 
 
+def _command_in(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` ("" when none is: top-level --help, --version, a typo)."""
+    first = next((a for a in argv if not a.startswith("-")), "")
+    return first if first in {c[0] for c in COMMANDS} else ""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command_in(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

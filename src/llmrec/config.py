@@ -110,6 +110,17 @@ def unflatten(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The inverse of :func:`unflatten`: nested mappings as dotted keys (an empty mapping stays a value)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` merged into ``base`` at every depth (a mapping merges into a mapping; anything else
     replaces); dotted keys of either side count as nested. Neither argument is modified."""

@@ -1,4 +1,7 @@
-"""``llmrec train`` / ``llmrec evaluate``: fit a registered model, save it, evaluate it into its run directory."""
+"""``llmrec train`` / ``llmrec evaluate``: fit a registered model, save it, evaluate it into its run directory.
+
+The configs import nothing heavy (the command line builds its flags from them); torch, accelerate and the
+training loop are imported when a run starts."""
 
 from __future__ import annotations
 
@@ -9,20 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import torch
-from accelerate.utils import broadcast_object_list
-
-from llmrec import trainer
-from llmrec.config import ConfigError, from_dict, merge, option, to_dict
+from llmrec.config import ConfigError, flatten, from_dict, merge, option, to_dict
 from llmrec.data.dataset import Dataset, dataset_ref, locate_dataset
 from llmrec.devices import DEVICE_HELP
 from llmrec.errors import LlmrecError
-from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking, seeded_rows
 from llmrec.models.base import Recommender, build_model, load_model, model_config
-from llmrec.plots import plot_popularity_breakdown
 from llmrec.runs import Run, clear_run, default_run_name
-from llmrec.trainer import accelerator_for
 from llmrec.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -118,7 +113,7 @@ def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     def comparable(d: dict[str, Any]) -> dict[str, Any]:
         d = dict(d)
         d["options"] = to_dict(model_config(d["model"], d.get("options") or {}, resolve=False))
-        return _flatten(d)
+        return flatten(d)
 
     before = comparable({k: v for k, v in saved.items() if not k.startswith("_")})
     after = comparable(to_dict(cfg))
@@ -131,23 +126,19 @@ def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     ]
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -> dict[str, dict[str, float]]:
     """Evaluate on each split, write metrics.json, breakdown.json and the popularity plot."""
+    from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking, seeded_rows
+    from llmrec.plots import plot_popularity_breakdown
+
     results: dict[str, dict[str, float]] = {}
     breakdowns: dict[str, Any] = {}
     ctr_rows: dict[str, list[int]] = {}
@@ -239,12 +230,19 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
     every process trains in step and only the main one writes the run directory (config, log, checkpoints,
     model, evaluation); the others wait for it.
     """
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    from llmrec import training
+
     ds = Dataset(cfg.data)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, cfg.model_options(), ds.n_users, ds.n_items)
-    accelerator = accelerator_for(model)  # joins the other processes before the model loads onto a GPU
+    accelerator = training.accelerator_for(
+        model
+    )  # joins the other processes before the model loads onto a GPU
     if (
         accelerator.num_processes == 1
         and os.environ.get("ACCELERATE_USE_CPU") == "True"
@@ -261,7 +259,7 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         logging.getLogger("llmrec").setLevel(logging.WARNING)  # the main process logs the run
-        trainer.fit(model, ds, _MainRunDir(run_dir), log_with=cfg.log_with)
+        training.fit(model, ds, _MainRunDir(run_dir), log_with=cfg.log_with)
         accelerator.wait_for_everyone()
         return run_dir
     with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
@@ -274,7 +272,7 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
             getattr(model.cfg, "device", "cpu"),
         )
         t0 = time.perf_counter()
-        trainer.fit(model, ds, run, log_with=cfg.log_with)
+        training.fit(model, ds, run, log_with=cfg.log_with)
         run.log_metrics("train", {"fit_seconds": time.perf_counter() - t0})
         model.save(run.model_dir, ds)
         evaluate_model(model, ds, cfg.eval, run)

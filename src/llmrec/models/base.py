@@ -1,6 +1,6 @@
 """The model contract the trainer and evaluator rely on, and nothing else.
 
-A model is built from its own typed config plus the dataset's sizes, learns (``llmrec.trainer.fit``: its
+A model is built from its own typed config plus the dataset's sizes, learns (``llmrec.training.fit``: its
 own ``fit``, or a torch model's declared stages), and scores:
 
 - ``score_all(users, histories) -> (B, N)``: every catalog item, for full ranking;
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -52,7 +53,7 @@ class Recommender(abc.ABC):
         """Learn from ``dataset`` (a :class:`llmrec.data.dataset.Dataset`); log to ``run`` when given.
 
         Models without torch weights (popularity, random) learn here; a torch model declares its training
-        stages instead and :func:`llmrec.trainer.fit` (which calls this for the others) runs them."""
+        stages instead and :func:`llmrec.training.fit` (which calls this for the others) runs them."""
 
     @abc.abstractmethod
     def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
@@ -117,17 +118,31 @@ def register_model(name: str) -> Callable[[type[Recommender]], type[Recommender]
     return deco
 
 
-def _load_builtins() -> None:
-    from llmrec.models import bert4rec, gru4rec, histllm, illmrec, mf, popularity, sasrec, vbpr  # noqa: F401
+# the models that ship with llmrec -> the module of llmrec.models that registers each (imported when the
+# model is first asked for, so naming models imports no torch; a test keeps this in step with the registry)
+BUILTIN_MODELS: dict[str, str] = {
+    "popularity": "popularity",
+    "random": "popularity",
+    "sasrec": "sasrec",
+    "gru4rec": "gru4rec",
+    "bert4rec": "bert4rec",
+    "mf": "mf",
+    "vbpr": "vbpr",
+    "illmrec": "illmrec",
+    "histllm": "histllm",
+    **{p: "histllm" for p in ("tallrec", "tallrec_desc", "tallrec_image", "collm", "collm_image")},
+    **{p: "histllm" for p in ("binllm", "binllm_image")},
+}
 
 
 def available_models() -> list[str]:
-    _load_builtins()
-    return sorted(_MODELS)
+    """Every registered model name (the built-in ones without importing them)."""
+    return sorted(set(BUILTIN_MODELS) | set(_MODELS))
 
 
 def get_model_class(name: str) -> type[Recommender]:
-    _load_builtins()
+    if name not in _MODELS and name in BUILTIN_MODELS:
+        importlib.import_module(f"llmrec.models.{BUILTIN_MODELS[name]}")
     if name not in _MODELS:
         raise LlmrecError(f"unknown model '{name}'", hint=f"choose one of {sorted(_MODELS)}")
     return _MODELS[name]

@@ -41,7 +41,7 @@ trains the mappers and the history encoder on the full prompt. A preset without 
 (tallrec, tallrec_desc, binllm) is one LoRA step on its own prompt. Since every two-step method shares
 step 1, ``-o step1_from=RUN`` reuses a trained TALLRec (or BinLLM) run's LoRA instead of retraining it.
 AdamW, weight decay 1e-3, BCE on the answer logit. The steps are declared as stages (:meth:`HistLLM.stages`)
-and run by :func:`llmrec.trainer.fit`, which resumes an interrupted run at the step it had reached.
+and run by :func:`llmrec.training.fit`, which resumes an interrupted run at the step it had reached.
 """
 
 from __future__ import annotations
@@ -613,5 +613,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 for _name, _preset in PRESETS.items():
     register_model(_name)(
-        type(_name, (HistLLM,), {"preset": _preset, "__doc__": f"HistLLM preset: {_preset}"})
+        type(
+            _name,
+            (HistLLM,),
+            {"preset": _preset, "__doc__": f"HistLLM preset: {_preset}", "__module__": __name__},
+        )
     )

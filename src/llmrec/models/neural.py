@@ -1,7 +1,7 @@
 """Base class of the torch models: training examples, a loss, and scores, on top of the model contract.
 
 A subclass provides ``train_batches`` (one epoch of tensors), ``loss(batch)`` and ``score_all_tensor``;
-:func:`llmrec.trainer.fit` does the rest (optimiser, early stopping on validation NDCG@10, best checkpoint,
+:func:`llmrec.training.fit` does the rest (optimiser, early stopping on validation NDCG@10, best checkpoint,
 resumable epochs). A model trained in several parts (LoRA first, then adaptors ...) declares them as
 :class:`Stage` s in :meth:`TorchRecommender.stages`; the trainer runs them in order. Weights are saved as
 safetensors.
@@ -86,7 +86,7 @@ class Stage:
 
 
 class TorchRecommender(Recommender, nn.Module):
-    """A Recommender that is an nn.Module: :func:`llmrec.trainer.fit` trains it through its :meth:`stages`."""
+    """A Recommender that is an nn.Module: :func:`llmrec.training.fit` trains it through its :meth:`stages`."""
 
     cfg: NeuralConfig
     #: AdamW (weight decay decoupled from the gradient) instead of Adam
@@ -150,8 +150,8 @@ class TorchRecommender(Recommender, nn.Module):
         return out.float().cpu().numpy()
 
     def fit(self, dataset: Any, run: Any | None = None) -> None:
-        """Torch models do not train themselves: :func:`llmrec.trainer.fit` runs their :meth:`stages`."""
-        raise TypeError(f"{self.name} is trained by llmrec.trainer.fit(model, dataset, run)")
+        """Torch models do not train themselves: :func:`llmrec.training.fit` runs their :meth:`stages`."""
+        raise TypeError(f"{self.name} is trained by llmrec.training.fit(model, dataset, run)")
 
     def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
         """CF features this model can give the LLM methods: {name: (kind 'item'|'user', (count, dim) array)}."""

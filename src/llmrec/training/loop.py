@@ -21,12 +21,8 @@ prefixed with the stage's name when there are several) to an experiment tracker 
 trackers, from the main process only; the model's and the run's configs are its hyperparameters, and
 local trackers write under ``<run>/tracking``.
 
-Devices, mixed precision and several processes go through ``accelerate``. Started as N processes
-(``accelerate launch --multi_gpu --num_processes N -m llmrec train ...``, or ``torchrun``), every process
-builds every batch of an epoch from the same seeded rng and trains on every N-th one, its disjoint share;
-each step's gradients are averaged over the processes in one all-reduce before the optimiser step, so
-all processes keep the same weights. (Models compute their loss with the stage's ``loss(batch)``, not
-``forward``, which DistributedDataParallel would not see.) Every process validates the same weights on
+Devices, mixed precision and several processes go through accelerate (:mod:`llmrec.training.distributed`).
+Every process validates the same weights on
 the same users, the main process's numbers decide early stopping everywhere, and only the main process
 writes checkpoints, history and curves. One process runs exactly the loop it ran before accelerate.
 """
@@ -34,50 +30,35 @@ writes checkpoints, history and curves. One process runs exactly the loop it ran
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import (
-    InitProcessGroupKwargs,
-    broadcast,
-    broadcast_object_list,
-    is_mlflow_available,
-    is_tensorboard_available,
-    is_wandb_available,
-)
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from llmrec.config import to_dict
 from llmrec.errors import ConfigError
 from llmrec.eval.evaluator import evaluate_ranking, seeded_rows
 from llmrec.models.base import Recommender
-from llmrec.models.neural import Batch, NeuralConfig, Stage, TorchRecommender
+from llmrec.models.neural import Stage, TorchRecommender
+from llmrec.training.distributed import (
+    accelerator_for,
+    average_gradients,
+    broadcast_from_main,
+    flat,
+    float_buffers,
+    my_share,
+    tracked_config,
+)
 from llmrec.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
-
-# our option's names -> accelerate's ("no" would be read as false from YAML and -o KEY=VALUE)
-_PRECISION = {"none": "no", "bf16": "bf16", "fp16": "fp16"}
-# how long a process waits for the others: at the end of ``llmrec train`` the other processes wait
-# while the main one evaluates, which can take hours for an LLM
-_PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=24)
-# log_with -> (whether its package is installed, what to install)
-_TRACKERS = {
-    "tensorboard": (is_tensorboard_available, "pip install tensorboardX (or tensorboard)"),
-    "wandb": (is_wandb_available, "pip install wandb"),
-    "mlflow": (is_mlflow_available, "pip install mlflow"),
-}
 
 
 def fit(
@@ -105,7 +86,7 @@ def fit(
     model.to(device)
     history: list[dict[str, float]] = []
     if log_with != "none":
-        accelerator.init_trackers(run.root.name, _flat(_tracked_config(model, run)))
+        accelerator.init_trackers(run.root.name, flat(tracked_config(model, run)))
     try:
         for i, stage in enumerate(stages):
             last = i == len(stages) - 1
@@ -164,7 +145,7 @@ def train_stage(
     if ckpt is not None and ckpt.exists():  # every process resumes from the main process's checkpoint
         best_weights, state = _resume(ckpt, model, opt, accelerator, rng)
     if n > 1:  # as DistributedDataParallel does: every process starts from the main process's weights
-        _broadcast_from_main(params + _float_buffers(model))
+        broadcast_from_main(params + float_buffers(model))
     eval_ds = _eval_subset(ds, cfg.eval_users)
     while state["epoch"] < stage.epochs and state["bad"] < cfg.patience:
         epoch = state["epoch"] + 1
@@ -230,7 +211,7 @@ def train_epoch(
     last_note = t0
     n_batches = stage.num_batches(ds) if stage.num_batches is not None else None
     bar = tqdm(
-        _my_share(stage.batches(ds, rng), n, rank),
+        my_share(stage.batches(ds, rng), n, rank),
         total=None if n_batches is None else -(-n_batches // n),
         desc=f"{stage.name + ' ' if named else ''}epoch {epoch}/{stage.epochs}",
         leave=False,
@@ -246,7 +227,7 @@ def train_epoch(
                 loss = stage.loss(batch)
             accelerator.backward(loss)
         if n > 1:
-            loss = _average_gradients(accelerator, params, loss, batch is not None)
+            loss = average_gradients(accelerator, params, loss, batch is not None)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"{model.name}: loss became {loss.item()} at epoch {epoch}, step {steps}; lower --lr"
@@ -266,7 +247,7 @@ def train_epoch(
             )
             last_note = time.perf_counter()
     if n > 1:  # e.g. BatchNorm statistics, which each process gathered from its own batches
-        _broadcast_from_main(_float_buffers(model))
+        broadcast_from_main(float_buffers(model))
     return {"epoch": epoch, "loss": total / max(steps, 1), "train_seconds": time.perf_counter() - t0}
 
 
@@ -371,64 +352,6 @@ def _unb64(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
-def accelerator_for(model: Any, log_with: str = "none", tracking_dir: Path | None = None) -> Accelerator:
-    """The Accelerator that trains ``model``: on its ``device`` and with its ``mixed_precision`` (CPU and
-    full precision for models without these options), and with the experiment tracker ``log_with``
-    (none, or one of ``_TRACKERS``; local ones write under ``tracking_dir``).
-
-    Under ``accelerate launch`` or ``torchrun`` the first call joins the other processes and makes this
-    process's own GPU (cuda:<local rank>) the current one, so call it before the model puts weights on a
-    GPU (``llmrec train`` does). A process on its own gets a fresh accelerate state at every call:
-    accelerate keeps one device and precision per process, and one process may train several models.
-    """
-    cfg = model.cfg
-    device, precision = (
-        (cfg.device, cfg.mixed_precision) if isinstance(cfg, NeuralConfig) else ("cpu", "none")
-    )
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` was told
-    if launched not in ("no", _PRECISION[precision]):
-        raise ConfigError(
-            f"accelerate launch asks for mixed precision {launched} but the model option mixed_precision is "
-            f"{precision}; pass -o mixed_precision={launched} instead (the option is saved with the run)"
-        )
-    if log_with != "none" and log_with not in _TRACKERS:
-        raise ConfigError(f"unknown tracker log_with={log_with!r}; use one of none, {', '.join(_TRACKERS)}")
-    if log_with != "none" and not _TRACKERS[log_with][0]():
-        raise ConfigError(
-            f"log_with={log_with} needs its package, which is not installed: {_TRACKERS[log_with][1]}"
-        )
-    if not torch.distributed.is_initialized():
-        AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(
-        cpu=device == "cpu",
-        mixed_precision=_PRECISION[precision],
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=_PROCESS_GROUP_TIMEOUT)],
-        log_with=None if log_with == "none" else log_with,
-        project_dir=tracking_dir,
-    )
-    if precision == "fp16" and accelerator.device.type == "cpu":
-        raise ConfigError("mixed_precision=fp16 needs a GPU (-o device=cuda); on the CPU use bf16")
-    return accelerator
-
-
-def _tracked_config(model: TorchRecommender, run: Any) -> dict[str, Any]:
-    """The hyperparameters a tracker records: the model's resolved options and the run's config."""
-    from llmrec.runs import Run
-
-    return {"model": to_dict(model.cfg), **({"run": to_dict(run.config)} if isinstance(run, Run) else {})}
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested options as dotted keys with scalar values (what every tracker accepts; lists as text)."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value if isinstance(value, bool | int | float | str) else str(value)
-    return out
-
-
 def cuda_rng_states() -> list[torch.Tensor] | None:
     """The RNG state of every CUDA device (dropout on a GPU draws from them), None without CUDA."""
     return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -442,61 +365,6 @@ def set_rng_states(cpu: torch.Tensor, cuda: list[torch.Tensor] | None) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
     elif cuda is not None or torch.cuda.is_available():
         log.info("CUDA RNG states not restored: the checkpoint comes from a machine with other devices")
-
-
-def _my_share(batches: Iterable[Batch], n: int, rank: int) -> Iterator[Batch | None]:
-    """Of every ``n`` consecutive batches, the ``rank``-th: this process's disjoint share of an epoch.
-
-    Every process builds every batch, so the rng that makes them stays the same everywhere; in a short last
-    round the processes past its end get ``None``, so that all processes take the same number of steps.
-    """
-    mine: Batch | None = None
-    seen = 0
-    for seen, batch in enumerate(batches, 1):
-        if (seen - 1) % n == rank:
-            mine = batch
-        if seen % n == 0:  # a round is complete
-            yield mine
-            mine = None
-    if seen % n:
-        yield mine
-
-
-def _average_gradients(
-    accelerator: Accelerator, params: list[torch.nn.Parameter], loss: torch.Tensor, had_batch: bool
-) -> torch.Tensor:
-    """Replace every gradient by its mean over the processes that had a batch this step (one all-reduce)
-    and return their mean loss.
-
-    A parameter outside this process's graph counts as a zero gradient, as in DistributedDataParallel; one
-    outside every process's graph keeps no gradient, so the optimiser skips it as it would in one process.
-    """
-    sizes = [p.numel() for p in params]
-    flat = torch.cat(
-        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
-        + [
-            torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=loss.device),
-            torch.stack([loss.detach().float(), torch.tensor(float(had_batch), device=loss.device)]),
-        ]
-    )  # (sum(sizes) + len(params) + 2,)
-    flat = accelerator.reduce(flat, "sum")
-    grads, present, (loss_sum, count) = flat[: sum(sizes)].split(sizes), flat[sum(sizes) : -2], flat[-2:]
-    for p, g, anywhere in zip(params, grads, present.tolist()):
-        p.grad = (g / count).view_as(p).to(p.dtype) if anywhere else None
-    return loss_sum / count
-
-
-def _float_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Persistent floating-point buffers, e.g. BatchNorm statistics (feature tables are not persistent)."""
-    buffers = {name for name, _ in model.named_buffers()}
-    return [t for name, t in model.state_dict().items() if name in buffers and t.is_floating_point()]
-
-
-def _broadcast_from_main(tensors: list[torch.Tensor]) -> None:
-    """Overwrite ``tensors`` in place with the main process's values."""
-    with torch.no_grad():
-        for t in tensors:
-            broadcast(t, from_process=0)
 
 
 def validate(model: TorchRecommender, ds: Any, stage: Stage | None = None) -> tuple[str, dict[str, float]]:
