@@ -50,8 +50,8 @@ class Killed(Exception):
     pass
 
 
-def test_interrupted_training_resumes_to_the_same_model(synthetic_dataset, tmp_path, monkeypatch):
-    reference = _scores(_train(synthetic_dataset, tmp_path / "ref"), synthetic_dataset)
+def _train_killed_in_epoch_3(ds, run, monkeypatch):
+    """Train into ``run`` until the third epoch starts, as if the process were killed there."""
     original = SASRec.train_batches
     calls = {"n": 0}
 
@@ -61,11 +61,16 @@ def test_interrupted_training_resumes_to_the_same_model(synthetic_dataset, tmp_p
             raise Killed
         return original(self, dataset, rng)
 
-    monkeypatch.setattr(SASRec, "train_batches", dies_in_epoch_3)
-    with pytest.raises(Killed):
-        _train(synthetic_dataset, tmp_path / "run")
+    with monkeypatch.context() as m:
+        m.setattr(SASRec, "train_batches", dies_in_epoch_3)
+        with pytest.raises(Killed):
+            _train(ds, run)
+
+
+def test_interrupted_training_resumes_to_the_same_model(synthetic_dataset, tmp_path, monkeypatch):
+    reference = _scores(_train(synthetic_dataset, tmp_path / "ref"), synthetic_dataset)
+    _train_killed_in_epoch_3(synthetic_dataset, tmp_path / "run", monkeypatch)
     assert (tmp_path / "run" / "checkpoint.pt").exists()
-    monkeypatch.setattr(SASRec, "train_batches", original)
     _train(synthetic_dataset, tmp_path / "run")
     assert "resumed from" in (tmp_path / "run" / "log.txt").read_text()
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
@@ -95,19 +100,7 @@ def test_checkpoint_loads_on_the_cpu_and_resumes_on_any_machine(synthetic_datase
     import torch
 
     reference = _scores(_train(synthetic_dataset, tmp_path / "ref"), synthetic_dataset)
-    original = SASRec.train_batches
-    calls = {"n": 0}
-
-    def dies_in_epoch_3(self, dataset, rng):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Killed
-        return original(self, dataset, rng)
-
-    monkeypatch.setattr(SASRec, "train_batches", dies_in_epoch_3)
-    with pytest.raises(Killed):
-        _train(synthetic_dataset, tmp_path / "run")
-    monkeypatch.setattr(SASRec, "train_batches", original)
+    _train_killed_in_epoch_3(synthetic_dataset, tmp_path / "run", monkeypatch)
     ckpt = tmp_path / "run" / "checkpoint.pt"
     saved = torch.load(ckpt, weights_only=False)
     assert "cuda_rng" in saved

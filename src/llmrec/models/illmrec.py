@@ -604,28 +604,17 @@ class ILLMRec(FeatureBackedLLM):
         the first stage's weights from a saved model instead of training them."""
         cfg = self.cfg
         projectors = frozenset(n for n in self._trainable if n.startswith(("user_proj.", "item_proj.")))
-        if cfg.training == "two_stage":  # ILA trains what the ILA prompt reaches: adaptors (and LoRA)
-            first = Stage(
-                "ila",
-                trainable=frozenset(self._trainable - projectors - {"rec"}),
-                epochs=cfg.stage1_epochs,
-                lr=cfg.lr,
-                batches=self.train_batches,
-                loss=self.ila_loss,
-                num_batches=self.num_train_batches,
-            )
-            head_epochs = cfg.epochs
-        else:
-            first = Stage(
-                "end2end",
-                trainable=frozenset(self._trainable),
-                epochs=cfg.epochs,
-                lr=cfg.lr,
-                batches=self.train_batches,
-                loss=self.loss,
-                num_batches=self.num_train_batches,
-            )
-            head_epochs = cfg.head_epochs
+        ila_only = cfg.training == "two_stage"  # ILA trains what the ILA prompt reaches: adaptors (and LoRA)
+        first = Stage(
+            "ila" if ila_only else "end2end",
+            trainable=frozenset(self._trainable - projectors - {"rec"} if ila_only else self._trainable),
+            epochs=cfg.stage1_epochs if ila_only else cfg.epochs,
+            lr=cfg.lr,
+            batches=self.train_batches,
+            loss=self.ila_loss if ila_only else self.loss,
+            num_batches=self.num_train_batches,
+        )
+        head_epochs = cfg.epochs if ila_only else cfg.head_epochs
         if cfg.stage1_from:
             first = Stage(first.name, load=functools.partial(self.load_stage1, Path(cfg.stage1_from)))
         if not head_epochs:
