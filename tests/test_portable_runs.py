@@ -234,3 +234,16 @@ def test_missing_or_unexpected_weights_are_an_error(tmp_path, synthetic_dataset,
     save_file({k: v for k, v in state.items() if k != lora}, path)  # was silently left at random init
     with pytest.raises(LlmrecError, match="missing"):
         load_model(llm)
+
+
+def test_a_model_built_from_its_config_class_runs_on_auto(synthetic_dataset):
+    """A config built directly in Python keeps device 'auto': the model resolves it (the trainer and the
+    backbone never see 'auto')."""
+    from llmrec.data.dataset import Dataset
+    from llmrec.models.sasrec import SASRec, SASRecConfig
+    from llmrec.training import fit
+
+    ds = Dataset(synthetic_dataset)
+    model = SASRec(SASRecConfig(hidden=8, max_len=6, epochs=1), ds.n_users, ds.n_items)
+    assert model.cfg.device == resolve_device("auto")
+    fit(model, ds)

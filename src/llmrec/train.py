@@ -166,7 +166,7 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
                     model,
                     ds,
                     split,  # type: ignore[arg-type]
-                    batch_size=getattr(model, "pair_batch_size", 1024),
+                    batch_size=model.pair_batch_size,
                     max_examples=cfg.ctr_examples,
                 )
                 metrics.update(ctr)

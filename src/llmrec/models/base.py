@@ -42,6 +42,8 @@ class Recommender(abc.ABC):
     preset: ClassVar[dict[str, Any]] = {}
     #: what the model is for: next-item ranking and/or CTR (a CTR-only model skips ranking evaluation)
     tasks: ClassVar[tuple[str, ...]] = ("ranking", "ctr")
+    #: CTR examples scored per call in evaluation (LLM models score fewer at a time)
+    pair_batch_size: int = 1024
     #: whether loading a saved model needs its dataset (models that read item texts/features from it)
     needs_dataset: ClassVar[bool] = False
 

@@ -93,8 +93,11 @@ class TorchRecommender(Recommender, nn.Module):
     decoupled_weight_decay: ClassVar[bool] = False
 
     def __init__(self, cfg: NeuralConfig, n_users: int, n_items: int) -> None:
+        from llmrec.devices import resolve_device
+
         nn.Module.__init__(self)
         Recommender.__init__(self, cfg, n_users, n_items)
+        cfg.device = resolve_device(cfg.device)  # "auto" -> where it runs here, however the config was built
 
     # -- what the trainer needs
     @abc.abstractmethod
