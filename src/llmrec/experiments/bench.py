@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
 from llmrec.models.base import build_model
-from llmrec.models.neural import TorchRecommender
 from llmrec.utils.io import write_json_atomic
 from llmrec.utils.timing import clock
 
@@ -39,6 +37,10 @@ class BenchConfig:
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    import torch
+
+    from llmrec.models.neural import TorchRecommender
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from llmrec.assets import DEFAULT_LLM
 from llmrec.config import option
@@ -77,6 +79,8 @@ def _variant(ds: Dataset, cfg: CtrEfficiencyConfig, history: str, length: int, i
 
 
 def run_ctr_efficiency(cfg: CtrEfficiencyConfig) -> dict[str, Any]:
+    import torch
+
     from llmrec.experiments.efficiency import zero_image_feature
 
     if cfg.threads:
@@ -124,6 +128,8 @@ def _time_step2(
     model: Any, users: np.ndarray, histories: list, targets: np.ndarray, labels: torch.Tensor, cfg: Any
 ) -> float:
     """Seconds per 100 examples of step-2 training (LoRA frozen; mappers and encoder learn)."""
+    import torch
+
     model.train()
     trainable = model.step_parameters(2)  # what the declared step-2 stage trains
     params = [p for n, p in model.named_parameters() if n in trainable]

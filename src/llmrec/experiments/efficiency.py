@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from llmrec.assets import DEFAULT_LLM
 from llmrec.config import option
@@ -102,6 +101,8 @@ def zero_image_feature(ds: Dataset, name: str) -> tuple[str, bool]:
 
 
 def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
+    import torch
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
@@ -51,6 +50,8 @@ class ProbeConfig:
 
 
 def _model(cfg: ProbeConfig, train_cfg: Any, ds: Dataset) -> Any:
+    import torch
+
     from llmrec.models.base import build_model, load_model
 
     if not cfg.untrained:

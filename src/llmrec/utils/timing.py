@@ -8,12 +8,16 @@ before reading the clock, so ``clock(dev) - t0`` is the time the work took where
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def synchronize(device: str | torch.device) -> None:
     """Wait until every queued kernel on ``device`` has finished (nothing to wait for on a CPU)."""
+    import torch
+
     kind = torch.device(device).type
     if kind == "cuda" and torch.cuda.is_available():
         torch.cuda.synchronize(device)
