@@ -106,7 +106,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     from llmrec.train import run_dataset
 
     ds = run_dataset(Path(args.run), args.data)
-    model = load_model(args.run, device=args.device, dtype=args.dtype, data=ds.root)
+    model = load_model(args.run, device=args.device, dtype=args.dtype, data=ds)
     recs = recommend(model, ds, user_id=args.user, history_ids=args.items, k=args.k)
     if args.json:
         print(json.dumps(recs, indent=2))

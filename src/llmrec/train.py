@@ -75,15 +75,6 @@ class TrainConfig:
     )
     eval: EvalConfig = option(factory=EvalConfig, help="evaluation settings")
 
-    def model_options(self) -> dict[str, Any]:
-        """The model options with ``device`` and ``dtype`` merged in (they are shortcuts for them)."""
-        extra: dict[str, Any] = {}
-        if self.device:
-            extra["device"] = self.device
-        if self.dtype:
-            extra["backbone"] = {"dtype": self.dtype}
-        return merge(self.options, extra)
-
     def resolved(self) -> dict[str, Any]:
         """This config with every model option at its value (defaults, preset, file, flags; device and
         dtype resolved for this machine): what ``--print-config`` prints."""
@@ -239,10 +230,9 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, cfg.model_options(), ds.n_users, ds.n_items)
-    accelerator = training.accelerator_for(
-        model
-    )  # joins the other processes before the model loads onto a GPU
+    model = build_model(cfg.model, cfg.options, ds.n_users, ds.n_items, cfg.device, cfg.dtype)
+    # joins the other processes before the model loads onto a GPU
+    accelerator = training.accelerator_for(model)
     if (
         accelerator.num_processes == 1
         and os.environ.get("ACCELERATE_USE_CPU") == "True"
@@ -328,7 +318,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     cfg = evaluation_config(run_dir, overrides, data)
     ds = run_dataset(run_dir, data)
-    model = load_model(run_dir, device=device, dtype=dtype, data=ds.root)
+    model = load_model(run_dir, device=device, dtype=dtype, data=ds)
     with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
         return evaluate_model(model, ds, cfg.eval, run)
 

@@ -183,17 +183,17 @@ def dataset_ref(ds: Dataset, relative_to: str | Path) -> dict[str, Any]:
 
 
 def locate_dataset(
-    ref: dict[str, Any] | str | None, relative_to: str | Path, data: str | Path | None = None
+    ref: dict[str, Any] | str | None, relative_to: str | Path, data: str | Path | Dataset | None = None
 ) -> Dataset:
     """The dataset ``ref`` (from :func:`dataset_ref`; an older absolute path string is accepted) refers to.
 
-    ``data`` names it explicitly (a moved copy): its identity must match. Otherwise the relative path is
-    tried first, then the absolute one.
+    ``data`` names it explicitly (a moved copy, or one already opened): its identity must match. Otherwise
+    the relative path is tried first, then the absolute one.
     """
     ref = {"absolute": ref} if isinstance(ref, str) else dict(ref or {})
     expected = ref.get("identity")
     if data is not None:
-        ds = Dataset(data)
+        ds = data if isinstance(data, Dataset) else Dataset(data)
         if expected and ds.identity != expected:
             raise LlmrecError(
                 f"not the dataset the model was trained on (content sha256 {ds.identity[:12]}, expected "

@@ -55,9 +55,11 @@ def _model(cfg: ProbeConfig, train_cfg: Any, ds: Dataset) -> Any:
     from llmrec.models.base import build_model, load_model
 
     if not cfg.untrained:
-        return load_model(cfg.run, data=ds.root)
+        return load_model(cfg.run, data=ds)
     torch.manual_seed(cfg.seed)
-    model = build_model(train_cfg.model, train_cfg.model_options(), ds.n_users, ds.n_items)
+    model = build_model(
+        train_cfg.model, train_cfg.options, ds.n_users, ds.n_items, train_cfg.device, train_cfg.dtype
+    )
     model.attach(ds)
     return model
 

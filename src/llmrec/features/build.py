@@ -152,7 +152,7 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
     from llmrec.utils.io import read_json
 
     run_dir = Path(run_dir)
-    model = load_model(run_dir, device="cpu", data=ds.root)  # checks it is the dataset it was trained on
+    model = load_model(run_dir, device="cpu", data=ds)  # checks it is the dataset it was trained on
     exported = model.export_embeddings() if hasattr(model, "export_embeddings") else {}
     if not exported:
         raise LlmrecError(

@@ -234,7 +234,7 @@ def _drop_legacy_keys(config: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def load_model(
-    path: str | Path, device: str = "auto", dtype: str = "auto", data: str | Path | None = None
+    path: str | Path, device: str = "auto", dtype: str = "auto", data: str | Path | Dataset | None = None
 ) -> Recommender:
     """Rebuild a saved model (a run directory or its ``model/`` folder) on ``device`` in ``dtype``.
 
