@@ -7,11 +7,15 @@ the command line override the file. Bad input ends with one line on stderr and e
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from llmrec import __version__
 from llmrec.config import add_arguments, resolve
@@ -99,8 +103,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from llmrec.models.base import load_model
     from llmrec.recommend import recommend
     from llmrec.train import run_dataset
@@ -188,8 +190,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(run_dir: Any) -> None:
-    from pathlib import Path
-
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     for split, values in metrics.items():
         print(f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
@@ -351,16 +351,29 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Setup]] = [
 ]  # fmt: skip
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with llmrec's error line: one line naming the command and where its help is, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with ``only``, every command is listed but only that one gets its flags
     (what :func:`main` builds: the other commands' modules are never imported)."""
-    parser = argparse.ArgumentParser(prog="llmrec", description="LLM-based multimodal recommendation")
+    parser = _Parser(prog="llmrec", description="LLM-based multimodal recommendation")
     parser.add_argument("--version", action="version", version=f"llmrec {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="an unexpected error prints its traceback here, not in a crash log",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help, fn, setup in COMMANDS:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--config", help="YAML/JSON file with options (flags override it)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.set_defaults(fn=fn)
         if only is None or only == name:
             setup(p)
@@ -373,10 +386,65 @@ def _command_in(argv: list[str]) -> str:
     return first if first in {c[0] for c in COMMANDS} else ""
 
 
+def crash_dir() -> Path:
+    """Where unexpected errors leave their traceback: $LLMREC_CRASH_DIR, else ~/.local/state/llmrec/crashes."""
+    if os.environ.get("LLMREC_CRASH_DIR"):
+        return Path(os.environ["LLMREC_CRASH_DIR"])
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "llmrec" / "crashes"
+
+
+def _write_crash_log(command: str, argv: list[str]) -> Path | None:
+    """The current exception's traceback, the command line and versions in a new file; None if unwritable."""
+    import datetime as dt
+    import platform
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = (
+        f"llmrec {__version__} {command}: {' '.join(argv)}\n"
+        f"python {sys.version.split()[0]} on {platform.platform()}\n\n{traceback.format_exc()}"
+    )
+    try:
+        folder = crash_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{stamp}-{os.getpid()}.log"
+        path.write_text(text, encoding="utf-8")
+        return path
+    except OSError:
+        return None
+
+
+def _os_error_line(e: OSError) -> str:
+    """A system error (permission, disk full, missing file) as llmrec's one line: what, which file, what to do."""
+    what = e.strerror or type(e).__name__
+    where = ", ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    hints = {
+        errno.ENOSPC: "free some disk space and re-run the same command (it resumes)",
+        errno.EACCES: "check the permissions of that path or choose another one",
+        errno.EROFS: "choose a writable location",
+        errno.ENOENT: "check the path",
+    }
+    hint = hints.get(e.errno or 0, "check that path and re-run the same command")
+    return f"{where + ': ' if where else ''}{what}; {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 bad input (one line on stderr: what, where, what to do),
+    70 an unexpected error (one line naming a crash log with the traceback; ``--debug`` prints it inline),
+    130 interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(only=_command_in(argv))
-    args = parser.parse_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as e:  # --help, --version, or argparse's one error line already printed
+        return e.code if isinstance(e.code, int) else 2
+    if unknown:
+        name = f"llmrec {args.command}"
+        print(
+            f"{name}: error: unrecognized arguments: {' '.join(unknown)}; see '{name} --help'",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -384,14 +452,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    prog = f"llmrec {args.command}"
     try:
         return args.fn(args)
     except LlmrecError as e:
-        print(f"llmrec {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"llmrec {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        print(f"{prog}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {_os_error_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+            return 70
+        log_file = _write_crash_log(args.command, argv)
+        where = f"traceback in {log_file}" if log_file else "re-run with --debug for the traceback"
+        print(
+            f"{prog}: internal error ({type(e).__name__}: {_first_line(e)}); {where} - please report it",
+            file=sys.stderr,
+        )
+        return 70
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else "no message"
 
 
 __all__ = ["main", "build_parser"]
