@@ -104,9 +104,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from llmrec.models.base import load_model
-    from llmrec.recommend import recommend
+    from llmrec.recommend import check_k, recommend
     from llmrec.train import run_dataset
 
+    check_k(args.k)  # before a model loads
     ds = run_dataset(Path(args.run), args.data)
     model = load_model(args.run, device=args.device, dtype=args.dtype, data=ds)
     recs = recommend(model, ds, user_id=args.user, history_ids=args.items, k=args.k)
@@ -253,7 +254,8 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--restart",
         action="store_true",
-        help="the run directory holds an earlier run: delete what llmrec wrote there and start over",
+        help="the run directory holds an earlier run: delete what llmrec wrote there and start over "
+        "(without it, the same model and configuration resume; another one is refused)",
     )
 
 
@@ -272,7 +274,7 @@ def _setup_recommend(p: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a user id of the dataset")
     who.add_argument("--items", nargs="+", help="item ids of a history, oldest first")
-    p.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
+    p.add_argument("--k", type=int, default=10, help="how many items, >= 1 (default: 10)")
     p.add_argument("--data", default=None, help="the run's dataset moved: its new folder (checksum verified)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_placement(p)
@@ -338,7 +340,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Setup]] = [
     ("images", "download or collect item images; record every failure in a manifest", _cmd_images, _setup_images),
     ("features", "compute item text/image features into the dataset's feature store", _cmd_features, _setup_features),
     ("train", "train a model, save it and evaluate it into a run directory", _cmd_train, _setup_train),
-    ("evaluate", "re-evaluate a saved run (metrics.json is updated)", _cmd_evaluate, _setup_evaluate),
+    ("evaluate", "re-evaluate a saved run (metrics.json is rewritten)", _cmd_evaluate, _setup_evaluate),
     ("recommend", "top-k catalog items for a user id or an ad-hoc history of item ids", _cmd_recommend, _setup_recommend),
     ("probe", "linear probe: which item attributes a model's user states encode (I-LLMRec [REC])", _cmd_probe, _setup_probe),
     ("describe", "generate item texts with an LLM (TRSR summaries, HistLLM descriptions)", _cmd_describe, _setup_describe),

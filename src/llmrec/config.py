@@ -22,11 +22,60 @@ from llmrec.errors import ConfigError
 T = TypeVar("T")
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a one-line help text (shown by ``--help`` and kept in the docs)."""
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Any = dataclasses.MISSING,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field with a one-line help text (shown by ``--help`` and kept in the docs).
+
+    ``ge``/``gt``/``le``/``lt`` bound a numeric option (``>=``, ``>``, ``<=``, ``<``): :func:`check_ranges`,
+    called by the config's ``__post_init__``, refuses a value outside them (and any NaN or infinity)."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata = {"help": help, **({"bounds": bounds} if bounds else {})}
     if factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _range_text(bounds: dict[str, float]) -> str:
+    """``{"ge": 0, "lt": 1}`` -> ``in [0, 1)``; one bound -> ``>= 0``."""
+    low = ("ge", "[") if "ge" in bounds else ("gt", "(") if "gt" in bounds else None
+    high = ("le", "]") if "le" in bounds else ("lt", ")") if "lt" in bounds else None
+    if low and high:
+        return f"in {low[1]}{bounds[low[0]]:g}, {bounds[high[0]]:g}{high[1]}"
+    op = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    key = (low or high)[0]  # type: ignore[index]
+    return f"{op[key]} {bounds[key]:g}"
+
+
+def check_ranges(cfg: Any) -> None:
+    """Refuse a numeric field of the dataclass ``cfg`` outside the bounds its :func:`option` declares, or
+    not finite, with a ConfigError naming the option and its valid range (None, "unset", passes)."""
+    import math
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        bounds = f.metadata.get("bounds", {})
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{f.name} must be a finite number{' ' + _range_text(bounds) if bounds else ''}, got {value}"
+            )
+        ok = (
+            value >= bounds.get("ge", -math.inf)
+            and value > bounds.get("gt", -math.inf)
+            and value <= bounds.get("le", math.inf)
+            and value < bounds.get("lt", math.inf)
+        )
+        if not ok:
+            raise ConfigError(f"{f.name} must be {_range_text(bounds)}, got {value}")
 
 
 def _type_name(tp: Any) -> str:
@@ -147,7 +196,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T
     field's default (``{"backbone": {"dtype": "bfloat16"}}`` keeps every other backbone default, including
     a default the parent config chose for it), and dotted keys (``"backbone.dtype"``) mean the same.
     """
-    where = where or cls.__name__
+    named, where = where is not None, where or cls.__name__
     data = unflatten(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -162,6 +211,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:  # refused by its own checks (__post_init__): say whose options they are
+        if not named:
+            raise
         raise ConfigError(f"{where}: {e}") from None
 
 
@@ -216,7 +269,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             default = f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
             continue
-        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        valid = f"; {_range_text(f.metadata['bounds'])}" if f.metadata.get("bounds") else ""
+        help_text = f"{help_text} (default: {default}{valid})" if help_text else f"default: {default}{valid}"
         base = _strip_optional(tp)
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if base is bool:

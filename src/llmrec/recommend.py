@@ -12,6 +12,12 @@ from llmrec.errors import LlmrecError
 from llmrec.models.base import Recommender
 
 
+def check_k(k: int) -> None:
+    """How many items to recommend: at least one (more than the catalog gives the whole catalog)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise LlmrecError(f"must be >= 1, got {k!r}", field="--k", hint="ask for 1 or more items")
+
+
 def recommend(
     model: Recommender,
     ds: Dataset,
@@ -24,8 +30,10 @@ def recommend(
 
     A known ``user_id`` uses that user's full sequence as history (its index feeds ID-based models); an
     ad-hoc ``history_ids`` list (chronological) is scored as a new user (index 0 is passed to models that
-    need one, so ID-based models such as MF are only meaningful with ``user_id``).
+    need one, so ID-based models such as MF are only meaningful with ``user_id``). ``k`` >= 1; a ``k``
+    larger than the catalog gives every item that can be recommended.
     """
+    check_k(k)
     if (user_id is None) == (history_ids is None):
         raise LlmrecError(
             "give exactly one of a user id or a list of item ids", hint="--user ID or --items ID ..."

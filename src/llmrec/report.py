@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ import pandas as pd
 
 from llmrec.config import option
 from llmrec.errors import LlmrecError
-from llmrec.utils.io import atomic_path, write_text_atomic
+from llmrec.utils.io import atomic_path, read_json, write_text_atomic
 
 DEFAULT_COLUMNS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10", "full_hit@10", "full_ndcg@10", "auc", "uauc")
 
@@ -28,20 +27,62 @@ class TableConfig:
     out: str | None = option(None, "write <out>.md and <out>.csv")
 
 
+_DAMAGED = "re-run 'llmrec evaluate RUN' to rewrite it"
+
+
+def read_metrics(run: str | Path) -> dict[str, dict[str, float]]:
+    """A run's metrics.json ({split: {metric: number}}), checked: a missing, damaged or foreign file is a
+    one-line error naming it."""
+    run = Path(run)
+    path = run / "metrics.json"
+    if not run.is_dir():
+        raise LlmrecError(
+            "no such run directory", file=run, hint="give directories written by 'llmrec train'"
+        )
+    if not path.exists():
+        raise LlmrecError(
+            "no metrics.json in this run directory", file=run, hint="train or evaluate it first"
+        )
+    try:
+        data = read_json(path)
+    except LlmrecError as e:
+        raise LlmrecError(str(e), hint=_DAMAGED) from None
+    if not isinstance(data, dict):
+        raise LlmrecError("not llmrec metrics (expected {split: {metric: number}})", file=path, hint=_DAMAGED)
+    for split, values in data.items():
+        numbers = isinstance(values, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()
+        )
+        if not numbers:
+            raise LlmrecError(
+                "not a mapping of metric names to numbers", file=path, field=split, hint=_DAMAGED
+            )
+    return data
+
+
+def _model_name(run: Path) -> str:
+    """The model a run trained (its config.json), '' when it does not say."""
+    path = run / "config.json"
+    if not path.exists():
+        return ""
+    try:
+        saved = read_json(path)
+    except LlmrecError as e:
+        raise LlmrecError(str(e), hint="the run directory is damaged; train it again") from None
+    return str(saved.get("model", "")) if isinstance(saved, dict) else ""
+
+
 def collect(runs: Sequence[str | Path], split: str, metrics: Sequence[str]) -> pd.DataFrame:
     """One row per run: its name (model + run folder) and the requested metrics of ``split``."""
     rows = []
     for run in runs:
-        path = Path(run) / "metrics.json"
-        if not path.exists():
-            raise LlmrecError(
-                "no metrics.json in this run directory", file=run, hint="train or evaluate it first"
-            )
-        data = json.loads(path.read_text())
+        data = read_metrics(run)
         if split not in data:
-            raise LlmrecError(f"no '{split}' metrics", file=path, hint=f"available: {sorted(data)}")
-        cfg_path = Path(run) / "config.json"
-        model = json.loads(cfg_path.read_text()).get("model", "") if cfg_path.exists() else ""
+            hint = f"it has {sorted(data) or 'none'}"
+            if split in ("valid", "test"):
+                hint += f"; evaluate it: llmrec evaluate {run} --splits {split}"
+            raise LlmrecError(f"no '{split}' metrics", file=Path(run) / "metrics.json", hint=hint)
+        model = _model_name(Path(run))
         rows.append({"run": Path(run).name, "model": model, **{m: data[split].get(m) for m in metrics}})
     return pd.DataFrame(rows, columns=["run", "model", *metrics])
 

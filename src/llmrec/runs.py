@@ -1,9 +1,13 @@
 """Run directories: every command that trains or evaluates writes its resolved config, metrics and log.
 
 runs/<name>/config.json     resolved configuration (defaults + file + flags)
-runs/<name>/metrics.json    {split: {metric: float}}
+runs/<name>/training.json   the training record: best epochs and criteria, fit time (training writes it)
+runs/<name>/metrics.json    {"train": training record, split: {metric: float}}: rewritten whole by every
+                            evaluation (the training record and that evaluation's metrics, nothing older)
 runs/<name>/log.txt         everything logged during the run
-runs/<name>/model/          the trained model (when there is one)
+runs/<name>/model/          the trained model (when there is one; its model.json marks a finished training)
+
+A run directory belongs to one model and one configuration (see :func:`llmrec.train.check_resume`).
 """
 
 from __future__ import annotations
@@ -51,12 +55,26 @@ class Run:
     def model_dir(self) -> Path:
         return self.root / "model"
 
-    def log_metrics(self, split: str, metrics: dict[str, float]) -> None:
-        """Merge ``metrics`` into metrics.json under ``split`` (atomic rewrite)."""
-        path = self.root / "metrics.json"
-        current = read_json(path) if path.exists() else {}
-        current.setdefault(split, {}).update({k: float(v) for k, v in metrics.items()})
-        write_json_atomic(path, current)
+    def training_record(self) -> dict[str, float]:
+        """What training recorded (training.json; a run of an older version: its metrics.json's "train")."""
+        if (self.root / TRAINING_FILE).exists():
+            return dict(read_json(self.root / TRAINING_FILE))
+        old = read_json(self.root / "metrics.json") if (self.root / "metrics.json").exists() else {}
+        return dict(old.get("train") or {}) if isinstance(old, dict) else {}
+
+    def record_training(self, values: dict[str, float]) -> None:
+        """Add ``values`` to the training record (each stage adds its own keys) and make metrics.json that
+        record alone: while a model trains, no evaluation of an earlier one stays beside it."""
+        record = {**self.training_record(), **{k: float(v) for k, v in values.items()}}
+        write_json_atomic(self.root / TRAINING_FILE, record)
+        write_json_atomic(self.root / "metrics.json", {"train": record})
+
+    def write_metrics(self, results: dict[str, dict[str, float]]) -> None:
+        """Rewrite metrics.json whole (atomically): the training record and ``results`` ({split: metrics}
+        of one evaluation), never merged with the metrics of an earlier evaluation."""
+        record = self.training_record()
+        splits = {s: {k: float(v) for k, v in m.items()} for s, m in results.items()}
+        write_json_atomic(self.root / "metrics.json", {**({"train": record} if record else {}), **splits})
 
     def write_json(self, name: str, obj: Any) -> None:
         write_json_atomic(self.root / name, obj)
@@ -72,9 +90,12 @@ class Run:
         self.close()
 
 
+TRAINING_FILE = "training.json"
+
 # what llmrec writes into a run directory (``clear_run`` removes these and nothing else)
 RUN_FILES = (
     "config.json",
+    TRAINING_FILE,
     "metrics.json",
     "log.txt",
     "model",
@@ -90,17 +111,28 @@ RUN_FILES = (
     "ctr_rows.json",
     "ranking_users.json",
 )
+# what an atomic write of one of them leaves when the process is killed mid-write (utils.io.atomic_path)
+PARTIAL_FILES = tuple(f".{p}.*.partial" for p in RUN_FILES if p not in ("model", "tracking"))
 
 
 def clear_run(root: str | Path) -> None:
     """Delete what earlier llmrec runs wrote into ``root`` (``--restart``); other files stay untouched."""
     import shutil
 
-    for pattern in RUN_FILES:
+    for pattern in RUN_FILES + PARTIAL_FILES:
         for path in Path(root).glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
+                path.unlink()
+
+
+def clear_partial_files(root: str | Path) -> None:
+    """Delete the temporary files of atomic writes a killed run left in ``root`` (a resumed run rewrites
+    them; nothing else is touched)."""
+    for pattern in PARTIAL_FILES:
+        for path in Path(root).glob(pattern):
+            if path.is_file():
                 path.unlink()
 
 

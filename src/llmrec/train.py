@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from llmrec.config import ConfigError, flatten, from_dict, merge, option, to_dict
+from llmrec.config import ConfigError, check_ranges, flatten, from_dict, merge, option, to_dict
 from llmrec.data.dataset import Dataset, dataset_ref, locate_dataset
 from llmrec.devices import DEVICE_HELP
 from llmrec.errors import LlmrecError
-from llmrec.models.base import Recommender, build_model, load_model, model_config
-from llmrec.runs import Run, clear_run, default_run_name
+from llmrec.models.base import Recommender, build_model, load_model, model_config, read_model_record
+from llmrec.runs import Run, clear_partial_files, clear_run, default_run_name
 from llmrec.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -38,17 +38,18 @@ class EvalConfig:
     ranking_users: int | None = option(
         None, "rank for a seeded random subset of this many users per split (None = all; users recorded)"
     )
-    batch_size: int = option(256, "users per scoring batch")
+    batch_size: int = option(256, "users per scoring batch", ge=1)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.splits if s not in ("valid", "test")]
-        if bad:
-            raise ConfigError(f"unknown split(s) {bad}; use valid and/or test")
+        if bad or not self.splits:
+            raise ConfigError(f"unknown split(s) {bad or self.splits}; use valid and/or test")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"ks must be positive integers, got {self.ks}")
         for name in ("ctr_examples", "ranking_users"):
             if (value := getattr(self, name)) is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 (or unset for all), got {value}")
+        check_ranges(self)
 
 
 @dataclass
@@ -58,8 +59,8 @@ class TrainConfig:
     model: str = option("popularity", "registered model name (see 'llmrec train --help')")
     data: str = option("data/ml-100k", "prepared dataset directory")
     out: str | None = option(None, "run directory (default: runs/<model>-<dataset>-<timestamp>)")
-    seed: int = option(42, "global seed (numpy, torch)")
-    threads: int | None = option(None, "torch CPU threads (default: torch's choice)")
+    seed: int = option(42, "global seed (numpy, torch)", ge=0)
+    threads: int | None = option(None, "torch CPU threads (default: torch's choice)", ge=1)
     device: str | None = option(None, f"{DEVICE_HELP}; sets the model option 'device' (default: auto)")
     dtype: str | None = option(
         None, "LLM backbone weights: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
@@ -74,6 +75,9 @@ class TrainConfig:
         "are an error)",
     )
     eval: EvalConfig = option(factory=EvalConfig, help="evaluation settings")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     def resolved(self) -> dict[str, Any]:
         """This config with every model option at its value (defaults, preset, file, flags; device and
@@ -125,11 +129,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# what an evaluation writes beside metrics.json (each is rewritten or removed by every evaluation)
+_EVAL_FILES = ("ctr_rows.json", "ranking_users.json", "breakdown.json", "popularity_breakdown.png")
+
+
 def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -> dict[str, dict[str, float]]:
-    """Evaluate on each split, write metrics.json, breakdown.json and the popularity plot."""
+    """Evaluate on each split, then write metrics.json (whole: the training record and these splits'
+    metrics, nothing of an earlier evaluation), breakdown.json and the popularity plot; the files of an
+    earlier evaluation that this one does not produce are removed."""
     from llmrec.eval.evaluator import evaluate_ctr, evaluate_ranking, seeded_rows
     from llmrec.plots import plot_popularity_breakdown
 
+    log.info("evaluating %s on %s (%s)", model.name, ds.root, ", ".join(cfg.splits))
+    run.write_metrics({})  # the earlier evaluation's metrics go now: a killed evaluation leaves none behind
     results: dict[str, dict[str, float]] = {}
     breakdowns: dict[str, Any] = {}
     ctr_rows: dict[str, list[int]] = {}
@@ -165,17 +177,24 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
             else:
                 log.info("CTR metrics skipped on %s: its examples have one class only", split)
         metrics["eval_seconds"] = time.perf_counter() - t0
-        run.log_metrics(split, metrics)
         results[split] = metrics
         log.info("%s %s: %s", model.name, split, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    written = set()
     if cfg.ctr_examples is not None and ctr_rows:
         run.write_json("ctr_rows.json", ctr_rows)  # which CTR rows were scored: the subset is reproducible
+        written.add("ctr_rows.json")
     if cfg.ranking_users is not None and ranked_users:
         run.write_json("ranking_users.json", ranked_users)  # which users were ranked
+        written.add("ranking_users.json")
     if breakdowns:
         run.write_json("breakdown.json", breakdowns)
+        written.add("breakdown.json")
     if "test" in breakdowns:
         plot_popularity_breakdown({model.name: breakdowns["test"]}, run.root / "popularity_breakdown.png")
+        written.add("popularity_breakdown.png")
+    for name in set(_EVAL_FILES) - written:  # an earlier evaluation's, which this one does not replace
+        (run.root / name).unlink(missing_ok=True)
+    run.write_metrics(results)  # last: metrics.json whole means the evaluation finished
     return results
 
 
@@ -187,39 +206,74 @@ class _MainRunDir:
     root: Path
 
 
-def check_resume(run_dir: Path, cfg: TrainConfig, ds: Dataset, restart: bool = False) -> None:
-    """A run directory belongs to one model and configuration: training into one that holds another is
-    refused, naming the changed keys (``restart`` clears what earlier runs wrote there and starts over)."""
+_RESTART_HINT = "use another --out, or --restart to start it over (deletes only what llmrec wrote there)"
+
+
+def read_run_config(run_dir: str | Path, hint: str = _RESTART_HINT) -> dict[str, Any]:
+    """A run directory's config.json as saved (with its ``_llmrec`` provenance); a damaged or foreign
+    file is a one-line error naming it."""
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = read_json(path)
+    except LlmrecError as e:
+        raise LlmrecError(str(e), hint=hint) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), str):
+        raise LlmrecError("not the config of an llmrec run (no model named)", file=path, hint=hint)
+    return saved
+
+
+def training_finished(run_dir: str | Path) -> bool:
+    """Whether the run's training finished: its model is saved (model.json is written last, atomically)."""
+    return (Path(run_dir) / "model" / "model.json").exists()
+
+
+def check_resume(run_dir: Path, cfg: TrainConfig, ds: Dataset, restart: bool = False) -> bool:
+    """A run directory belongs to one model and configuration: training another model or configuration
+    into one is refused, naming what differs (``restart`` clears what earlier runs wrote there and starts
+    over). Returns whether the run's training already finished: the same command then evaluates the
+    saved model (a run killed during its evaluation resumes there) instead of training again."""
     path = run_dir / "config.json"
     if not path.exists():
-        return
+        return False
     if restart:
         clear_run(run_dir)
         log.info("--restart: cleared the earlier run in %s", run_dir)
-        return
-    saved = read_json(path)
+        return False
+    saved = read_run_config(run_dir)
+    if saved["model"] != cfg.model:
+        raise LlmrecError(
+            f"holds a run of another model (changed: model '{saved['model']}' -> '{cfg.model}')",
+            file=run_dir,
+            hint=_RESTART_HINT,
+        )
     try:
         changed = config_changes(saved, cfg)
     except LlmrecError as e:  # e.g. a model or option this version no longer has
         changed = [f"(unreadable: {e})"]
-    identity = (saved.get("_llmrec") or {}).get("dataset", {}).get("identity")
+    identity = ((saved.get("_llmrec") or {}).get("dataset") or {}).get("identity")
     if identity and identity != ds.identity:
-        changed.append("data (another dataset)")
+        changed.append(
+            f"data (another dataset: content sha256 {ds.identity[:12]}, the run's {identity[:12]})"
+        )
     if changed:
         raise LlmrecError(
             f"holds a run with another configuration (changed: {', '.join(changed)})",
             file=run_dir,
-            hint="use the run's options to resume it, another --out, or --restart to start it over",
+            hint="use the run's options to resume it, " + _RESTART_HINT,
         )
+    clear_partial_files(run_dir)
+    return training_finished(run_dir)
 
 
 def train(cfg: TrainConfig, restart: bool = False) -> Path:
     """Fit, save and evaluate; returns the run directory.
 
-    An existing run directory with the same configuration resumes (from its checkpoints); one with another
-    configuration is refused unless ``restart``. Started as several processes (``accelerate launch``),
-    every process trains in step and only the main one writes the run directory (config, log, checkpoints,
-    model, evaluation); the others wait for it.
+    An existing run directory with the same configuration resumes: from its checkpoints while training
+    is unfinished, at the evaluation of the saved model once it finished (evaluation settings may differ:
+    metrics.json is rewritten whole). One with another model or configuration is refused unless
+    ``restart``. Started as several processes (``accelerate launch``), every process trains in step and
+    only the main one writes the run directory (config, log, checkpoints, model, evaluation); the others
+    wait for it.
     """
     import torch
     from accelerate.utils import broadcast_object_list
@@ -244,27 +298,41 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
         )
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg.model, cfg.data)
     [run_dir] = broadcast_object_list([run_dir])  # the main process's timestamp names the run everywhere
-    if accelerator.is_main_process:
-        check_resume(run_dir, cfg, ds, restart)
-    accelerator.wait_for_everyone()
+    finished = check_resume(run_dir, cfg, ds, restart) if accelerator.is_main_process else False
+    [finished] = broadcast_object_list([finished])  # the main process decides for every process
     if not accelerator.is_main_process:
         logging.getLogger("llmrec").setLevel(logging.WARNING)  # the main process logs the run
-        training.fit(model, ds, _MainRunDir(run_dir), log_with=cfg.log_with)
+        if not finished:
+            training.fit(model, ds, _MainRunDir(run_dir), log_with=cfg.log_with)
         accelerator.wait_for_everyone()
         return run_dir
     with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
-        log.info(
-            "training %s on %s (%d users, %d items) on %s",
-            cfg.model,
-            ds.root,
-            ds.n_users,
-            ds.n_items,
-            getattr(model.cfg, "device", "cpu"),
-        )
-        t0 = time.perf_counter()
-        training.fit(model, ds, run, log_with=cfg.log_with)
-        run.log_metrics("train", {"fit_seconds": time.perf_counter() - t0})
-        model.save(run.model_dir, ds)
+        if finished:
+            log.info(
+                "%s: training finished earlier (model saved in %s): evaluating the saved model",
+                run_dir,
+                run.model_dir,
+            )
+            backbone = getattr(model.cfg, "backbone", None)  # placed as this command says (--device ...)
+            model = load_model(
+                run.model_dir,
+                device=getattr(model.cfg, "device", None),
+                dtype=backbone.dtype if backbone is not None else None,
+                data=ds,
+            )
+        else:
+            log.info(
+                "training %s on %s (%d users, %d items) on %s",
+                cfg.model,
+                ds.root,
+                ds.n_users,
+                ds.n_items,
+                getattr(model.cfg, "device", "cpu"),
+            )
+            t0 = time.perf_counter()
+            training.fit(model, ds, run, log_with=cfg.log_with)
+            run.record_training({"fit_seconds": time.perf_counter() - t0})
+            model.save(run.model_dir, ds)  # its model.json, written last, marks the training finished
         evaluate_model(model, ds, cfg.eval, run)
     accelerator.wait_for_everyone()
     return run_dir
@@ -277,19 +345,25 @@ def saved_config(run_dir: str | Path) -> TrainConfig:
         raise LlmrecError(
             "not a run directory (config.json missing)", file=path.parent, hint="give an 'llmrec train' run"
         )
-    saved = read_json(path)
+    saved = read_run_config(run_dir, hint="the run directory is damaged; train it again (--restart)")
     saved.pop("_llmrec", None)
-    return from_dict(TrainConfig, saved)
+    try:
+        return from_dict(TrainConfig, saved)
+    except ConfigError as e:
+        raise LlmrecError(
+            f"saved configuration not valid here ({e})", file=path, hint="train it again with this version"
+        ) from None
 
 
 def run_dataset(run_dir: str | Path, data: str | Path | None = None) -> Dataset:
     """The dataset a run was trained on: ``data`` (a moved copy, checksum verified), else the path the run
     recorded relative to itself, else the absolute one (runs of older versions: their config's ``data``)."""
     run_dir = Path(run_dir)
-    saved = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    hint = "the run directory is damaged; train it again (--restart)"
+    saved = read_run_config(run_dir, hint) if (run_dir / "config.json").exists() else {}
     ref = (saved.get("_llmrec") or {}).get("dataset")
     if ref is None and (run_dir / "model" / "model.json").exists():
-        ref = read_json(run_dir / "model" / "model.json").get("dataset")
+        ref = read_model_record(run_dir / "model").get("dataset")
         return locate_dataset(ref or saved.get("data"), run_dir / "model", data)
     return locate_dataset(ref or saved.get("data"), run_dir, data)
 

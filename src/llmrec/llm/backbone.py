@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from llmrec.assets import DEFAULT_LLM, load_causal_lm
-from llmrec.config import option
+from llmrec.config import check_ranges, option
 from llmrec.errors import ConfigError
 from llmrec.llm.prompts import PLACEHOLDERS
 
@@ -37,16 +37,15 @@ class BackboneConfig:
         "auto", "LM weights dtype (also --dtype); auto: bfloat16 on CUDA, float32 elsewhere (fastest on CPU)"
     )
     lora: bool = option(False, "train LoRA adapters (peft); otherwise the LM is frozen")
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha")
-    lora_dropout: float = option(0.05, "LoRA dropout")
+    lora_r: int = option(8, "LoRA rank", ge=1)
+    lora_alpha: int = option(16, "LoRA alpha", ge=1)
+    lora_dropout: float = option(0.05, "LoRA dropout", ge=0, lt=1)
     lora_targets: list[str] = option(factory=lambda: ["q_proj", "v_proj"], help="LoRA target modules")
     gradient_checkpointing: bool = option(False, "trade compute for memory in the LM")
     chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
 
     def __post_init__(self) -> None:
-        if self.lora_r < 1:
-            raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
+        check_ranges(self)
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

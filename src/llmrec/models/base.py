@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from llmrec.config import ConfigError, from_dict, merge, to_dict
+from llmrec.config import ConfigError, check_ranges, from_dict, merge, to_dict
 from llmrec.errors import LlmrecError
 from llmrec.utils.io import read_json, write_json_atomic
 
@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Options shared by every model (subclasses add their own fields)."""
+    """Options shared by every model (subclasses add their own fields, with their valid ranges as
+    ``option(..., ge=1)``; a subclass's ``__post_init__`` calls this one's first)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class Recommender(abc.ABC):
@@ -202,13 +206,49 @@ def model_dir(path: str | Path) -> Path:
     path = Path(path)
     if (path / "model" / "model.json").exists():
         return path / "model"
-    if not (path / "model.json").exists():
+    if (path / "model.json").exists():
+        return path
+    if not path.is_dir():
         raise LlmrecError(
-            "neither a run directory nor a saved model (no model/model.json, no model.json)",
-            file=path,
-            hint="give a directory written by 'llmrec train'",
+            "no such run directory", file=path, hint="give a directory written by 'llmrec train'"
         )
-    return path
+    if (path / "config.json").exists():
+        raise LlmrecError(
+            "the run's training has not finished (no model/model.json)",
+            file=path,
+            hint="re-run its 'llmrec train' command to resume it",
+        )
+    raise LlmrecError(
+        "neither a run directory nor a saved model (no model/model.json, no model.json)",
+        file=path,
+        hint="give a directory written by 'llmrec train'",
+    )
+
+
+_RETRAIN = "the saved model is damaged; train it again (llmrec train ... --restart)"
+
+
+def read_model_record(directory: Path) -> dict[str, Any]:
+    """A saved model's model.json (name, config, sizes, dataset), checked: a damaged one is an error naming it."""
+    path = directory / "model.json"
+    try:
+        info = read_json(path)
+    except LlmrecError as e:
+        raise LlmrecError(str(e), hint=_RETRAIN) from None
+    expected = {"model": str, "config": dict, "n_users": int, "n_items": int}
+    if not isinstance(info, dict):
+        raise LlmrecError("not a saved llmrec model (expected a JSON object)", file=path, hint=_RETRAIN)
+    for key, tp in expected.items():
+        if not isinstance(info.get(key), tp) or isinstance(info.get(key), bool):
+            raise LlmrecError(
+                f"{'missing' if key not in info else 'invalid'} entry (expected {tp.__name__})",
+                file=path,
+                field=key,
+                hint=_RETRAIN,
+            )
+    if not isinstance(info.get("dataset"), dict | str | None):
+        raise LlmrecError("invalid entry", file=path, field="dataset", hint=_RETRAIN)
+    return info
 
 
 # keys older versions saved that the current configs no longer have, at their value of no effect
@@ -234,7 +274,10 @@ def _drop_legacy_keys(config: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def load_model(
-    path: str | Path, device: str = "auto", dtype: str = "auto", data: str | Path | Dataset | None = None
+    path: str | Path,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    data: str | Path | Dataset | None = None,
 ) -> Recommender:
     """Rebuild a saved model (a run directory or its ``model/`` folder) on ``device`` in ``dtype``.
 
@@ -246,8 +289,14 @@ def load_model(
     from llmrec.data.dataset import locate_dataset
 
     directory = model_dir(path)
-    info = read_json(directory / "model.json")
+    info = read_model_record(directory)
     config = _drop_legacy_keys(info["config"], directory / "model.json")
+    try:  # a model or option this version does not know, a value out of range
+        model_config(info["model"], config, resolve=False)
+    except LlmrecError as e:
+        raise LlmrecError(
+            f"cannot rebuild the saved model ({e})", file=directory / "model.json", hint=_RETRAIN
+        ) from None
     model = build_model(info["model"], config, info["n_users"], info["n_items"], device, dtype)
     ref = info.get("dataset")
     if ref is None and (directory / "sources.json").exists():  # saved before model.json recorded it

@@ -48,32 +48,27 @@ from llmrec.models.neural import (
 
 @dataclasses.dataclass
 class BERT4RecConfig(NeuralConfig):
-    hidden: int = option(64, "embedding / hidden size (feed-forward is 4x)")
-    layers: int = option(2, "Transformer layers")
-    heads: int = option(2, "attention heads (must divide hidden)")
-    dropout: float = option(0.2, "dropout rate (embeddings, attention, feed-forward)")
-    max_len: int = option(50, "maximum sequence length including the appended [MASK] (200 for MovieLens)")
-    mask_prob: float = option(0.2, "probability of masking each real item in training (cloze task)")
+    hidden: int = option(64, "embedding / hidden size (feed-forward is 4x)", ge=1)
+    layers: int = option(2, "Transformer layers", ge=1)
+    heads: int = option(2, "attention heads (must divide hidden)", ge=1)
+    dropout: float = option(0.2, "dropout rate (embeddings, attention, feed-forward)", ge=0, lt=1)
+    max_len: int = option(
+        50, "maximum sequence length including the appended [MASK] (200 for MovieLens)", ge=2
+    )
+    mask_prob: float = option(
+        0.2, "probability of masking each real item in training (cloze task)", gt=0, le=1
+    )
     last_item_prob: float = option(
         0.0,
         "fraction of training sequences that mask only their last item, as at inference (RecBole ft_ratio)",
+        ge=0,
+        le=1,
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("hidden", "layers", "heads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"bert4rec: {name} must be >= 1, got {getattr(self, name)}")
         if self.hidden % self.heads:
-            raise ConfigError(f"bert4rec: heads ({self.heads}) must divide hidden ({self.hidden})")
-        if self.max_len < 2:
-            raise ConfigError(f"bert4rec: max_len must be >= 2 (history + [MASK]), got {self.max_len}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"bert4rec: dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 < self.mask_prob <= 1.0:
-            raise ConfigError(f"bert4rec: mask_prob must be in (0, 1], got {self.mask_prob}")
-        if not 0.0 <= self.last_item_prob <= 1.0:
-            raise ConfigError(f"bert4rec: last_item_prob must be in [0, 1], got {self.last_item_prob}")
+            raise ConfigError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
 
 
 def cloze_mask(

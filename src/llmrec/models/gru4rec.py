@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmrec.config import option
-from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
 from llmrec.models.neural import (
     Batch,
@@ -48,22 +47,14 @@ from llmrec.models.neural import (
 
 @dataclasses.dataclass
 class GRU4RecConfig(NeuralConfig):
-    embedding: int = option(64, "item embedding size")
-    hidden: int = option(64, "GRU hidden size")
-    layers: int = option(1, "stacked GRU layers")
-    dropout: float = option(0.3, "dropout on the input item embeddings")
-    max_len: int = option(50, "maximum sequence length (most recent items kept)")
+    embedding: int = option(64, "item embedding size", ge=1)
+    hidden: int = option(64, "GRU hidden size", ge=1)
+    layers: int = option(1, "stacked GRU layers", ge=1)
+    dropout: float = option(0.3, "dropout on the input item embeddings", ge=0, lt=1)
+    max_len: int = option(50, "maximum sequence length (most recent items kept)", ge=1)
     loss: Literal["ce", "bpr"] = option(
         "ce", "'ce': softmax over all items; 'bpr': one sampled negative per position"
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("embedding", "hidden", "layers", "max_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"gru4rec: {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"gru4rec: dropout must be in [0, 1), got {self.dropout}")
 
 
 @register_model("gru4rec")

@@ -90,13 +90,15 @@ class HistLLMConfig(NeuralConfig):
         "tokens", "collaborative info: none, MF tokens (CoLLM/CIA) or 0/1 text codes (BinLLM)"
     )
     encoder: Literal["gru", "transformer"] = option("gru", "UHEM history encoder")
-    encoder_dim: int = option(512, "width of the history encoder")
-    encoder_layers: int | None = option(None, "encoder layers (None: GRU 1, Transformer 2)")
-    encoder_heads: int = option(4, "Transformer encoder heads")
-    encoder_dropout: float = option(0.1, "history encoder dropout")
-    mapper_hidden: int = option(512, "hidden width of the visual and CF mapping MLPs")
-    history_len: int = option(5, "most recent liked items per example (paper: 5 movies, 10 netflix/news)")
-    max_text_tokens: int = option(48, "tokens of each item's title/description kept (UHEM and inline)")
+    encoder_dim: int = option(512, "width of the history encoder", ge=1)
+    encoder_layers: int | None = option(None, "encoder layers (None: GRU 1, Transformer 2)", ge=1)
+    encoder_heads: int = option(4, "Transformer encoder heads (must divide encoder_dim)", ge=1)
+    encoder_dropout: float = option(0.1, "history encoder dropout", ge=0, lt=1)
+    mapper_hidden: int = option(512, "hidden width of the visual and CF mapping MLPs", ge=1)
+    history_len: int = option(
+        5, "most recent liked items per example (paper: 5 movies, 10 netflix/news)", ge=1
+    )
+    max_text_tokens: int = option(48, "tokens of each item's title/description kept (UHEM and inline)", ge=1)
     description_texts: str | None = option(
         "from_title", "KE texts (llmrec describe --mode from_title); None = the items' own descriptions"
     )
@@ -104,32 +106,36 @@ class HistLLMConfig(NeuralConfig):
     image_feature: str = option("image", "feature-store name of the image feature (VMA)")
     user_cf_feature: str = option("mf_user", "MF user embeddings (llmrec features --cf RUN)")
     item_cf_feature: str = option("mf_item", "MF item embeddings (llmrec features --cf RUN)")
-    binary_bits: int = option(32, "BinLLM code length")
+    binary_bits: int = option(32, "BinLLM code length", ge=1)
     scoring: Literal["softmax", "yes_logit"] = option(
         "softmax", "P(Yes): softmax over Yes/No logits (TALLRec) or sigmoid of the Yes logit (CoLLM)"
     )
-    step1_epochs: int = option(1, "LoRA epochs of step 1 (0 = none: LoRA stays as initialised or loaded)")
-    step1_lr: float = option(1e-3, "learning rate of step 1")
+    step1_epochs: int = option(
+        1, "LoRA epochs of step 1 (0 = none: LoRA stays as initialised or loaded)", ge=0
+    )
+    step1_lr: float = option(1e-3, "learning rate of step 1", gt=0)
     step1_from: str | None = option(
         None, "reuse the step-1 LoRA of a trained run with the same step-1 prompt"
     )
     train_examples: int | None = option(
-        2048, "CTR training examples per epoch (a fresh random subset each epoch; None = all)"
+        2048, "CTR training examples per epoch (a fresh random subset each epoch; None = all)", ge=1
     )
-    eval_examples: int | None = option(1000, "validation CTR examples (a fixed random subset; None = all)")
-    score_batch_size: int = option(16, "prompts per LLM forward when scoring")
-    epochs: int = option(2, "epochs of step 2 (the mappers and history encoder)")
-    batch_size: int = option(8, "training examples per step")
-    lr: float = option(1e-3, "learning rate of step 2")
-    weight_decay: float = option(1e-3, "AdamW weight decay (paper: 1e-3)")
-    patience: int = option(2, "validations without a better valid AUC before stopping")
+    eval_examples: int | None = option(
+        1000, "validation CTR examples (a fixed random subset; None = all)", ge=1
+    )
+    score_batch_size: int = option(16, "prompts per LLM forward when scoring", ge=1)
+    epochs: int = option(2, "epochs of step 2 (the mappers and history encoder)", ge=1)
+    batch_size: int = option(8, "training examples per step", ge=1)
+    lr: float = option(1e-3, "learning rate of step 2", gt=0)
+    weight_decay: float = option(1e-3, "AdamW weight decay (paper: 1e-3)", ge=0)
+    patience: int = option(2, "validations without a better valid AUC before stopping", ge=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.history_len < 1 or self.max_text_tokens < 1 or self.binary_bits < 1:
-            raise ConfigError("history_len, max_text_tokens and binary_bits must be >= 1")
-        if self.step1_epochs < 0:
-            raise ConfigError(f"step1_epochs must be >= 0, got {self.step1_epochs}")
+        if self.encoder == "transformer" and self.encoder_dim % self.encoder_heads:
+            raise ConfigError(
+                f"encoder_heads ({self.encoder_heads}) must divide encoder_dim ({self.encoder_dim})"
+            )
 
 
 def mapper(d_in: int, hidden: int, d_out: int, act: type[nn.Module] = nn.GELU) -> nn.Sequential:

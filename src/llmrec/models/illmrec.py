@@ -86,13 +86,15 @@ class ILLMRecConfig(NeuralConfig):
         "end2end (ILA + IRE, `epochs`), or two_stage: ILA alone (`stage1_epochs`), then the projectors "
         "alone on cached [REC] states with the adaptor and [REC] frozen (`epochs`)",
     )
-    stage1_epochs: int = option(1, "two_stage: epochs of ILA-only training")
+    stage1_epochs: int = option(1, "two_stage: epochs of ILA-only training", ge=0)
     head_epochs: int = option(
-        0, "end2end: then this many epochs of the projectors alone on cached [REC] states (as stage 2)"
+        0, "end2end: then this many epochs of the projectors alone on cached [REC] states (as stage 2)", ge=0
     )
-    head_windows: int = option(4, "projectors alone: random history windows per training user, drawn once")
-    head_batch_size: int = option(64, "projectors alone: examples per step")
-    head_lr: float = option(1e-3, "projectors alone: learning rate")
+    head_windows: int = option(
+        4, "projectors alone: random history windows per training user, drawn once", ge=1
+    )
+    head_batch_size: int = option(64, "projectors alone: examples per step", ge=1)
+    head_lr: float = option(1e-3, "projectors alone: learning rate", gt=0)
     head_standardize: bool = option(
         True,
         "projectors alone: standardise each [REC] dimension by the mean and std of the cached training states "
@@ -103,34 +105,38 @@ class ILLMRecConfig(NeuralConfig):
         "skip the first stage: start from a saved I-LLMRec model of the same configuration (its model/ "
         "folder) and train the projectors alone",
     )
-    adaptor_hidden: int = option(512, "hidden size of the 2-layer MLP adaptor")
-    d_shared: int = option(512, "size of the shared recommendation space of the projectors")
+    adaptor_hidden: int = option(512, "hidden size of the 2-layer MLP adaptor", ge=1)
+    d_shared: int = option(512, "size of the shared recommendation space of the projectors", ge=1)
     scaled_scores: bool = option(
         True, "divide affinities by sqrt(d_shared) (false = the paper's plain dot product; same ranking)"
     )
-    window_short: int = option(4, "training history windows: 2..window_short items ...")
-    window_long: int = option(9, "... or 2..window_long items, each with probability 0.5")
-    test_history: int = option(10, "items of history in evaluation prompts (the most recent)")
+    window_short: int = option(4, "training history windows: 2..window_short items ...", ge=2)
+    window_long: int = option(9, "... or 2..window_long items, each with probability 0.5", ge=2)
+    test_history: int = option(10, "items of history in evaluation prompts (the most recent)", ge=1)
     max_prompt_tokens: int = option(
-        1024, "context budget: drop the oldest items until the prompt fits (never more than the LM's context)"
+        1024,
+        "context budget: drop the oldest items until the prompt fits (never more than the LM's context)",
+        ge=1,
     )
-    max_description_chars: int = option(1200, "cut descriptions longer than this in prompts and ILA answers")
+    max_description_chars: int = option(
+        1200, "cut descriptions longer than this in prompts and ILA answers", ge=0
+    )
     description_texts: str | None = option(None, "use generated texts (llmrec describe NAME) as descriptions")
     summary_texts: str = option(
         "summary", "generated summaries (llmrec describe --mode summary) for 'summary'"
     )
     missing_image_fraction: float = option(
-        0.0, "drop this fraction of item images (seeded) to simulate Sec. 4.5"
+        0.0, "drop this fraction of item images (seeded) to simulate Sec. 4.5", ge=0, le=1
     )
-    missing_seed: int = option(0, "seed of the simulated missing images")
-    score_batch_size: int = option(16, "prompts per LLM forward when scoring")
+    missing_seed: int = option(0, "seed of the simulated missing images", ge=0)
+    score_batch_size: int = option(16, "prompts per LLM forward when scoring", ge=1)
     train_users: int | None = option(
-        None, "training examples per epoch from this many random users (None = all)"
+        None, "training examples per epoch from this many random users (None = all)", ge=1
     )
-    batch_size: int = option(8, "training examples per step")
-    epochs: int = option(5, "maximum training epochs")
-    patience: int = option(3, "validations without improvement before stopping")
-    eval_users: int | None = option(200, "validation users (a fixed random subset; None = all)")
+    batch_size: int = option(8, "training examples per step", ge=1)
+    epochs: int = option(5, "maximum training epochs", ge=1)
+    patience: int = option(3, "validations without improvement before stopping", ge=1)
+    eval_users: int | None = option(200, "validation users (a fixed random subset; None = all)", ge=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,14 +150,12 @@ class ILLMRecConfig(NeuralConfig):
             raise ConfigError(
                 f"ila_fields must be a non-empty subset of {sorted(ILA_QUESTIONS)}, got {self.ila_fields}"
             )
-        if not 0.0 <= self.missing_image_fraction <= 1.0:
-            raise ConfigError(f"missing_image_fraction must be in [0, 1], got {self.missing_image_fraction}")
-        if not 2 <= self.window_short <= self.window_long:
-            raise ConfigError("need 2 <= window_short <= window_long")
+        if self.window_short > self.window_long:
+            raise ConfigError(
+                f"need window_short <= window_long, got {self.window_short} > {self.window_long}"
+            )
         if self.training == "two_stage" and not self.ila:
             raise ConfigError("two_stage training needs ila on (stage 1 is ILA)")
-        if self.head_epochs < 0 or self.stage1_epochs < 0 or self.head_windows < 1:
-            raise ConfigError("need head_epochs >= 0, stage1_epochs >= 0 and head_windows >= 1")
         if self.stage1_from and self.training == "end2end" and not self.head_epochs:
             raise ConfigError("stage1_from skips the first stage: give head_epochs (or training=two_stage)")
 

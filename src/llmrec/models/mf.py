@@ -40,20 +40,16 @@ from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, sample_u
 
 @dataclasses.dataclass
 class MFConfig(NeuralConfig):
-    batch_size: int = option(1024, "training examples per step")
-    dim: int = option(64, "embedding size (CoLLM / HistLLM's CTR embeddings: 256)")
+    batch_size: int = option(1024, "training examples per step", ge=1)
+    dim: int = option(64, "embedding size (CoLLM / HistLLM's CTR embeddings: 256)", ge=1)
     item_bias: bool = option(True, "learn a bias b_i per item")
-    reg: float = option(1e-4, "L2 on the embeddings (and biases) each example touches, per example")
+    reg: float = option(1e-4, "L2 on the embeddings (and biases) each example touches, per example", ge=0)
     objective: Literal["bpr", "ctr"] = option(
         "bpr", "bpr: ranking on the sequences; ctr: BCE on the CTR train labels, early stop on valid AUC"
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.dim < 1:
-            raise ConfigError(f"dim must be >= 1, got {self.dim}")
-        if self.reg < 0:
-            raise ConfigError(f"reg must be >= 0, got {self.reg}")
         if self.objective not in ("bpr", "ctr"):
             raise ConfigError(f"objective must be 'bpr' or 'ctr', got {self.objective!r}")
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from llmrec.config import option
-from llmrec.errors import ConfigError, LlmrecError
+from llmrec.errors import LlmrecError
 from llmrec.models.base import ModelConfig, Recommender
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,13 @@ Batch = dict[str, torch.Tensor]
 class NeuralConfig(ModelConfig):
     """Training options shared by every torch model."""
 
-    epochs: int = option(200, "maximum training epochs")
-    batch_size: int = option(128, "training examples per step")
-    lr: float = option(1e-3, "Adam learning rate")
-    weight_decay: float = option(0.0, "Adam weight decay")
-    patience: int = option(20, "stop after this many validations without a better validation metric")
-    eval_every: int = option(1, "epochs between validations")
-    eval_users: int | None = option(None, "validate on a fixed random subset of users (None = all)")
+    epochs: int = option(200, "maximum training epochs", ge=1)
+    batch_size: int = option(128, "training examples per step", ge=1)
+    lr: float = option(1e-3, "Adam learning rate", gt=0)
+    weight_decay: float = option(0.0, "Adam weight decay", ge=0)
+    patience: int = option(20, "stop after this many validations without a better validation metric", ge=1)
+    eval_every: int = option(1, "epochs between validations", ge=1)
+    eval_users: int | None = option(None, "validate on a fixed random subset of users (None = all)", ge=1)
     device: str = option(
         "auto",
         "auto | cpu | cuda | cuda:N | mps (auto: cuda when available; also --device; under accelerate "
@@ -50,13 +50,6 @@ class NeuralConfig(ModelConfig):
         "none",
         "autocast of the training loss (bf16: CPU or GPU; fp16: GPU, loss-scaled); weights keep their dtype",
     )
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,10 +164,10 @@ class TorchRecommender(Recommender, nn.Module):
     def save_state(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-            directory / "model.safetensors",
-        )
+        from llmrec.utils.io import atomic_path
+
+        with atomic_path(directory / "model.safetensors") as tmp:  # a killed save leaves no half file
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
 
     def load_state(self, directory: Path, dataset: Any = None) -> None:
         path = directory / "model.safetensors"

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from llmrec.config import option
+from llmrec.errors import LlmrecError
 from llmrec.models.base import ModelConfig, Recommender, register_model
+from llmrec.utils.io import write_npy_atomic
 
 
 @register_model("popularity")
@@ -23,15 +25,29 @@ class Popularity(Recommender):
         return np.broadcast_to(self.counts, (len(users), self.n_items)).copy()  # (B, N)
 
     def save_state(self, directory: Path) -> None:
-        np.save(directory / "counts.npy", self.counts)
+        write_npy_atomic(directory / "counts.npy", self.counts)
 
     def load_state(self, directory: Path, dataset: Any = None) -> None:
-        self.counts = np.load(directory / "counts.npy")
+        path = directory / "counts.npy"
+        hint = "the saved model is damaged; train it again (llmrec train ... --restart)"
+        if not path.exists():
+            raise LlmrecError("item counts missing", file=path, hint=hint)
+        try:
+            counts = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise LlmrecError(f"unreadable item counts ({e})", file=path, hint=hint) from None
+        if counts.shape != (self.n_items,) or not np.issubdtype(counts.dtype, np.number):
+            raise LlmrecError(
+                f"item counts of shape {counts.shape} ({counts.dtype}), the model has {self.n_items} items",
+                file=path,
+                hint=hint,
+            )
+        self.counts = counts.astype(np.float64)
 
 
 @dataclasses.dataclass
 class RandomConfig(ModelConfig):
-    seed: int = option(0, "seed of the random scores")
+    seed: int = option(0, "seed of the random scores", ge=0)
 
 
 @register_model("random")

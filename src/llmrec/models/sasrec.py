@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmrec.config import option
+from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
 from llmrec.models.neural import (
     Batch,
@@ -32,12 +33,17 @@ from llmrec.models.neural import (
 
 @dataclasses.dataclass
 class SASRecConfig(NeuralConfig):
-    hidden: int = option(50, "embedding / hidden size")
-    blocks: int = option(2, "self-attention blocks")
-    heads: int = option(1, "attention heads")
-    dropout: float = option(0.2, "dropout rate (0.2 reference; 0.5 for sparse Amazon data)")
-    max_len: int = option(50, "maximum sequence length (200 for dense data such as MovieLens)")
-    l2_emb: float = option(0.0, "L2 penalty on the item embeddings")
+    hidden: int = option(50, "embedding / hidden size", ge=1)
+    blocks: int = option(2, "self-attention blocks", ge=1)
+    heads: int = option(1, "attention heads (must divide hidden)", ge=1)
+    dropout: float = option(0.2, "dropout rate (0.2 reference; 0.5 for sparse Amazon data)", ge=0, lt=1)
+    max_len: int = option(50, "maximum sequence length (200 for dense data such as MovieLens)", ge=1)
+    l2_emb: float = option(0.0, "L2 penalty on the item embeddings", ge=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hidden % self.heads:
+            raise ConfigError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
 
 
 class PointWiseFeedForward(nn.Module):

@@ -42,17 +42,13 @@ from llmrec.utils.io import read_json, write_json_atomic
 @dataclasses.dataclass
 class VBPRConfig(MFConfig):
     feature: str = option("image", "item feature used as f_i (any name in the store, e.g. text on MovieLens)")
-    visual_dim: int = option(32, "size of theta_u and of the projected feature E f_i")
-    reg_visual: float = option(0.0, "L2 on E, beta' and the missing-feature vector m, once per batch")
+    visual_dim: int = option(32, "size of theta_u and of the projected feature E f_i", ge=1)
+    reg_visual: float = option(0.0, "L2 on E, beta' and the missing-feature vector m, once per batch", ge=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.feature:
             raise ConfigError("feature must name an item feature of the dataset's store")
-        if self.visual_dim < 1:
-            raise ConfigError(f"visual_dim must be >= 1, got {self.visual_dim}")
-        if self.reg_visual < 0:
-            raise ConfigError(f"reg_visual must be >= 0, got {self.reg_visual}")
 
 
 @register_model("vbpr")

@@ -43,7 +43,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from llmrec.errors import ConfigError
+from llmrec.errors import ConfigError, LlmrecError
 from llmrec.eval.evaluator import evaluate_ranking, seeded_rows
 from llmrec.models.base import Recommender
 from llmrec.models.neural import Stage, TorchRecommender
@@ -229,8 +229,10 @@ def train_epoch(
         if n > 1:
             loss = average_gradients(accelerator, params, loss, batch is not None)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{model.name}: loss became {loss.item()} at epoch {epoch}, step {steps}; lower --lr"
+            raise LlmrecError(
+                f"{model.name}: the training loss became {loss.item()} at epoch {epoch}, step {steps + 1} "
+                f"({'stage ' + stage.name + ', ' if named else ''}learning rate {stage.lr:g})",
+                hint="lower the learning rate (-o lr=...) and start the run over with --restart",
             )
         opt.step()
         total += loss.item()
@@ -301,14 +303,14 @@ def _save_checkpoint(
 
 
 def _write_stage_record(run: Any, model: TorchRecommender, stage: str | None, state: dict[str, Any]) -> None:
-    """history[-<stage>].json, the best epoch and criterion in metrics.json, training_curve[-<stage>].png."""
+    """history[-<stage>].json, the best epoch and criterion in the training record (training.json, and
+    metrics.json's "train"), training_curve[-<stage>].png."""
     from llmrec.plots import plot_training_curve
 
     suffix, prefix = (f"-{stage}", f"{stage}_") if stage else ("", "")
     criterion = state.get("metric", "valid_ndcg@10")
     run.write_json(f"history{suffix}.json", state["history"])
-    run.log_metrics(
-        "train",
+    run.record_training(
         {
             f"{prefix}best_epoch": state["best_epoch"],
             f"{prefix}best_{criterion}": state["best"],
