@@ -27,14 +27,12 @@ class TableConfig:
     out: str | None = option(None, "write <out>.md and <out>.csv")
 
 
-_DAMAGED = "re-run 'llmrec evaluate RUN' to rewrite it"
-
-
 def read_metrics(run: str | Path) -> dict[str, dict[str, float]]:
     """A run's metrics.json ({split: {metric: number}}), checked: a missing, damaged or foreign file is a
     one-line error naming it."""
     run = Path(run)
     path = run / "metrics.json"
+    damaged = f"re-run 'llmrec evaluate {run}' to rewrite it"
     if not run.is_dir():
         raise LlmrecError(
             "no such run directory", file=run, hint="give directories written by 'llmrec train'"
@@ -46,16 +44,16 @@ def read_metrics(run: str | Path) -> dict[str, dict[str, float]]:
     try:
         data = read_json(path)
     except LlmrecError as e:
-        raise LlmrecError(str(e), hint=_DAMAGED) from None
+        raise LlmrecError(str(e), hint=damaged) from None
     if not isinstance(data, dict):
-        raise LlmrecError("not llmrec metrics (expected {split: {metric: number}})", file=path, hint=_DAMAGED)
+        raise LlmrecError("not llmrec metrics (expected {split: {metric: number}})", file=path, hint=damaged)
     for split, values in data.items():
         numbers = isinstance(values, dict) and all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()
         )
         if not numbers:
             raise LlmrecError(
-                "not a mapping of metric names to numbers", file=path, field=split, hint=_DAMAGED
+                "not a mapping of metric names to numbers", file=path, field=split, hint=damaged
             )
     return data
 

@@ -17,7 +17,7 @@ from llmrec.data.dataset import Dataset, dataset_ref, locate_dataset
 from llmrec.devices import DEVICE_HELP
 from llmrec.errors import LlmrecError
 from llmrec.models.base import Recommender, build_model, load_model, model_config, read_model_record
-from llmrec.runs import Run, clear_partial_files, clear_run, default_run_name
+from llmrec.runs import RUN_FILES, Run, clear_partial_files, clear_run, default_run_name
 from llmrec.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,18 @@ def check_resume(run_dir: Path, cfg: TrainConfig, ds: Dataset, restart: bool = F
     over). Returns whether the run's training already finished: the same command then evaluates the
     saved model (a run killed during its evaluation resumes there) instead of training again."""
     path = run_dir / "config.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LlmrecError("not a directory", file=run_dir, hint="give --out a folder for the run")
     if not path.exists():
+        ours = sorted(p.name for pattern in RUN_FILES for p in run_dir.glob(pattern))
+        if ours and not restart:  # not a run (no config.json), yet llmrec would overwrite these
+            raise LlmrecError(
+                f"holds {', '.join(ours[:4])} but no config.json: not an llmrec run",
+                file=run_dir,
+                hint="use another --out, or --restart to delete those and start a run there",
+            )
+        if restart:
+            clear_run(run_dir)
         return False
     if restart:
         clear_run(run_dir)
@@ -306,20 +317,17 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
             training.fit(model, ds, _MainRunDir(run_dir), log_with=cfg.log_with)
         accelerator.wait_for_everyone()
         return run_dir
+    if finished:  # loaded before anything is written: a damaged model is refused with the run untouched
+        backbone = getattr(model.cfg, "backbone", None)  # placed as this command says (--device ...)
+        model = load_model(
+            run_dir / "model",
+            device=getattr(model.cfg, "device", None),
+            dtype=backbone.dtype if backbone is not None else None,
+            data=ds,
+        )
     with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
         if finished:
-            log.info(
-                "%s: training finished earlier (model saved in %s): evaluating the saved model",
-                run_dir,
-                run.model_dir,
-            )
-            backbone = getattr(model.cfg, "backbone", None)  # placed as this command says (--device ...)
-            model = load_model(
-                run.model_dir,
-                device=getattr(model.cfg, "device", None),
-                dtype=backbone.dtype if backbone is not None else None,
-                data=ds,
-            )
+            log.info("%s: training finished earlier (model in %s): evaluating it", run_dir, run.model_dir)
         else:
             log.info(
                 "training %s on %s (%d users, %d items) on %s",

@@ -9,6 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llmrec.data.dataset import Dataset, Split
+from llmrec.errors import LlmrecError
 from llmrec.eval.metrics import auc, full_ranks, popularity_breakdown, ranking_metrics, target_ranks, uauc
 from llmrec.models.base import Recommender
 
@@ -16,6 +17,17 @@ from llmrec.models.base import Recommender
 def _batches(n: int, size: int, desc: str) -> Any:
     starts = range(0, n, size)
     return tqdm(starts, desc=desc, unit=" batch", disable=None, leave=False)
+
+
+def _checked(scores: Any, model: Recommender, split: str) -> np.ndarray:
+    """A model's scores as an array; NaN scores (weights that diverged) are a one-line error."""
+    scores = np.asarray(scores)
+    if np.isnan(scores).any():
+        raise LlmrecError(
+            f"model '{model.name}' scored NaN on the {split} split: its weights are not finite",
+            hint="train it again with a lower learning rate (-o lr=..., --restart)",
+        )
+    return scores
 
 
 def seeded_rows(n: int, max_rows: int | None, seed: int = 0) -> np.ndarray:
@@ -46,13 +58,13 @@ def rank_targets(
         sl = slice(s, s + batch_size)
         users, hist, targets = all_users[sl], all_hist[sl], all_targets[sl]
         if full:
-            scores = np.asarray(model.score_all(users, hist))  # (B, N)
+            scores = _checked(model.score_all(users, hist), model, split)  # (B, N)
             cand = np.concatenate([targets[:, None], negatives[sl]], axis=1)
             sampled[sl] = target_ranks(np.take_along_axis(scores, cand, axis=1))
             full_r[sl] = full_ranks(scores, targets, exclude=hist)  # type: ignore[index]
         else:
             cand = np.concatenate([targets[:, None], negatives[sl]], axis=1)  # (B, 1 + n_neg), target first
-            sampled[sl] = target_ranks(np.asarray(model.score(users, hist, cand)))
+            sampled[sl] = target_ranks(_checked(model.score(users, hist, cand), model, split))
     out = {"sampled": sampled, "targets": all_targets}
     if full_r is not None:
         out["full"] = full_r
@@ -100,6 +112,6 @@ def evaluate_ctr(
     scores = np.empty(len(df), dtype=np.float64)
     for s in _batches(len(df), batch_size, f"CTR {split}"):
         sl = slice(s, s + batch_size)
-        scores[sl] = model.score_pairs(users[sl], histories[sl], targets[sl])
+        scores[sl] = _checked(model.score_pairs(users[sl], histories[sl], targets[sl]), model, split)
     labels = df["label"].to_numpy()
     return {"auc": auc(labels, scores), "uauc": uauc(users, labels, scores), "ctr_examples": len(df)}, rows
