@@ -45,13 +45,17 @@ def option(
 
 def _range_text(bounds: dict[str, float]) -> str:
     """``{"ge": 0, "lt": 1}`` -> ``in [0, 1)``; one bound -> ``>= 0``."""
+
+    def num(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() else repr(float(v))
+
     low = ("ge", "[") if "ge" in bounds else ("gt", "(") if "gt" in bounds else None
     high = ("le", "]") if "le" in bounds else ("lt", ")") if "lt" in bounds else None
     if low and high:
-        return f"in {low[1]}{bounds[low[0]]:g}, {bounds[high[0]]:g}{high[1]}"
+        return f"in {low[1]}{num(bounds[low[0]])}, {num(bounds[high[0]])}{high[1]}"
     op = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
     key = (low or high)[0]  # type: ignore[index]
-    return f"{op[key]} {bounds[key]:g}"
+    return f"{op[key]} {num(bounds[key])}"
 
 
 def check_ranges(cfg: Any) -> None:

@@ -59,7 +59,7 @@ class TrainConfig:
     model: str = option("popularity", "registered model name (see 'llmrec train --help')")
     data: str = option("data/ml-100k", "prepared dataset directory")
     out: str | None = option(None, "run directory (default: runs/<model>-<dataset>-<timestamp>)")
-    seed: int = option(42, "global seed (numpy, torch)", ge=0)
+    seed: int = option(42, "global seed (numpy, torch)", ge=0, le=2**32 - 1)
     threads: int | None = option(None, "torch CPU threads (default: torch's choice)", ge=1)
     device: str | None = option(None, f"{DEVICE_HELP}; sets the model option 'device' (default: auto)")
     dtype: str | None = option(
