@@ -26,6 +26,13 @@ from llmrec.data.processing import ProcessConfig, finalize, write_dataset
 from llmrec.errors import LlmrecError
 from llmrec.models.base import available_models, get_model_class, model_config
 
+
+@pytest.fixture(autouse=True)
+def _crash_logs_in_tmp(tmp_path, monkeypatch):
+    """A command that crashes here (exit 70) leaves its log under the test's folder, not in $HOME."""
+    monkeypatch.setenv("LLMREC_CRASH_DIR", str(tmp_path / "crashes"))
+
+
 SASREC = ["-o", "hidden=8", "-o", "max_len=6", "-o", "epochs=2", "--no-ctr", "--no-full-ranking"]
 
 
