@@ -421,6 +421,10 @@ def test_history_sweep_trains_each_point_once(ctr_dataset, tiny_llm, tmp_path):
     run_history_sweep(cfg)  # finished points are not retrained
     assert (tmp_path / "sweep" / "tallrec-n1" / "metrics.json").stat().st_mtime == stamp
     assert (tmp_path / "sweep" / "history_sweep.png").exists()
+    # a point interrupted after training holds only the training record: the sweep evaluates it, no KeyError
+    (tmp_path / "sweep" / "histllm-n1" / "metrics.json").write_text('{"train": {"epochs": 1}}')
+    again = run_history_sweep(cfg)
+    assert again["points"] == r["points"]
 
 
 @pytest.mark.slow

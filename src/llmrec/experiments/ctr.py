@@ -256,7 +256,8 @@ def run_history_sweep(cfg: HistorySweepConfig) -> dict[str, Any]:
     for name in first + [m for m in cfg.models if m not in first]:
         for length in cfg.lengths:
             run_dir = out / f"{name}-n{length}"
-            if not (run_dir / "metrics.json").exists():
+            metrics = run_dir / "metrics.json"
+            if not metrics.exists() or "test" not in read_json(metrics):  # not yet evaluated: train resumes
                 train(
                     TrainConfig(
                         model=name,
