@@ -1,0 +1,213 @@
+"""Features, CF exports, describe and images under bad input and faults (issue #15, items 2, 4 and 6):
+features are keyed by the exact bytes they were computed from, a damaged store file or a missing model
+file is one line, and kill -9 resumes to byte-identical outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_tables
+from llmrec.cli import main
+from llmrec.data.dataset import Dataset
+from llmrec.data.processing import ProcessConfig, finalize, write_dataset
+from llmrec.data.schema import make_interactions, make_items
+from llmrec.errors import LlmrecError
+from llmrec.features import build
+from llmrec.features.build import FeaturesConfig, build_features
+from llmrec.features.store import load_item_feature
+
+
+@pytest.fixture(autouse=True)
+def _offline(tmp_path, monkeypatch):
+    """No hub lookups; a crash log (exit 70) lands under the test's folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("LLMREC_CRASH_DIR", str(tmp_path / "crashes"))
+
+
+class HashTextEncoder:
+    """A deterministic stand-in for a sentence encoder: 8 numbers from the text's sha256."""
+
+    id, dim = "hash", 8
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls.extend(texts)
+        return np.array(
+            [np.frombuffer(hashlib.sha256(t.encode()).digest()[:8], dtype=np.uint8) for t in texts],
+            dtype=np.float32,
+        )
+
+
+class MeanColourEncoder:
+    """A stand-in image tower: the mean RGB of the image."""
+
+    id, dim = "mean-colour", 3
+
+    def encode(self, images: list) -> np.ndarray:
+        return np.array([np.asarray(im, dtype=np.float32).mean((0, 1)) for im in images], dtype=np.float32)
+
+
+@pytest.fixture
+def fake_encoders(monkeypatch):
+    text = HashTextEncoder()
+    monkeypatch.setattr(build, "load_text_encoder", lambda *a, **k: text)
+    monkeypatch.setattr(build, "load_image_encoder", lambda *a, **k: MeanColourEncoder())
+    return text
+
+
+def _prepare(out: Path, title: str = "Item {i}", seed: int = 3) -> Path:
+    """The synthetic dataset (30 users, 40 items) with titles from ``title``: a re-prepare in place."""
+    items, inter = synthetic_tables()
+    items["title"] = [title.format(i=i) for i in range(len(items))]
+    write_dataset(
+        finalize(items, inter, ProcessConfig(kcore=0, num_negatives=10, seed=seed), {}, {}, []), out
+    )
+    return out
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"llmrec {command}: error: "), lines[0]
+    return lines[0]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- nothing stale
+
+
+def test_text_feature_is_stale_after_a_reprepare_that_changed_the_titles(tmp_path, fake_encoders, caplog):
+    """Regression: the manifest covered item ids only, so new titles kept the old text feature 'up to date'."""
+    data = _prepare(tmp_path / "ds")
+    cfg = FeaturesConfig(data=str(data), batch_size=16)
+    first = build_features(cfg)["text"]
+    assert first["dataset_identity"] == Dataset(data).identity and len(fake_encoders.calls) == 40
+    old = np.load(data / "features" / "text.npy")
+
+    _prepare(data, title="Renamed {i}")  # same ids, every title changed
+    with pytest.raises(LlmrecError, match="stale: the item texts changed") as e:
+        load_item_feature(Dataset(data), "text", 40)
+    assert "llmrec features" in str(e.value)
+
+    fake_encoders.calls.clear()
+    with caplog.at_level("WARNING"):
+        second = build_features(cfg)["text"]
+    assert "feature 'text' is stale (changed: texts_sha256)" in caplog.text
+    assert len(fake_encoders.calls) == 40 and all("Renamed" in t for t in fake_encoders.calls)
+    assert second["texts_sha256"] != first["texts_sha256"]
+    assert not np.array_equal(np.load(data / "features" / "text.npy"), old)
+    load_item_feature(Dataset(data), "text", 40)  # fresh again
+
+    fake_encoders.calls.clear()
+    build_features(cfg)  # nothing changed: nothing encoded
+    assert fake_encoders.calls == []
+
+
+def _image_dataset(root: Path) -> tuple[Path, Path]:
+    img = root / "img"
+    img.mkdir(parents=True)
+    records = []
+    for i in range(6):
+        Image.new("RGB", (8, 8), (40 * i, 10, 200 - 30 * i)).save(img / f"{i}.png")
+        records.append({"item_id": str(i), "title": f"t{i}", "image": str(img / f"{i}.png")})
+    inter = [
+        {"user_id": f"u{u}", "item_id": str(i), "timestamp": 10 * u + i}
+        for u in range(4)
+        for i in range(6)
+        if i != u
+    ]
+    items, inter = make_items(records, "t"), make_interactions(inter, "t")
+    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=1), {}, {}, []), root / "ds")
+    return root / "ds", img
+
+
+def test_image_feature_is_keyed_by_the_image_bytes(tmp_path, fake_encoders, caplog):
+    """Regression: the key was path + size + mtime, so an image replaced by one of the same size and
+    modification time kept its old feature."""
+    data, img = _image_dataset(tmp_path)
+    cfg = FeaturesConfig(data=str(data), text=False, image=True, batch_size=4)
+    build_features(cfg)
+    before = np.load(data / "features" / "image.npy")
+    path = img / "2.png"
+    st = path.stat()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(path)  # same size (a flat image), other pixels
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    with pytest.raises(LlmrecError, match="stale: the item images changed"):
+        load_item_feature(Dataset(data), "image", 6)
+    with caplog.at_level("WARNING"):
+        build_features(cfg)
+    assert "feature 'image' is stale" in caplog.text
+    after = np.load(data / "features" / "image.npy")
+    np.testing.assert_allclose(after[2], [1, 2, 3])
+    np.testing.assert_array_equal(np.delete(after, 2, 0), np.delete(before, 2, 0))
+
+
+SASREC = ["-o", "hidden=8", "-o", "max_len=6", "-o", "epochs=1", "--no-ctr", "--no-full-ranking", "--ks", "5"]
+
+
+def test_cf_export_refuses_a_run_on_another_dataset_of_the_same_size(tmp_path, capsys):
+    """Regression: the other-dataset check compared user/item counts only."""
+    data, other = _prepare(tmp_path / "ds"), _prepare(tmp_path / "other", seed=4)  # same sizes
+    run = tmp_path / "run"
+    assert main(["train", "sasrec", "--data", str(data), "--out", str(run), *SASREC]) == 0
+    capsys.readouterr()
+    before = _snapshot(other)
+    assert main(["features", "--data", str(other), "--cf", str(run)]) == 2
+    line = _one_error_line(capsys, "features")
+    assert str(run) in line and "another dataset" in line
+    assert _snapshot(other) == before
+
+    assert main(["features", "--data", str(data), "--cf", str(run)]) == 0
+    manifest = json.loads((data / "features" / "sasrec_item.json").read_text())
+    assert manifest["dataset_identity"] == Dataset(data).identity
+    load_item_feature(Dataset(data), "sasrec_item", 40)
+    _prepare(data, seed=9)  # re-prepared: other frozen candidates, so another dataset identity
+    with pytest.raises(LlmrecError, match="stale: it was exported from a run on another dataset"):
+        load_item_feature(Dataset(data), "sasrec_item", 40)
+
+
+# ----------------------------------------------------------------------------- damaged store files
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["manifest_not_json", "manifest_list", "array_truncated", "array_garbage", "mask_garbage"],
+)
+def test_a_damaged_feature_file_is_one_line_and_features_recomputes_it(
+    tmp_path, fake_encoders, capsys, damage
+):
+    data = _prepare(tmp_path / "ds")
+    build_features(FeaturesConfig(data=str(data), batch_size=16))
+    good = np.load(data / "features" / "text.npy")
+    feats = data / "features"
+    target = {
+        "manifest_not_json": (feats / "text.json", b'{"name": "text", "dim": '),
+        "manifest_list": (feats / "text.json", b"[1, 2]"),
+        "array_truncated": (feats / "text.npy", (feats / "text.npy").read_bytes()[:100]),
+        "array_garbage": (feats / "text.npy", b"\x00not an npy file"),
+        "mask_garbage": (feats / "text.missing.npy", b"PK\x03\x04garbage"),
+    }[damage]
+    target[0].write_bytes(target[1])
+    with pytest.raises(LlmrecError) as e:
+        load_item_feature(Dataset(data), "text", 40)
+    assert str(target[0]) in str(e.value) and "llmrec features" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+    # the command recomputes what it cannot read
+    assert main(["features", "--data", str(data)]) == 0
+    np.testing.assert_array_equal(np.load(data / "features" / "text.npy"), good)
+    load_item_feature(Dataset(data), "text", 40)
