@@ -211,3 +211,84 @@ def test_a_damaged_feature_file_is_one_line_and_features_recomputes_it(
     assert main(["features", "--data", str(data)]) == 0
     np.testing.assert_array_equal(np.load(data / "features" / "text.npy"), good)
     load_item_feature(Dataset(data), "text", 40)
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+def _damaged_llm(tiny_llm: str, root: Path, how: str) -> str:
+    """A copy of the tiny LM folder damaged in one way."""
+    import shutil
+
+    folder = root / f"llm-{how}"
+    shutil.copytree(tiny_llm, folder)
+    weights = folder / "model.safetensors"
+    if how == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "no_weights":
+        weights.unlink()
+    elif how == "garbage_config":
+        (folder / "config.json").write_text("{not json")
+    return str(folder)
+
+
+def test_describe_llm_that_is_a_missing_local_file_is_one_line_without_a_hub_lookup(
+    synthetic_dataset, tmp_path, capsys, monkeypatch
+):
+    """Regression: `describe --llm <missing .gguf>` fell through to a hub lookup."""
+    import huggingface_hub
+
+    def no_hub(*a, **k):
+        raise AssertionError("hub lookup")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    before = _snapshot(synthetic_dataset)
+    for name in [
+        "missing.gguf",
+        str(tmp_path / "nowhere" / "model.gguf"),
+        "./no-such-folder",
+        "~/no/such/llm",
+    ]:
+        assert main(["describe", "--data", str(synthetic_dataset), "--llm", name]) == 2
+        line = _one_error_line(capsys, "describe")
+        assert name in line and "not found" in line, line
+    garbage = tmp_path / "bad.gguf"
+    garbage.write_bytes(b"GGUF\x03\x00\x00\x00" + os.urandom(64))
+    assert main(["describe", "--data", str(synthetic_dataset), "--llm", str(garbage)]) == 2
+    line = _one_error_line(capsys, "describe")
+    assert str(garbage) in line and "cannot load language model" in line
+    assert _snapshot(synthetic_dataset) == before
+
+
+@pytest.mark.parametrize("how", ["truncated_weights", "no_weights", "garbage_config"])
+def test_describe_with_a_damaged_model_folder_is_one_line(synthetic_dataset, tmp_path, tiny_llm, capsys, how):
+    llm = _damaged_llm(tiny_llm, tmp_path, how)
+    assert main(["describe", "--data", str(synthetic_dataset), "--llm", llm, "--max-new-tokens", "2"]) == 2
+    line = _one_error_line(capsys, "describe")
+    assert llm in line and "cannot load language model" in line
+    assert not (synthetic_dataset / "texts").exists()
+
+
+def test_features_encoder_that_is_a_missing_or_damaged_path_is_one_line(synthetic_dataset, tmp_path, capsys):
+    before = _snapshot(synthetic_dataset)
+    cases = [
+        (["--text-encoder", "./no-such-encoder"], "text encoder file or folder not found"),
+        (["--text-encoder", str(tmp_path / "x" / "y")], "text encoder file or folder not found"),
+        (
+            ["--image", "--no-text", "--image-encoder", "./no-such-tower"],
+            "image encoder file or folder not found",
+        ),
+    ]
+    broken = tmp_path / "broken-encoder"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "modules.json").write_text("[{")
+    cases += [
+        (["--text-encoder", str(broken)], "cannot load text encoder"),
+        (["--image", "--no-text", "--image-encoder", str(broken)], "cannot load image encoder"),
+    ]
+    for args, expected in cases:
+        assert main(["features", "--data", str(synthetic_dataset), *args]) == 2, args
+        line = _one_error_line(capsys, "features")
+        assert expected in line and args[-1] in line, line
+    assert _snapshot(synthetic_dataset) == before

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,60 @@ def efficientnet_lite0_weights() -> Path:
 
 
 def resolve_text_encoder(name: str) -> str:
-    """Alias -> local folder; anything else is passed to sentence-transformers as a path or hub id."""
-    return str(minilm_path()) if name == DEFAULT_TEXT_ENCODER else name
+    """Alias -> local folder; a local path is checked to exist; anything else is a hub id."""
+    if name == DEFAULT_TEXT_ENCODER:
+        return str(minilm_path())
+    local = local_model_path(name, "text encoder")
+    return str(local) if local is not None else name
+
+
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "gpt2", "org/name"
+_HUB_GGUF = re.compile(r"^[\w.-]+/[\w.-]+/[^/\\]+\.gguf$")  # "org/repo/file.gguf"
+
+
+def local_model_path(name: str, what: str = "model") -> Path | None:
+    """The local file or folder ``name`` names, checked to exist; None when ``name`` is a hub id.
+
+    A name is local when it exists, starts with ``.``, ``~`` or ``/``, holds a backslash, ends in
+    ``.gguf`` (unless it has the hub form ``org/repo/file.gguf``), has more than one ``/``, or starts with
+    a folder that exists here (``models/tiny``). A local name that does not exist is a one-line error:
+    it is never looked up on a hub (which, offline, can hang).
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    first = name.split("/", 1)[0]
+    hub_form = _HUB_GGUF.match(name) if name.endswith(".gguf") else _HUB_ID.match(name)
+    local = (
+        name.startswith((".", "~", "/", os.sep))
+        or "\\" in name
+        or not hub_form
+        or ("/" in name and Path(first).expanduser().is_dir())
+    )
+    if not local:
+        return None
+    kind = "file" if name.endswith((".gguf", ".safetensors", ".bin", ".pt", ".pth")) else "file or folder"
+    raise LlmrecError(
+        f"{what} {kind} not found",
+        file=name,
+        hint="check the path (a hub id has the form org/name; aliases: "
+        f"{DEFAULT_LLM}, {DEFAULT_TEXT_ENCODER}, {DEFAULT_IMAGE_ENCODER})",
+    )
+
+
+def unloadable(name: str, what: str, error: BaseException) -> LlmrecError:
+    """The one-line error for a model that exists but does not load (damaged or of another kind)."""
+    text = " ".join(str(error).split())[:300] or "no message"
+    local = Path(name).expanduser().exists()
+    return LlmrecError(
+        f"cannot load {what} ({error.__class__.__name__}: {text})",
+        file=Path(name).expanduser() if local else None,
+        hint=(
+            "the file or folder is damaged, incomplete or not this kind of model; copy or download it again"
+            if local
+            else f"'{name}' is not a local path: check the hub id (offline, only cached hub models load)"
+        ),
+    )
 
 
 def _split_gguf(name: str) -> tuple[str, str] | None:
@@ -98,13 +151,18 @@ def load_causal_lm(name: str = DEFAULT_LLM, dtype: Any = None, device: str | Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = dtype or torch.float32
-    gguf = _split_gguf(name)
-    source = name
-    if gguf is not None:
-        source = str(_gguf_cache(*gguf))
+    if name != DEFAULT_LLM:
+        local_model_path(name, "language model")
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    try:
+        gguf = _split_gguf(name)
+        source = str(_gguf_cache(*gguf)) if gguf is not None else name
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except LlmrecError:
+        raise
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a damaged model
+        raise unloadable(name, "language model", e) from None
     if device:
         model.to(device)
     log.info("loaded %s from %s in %.1fs", name, source, time.perf_counter() - t0)

@@ -14,7 +14,13 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from llmrec.assets import DEFAULT_IMAGE_ENCODER, efficientnet_lite0_weights, resolve_text_encoder
+from llmrec.assets import (
+    DEFAULT_IMAGE_ENCODER,
+    efficientnet_lite0_weights,
+    local_model_path,
+    resolve_text_encoder,
+    unloadable,
+)
 from llmrec.errors import LlmrecError
 
 DEFAULT_TEMPLATE = "Title: {title} Brand: {brand} Category: {category} Description: {description}"
@@ -151,14 +157,13 @@ class HFVisionEncoder:
         self.id = name
         self.device = device
         self._torch = torch
+        local = local_model_path(name, "image encoder")
+        source = str(local) if local is not None else name
         try:
-            self.processor = AutoImageProcessor.from_pretrained(name)
-            self.model = AutoModel.from_pretrained(name).eval().to(device)
-        except OSError as e:
-            raise LlmrecError(
-                f"cannot load image encoder '{name}' ({e.__class__.__name__})",
-                hint="give a local folder or a hub id",
-            ) from None
+            self.processor = AutoImageProcessor.from_pretrained(source)
+            self.model = AutoModel.from_pretrained(source).eval().to(device)
+        except Exception as e:  # a damaged folder raises OSError, ValueError, KeyError...
+            raise unloadable(name, "image encoder", e) from None
         from PIL import Image
 
         self.dim = int(self.encode([Image.new("RGB", (32, 32))]).shape[1])
@@ -185,9 +190,11 @@ def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, device: str = "cpu") -
 
 
 def load_text_encoder(name: str, device: str = "cpu", batch_size: int = 64) -> TextEncoder:
+    """A sentence-transformers encoder by alias, local folder or hub id; a missing local folder or a
+    model that does not load is a one-line error."""
     try:
         return SentenceTransformerEncoder(name, device, batch_size)
-    except OSError as e:
-        raise LlmrecError(
-            f"cannot load text encoder '{name}' ({e})", hint="give a local folder or a hub id"
-        ) from None
+    except LlmrecError:
+        raise
+    except Exception as e:  # a damaged folder raises OSError, ValueError, KeyError...
+        raise unloadable(name, "text encoder", e) from None
