@@ -292,3 +292,31 @@ def test_features_encoder_that_is_a_missing_or_damaged_path_is_one_line(syntheti
         line = _one_error_line(capsys, "features")
         assert expected in line and args[-1] in line, line
     assert _snapshot(synthetic_dataset) == before
+
+
+def test_a_damaged_texts_table_is_one_line_for_readers_and_regenerated_by_describe(
+    synthetic_dataset, tiny_llm, capsys
+):
+    from llmrec.llm.describe import load_texts
+
+    args = [
+        "describe",
+        "--data",
+        str(synthetic_dataset),
+        "--llm",
+        tiny_llm,
+        "--max-new-tokens",
+        "2",
+        "--limit",
+        "3",
+    ]
+    assert main(args) == 0
+    table = synthetic_dataset / "texts" / "from_title.parquet"
+    good = table.read_bytes()
+    table.write_bytes(good[: len(good) // 2])
+    with pytest.raises(LlmrecError, match="unreadable texts table") as e:
+        load_texts(synthetic_dataset, "from_title")
+    assert str(table) in str(e.value) and len(str(e.value).splitlines()) == 1
+    capsys.readouterr()
+    assert main(args) == 0  # the same command starts over
+    assert table.read_bytes() == good

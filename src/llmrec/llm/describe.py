@@ -222,11 +222,25 @@ def texts_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
     return root / f"{name}.parquet", root / f"{name}.json"
 
 
+_COLUMNS = ["item_id", "text", "prompt_sha256"]
+
+
+def _no_rows() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=str) for c in _COLUMNS})
+
+
 def _read_rows(path: Path) -> pd.DataFrame:
-    cols = ["item_id", "text", "prompt_sha256"]
+    """The generated rows of a texts table (none when it does not exist); a damaged one is one line."""
+    cols = _COLUMNS
     if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype=str) for c in cols})
-    df = pd.read_parquet(path)
+        return _no_rows()
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError... on a damaged file
+        text = " ".join(str(e).split())[:200] or e.__class__.__name__
+        raise LlmrecError(
+            f"unreadable texts table ({text})", file=path, hint="re-run 'llmrec describe' with --force"
+        ) from None
     missing = set(cols) - set(df.columns)
     if missing:
         raise LlmrecError(
@@ -288,7 +302,11 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
     # rows still valid for this config (any item, also beyond --limit) are kept; stale ones are dropped
     done: dict[str, tuple[str, str]] = {}  # item_id -> (text, key)
     if not cfg.force:
-        old = _read_rows(path)
+        try:
+            old = _read_rows(path)
+        except LlmrecError as e:  # a damaged cache is regenerated, never trusted
+            log.warning("ignoring the generated texts and starting over: %s", e)
+            old = _no_rows()
         key_of = dict(zip(ids, keys))
         done = {i: (t, k) for i, t, k in old.itertuples(index=False) if key_of.get(i) == k}
         stale = len(old) - len(done)
