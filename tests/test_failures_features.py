@@ -7,12 +7,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import llmrec
 from conftest import synthetic_tables
 from llmrec.cli import main
 from llmrec.data.dataset import Dataset
@@ -320,3 +327,122 @@ def test_a_damaged_texts_table_is_one_line_for_readers_and_regenerated_by_descri
     capsys.readouterr()
     assert main(args) == 0  # the same command starts over
     assert table.read_bytes() == good
+
+
+# ----------------------------------------------------------------------------- kill -9
+
+
+def _die_at_step(k: int, command: Callable[[], object]) -> bool:
+    """Run ``command`` in a forked child that is killed (``os._exit``: no cleanup, like kill -9) just
+    before its k-th file step (an ``os.replace`` or a ``Path.unlink``); True when it died there, False
+    when it finished with fewer steps."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        steps = [0]
+        real_replace, real_unlink = os.replace, Path.unlink
+
+        def step() -> None:
+            steps[0] += 1
+            if steps[0] == k:
+                os._exit(9)
+
+        def replace(*a, **kw):
+            step()
+            return real_replace(*a, **kw)
+
+        def unlink(self, *a, **kw):
+            step()
+            return real_unlink(self, *a, **kw)
+
+        os.replace, Path.unlink = replace, unlink
+        try:
+            command()
+        except BaseException:
+            os._exit(3)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 9), f"the interrupted command failed (exit {code})"
+    return code == 9
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (temp files included: none may be left) and its bytes."""
+    return _snapshot(folder) if folder.exists() else {}
+
+
+def test_features_killed_at_every_file_step_resumes_to_identical_files(tmp_path, fake_encoders):
+    data = _prepare(tmp_path / "ds")
+    cfg = FeaturesConfig(data=str(data), batch_size=8)
+    build_features(cfg)
+    expected = _outputs(data / "features")
+    assert sorted(expected) == ["text.json", "text.missing.npy", "text.npy"]
+    k = 1
+    while True:
+        shutil.rmtree(data / "features")
+        died = _die_at_step(k, lambda: build_features(cfg))
+        build_features(cfg)  # the same command again
+        assert _outputs(data / "features") == expected, f"after a kill at step {k}"
+        if not died:
+            break
+        k += 1
+    assert k > 8  # every progress checkpoint and every publishing step was a kill point
+
+
+def _llmrec(*args: str, tmp_path: Path) -> subprocess.Popen:
+    """``python -m llmrec ARGS`` with this checkout's code, offline, one thread."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(Path(llmrec.__file__).resolve().parents[1]),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        LLMREC_CRASH_DIR=str(tmp_path / "crashes"),
+    )
+    log = open(tmp_path / "subprocess.log", "ab")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen([sys.executable, "-m", "llmrec", *args], env=env, stdout=log, stderr=log)
+
+
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()``; True when it was killed, False when it ended first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return proc.returncode == -signal.SIGKILL
+        time.sleep(0.005)
+    assert proc.poll() is not None, "the command hung"
+    return False
+
+
+def _progress(data: Path, name: str = "text") -> int:
+    try:
+        return int(json.loads((data / "features" / f".{name}.progress.json").read_text())["done"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_features_command_killed_twice_resumes_to_identical_files(tmp_path):
+    """kill -9 of `llmrec features` (the real MiniLM encoder) early, then again in the resumed run."""
+    items, inter = synthetic_tables(n_users=40, n_items=160)
+    for name in ("a", "b"):
+        write_dataset(
+            finalize(items, inter, ProcessConfig(kcore=0, num_negatives=5), {}, {}, []), tmp_path / name
+        )
+    args = ["features", "--batch-size", "4"]
+    assert main([*args, "--data", str(tmp_path / "a")]) == 0
+    expected = _outputs(tmp_path / "a" / "features")
+    data = tmp_path / "b"
+    count = len(Dataset(data).items)
+    killed = [
+        _kill_when(_llmrec(*args, "--data", str(data), tmp_path=tmp_path), lambda: _progress(data) >= 8),
+        _kill_when(
+            _llmrec(*args, "--data", str(data), tmp_path=tmp_path), lambda: _progress(data) >= count // 2
+        ),
+    ]
+    assert any(killed), "neither run was interrupted"
+    assert not (data / "features" / "text.json").exists()
+    assert main([*args, "--data", str(data)]) == 0
+    assert _outputs(data / "features") == expected

@@ -24,6 +24,7 @@ from llmrec.features.encoders import (
 )
 from llmrec.features.store import (
     Feature,
+    clean_leftovers,
     compute_feature,
     ids_checksum,
     is_current,
@@ -124,6 +125,7 @@ def _current_feature(root: Path, name: str, spec: dict[str, Any], force: bool) -
         except LlmrecError as e:
             log.warning("feature '%s' is damaged (%s): recomputing it", name, e)
             return None
+        clean_leftovers(root, name, feature.manifest)
         log.info("feature '%s' is up to date", name)
         return feature
     changed = stale_keys(root, name, spec)

@@ -91,6 +91,23 @@ def stale_keys(root: Path, name: str, spec: dict[str, Any]) -> list[str]:
     return [k for k, v in spec.items() if manifest.get(k) != v]
 
 
+def clean_leftovers(root: str | Path, name: str, manifest: dict[str, Any] | None = None) -> None:
+    """Delete what an interrupted write of feature ``name`` left behind: half-written JSON temp files
+    and, given the ``manifest`` of the complete feature now in place, the progress and partial files of
+    the run that wrote it (a kill after the manifest was written, before they were removed). Partial
+    files of a run with another spec stay: that run resumes when it is started again."""
+    root = Path(root)
+    p = _paths(root, name)
+    for written in (p["manifest"], p["progress"]):  # atomic_path's temp names: .<file name>.<random>.partial
+        for leftover in root.glob(f".{written.name}.*.partial"):
+            leftover.unlink(missing_ok=True)
+    if manifest is not None and p["progress"].exists():
+        spec = (_manifest_or_none(p["progress"]) or {}).get("spec")
+        if not isinstance(spec, dict) or all(manifest.get(k) == v for k, v in spec.items()):
+            for key in ("partial", "partial_missing", "progress"):
+                p[key].unlink(missing_ok=True)
+
+
 def compute_feature(
     root: str | Path,
     name: str,
@@ -109,6 +126,7 @@ def compute_feature(
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(root, name)
     p = _paths(root, name)
     progress = {"spec": spec, "count": count, "dim": dim, "dtype": dtype, "done": 0}
     done = 0
@@ -318,6 +336,7 @@ __all__ = [
     "load_feature",
     "list_features",
     "is_current",
+    "clean_leftovers",
     "stale_keys",
     "ids_checksum",
 ]
