@@ -446,3 +446,43 @@ def test_features_command_killed_twice_resumes_to_identical_files(tmp_path):
     assert not (data / "features" / "text.json").exists()
     assert main([*args, "--data", str(data)]) == 0
     assert _outputs(data / "features") == expected
+
+
+def _texts(data: Path, name: str = "from_title") -> dict[str, object]:
+    """The texts table's bytes, and its manifest without its creation time."""
+    manifest = json.loads((data / "texts" / f"{name}.json").read_text())
+    manifest.pop("created")
+    return {"table": (data / "texts" / f"{name}.parquet").read_bytes(), "manifest": manifest}
+
+
+def test_describe_killed_at_every_file_step_resumes_to_identical_texts(tmp_path, tiny_llm):
+    from llmrec.llm.describe import DescribeConfig, run_describe
+
+    data = _prepare(tmp_path / "ds")
+    cfg = DescribeConfig(data=str(data), llm=tiny_llm, max_new_tokens=3, batch_size=4, limit=12)
+    run_describe(cfg)
+    expected = _texts(data)
+    k = 1
+    while True:
+        shutil.rmtree(data / "texts")
+        died = _die_at_step(k, lambda: run_describe(cfg))
+        run_describe(cfg)
+        assert _texts(data) == expected, f"after a kill at step {k}"
+        assert sorted(p.name for p in (data / "texts").iterdir()) == ["from_title.json", "from_title.parquet"]
+        if not died:
+            break
+        k += 1
+    assert k > 6  # both files of every batch's checkpoint were kill points
+
+
+def test_describe_command_killed_resumes_to_identical_texts(tmp_path, tiny_llm):
+    data = _prepare(tmp_path / "ds")
+    args = ["describe", "--data", str(data), "--llm", tiny_llm, "--max-new-tokens", "3", "--batch-size", "2"]
+    assert main(args) == 0
+    expected = _texts(data)
+    shutil.rmtree(data / "texts")
+    table = data / "texts" / "from_title.parquet"
+    assert _kill_when(_llmrec(*args, tmp_path=tmp_path), table.exists)
+    assert main(args) == 0
+    assert _texts(data) == expected
+    assert sorted(p.name for p in (data / "texts").iterdir()) == ["from_title.json", "from_title.parquet"]

@@ -282,6 +282,9 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
     ds = Dataset(cfg.data)
     name = cfg.name or cfg.mode
     path, manifest_path = texts_paths(ds.root, name)
+    for written in (path, manifest_path):  # temp files of a write cut short by a kill
+        for leftover in written.parent.glob(f".{written.name}.*.partial"):
+            leftover.unlink(missing_ok=True)
     items = ds.items.assign(item_id=ds.items["item_id"].astype(str))
     fields = [prompt_fields(r) for r in items.to_dict("records")]
     if cfg.description_texts is not None:
@@ -330,22 +333,31 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
             }
         )
         write_parquet_atomic(table, path)
-        write_json_atomic(
-            manifest_path,
-            {
-                "name": name,
-                "llm": cfg.llm,
-                "mode": cfg.mode,
-                "prompt_template": cfg.template,
-                "chat_template": chat,
-                "generation": {**cfg.generation, "decoding": "greedy"},
-                "count": len(order),
-                "n_items": len(ids),
-                "complete": len(order) == len(ids),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "config": to_dict(cfg),
-            },
-        )
+        write_json_atomic(manifest_path, manifest(len(order)))
+
+    def manifest(count: int) -> dict[str, Any]:
+        return {
+            "name": name,
+            "llm": cfg.llm,
+            "mode": cfg.mode,
+            "prompt_template": cfg.template,
+            "chat_template": chat,
+            "generation": {**cfg.generation, "decoding": "greedy"},
+            "count": count,
+            "n_items": len(ids),
+            "complete": count == len(ids),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": to_dict(cfg),
+        }
+
+    def manifest_is_current() -> bool:
+        """The manifest on disk describes the table (a kill between the two writes leaves an older one)."""
+        try:
+            on_disk = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        want = json.loads(json.dumps(manifest(len(done)), default=str))
+        return isinstance(on_disk, dict) and {**on_disk, "created": None} == {**want, "created": None}
 
     log.info("describe '%s': %d items to generate, %d cached", name, len(todo), reused)
     t0 = last_note = time.perf_counter()
@@ -362,8 +374,8 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
                 rate = bar.n / (time.perf_counter() - t0)
                 log.info("describe '%s': %d/%d items, %.2f items/s", name, bar.n, len(todo), rate)
                 last_note = time.perf_counter()
-    if not todo and (stale or not path.exists() or not manifest_path.exists()):
-        checkpoint()  # nothing generated, but stale rows were dropped or the files are new
+    if not todo and (stale or not path.exists() or not manifest_is_current()):
+        checkpoint()  # nothing generated, but stale rows were dropped or the files are new or behind
     seconds = time.perf_counter() - t0
     return {
         "name": name,
