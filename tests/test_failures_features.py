@@ -486,3 +486,52 @@ def test_describe_command_killed_resumes_to_identical_texts(tmp_path, tiny_llm):
     assert main(args) == 0
     assert _texts(data) == expected
     assert sorted(p.name for p in (data / "texts").iterdir()) == ["from_title.json", "from_title.parquet"]
+
+
+def _images_dataset(root: Path, n_items: int, inside: bool) -> Path:
+    """A dataset of ``n_items`` items, each with a small PNG: under the dataset's raw/ (``inside``; the
+    images command copies those into images/files/) or in the folder ``root/img`` (used in place)."""
+    items, inter = synthetic_tables(n_users=max(10, n_items // 8), n_items=n_items, per_user=12)
+    items["image"] = [f"raw/{i}.png" if inside else "" for i in items["item_id"]]
+    data = root / "ds"
+    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=2), {}, {}, []), data)
+    folder = data / "raw" if inside else root / "img"
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, item_id in enumerate(Dataset(data).items["item_id"]):
+        if n % 7 != 3:  # some items have no image: their status is recorded too
+            Image.new("RGB", (20, 20), (n % 256, 3 * n % 256, 90)).save(folder / f"{item_id}.png")
+    return data
+
+
+def test_images_killed_at_every_file_step_resumes_to_identical_files(tmp_path, monkeypatch):
+    from llmrec.data import images
+
+    monkeypatch.setattr(images, "CHECKPOINT_EVERY", 4)
+    data = _images_dataset(tmp_path, 24, inside=True)
+    cfg = images.ImagesConfig(data=str(data), workers=2)
+    images.fetch_images(cfg)
+    expected = _outputs(data / "images")
+    assert len(expected) > 10 and all(not n.startswith(".") and "/." not in n for n in expected)
+    k = 1
+    while True:
+        shutil.rmtree(data / "images")
+        died = _die_at_step(k, lambda: images.fetch_images(cfg))
+        images.fetch_images(cfg)
+        assert _outputs(data / "images") == expected, f"after a kill at step {k}"
+        if not died:
+            break
+        k += 1
+    assert k > 20  # every copied file and every manifest checkpoint was a kill point
+
+
+def test_images_command_killed_resumes_to_identical_manifest(tmp_path):
+    data = _images_dataset(tmp_path, 480, inside=False)
+    args = ["images", "--data", str(data), "--image-dir", str(tmp_path / "img"), "--workers", "2"]
+    reference = tmp_path / "reference"
+    shutil.copytree(data, reference)
+    assert main([*args[:2], str(reference), *args[3:]]) == 0
+    expected = _outputs(reference / "images")
+    manifest = data / "images" / "manifest.parquet"
+    assert _kill_when(_llmrec(*args, tmp_path=tmp_path), manifest.exists)  # at the first checkpoint
+    assert main(args) == 0
+    assert _outputs(data / "images") == expected
