@@ -535,3 +535,78 @@ def test_images_command_killed_resumes_to_identical_manifest(tmp_path):
     assert _kill_when(_llmrec(*args, tmp_path=tmp_path), manifest.exists)  # at the first checkpoint
     assert main(args) == 0
     assert _outputs(data / "images") == expected
+
+
+# ----------------------------------------------------------------------------- fuzz: damaged store files
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+STORE_FILES = ["text.json", "text.npy", "text.missing.npy"]
+DAMAGE = st.tuples(
+    st.sampled_from(STORE_FILES),
+    st.sampled_from(["truncate", "flip", "replace", "append", "delete"]),
+    st.integers(min_value=0, max_value=10**6),  # where
+    st.binary(min_size=1, max_size=16),  # what
+)
+
+
+def _damage(path: Path, how: str, where: int, what: bytes) -> None:
+    data = path.read_bytes()
+    at = where % (len(data) + 1)
+    if how == "truncate":
+        path.write_bytes(data[: min(at, len(data) - 1)])
+    elif how == "flip":
+        at = min(at, len(data) - 1)
+        path.write_bytes(data[:at] + bytes([data[at] ^ (what[0] or 1)]) + data[at + 1 :])
+    elif how == "replace":
+        path.write_bytes(data[:at] + what + data[at + len(what) :])
+    elif how == "append":
+        path.write_bytes(data + what)
+    else:
+        path.unlink()
+
+
+def _check_damaged_store(clean: Path, work: Path, damage: tuple[str, str, int, bytes]) -> None:
+    """Whatever is done to one store file: loading is one LlmrecError line naming a store file, or gives
+    the very same values and mask; `llmrec features` afterwards restores the same values."""
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(clean, work)
+    feats = work / "features"
+    good = (np.load(feats / "text.npy"), np.load(feats / "text.missing.npy"))
+    name, how, where, what = damage
+    _damage(feats / name, how, where, what)
+    try:
+        f = load_item_feature(Dataset(work), "text", 40)
+    except LlmrecError as e:
+        line = str(e)
+        assert len(line.splitlines()) == 1 and str(feats) in line and "llmrec features" in line, line
+    else:  # the change touched nothing the feature is made of (e.g. the manifest's own name)
+        np.testing.assert_array_equal(f.values, good[0])
+        np.testing.assert_array_equal(f.missing, good[1])
+    assert main(["features", "--data", str(work), "--batch-size", "16"]) == 0
+    f = load_item_feature(Dataset(work), "text", 40)
+    np.testing.assert_array_equal(f.values, good[0])
+    np.testing.assert_array_equal(f.missing, good[1])
+
+
+@pytest.fixture
+def clean_store(tmp_path, fake_encoders) -> Path:
+    data = _prepare(tmp_path / "clean")
+    build_features(FeaturesConfig(data=str(data), batch_size=16))
+    return data
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=DAMAGE)
+def test_any_damage_to_a_feature_file_is_one_line_or_harmless(clean_store, tmp_path, damage, capsys):
+    _check_damaged_store(clean_store, tmp_path / "work", damage)
+    capsys.readouterr()
+
+
+@pytest.mark.fuzz
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=DAMAGE)
+def test_fuzz_feature_files_long(clean_store, tmp_path, damage, capsys):
+    _check_damaged_store(clean_store, tmp_path / "work", damage)
+    capsys.readouterr()

@@ -2,7 +2,8 @@
 
 features/<name>.npy           (count, dim) float array, memory-mapped on load
 features/<name>.missing.npy   (count,) bool: rows without a source (e.g. no image); their values are 0
-features/<name>.json          manifest: encoder, dim, dtype, count, sha256, missing count, provenance
+features/<name>.json          manifest: encoder, dim, dtype, count, sha256 (array and mask), missing count,
+                              provenance (what it was computed from: texts / image bytes / run, dataset identity)
 
 Writes are resumable and atomic: rows go into ``.<name>.partial.npy`` with a progress file; the final
 array is renamed into place and the manifest is written last, so only a complete, checksummed array
@@ -210,6 +211,7 @@ def _publish(root: Path, name: str, manifest: dict[str, Any]) -> Feature:
     manifest["sha256"] = sha256_file(p["partial"])
     missing = np.load(p["partial_missing"])
     manifest["missing"] = int(missing.sum())
+    manifest["missing_sha256"] = sha256_file(p["partial_missing"])
     os.replace(p["partial"], p["values"])
     os.replace(p["partial_missing"], p["missing"])
     write_json_atomic(p["manifest"], manifest)
@@ -261,11 +263,18 @@ def load_feature(
             hint="recompute the feature for this dataset",
         )
     missing = np.zeros(len(values), dtype=bool)
+    recorded = manifest.get("missing_sha256")  # absent in features written before it was recorded
+    if recorded and not p["missing"].exists():
+        raise LlmrecError("missing-row mask not found", file=p["missing"], hint=recompute)
     if p["missing"].exists():
-        missing = _read_array(p["missing"], "missing-row mask", recompute)
-        if missing.shape != (len(values),):
+        if verify and recorded and sha256_file(p["missing"]) != recorded:
             raise LlmrecError(
-                f"missing-row mask of shape {missing.shape} for {len(values)} rows",
+                "checksum mismatch: file changed after it was written", file=p["missing"], hint=recompute
+            )
+        missing = _read_array(p["missing"], "missing-row mask", recompute)
+        if missing.shape != (len(values),) or missing.dtype != np.bool_:
+            raise LlmrecError(
+                f"missing-row mask of shape {missing.shape} and dtype {missing.dtype} for {len(values)} rows",
                 file=p["missing"],
                 hint=recompute,
             )
