@@ -610,3 +610,42 @@ def test_any_damage_to_a_feature_file_is_one_line_or_harmless(clean_store, tmp_p
 def test_fuzz_feature_files_long(clean_store, tmp_path, damage, capsys):
     _check_damaged_store(clean_store, tmp_path / "work", damage)
     capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------- wrong options
+
+
+BAD_OPTIONS = [
+    (["features", "--text-name", "../evil"], "text_name '../evil' is not a plain file name"),
+    (["features", "--text-name", ""], "text_name '' is not a plain file name"),
+    (["features", "--image", "--no-text", "--image-name", ".hidden"], "image_name '.hidden' is not a plain"),
+    (["features", "--cf", "RUN", "--cf-prefix", "a/b"], "cf_prefix 'a/b' is not a plain file name"),
+    (["features", "--batch-size", "0"], "batch_size must be >= 1"),
+    (["features", "--template", "no placeholder"], "has no {field} placeholder"),
+    (["features", "--template", "Plot: {plot}"], "unknown field(s) ['plot']"),
+    (["features", "--no-text"], "nothing to compute"),
+    (["features", "--device", "cuda:99"], "device 'cuda:99'"),
+    (["features", "--device", "gpu0"], "device 'gpu0' is not one of"),
+    (["features", "--cf", "no-such-run"], "no-such-run"),
+    (["describe", "--device", "cuda:99"], "device 'cuda:99'"),
+    (["describe", "--name", "../x"], "name '../x' is not a plain file name"),
+    (["describe", "--batch-size", "0"], "batch_size must be >= 1"),
+    (["describe", "--limit", "0"], "limit must be >= 1"),
+    (["describe", "--prompt", "About {plot}:"], "unknown field(s) ['plot']"),
+    (["describe", "--description-texts", "none-yet"], "texts/none-yet.parquet"),
+    (["images", "--workers", "0"], "workers must be >= 1"),
+    (["images", "--timeout", "-1"], "timeout must be > 0"),
+    (["images", "--image-dir", "no-such-folder"], "no-such-folder: image folder not found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"), BAD_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None
+)
+def test_wrong_options_are_one_line_and_touch_nothing(synthetic_dataset, tmp_path, capsys, argv, expected):
+    before = _snapshot(synthetic_dataset)
+    argv = [str(tmp_path / a) if a in ("RUN", "no-such-run", "no-such-folder") else a for a in argv]
+    assert main([argv[0], "--data", str(synthetic_dataset), *argv[1:]]) == 2
+    line = _one_error_line(capsys, argv[0])
+    assert expected in line, line
+    assert _snapshot(synthetic_dataset) == before

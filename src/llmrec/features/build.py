@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,9 @@ from llmrec.utils.io import sha256_file
 log = logging.getLogger(__name__)
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a feature's file name stem: no path, no leading dot
+
+
 @dataclass
 class FeaturesConfig:
     """Which item features to compute, with which encoders."""
@@ -56,7 +61,7 @@ class FeaturesConfig:
     text_name: str = option("text", "feature name for the text feature")
     image_name: str = option("image", "feature name for the image feature")
     batch_size: int = option(64, "items per encoder batch")
-    device: str = option("cpu", "torch device for the encoders")
+    device: str = option("cpu", "torch device for the encoders: auto | cpu | cuda | cuda:N | mps")
     force: bool = option(False, "recompute even if an up-to-date feature exists")
     cf: str | None = option(
         None, "export a trained run's CF embeddings (e.g. runs/sasrec) instead of text/image"
@@ -68,6 +73,12 @@ class FeaturesConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.text or self.image or self.cf):
             raise ConfigError("nothing to compute: enable --text and/or --image")
+        for key in ("text_name", "image_name", "cf_prefix"):
+            value = getattr(self, key)
+            if value is not None and not _NAME.match(value):
+                raise ConfigError(
+                    f"{key} {value!r} is not a plain file name", hint="use letters, digits, '.', '_' or '-'"
+                )
 
 
 def item_texts(ds: Dataset, template: str) -> list[str]:
@@ -287,6 +298,10 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
 
 def build_features(cfg: FeaturesConfig) -> dict[str, Any]:
     """Compute the requested features; return their manifests by name."""
+    from llmrec.devices import resolve_device
+
+    # a device torch cannot use here is one line, before any work
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
     ds = Dataset(Path(cfg.data))
     if cfg.cf:
         return export_cf_features(ds, cfg.cf, cfg.cf_prefix)

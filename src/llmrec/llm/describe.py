@@ -84,7 +84,7 @@ class DescribeConfig:
     )
     max_new_tokens: int = option(48, "most tokens generated per item (greedy decoding)")
     batch_size: int = option(16, "prompts per generate() call")
-    device: str = option("cpu", "torch device for the LM")
+    device: str = option("cpu", "torch device for the LM: auto | cpu | cuda | cuda:N | mps")
     chat: bool = option(True, "wrap the prompt in the tokenizer's chat template when it has one")
     limit: int | None = option(None, "describe only the first N items (quick runs)")
     force: bool = option(False, "regenerate every item even if a cached text matches")
@@ -279,6 +279,9 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
     """Generate the texts that are missing or stale; return a summary (counts, seconds, items/s, paths)."""
     from tqdm.auto import tqdm
 
+    from llmrec.devices import resolve_device
+
+    device = resolve_device(cfg.device)  # a device torch cannot use here is one line, before any work
     ds = Dataset(cfg.data)
     name = cfg.name or cfg.mode
     path, manifest_path = texts_paths(ds.root, name)
@@ -294,7 +297,7 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
             f["description"] = text
     check_template(cfg.template, set().union(*(f.keys() for f in fields)) if fields else set())
 
-    model, tokenizer = load_causal_lm(cfg.llm, device=cfg.device)
+    model, tokenizer = load_causal_lm(cfg.llm, device=device)
     model.eval()
     prepare_tokenizer(tokenizer)
     chat = bool(cfg.chat and getattr(tokenizer, "chat_template", None))
