@@ -649,3 +649,36 @@ def test_wrong_options_are_one_line_and_touch_nothing(synthetic_dataset, tmp_pat
     line = _one_error_line(capsys, argv[0])
     assert expected in line, line
     assert _snapshot(synthetic_dataset) == before
+
+
+# ----------------------------------------------------------------------------- bad item data
+
+
+def test_an_item_with_damaged_extra_json_is_one_line_naming_its_row(synthetic_dataset, tiny_llm, capsys):
+    import pandas as pd
+
+    path = synthetic_dataset / "items.parquet"
+    items = pd.read_parquet(path)
+    items.loc[4, "extra"] = '{"year": 19'
+    items.to_parquet(path, index=False)
+    before = _snapshot(synthetic_dataset)
+    for argv in (["features"], ["describe", "--llm", tiny_llm]):
+        assert main([*argv, "--data", str(synthetic_dataset)]) == 2
+        line = _one_error_line(capsys, argv[0])
+        assert f"{path}, row 5, field 'extra': not a JSON object" in line, line
+    assert _snapshot(synthetic_dataset) == before
+
+
+def test_an_image_that_is_a_decompression_bomb_is_flagged_missing(
+    tmp_path, fake_encoders, monkeypatch, caplog
+):
+    """Regression: PIL's DecompressionBombError is no OSError, so `features --image` crashed on it."""
+    from PIL import Image as PILImage
+
+    data, img = _image_dataset(tmp_path)
+    PILImage.new("RGB", (64, 64), (9, 9, 9)).save(img / "4.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice that: a "bomb" here
+    with caplog.at_level("WARNING"):
+        m = build_features(FeaturesConfig(data=str(data), text=False, image=True))["image"]
+    assert m["missing"] == 1 and "4.png unreadable" in caplog.text
+    assert load_item_feature(Dataset(data), "image", 6).missing.tolist() == [False] * 4 + [True, False]

@@ -19,7 +19,7 @@ from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.encoders import (
     DEFAULT_TEMPLATE,
     check_template,
-    item_fields,
+    dataset_item_fields,
     load_image_encoder,
     load_text_encoder,
     render_template,
@@ -83,7 +83,7 @@ class FeaturesConfig:
 
 def item_texts(ds: Dataset, template: str) -> list[str]:
     """The rendered text of every item in item order."""
-    rows = [item_fields(r) for r in ds.items.to_dict("records")]
+    rows = dataset_item_fields(ds.items, ds.root / "items.parquet")
     check_template(template, set().union(*(r.keys() for r in rows)) if rows else set())
     return [render_template(template, r) for r in rows]
 
@@ -187,7 +187,9 @@ def build_image_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
             try:
                 with Image.open(path) as im:  # type: ignore[arg-type]
                     images.append(im.convert("RGB"))
-            except (OSError, TypeError, AttributeError):  # None or unreadable: a missing image
+            except Exception as e:  # None, unreadable, truncated, a decompression bomb: a missing image
+                if path is not None:
+                    log.warning("item row %d: image %s unreadable (%s): flagged missing", i + 1, path, e)
                 missing[j] = True
                 images.append(Image.new("RGB", (32, 32)))
         return encoder.encode(images), missing

@@ -62,6 +62,7 @@ class SentenceTransformerEncoder:
         return np.asarray(out, dtype=np.float32)
 
 
+_NOT_JSON = "not a JSON object"
 _SEGMENT = re.compile(r"(?P<label>[A-Za-z][A-Za-z ]*:\s*)?\{(?P<field>\w+)\}")
 
 
@@ -70,10 +71,27 @@ def item_fields(row: pd.Series | dict[str, Any]) -> dict[str, str]:
     row = dict(row)
     fields = {k: "" if v is None else str(v) for k, v in row.items() if k != "extra"}
     extra = row.get("extra") or "{}"
-    for k, v in json.loads(extra).items():
+    try:
+        extra = json.loads(extra) if isinstance(extra, str) else None
+    except ValueError:
+        extra = None
+    if not isinstance(extra, dict):
+        raise LlmrecError(_NOT_JSON, field="extra", hint="re-run 'llmrec prepare'")
+    for k, v in extra.items():
         if k not in fields:
             fields[k] = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
     return fields
+
+
+def dataset_item_fields(items: pd.DataFrame, file: Any = None) -> list[dict[str, str]]:
+    """:func:`item_fields` of every row of an items table; a damaged row is one line naming its row."""
+    out = []
+    for row, record in enumerate(items.to_dict("records"), start=1):
+        try:
+            out.append(item_fields(record))
+        except LlmrecError as e:  # item_fields raises for one thing only: an 'extra' that is not JSON
+            raise LlmrecError(_NOT_JSON, file=file, row=row, field=e.field, hint=e.hint) from None
+    return out
 
 
 def render_template(template: str, fields: dict[str, str], drop_empty: bool = True) -> str:

@@ -260,7 +260,7 @@ def load_feature(
         raise LlmrecError(
             "rows do not match this dataset's item/user order",
             file=p["manifest"],
-            hint="recompute the feature for this dataset",
+            hint=recompute.replace("to recompute it", "for this dataset"),
         )
     missing = np.zeros(len(values), dtype=bool)
     recorded = manifest.get("missing_sha256")  # absent in features written before it was recorded

@@ -35,7 +35,7 @@ from llmrec.assets import DEFAULT_LLM, load_causal_lm
 from llmrec.config import option, to_dict
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.features.encoders import check_template, item_fields, render_template
+from llmrec.features.encoders import check_template, dataset_item_fields, item_fields, render_template
 from llmrec.utils.io import write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,10 @@ class DescribeConfig:
 
 def prompt_fields(row: pd.Series | dict[str, Any]) -> dict[str, str]:
     """:func:`item_fields` plus ``title_year`` ("Toy Story (1995)") and ``genres`` (extra genres, else category)."""
-    fields = item_fields(row)
+    return _with_prompt_fields(item_fields(row))
+
+
+def _with_prompt_fields(fields: dict[str, str]) -> dict[str, str]:
     title = fields.get("title", "").strip()
     year = fields.get("year", "").strip().removesuffix(".0")
     if year.lower() in ("nan", "none", "<na>"):
@@ -289,7 +292,7 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
         for leftover in written.parent.glob(f".{written.name}.*.partial"):
             leftover.unlink(missing_ok=True)
     items = ds.items.assign(item_id=ds.items["item_id"].astype(str))
-    fields = [prompt_fields(r) for r in items.to_dict("records")]
+    fields = [_with_prompt_fields(f) for f in dataset_item_fields(items, ds.root / "items.parquet")]
     if cfg.description_texts is not None:
         if cfg.description_texts == name:
             raise ConfigError(f"description_texts {name!r} would read the texts this run is writing")
