@@ -682,3 +682,19 @@ def test_an_image_that_is_a_decompression_bomb_is_flagged_missing(
         m = build_features(FeaturesConfig(data=str(data), text=False, image=True))["image"]
     assert m["missing"] == 1 and "4.png unreadable" in caplog.text
     assert load_item_feature(Dataset(data), "image", 6).missing.tolist() == [False] * 4 + [True, False]
+
+
+def test_generated_texts_are_stale_after_a_reprepare_that_changed_the_titles(tmp_path, tiny_llm):
+    """Regression: load_texts returned descriptions generated from the old titles."""
+    from llmrec.llm.describe import DescribeConfig, load_texts, run_describe
+
+    data = _prepare(tmp_path / "ds")
+    cfg = DescribeConfig(data=str(data), llm=tiny_llm, max_new_tokens=2, batch_size=20)
+    run_describe(cfg)
+    assert len(load_texts(data, "from_title")) == 40
+    _prepare(data, title="Renamed {i}")
+    with pytest.raises(LlmrecError, match="40 of 40 texts were generated from other item data") as e:
+        load_texts(data, "from_title")
+    assert "re-run 'llmrec describe" in str(e.value)
+    assert run_describe(cfg)["generated"] == 40  # the same command regenerates them
+    assert len(load_texts(data, "from_title")) == 40
