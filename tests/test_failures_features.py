@@ -698,3 +698,27 @@ def test_generated_texts_are_stale_after_a_reprepare_that_changed_the_titles(tmp
     assert "re-run 'llmrec describe" in str(e.value)
     assert run_describe(cfg)["generated"] == 40  # the same command regenerates them
     assert len(load_texts(data, "from_title")) == 40
+
+
+def test_gguf_cache_is_keyed_by_the_file_and_a_damaged_copy_is_converted_again(
+    tmp_path, tiny_llm, monkeypatch, caplog
+):
+    """Regression: the converted copy was keyed by folder and file name only, so another .gguf under the
+    same name loaded the old model; and a damaged copy could only be fixed by hand."""
+    from llmrec import assets
+
+    gguf = tmp_path / "models" / "m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF first")
+    first = assets.gguf_cache_slug(str(gguf.parent), gguf.name)
+    assert first == assets.gguf_cache_slug(str(gguf.parent), gguf.name)
+    gguf.write_bytes(b"GGUF other model")
+    assert assets.gguf_cache_slug(str(gguf.parent), gguf.name) != first
+
+    damaged = Path(_damaged_llm(tiny_llm, tmp_path, "truncated_weights"))
+    copies = iter([damaged, Path(tiny_llm)])
+    monkeypatch.setattr(assets, "_gguf_cache", lambda folder, file: next(copies))
+    with caplog.at_level("WARNING"):
+        model, _ = assets.load_causal_lm(str(gguf))
+    assert model.config.hidden_size == 32
+    assert "does not load" in caplog.text and not damaged.exists()

@@ -6,10 +6,12 @@ HuggingFace hub id; only the last touches the network, and only because the user
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -154,11 +156,24 @@ def load_causal_lm(name: str = DEFAULT_LLM, dtype: Any = None, device: str | Non
     if name != DEFAULT_LLM:
         local_model_path(name, "language model")
     t0 = time.perf_counter()
+
+    def load(source: str) -> tuple[Any, Any]:
+        return AutoTokenizer.from_pretrained(source), AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype
+        )
+
     try:
         gguf = _split_gguf(name)
         source = str(_gguf_cache(*gguf)) if gguf is not None else name
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        try:
+            tokenizer, model = load(source)
+        except Exception as e:
+            if gguf is None:
+                raise
+            # the converted copy is ours: a damaged one is converted again, once
+            log.warning("the converted copy %s does not load (%s): converting %s again", source, e, name)
+            shutil.rmtree(source, ignore_errors=True)
+            tokenizer, model = load(str(_gguf_cache(*gguf)))
     except LlmrecError:
         raise
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a damaged model
@@ -169,6 +184,19 @@ def load_causal_lm(name: str = DEFAULT_LLM, dtype: Any = None, device: str | Non
     return model, tokenizer
 
 
+def gguf_cache_slug(folder: str, file: str) -> str:
+    """The cache folder name of a GGUF checkpoint: its folder and file name, plus (a local file) a
+    fingerprint of its resolved path, size and modification time, so another file under the same name
+    is converted anew instead of loading the old one's copy."""
+    slug = (Path(folder).name + "--" + file).replace("/", "--")
+    path = Path(folder) / file
+    if path.is_file():
+        st = path.stat()
+        stamp = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        slug += "--" + hashlib.sha256(stamp.encode()).hexdigest()[:12]
+    return slug
+
+
 def _gguf_cache(folder: str, file: str) -> Path:
     """Convert a GGUF checkpoint to a saveable transformers folder once; return that folder."""
     import torch
@@ -176,8 +204,7 @@ def _gguf_cache(folder: str, file: str) -> Path:
 
     from llmrec.utils.io import write_text_atomic
 
-    slug = (Path(folder).name + "--" + file).replace("/", "--")
-    target = cache_dir() / "models" / slug
+    target = cache_dir() / "models" / gguf_cache_slug(folder, file)
     done = target / ".complete"
     if done.exists():
         return target
@@ -191,8 +218,6 @@ def _gguf_cache(folder: str, file: str) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     partial = target.with_name(target.name + ".partial")
-    import shutil
-
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
