@@ -237,7 +237,7 @@ def load_feature(
         )
         raise LlmrecError(f"feature '{name}' not found", file=p["manifest"], hint=hint)
     manifest = _manifest_or_none(p["manifest"])
-    if manifest is None or not all(isinstance(manifest.get(k), int) for k in ("count", "dim")):
+    if manifest is None or not _well_formed(manifest):
         raise LlmrecError(
             "damaged feature manifest (not the JSON 'llmrec features' writes)",
             file=p["manifest"],
@@ -279,6 +279,15 @@ def load_feature(
                 hint=recompute,
             )
     return Feature(name=name, values=values, missing=missing, manifest=manifest)
+
+
+def _well_formed(manifest: dict[str, Any]) -> bool:
+    """The keys every manifest has, with their types (a damaged manifest may still be valid JSON)."""
+    return (
+        all(type(manifest.get(k)) is int for k in ("count", "dim", "missing"))
+        and all(isinstance(manifest.get(k), str) for k in ("sha256", "dtype"))
+        and manifest.get("kind", "item") in ("item", "user")
+    )
 
 
 def _read_array(path: Path, what: str, hint: str, mmap_mode: Any = None) -> np.ndarray:
