@@ -525,7 +525,7 @@ def test_images_killed_at_every_file_step_resumes_to_identical_files(tmp_path, m
 
 
 def test_images_command_killed_resumes_to_identical_manifest(tmp_path):
-    data = _images_dataset(tmp_path, 480, inside=False)
+    data = _images_dataset(tmp_path, 800, inside=False)
     args = ["images", "--data", str(data), "--image-dir", str(tmp_path / "img"), "--workers", "2"]
     reference = tmp_path / "reference"
     shutil.copytree(data, reference)
