@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import llmrec
@@ -176,7 +178,7 @@ def test_cf_export_refuses_a_run_on_another_dataset_of_the_same_size(tmp_path, c
     before = _snapshot(other)
     assert main(["features", "--data", str(other), "--cf", str(run)]) == 2
     line = _one_error_line(capsys, "features")
-    assert str(run) in line and "another dataset" in line
+    assert str(run) in line and "not the dataset the model was trained on" in line
     assert _snapshot(other) == before
 
     assert main(["features", "--data", str(data), "--cf", str(run)]) == 0
@@ -538,9 +540,6 @@ def test_images_command_killed_resumes_to_identical_manifest(tmp_path):
 
 
 # ----------------------------------------------------------------------------- fuzz: damaged store files
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 STORE_FILES = ["text.json", "text.npy", "text.missing.npy"]
 DAMAGE = st.tuples(

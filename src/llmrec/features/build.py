@@ -250,7 +250,7 @@ def _check_run_dataset(run_dir: Path, ds: Dataset) -> None:
             break
     if recorded is not None and recorded != ds.identity:
         raise LlmrecError(
-            f"the run was trained on another dataset (content sha256 {recorded[:12]}, "
+            f"not the dataset the model was trained on (the run recorded content sha256 {recorded[:12]}, "
             f"{ds.root} has {ds.identity[:12]})",
             file=run_dir,
             hint="export it into the dataset it was trained on, or train a run on this one",
