@@ -223,7 +223,7 @@ def test_run_batched_equals_unbatched_and_cache(tmp_path, tiny_llm, counting):
     assert manifest["generation"] == {"do_sample": False, "max_new_tokens": 8, "decoding": "greedy"}
     assert manifest["count"] == 4 and manifest["complete"] and manifest["created"]
     table = pd.read_parquet(data / "texts" / "from_title.parquet")
-    assert list(table.columns) == ["item_id", "text", "prompt_sha256"]
+    assert list(table.columns) == ["item_id", "text", "prompt_sha256", "source_sha256"]
     assert table["prompt_sha256"].str.len().eq(64).all()
 
     changed = run_describe(DescribeConfig(data=str(data), llm=tiny_llm, max_new_tokens=5, batch_size=3))

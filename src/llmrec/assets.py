@@ -6,9 +6,12 @@ HuggingFace hub id; only the last touches the network, and only because the user
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -70,8 +73,60 @@ def efficientnet_lite0_weights() -> Path:
 
 
 def resolve_text_encoder(name: str) -> str:
-    """Alias -> local folder; anything else is passed to sentence-transformers as a path or hub id."""
-    return str(minilm_path()) if name == DEFAULT_TEXT_ENCODER else name
+    """Alias -> local folder; a local path is checked to exist; anything else is a hub id."""
+    if name == DEFAULT_TEXT_ENCODER:
+        return str(minilm_path())
+    local = local_model_path(name, "text encoder")
+    return str(local) if local is not None else name
+
+
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "gpt2", "org/name"
+_HUB_GGUF = re.compile(r"^[\w.-]+/[\w.-]+/[^/\\]+\.gguf$")  # "org/repo/file.gguf"
+
+
+def local_model_path(name: str, what: str = "model") -> Path | None:
+    """The local file or folder ``name`` names, checked to exist; None when ``name`` is a hub id.
+
+    A name is local when it exists, starts with ``.``, ``~`` or ``/``, holds a backslash, ends in
+    ``.gguf`` (unless it has the hub form ``org/repo/file.gguf``), has more than one ``/``, or starts with
+    a folder that exists here (``models/tiny``). A local name that does not exist is a one-line error:
+    it is never looked up on a hub (which, offline, can hang).
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    first = name.split("/", 1)[0]
+    hub_form = _HUB_GGUF.match(name) if name.endswith(".gguf") else _HUB_ID.match(name)
+    local = (
+        name.startswith((".", "~", "/", os.sep))
+        or "\\" in name
+        or not hub_form
+        or ("/" in name and Path(first).expanduser().is_dir())
+    )
+    if not local:
+        return None
+    kind = "file" if name.endswith((".gguf", ".safetensors", ".bin", ".pt", ".pth")) else "file or folder"
+    raise LlmrecError(
+        f"{what} {kind} not found",
+        file=name,
+        hint="check the path (a hub id has the form org/name; aliases: "
+        f"{DEFAULT_LLM}, {DEFAULT_TEXT_ENCODER}, {DEFAULT_IMAGE_ENCODER})",
+    )
+
+
+def unloadable(name: str, what: str, error: BaseException) -> LlmrecError:
+    """The one-line error for a model that exists but does not load (damaged or of another kind)."""
+    text = " ".join(str(error).split())[:300] or "no message"
+    local = Path(name).expanduser().exists()
+    return LlmrecError(
+        f"cannot load {what} ({error.__class__.__name__}: {text})",
+        file=Path(name).expanduser() if local else None,
+        hint=(
+            "the file or folder is damaged, incomplete or not this kind of model; copy or download it again"
+            if local
+            else f"'{name}' is not a local path: check the hub id (offline, only cached hub models load)"
+        ),
+    )
 
 
 def _split_gguf(name: str) -> tuple[str, str] | None:
@@ -98,17 +153,48 @@ def load_causal_lm(name: str = DEFAULT_LLM, dtype: Any = None, device: str | Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = dtype or torch.float32
-    gguf = _split_gguf(name)
-    source = name
-    if gguf is not None:
-        source = str(_gguf_cache(*gguf))
+    if name != DEFAULT_LLM:
+        local_model_path(name, "language model")
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+
+    def load(source: str) -> tuple[Any, Any]:
+        return AutoTokenizer.from_pretrained(source), AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype
+        )
+
+    try:
+        gguf = _split_gguf(name)
+        source = str(_gguf_cache(*gguf)) if gguf is not None else name
+        try:
+            tokenizer, model = load(source)
+        except Exception as e:
+            if gguf is None:
+                raise
+            # the converted copy is ours: a damaged one is converted again, once
+            log.warning("the converted copy %s does not load (%s): converting %s again", source, e, name)
+            shutil.rmtree(source, ignore_errors=True)
+            tokenizer, model = load(str(_gguf_cache(*gguf)))
+    except LlmrecError:
+        raise
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a damaged model
+        raise unloadable(name, "language model", e) from None
     if device:
         model.to(device)
     log.info("loaded %s from %s in %.1fs", name, source, time.perf_counter() - t0)
     return model, tokenizer
+
+
+def gguf_cache_slug(folder: str, file: str) -> str:
+    """The cache folder name of a GGUF checkpoint: its folder and file name, plus (a local file) a
+    fingerprint of its resolved path, size and modification time, so another file under the same name
+    is converted anew instead of loading the old one's copy."""
+    slug = (Path(folder).name + "--" + file).replace("/", "--")
+    path = Path(folder) / file
+    if path.is_file():
+        st = path.stat()
+        stamp = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        slug += "--" + hashlib.sha256(stamp.encode()).hexdigest()[:12]
+    return slug
 
 
 def _gguf_cache(folder: str, file: str) -> Path:
@@ -118,8 +204,7 @@ def _gguf_cache(folder: str, file: str) -> Path:
 
     from llmrec.utils.io import write_text_atomic
 
-    slug = (Path(folder).name + "--" + file).replace("/", "--")
-    target = cache_dir() / "models" / slug
+    target = cache_dir() / "models" / gguf_cache_slug(folder, file)
     done = target / ".complete"
     if done.exists():
         return target
@@ -133,8 +218,6 @@ def _gguf_cache(folder: str, file: str) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     partial = target.with_name(target.name + ".partial")
-    import shutil
-
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)

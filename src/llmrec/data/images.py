@@ -439,6 +439,9 @@ def fetch_images(cfg: ImagesConfig) -> dict[str, Any]:
     files_dir = images_dir / FILES
     files_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = images_dir / MANIFEST
+    # temp files of writes cut short by a kill (atomic_path names them .<name>.<random>.partial)
+    for leftover in [*files_dir.glob(".*.partial"), *images_dir.glob(f".{MANIFEST}.*.partial")]:
+        leftover.unlink(missing_ok=True)
 
     previous: dict[str, dict[str, Any]] = {}
     if manifest_path.exists():

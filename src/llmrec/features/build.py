@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,21 +19,27 @@ from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.encoders import (
     DEFAULT_TEMPLATE,
     check_template,
-    item_fields,
+    dataset_item_fields,
     load_image_encoder,
     load_text_encoder,
     render_template,
 )
 from llmrec.features.store import (
     Feature,
+    clean_leftovers,
     compute_feature,
     ids_checksum,
     is_current,
     load_feature,
     save_feature,
+    stale_keys,
 )
+from llmrec.utils.io import sha256_file
 
 log = logging.getLogger(__name__)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a feature's file name stem: no path, no leading dot
 
 
 @dataclass
@@ -52,7 +61,7 @@ class FeaturesConfig:
     text_name: str = option("text", "feature name for the text feature")
     image_name: str = option("image", "feature name for the image feature")
     batch_size: int = option(64, "items per encoder batch")
-    device: str = option("cpu", "torch device for the encoders")
+    device: str = option("cpu", "torch device for the encoders: auto | cpu | cuda | cuda:N | mps")
     force: bool = option(False, "recompute even if an up-to-date feature exists")
     cf: str | None = option(
         None, "export a trained run's CF embeddings (e.g. runs/sasrec) instead of text/image"
@@ -64,64 +73,110 @@ class FeaturesConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.text or self.image or self.cf):
             raise ConfigError("nothing to compute: enable --text and/or --image")
+        for key in ("text_name", "image_name", "cf_prefix"):
+            value = getattr(self, key)
+            if value is not None and not _NAME.match(value):
+                raise ConfigError(
+                    f"{key} {value!r} is not a plain file name", hint="use letters, digits, '.', '_' or '-'"
+                )
 
 
 def item_texts(ds: Dataset, template: str) -> list[str]:
     """The rendered text of every item in item order."""
-    rows = [item_fields(r) for r in ds.items.to_dict("records")]
+    rows = dataset_item_fields(ds.items, ds.root / "items.parquet")
     check_template(template, set().union(*(r.keys() for r in rows)) if rows else set())
     return [render_template(template, r) for r in rows]
 
 
-def build_text_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
-    texts = item_texts(ds, cfg.template)
-    spec = {
+def source_keys(sources: list[str | None]) -> list[str]:
+    """Per item, the sha256 of the exact bytes a feature row is computed from: the rendered text
+    (a ``str``) or the image file (a path); "" for an item without a source."""
+    keys = []
+    for s in sources:
+        if isinstance(s, str):
+            keys.append(hashlib.sha256(s.encode("utf-8")).hexdigest())
+        elif s is None:
+            keys.append("")
+        else:
+            keys.append(sha256_file(s))
+    return keys
+
+
+def _text_spec(ds: Dataset, cfg: FeaturesConfig, texts: list[str]) -> dict[str, Any]:
+    return {
         "kind": "item",
         "modality": "text",
         "encoder": cfg.text_encoder,
         "template": cfg.template,
         "ids_sha256": ids_checksum(ds.items["item_id"].tolist()),
+        # the exact texts encoded: a re-prepared dataset with other titles makes the feature stale
+        "texts_sha256": ids_checksum(source_keys(list(texts))),
     }
+
+
+def _image_spec(ds: Dataset, cfg: FeaturesConfig, paths: list[Path | None]) -> dict[str, Any]:
+    return {
+        "kind": "item",
+        "modality": "image",
+        "encoder": cfg.image_encoder,
+        "ids_sha256": ids_checksum(ds.items["item_id"].tolist()),
+        # the exact image bytes encoded ("" = no image): a changed or re-downloaded file makes it stale
+        "images_sha256": ids_checksum(source_keys(list(paths))),
+    }
+
+
+def _current_feature(root: Path, name: str, spec: dict[str, Any], force: bool) -> Feature | None:
+    """The stored feature ``name`` when it was computed from exactly ``spec`` and its files are intact;
+    None (saying why) when it must be computed again."""
+    if force:
+        return None
+    if is_current(root, name, spec):
+        try:
+            feature = load_feature(root, name)
+        except LlmrecError as e:
+            log.warning("feature '%s' is damaged (%s): recomputing it", name, e)
+            return None
+        clean_leftovers(root, name, feature.manifest)
+        log.info("feature '%s' is up to date", name)
+        return feature
+    changed = stale_keys(root, name, spec)
+    if changed:
+        log.warning("feature '%s' is stale (changed: %s): recomputing it", name, ", ".join(changed))
+    return None
+
+
+def build_text_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
+    """Encode every item's rendered text, unless a feature of exactly these texts exists."""
+    texts = item_texts(ds, cfg.template)
+    spec = _text_spec(ds, cfg, texts)
     root = ds.features_dir
-    if not cfg.force and is_current(root, cfg.text_name, spec):
-        log.info("feature '%s' is up to date", cfg.text_name)
-        return load_feature(root, cfg.text_name, verify=False)
+    current = _current_feature(root, cfg.text_name, spec, cfg.force)
+    if current is not None:
+        return current
     encoder = load_text_encoder(cfg.text_encoder, cfg.device, cfg.batch_size)
     missing = np.array([not t for t in texts])
 
     def encode(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return encoder.encode([texts[i] or " " for i in idx]), missing[idx]
 
+    spec["dataset_identity"] = ds.identity  # recorded, not part of the key: texts decide staleness
     return compute_feature(
         root, cfg.text_name, len(texts), encoder.dim, encode, spec, cfg.batch_size, desc="text features"
     )
 
 
-def _file_stamp(path: Path | None) -> str:
-    if path is None:
-        return ""
-    st = path.stat()
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-
-
 def build_image_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
+    """Encode every item's image file, unless a feature of exactly these image bytes exists."""
     from PIL import Image
 
     from llmrec.data.images import image_paths
 
     paths = image_paths(ds)
-    spec = {
-        "kind": "item",
-        "modality": "image",
-        "encoder": cfg.image_encoder,
-        # path + size + mtime: a re-downloaded image under the same name marks the feature stale
-        "images_sha256": ids_checksum([_file_stamp(p) for p in paths]),
-        "ids_sha256": ids_checksum(ds.items["item_id"].tolist()),
-    }
+    spec = _image_spec(ds, cfg, paths)
     root = ds.features_dir
-    if not cfg.force and is_current(root, cfg.image_name, spec):
-        log.info("feature '%s' is up to date", cfg.image_name)
-        return load_feature(root, cfg.image_name, verify=False)
+    current = _current_feature(root, cfg.image_name, spec, cfg.force)
+    if current is not None:
+        return current
     encoder = load_image_encoder(cfg.image_encoder, cfg.device)
 
     def encode(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,14 +187,74 @@ def build_image_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
             try:
                 with Image.open(path) as im:  # type: ignore[arg-type]
                     images.append(im.convert("RGB"))
-            except (OSError, TypeError, AttributeError):  # None or unreadable: a missing image
+            except Exception as e:  # None, unreadable, truncated, a decompression bomb: a missing image
+                if path is not None:
+                    log.warning("item row %d: image %s unreadable (%s): flagged missing", i + 1, path, e)
                 missing[j] = True
                 images.append(Image.new("RGB", (32, 32)))
         return encoder.encode(images), missing
 
+    spec["dataset_identity"] = ds.identity
     return compute_feature(
         root, cfg.image_name, len(paths), encoder.dim, encode, spec, cfg.batch_size, desc="image features"
     )
+
+
+def stale_reason(ds: Dataset, manifest: dict[str, Any]) -> str | None:
+    """Why a stored feature no longer matches ``ds`` (None when it does): the item texts or image files it
+    was computed from changed, or (CF embeddings) the dataset's content did."""
+    modality = manifest.get("modality")
+    if modality == "text":
+        if "texts_sha256" not in manifest:
+            return "it was computed by an older llmrec that did not record its texts"
+        try:
+            texts = item_texts(ds, manifest.get("template", DEFAULT_TEMPLATE))
+        except LlmrecError:
+            return "its template names fields the items no longer have"
+        if ids_checksum(source_keys(list(texts))) != manifest["texts_sha256"]:
+            return "the item texts changed since it was computed"
+    elif modality == "image":
+        from llmrec.data.images import image_paths
+
+        if "images_sha256" not in manifest:
+            return "it was computed by an older llmrec that did not record its image files"
+        if ids_checksum(source_keys(list(image_paths(ds)))) != manifest["images_sha256"]:
+            return "the item images changed since it was computed"
+    elif modality == "cf":
+        identity = manifest.get("dataset_identity")
+        if identity and identity != ds.identity:
+            return (
+                f"it was exported from a run on another dataset (content sha256 {identity[:12]}, "
+                f"this one {ds.identity[:12]})"
+            )
+    return None
+
+
+def _check_run_dataset(run_dir: Path, ds: Dataset) -> None:
+    """Refuse a run trained on another dataset: compare the content checksum the run recorded (its
+    config.json, else its model.json) with ``ds``'s, not merely the user and item counts."""
+    from llmrec.utils.io import read_json
+
+    recorded = None
+    for path, keys in (
+        (run_dir / "config.json", ("_llmrec", "dataset")),
+        (run_dir / "model" / "model.json", ("dataset",)),
+    ):
+        if not path.exists():
+            continue
+        node: Any = read_json(path)
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get("identity"):
+            recorded = str(node["identity"])
+            break
+    if recorded is not None and recorded != ds.identity:
+        raise LlmrecError(
+            f"not the dataset the model was trained on (the run recorded content sha256 {recorded[:12]}, "
+            f"{ds.root} has {ds.identity[:12]})",
+            file=run_dir,
+            hint="export it into the dataset it was trained on, or train a run on this one",
+        )
 
 
 def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = None) -> dict[str, Any]:
@@ -152,7 +267,8 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
     from llmrec.utils.io import read_json
 
     run_dir = Path(run_dir)
-    model = load_model(run_dir, device="cpu", data=ds)  # checks it is the dataset it was trained on
+    _check_run_dataset(run_dir, ds)
+    model = load_model(run_dir, device="cpu", data=ds)
     exported = model.export_embeddings() if hasattr(model, "export_embeddings") else {}
     if not exported:
         raise LlmrecError(
@@ -175,6 +291,7 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
             "encoder": model.name,
             "source_run": str(run_dir.resolve()),
             "source_test_metrics": metrics.get("test", {}),
+            "dataset_identity": ds.identity,
             "ids_sha256": ids_checksum(ids.astype(str).tolist()),
         }
         out[name] = save_feature(ds.features_dir, name, np.asarray(values, dtype=np.float32), spec).manifest
@@ -183,6 +300,10 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
 
 def build_features(cfg: FeaturesConfig) -> dict[str, Any]:
     """Compute the requested features; return their manifests by name."""
+    from llmrec.devices import resolve_device
+
+    # a device torch cannot use here is one line, before any work
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
     ds = Dataset(Path(cfg.data))
     if cfg.cf:
         return export_cf_features(ds, cfg.cf, cfg.cf_prefix)

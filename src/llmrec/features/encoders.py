@@ -14,7 +14,13 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from llmrec.assets import DEFAULT_IMAGE_ENCODER, efficientnet_lite0_weights, resolve_text_encoder
+from llmrec.assets import (
+    DEFAULT_IMAGE_ENCODER,
+    efficientnet_lite0_weights,
+    local_model_path,
+    resolve_text_encoder,
+    unloadable,
+)
 from llmrec.errors import LlmrecError
 
 DEFAULT_TEMPLATE = "Title: {title} Brand: {brand} Category: {category} Description: {description}"
@@ -56,6 +62,7 @@ class SentenceTransformerEncoder:
         return np.asarray(out, dtype=np.float32)
 
 
+_NOT_JSON = "not a JSON object"
 _SEGMENT = re.compile(r"(?P<label>[A-Za-z][A-Za-z ]*:\s*)?\{(?P<field>\w+)\}")
 
 
@@ -64,10 +71,27 @@ def item_fields(row: pd.Series | dict[str, Any]) -> dict[str, str]:
     row = dict(row)
     fields = {k: "" if v is None else str(v) for k, v in row.items() if k != "extra"}
     extra = row.get("extra") or "{}"
-    for k, v in json.loads(extra).items():
+    try:
+        extra = json.loads(extra) if isinstance(extra, str) else None
+    except ValueError:
+        extra = None
+    if not isinstance(extra, dict):
+        raise LlmrecError(_NOT_JSON, field="extra", hint="re-run 'llmrec prepare'")
+    for k, v in extra.items():
         if k not in fields:
             fields[k] = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
     return fields
+
+
+def dataset_item_fields(items: pd.DataFrame, file: Any = None) -> list[dict[str, str]]:
+    """:func:`item_fields` of every row of an items table; a damaged row is one line naming its row."""
+    out = []
+    for row, record in enumerate(items.to_dict("records"), start=1):
+        try:
+            out.append(item_fields(record))
+        except LlmrecError as e:  # item_fields raises for one thing only: an 'extra' that is not JSON
+            raise LlmrecError(_NOT_JSON, file=file, row=row, field=e.field, hint=e.hint) from None
+    return out
 
 
 def render_template(template: str, fields: dict[str, str], drop_empty: bool = True) -> str:
@@ -151,14 +175,13 @@ class HFVisionEncoder:
         self.id = name
         self.device = device
         self._torch = torch
+        local = local_model_path(name, "image encoder")
+        source = str(local) if local is not None else name
         try:
-            self.processor = AutoImageProcessor.from_pretrained(name)
-            self.model = AutoModel.from_pretrained(name).eval().to(device)
-        except OSError as e:
-            raise LlmrecError(
-                f"cannot load image encoder '{name}' ({e.__class__.__name__})",
-                hint="give a local folder or a hub id",
-            ) from None
+            self.processor = AutoImageProcessor.from_pretrained(source)
+            self.model = AutoModel.from_pretrained(source).eval().to(device)
+        except Exception as e:  # a damaged folder raises OSError, ValueError, KeyError...
+            raise unloadable(name, "image encoder", e) from None
         from PIL import Image
 
         self.dim = int(self.encode([Image.new("RGB", (32, 32))]).shape[1])
@@ -185,9 +208,11 @@ def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, device: str = "cpu") -
 
 
 def load_text_encoder(name: str, device: str = "cpu", batch_size: int = 64) -> TextEncoder:
+    """A sentence-transformers encoder by alias, local folder or hub id; a missing local folder or a
+    model that does not load is a one-line error."""
     try:
         return SentenceTransformerEncoder(name, device, batch_size)
-    except OSError as e:
-        raise LlmrecError(
-            f"cannot load text encoder '{name}' ({e})", hint="give a local folder or a hub id"
-        ) from None
+    except LlmrecError:
+        raise
+    except Exception as e:  # a damaged folder raises OSError, ValueError, KeyError...
+        raise unloadable(name, "text encoder", e) from None

@@ -2,7 +2,8 @@
 
 features/<name>.npy           (count, dim) float array, memory-mapped on load
 features/<name>.missing.npy   (count,) bool: rows without a source (e.g. no image); their values are 0
-features/<name>.json          manifest: encoder, dim, dtype, count, sha256, missing count, provenance
+features/<name>.json          manifest: encoder, dim, dtype, count, sha256 (array and mask), missing count,
+                              provenance (what it was computed from: texts / image bytes / run, dataset identity)
 
 Writes are resumable and atomic: rows go into ``.<name>.partial.npy`` with a progress file; the final
 array is renamed into place and the manifest is written last, so only a complete, checksummed array
@@ -62,13 +63,50 @@ def _paths(root: Path, name: str) -> dict[str, Path]:
     }
 
 
+def _manifest_or_none(path: Path) -> dict[str, Any] | None:
+    """A manifest's content, or None when it is absent or unreadable (then the feature is recomputed)."""
+    try:
+        manifest = read_json(path)
+    except (LlmrecError, OSError, UnicodeDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def is_current(root: Path, name: str, spec: dict[str, Any]) -> bool:
     """True when a complete feature exists whose manifest matches ``spec`` on every key of ``spec``."""
     p = _paths(root, name)
-    if not (p["manifest"].exists() and p["values"].exists()):
+    if not p["values"].exists():
         return False
-    manifest = read_json(p["manifest"])
-    return all(manifest.get(k) == v for k, v in spec.items())
+    manifest = _manifest_or_none(p["manifest"])
+    return manifest is not None and all(manifest.get(k) == v for k, v in spec.items())
+
+
+def stale_keys(root: Path, name: str, spec: dict[str, Any]) -> list[str]:
+    """The keys of ``spec`` on which an existing feature's manifest differs (empty when there is none)."""
+    p = _paths(root, name)
+    if not p["manifest"].exists():
+        return []
+    manifest = _manifest_or_none(p["manifest"])
+    if manifest is None:
+        return ["manifest unreadable"]
+    return [k for k, v in spec.items() if manifest.get(k) != v]
+
+
+def clean_leftovers(root: str | Path, name: str, manifest: dict[str, Any] | None = None) -> None:
+    """Delete what an interrupted write of feature ``name`` left behind: half-written JSON temp files
+    and, given the ``manifest`` of the complete feature now in place, the progress and partial files of
+    the run that wrote it (a kill after the manifest was written, before they were removed). Partial
+    files of a run with another spec stay: that run resumes when it is started again."""
+    root = Path(root)
+    p = _paths(root, name)
+    for written in (p["manifest"], p["progress"]):  # atomic_path's temp names: .<file name>.<random>.partial
+        for leftover in root.glob(f".{written.name}.*.partial"):
+            leftover.unlink(missing_ok=True)
+    if manifest is not None and p["progress"].exists():
+        spec = (_manifest_or_none(p["progress"]) or {}).get("spec")
+        if not isinstance(spec, dict) or all(manifest.get(k) == v for k, v in spec.items()):
+            for key in ("partial", "partial_missing", "progress"):
+                p[key].unlink(missing_ok=True)
 
 
 def compute_feature(
@@ -89,22 +127,31 @@ def compute_feature(
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(root, name)
     p = _paths(root, name)
     progress = {"spec": spec, "count": count, "dim": dim, "dtype": dtype, "done": 0}
     done = 0
     if p["progress"].exists() and p["partial"].exists() and p["partial_missing"].exists():
-        old = read_json(p["progress"])
+        old = _manifest_or_none(p["progress"]) or {}
         if {k: old.get(k) for k in ("spec", "count", "dim", "dtype")} == {
             k: progress[k] for k in ("spec", "count", "dim", "dtype")
         }:
-            done = int(old["done"])
-            log.info("resuming feature '%s' at row %d of %d", name, done, count)
-    if done == 0:
+            done = int(old.get("done") or 0)
+    values = missing = None
+    if done:
+        try:  # a partial array cut short by a kill is started over, never trusted
+            values = _read_array(p["partial"], "partial array", "", mmap_mode="r+")
+            missing = _read_array(p["partial_missing"], "partial array", "", mmap_mode="r+")
+        except LlmrecError:
+            done = 0
+        else:
+            if values.shape != (count, dim) or missing.shape != (count,) or not 0 < done <= count:
+                done = 0
+    if done:
+        log.info("resuming feature '%s' at row %d of %d", name, done, count)
+    else:
         values = np.lib.format.open_memmap(p["partial"], mode="w+", dtype=dtype, shape=(count, dim))
         missing = np.lib.format.open_memmap(p["partial_missing"], mode="w+", dtype=np.bool_, shape=(count,))
-    else:
-        values = np.load(p["partial"], mmap_mode="r+")
-        missing = np.load(p["partial_missing"], mmap_mode="r+")
     bar = tqdm(total=count, initial=done, desc=desc or f"feature {name}", unit=" rows", disable=None)
     while done < count:
         idx = np.arange(done, min(done + batch_size, count))
@@ -164,6 +211,7 @@ def _publish(root: Path, name: str, manifest: dict[str, Any]) -> Feature:
     manifest["sha256"] = sha256_file(p["partial"])
     missing = np.load(p["partial_missing"])
     manifest["missing"] = int(missing.sum())
+    manifest["missing_sha256"] = sha256_file(p["partial_missing"])
     os.replace(p["partial"], p["values"])
     os.replace(p["partial_missing"], p["missing"])
     write_json_atomic(p["manifest"], manifest)
@@ -177,41 +225,91 @@ def _publish(root: Path, name: str, manifest: dict[str, Any]) -> Feature:
 def load_feature(
     root: str | Path, name: str, verify: bool = True, expect_ids: Sequence[str] | None = None
 ) -> Feature:
-    """Memory-map a complete feature; checks manifest, shape, optionally checksum and row order."""
+    """Memory-map a complete feature; checks manifest, shape, optionally checksum and row order.
+
+    A damaged file (unreadable manifest or array) is a one-line error naming it.
+    """
     p = _paths(Path(root), name)
+    recompute = "re-run 'llmrec features' (or 'llmrec features --cf RUN') to recompute it"
     if not p["manifest"].exists() or not p["values"].exists():
         hint = "run 'llmrec features' for this dataset" + (
             " (an interrupted run resumes)" if p["progress"].exists() else ""
         )
         raise LlmrecError(f"feature '{name}' not found", file=p["manifest"], hint=hint)
-    manifest = read_json(p["manifest"])
+    manifest = _manifest_or_none(p["manifest"])
+    if manifest is None or not _well_formed(manifest):
+        raise LlmrecError(
+            "damaged feature manifest (not the JSON 'llmrec features' writes)",
+            file=p["manifest"],
+            hint=recompute,
+        )
     if verify and sha256_file(p["values"]) != manifest.get("sha256"):
         raise LlmrecError(
             "checksum mismatch: file changed after it was written",
             file=p["values"],
-            hint="recompute the feature",
+            hint=recompute,
         )
-    values = np.load(p["values"], mmap_mode="r")
+    values = _read_array(p["values"], "feature array", recompute, mmap_mode="r")
     if values.shape != (manifest["count"], manifest["dim"]):
         raise LlmrecError(
             f"shape {values.shape} does not match the manifest",
             file=p["values"],
-            hint="recompute the feature",
+            hint=recompute,
         )
     if expect_ids is not None and manifest.get("ids_sha256") not in (None, ids_checksum(expect_ids)):
         raise LlmrecError(
             "rows do not match this dataset's item/user order",
             file=p["manifest"],
-            hint="recompute the feature for this dataset",
+            hint=recompute.replace("to recompute it", "for this dataset"),
         )
-    missing = np.load(p["missing"]) if p["missing"].exists() else np.zeros(len(values), dtype=bool)
+    missing = np.zeros(len(values), dtype=bool)
+    recorded = manifest.get("missing_sha256")  # absent in features written before it was recorded
+    if recorded and not p["missing"].exists():
+        raise LlmrecError("missing-row mask not found", file=p["missing"], hint=recompute)
+    if p["missing"].exists():
+        if verify and recorded and sha256_file(p["missing"]) != recorded:
+            raise LlmrecError(
+                "checksum mismatch: file changed after it was written", file=p["missing"], hint=recompute
+            )
+        missing = _read_array(p["missing"], "missing-row mask", recompute)
+        if missing.shape != (len(values),) or missing.dtype != np.bool_:
+            raise LlmrecError(
+                f"missing-row mask of shape {missing.shape} and dtype {missing.dtype} for {len(values)} rows",
+                file=p["missing"],
+                hint=recompute,
+            )
     return Feature(name=name, values=values, missing=missing, manifest=manifest)
+
+
+def _well_formed(manifest: dict[str, Any]) -> bool:
+    """The keys every manifest has, with their types (a damaged manifest may still be valid JSON)."""
+    return (
+        all(type(manifest.get(k)) is int for k in ("count", "dim", "missing"))
+        and all(isinstance(manifest.get(k), str) for k in ("sha256", "dtype"))
+        and manifest.get("kind", "item") in ("item", "user")
+    )
+
+
+def _read_array(path: Path, what: str, hint: str, mmap_mode: Any = None) -> np.ndarray:
+    """``np.load`` of one ``.npy`` array; anything else there (truncated, garbage, a zip) is one line."""
+    try:
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError, EOFError, OSError or zipfile errors on damaged files
+        text = " ".join(str(e).split())[:200] or e.__class__.__name__
+        raise LlmrecError(f"unreadable {what} ({text})", file=path, hint=hint) from None
+    if not isinstance(array, np.ndarray):
+        raise LlmrecError(f"unreadable {what} (not a .npy array)", file=path, hint=hint)
+    return array
 
 
 def load_item_feature(
     ds: Any, name: str, n_items: int, who: str = "this model", option: str = "feature"
 ) -> Feature:
-    """The item feature ``name`` of the prepared dataset ``ds``, checksum and row order verified."""
+    """The item feature ``name`` of the prepared dataset ``ds``: checksum and row order verified, and
+    never stale: a feature computed from other item texts / image files (or CF embeddings exported from a
+    run on another version of the dataset) is an error."""
+    from llmrec.features.build import stale_reason
+
     if not (ds.features_dir / f"{name}.json").exists():
         raise LlmrecError(
             f"{who} needs the item feature '{name}'",
@@ -226,6 +324,14 @@ def load_item_feature(
             f"expected {n_items} item rows",
             file=ds.features_dir / f"{name}.json",
             hint="choose an item feature of this dataset",
+        )
+    reason = stale_reason(ds, feature.manifest)
+    if reason is not None:
+        again = "--cf RUN" if feature.manifest.get("modality") == "cf" else f"--data {ds.root}"
+        raise LlmrecError(
+            f"feature '{name}' is stale: {reason}",
+            file=ds.features_dir / f"{name}.json",
+            hint=f"recompute it with 'llmrec features {again}' (same options as before)",
         )
     return feature
 
@@ -248,5 +354,7 @@ __all__ = [
     "load_feature",
     "list_features",
     "is_current",
+    "clean_leftovers",
+    "stale_keys",
     "ids_checksum",
 ]

@@ -9,7 +9,8 @@ from_title  HistLLM Appendix A.2 (Figure 9), the knowledge-enhancement (KE) prom
 
 Output, in the dataset directory::
 
-    texts/<name>.parquet   item_id, text, prompt_sha256 (dataset item order; only generated items)
+    texts/<name>.parquet   item_id, text, prompt_sha256, source_sha256 (dataset item order; only generated
+                           items; source_sha256 = sha256 of the filled prompt before any chat wrapping)
     texts/<name>.json      manifest: llm, mode, prompt template, generation parameters, count, created
 
 Every row is keyed by sha256(exact prompt string, llm, generation parameters): a re-run generates only
@@ -35,8 +36,8 @@ from llmrec.assets import DEFAULT_LLM, load_causal_lm
 from llmrec.config import option, to_dict
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.features.encoders import check_template, item_fields, render_template
-from llmrec.utils.io import write_json_atomic, write_parquet_atomic
+from llmrec.features.encoders import check_template, dataset_item_fields, item_fields, render_template
+from llmrec.utils.io import read_json, write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class DescribeConfig:
     )
     max_new_tokens: int = option(48, "most tokens generated per item (greedy decoding)")
     batch_size: int = option(16, "prompts per generate() call")
-    device: str = option("cpu", "torch device for the LM")
+    device: str = option("cpu", "torch device for the LM: auto | cpu | cuda | cuda:N | mps")
     chat: bool = option(True, "wrap the prompt in the tokenizer's chat template when it has one")
     limit: int | None = option(None, "describe only the first N items (quick runs)")
     force: bool = option(False, "regenerate every item even if a cached text matches")
@@ -121,7 +122,10 @@ class DescribeConfig:
 
 def prompt_fields(row: pd.Series | dict[str, Any]) -> dict[str, str]:
     """:func:`item_fields` plus ``title_year`` ("Toy Story (1995)") and ``genres`` (extra genres, else category)."""
-    fields = item_fields(row)
+    return _with_prompt_fields(item_fields(row))
+
+
+def _with_prompt_fields(fields: dict[str, str]) -> dict[str, str]:
     title = fields.get("title", "").strip()
     year = fields.get("year", "").strip().removesuffix(".0")
     if year.lower() in ("nan", "none", "<na>"):
@@ -222,17 +226,51 @@ def texts_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
     return root / f"{name}.parquet", root / f"{name}.json"
 
 
+_COLUMNS = ["item_id", "text", "prompt_sha256", "source_sha256"]
+
+
+def _no_rows() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=str) for c in _COLUMNS})
+
+
 def _read_rows(path: Path) -> pd.DataFrame:
-    cols = ["item_id", "text", "prompt_sha256"]
+    """The generated rows of a texts table (none when it does not exist); a damaged one is one line."""
+    cols = _COLUMNS
+    required = cols[:3]  # tables written before source_sha256 was recorded lack it
     if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype=str) for c in cols})
-    df = pd.read_parquet(path)
-    missing = set(cols) - set(df.columns)
+        return _no_rows()
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError... on a damaged file
+        text = " ".join(str(e).split())[:200] or e.__class__.__name__
+        raise LlmrecError(
+            f"unreadable texts table ({text})", file=path, hint="re-run 'llmrec describe' with --force"
+        ) from None
+    missing = set(required) - set(df.columns)
     if missing:
         raise LlmrecError(
             f"not a texts table (columns {sorted(missing)} missing)", file=path, hint="rerun with --force"
         )
-    return df[cols].astype({"item_id": str})
+    if "source_sha256" not in df.columns:
+        df = df.assign(source_sha256="")
+    return df[cols].astype({"item_id": str, "source_sha256": str})
+
+
+def source_key(prompt: str) -> str:
+    """sha256 of a filled prompt before chat wrapping: what the item data made of the template."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def _item_prompt_fields(ds: Dataset, description_texts: str | None, name: str) -> list[dict[str, str]]:
+    """Every item's prompt fields in item order; ``description`` replaced by earlier generated texts."""
+    items = ds.items.assign(item_id=ds.items["item_id"].astype(str))
+    fields = [_with_prompt_fields(f) for f in dataset_item_fields(items, ds.root / "items.parquet")]
+    if description_texts is not None:
+        if description_texts == name:
+            raise ConfigError(f"description_texts {name!r} would read the texts this run is writing")
+        for f, text in zip(fields, load_texts(ds.root, description_texts)):
+            f["description"] = text
+    return fields
 
 
 def load_texts(data_dir: str | Path, name: str) -> list[str]:
@@ -243,7 +281,8 @@ def load_texts(data_dir: str | Path, name: str) -> list[str]:
         raise LlmrecError("generated item texts not found", file=path, hint=hint)
     rows = _read_rows(path)
     by_id = dict(zip(rows["item_id"], rows["text"]))
-    ids = Dataset(data_dir).items["item_id"].astype(str).tolist()
+    ds = Dataset(data_dir)
+    ids = ds.items["item_id"].astype(str).tolist()
     absent = [i for i in ids if i not in by_id]
     if absent:
         raise LlmrecError(
@@ -251,7 +290,33 @@ def load_texts(data_dir: str | Path, name: str) -> list[str]:
             file=path,
             hint=hint + " without --limit to finish it",
         )
+    _check_sources(ds, name, rows, path, hint)
     return [by_id[i] for i in ids]
+
+
+def _check_sources(ds: Dataset, name: str, rows: pd.DataFrame, path: Path, hint: str) -> None:
+    """Refuse texts generated from other item data (e.g. titles changed by a re-prepare since)."""
+    recorded = dict(zip(rows["item_id"], rows["source_sha256"]))
+    if not any(recorded.values()):
+        return  # written before sources were recorded: nothing to compare
+    manifest = read_json(texts_paths(ds.root, name)[1])
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    if not isinstance(config, dict) or not isinstance(manifest.get("prompt_template"), str):
+        raise LlmrecError("not a texts manifest", file=texts_paths(ds.root, name)[1], hint=hint)
+    fields = _item_prompt_fields(ds, config.get("description_texts"), name)
+    ids = ds.items["item_id"].astype(str).tolist()
+    stale = [
+        i
+        for i, f in zip(ids, fields)
+        if recorded.get(i) and recorded[i] != source_key(render_prompt(manifest["prompt_template"], f))
+    ]
+    if stale:
+        raise LlmrecError(
+            f"{len(stale)} of {len(ids)} texts were generated from other item data than the dataset's now "
+            f"(first: item_id {stale[0]!r})",
+            file=path,
+            hint=hint.replace("run '", "re-run '"),
+        )
 
 
 # ----------------------------------------------------------------------------- the command
@@ -265,32 +330,39 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
     """Generate the texts that are missing or stale; return a summary (counts, seconds, items/s, paths)."""
     from tqdm.auto import tqdm
 
+    from llmrec.devices import resolve_device
+
+    device = resolve_device(cfg.device)  # a device torch cannot use here is one line, before any work
     ds = Dataset(cfg.data)
     name = cfg.name or cfg.mode
     path, manifest_path = texts_paths(ds.root, name)
+    for written in (path, manifest_path):  # temp files of a write cut short by a kill
+        for leftover in written.parent.glob(f".{written.name}.*.partial"):
+            leftover.unlink(missing_ok=True)
     items = ds.items.assign(item_id=ds.items["item_id"].astype(str))
-    fields = [prompt_fields(r) for r in items.to_dict("records")]
-    if cfg.description_texts is not None:
-        if cfg.description_texts == name:
-            raise ConfigError(f"description_texts {name!r} would read the texts this run is writing")
-        for f, text in zip(fields, load_texts(ds.root, cfg.description_texts)):
-            f["description"] = text
+    fields = _item_prompt_fields(ds, cfg.description_texts, name)
     check_template(cfg.template, set().union(*(f.keys() for f in fields)) if fields else set())
 
-    model, tokenizer = load_causal_lm(cfg.llm, device=cfg.device)
+    model, tokenizer = load_causal_lm(cfg.llm, device=device)
     model.eval()
     prepare_tokenizer(tokenizer)
     chat = bool(cfg.chat and getattr(tokenizer, "chat_template", None))
-    prompts = [wrap_chat(tokenizer, render_prompt(cfg.template, f), chat) for f in fields]
+    filled = [render_prompt(cfg.template, f) for f in fields]
+    sources = [source_key(p) for p in filled]
+    prompts = [wrap_chat(tokenizer, p, chat) for p in filled]
     keys = [prompt_key(p, cfg.llm, cfg.generation) for p in prompts]
     ids = items["item_id"].tolist()
 
     # rows still valid for this config (any item, also beyond --limit) are kept; stale ones are dropped
-    done: dict[str, tuple[str, str]] = {}  # item_id -> (text, key)
+    done: dict[str, tuple[str, str, str]] = {}  # item_id -> (text, key, source)
     if not cfg.force:
-        old = _read_rows(path)
-        key_of = dict(zip(ids, keys))
-        done = {i: (t, k) for i, t, k in old.itertuples(index=False) if key_of.get(i) == k}
+        try:
+            old = _read_rows(path)
+        except LlmrecError as e:  # a damaged cache is regenerated, never trusted
+            log.warning("ignoring the generated texts and starting over: %s", e)
+            old = _no_rows()
+        key_of, source_of = dict(zip(ids, keys)), dict(zip(ids, sources))
+        done = {i: (t, k, source_of[i]) for i, t, k, _ in old.itertuples(index=False) if key_of.get(i) == k}
         stale = len(old) - len(done)
     else:
         stale = int(path.exists())
@@ -309,25 +381,35 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
                 "item_id": order,
                 "text": [done[i][0] for i in order],
                 "prompt_sha256": [done[i][1] for i in order],
+                "source_sha256": [done[i][2] for i in order],
             }
         )
         write_parquet_atomic(table, path)
-        write_json_atomic(
-            manifest_path,
-            {
-                "name": name,
-                "llm": cfg.llm,
-                "mode": cfg.mode,
-                "prompt_template": cfg.template,
-                "chat_template": chat,
-                "generation": {**cfg.generation, "decoding": "greedy"},
-                "count": len(order),
-                "n_items": len(ids),
-                "complete": len(order) == len(ids),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "config": to_dict(cfg),
-            },
-        )
+        write_json_atomic(manifest_path, manifest(len(order)))
+
+    def manifest(count: int) -> dict[str, Any]:
+        return {
+            "name": name,
+            "llm": cfg.llm,
+            "mode": cfg.mode,
+            "prompt_template": cfg.template,
+            "chat_template": chat,
+            "generation": {**cfg.generation, "decoding": "greedy"},
+            "count": count,
+            "n_items": len(ids),
+            "complete": count == len(ids),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": to_dict(cfg),
+        }
+
+    def manifest_is_current() -> bool:
+        """The manifest on disk describes the table (a kill between the two writes leaves an older one)."""
+        try:
+            on_disk = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        want = json.loads(json.dumps(manifest(len(done)), default=str))
+        return isinstance(on_disk, dict) and {**on_disk, "created": None} == {**want, "created": None}
 
     log.info("describe '%s': %d items to generate, %d cached", name, len(todo), reused)
     t0 = last_note = time.perf_counter()
@@ -337,15 +419,15 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
             raw = generate_texts(model, tokenizer, _pick(prompts, batch), cfg.max_new_tokens, chat)
             for j, text in zip(batch, raw):
                 fallback = fields[j].get("title") or ids[j]
-                done[ids[j]] = (clean_text(text, fallback), keys[j])
+                done[ids[j]] = (clean_text(text, fallback), keys[j], sources[j])
             checkpoint()
             bar.update(len(batch))
             if time.perf_counter() - last_note > 60:  # the log (and a non-terminal) still sees progress
                 rate = bar.n / (time.perf_counter() - t0)
                 log.info("describe '%s': %d/%d items, %.2f items/s", name, bar.n, len(todo), rate)
                 last_note = time.perf_counter()
-    if not todo and (stale or not path.exists() or not manifest_path.exists()):
-        checkpoint()  # nothing generated, but stale rows were dropped or the files are new
+    if not todo and (stale or not path.exists() or not manifest_is_current()):
+        checkpoint()  # nothing generated, but stale rows were dropped or the files are new or behind
     seconds = time.perf_counter() - t0
     return {
         "name": name,
