@@ -2,16 +2,18 @@
 
 One pipeline for every source: metadata join, optional attribute filters, de-duplication, iterative
 k-core, optional user subsampling, chronological sequences, leave-one-out splits, frozen evaluation
-negatives and CTR examples. The directory is built in a temp folder and swapped in at the end, so a
-failed run never leaves a half-written dataset and never damages the previous one.
+negatives and CTR examples. The tables are written into a temp folder inside the output folder and moved
+into place entry by entry at the end (meta.json removed first, written last, an "incomplete" marker in
+between): a failed run never damages the previous dataset, a run killed while moving leaves a folder that
+says "incomplete, re-run", and files in the output folder that are not llmrec's are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,17 @@ import numpy as np
 import pandas as pd
 
 from llmrec.config import option, to_dict
-from llmrec.data.dataset import content_identity
+from llmrec.data.dataset import INCOMPLETE, content_identity, is_dataset_dir
 from llmrec.data.importers import ImportSpec, get_importer
 from llmrec.data.schema import RawData
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.utils.io import replace_dir, sha256_file, write_json_atomic
+from llmrec.utils.io import (
+    partial_dir,
+    remove_stale_partials,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,10 @@ class PrepareConfig(ImportSpec, ProcessConfig):
         "ml-100k", "importer name: ml-100k, ml-1m, ml-latest, amazon2018, amazon2023, table"
     )
     out: str | None = option(None, "output directory (default: data/<dataset>)")
+    overwrite: bool = option(
+        False,
+        "write into an existing folder that is not an llmrec dataset (files that are not llmrec's are kept)",
+    )
 
     def __post_init__(self) -> None:
         ProcessConfig.__post_init__(self)
@@ -318,15 +330,50 @@ def finalize(
     }
 
 
-def write_dataset(tables: dict[str, Any], out_dir: Path) -> None:
-    """Write a dataset into a temp folder beside ``out_dir`` and swap it in; the old one survives any failure.
+# What a prepare writes into its output folder, and so may replace; nothing else there is ever touched.
+DATASET_ENTRIES = (
+    "items.parquet",
+    "interactions.parquet",
+    "users.parquet",
+    "sequences.parquet",
+    "eval",
+    "ctr",
+)
+# Side outputs later commands add to a dataset: kept by a re-prepare (features/texts only for the same items).
+SIDE_OUTPUTS = ("images", "features", "texts")
 
-    Side outputs computed later for the same dataset (``images/``, ``features/``, ``texts/``) are carried over
-    when the item list did not change, so re-preparing never throws away downloaded images.
+
+def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Refuse an output folder that holds something other than an llmrec dataset, unless ``overwrite``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LlmrecError("exists and is not a folder", file=out_dir, hint="choose another --out")
+    if overwrite or not out_dir.is_dir() or is_dataset_dir(out_dir):
+        return
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir())
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise LlmrecError(
+            f"folder exists and is not an llmrec dataset (no meta.json from 'llmrec prepare'); it holds {shown}",
+            file=out_dir,
+            hint="choose another --out, or pass --overwrite to write the dataset into it "
+            "(files that are not llmrec's are kept)",
+        )
+
+
+def write_dataset(tables: dict[str, Any], out_dir: Path, overwrite: bool = False) -> None:
+    """Write a dataset into ``out_dir``; the old dataset there survives any failure before the final moves.
+
+    The tables go into a temp folder inside ``out_dir``, then replace the old entries one by one (see
+    :data:`DATASET_ENTRIES`). Side outputs (``images/`` always, ``features/`` and ``texts/`` when the item
+    list did not change) stay, so re-preparing never throws away downloaded images. An existing folder that
+    is not a dataset is refused unless ``overwrite``; its other files are kept either way.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    remove_stale_partials(out_dir)
+    check_out_dir(out_dir, overwrite)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = partial_dir(out_dir, "prepare")
     try:
         tables["items"].to_parquet(tmp / "items.parquet", index=False)
         tables["interactions"].to_parquet(tmp / "interactions.parquet", index=False)
@@ -344,41 +391,50 @@ def write_dataset(tables: dict[str, Any], out_dir: Path) -> None:
                 part.to_parquet(tmp / "ctr" / f"{split}.parquet", index=False)
         meta = dict(tables["meta"], checksums=checksums, identity=content_identity(tmp))
         write_json_atomic(tmp / "meta.json", meta)
-        if out_dir.exists():
-            _carry_side_outputs(out_dir, tmp, tables["items"])
-        replace_dir(tmp, out_dir)
+        _move_into_place(tmp, out_dir, keep_features=_same_items(out_dir, tables["items"]))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if still empty
         raise
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _carry_side_outputs(old: Path, new: Path, items: pd.DataFrame) -> None:
-    """Keep downloaded images always; keep features only if the item order is unchanged."""
-    if (old / "images").exists():  # hard links: no second copy of a large image folder
-        shutil.copytree(old / "images", new / "images", copy_function=_link_or_copy)
+def _same_items(old: Path, items: pd.DataFrame) -> bool:
+    """Whether the dataset in ``old`` has exactly these items in this order (its features still apply)."""
     try:
         old_ids = pd.read_parquet(old / "items.parquet", columns=["item_id"])["item_id"].tolist()
-    except Exception:  # an unreadable old dataset: nothing else to keep
-        return
-    if old_ids == items["item_id"].tolist():
-        for sub in ("features", "texts"):
-            if (old / sub).exists():
-                shutil.copytree(old / sub, new / sub)
+    except Exception:  # no dataset there, or an unreadable one: nothing to keep
+        return False
+    return bool(old_ids == items["item_id"].tolist())
+
+
+def _move_into_place(new: Path, out: Path, keep_features: bool) -> None:
+    """Replace llmrec's entries in ``out`` by those in ``new``; meta.json goes last, so a crash in between
+    leaves no meta.json and an :data:`INCOMPLETE` marker (the folder says "re-run", never loads mixed)."""
+    write_text_atomic(out / INCOMPLETE, "an 'llmrec prepare' into this folder did not finish; re-run it\n")
+    (out / "meta.json").unlink(missing_ok=True)
+    replaced = new / ".replaced"  # old entries go here, deleted with the temp folder
+    replaced.mkdir()
+    names = DATASET_ENTRIES + (() if keep_features else ("features", "texts"))
+    for name in names:
+        if (out / name).exists() or (out / name).is_symlink():
+            (out / name).rename(replaced / name)
+        if (new / name).exists():
+            (new / name).rename(out / name)
+    os.replace(new / "meta.json", out / "meta.json")
+    (out / INCOMPLETE).unlink()
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Import, process and write a dataset; returns its meta record."""
+    remove_stale_partials(cfg.out_dir)
+    check_out_dir(cfg.out_dir, cfg.overwrite)  # before the import, which may take long
     raw = get_importer(cfg.dataset)(cfg)
     log.info("imported %s: %s", cfg.dataset, _counts(raw.interactions))
     tables = process(raw, cfg)
-    write_dataset(tables, cfg.out_dir)
+    write_dataset(tables, cfg.out_dir, overwrite=cfg.overwrite)
     return tables["meta"]
 
 
