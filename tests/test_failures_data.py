@@ -4,15 +4,21 @@ bytes with no temp folders left behind."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import synthetic_tables
 from llmrec.cli import main
 from llmrec.data.dataset import Dataset
-from llmrec.data.processing import ProcessConfig, finalize, write_dataset
+from llmrec.data.importers import ImportSpec, get_importer
+from llmrec.data.processing import ProcessConfig, drop_items, finalize, write_dataset
+from llmrec.data.schema import strip_html
 from llmrec.errors import LlmrecError
 
 
@@ -178,3 +184,224 @@ def test_a_failure_before_the_move_leaves_the_old_dataset_untouched(tmp_path, mo
         write_dataset(_tables(seed=2), out)
     assert _snapshot(out) == before and not [p for p in out.iterdir() if p.name.startswith(".")]
     assert Dataset(out).n_users == 30
+
+
+# ----------------------------------------------------------------------------- item 4: no tracebacks
+
+
+def _compressed_variants(data: bytes) -> dict[str, tuple[str, bytes]]:
+    """(extension, bytes) of a truncated, a corrupt and a not-really-compressed file per compression."""
+    out = {}
+    for ext, mod in ((".gz", gzip), (".bz2", bz2), (".xz", lzma)):
+        packed = mod.compress(data)
+        out[f"{ext}-truncated"] = (ext, packed[: len(packed) // 2])
+        out[f"{ext}-corrupt"] = (ext, packed[:20] + b"\x00" * 50 + packed[70:])
+        out[f"{ext}-plain"] = (ext, data)
+    return out
+
+
+_CSV = ("user_id,item_id,timestamp\n" + "".join(f"u{k % 30},i{k % 40},{k}\n" for k in range(3000))).encode()
+
+
+@pytest.mark.parametrize("case", sorted(_compressed_variants(_CSV)))
+def test_prepare_table_on_a_damaged_compressed_file_is_one_line(tmp_path, capsys, case):
+    ext, payload = _compressed_variants(_CSV)[case]
+    path = tmp_path / f"inter.csv{ext}"
+    path.write_bytes(payload)
+    assert _prepare(path, None, tmp_path / "out") == 2
+    line = _one_error_line(capsys)
+    assert str(path) in line
+    assert ("truncated" in line) == case.endswith("truncated")
+    assert not (tmp_path / "out").exists() and path.read_bytes() == payload
+
+
+@pytest.mark.parametrize("table", ["items.parquet", "sequences.parquet", "interactions.parquet"])
+def test_a_damaged_dataset_table_is_one_line(tmp_path, table):
+    write_dataset(_tables(), tmp_path / "ds")
+    (tmp_path / "ds" / table).write_bytes(b"PAR1 not really parquet")
+    ds = Dataset(tmp_path / "ds")
+    attribute = {"items.parquet": "items", "sequences.parquet": "sequences"}.get(table, "interactions")
+    with pytest.raises(LlmrecError, match=rf"{table}: cannot read this table .*re-run 'llmrec prepare'"):
+        getattr(ds, attribute)
+
+
+def test_features_on_a_damaged_items_table_is_one_line(tmp_path, capsys):
+    write_dataset(_tables(), tmp_path / "ds")
+    (tmp_path / "ds" / "items.parquet").write_bytes(b"\x00" * 100)
+    assert main(["features", "--data", str(tmp_path / "ds")]) == 2
+    line = _one_error_line(capsys, "features")
+    assert "items.parquet" in line and "re-run 'llmrec prepare'" in line
+
+
+# ----------------------------------------------------------------------------- item 3: no silent wrong input
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _inter_lines(n: int = 60) -> list[str]:
+    return [f"u{k % 6},i{k % 10},{1000 + k}" for k in range(n)]
+
+
+def test_a_timestamp_beyond_int64_is_an_error_not_int64_min(tmp_path, capsys):
+    lines = ["user_id,item_id,timestamp", *_inter_lines()]
+    lines[8] = "u1,i7,9999999999999999999999"
+    path = _write(tmp_path / "t.csv", lines)
+    assert _prepare(path, None, tmp_path / "out") == 2
+    line = _one_error_line(capsys)
+    assert f"{path}, row 9, field 'timestamp'" in line and "64-bit" in line
+    lines[8] = "u1,i7,18446744073709551615"  # fits uint64 only: would wrap to -1
+    _write(path, lines)
+    assert _prepare(path, None, tmp_path / "out") == 2
+    assert "row 9, field 'timestamp'" in _one_error_line(capsys)
+
+
+def test_amazon_timestamp_beyond_int64_is_an_error(tmp_path):
+    reviews = _write(
+        tmp_path / "Toys_5.json",
+        ['{"reviewerID": "U1", "asin": "A1", "unixReviewTime": 1, "overall": 5}'] * 3
+        + ['{"reviewerID": "U1", "asin": "A1", "unixReviewTime": 9999999999999999999999, "overall": 5}'],
+    )
+    meta = _write(tmp_path / "meta_Toys.json", ['{"asin": "A1", "title": "t"}'])
+    with pytest.raises(LlmrecError, match=r"row 4, field 'unixReviewTime'.*64-bit"):
+        get_importer("amazon2018")(ImportSpec(path=str(reviews), meta_path=str(meta)))
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_a_non_finite_rating_is_an_error(tmp_path, capsys, value):
+    lines = ["user_id,item_id,timestamp,rating"] + [f"{x},4" for x in _inter_lines()]
+    lines[5] = f"u4,i4,1004,{value}"
+    path = _write(tmp_path / "r.csv", lines)
+    assert _prepare(path, None, tmp_path / "out") == 2
+    line = _one_error_line(capsys)
+    assert f"{path}, row 6, field 'rating'" in line and "number" in line
+
+
+def test_a_non_finite_rating_in_parquet_and_amazon_is_an_error(tmp_path, capsys):
+    df = pd.DataFrame({"user_id": ["u1"] * 4, "item_id": ["a", "b", "c", "d"], "timestamp": [1, 2, 3, 4]})
+    df["rating"] = [4.0, 5.0, float("inf"), 1.0]
+    df.to_parquet(tmp_path / "r.parquet")
+    assert _prepare(tmp_path / "r.parquet", None, tmp_path / "out") == 2
+    assert "r.parquet, row 3, field 'rating'" in _one_error_line(capsys)
+    reviews = _write(
+        tmp_path / "Toys_5.json",
+        ['{"reviewerID": "U1", "asin": "A1", "unixReviewTime": 1, "overall": 1e999}'],
+    )
+    meta = _write(tmp_path / "meta_Toys.json", ['{"asin": "A1", "title": "t"}'])
+    with pytest.raises(LlmrecError, match=r"row 1, field 'overall'.*finite"):
+        get_importer("amazon2018")(ImportSpec(path=str(reviews), meta_path=str(meta)))
+
+
+def test_a_reviews_file_given_as_metadata_is_an_error(tmp_path):
+    review = '{"reviewerID": "U%d", "asin": "A%d", "unixReviewTime": %d, "overall": 5}'
+    reviews = _write(tmp_path / "Toys_5.json", [review % (k % 4, k % 5, k) for k in range(20)])
+    with pytest.raises(
+        LlmrecError, match=r"Toys_5.json, row 1, field 'reviewerID': does not look like an item"
+    ):
+        get_importer("amazon2018")(ImportSpec(path=str(reviews), meta_path=str(reviews)))
+    v2023 = '{"user_id": "U%d", "parent_asin": "A%d", "timestamp": %d000, "rating": 5}'
+    reviews = _write(tmp_path / "Toys.jsonl", [v2023 % (k % 4, k % 5, k) for k in range(20)])
+    with pytest.raises(LlmrecError, match=r"Toys.jsonl, row 1, field 'user_id': does not look like an item"):
+        get_importer("amazon2023")(ImportSpec(path=str(reviews), meta_path=str(reviews)))
+
+
+def test_an_interaction_table_given_as_items_is_an_error(tmp_path, capsys):
+    inter, _ = _tables_csv(tmp_path / "in")
+    assert _prepare(inter, inter, tmp_path / "out") == 2
+    line = _one_error_line(capsys)
+    assert f"{inter}: does not look like an item table" in line and "--items-path" in line
+
+
+def test_a_duplicated_header_column_is_an_error(tmp_path, capsys):
+    path = _write(
+        tmp_path / "d.csv", ["user_id,item_id,timestamp,item_id", *[f"{x},i0" for x in _inter_lines()]]
+    )
+    assert _prepare(path, None, tmp_path / "out") == 2
+    line = _one_error_line(capsys)
+    assert f"{path}, row 1, field 'item_id': column 'item_id' appears twice" in line
+
+
+def test_html_stripping_drops_script_style_and_comments():
+    html = (
+        "<p>Blue <b>mug</b></p><script>var x = '<b>';alert(1)</script><style>p {color: red}</style><!-- n -->"
+    )
+    assert strip_html(html + " &amp; saucer") == "Blue mug & saucer"
+    assert strip_html("<SCRIPT type='x'>evil()</SCRIPT>Title<br/>two") == "Title two"
+
+
+# ----------------------------------------------------------------------------- item 5: right place, right hint
+
+
+def test_amazon_bad_byte_is_reported_on_its_line(tmp_path):
+    lines = [b'{"reviewerID": "U1", "asin": "A1", "unixReviewTime": %d, "overall": 5}' % k for k in range(60)]
+    lines[40] = b'{"reviewerID": "U\xff1", "asin": "A1", "unixReviewTime": 1, "overall": 5}'
+    for name, data in (
+        ("Toys_5.json", b"\n".join(lines)),
+        ("Toys_5.json.gz", gzip.compress(b"\n".join(lines))),
+    ):
+        (tmp_path / name).write_bytes(data)
+        meta = _write(tmp_path / "meta_Toys.json", ['{"asin": "A1", "title": "t"}'])
+        with pytest.raises(LlmrecError) as e:
+            get_importer("amazon2018")(ImportSpec(path=str(tmp_path / name), meta_path=str(meta)))
+        assert f"{name}, row 41: not valid utf-8 text (byte 0xff" in str(e.value)
+        assert "download" not in str(e.value) and "save the file as utf-8" in str(e.value)
+
+
+def test_table_bad_byte_is_reported_on_its_line(tmp_path, capsys):
+    lines = [b"user_id,item_id,timestamp"] + [line.encode() for line in _inter_lines()]
+    lines[30] = b"u\xe91,i1,5"
+    (tmp_path / "b.csv").write_bytes(b"\n".join(lines) + b"\n")
+    assert _prepare(tmp_path / "b.csv", None, tmp_path / "out") == 2
+    assert f"{tmp_path / 'b.csv'}, row 31: not valid utf-8 text (byte 0xe9" in _one_error_line(capsys)
+
+
+def test_a_tsv_named_csv_suggests_the_separator(tmp_path, capsys):
+    path = _write(
+        tmp_path / "t.csv", ["user_id\titem_id\ttimestamp", *[x.replace(",", "\t") for x in _inter_lines()]]
+    )
+    assert _prepare(path, None, tmp_path / "out") == 2
+    line = _one_error_line(capsys)
+    assert "holds tabs" in line and ".tsv" in line and "--columns" not in line
+
+
+def test_a_header_only_csv_names_the_file(tmp_path, capsys):
+    path = _write(tmp_path / "h.csv", ["user_id,item_id,timestamp"])
+    assert _prepare(path, None, tmp_path / "out") == 2
+    line = _one_error_line(capsys)
+    assert f"{path}: no interactions: the table has no data rows (only a header)" in line
+    assert "kcore" not in line
+
+
+def test_metadata_matching_no_interaction_names_the_metadata_file(tmp_path, capsys):
+    inter, _ = _tables_csv(tmp_path / "in")
+    other = _write(tmp_path / "other_items.csv", ["item_id,title", "zz1,a", "zz2,b"])
+    assert _prepare(inter, other, tmp_path / "out") == 2
+    line = _one_error_line(capsys)
+    assert f"{other}: no item of this file appears in the interactions" in line and "kcore" not in line
+    review = '{"reviewerID": "U%d", "asin": "A%d", "unixReviewTime": %d, "overall": 5}'
+    reviews = _write(tmp_path / "Toys_5.json", [review % (k % 4, k % 5, k) for k in range(20)])
+    meta = _write(tmp_path / "meta_Toys.json", ['{"asin": "B1", "title": "t"}'])
+    argv = [
+        "prepare",
+        "amazon2018",
+        "--path",
+        str(reviews),
+        "--meta-path",
+        str(meta),
+        "--out",
+        str(tmp_path / "a"),
+    ]
+    assert main(argv) == 2
+    assert f"{meta}: no item of this file appears" in _one_error_line(capsys)
+
+
+def test_images_drop_hint_names_images_options(tmp_path):
+    items, inter = synthetic_tables()
+    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=25), {}, {}, []), tmp_path)
+    ds = Dataset(tmp_path)
+    with pytest.raises(LlmrecError) as e:
+        drop_items(tmp_path, ds.items["item_id"].tolist()[:12], reason="image missing")
+    assert "--num-negatives" not in str(e.value) and "--missing keep" in str(e.value)
+    assert Dataset(tmp_path).n_items == ds.n_items  # a refused drop leaves the dataset as it was

@@ -120,10 +120,20 @@ def kcore(inter: pd.DataFrame, k: int, min_user_len: int = 0) -> pd.DataFrame:
         inter = inter.loc[keep]
 
 
+NEGATIVES_HINT = "lower --num-negatives or raise --kcore"
+
+
 def sample_negatives(
-    sequences: list[np.ndarray], n_items: int, num: int, rng: np.random.Generator
+    sequences: list[np.ndarray],
+    n_items: int,
+    num: int,
+    rng: np.random.Generator,
+    hint: str = NEGATIVES_HINT,
 ) -> np.ndarray:
-    """(U, num) item indices per user, uniform without replacement over items outside the user's sequence."""
+    """(U, num) item indices per user, uniform without replacement over items outside the user's sequence.
+
+    ``hint`` says what to do when a user has too few unseen items (the options of the calling command).
+    """
     out = np.empty((len(sequences), num), dtype=np.int32)
     for u, seq in enumerate(sequences):
         seen = set(seq.tolist())
@@ -131,7 +141,7 @@ def sample_negatives(
             raise LlmrecError(
                 f"user index {u} has interacted with {len(seen)} of {n_items} items: fewer than "
                 f"{num} negatives remain",
-                hint="lower --num-negatives or raise --kcore",
+                hint=hint,
             )
         chosen: list[int] = []
         taken: set[int] = set()
@@ -222,9 +232,22 @@ def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
             {"step": step, "interactions_removed": int(len(before) - len(after)), **_counts(after)}
         )
 
+    files = [str(f) for f in raw.source.get("files", [])]
+    if inter.empty:
+        raise LlmrecError(
+            "no interactions in the input", file=files[0] if files else None, hint="check --path"
+        )
     known = inter["item_id"].isin(items["item_id"])
     after = inter.loc[known]
     note("drop interactions with items missing from the metadata", inter, after)
+    if after.empty and len(files) > 1:  # the item ids of the two files never meet
+        raise LlmrecError(
+            f"no item of this file appears in the interactions ({len(items)} items, "
+            f"{inter['item_id'].nunique()} item ids in {files[0]})",
+            file=files[-1],
+            hint="check that the item file belongs to the same source as --path and that both name items "
+            "by the same id (--columns item_id=<column>)",
+        )
     inter = after
     if cfg.require_image:
         after = inter.loc[inter["item_id"].isin(items.loc[items["image"] != "", "item_id"])]
@@ -252,7 +275,9 @@ def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
         inter = after
     if inter.empty:
         raise LlmrecError(
-            "no interactions left after filtering", hint="lower --kcore or --min-user-len, or check the input"
+            "no interactions left after filtering (see the steps in the log)",
+            file=files[0] if files else None,
+            hint="lower --kcore or --min-user-len, or check the input",
         )
     return finalize(items, inter, cfg, raw.source, counts_raw, filters, raw.users)
 
@@ -265,8 +290,12 @@ def finalize(
     counts_raw: dict[str, int],
     filters: list[dict[str, Any]],
     users_side: pd.DataFrame | None = None,
+    negatives_hint: str = NEGATIVES_HINT,
 ) -> dict[str, Any]:
-    """Index users/items, build sequences, negatives and CTR examples from filtered interactions."""
+    """Index users/items, build sequences, negatives and CTR examples from filtered interactions.
+
+    ``negatives_hint``: what to do when a user has too few unseen items left (the caller's options).
+    """
     item_ids = natural_order(inter["item_id"])
     user_ids = natural_order(inter["user_id"])
     items = items.set_index("item_id").loc[item_ids].reset_index()
@@ -291,7 +320,8 @@ def finalize(
     )
     rng = np.random.default_rng(cfg.seed)
     negatives = {
-        split: sample_negatives(seqs, len(item_ids), cfg.num_negatives, rng) for split in ("valid", "test")
+        split: sample_negatives(seqs, len(item_ids), cfg.num_negatives, rng, negatives_hint)
+        for split in ("valid", "test")
     }
     users = pd.DataFrame({"user_id": user_ids})
     if users_side is not None and "user_id" in users_side.columns:
@@ -446,6 +476,9 @@ def _counts(inter: pd.DataFrame) -> dict[str, int]:
     }
 
 
+_KEEP_HINT = "keep them with 'llmrec images --missing keep' (they are flagged image-less)"
+
+
 def drop_items(data_dir: str | Path, item_ids: set[str] | list[str], reason: str) -> dict[str, Any]:
     """Remove items from a prepared dataset, re-apply k-core and re-split with the dataset's own config.
 
@@ -473,7 +506,9 @@ def drop_items(data_dir: str | Path, item_ids: set[str] | list[str], reason: str
     )
     if kept.empty:
         raise LlmrecError(
-            f"no interactions left after dropping {len(drop)} items", file=data_dir, hint="keep them instead"
+            f"no interactions left after dropping {len(drop)} items",
+            file=data_dir,
+            hint=_KEEP_HINT,
         )
     users_side = ds.users if ds.users.shape[1] > 1 else None
     tables = finalize(
@@ -484,6 +519,7 @@ def drop_items(data_dir: str | Path, item_ids: set[str] | list[str], reason: str
         ds.meta["counts_raw"],
         filters,
         users_side,
+        negatives_hint=f"too many items would be dropped: {_KEEP_HINT}",
     )
     write_dataset(tables, Path(data_dir))
     return tables["meta"]
