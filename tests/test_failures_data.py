@@ -7,12 +7,18 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import os
+import signal
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import llmrec
 from conftest import synthetic_tables
 from llmrec.cli import main
 from llmrec.data.dataset import Dataset
@@ -405,3 +411,102 @@ def test_images_drop_hint_names_images_options(tmp_path):
         drop_items(tmp_path, ds.items["item_id"].tolist()[:12], reason="image missing")
     assert "--num-negatives" not in str(e.value) and "--missing keep" in str(e.value)
     assert Dataset(tmp_path).n_items == ds.n_items  # a refused drop leaves the dataset as it was
+
+
+# ----------------------------------------------------------------------------- item 6: faults
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (reuse within the test is practically impossible)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temp_of_killed_processes_is_removed_but_not_a_running_ones(tmp_path):
+    inter, items = _tables_csv(tmp_path / "in")
+    out = tmp_path / "ds"
+    assert _prepare(inter, items, out) == 0
+    dead, alive = _dead_pid(), os.getpid()
+    stale = [out / f".prepare.{dead}.ab12cd34.partial", out / f".meta.json.{dead}.x_9y8z7w.partial"]
+    stale[0].mkdir()
+    (stale[0] / "items.parquet").write_bytes(b"half")
+    stale[1].write_text("{")
+    (out / "features").mkdir()
+    stale.append(out / "features" / f".text.npy.{dead}.qwertyui.partial.npy")
+    stale[2].write_bytes(b"half")
+    kept = [
+        out / f".prepare.{alive}.ab12cd34.partial",
+        out / ".mine.partial",
+        out / "features" / ".text.partial.npy",
+    ]
+    kept[0].mkdir()
+    kept[1].write_text("the user's")
+    kept[2].write_bytes(b"resumable features state")
+    assert _prepare(inter, items, out, "--seed", "2") == 0
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_dataset_files_follow_the_umask(tmp_path, mask):
+    inter, items = _tables_csv(tmp_path / "in")
+    old = os.umask(mask)
+    try:
+        assert _prepare(inter, items, tmp_path / "ds") == 0
+    finally:
+        os.umask(old)
+    out = tmp_path / "ds"
+    for path in [out, *out.rglob("*")]:
+        want = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+# Runs 'llmrec prepare' in a child that SIGKILLs itself at the Nth call of a function: a real kill -9 at an
+# exact point (writing the temp folder, moving entries in, just before meta.json), not a timing guess.
+_KILLER = """
+import os, signal, sys, pathlib
+import pandas as pd
+module, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+owner = {"Path": pathlib.Path, "os": os, "DataFrame": pd.DataFrame}[module]
+real, calls = getattr(owner, name), [0]
+def killer(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+setattr(owner, name, killer)
+from llmrec.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "point",
+    [("DataFrame", "to_parquet", 2), ("Path", "rename", 3), ("os", "replace", 3)],
+    ids=["writing-temp", "moving-entries", "before-meta"],
+)
+def test_prepare_killed_resumes_to_identical_bytes(tmp_path, point):
+    inter, items = _tables_csv(tmp_path / "in")
+    out = tmp_path / "ds"
+    argv = ["prepare", "table", "--path", str(inter), "--items-path", str(items), "--out", str(out)]
+    argv += ["--kcore", "0", "--num-negatives", "5"]
+    assert main([*argv, "--seed", "2"]) == 0
+    (out / "notes.txt").write_text("mine\n")
+    (out / "images").mkdir()
+    (out / "images" / "0.jpg").write_bytes(b"jpeg")
+    reference = _snapshot(out)
+    assert main([*argv, "--seed", "1"]) == 0  # an older dataset in place when the kill comes
+    src = str(Path(llmrec.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLER, *map(str, point), *argv, "--seed", "2"], env=env, capture_output=True
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    assert (out / "notes.txt").read_text() == "mine\n" and (out / "images" / "0.jpg").exists()
+    if point[0] != "DataFrame":  # killed while moving entries in: the folder says so instead of loading mixed
+        with pytest.raises(LlmrecError, match="incomplete dataset"):
+            Dataset(out)
+    assert main([*argv, "--seed", "2"]) == 0
+    assert _snapshot(out) == reference  # no temp folder, no marker, the same bytes
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # none beside it either

@@ -373,6 +373,14 @@ DATASET_ENTRIES = (
 SIDE_OUTPUTS = ("images", "features", "texts")
 
 
+def remove_stale_temp(out_dir: Path) -> None:
+    """Delete what killed llmrec processes left in a dataset folder (temp folders of prepare, temp files of
+    atomic writes, see :func:`llmrec.utils.io.remove_stale_partials`); those of running processes stay."""
+    for folder in (out_dir, *(out_dir / name for name in DATASET_ENTRIES + SIDE_OUTPUTS)):
+        for path in remove_stale_partials(folder):
+            log.info("removed %s, left by an interrupted llmrec process", path)
+
+
 def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
     """Refuse an output folder that holds something other than an llmrec dataset, unless ``overwrite``."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -399,7 +407,7 @@ def write_dataset(tables: dict[str, Any], out_dir: Path, overwrite: bool = False
     is not a dataset is refused unless ``overwrite``; its other files are kept either way.
     """
     out_dir = Path(out_dir)
-    remove_stale_partials(out_dir)
+    remove_stale_temp(out_dir)
     check_out_dir(out_dir, overwrite)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -459,7 +467,7 @@ def _move_into_place(new: Path, out: Path, keep_features: bool) -> None:
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Import, process and write a dataset; returns its meta record."""
-    remove_stale_partials(cfg.out_dir)
+    remove_stale_temp(cfg.out_dir)
     check_out_dir(cfg.out_dir, cfg.overwrite)  # before the import, which may take long
     raw = get_importer(cfg.dataset)(cfg)
     log.info("imported %s: %s", cfg.dataset, _counts(raw.interactions))
