@@ -510,3 +510,20 @@ def test_prepare_killed_resumes_to_identical_bytes(tmp_path, point):
     assert _snapshot(out) == reference  # no temp folder, no marker, the same bytes
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # none beside it either
+
+
+def test_ml100k_atomic_file_with_a_bad_byte_or_no_columns_is_one_line(tmp_path):
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"] + [
+        f"{u}\t{u}\t4\t{u}" for u in range(9)
+    ]
+    (folder / "ml-100k.inter").write_bytes(
+        ("\n".join(inter) + "\n").encode().replace(b"\t5\t4", b"\t\xff\t4")
+    )
+    (folder / "ml-100k.item").write_text("item_id:token\tname:token_seq\n1\tx\n")
+    with pytest.raises(LlmrecError, match=r"ml-100k.inter, row 7: not valid utf-8 text \(byte 0xff"):
+        get_importer("ml-100k")(ImportSpec(path=str(folder)))
+    (folder / "ml-100k.inter").write_text("\n".join(inter) + "\n")
+    with pytest.raises(LlmrecError, match=r"ml-100k.item, field 'movie_title': no column 'movie_title'"):
+        get_importer("ml-100k")(ImportSpec(path=str(folder)))

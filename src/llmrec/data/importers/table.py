@@ -120,6 +120,15 @@ def is_number(text: str) -> str | None:
     return f"{text!r} is not a number"
 
 
+def is_unix_time(text: str) -> str | None:
+    """Check: a number of seconds that fits an int64 timestamp."""
+    if (problem := is_number(text)) is not None:
+        return problem
+    if out_of_int64(pd.Series([text])).iloc[0]:
+        return f"{text.strip()} does not fit a 64-bit unix time (seconds)"
+    return None
+
+
 def is_number_or_empty(text: str) -> str | None:
     """Check: a number, or nothing at all (an absent rating)."""
     return None if not text.strip() else is_number(text)
@@ -133,9 +142,7 @@ def is_not_empty(text: str) -> str | None:
 def is_time(text: str) -> str | None:
     """Check: unix seconds or an ISO-8601 date (what :func:`_timestamps` accepts)."""
     if is_number(text) is None:
-        if out_of_int64(pd.Series([text])).iloc[0]:
-            return f"{text.strip()} does not fit a 64-bit unix time (seconds)"
-        return None
+        return is_unix_time(text)
     try:
         datetime.fromisoformat(text.strip().replace("Z", "+00:00"))  # fast path for the common forms
         return None
@@ -205,10 +212,12 @@ def read_delimited(
     # which the numeric checks below catch (a short line in a text-only file passes, as in pandas).
     bad = df.isna().any(axis=1)
     for col, check in checks.items():
-        if check is is_number:
-            bad |= pd.to_numeric(df[col], errors="coerce").isna()
-        elif check is is_number_or_empty:
-            bad |= pd.to_numeric(df[col], errors="coerce").isna() & (df[col].str.strip() != "")
+        if check in (is_number, is_number_or_empty, is_unix_time):
+            num = pd.to_numeric(df[col], errors="coerce").astype("float64")
+            wrong = ~np.isfinite(num)  # not a number, NaN, or infinite
+            if check is is_unix_time:
+                wrong |= out_of_int64(num)
+            bad |= wrong & (df[col].str.strip() != "") if check is is_number_or_empty else wrong
     if bad.any():
         found = find_bad_line(path, sep, names, encoding, checks)
         if found is None:  # the scan disagrees with pandas: report the data row pandas flagged
