@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -527,3 +528,33 @@ def test_ml100k_atomic_file_with_a_bad_byte_or_no_columns_is_one_line(tmp_path):
     (folder / "ml-100k.inter").write_text("\n".join(inter) + "\n")
     with pytest.raises(LlmrecError, match=r"ml-100k.item, field 'movie_title': no column 'movie_title'"):
         get_importer("ml-100k")(ImportSpec(path=str(folder)))
+
+
+def test_temp_folders_of_older_versions_are_removed_when_clearly_abandoned(tmp_path):
+    inter, items = _tables_csv(tmp_path / "in")
+    out = tmp_path / "ds"
+    hour_ago = time.time() - 7200
+    abandoned, recent, foreign = (
+        tmp_path / f".ds.{rand}.partial" for rand in ("a1b2c3d4", "e5f6g7h8", "i9j0k1l2")
+    )
+    for folder in (abandoned, recent, foreign):
+        (folder / "eval").mkdir(parents=True)
+        (folder / "items.parquet").write_bytes(b"half")
+    (foreign / "notes.txt").write_text("not llmrec's")
+    for folder in (abandoned, foreign):
+        for p in [folder, *folder.rglob("*")]:
+            os.utime(p, (hour_ago, hour_ago))
+    assert _prepare(inter, items, out) == 0
+    assert not abandoned.exists() and recent.exists() and foreign.exists()
+
+
+def test_overwrite_never_replaces_an_input_file_of_the_same_name(tmp_path, capsys):
+    folder = tmp_path / "victim"
+    _tables_csv(folder)
+    inter = pd.read_csv(folder / "good.csv")
+    inter.to_parquet(folder / "interactions.parquet")
+    before = _snapshot(folder)
+    assert _prepare(folder / "interactions.parquet", folder / "items.csv", folder, "--overwrite") == 2
+    line = _one_error_line(capsys)
+    assert "interactions.parquet" in line and "--overwrite would replace" in line
+    assert _snapshot(folder) == before

@@ -11,9 +11,12 @@ says "incomplete, re-run", and files in the output folder that are not llmrec's 
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
+import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,12 +376,31 @@ DATASET_ENTRIES = (
 SIDE_OUTPUTS = ("images", "features", "texts")
 
 
+# Older versions wrote ``.<name>.<8 random chars>.partial`` beside the output folder, without a process id.
+_LEGACY_AGE_S = 3600.0  # untouched this long, such a folder is no running prepare's
+
+
 def remove_stale_temp(out_dir: Path) -> None:
     """Delete what killed llmrec processes left in a dataset folder (temp folders of prepare, temp files of
-    atomic writes, see :func:`llmrec.utils.io.remove_stale_partials`); those of running processes stay."""
+    atomic writes, see :func:`llmrec.utils.io.remove_stale_partials`); those of running processes stay.
+
+    Also the temp folders older versions left beside it, when they hold only dataset entries and nothing in
+    them changed for an hour (they record no process id)."""
     for folder in (out_dir, *(out_dir / name for name in DATASET_ENTRIES + SIDE_OUTPUTS)):
         for path in remove_stale_partials(folder):
             log.info("removed %s, left by an interrupted llmrec process", path)
+    resolved = out_dir.resolve()
+    legacy = re.compile(rf"^\.{re.escape(resolved.name)}\.[a-z0-9_]{{8}}\.partial$")
+    ours = {*DATASET_ENTRIES, *SIDE_OUTPUTS, "meta.json"}
+    for path in resolved.parent.glob(f".{glob.escape(resolved.name)}.*.partial"):
+        if not legacy.match(path.name) or path.is_symlink() or not path.is_dir():
+            continue
+        if not {p.name for p in path.iterdir()} <= ours:
+            continue
+        newest = max([path.stat().st_mtime] + [p.lstat().st_mtime for p in path.rglob("*")])
+        if time.time() - newest > _LEGACY_AGE_S:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by an interrupted prepare of an older llmrec", path)
 
 
 def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
@@ -469,11 +491,31 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Import, process and write a dataset; returns its meta record."""
     remove_stale_temp(cfg.out_dir)
     check_out_dir(cfg.out_dir, cfg.overwrite)  # before the import, which may take long
+    if cfg.overwrite and cfg.out_dir.is_dir() and not is_dataset_dir(cfg.out_dir):
+        _check_inputs_survive(cfg)
     raw = get_importer(cfg.dataset)(cfg)
     log.info("imported %s: %s", cfg.dataset, _counts(raw.interactions))
     tables = process(raw, cfg)
     write_dataset(tables, cfg.out_dir, overwrite=cfg.overwrite)
     return tables["meta"]
+
+
+def _check_inputs_survive(cfg: PrepareConfig) -> None:
+    """With --overwrite, refuse an input file of the user's that the dataset would replace (same name)."""
+    out = cfg.out_dir.resolve()
+    replaced = [out / name for name in (*DATASET_ENTRIES, "meta.json", "features", "texts")]
+    for flag, value in (
+        ("--path", cfg.path),
+        ("--items-path", cfg.items_path),
+        ("--meta-path", cfg.meta_path),
+    ):
+        path = Path(value).expanduser().resolve() if value else None
+        if path is not None and any(path == r or r in path.parents for r in replaced):
+            raise LlmrecError(
+                f"the input file ({flag}) has the name of a dataset file that --overwrite would replace",
+                file=value,
+                hint="move it out of the output folder, or choose another --out",
+            )
 
 
 def _counts(inter: pd.DataFrame) -> dict[str, int]:
