@@ -10,7 +10,10 @@ Layout::
     ctr/{train,valid,test}.parquet    labelled CTR examples (when the source has ratings or labels)
     images/manifest.parquet           written by `llmrec images`
     features/<name>.npy + .json       written by `llmrec features`
-    meta.json              source, filters applied, counts, processing config, checksums
+    meta.json              source, filters applied, counts, processing config, checksums, identity
+    .llmrec-incomplete     only while (or if killed while) 'llmrec prepare' moves a new dataset in
+
+Any other file in the folder (notes, runs, the user's raw files) is not llmrec's and is never touched.
 """
 
 from __future__ import annotations
