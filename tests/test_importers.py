@@ -312,6 +312,8 @@ def test_ml1m(ml1m_dir: Path):
     "line, field, message",
     [
         ("2::661::five::978302109", "Rating", "'five' is not a number"),
+        ("2::661::inf::978302109", "Rating", "'inf' is not a finite number"),  # issue #15
+        ("2::661::4::9999999999999999999999", "Timestamp", "9999999999999999999999 does not fit a 64-bit"),
         ("2::661::4", "Timestamp", "3 fields where 4 are expected (UserID::MovieID::Rating::Timestamp)"),
         (
             "2::661::4::978302109::9",

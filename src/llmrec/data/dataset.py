@@ -10,12 +10,16 @@ Layout::
     ctr/{train,valid,test}.parquet    labelled CTR examples (when the source has ratings or labels)
     images/manifest.parquet           written by `llmrec images`
     features/<name>.npy + .json       written by `llmrec features`
-    meta.json              source, filters applied, counts, processing config, checksums
+    meta.json              source, filters applied, counts, processing config, checksums, identity
+    .llmrec-incomplete     only while (or if killed while) 'llmrec prepare' moves a new dataset in
+
+Any other file in the folder (notes, runs, the user's raw files) is not llmrec's and is never touched.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,6 +33,20 @@ from llmrec.errors import LlmrecError
 from llmrec.utils.io import read_json, sha256_file
 
 Split = Literal["train", "valid", "test"]
+# Present while 'llmrec prepare' moves a new dataset into a folder (see processing.write_dataset).
+INCOMPLETE = ".llmrec-incomplete"
+
+
+def is_dataset_dir(root: str | Path) -> bool:
+    """Whether ``root`` holds an llmrec dataset (a meta.json written by prepare), complete or interrupted."""
+    root = Path(root)
+    if (root / INCOMPLETE).exists():
+        return True
+    try:
+        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "counts" in meta and "config" in meta
 
 
 @dataclass
@@ -45,6 +63,12 @@ class Dataset:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        if (self.root / INCOMPLETE).exists():
+            raise LlmrecError(
+                "incomplete dataset: the 'llmrec prepare' that wrote it was interrupted",
+                file=self.root,
+                hint=f"re-run the same 'llmrec prepare ... --out {self.root}'",
+            )
         if not (self.root / "meta.json").exists():
             hint = f"run 'llmrec prepare <dataset> --out {self.root}' first"
             raise LlmrecError("not a prepared dataset (meta.json missing)", file=self.root, hint=hint)
@@ -61,7 +85,7 @@ class Dataset:
         path = self.root / name
         if not path.exists():
             raise LlmrecError("file missing from the dataset", file=path, hint="re-run 'llmrec prepare'")
-        return pd.read_parquet(path)
+        return read_parquet(path)
 
     @cached_property
     def items(self) -> pd.DataFrame:
@@ -121,7 +145,10 @@ class Dataset:
             raise LlmrecError(
                 "checksum mismatch: the candidates were modified", file=path, hint="re-run 'llmrec prepare'"
             )
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise LlmrecError(f"cannot read ({e})", file=path, hint="re-run 'llmrec prepare'") from None
 
     @cached_property
     def item_popularity(self) -> np.ndarray:
@@ -140,7 +167,7 @@ class Dataset:
                 file=path,
                 hint="the source needs ratings or labels; re-run 'llmrec prepare'",
             )
-        return pd.read_parquet(path)
+        return read_parquet(path)
 
     @property
     def features_dir(self) -> Path:
@@ -149,6 +176,19 @@ class Dataset:
     @property
     def images_dir(self) -> Path:
         return self.root / "images"
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A table of a prepared dataset; a damaged or unreadable file is a one-line error naming it."""
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as e:  # pyarrow raises several types (ArrowInvalid, OSError, ...) for a damaged file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LlmrecError(
+            f"cannot read this table ({reason})",
+            file=path,
+            hint="the dataset is damaged: re-run 'llmrec prepare'",
+        ) from None
 
 
 # what makes a prepared dataset what it is: its tables and frozen candidates (not images/, features/, texts/)

@@ -2,16 +2,21 @@
 
 One pipeline for every source: metadata join, optional attribute filters, de-duplication, iterative
 k-core, optional user subsampling, chronological sequences, leave-one-out splits, frozen evaluation
-negatives and CTR examples. The directory is built in a temp folder and swapped in at the end, so a
-failed run never leaves a half-written dataset and never damages the previous one.
+negatives and CTR examples. The tables are written into a temp folder inside the output folder and moved
+into place entry by entry at the end (meta.json removed first, written last, an "incomplete" marker in
+between): a failed run never damages the previous dataset, a run killed while moving leaves a folder that
+says "incomplete, re-run", and files in the output folder that are not llmrec's are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
+import re
 import shutil
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +25,17 @@ import numpy as np
 import pandas as pd
 
 from llmrec.config import option, to_dict
-from llmrec.data.dataset import content_identity
+from llmrec.data.dataset import INCOMPLETE, content_identity, is_dataset_dir
 from llmrec.data.importers import ImportSpec, get_importer
 from llmrec.data.schema import RawData
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.utils.io import replace_dir, sha256_file, write_json_atomic
+from llmrec.utils.io import (
+    partial_dir,
+    remove_stale_partials,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +89,10 @@ class PrepareConfig(ImportSpec, ProcessConfig):
         "ml-100k", "importer name: ml-100k, ml-1m, ml-latest, amazon2018, amazon2023, table"
     )
     out: str | None = option(None, "output directory (default: data/<dataset>)")
+    overwrite: bool = option(
+        False,
+        "write into an existing folder that is not an llmrec dataset (files that are not llmrec's are kept)",
+    )
 
     def __post_init__(self) -> None:
         ProcessConfig.__post_init__(self)
@@ -108,10 +123,20 @@ def kcore(inter: pd.DataFrame, k: int, min_user_len: int = 0) -> pd.DataFrame:
         inter = inter.loc[keep]
 
 
+NEGATIVES_HINT = "lower --num-negatives or raise --kcore"
+
+
 def sample_negatives(
-    sequences: list[np.ndarray], n_items: int, num: int, rng: np.random.Generator
+    sequences: list[np.ndarray],
+    n_items: int,
+    num: int,
+    rng: np.random.Generator,
+    hint: str = NEGATIVES_HINT,
 ) -> np.ndarray:
-    """(U, num) item indices per user, uniform without replacement over items outside the user's sequence."""
+    """(U, num) item indices per user, uniform without replacement over items outside the user's sequence.
+
+    ``hint`` says what to do when a user has too few unseen items (the options of the calling command).
+    """
     out = np.empty((len(sequences), num), dtype=np.int32)
     for u, seq in enumerate(sequences):
         seen = set(seq.tolist())
@@ -119,7 +144,7 @@ def sample_negatives(
             raise LlmrecError(
                 f"user index {u} has interacted with {len(seen)} of {n_items} items: fewer than "
                 f"{num} negatives remain",
-                hint="lower --num-negatives or raise --kcore",
+                hint=hint,
             )
         chosen: list[int] = []
         taken: set[int] = set()
@@ -210,9 +235,22 @@ def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
             {"step": step, "interactions_removed": int(len(before) - len(after)), **_counts(after)}
         )
 
+    files = [str(f) for f in raw.source.get("files", [])]
+    if inter.empty:
+        raise LlmrecError(
+            "no interactions in the input", file=files[0] if files else None, hint="check --path"
+        )
     known = inter["item_id"].isin(items["item_id"])
     after = inter.loc[known]
     note("drop interactions with items missing from the metadata", inter, after)
+    if after.empty and len(files) > 1:  # the item ids of the two files never meet
+        raise LlmrecError(
+            f"no item of this file appears in the interactions ({len(items)} items, "
+            f"{inter['item_id'].nunique()} item ids in {files[0]})",
+            file=files[-1],
+            hint="check that the item file belongs to the same source as --path and that both name items "
+            "by the same id (--columns item_id=<column>)",
+        )
     inter = after
     if cfg.require_image:
         after = inter.loc[inter["item_id"].isin(items.loc[items["image"] != "", "item_id"])]
@@ -240,7 +278,9 @@ def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
         inter = after
     if inter.empty:
         raise LlmrecError(
-            "no interactions left after filtering", hint="lower --kcore or --min-user-len, or check the input"
+            "no interactions left after filtering (see the steps in the log)",
+            file=files[0] if files else None,
+            hint="lower --kcore or --min-user-len, or check the input",
         )
     return finalize(items, inter, cfg, raw.source, counts_raw, filters, raw.users)
 
@@ -253,8 +293,12 @@ def finalize(
     counts_raw: dict[str, int],
     filters: list[dict[str, Any]],
     users_side: pd.DataFrame | None = None,
+    negatives_hint: str = NEGATIVES_HINT,
 ) -> dict[str, Any]:
-    """Index users/items, build sequences, negatives and CTR examples from filtered interactions."""
+    """Index users/items, build sequences, negatives and CTR examples from filtered interactions.
+
+    ``negatives_hint``: what to do when a user has too few unseen items left (the caller's options).
+    """
     item_ids = natural_order(inter["item_id"])
     user_ids = natural_order(inter["user_id"])
     items = items.set_index("item_id").loc[item_ids].reset_index()
@@ -279,7 +323,8 @@ def finalize(
     )
     rng = np.random.default_rng(cfg.seed)
     negatives = {
-        split: sample_negatives(seqs, len(item_ids), cfg.num_negatives, rng) for split in ("valid", "test")
+        split: sample_negatives(seqs, len(item_ids), cfg.num_negatives, rng, negatives_hint)
+        for split in ("valid", "test")
     }
     users = pd.DataFrame({"user_id": user_ids})
     if users_side is not None and "user_id" in users_side.columns:
@@ -318,15 +363,77 @@ def finalize(
     }
 
 
-def write_dataset(tables: dict[str, Any], out_dir: Path) -> None:
-    """Write a dataset into a temp folder beside ``out_dir`` and swap it in; the old one survives any failure.
+# What a prepare writes into its output folder, and so may replace; nothing else there is ever touched.
+DATASET_ENTRIES = (
+    "items.parquet",
+    "interactions.parquet",
+    "users.parquet",
+    "sequences.parquet",
+    "eval",
+    "ctr",
+)
+# Side outputs later commands add to a dataset: kept by a re-prepare (features/texts only for the same items).
+SIDE_OUTPUTS = ("images", "features", "texts")
 
-    Side outputs computed later for the same dataset (``images/``, ``features/``, ``texts/``) are carried over
-    when the item list did not change, so re-preparing never throws away downloaded images.
+
+# Older versions wrote ``.<name>.<8 random chars>.partial`` beside the output folder, without a process id.
+_LEGACY_AGE_S = 3600.0  # untouched this long, such a folder is no running prepare's
+
+
+def remove_stale_temp(out_dir: Path) -> None:
+    """Delete what killed llmrec processes left in a dataset folder (temp folders of prepare, temp files of
+    atomic writes, see :func:`llmrec.utils.io.remove_stale_partials`); those of running processes stay.
+
+    Also the temp folders older versions left beside it, when they hold only dataset entries and nothing in
+    them changed for an hour (they record no process id)."""
+    for folder in (out_dir, *(out_dir / name for name in DATASET_ENTRIES + SIDE_OUTPUTS)):
+        for path in remove_stale_partials(folder):
+            log.info("removed %s, left by an interrupted llmrec process", path)
+    resolved = out_dir.resolve()
+    legacy = re.compile(rf"^\.{re.escape(resolved.name)}\.[a-z0-9_]{{8}}\.partial$")
+    ours = {*DATASET_ENTRIES, *SIDE_OUTPUTS, "meta.json"}
+    for path in resolved.parent.glob(f".{glob.escape(resolved.name)}.*.partial"):
+        if not legacy.match(path.name) or path.is_symlink() or not path.is_dir():
+            continue
+        if not {p.name for p in path.iterdir()} <= ours:
+            continue
+        newest = max([path.stat().st_mtime] + [p.lstat().st_mtime for p in path.rglob("*")])
+        if time.time() - newest > _LEGACY_AGE_S:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by an interrupted prepare of an older llmrec", path)
+
+
+def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Refuse an output folder that holds something other than an llmrec dataset, unless ``overwrite``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LlmrecError("exists and is not a folder", file=out_dir, hint="choose another --out")
+    if overwrite or not out_dir.is_dir() or is_dataset_dir(out_dir):
+        return
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir())
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise LlmrecError(
+            f"folder exists and is not an llmrec dataset (no meta.json from 'llmrec prepare'); it holds {shown}",
+            file=out_dir,
+            hint="choose another --out, or pass --overwrite to write the dataset into it "
+            "(files that are not llmrec's are kept)",
+        )
+
+
+def write_dataset(tables: dict[str, Any], out_dir: Path, overwrite: bool = False) -> None:
+    """Write a dataset into ``out_dir``; the old dataset there survives any failure before the final moves.
+
+    The tables go into a temp folder inside ``out_dir``, then replace the old entries one by one (see
+    :data:`DATASET_ENTRIES`). Side outputs (``images/`` always, ``features/`` and ``texts/`` when the item
+    list did not change) stay, so re-preparing never throws away downloaded images. An existing folder that
+    is not a dataset is refused unless ``overwrite``; its other files are kept either way.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    remove_stale_temp(out_dir)
+    check_out_dir(out_dir, overwrite)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = partial_dir(out_dir, "prepare")
     try:
         tables["items"].to_parquet(tmp / "items.parquet", index=False)
         tables["interactions"].to_parquet(tmp / "interactions.parquet", index=False)
@@ -344,42 +451,71 @@ def write_dataset(tables: dict[str, Any], out_dir: Path) -> None:
                 part.to_parquet(tmp / "ctr" / f"{split}.parquet", index=False)
         meta = dict(tables["meta"], checksums=checksums, identity=content_identity(tmp))
         write_json_atomic(tmp / "meta.json", meta)
-        if out_dir.exists():
-            _carry_side_outputs(out_dir, tmp, tables["items"])
-        replace_dir(tmp, out_dir)
+        _move_into_place(tmp, out_dir, keep_features=_same_items(out_dir, tables["items"]))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if still empty
         raise
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _carry_side_outputs(old: Path, new: Path, items: pd.DataFrame) -> None:
-    """Keep downloaded images always; keep features only if the item order is unchanged."""
-    if (old / "images").exists():  # hard links: no second copy of a large image folder
-        shutil.copytree(old / "images", new / "images", copy_function=_link_or_copy)
+def _same_items(old: Path, items: pd.DataFrame) -> bool:
+    """Whether the dataset in ``old`` has exactly these items in this order (its features still apply)."""
     try:
         old_ids = pd.read_parquet(old / "items.parquet", columns=["item_id"])["item_id"].tolist()
-    except Exception:  # an unreadable old dataset: nothing else to keep
-        return
-    if old_ids == items["item_id"].tolist():
-        for sub in ("features", "texts"):
-            if (old / sub).exists():
-                shutil.copytree(old / sub, new / sub)
+    except Exception:  # no dataset there, or an unreadable one: nothing to keep
+        return False
+    return bool(old_ids == items["item_id"].tolist())
+
+
+def _move_into_place(new: Path, out: Path, keep_features: bool) -> None:
+    """Replace llmrec's entries in ``out`` by those in ``new``; meta.json goes last, so a crash in between
+    leaves no meta.json and an :data:`INCOMPLETE` marker (the folder says "re-run", never loads mixed)."""
+    write_text_atomic(out / INCOMPLETE, "an 'llmrec prepare' into this folder did not finish; re-run it\n")
+    (out / "meta.json").unlink(missing_ok=True)
+    replaced = new / ".replaced"  # old entries go here, deleted with the temp folder
+    replaced.mkdir()
+    names = DATASET_ENTRIES + (() if keep_features else ("features", "texts"))
+    for name in names:
+        if (out / name).exists() or (out / name).is_symlink():
+            (out / name).rename(replaced / name)
+        if (new / name).exists():
+            (new / name).rename(out / name)
+    os.replace(new / "meta.json", out / "meta.json")
+    (out / INCOMPLETE).unlink()
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Import, process and write a dataset; returns its meta record."""
+    remove_stale_temp(cfg.out_dir)
+    check_out_dir(cfg.out_dir, cfg.overwrite)  # before the import, which may take long
+    if cfg.overwrite and cfg.out_dir.is_dir() and not is_dataset_dir(cfg.out_dir):
+        _check_inputs_survive(cfg)
     raw = get_importer(cfg.dataset)(cfg)
     log.info("imported %s: %s", cfg.dataset, _counts(raw.interactions))
     tables = process(raw, cfg)
-    write_dataset(tables, cfg.out_dir)
+    write_dataset(tables, cfg.out_dir, overwrite=cfg.overwrite)
     return tables["meta"]
+
+
+def _check_inputs_survive(cfg: PrepareConfig) -> None:
+    """With --overwrite, refuse an input file of the user's that the dataset would replace (same name)."""
+    out = cfg.out_dir.resolve()
+    replaced = [out / name for name in (*DATASET_ENTRIES, "meta.json", "features", "texts")]
+    for flag, value in (
+        ("--path", cfg.path),
+        ("--items-path", cfg.items_path),
+        ("--meta-path", cfg.meta_path),
+    ):
+        path = Path(value).expanduser().resolve() if value else None
+        if path is not None and any(path == r or r in path.parents for r in replaced):
+            raise LlmrecError(
+                f"the input file ({flag}) has the name of a dataset file that --overwrite would replace",
+                file=value,
+                hint="move it out of the output folder, or choose another --out",
+            )
 
 
 def _counts(inter: pd.DataFrame) -> dict[str, int]:
@@ -388,6 +524,9 @@ def _counts(inter: pd.DataFrame) -> dict[str, int]:
         "items": int(inter["item_id"].nunique()),
         "interactions": int(len(inter)),
     }
+
+
+_KEEP_HINT = "keep them with 'llmrec images --missing keep' (they are flagged image-less)"
 
 
 def drop_items(data_dir: str | Path, item_ids: set[str] | list[str], reason: str) -> dict[str, Any]:
@@ -417,7 +556,9 @@ def drop_items(data_dir: str | Path, item_ids: set[str] | list[str], reason: str
     )
     if kept.empty:
         raise LlmrecError(
-            f"no interactions left after dropping {len(drop)} items", file=data_dir, hint="keep them instead"
+            f"no interactions left after dropping {len(drop)} items",
+            file=data_dir,
+            hint=_KEEP_HINT,
         )
     users_side = ds.users if ds.users.shape[1] > 1 else None
     tables = finalize(
@@ -428,6 +569,7 @@ def drop_items(data_dir: str | Path, item_ids: set[str] | list[str], reason: str
         ds.meta["counts_raw"],
         filters,
         users_side,
+        negatives_hint=f"too many items would be dropped: {_KEEP_HINT}",
     )
     write_dataset(tables, Path(data_dir))
     return tables["meta"]

@@ -55,25 +55,36 @@ _BLOCK_TAGS = {
 }
 
 
+_HIDDEN_TAGS = {"script", "style", "template", "noscript"}
+
+
 class _TextExtractor(HTMLParser):
     """Text content of an HTML fragment; block-level tags become spaces, inline tags vanish."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)  # entities decoded exactly once, here
         self.parts: list[str] = []
+        self.hidden = 0  # inside <script>/<style>: code, not text (comments never reach handle_data)
 
     def handle_data(self, data: str) -> None:
-        self.parts.append(data)
+        if not self.hidden:
+            self.parts.append(data)
 
     def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in _HIDDEN_TAGS:
+            self.hidden += 1
         if tag in _BLOCK_TAGS:
             self.parts.append(" ")
 
     def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN_TAGS:
+            self.hidden = max(0, self.hidden - 1)
         if tag in _BLOCK_TAGS:
             self.parts.append(" ")
 
-    handle_startendtag = handle_starttag
+    def handle_startendtag(self, tag: str, attrs: Any) -> None:
+        if tag in _BLOCK_TAGS:  # <br/>; a self-closed <script/> hides nothing
+            self.parts.append(" ")
 
 
 _WS = re.compile(r"\s+")
@@ -147,20 +158,35 @@ def make_interactions(records: pd.DataFrame | list[dict[str, Any]], source: str)
             row=row + 1,
             field="timestamp",
         )
+    too_big = out_of_int64(ts)
+    if too_big.any():
+        row = int(np.flatnonzero(too_big.to_numpy())[0])
+        raise LlmrecError(
+            f"timestamp {df['timestamp'].iloc[row]!r} does not fit a 64-bit unix time (seconds)",
+            file=source,
+            row=row + 1,
+            field="timestamp",
+        )
     out["timestamp"] = ts.astype("int64")
     for col in ("rating", "label"):
         if col in df.columns:
             vals = pd.to_numeric(df[col], errors="coerce")
-            bad = vals.isna() & df[col].notna()
+            bad = (vals.isna() & df[col].notna()) | (vals.notna() & ~np.isfinite(vals.astype("float64")))
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
                 raise LlmrecError(
-                    f"{df[col].iloc[row]!r} is not a number", file=source, row=row + 1, field=col
+                    f"{df[col].iloc[row]!r} is not a finite number", file=source, row=row + 1, field=col
                 )
             out[col] = vals.astype("float64")
         else:
             out[col] = np.nan
     return out
+
+
+def out_of_int64(values: pd.Series) -> pd.Series:
+    """Numbers that do not fit an int64 timestamp (casting would wrap them to INT64_MIN or a negative)."""
+    as_float = pd.to_numeric(values, errors="coerce").astype("float64")
+    return ~np.isfinite(as_float) | (as_float.abs() >= 2.0**63)
 
 
 def _first_str(v: Any) -> str:

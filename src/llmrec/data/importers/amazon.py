@@ -12,7 +12,6 @@ import gzip
 import json
 import math
 import re
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -21,17 +20,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from llmrec.data.importers import ImportSpec, register_importer
-from llmrec.data.importers.table import require_path
+from llmrec.data.importers.table import READ_ERRORS, decode_error, require_path, unreadable_error
 from llmrec.data.schema import RawData, make_interactions, make_items, strip_html
 from llmrec.errors import LlmrecError
 
 # Co-purchase / co-view graphs: large, unused by the text and image models, and they would leak
 # interaction signal into item metadata. Review videos are likewise unused.
 _DROPPED = frozenset({"also_buy", "also_view", "similar_item", "related", "bought_together", "videos"})
-_LINE_HINT = (
-    "each line must be one JSON object (or a Python dict literal, as in the older dumps); "
-    "the file may be truncated: download it again"
-)
+_LINE_HINT = "each line must be one JSON object (or a Python dict literal, as in the older dumps)"
 # The 2018 main_cat is sometimes an <img> tag whose alt text is the only name given.
 _IMG_ALT = re.compile(r"""alt=["']([^"']*)["']""")
 
@@ -39,13 +35,15 @@ _IMG_ALT = re.compile(r"""alt=["']([^"']*)["']""")
 # ----------------------------------------------------------------------------- reading records
 
 
-def _open(path: Path) -> IO[str]:
-    """Text stream of ``path``, gunzipped when it starts with the gzip magic (whatever its name)."""
+def _open(path: Path) -> IO[bytes]:
+    """Byte stream of ``path``, gunzipped when it starts with the gzip magic (whatever its name).
+
+    Bytes, not text: each line is decoded on its own, so a bad byte is reported on its own line
+    (a text stream decodes ahead in blocks and fails on an earlier line).
+    """
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
 def parse_record(line: str, path: Path, lineno: int) -> dict[str, Any]:
@@ -71,18 +69,16 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     lineno = 0
     try:
         with _open(path) as f:
-            for lineno, line in enumerate(tqdm(f, desc=path.name, unit=" lines", disable=None), 1):
-                line = line.strip()
+            for lineno, raw in enumerate(tqdm(f, desc=path.name, unit=" lines", disable=None), 1):
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    raise decode_error(path, e, lineno) from None
                 if line:
                     yield lineno, parse_record(line, path, lineno)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+    except READ_ERRORS as e:
         # A truncated download fails here (gzip: "Compressed file ended before the end-of-stream marker").
-        raise LlmrecError(
-            f"cannot read past this line ({type(e).__name__}: {e})",
-            file=path,
-            row=lineno + 1,
-            hint="the file is damaged or truncated: download it again",
-        ) from None
+        raise unreadable_error(path, e, row=lineno + 1) from None
 
 
 def read_reviews(
@@ -123,11 +119,17 @@ def read_reviews(
             seconds = (ts if isinstance(ts, int) else int(float(ts))) // time_divisor
         except (TypeError, ValueError, OverflowError):
             raise LlmrecError(f"{ts!r} is not a unix time", file=path, row=lineno, field=time_key) from None
+        if not -(2**63) <= seconds < 2**63:
+            raise LlmrecError(
+                f"{ts!r} does not fit a 64-bit unix time", file=path, row=lineno, field=time_key
+            )
         value = rec.get(rating_key)
         try:
             stars = math.nan if value is None or value == "" else float(value)
         except (TypeError, ValueError):
             raise LlmrecError(f"{value!r} is not a number", file=path, row=lineno, field=rating_key) from None
+        if math.isinf(stars):
+            raise LlmrecError(f"{value!r} is not a finite number", file=path, row=lineno, field=rating_key)
         users.append(str(rec[user_key]))
         item_ids.append(str(item))
         times.append(seconds)
@@ -138,10 +140,24 @@ def read_reviews(
     )
 
 
-def read_meta(path: Path, to_item: Callable[[dict[str, Any]], dict[str, Any]], id_key: str) -> pd.DataFrame:
-    """The canonical item table of a metadata file, one ``to_item(record)`` per line."""
+def read_meta(
+    path: Path, to_item: Callable[[dict[str, Any]], dict[str, Any]], id_key: str, review_key: str
+) -> pd.DataFrame:
+    """The canonical item table of a metadata file, one ``to_item(record)`` per line.
+
+    ``review_key`` is a field only reviews have (the reviewer): a record holding it means a reviews file
+    was given as metadata, which would otherwise become items without titles.
+    """
     rows = []
     for lineno, rec in iter_records(path):
+        if review_key in rec:
+            raise LlmrecError(
+                f"does not look like an item metadata file: the record has the reviews' field '{review_key}'",
+                file=path,
+                row=lineno,
+                field=review_key,
+                hint="pass the meta_<Category> file as --meta-path; reviews go in --path",
+            )
         row = to_item(rec)
         if not row["item_id"]:
             raise LlmrecError(
@@ -277,7 +293,7 @@ def import_amazon2018(spec: ImportSpec) -> RawData:
     interactions = read_reviews(
         reviews, user_key="reviewerID", item_keys=("asin",), time_key="unixReviewTime", rating_key="overall"
     )
-    items = read_meta(meta, item_2018, id_key="asin")
+    items = read_meta(meta, item_2018, id_key="asin", review_key="reviewerID")
     return RawData(
         items=items,
         interactions=interactions,
@@ -341,7 +357,7 @@ def import_amazon2023(spec: ImportSpec) -> RawData:
         rating_key="rating",
         time_divisor=1000,
     )
-    items = read_meta(meta, item_2023, id_key="parent_asin")
+    items = read_meta(meta, item_2023, id_key="parent_asin", review_key="user_id")
     return RawData(
         items=items,
         interactions=interactions,

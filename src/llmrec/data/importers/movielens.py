@@ -9,7 +9,16 @@ from pathlib import Path
 import pandas as pd
 
 from llmrec.data.importers import ImportSpec, register_importer
-from llmrec.data.importers.table import is_number, missing_column_error, read_delimited
+from llmrec.data.importers.table import (
+    READ_ERRORS,
+    decode_error,
+    is_number,
+    is_unix_time,
+    missing_column_error,
+    read_delimited,
+    undecodable_line,
+    unreadable_error,
+)
 from llmrec.data.schema import RawData, make_interactions, make_items
 from llmrec.errors import LlmrecError
 
@@ -29,9 +38,31 @@ def _read_atomic_file(path: Path) -> pd.DataFrame:
     """RecBole atomic files: tab-separated with typed headers such as ``user_id:token``."""
     if not path.exists():
         raise LlmrecError("file not found", file=path, hint="reinstall recbole==1.2.1 with --no-deps")
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    except UnicodeDecodeError as e:
+        raise undecodable_line(path, "utf-8") or decode_error(path, e, None) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise LlmrecError(f"cannot parse ({str(e).strip()})", file=path, hint=_ATOMIC_HINT) from None
+    except READ_ERRORS as e:
+        raise unreadable_error(path, e) from None
     df.columns = [c.split(":")[0] for c in df.columns]
     return df
+
+
+def _require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    for col in columns:
+        if col not in df.columns:
+            raise LlmrecError(
+                f"no column '{col}'; available columns: {list(df.columns)}",
+                file=path,
+                field=col,
+                hint=_ATOMIC_HINT,
+            )
+    return df
+
+
+_ATOMIC_HINT = "a RecBole atomic file is tab-separated with a 'name:type' header: reinstall recbole==1.2.1"
 
 
 @register_importer("ml-100k")
@@ -39,7 +70,11 @@ def import_ml100k(spec: ImportSpec) -> RawData:
     """MovieLens-100K (943 users, 1,682 movies, 100,000 ratings); ``spec.path`` may point to another copy."""
     folder = Path(spec.path) if spec.path else recbole_ml100k_dir()
     inter = _read_atomic_file(folder / "ml-100k.inter")
-    item = _read_atomic_file(folder / "ml-100k.item")
+    item = _require_columns(
+        _read_atomic_file(folder / "ml-100k.item"),
+        folder / "ml-100k.item",
+        ("item_id", "movie_title", "class", "release_year"),
+    )
     users = _read_atomic_file(folder / "ml-100k.user") if (folder / "ml-100k.user").exists() else None
     genres = [", ".join(g.split()) for g in item["class"]]
     items = make_items(
@@ -147,7 +182,7 @@ def import_ml1m(spec: ImportSpec) -> RawData:
         sep="::",
         names=["UserID", "MovieID", "Rating", "Timestamp"],
         encoding="latin-1",
-        checks={c: is_number for c in ("UserID", "MovieID", "Rating", "Timestamp")},
+        checks={"UserID": is_number, "MovieID": is_number, "Rating": is_number, "Timestamp": is_unix_time},
         hint=_GROUPLENS_HINT,
     )
     # GroupLens wrote the .dat files in ISO-8859-1 ("Cité des enfants perdus").
@@ -209,7 +244,7 @@ def import_ml_latest(spec: ImportSpec) -> RawData:
     ratings = read_delimited(
         folder / "ratings.csv",
         sep=",",
-        checks={c: is_number for c in ("userId", "movieId", "rating", "timestamp")},
+        checks={"userId": is_number, "movieId": is_number, "rating": is_number, "timestamp": is_unix_time},
         hint=_GROUPLENS_HINT,
     )
     movies = read_delimited(

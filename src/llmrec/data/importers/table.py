@@ -12,6 +12,7 @@ import csv
 import gzip
 import lzma
 import math
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -21,13 +22,15 @@ import numpy as np
 import pandas as pd
 
 from llmrec.data.importers import ImportSpec, register_importer
-from llmrec.data.schema import ITEM_COLUMNS, RawData, make_interactions, make_items
+from llmrec.data.schema import ITEM_COLUMNS, RawData, make_interactions, make_items, out_of_int64
 from llmrec.errors import LlmrecError
 
 INTERACTION_FIELDS = ("user_id", "item_id", "timestamp", "rating", "label")
 ITEM_FIELDS = ("item_id", "title", "brand", "category", "description", "image")
 _SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# What reading a truncated or damaged file raises, compressed or not (bz2 says OSError "Invalid data stream").
+READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 # A check takes one field's text and returns what is wrong with it, or None if it is fine.
 Check = Callable[[str], str | None]
@@ -54,14 +57,76 @@ def open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
     return open(path, encoding=encoding, newline="")
 
 
-def is_number(text: str) -> str | None:
-    """Check: a number (not empty, not NaN)."""
+def unreadable_error(path: Path, e: BaseException, row: int | None = None) -> LlmrecError:
+    """The one error for a file that cannot be read to its end (one of :data:`READ_ERRORS`); ``row`` is the
+    line it stopped at, where known. Only a file that ends early is called truncated."""
+    reason = f"{type(e).__name__}: {e}"
+    if isinstance(e, EOFError):
+        return LlmrecError(
+            f"the file ends early ({reason})",
+            file=path,
+            row=row,
+            hint="it is truncated: download it again",
+        )
+    compression = path.suffix.lower()
+    if isinstance(e, zlib.error | lzma.LZMAError) or (isinstance(e, OSError) and e.errno is None):
+        what = f"not valid {compression.lstrip('.')} data" if compression in _OPENERS else "damaged data"
+        return LlmrecError(
+            f"{what} ({reason})",
+            file=path,
+            row=row,
+            hint="the file is damaged or not compressed the way its name says: download it again, or "
+            "name it after its real format",
+        )
+    return LlmrecError(f"cannot read ({reason})", file=path, row=row)
+
+
+def undecodable_line(path: Path, encoding: str) -> LlmrecError | None:
+    """The error for the first line of ``path`` that is not valid ``encoding`` text (1-based, as an editor
+    counts), or None. Lines are split on bytes, so this suits ASCII-compatible encodings (utf-8, latin-1)."""
+    opener = _OPENERS.get(path.suffix.lower(), open)
     try:
-        if not math.isnan(float(text)):
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    raw.decode(encoding)
+                except UnicodeDecodeError as e:
+                    return decode_error(path, e, lineno, encoding)
+    except READ_ERRORS as e:
+        return unreadable_error(path, e)
+    return None
+
+
+def decode_error(path: Path, e: UnicodeDecodeError, row: int | None, encoding: str = "utf-8") -> LlmrecError:
+    """A line that is not ``encoding`` text: which byte, where, and what to do."""
+    bad = e.object[e.start : e.start + 1].hex()
+    return LlmrecError(
+        f"not valid {encoding} text (byte 0x{bad} at column {e.start + 1}: {e.reason})",
+        file=path,
+        row=row,
+        hint=f"save the file as {encoding}",
+    )
+
+
+def is_number(text: str) -> str | None:
+    """Check: a finite number (not empty, not NaN, not infinite)."""
+    try:
+        if math.isfinite(float(text)):
             return None
+        if not math.isnan(float(text)):
+            return f"{text!r} is not a finite number"
     except ValueError:
         pass
     return f"{text!r} is not a number"
+
+
+def is_unix_time(text: str) -> str | None:
+    """Check: a number of seconds that fits an int64 timestamp."""
+    if (problem := is_number(text)) is not None:
+        return problem
+    if out_of_int64(pd.Series([text])).iloc[0]:
+        return f"{text.strip()} does not fit a 64-bit unix time (seconds)"
+    return None
 
 
 def is_number_or_empty(text: str) -> str | None:
@@ -77,7 +142,7 @@ def is_not_empty(text: str) -> str | None:
 def is_time(text: str) -> str | None:
     """Check: unix seconds or an ISO-8601 date (what :func:`_timestamps` accepts)."""
     if is_number(text) is None:
-        return None
+        return is_unix_time(text)
     try:
         datetime.fromisoformat(text.strip().replace("Z", "+00:00"))  # fast path for the common forms
         return None
@@ -111,6 +176,8 @@ def read_delimited(
     come back as text exactly as written (no NA guessing, so an id or a title such as "NA" survives).
     """
     checks = checks or {}
+    if names is None:
+        _check_header(path, sep, encoding, hint)
     # The C parser cannot split on a multi-character separator such as MovieLens' "::".
     engine = "c" if len(sep) == 1 and not strict else "python"
     try:
@@ -130,7 +197,9 @@ def read_delimited(
     except pd.errors.EmptyDataError:
         raise LlmrecError("file is empty", file=path, hint=hint) from None
     except UnicodeDecodeError as e:
-        raise LlmrecError(f"not valid {encoding} text ({e.reason})", file=path, hint=hint) from None
+        raise undecodable_line(path, encoding) or decode_error(path, e, None, encoding) from None
+    except READ_ERRORS as e:
+        raise unreadable_error(path, e) from None
     except pd.errors.ParserError as e:  # too many fields on some line
         found = find_bad_line(path, sep, names, encoding, checks)
         if found is None:
@@ -143,10 +212,12 @@ def read_delimited(
     # which the numeric checks below catch (a short line in a text-only file passes, as in pandas).
     bad = df.isna().any(axis=1)
     for col, check in checks.items():
-        if check is is_number:
-            bad |= pd.to_numeric(df[col], errors="coerce").isna()
-        elif check is is_number_or_empty:
-            bad |= pd.to_numeric(df[col], errors="coerce").isna() & (df[col].str.strip() != "")
+        if check in (is_number, is_number_or_empty, is_unix_time):
+            num = pd.to_numeric(df[col], errors="coerce").astype("float64")
+            wrong = ~np.isfinite(num)  # not a number, NaN, or infinite
+            if check is is_unix_time:
+                wrong |= out_of_int64(num)
+            bad |= wrong & (df[col].str.strip() != "") if check is is_number_or_empty else wrong
     if bad.any():
         found = find_bad_line(path, sep, names, encoding, checks)
         if found is None:  # the scan disagrees with pandas: report the data row pandas flagged
@@ -156,6 +227,30 @@ def read_delimited(
             )
         raise LlmrecError(found[2], file=path, row=found[0], field=found[1], hint=hint)
     return df
+
+
+def _check_header(path: Path, sep: str, encoding: str, hint: str | None) -> None:
+    """A header naming a column twice is an error (pandas would silently rename the second 'x' to 'x.1')."""
+    try:
+        with open_text(path, encoding) as f:
+            header = next((fields for _, fields in _records(f, sep) if any(x.strip() for x in fields)), [])
+    except UnicodeDecodeError as e:
+        raise undecodable_line(path, encoding) or decode_error(path, e, None, encoding) from None
+    except READ_ERRORS as e:
+        raise unreadable_error(path, e, row=1) from None
+    except csv.Error as e:
+        raise LlmrecError(f"cannot parse the header ({e})", file=path, row=1, hint=hint) from None
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise LlmrecError(
+                f"column '{name}' appears twice in the header",
+                file=path,
+                row=1,
+                field=name,
+                hint="rename or remove one of them",
+            )
+        seen.add(name)
 
 
 def find_bad_line(
@@ -186,12 +281,22 @@ def find_bad_line(
 def missing_column_error(path: Path, field: str, column: str, available: Sequence[str]) -> LlmrecError:
     """The error for a column that should be in ``path`` but is not, listing what is there."""
     what = f"column '{column}' (mapped to {field})" if column != field else f"column '{column}'"
-    return LlmrecError(
-        f"no {what}; available columns: {list(available)}",
-        file=path,
-        field=field,
-        hint=f"map the right column with --columns {field}=<column>",
-    )
+    hint = f"map the right column with --columns {field}=<column>"
+    if len(available) == 1:  # one column: the file was split on the wrong separator
+        for sep, (name, fix) in _OTHER_SEPARATORS.items():
+            if sep in str(available[0]):
+                hint = f"the header holds {name}s but the file name says otherwise: {fix}"
+                break
+    return LlmrecError(f"no {what}; available columns: {list(available)}", file=path, field=field, hint=hint)
+
+
+# separator -> (its name, what to do): the separator comes from the extension (.csv comma, .tsv/.txt tab)
+_OTHER_SEPARATORS = {
+    "\t": ("tab", "name a tab-separated file .tsv"),
+    ",": ("comma", "name a comma-separated file .csv"),
+    ";": ("semicolon", "convert it to comma-separated .csv or tab-separated .tsv"),
+    "|": ("pipe", "convert it to comma-separated .csv or tab-separated .tsv"),
+}
 
 
 def _records(f: IO[str], sep: str) -> Iterator[tuple[int, list[str]]]:
@@ -291,6 +396,9 @@ def _timestamps(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
             raise _bad_value(path, df, col, "timestamp", dt.isna(), is_time)
         return ((dt - epoch) // second).astype("int64")
     num = pd.to_numeric(values, errors="coerce")
+    too_big = num.notna() & out_of_int64(num)  # e.g. 9999999999999999999999 would become INT64_MIN
+    if too_big.any():
+        raise _bad_value(path, df, col, "timestamp", too_big, is_time)
     if num.notna().all():
         return num
     # Hand-made tables often carry dates: accept ISO-8601 text rather than make users convert.
@@ -313,6 +421,12 @@ def import_table(spec: ImportSpec) -> RawData:
     path = require_path(spec.path, "interactions table", "--path")
     mapping = _check_mapping(spec.columns)
     src = read_table(path)
+    if src.empty:
+        raise LlmrecError(
+            "no interactions: the table has no data rows" + (" (only a header)" if len(src.columns) else ""),
+            file=path,
+            hint="check --path",
+        )
     cols = _resolve(src, path, mapping, INTERACTION_FIELDS, required=("user_id", "item_id", "timestamp"))
     inter = pd.DataFrame({name: src[col] for name, col in cols.items()})
     for name in ("user_id", "item_id"):
@@ -325,8 +439,9 @@ def import_table(spec: ImportSpec) -> RawData:
         if name in cols:
             values = src[cols[name]]
             num = pd.to_numeric(values, errors="coerce")
-            # An empty cell means "no rating here", not an error.
+            # An empty cell means "no rating here", not an error; inf is never a rating.
             bad = num.isna() & values.notna() & (values.astype(str).str.strip() != "")
+            bad |= num.notna() & ~np.isfinite(num.astype("float64"))
             if bad.any():
                 raise _bad_value(path, src, cols[name], name, bad, is_number_or_empty)
             inter[name] = num
@@ -336,7 +451,18 @@ def import_table(spec: ImportSpec) -> RawData:
     if spec.items_path:
         items_path = require_path(spec.items_path, "item table", "--items-path")
         item_src = read_table(items_path)
+        if item_src.empty:
+            raise LlmrecError(
+                "no items: the table has no data rows", file=items_path, hint="check --items-path"
+            )
         item_cols = _resolve(item_src, items_path, mapping, ITEM_FIELDS, required=("item_id",))
+        if cols["user_id"] in item_src.columns and cols["timestamp"] in item_src.columns:
+            raise LlmrecError(
+                f"does not look like an item table: it has the interaction columns '{cols['user_id']}' "
+                f"and '{cols['timestamp']}'",
+                file=items_path,
+                hint="--items-path takes one row per item (item_id, title, ...); interactions go in --path",
+            )
         table = pd.DataFrame({name: item_src[col] for name, col in item_cols.items()})
         for col in item_src.columns:
             if col in item_cols.values():
