@@ -259,3 +259,45 @@ def copy_tree(src: Path, dst: Path) -> Path:
     """A copy of a folder (modes and times kept)."""
     shutil.copytree(src, dst, copy_function=shutil.copy2)
     return dst
+
+
+_KILL_SCRIPT = """
+import functools, importlib, os, signal, sys
+module_name, attr = sys.argv[1].rsplit(":", 1)
+nth = int(sys.argv[2])
+owner = importlib.import_module(module_name)
+parts = attr.split(".")
+for p in parts[:-1]:
+    owner = getattr(owner, p)
+original = getattr(owner, parts[-1])
+calls = [0]
+
+@functools.wraps(original)
+def killer(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+
+setattr(owner, parts[-1], killer)
+from llmrec.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def run_killed(argv: list[str], target: str, nth: int, timeout: float = 120) -> int:
+    """Run ``llmrec argv`` in a child process that kill -9s itself on the ``nth`` call of ``target``
+    ("module:attr", e.g. "pandas:DataFrame.to_parquet"); returns its exit status (-9 when it was killed)."""
+    import subprocess
+    import sys
+
+    import llmrec
+
+    env = dict(os.environ, PYTHONPATH=str(Path(llmrec.__file__).parent.parent), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, target, str(nth), *map(str, argv)],
+        env=env,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return proc.returncode

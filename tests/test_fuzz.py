@@ -34,6 +34,7 @@ from fuzz_helpers import (
     partials,
     raw_sources,
     run_cli,
+    run_killed,
     snapshot,
 )
 from llmrec.cli import COMMANDS
@@ -476,12 +477,12 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("prepare-num-negatives-0", ["prepare", "table", "--path", "{tmp}/x.csv", "--num-negatives", "0"], names=("num_negatives",)),
     OptionCase("prepare-ctr-split-sum", ["prepare", "table", "--path", "{tmp}/x.csv", "--ctr-split", "0.5", "0.5", "0.5"], names=("ctr_split",)),
     OptionCase("prepare-columns-no-equals", ["prepare", "table", "--path", "{tmp}/x.csv", "--columns", "user_id"], names=("user_id",)),
-    OptionCase("prepare-columns-unknown", ["prepare", "table", "--path", "{tmp}/x.csv", "--columns", "bogus=x"], names=("bogus",)),
+    OptionCase("prepare-columns-unknown", ["prepare", "table", "--path", "{ds}/interactions.parquet", "--columns", "bogus=x", "--out", "{tmp}/o"], names=("bogus",)),
     OptionCase("prepare-path-missing", ["prepare", "table", "--path", "{missing}/inter.csv", "--out", "{tmp}/o"], names=("inter.csv",)),
     OptionCase("prepare-path-is-a-folder", ["prepare", "table", "--path", "{ds}", "--out", "{tmp}/o"], names=("ds",)),
     OptionCase("prepare-path-unknown-extension", ["prepare", "table", "--path", "{file}", "--out", "{tmp}/o"], names=("notes.txt",)),
     OptionCase("prepare-num-negatives-huge", ["prepare", "table", "--path", "{ds}/interactions.parquet", "--kcore", "0", "--num-negatives", "1000000", "--out", "{tmp}/o"], names=("--num-negatives",)),
-    OptionCase("prepare-ml1m-folder-missing", ["prepare", "ml-1m", "--path", "{missing}", "--out", "{tmp}/o"], names=("missing",)),
+    OptionCase("prepare-ml1m-folder-missing", ["prepare", "ml-1m", "--path", "{missing}", "--out", "{tmp}/o"], names=("does-not-exist",)),
     OptionCase("prepare-amazon-meta-missing", ["prepare", "amazon2018", "--path", "{file}", "--meta-path", "{missing}/meta.json.gz", "--out", "{tmp}/o"], names=("meta.json.gz",)),
     # --out onto something that is not a dataset: refused, nothing deleted (issue item 1)
     OptionCase("prepare-out-onto-a-non-dataset-folder", ["prepare", "table", "--path", "{ds}/interactions.parquet", "--kcore", "0", "--num-negatives", "2", "--out", "{tmp}/victim"], names=("victim", "--overwrite"), damage=[("victim", "", lambda p: None)]),
@@ -514,7 +515,7 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("train-data-missing", ["train", "popularity", "--data", "{missing}/ds", "--out", "{tmp}/r"], names=("ds",)),
     OptionCase("train-data-is-a-file", ["train", "popularity", "--data", "{file}", "--out", "{tmp}/r"], names=("notes.txt",)),
     OptionCase("train-data-corrupt-meta", ["train", "popularity", "--data", "{ds}", "--out", "{tmp}/r"], names=("meta.json",), damage=[("ds", "meta.json", _garbage)]),
-    OptionCase("train-data-corrupt-interactions", ["train", "popularity", "--data", "{ds}", "--out", "{tmp}/r"], names=("interactions.parquet",), damage=[("ds", "interactions.parquet", _garbage)]),
+    OptionCase("train-data-corrupt-sequences", ["train", "popularity", "--data", "{ds}", "--out", "{tmp}/r"], names=("sequences.parquet",), damage=[("ds", "sequences.parquet", _garbage)]),
     OptionCase("train-max-len-0", ["train", "sasrec", "--data", "{ds}", "--out", "{tmp}/r", "-o", "max_len=0"], names=("max_len",)),
     OptionCase("train-dropout-2", ["train", "sasrec", "--data", "{ds}", "--out", "{tmp}/r", "-o", "dropout=2"], names=("dropout",)),
     OptionCase("train-hidden-text", ["train", "sasrec", "--data", "{ds}", "--out", "{tmp}/r", "-o", "hidden=abc"], names=("hidden",)),
@@ -559,7 +560,7 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("table-corrupt-metrics", ["table", "{pop}"], names=("metrics.json",), damage=[("pop", "metrics.json", _garbage)]),
     OptionCase("table-metrics-not-a-mapping", ["table", "{pop}"], names=("metrics.json",), damage=[("pop", "metrics.json", _json_list)]),
     OptionCase("table-corrupt-config", ["table", "{pop}"], names=("config.json",), damage=[("pop", "config.json", _garbage)]),
-    OptionCase("table-unknown-split", ["table", "{pop}", "--split", "train"], names=("split",)),
+    OptionCase("table-unknown-split", ["table", "{pop}", "--split", "nosuch"], names=("nosuch", "metrics.json")),
     # probe
     OptionCase("probe-run-missing", ["probe", "--run", "{missing}/run"], names=("run",)),
     OptionCase("probe-run-without-user-states", ["probe", "--run", "{pop}"], names=("pop",)),
@@ -574,7 +575,6 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("describe-corrupt-items", ["describe", "--data", "{ds}", "--llm", "{missing}/model.gguf"], names=("items.parquet",), damage=[("ds", "items.parquet", _garbage)]),
     # experiments
     OptionCase("efficiency-data-missing", ["efficiency", "--data", "{missing}/ds", "--llm", "{missing}/model.gguf"], names=("ds",)),
-    OptionCase("efficiency-llm-gguf-missing", ["efficiency", "--data", "{ds}", "--llm", "{missing}/model.gguf"], names=("model.gguf",)),
     OptionCase("ctr-efficiency-data-missing", ["ctr-efficiency", "--data", "{missing}/ds", "--llm", "{missing}/model.gguf"], names=("ds",)),
     OptionCase("history-sweep-data-missing", ["history-sweep", "--data", "{missing}/ds"], names=("ds",)),
     OptionCase("history-sweep-unknown-model", ["history-sweep", "--data", "{ds}", "--models", "nosuchmodel", "--out", "{tmp}/hs"], names=("nosuchmodel",)),
@@ -600,10 +600,11 @@ def test_wrong_option_is_one_line_and_touches_nothing(case: OptionCase, bases, t
     paths: dict[str, Path] = {
         "missing": tmp_path / "does-not-exist",
         "tmp": tmp_path,
-        "file": bases["file"],
         "garbage_yaml": bases["garbage_yaml"],
         "list_yaml": bases["list_yaml"],
     }
+    paths["file"] = tmp_path / "notes.txt"
+    shutil.copy2(bases["file"], paths["file"])
     for name in ("ds", "ds_same", "ds_small", "pop", "sas"):  # copies: a buggy success must not leak
         paths[name] = copy_tree(bases[name], tmp_path / name)
     for name, rel, how in case.damage:
@@ -673,3 +674,72 @@ def test_failed_prepare_with_a_user_folder_as_out_deletes_nothing(tmp_path):
     r = run_cli(src.argv(victim, victim))
     assert_one_error_line(r, "prepare", names=("victim",))
     assert_unchanged(before, tmp_path)
+
+
+# ----------------------------------------------------------------------------- kill -9, then resume
+
+PREPARE_KILL_POINTS = [
+    ("pandas:DataFrame.to_parquet", 1),  # first table of the new dataset
+    ("pandas:DataFrame.to_parquet", 4),  # sequences written, negatives not yet
+    ("numpy:save", 2),  # the second frozen-negatives file
+    ("llmrec.data.processing:write_json_atomic", 1),  # meta.json
+    ("llmrec.data.processing:replace_dir", 1),  # just before the swap
+]
+
+
+@pytest.mark.parametrize("target, nth", PREPARE_KILL_POINTS, ids=[f"{t}#{n}" for t, n in PREPARE_KILL_POINTS])
+def test_prepare_killed_leaves_the_old_dataset_and_resumes_identically(target, nth, prepared, tmp_path):
+    """kill -9 during ``prepare`` over an earlier dataset: the earlier one is intact; the same command
+    then writes the same bytes as an uninterrupted run and leaves no ``.partial`` folder behind."""
+    src = SOURCES["table"]
+    src.write(tmp_path / "raw")
+    (tmp_path / "raw" / "inter.csv").write_bytes(src.files["inter.csv"].replace(b",5\n", b",4\n"))
+    copy_tree(prepared["table"], tmp_path / "out")
+    before = snapshot(tmp_path)
+    argv = src.argv(tmp_path / "raw", tmp_path / "out")
+    assert run_killed(argv, target, nth) == -9
+    after_kill = snapshot(tmp_path / "out")
+    assert after_kill == {k[len("out/") :]: v for k, v in before.items() if k.startswith("out/")}
+    assert run_cli(argv).code == 0
+    assert not partials(tmp_path), partials(tmp_path)
+    reference = tmp_path / "reference"
+    assert run_cli(src.argv(tmp_path / "raw", reference)).code == 0
+    assert _dataset_content(tmp_path / "out") == _dataset_content(reference)
+
+
+def _dataset_content(out: Path) -> dict:
+    """Every file's bytes and mode, meta.json read as JSON without its own --out path (the one difference
+    between two runs of the same command into two folders)."""
+    content: dict = dict(snapshot(out))
+    meta = json.loads((out / "meta.json").read_text())
+    meta["config"].pop("out", None)
+    content["meta.json"] = (meta, content["meta.json"][1])
+    return content
+
+
+def test_train_killed_during_evaluation_resumes_at_evaluation(bases, tmp_path, monkeypatch):
+    """kill -9 while the freshly trained model is evaluated: the same command evaluates the saved model
+    (no training step again) and writes the same model and metrics as an uninterrupted run."""
+    import torch
+
+    args = ["sasrec", "-o", "epochs=2", "-o", "hidden=8", "--data", bases["ds"], "--no-ctr"]
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    assert run_killed(["train", *args, "--out", killed], "llmrec.train:evaluate_model", 1) == -9
+    weights = (killed / "model" / "model.safetensors").read_bytes()
+
+    def no_training(*a, **k):
+        raise AssertionError("the resumed run trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "backward", no_training)
+        r = run_cli(["train", *args, "--out", killed])
+    assert r.code == 0, str(r)
+    assert (killed / "model" / "model.safetensors").read_bytes() == weights
+    assert run_cli(["train", *args, "--out", reference]).code == 0
+    assert weights == (reference / "model" / "model.safetensors").read_bytes()
+
+    def scores(run: Path) -> dict:
+        metrics = json.loads((run / "metrics.json").read_text())
+        return {s: {k: v for k, v in m.items() if not k.endswith("_seconds")} for s, m in metrics.items()}
+
+    assert scores(killed) == scores(reference)
