@@ -56,3 +56,39 @@ def test_a_system_error_is_one_line_naming_the_file(tmp_path, monkeypatch, capsy
     assert main(["table", str(tmp_path)]) == 2
     lines = _lines(capsys)
     assert len(lines) == 1 and "locked: Permission denied; check the permissions" in lines[0], lines
+
+
+def test_a_config_file_that_is_not_text_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "c.yaml"
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    assert main(["table", str(tmp_path), "--config", str(bad)]) == 2
+    lines = _lines(capsys)
+    assert len(lines) == 1 and "c.yaml: not a text file" in lines[0], lines
+    assert main(["table", str(tmp_path), "--config", str(tmp_path)]) == 2
+    assert "not a file" in _lines(capsys)[0]
+
+
+def test_recommend_reads_its_config_file(synthetic_dataset, tmp_path, capsys):
+    """Regression: recommend ignored --config (exit 0 on a missing one)."""
+    import json
+
+    run = tmp_path / "run"
+    assert main(["train", "popularity", "--data", str(synthetic_dataset), "--out", str(run)]) == 0
+    cfg = tmp_path / "rec.yaml"
+    cfg.write_text("user: u3\nk: 2\njson: true\n")
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--config", str(cfg)]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert main(["recommend", str(run), "--config", str(cfg), "--k", "3"]) == 0  # flags override the file
+    assert len(json.loads(capsys.readouterr().out)) == 3
+    assert main(["recommend", str(run), "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in _lines(capsys)[0]
+
+
+@pytest.mark.parametrize(
+    "argv", [["bench", "--steps", "0"], ["demo", "--max-users", "0"], ["efficiency", "--users", "0"]]
+)
+def test_experiment_options_out_of_range_are_refused_before_anything_runs(argv, tmp_path, capsys):
+    assert main([*argv, "--data", str(tmp_path / "nope")]) == 2
+    lines = _lines(capsys)
+    assert len(lines) == 1 and ">= 1" in lines[0], lines

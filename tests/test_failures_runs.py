@@ -345,7 +345,7 @@ def test_recommend_k_below_one_is_an_error(k, synthetic_dataset, tmp_path, capsy
     assert _train(synthetic_dataset, run, "popularity") == 0
     capsys.readouterr()
     assert main(["recommend", str(run), "--user", "u1", "--k", k]) == 2
-    assert f"field '--k': must be >= 1, got {k}" in _one_error_line(capsys, "recommend")
+    assert f"k must be >= 1, got {k}" in _one_error_line(capsys, "recommend")
 
 
 def test_recommend_k_beyond_the_catalog_gives_every_item(synthetic_dataset, tmp_path, capsys):

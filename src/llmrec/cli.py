@@ -104,14 +104,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from llmrec.models.base import load_model
-    from llmrec.recommend import check_k, recommend
+    from llmrec.recommend import RecommendConfig, recommend
     from llmrec.train import run_dataset
 
-    check_k(args.k)  # before a model loads
-    ds = run_dataset(Path(args.run), args.data)
-    model = load_model(args.run, device=args.device, dtype=args.dtype, data=ds)
-    recs = recommend(model, ds, user_id=args.user, history_ids=args.items, k=args.k)
-    if args.json:
+    cfg = resolve(RecommendConfig, args, args.config)  # k and who are checked before a model loads
+    ds = run_dataset(Path(cfg.run), cfg.data)
+    model = load_model(cfg.run, device=cfg.device, dtype=cfg.dtype, data=ds)
+    recs = recommend(model, ds, user_id=cfg.user, history_ids=cfg.items, k=cfg.k)
+    if cfg.json:
         print(json.dumps(recs, indent=2))
     else:
         for r in recs:
@@ -270,14 +270,10 @@ def _setup_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _setup_recommend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run directory of a trained model")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="a user id of the dataset")
-    who.add_argument("--items", nargs="+", help="item ids of a history, oldest first")
-    p.add_argument("--k", type=int, default=10, help="how many items, >= 1 (default: 10)")
-    p.add_argument("--data", default=None, help="the run's dataset moved: its new folder (checksum verified)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    _add_placement(p)
+    from llmrec.recommend import RecommendConfig
+
+    p.add_argument("run", nargs="?", default=argparse.SUPPRESS, help="run directory of a trained model")
+    add_arguments(p, RecommendConfig, skip=("run",))
 
 
 def _setup_probe(p: argparse.ArgumentParser) -> None:

@@ -213,7 +213,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T
             data[k] = merge(to_dict(default), v)
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
+        check_ranges(obj)  # every config's declared bounds, whether or not its __post_init__ checks them
+        return obj
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{where}: {e}") from None
     except ConfigError as e:  # refused by its own checks (__post_init__): say whose options they are
@@ -244,10 +246,16 @@ def load_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file; --config takes a YAML/JSON file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a text file (byte {e.start}: {e.reason}); --config takes a YAML/JSON file"
+        ) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML/JSON ({e})") from None
+        raise ConfigError(f"{path}: not valid YAML/JSON ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of option names to values")
     return data

@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from llmrec.config import ConfigError, option
 from llmrec.data.dataset import Dataset
+from llmrec.devices import DEVICE_HELP, DTYPES
 from llmrec.errors import LlmrecError
 from llmrec.models.base import Recommender
+
+
+@dataclass
+class RecommendConfig:
+    """Whose recommendations, how many, and where the run's model is placed (``llmrec recommend``)."""
+
+    run: str = option("", "run directory of a trained model")
+    user: str | None = option(None, "a user id of the dataset")
+    items: list[str] | None = option(None, "item ids of a history, oldest first")
+    k: int = option(10, "how many items", ge=1)
+    data: str | None = option(None, "the run's dataset moved: its new folder (checksum verified)")
+    json: bool = option(False, "print JSON")
+    device: str = option("auto", DEVICE_HELP)
+    dtype: str = option(
+        "auto", "LLM backbone weights: " + " | ".join(DTYPES) + " (auto: bf16 on CUDA, fp32 on CPU)"
+    )
+
+    def __post_init__(self) -> None:
+        if not self.run:
+            raise ConfigError("run: the run directory of a trained model is required")
+        if (self.user is None) == (self.items is None):
+            raise ConfigError("give exactly one of user (--user ID) or items (--items ID ...)")
+        if self.items is not None and not self.items:
+            raise ConfigError("items: give at least one item id")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
 
 def check_k(k: int) -> None:

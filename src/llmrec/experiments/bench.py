@@ -29,10 +29,10 @@ class BenchConfig:
     data: str = option("data/ml-100k", "prepared dataset directory")
     model: str = option("sasrec", "a torch model name")
     options: dict[str, Any] = option(factory=lambda: {"max_len": 200}, help="model options (KEY=VALUE)")
-    steps: int = option(20, "timed training steps")
-    eval_batch_size: int = option(256, "users per scoring batch")
-    threads: int | None = option(None, "torch CPU threads (default: torch's choice)")
-    seed: int = option(0, "seed")
+    steps: int = option(20, "timed training steps", ge=1)
+    eval_batch_size: int = option(256, "users per scoring batch", ge=1)
+    threads: int | None = option(None, "torch CPU threads (default: torch's choice)", ge=1)
+    seed: int = option(0, "seed", ge=0, lt=2**32)
     out: str | None = option(None, "also write the numbers to this JSON file")
 
 

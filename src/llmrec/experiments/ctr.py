@@ -41,11 +41,11 @@ class CtrEfficiencyConfig:
     data: str = option("data/ml-100k", "prepared dataset directory (with CTR examples)")
     llm: str = option(DEFAULT_LLM, "causal LM (alias, folder, hub id, .gguf)")
     lengths: list[int] = option(factory=lambda: [5, 10], help="history lengths (paper: 5 movie, 10 netflix)")
-    examples: int = option(64, "CTR examples timed per point (time is reported per 100 examples)")
-    train_steps: int = option(4, "step-2 training steps timed per point (0 = inference only)")
-    batch_size: int = option(8, "prompts per forward (training and inference alike)")
+    examples: int = option(64, "CTR examples timed per point (time is reported per 100 examples)", ge=1)
+    train_steps: int = option(4, "step-2 training steps timed per point (0 = inference only)", ge=0)
+    batch_size: int = option(8, "prompts per forward (training and inference alike)", ge=1)
     options: dict[str, Any] = option(factory=dict, help="extra histllm options for both variants")
-    threads: int | None = option(None, "torch CPU threads")
+    threads: int | None = option(None, "torch CPU threads", ge=1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     out: str = option("runs/ctr-efficiency", "output folder: ctr_efficiency.json/.md/.png")
 
@@ -237,9 +237,9 @@ class HistorySweepConfig:
         "tallrec",
         "two-step models reuse this model's run at the same length as their step 1 (None = train it)",
     )
-    ctr_examples: int | None = option(600, "test CTR rows per point (seeded: the same rows everywhere)")
-    seed: int = option(42, "training seed")
-    threads: int | None = option(None, "torch CPU threads")
+    ctr_examples: int | None = option(600, "test CTR rows per point (seeded: the same rows everywhere)", ge=1)
+    seed: int = option(42, "training seed", ge=0, lt=2**32)
+    threads: int | None = option(None, "torch CPU threads", ge=1)
     out: str = option("runs/history-sweep", "one run folder per point + history_sweep.json/.md/.png")
 
     def __post_init__(self) -> None:

@@ -24,9 +24,9 @@ class DemoConfig:
 
     data: str = option("data/ml-100k", "prepared dataset directory (created if missing)")
     runs: str = option("runs/demo", "folder for the demo's run directories and results table")
-    max_users: int | None = option(None, "subsample users for a quicker demo")
-    seed: int = option(42, "seed for data preparation and training")
-    threads: int | None = option(None, "torch CPU threads")
+    max_users: int | None = option(None, "subsample users for a quicker demo", ge=1)
+    seed: int = option(42, "seed for data preparation and training", ge=0, lt=2**32)
+    threads: int | None = option(None, "torch CPU threads", ge=1)
     llm: bool = option(True, "load (and on first use convert) the default LLM and check that it generates")
 
 

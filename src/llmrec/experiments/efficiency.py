@@ -40,15 +40,15 @@ class EfficiencyConfig:
         help="representations to time",
     )
     lengths: list[int] = option(factory=lambda: [2, 5, 10, 15, 20], help="history lengths to time")
-    users: int = option(100, "users timed per point (time is reported per 100 users)")
-    batch_size: int = option(16, "prompts per LLM forward")
+    users: int = option(100, "users timed per point (time is reported per 100 users)", ge=1)
+    batch_size: int = option(16, "prompts per LLM forward", ge=1)
     text_feature: str = option("text", "item feature used for retrieval (any item feature of the store)")
     image_feature: str = option("image", "image feature (a zero stand-in is used when the dataset has none)")
     description_texts: str | None = option(
         None, "generated descriptions (llmrec describe NAME) for datasets without"
     )
     summary_texts: str | None = option(None, "generated summaries for the 'summary' representation")
-    threads: int | None = option(None, "torch CPU threads")
+    threads: int | None = option(None, "torch CPU threads", ge=1)
     dtype: str = option(
         "auto", "LM dtype: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16"
     )

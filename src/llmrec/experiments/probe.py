@@ -35,10 +35,10 @@ class ProbeConfig:
     run: str = option("runs/illmrec", "run directory of a model with user states (illmrec)")
     fields: list[str] = option(factory=lambda: ["category", "brand"], help="item columns to predict")
     split: str = option("test", "valid or test: whose evaluation prompts are probed")
-    users: int | None = option(None, "a seeded subset of this many users (None = all)")
-    folds: int = option(5, "cross-validation folds")
+    users: int | None = option(None, "a seeded subset of this many users (None = all)", ge=2)
+    folds: int = option(5, "cross-validation folds", ge=2)
     untrained: bool = option(False, "probe a freshly initialised model of the run's config instead")
-    seed: int = option(0, "seed of the user subset, the folds and the untrained model")
+    seed: int = option(0, "seed of the user subset, the folds and the untrained model", ge=0, lt=2**32)
 
     def __post_init__(self) -> None:
         if self.split not in ("valid", "test"):
