@@ -541,8 +541,8 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("evaluate-weights-truncated", ["evaluate", "{sas}"], names=("model.safetensors",), damage=[("sas", "model/model.safetensors", _truncate)]),
     # recommend
     OptionCase("recommend-no-who", ["recommend", "{pop}"], names=("--user",)),
-    OptionCase("recommend-k-0", ["recommend", "{pop}", "--user", "u1", "--k", "0"], names=("--k",)),
-    OptionCase("recommend-k-negative", ["recommend", "{pop}", "--user", "u1", "--k", "-5"], names=("--k",)),
+    OptionCase("recommend-k-0", ["recommend", "{pop}", "--user", "u1", "--k", "0"], names=("k must be >= 1",)),
+    OptionCase("recommend-k-negative", ["recommend", "{pop}", "--user", "u1", "--k", "-5"], names=("k must be >= 1",)),
     OptionCase("recommend-k-text", ["recommend", "{pop}", "--user", "u1", "--k", "ten"], names=("--k",)),
     OptionCase("recommend-unknown-user", ["recommend", "{pop}", "--user", "nobody"], names=("nobody",)),
     OptionCase("recommend-unknown-items", ["recommend", "{pop}", "--items", "zzz1", "zzz2"], names=("zzz1",)),
