@@ -92,3 +92,16 @@ def test_experiment_options_out_of_range_are_refused_before_anything_runs(argv, 
     assert main([*argv, "--data", str(tmp_path / "nope")]) == 2
     lines = _lines(capsys)
     assert len(lines) == 1 and ">= 1" in lines[0], lines
+
+
+def test_a_json_file_of_binary_garbage_is_one_line(tmp_path):
+    """Regression: read_json let UnicodeDecodeError through (table/evaluate on a damaged run crashed)."""
+    from llmrec.errors import LlmrecError
+    from llmrec.utils.io import read_json
+
+    bad = tmp_path / "metrics.json"
+    bad.write_bytes(b'{"test": \xbc\xff}')
+    with pytest.raises(LlmrecError, match=r"metrics.json: not a UTF-8 text file"):
+        read_json(bad)
+    with pytest.raises(LlmrecError, match="a folder where a JSON file was expected"):
+        read_json(tmp_path)

@@ -81,7 +81,11 @@ def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise LlmrecError("file not found", file=path)
+    if path.is_dir():
+        raise LlmrecError("a folder where a JSON file was expected", file=path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise LlmrecError(f"invalid JSON ({e.msg})", file=path, row=e.lineno) from None
+    except UnicodeDecodeError as e:
+        raise LlmrecError(f"not a UTF-8 text file (byte {e.start}: {e.reason})", file=path) from None
