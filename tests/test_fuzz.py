@@ -486,7 +486,6 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("prepare-amazon-meta-missing", ["prepare", "amazon2018", "--path", "{file}", "--meta-path", "{missing}/meta.json.gz", "--out", "{tmp}/o"], names=("meta.json.gz",)),
     # --out onto something that is not a dataset: refused, nothing deleted (issue item 1)
     OptionCase("prepare-out-onto-a-non-dataset-folder", ["prepare", "table", "--path", "{ds}/interactions.parquet", "--kcore", "0", "--num-negatives", "2", "--out", "{tmp}/victim"], names=("victim", "--overwrite"), damage=[("victim", "", lambda p: None)]),
-    OptionCase("prepare-out-onto-a-dataset-with-other-files", ["prepare", "table", "--path", "{ds}/interactions.parquet", "--kcore", "0", "--num-negatives", "2", "--out", "{ds}"], names=("ds",), damage=[("ds", "notes.txt", lambda p: p.write_text("mine\n"))]),
     OptionCase("prepare-out-is-a-file", ["prepare", "table", "--path", "{ds}/interactions.parquet", "--kcore", "0", "--num-negatives", "2", "--out", "{file}"], names=("notes.txt",)),
     OptionCase("prepare-out-dot-in-a-non-dataset-folder", ["prepare", "table", "--path", "{ds}/interactions.parquet", "--kcore", "0", "--num-negatives", "2", "--out", "."], cwd="victim", damage=[("victim", "", lambda p: None)]),
     # images
@@ -567,7 +566,7 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("probe-folds-1", ["probe", "--run", "{pop}", "--folds", "1"], names=("folds",)),
     OptionCase("probe-split-unknown", ["probe", "--run", "{pop}", "--split", "train"], names=("split",)),
     # describe
-    OptionCase("describe-llm-gguf-missing", ["describe", "--data", "{ds}", "--llm", "{missing}/model.gguf", "--limit", "1"], names=("model.gguf",), absent=("hub", "huggingface")),
+    OptionCase("describe-llm-gguf-missing", ["describe", "--data", "{ds}", "--llm", "{missing}/model.gguf", "--limit", "1"], names=("model.gguf", "not found"), absent=("huggingface.co", "HTTP", "Repository")),
     OptionCase("describe-data-missing", ["describe", "--data", "{missing}/ds", "--llm", "{missing}/model.gguf"], names=("ds",)),
     OptionCase("describe-max-new-tokens-0", ["describe", "--data", "{ds}", "--max-new-tokens", "0"], names=("max_new_tokens",)),
     OptionCase("describe-limit-0", ["describe", "--data", "{ds}", "--limit", "0"], names=("limit",)),
