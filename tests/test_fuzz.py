@@ -16,7 +16,10 @@ import math
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -635,15 +638,33 @@ def test_every_command_has_option_cases():
 
 
 def test_prepare_removes_partials_left_by_a_killed_run(prepared, tmp_path):
-    """A kill -9 during ``prepare`` leaves ``.<name>.<rand>.partial`` beside --out: the next run removes it."""
+    """Temp folders a killed ``prepare`` left are removed by the next one: those inside --out named with a
+    dead process id, and the pid-less ones older versions left beside --out once untouched for an hour.
+    A temp folder of a process that is still running stays."""
     src = SOURCES["table"]
     src.write(tmp_path / "raw")
     copy_tree(prepared["table"], tmp_path / "out")
-    left = tmp_path / ".out.k9x2ab.partial"
-    copy_tree(prepared["table"], left)
+    dead = _dead_pid()
+    killed = tmp_path / "out" / f".prepare.{dead}.k9x2ab01.partial"
+    copy_tree(prepared["table"], killed)
+    running = tmp_path / "out" / f".prepare.{os.getpid()}.k9x2ab02.partial"
+    running.mkdir()
+    legacy = tmp_path / ".out.k9x2ab03.partial"
+    copy_tree(prepared["table"], legacy)
+    old = time.time() - 2 * 3600
+    for path in [legacy, *legacy.rglob("*")]:
+        os.utime(path, (old, old))
     r = run_cli(src.argv(tmp_path / "raw", tmp_path / "out"))
     assert r.code == 0, str(r)
-    assert not partials(tmp_path), partials(tmp_path)
+    assert not killed.exists() and not legacy.exists()
+    assert running.exists()  # another prepare may be writing it right now
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 def test_prepare_writes_with_the_umask(prepared, tmp_path):
@@ -682,8 +703,11 @@ PREPARE_KILL_POINTS = [
     ("pandas:DataFrame.to_parquet", 4),  # sequences written, negatives not yet
     ("numpy:save", 2),  # the second frozen-negatives file
     ("llmrec.data.processing:write_json_atomic", 1),  # meta.json
-    ("llmrec.data.processing:replace_dir", 1),  # just before the swap
+    ("llmrec.data.processing:_move_into_place", 1),  # just before the new entries move in
+    ("pathlib:Path.rename", 3),  # in the middle of the moves: some entries new, some old
+    ("os:replace", 3),  # every entry moved, meta.json not yet
 ]
+MID_MOVE = {("pathlib:Path.rename", 3), ("os:replace", 3)}
 
 
 @pytest.mark.parametrize("target, nth", PREPARE_KILL_POINTS, ids=[f"{t}#{n}" for t, n in PREPARE_KILL_POINTS])
@@ -698,7 +722,15 @@ def test_prepare_killed_leaves_the_old_dataset_and_resumes_identically(target, n
     argv = src.argv(tmp_path / "raw", tmp_path / "out")
     assert run_killed(argv, target, nth) == -9
     after_kill = snapshot(tmp_path / "out")
-    assert after_kill == {k[len("out/") :]: v for k, v in before.items() if k.startswith("out/")}
+    left = {k for k in after_kill if ".partial" in k.split("/")[0]}  # the killed run's temp folder
+    if (target, nth) in MID_MOVE:  # killed while moving entries in: the folder says "re-run", never loads
+        assert ".llmrec-incomplete" in after_kill and "meta.json" not in after_kill
+        r = run_cli(["train", "popularity", "--data", str(tmp_path / "out"), "--out", str(tmp_path / "run")])
+        assert_one_error_line(r, "train", names=("incomplete dataset",))
+    else:  # killed while writing its temp folder: the earlier dataset is untouched
+        kept = {k: v for k, v in after_kill.items() if k not in left and k.split("/")[0] not in left}
+        kept = {k: v for k, v in kept.items() if not any(k.startswith(d + "/") for d in left)}
+        assert kept == {k[len("out/") :]: v for k, v in before.items() if k.startswith("out/")}
     assert run_cli(argv).code == 0
     assert not partials(tmp_path), partials(tmp_path)
     reference = tmp_path / "reference"

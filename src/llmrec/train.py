@@ -292,6 +292,7 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
     from llmrec import training
 
     ds = Dataset(cfg.data)
+    ds.items, ds.sequences  # noqa: B018 - a damaged table is refused before the run directory is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

@@ -142,7 +142,7 @@ def sample_negatives(
         seen = set(seq.tolist())
         if n_items - len(seen) < num:
             raise LlmrecError(
-                f"user index {u} has interacted with {len(seen)} of {n_items} items: fewer than "
+                f"user number {u + 1} has interacted with {len(seen)} of {n_items} items: fewer than "
                 f"{num} negatives remain",
                 hint=hint,
             )
@@ -247,7 +247,7 @@ def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
         raise LlmrecError(
             f"no item of this file appears in the interactions ({len(items)} items, "
             f"{inter['item_id'].nunique()} item ids in {files[0]})",
-            file=files[-1],
+            file=files[1],  # importers list the interactions file first, the items file second
             hint="check that the item file belongs to the same source as --path and that both name items "
             "by the same id (--columns item_id=<column>)",
         )
@@ -495,7 +495,13 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         _check_inputs_survive(cfg)
     raw = get_importer(cfg.dataset)(cfg)
     log.info("imported %s: %s", cfg.dataset, _counts(raw.interactions))
-    tables = process(raw, cfg)
+    try:
+        tables = process(raw, cfg)
+    except LlmrecError as e:  # what filtering or splitting found: say which input it came from
+        if e.file is not None:
+            raise
+        source = (raw.source.get("files") or [cfg.dataset])[0]
+        raise LlmrecError(f"after import: {e}", file=source) from None
     write_dataset(tables, cfg.out_dir, overwrite=cfg.overwrite)
     return tables["meta"]
 
