@@ -50,6 +50,24 @@ def synthetic_tables(
     return items, make_interactions(rows, source="synthetic")
 
 
+def one_error_line(capsys, command: str) -> str:
+    """The single stderr line of a refused command (exit 2 checked by the caller): the CLI's prefix, no
+    traceback."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"llmrec {command}: error: "), lines[0]
+    return lines[0]
+
+
+def file_bytes(root) -> dict[str, bytes]:
+    """Every file under ``root`` and its bytes (a refused command must leave them all as they were)."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def visual_rule_dataset(root, item_records, rows, n_classes: int, rng: np.random.Generator):
     """Write a dataset whose only visual signal is each item's class (item number mod ``n_classes``): its
     "image" feature is the class one-hot plus a little noise. Returns (Dataset, class per item)."""

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 
 import llmrec
-from conftest import synthetic_tables
+from conftest import file_bytes as _snapshot
+from conftest import one_error_line, synthetic_tables
 from llmrec.cli import main
 from llmrec.data.dataset import Dataset
 from llmrec.data.importers import ImportSpec, get_importer
@@ -36,17 +37,7 @@ def _crash_logs_in_tmp(tmp_path, monkeypatch):
 
 
 def _one_error_line(capsys, command: str = "prepare") -> str:
-    """The single stderr line of a refused command: no traceback, the CLI's prefix."""
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"llmrec {command}: error: "), lines[0]
-    return lines[0]
-
-
-def _snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` and its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return one_error_line(capsys, command)
 
 
 def _tables_csv(folder: Path, n_users: int = 30, n_items: int = 40) -> tuple[Path, Path]:

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import llmrec
+from conftest import file_bytes as _snapshot
+from conftest import one_error_line as _one_error_line
 from conftest import synthetic_tables
 from llmrec.cli import main
 from llmrec.data.dataset import Dataset
@@ -82,18 +84,6 @@ def _prepare(out: Path, title: str = "Item {i}", seed: int = 3) -> Path:
         finalize(items, inter, ProcessConfig(kcore=0, num_negatives=10, seed=seed), {}, {}, []), out
     )
     return out
-
-
-def _one_error_line(capsys, command: str) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"llmrec {command}: error: "), lines[0]
-    return lines[0]
-
-
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # ----------------------------------------------------------------------------- nothing stale

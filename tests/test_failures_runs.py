@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 import llmrec
+from conftest import file_bytes as _snapshot
+from conftest import one_error_line as _one_error_line
 from conftest import synthetic_tables
 from llmrec.cli import main
 from llmrec.config import ConfigError
@@ -34,20 +36,6 @@ def _crash_logs_in_tmp(tmp_path, monkeypatch):
 
 
 SASREC = ["-o", "hidden=8", "-o", "max_len=6", "-o", "epochs=2", "--no-ctr", "--no-full-ranking"]
-
-
-def _one_error_line(capsys, command: str) -> str:
-    """The single stderr line of a refused command (exit 2 checked by the caller): no traceback."""
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"llmrec {command}: error: "), lines[0]
-    return lines[0]
-
-
-def _snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` and its bytes (a refused command must leave them all as they were)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _train(data: Path, run: Path, model: str = "popularity", *extra: str) -> int:

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from PIL import Image, ImageDraw
 from llmrec.config import option, to_dict
 from llmrec.data.schema import make_interactions, make_items
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.utils.io import replace_dir, write_json_atomic
+from llmrec.utils.io import partial_dir, replace_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -398,8 +397,7 @@ def generate_catalog(cfg: SyntheticConfig) -> Path:
         "favourite_colour": users_truth["favourite_colour"],
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = partial_dir(out.parent, out.name)  # follows the umask, names its process (stale ones are removable)
     try:
         (tmp / "images").mkdir()
         for k, row in enumerate(
