@@ -277,10 +277,12 @@ def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
         note(f"sample {cfg.max_users} users (seed {cfg.seed}) and re-apply k-core", inter, after)
         inter = after
     if inter.empty:
+        steps = "; ".join(f"{f['step']} removed {f['interactions_removed']:,}" for f in filters)
         raise LlmrecError(
-            "no interactions left after filtering (see the steps in the log)",
+            f"no interactions left after filtering ({steps})",
             file=files[0] if files else None,
-            hint="lower --kcore or --min-user-len, or check the input",
+            hint="lower --kcore or --min-user-len, or check the input"
+            + (f" and its item file {files[1]}" if len(files) > 1 else ""),
         )
     return finalize(items, inter, cfg, raw.source, counts_raw, filters, raw.users)
 
@@ -500,8 +502,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     except LlmrecError as e:  # what filtering or splitting found: say which input it came from
         if e.file is not None:
             raise
-        source = (raw.source.get("files") or [cfg.dataset])[0]
-        raise LlmrecError(f"after import: {e}", file=source) from None
+        files = [str(f) for f in raw.source.get("files") or [cfg.dataset]]
+        items_file = f" and its item file {files[1]}" if len(files) > 1 else ""
+        raise LlmrecError(f"after importing it{items_file}: {e}", file=files[0]) from None
     write_dataset(tables, cfg.out_dir, overwrite=cfg.overwrite)
     return tables["meta"]
 

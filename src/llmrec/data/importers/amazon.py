@@ -12,6 +12,7 @@ import gzip
 import json
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -53,7 +54,9 @@ def parse_record(line: str, path: Path, lineno: int) -> dict[str, Any]:
     except json.JSONDecodeError:
         try:
             # literal_eval, never eval: it builds only dicts, lists, strings, numbers, True/False/None.
-            record = ast.literal_eval(line)
+            with warnings.catch_warnings():  # a damaged line's SyntaxWarning is not the user's business
+                warnings.simplefilter("ignore", SyntaxWarning)
+                record = ast.literal_eval(line)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             preview = line[:60] + ("..." if len(line) > 60 else "")
             raise LlmrecError(
