@@ -149,38 +149,31 @@ def make_interactions(records: pd.DataFrame | list[dict[str, Any]], source: str)
         }
     )
     ts = pd.to_numeric(df["timestamp"], errors="coerce")
-    bad = ts.isna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise LlmrecError(
-            f"timestamp {df['timestamp'].iloc[row]!r} is not a number",
-            file=source,
-            row=row + 1,
-            field="timestamp",
-        )
-    too_big = out_of_int64(ts)
-    if too_big.any():
-        row = int(np.flatnonzero(too_big.to_numpy())[0])
-        raise LlmrecError(
-            f"timestamp {df['timestamp'].iloc[row]!r} does not fit a 64-bit unix time (seconds)",
-            file=source,
-            row=row + 1,
-            field="timestamp",
-        )
+    _refuse_first(ts.isna(), df, "timestamp", source, "timestamp {value!r} is not a number")
+    _refuse_first(
+        out_of_int64(ts),
+        df,
+        "timestamp",
+        source,
+        "timestamp {value!r} does not fit a 64-bit unix time (seconds)",
+    )
     out["timestamp"] = ts.astype("int64")
     for col in ("rating", "label"):
         if col in df.columns:
             vals = pd.to_numeric(df[col], errors="coerce")
             bad = (vals.isna() & df[col].notna()) | (vals.notna() & ~np.isfinite(vals.astype("float64")))
-            if bad.any():
-                row = int(np.flatnonzero(bad.to_numpy())[0])
-                raise LlmrecError(
-                    f"{df[col].iloc[row]!r} is not a finite number", file=source, row=row + 1, field=col
-                )
+            _refuse_first(bad, df, col, source, "{value!r} is not a finite number")
             out[col] = vals.astype("float64")
         else:
             out[col] = np.nan
     return out
+
+
+def _refuse_first(bad: pd.Series, df: pd.DataFrame, col: str, source: str, what: str) -> None:
+    """Raise for the first row flagged in ``bad``: ``what`` formatted with that row's ``value`` of ``col``."""
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise LlmrecError(what.format(value=df[col].iloc[row]), file=source, row=row + 1, field=col)
 
 
 def out_of_int64(values: pd.Series) -> pd.Series:
