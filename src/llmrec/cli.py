@@ -190,6 +190,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from llmrec.serve import ServeConfig, serve
+
+    serve(resolve(ServeConfig, args, args.config))
+    return 0
+
+
+def _cmd_bench_serve(args: argparse.Namespace) -> int:
+    from llmrec.experiments.serve_bench import BenchServeConfig, format_bench_serve, run_bench_serve
+
+    cfg = resolve(BenchServeConfig, args, args.config)
+    result = run_bench_serve(cfg)
+    print(format_bench_serve(result))
+    print(f"written {result['out']}/bench_serve.json, bench_serve.md, bench_serve.png")
+    return 0
+
+
 def _print_metrics(run_dir: Any) -> None:
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     for split, values in metrics.items():
@@ -328,6 +345,20 @@ def _setup_demo(p: argparse.ArgumentParser) -> None:
     add_arguments(p, DemoConfig)
 
 
+def _setup_serve(p: argparse.ArgumentParser) -> None:
+    from llmrec.serve import ServeConfig
+
+    p.add_argument("run", nargs="?", default=argparse.SUPPRESS, help="run directory of a trained model")
+    add_arguments(p, ServeConfig, skip=("run",))
+
+
+def _setup_bench_serve(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.serve_bench import BenchServeConfig
+
+    p.add_argument("run", nargs="?", default=argparse.SUPPRESS, help="run directory of a trained model")
+    add_arguments(p, BenchServeConfig, skip=("run",))
+
+
 Setup = Callable[[argparse.ArgumentParser], None]
 # name, one-line help, what it runs, its flags (added only when the command is used: a command's options
 # import only its own module, so `llmrec --help` or `llmrec table` never imports torch)
@@ -345,6 +376,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Setup]] = [
     ("history-sweep", "AUC/UAUC against the number of history items (TALLRec vs HistLLM)", _cmd_history_sweep, _setup_history_sweep),
     ("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table, _setup_table),
     ("bench", "training and evaluation throughput of a torch model", _cmd_bench, _setup_bench),
+    ("serve", "answer recommendation requests over HTTP (FastAPI), micro-batched", _cmd_serve, _setup_serve),
+    ("bench-serve", "throughput and latency of 'llmrec serve', micro-batching on vs off", _cmd_bench_serve, _setup_bench_serve),
     ("demo", "the whole pipeline on MovieLens-100K with the embedded offline models", _cmd_demo, _setup_demo),
 ]  # fmt: skip
 

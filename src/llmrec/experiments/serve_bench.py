@@ -1,0 +1,277 @@
+"""``llmrec bench-serve``: throughput and latency of ``llmrec serve`` with micro-batching on and off, side
+by side in one run.
+
+Two servers (batching on, batching off) run as subprocesses on 127.0.0.1 on free ports, each loading the
+run once; a bounded load generator (httpx, async) sends ``POST /recommend`` for random known users at each
+concurrency, alternating between the two servers point by point so that a busy neighbour on the machine
+slows both alike. Each point is a fixed number of requests, cut short at a maximum duration. Mean batch
+sizes come from the servers' /health counters before and after the point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmrec.config import ConfigError, check_ranges, option
+from llmrec.devices import DEVICE_HELP, DTYPES
+from llmrec.errors import LlmrecError
+from llmrec.utils.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+HOST = "127.0.0.1"  # the bench never listens on, nor sends to, another address
+MODES = (("on", True), ("off", False))
+
+
+@dataclass
+class BenchServeConfig:
+    """What to load, how hard to push it, where the results go."""
+
+    run: str = option("", "run directory of a trained model")
+    requests: int = option(400, "requests per point (concurrency x batching)", ge=1)
+    duration: float = option(60.0, "longest a point may take (s); it stops sending then", gt=0)
+    concurrency: list[int] = option(factory=lambda: [1, 8, 16, 32], help="concurrent clients per point")
+    k: int = option(10, "items per request", ge=1)
+    warmup: int = option(10, "unmeasured requests per server before the first point", ge=0)
+    max_batch: int = option(32, "the batching server's --max-batch", ge=1)
+    max_wait_ms: float = option(5.0, "the batching server's --max-wait-ms", ge=0)
+    queue_size: int = option(256, "both servers' --queue-size", ge=1)
+    threads: int | None = option(None, "torch CPU threads of each server", ge=1)
+    device: str = option("auto", DEVICE_HELP)
+    dtype: str = option("auto", "LLM backbone weights: " + " | ".join(DTYPES))
+    data: str | None = option(None, "the run's dataset moved: its new folder")
+    startup_timeout: float = option(600.0, "longest a server may take to load the run (s)", gt=0)
+    seed: int = option(0, "seed of the random user ids")
+    out: str | None = option(None, "output folder (default: runs/bench-serve/<model>)")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not self.run:
+            raise ConfigError("run: the run directory of a trained model is required")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ConfigError(f"concurrency must list integers >= 1, got {self.concurrency}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class _Server:
+    """``llmrec serve`` in a subprocess on 127.0.0.1, its output in a log file."""
+
+    def __init__(self, cfg: BenchServeConfig, batching: bool, log_path: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        argv = [sys.executable, "-m", "llmrec", "serve", cfg.run, "--host", HOST, "--port", str(self.port)]
+        argv += ["--max-batch", str(cfg.max_batch), "--max-wait-ms", str(cfg.max_wait_ms)]
+        argv += ["--queue-size", str(cfg.queue_size), "--device", cfg.device, "--dtype", cfg.dtype]
+        argv += [] if batching else ["--no-batching"]
+        argv += ["--threads", str(cfg.threads)] if cfg.threads else []
+        argv += ["--data", cfg.data] if cfg.data else []
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        src = str(Path(__file__).resolve().parents[2])  # this llmrec, installed or not
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-1500:]
+                raise LlmrecError(f"'llmrec serve' exited ({self.proc.returncode}) before answering: {tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(self.url + "/health", timeout=2)
+                if r.status_code == 200:
+                    return r.json()
+            time.sleep(0.2)
+        raise LlmrecError(f"'llmrec serve' did not answer within {timeout:g} s; see {self.log_path}")
+
+    def stop(self) -> int | None:
+        """SIGTERM (graceful), then SIGKILL after 30 s; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+async def _load(
+    url: str, users: list[str], n: int, concurrency: int, duration: float, k: int, seed: int, bar: Any
+) -> dict[str, Any]:
+    """``n`` POST /recommend from ``concurrency`` clients (stopping at ``duration`` s): latencies, codes."""
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    picks = [users[i] for i in rng.integers(0, len(users), size=n)]
+    latencies: list[float] = []
+    codes: Counter[int] = Counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        # warm the connections so the first requests of a point do not pay for TCP set-up
+        await asyncio.gather(*[client.get("/health") for _ in range(concurrency)])
+        before = (await client.get("/health")).json()
+        sent = 0
+        start = time.perf_counter()
+        deadline = start + duration
+
+        async def worker() -> None:
+            nonlocal sent
+            while sent < n and time.perf_counter() < deadline:
+                uid = picks[sent]
+                sent += 1
+                t = time.perf_counter()
+                try:
+                    r = await client.post("/recommend", json={"user_id": uid, "k": k})
+                    code = r.status_code
+                except httpx.HTTPError:
+                    code = 0  # no HTTP answer at all (connection refused/reset, timeout)
+                latencies.append(time.perf_counter() - t)
+                codes[code] += 1
+                bar.update(1)
+
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        elapsed = time.perf_counter() - start
+        after = (await client.get("/health")).json()
+    lat = np.array(latencies) * 1000
+    ok = sum(v for c, v in codes.items() if 200 <= c < 300)
+    batches = after["batches"] - before["batches"]
+    served = after["served"] - before["served"]
+    return {
+        "requests": len(latencies),
+        "seconds": round(elapsed, 3),
+        "throughput": round(ok / elapsed, 2),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p95_ms": round(float(np.percentile(lat, 95)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "non_2xx": len(latencies) - ok,
+        "5xx": sum(v for c, v in codes.items() if c >= 500 or c == 0),
+        "codes": {str(c): v for c, v in sorted(codes.items())},
+        "batches": batches,
+        "mean_batch": round(served / batches, 2) if batches else None,
+    }
+
+
+def run_bench_serve(cfg: BenchServeConfig) -> dict[str, Any]:
+    """Measure every (concurrency, batching) point; write bench_serve.{json,md,png} into the out folder."""
+    from tqdm import tqdm
+
+    from llmrec.train import run_dataset
+    from llmrec.utils.io import read_json
+
+    run = Path(cfg.run)
+    if not (run / "config.json").exists():
+        raise LlmrecError(f"{run}: not a run directory (no config.json)", hint="train a model first")
+    name = str(read_json(run / "config.json").get("model", run.name))
+    out = Path(cfg.out or Path("runs") / "bench-serve" / name)
+    out.mkdir(parents=True, exist_ok=True)
+    users = run_dataset(run, cfg.data).users["user_id"].astype(str).tolist()
+
+    servers = {mode: _Server(cfg, batching, out / f"serve-{mode}.log") for mode, batching in MODES}
+    points: list[dict[str, Any]] = []
+    try:
+        health = {mode: s.wait_ready(cfg.startup_timeout) for mode, s in servers.items()}
+        total = len(cfg.concurrency) * len(MODES) * cfg.requests + len(MODES) * cfg.warmup
+        with tqdm(total=total, desc=f"bench-serve {name}", unit="req", dynamic_ncols=True) as bar:
+            for mode, s in servers.items():
+                if cfg.warmup:
+                    asyncio.run(_load(s.url, users, cfg.warmup, 1, cfg.duration, cfg.k, cfg.seed, bar))
+            for i, c in enumerate(cfg.concurrency):
+                for mode, s in servers.items():  # alternate: both modes see the same machine load
+                    bar.set_postfix(concurrency=c, batching=mode)
+                    r = asyncio.run(_load(s.url, users, cfg.requests, c, cfg.duration, cfg.k, cfg.seed + i, bar))
+                    points.append({"concurrency": c, "batching": mode, **r})
+                    bar.update(cfg.requests - r["requests"])  # a point cut short by --duration
+    finally:
+        exits = {mode: s.stop() for mode, s in servers.items()}
+    for p in points:
+        other = next(
+            q for q in points if q["concurrency"] == p["concurrency"] and q["batching"] != p["batching"]
+        )
+        p["speedup"] = round(p["throughput"] / other["throughput"], 2) if other["throughput"] else None
+    result = {
+        "model": name,
+        "run": str(run),
+        "device": health["on"]["device"],
+        "requests_per_point": cfg.requests,
+        "max_duration_s": cfg.duration,
+        "k": cfg.k,
+        "max_batch": cfg.max_batch,
+        "max_wait_ms": cfg.max_wait_ms,
+        "queue_size": cfg.queue_size,
+        "threads": cfg.threads,
+        "cpus": os.cpu_count(),
+        "server_exit": exits,
+        "points": points,
+        "out": str(out),
+    }
+    write_json_atomic(out / "bench_serve.json", result)
+    write_text_atomic(out / "bench_serve.md", format_bench_serve(result) + "\n")
+    _plot(result, out / "bench_serve.png")
+    return result
+
+
+def format_bench_serve(result: dict[str, Any]) -> str:
+    """The Markdown table: one row per (concurrency, batching)."""
+    lines = [
+        f"llmrec serve {result['model']} on {result['device']}: {result['requests_per_point']} POST /recommend "
+        f"per point (k={result['k']}), micro-batching up to {result['max_batch']} per call with "
+        f"{result['max_wait_ms']:g} ms wait vs none",
+        "",
+        "| concurrency | batching | requests | req/s | speed-up | p50 ms | p95 ms | p99 ms | non-2xx | 5xx | mean batch |",
+        "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in result["points"]:
+        speedup = "" if p["batching"] == "off" or p["speedup"] is None else f"{p['speedup']:.2f}x"
+        mean_batch = "-" if p["mean_batch"] is None else f"{p['mean_batch']:.2f}"
+        lines.append(
+            f"| {p['concurrency']} | {p['batching']} | {p['requests']} | {p['throughput']:.1f} | {speedup} | "
+            f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['non_2xx']} | {p['5xx']} | "
+            f"{mean_batch} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    from llmrec.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, label in (("on", "micro-batching"), ("off", "one request per call")):
+        pts = [p for p in result["points"] if p["batching"] == mode]
+        xs = [p["concurrency"] for p in pts]
+        left.plot(xs, [p["throughput"] for p in pts], marker="o", label=label)
+        right.plot(xs, [p["p50_ms"] for p in pts], marker="o", label=f"{label}, p50")
+        right.plot(xs, [p["p99_ms"] for p in pts], marker="x", linestyle="--", label=f"{label}, p99")
+    left.set(xlabel="concurrent clients", ylabel="requests / s", title=f"{result['model']}: throughput")
+    right.set(xlabel="concurrent clients", ylabel="latency (ms)", title="latency")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+__all__ = ["BenchServeConfig", "run_bench_serve", "format_bench_serve"]

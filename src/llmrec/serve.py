@@ -1,0 +1,458 @@
+"""``llmrec serve``: a trained run behind HTTP (FastAPI + uvicorn), answering concurrent requests in
+micro-batches.
+
+Request -> validated ``Query`` (in the handler, so bad input never reaches the model) -> bounded queue ->
+one worker that takes up to ``max_batch`` queued queries, waiting at most ``max_wait_ms`` after the first
+one arrived, and answers them with ONE ``Model.answer`` call in a thread -> each request's future.
+A full queue is answered 503 with ``Retry-After`` at once; bad input is a 4xx whose JSON names the
+field; a 500 only ever means a bug (its traceback is logged). On SIGINT/SIGTERM uvicorn stops accepting,
+in-flight requests finish, then the worker drains its queue and exits (FastAPI lifespan).
+
+The model loads once: :func:`create_app` takes a loaded :class:`llmrec.api.Model` (tests pass their own),
+:func:`serve` loads the run and runs uvicorn. ``llmrec bench-serve`` (experiments/serve_bench.py) measures
+it with batching on and off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from llmrec import __version__
+from llmrec.config import ConfigError, check_ranges, option
+from llmrec.devices import DEVICE_HELP, DTYPES
+from llmrec.errors import LlmrecError
+
+if TYPE_CHECKING:
+    from llmrec.api import Model, Query
+
+log = logging.getLogger(__name__)
+
+#: the largest ``k`` a request may ask for (a bound in the OpenAPI schema)
+MAX_K = 1000
+
+
+@dataclass
+class ServeSettings:
+    """How the service batches and what it accepts (the part of ``llmrec serve``'s options that
+    :func:`create_app` uses)."""
+
+    max_batch: int = option(32, "most queued requests answered by one model call", ge=1)
+    max_wait_ms: float = option(5.0, "longest the first request of a batch waits for others (ms)", ge=0)
+    queue_size: int = option(
+        256, "most requests waiting for the model; one more is answered 503 with Retry-After", ge=1
+    )
+    max_history: int = option(1000, "longest ad-hoc history accepted (item ids)", ge=1)
+    batching: bool = option(True, "micro-batching (--no-batching: one request per model call, to compare)")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    @property
+    def batch_limit(self) -> int:
+        """The most requests one model call answers: max_batch, or 1 without batching."""
+        return self.max_batch if self.batching else 1
+
+
+@dataclass
+class ServeConfig(ServeSettings):
+    """``llmrec serve``: which run, where it listens, how it batches."""
+
+    run: str = option("", "run directory of a trained model")
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = option(8000, "TCP port (0: any free one)", ge=0, le=65535)
+    device: str = option("auto", DEVICE_HELP)
+    dtype: str = option("auto", "LLM backbone weights: " + " | ".join(DTYPES) + " (auto: bf16 on CUDA)")
+    data: str | None = option(None, "the run's dataset moved: its new folder (checksum verified)")
+    candidates_from: str | None = option(
+        None, "a run on the same dataset whose top items per request this model re-ranks"
+    )
+    candidates: int = option(100, "how many items --candidates-from retrieves per request", ge=1)
+    threads: int | None = option(None, "torch CPU threads (default: torch's choice)", ge=1)
+    access_log: bool = option(False, "log every request (costs throughput)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.run:
+            raise ConfigError("run: the run directory of a trained model is required")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+
+    def settings(self) -> ServeSettings:
+        names = [f.name for f in dataclasses.fields(ServeSettings)]
+        return ServeSettings(**{n: getattr(self, n) for n in names})
+
+
+class Overloaded(Exception):
+    """The queue is full (or the service is stopping): answered 503 with Retry-After."""
+
+
+# ----------------------------------------------------------------------------- the micro-batcher
+
+
+@dataclass
+class _Pending:
+    query: Query
+    future: asyncio.Future
+    arrived: float  # loop time
+
+
+class Batcher:
+    """One worker task answering queued queries in batches with ``Model.answer`` in a thread."""
+
+    def __init__(self, model: Model, settings: ServeSettings) -> None:
+        self.model, self.settings = model, settings
+        self.pending: collections.deque[_Pending] = collections.deque()
+        self.batches = 0  # model.answer calls made by the worker
+        self.served = 0  # requests those calls answered
+        self.closing = False
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="llmrec-model")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="llmrec-batcher")
+
+    async def close(self) -> None:
+        """Stop taking requests, answer every queued one, stop the worker."""
+        self.closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, query: Query) -> list[dict[str, Any]]:
+        """The query's ranked items, once the worker has answered its batch."""
+        if self.closing:
+            raise Overloaded("the service is shutting down")
+        if len(self.pending) >= self.settings.queue_size:
+            raise Overloaded(f"{len(self.pending)} requests are already waiting for the model")
+        loop = asyncio.get_running_loop()
+        item = _Pending(query, loop.create_future(), loop.time())
+        self.pending.append(item)
+        self._wake.set()
+        return await item.future
+
+    async def _next_batch(self) -> list[_Pending]:
+        """Up to batch_limit queued requests, once the batch is full or its first request has waited
+        max_wait_ms (requests that queued while the model was busy have waited already: no extra wait)."""
+        loop, limit = asyncio.get_running_loop(), self.settings.batch_limit
+        while not self.pending:
+            if self.closing:
+                return []
+            self._wake.clear()
+            await self._wake.wait()
+        deadline = self.pending[0].arrived + self.settings.max_wait_ms / 1000
+        while len(self.pending) < limit and not self.closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+        batch = []
+        while self.pending and len(batch) < limit:
+            item = self.pending.popleft()
+            if not item.future.done():  # a request whose client went away is dropped
+                batch.append(item)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                if self.closing and not self.pending:
+                    return
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._answer, [b.query for b in batch])
+            except BaseException as e:  # noqa: BLE001 - never let the worker die; the request reports it
+                results = [e] * len(batch)
+            self.batches += 1
+            self.served += len(batch)
+            for item, result in zip(batch, results):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+    def _answer(self, queries: list[Query]) -> list[list[dict[str, Any]] | BaseException]:
+        """One model call for the batch; if the model refuses it (an LlmrecError about one query), each
+        query is answered alone so that only the offending request fails."""
+        try:
+            return list(self.model.answer(queries))
+        except LlmrecError as e:
+            if len(queries) == 1:
+                return [e]
+        out: list[list[dict[str, Any]] | BaseException] = []
+        for q in queries:
+            try:
+                out.append(self.model.answer([q])[0])
+            except LlmrecError as e:
+                out.append(e)
+        return out
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+# request and response bodies: strict (no coercion: "10" is not a k), an unknown key is an error
+_STRICT = ConfigDict(extra="forbid", strict=True)
+_USER_ID = Field(None, description="a user of the run's dataset: their whole sequence is the history")
+_HISTORY = Field(None, description="an ad-hoc history of item ids, oldest first (instead of user_id)")
+
+
+class RecommendRequest(BaseModel):
+    """Give exactly one of user_id or history."""
+
+    model_config = _STRICT
+    user_id: str | None = _USER_ID
+    history: list[str] | None = _HISTORY
+    k: int = Field(10, ge=1, le=MAX_K, description="how many items")
+    exclude_history: bool = Field(True, description="never recommend an item of the history")
+    candidates: list[str] | None = Field(None, description="only rank these item ids (default: the catalog)")
+
+
+class RankRequest(BaseModel):
+    """Give exactly one of user_id or history, and the candidates to score."""
+
+    model_config = _STRICT
+    user_id: str | None = _USER_ID
+    history: list[str] | None = _HISTORY
+    candidates: list[str] = Field(description="item ids to score, each once")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    title: str
+    score: float
+
+
+class Recommendations(BaseModel):
+    items: list[ScoredItem] = Field(description="best first")
+    model: str
+    took_ms: float = Field(description="time spent in the service, queueing included")
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what is wrong, where, and what to do")
+    field: str | None = Field(None, description="the request field at fault")
+
+
+def _error(status: int, detail: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, "field": field, **extra}, status_code=status)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    """pydantic's ``("body", "history", 3)`` -> ``history[3]``; the body itself -> ``body``."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "path", "query") else loc)
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or (str(loc[0]) if loc else "body")
+
+
+def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
+    """The service around an already loaded ``model`` (see the module docstring)."""
+    from llmrec.api import QueryError
+
+    settings = settings or ServeSettings()
+    state: dict[str, Batcher] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher = Batcher(model, settings)
+        batcher.start()
+        state["batcher"] = batcher
+        log.info(
+            "serving %s (%s) with micro-batching %s",
+            model.name,
+            model.run,
+            f"up to {settings.max_batch} per call, {settings.max_wait_ms:g} ms wait"
+            if settings.batching
+            else "off",
+        )
+        try:
+            yield
+        finally:
+            await batcher.close()  # uvicorn calls this once in-flight requests are answered
+            log.info("stopped: %d requests in %d model calls", batcher.served, batcher.batches)
+
+    errors = {
+        404: {"model": ErrorBody, "description": "unknown user or item id"},
+        422: {"model": ErrorBody, "description": "invalid request (the field is named)"},
+        503: {"model": ErrorBody, "description": "queue full or shutting down: retry after Retry-After s"},
+    }
+    app = FastAPI(
+        title="llmrec",
+        version=__version__,
+        description=f"Recommendations from {model.name} ({model.run}).",
+        lifespan=lifespan,
+    )
+
+    # ------------------------------------------------------------- errors: 4xx naming the field, never 500
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            loc = tuple(e.get("loc", ()))
+            if e.get("type") == "json_invalid":
+                pos = loc[1] if len(loc) > 1 else "?"
+                problems.append(("body", f"malformed JSON at character {pos}: {e.get('msg')}"))
+            else:
+                problems.append((_location(loc), str(e.get("msg", "invalid"))))
+        field, message = problems[0] if problems else ("body", "invalid request")
+        return _error(
+            422,
+            f"field '{field}': {message}",
+            field,
+            errors=[{"field": f, "message": m} for f, m in problems],
+        )
+
+    @app.exception_handler(QueryError)
+    async def _bad_query(request: Request, exc: QueryError) -> JSONResponse:
+        return _error(exc.status, str(exc), exc.field)
+
+    @app.exception_handler(LlmrecError)
+    async def _refused(request: Request, exc: LlmrecError) -> JSONResponse:
+        if exc.field is None:  # not about the request: a server-side problem
+            log.error("model error: %s", exc)
+            return _error(500, f"the model could not answer: {exc}")
+        return _error(422, str(exc), exc.field)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        response = _error(503, f"{exc}; retry after 1 s")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if exc.status_code == 404:
+            detail = f"no endpoint {request.url.path!r}; see /docs"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path!r}; see /docs"
+        response = _error(exc.status_code, detail, "path" if exc.status_code in (404, 405) else None)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); the traceback is in the server log")
+
+    # ------------------------------------------------------------- endpoints
+    def query(user_id: Any, history: Any, k: int, exclude_history: bool, candidates: Any) -> Query:
+        if history is not None and len(history) > settings.max_history:
+            raise QueryError(
+                f"has {len(history)} items, more than the {settings.max_history} this service accepts",
+                field="history",
+                hint="send the most recent items",
+            )
+        q = model.query(user_id, history, k, exclude_history, candidates)
+        retriever = model.retriever
+        if q.user is None and q.candidates is None and retriever is not None and retriever.needs_user_id:
+            raise QueryError(
+                f"the candidates come from '{retriever.name}', which scores a user by its id and cannot "
+                "retrieve for an ad-hoc history",
+                field="history",
+                hint="give a user_id, or candidates",
+            )
+        return q
+
+    def answered(items: list[dict[str, Any]], start: float) -> JSONResponse:
+        took = (time.perf_counter() - start) * 1000
+        return JSONResponse({"items": items, "model": model.name, "took_ms": round(took, 3)})
+
+    @app.post("/recommend", response_model=Recommendations, responses=errors)
+    async def recommend(body: RecommendRequest) -> JSONResponse:
+        """The top-k items for a known user or an ad-hoc history (history items excluded by default)."""
+        start = time.perf_counter()
+        q = query(body.user_id, body.history, body.k, body.exclude_history, body.candidates)
+        return answered(await state["batcher"].submit(q), start)
+
+    @app.post("/rank", response_model=Recommendations, responses=errors)
+    async def rank(body: RankRequest) -> JSONResponse:
+        """Every candidate scored for the user and ranked, best first (history items included)."""
+        start = time.perf_counter()
+        q = query(body.user_id, body.history, len(body.candidates), False, body.candidates)
+        return answered(await state["batcher"].submit(q), start)
+
+    @app.get("/items/{item_id}", responses={404: errors[404]})
+    async def item(item_id: str) -> dict[str, Any]:
+        """An item's row of the catalog."""
+        return model.item(item_id)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """What is served, and how busy it is."""
+        batcher = state.get("batcher")
+        info = model.info()
+        batches, served = (batcher.batches, batcher.served) if batcher else (0, 0)
+        return {
+            "status": "stopping" if batcher is None or batcher.closing else "ok",
+            "model": info["model"],
+            "run": info["run"],
+            "dataset": info["dataset"],
+            "device": info["device"],
+            "users": info["users"],
+            "items": info["items"],
+            "retriever": info["retriever"],
+            "queue_depth": len(batcher.pending) if batcher else 0,
+            "batches": batches,
+            "served": served,
+            "model_calls": model.calls,
+            "mean_batch": round(served / batches, 3) if batches else None,
+            "batching": {
+                "enabled": settings.batching,
+                "max_batch": settings.batch_limit,
+                "max_wait_ms": settings.max_wait_ms,
+                "queue_size": settings.queue_size,
+            },
+            "max_history": settings.max_history,
+            "max_k": MAX_K,
+        }
+
+    return app
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Load the run once, then answer HTTP requests until SIGINT/SIGTERM (graceful: in-flight requests
+    finish)."""
+    import uvicorn
+
+    from llmrec.api import load
+
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    model = load(
+        cfg.run,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        data=cfg.data,
+        retriever=cfg.candidates_from,
+        retrieve=cfg.candidates,
+    )
+    log.info("loaded %r", model)
+    app = create_app(model, cfg.settings())
+    uvicorn.run(app, host=cfg.host, port=cfg.port, access_log=cfg.access_log, log_level="info")
