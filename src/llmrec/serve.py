@@ -20,12 +20,14 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -119,6 +121,7 @@ class Batcher:
         self.pending: collections.deque[_Pending] = collections.deque()
         self.batches = 0  # model.answer calls made by the worker
         self.served = 0  # requests those calls answered
+        self.model_seconds = 0.0  # time spent in those calls
         self.closing = False
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="llmrec-model")
@@ -179,10 +182,12 @@ class Batcher:
                 if self.closing and not self.pending:
                     return
                 continue
+            start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._answer, [b.query for b in batch])
-            except BaseException as e:  # noqa: BLE001 - never let the worker die; the request reports it
+            except BaseException as e:  # never let the worker die: each request reports the error
                 results = [e] * len(batch)
+            self.model_seconds += time.perf_counter() - start
             self.batches += 1
             self.served += len(batch)
             for item, result in zip(batch, results):
@@ -345,12 +350,15 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        detail = str(exc.detail)
-        if exc.status_code == 404:
-            detail = f"no endpoint {request.url.path!r}; see /docs"
-        elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path!r}; see /docs"
-        response = _error(exc.status_code, detail, "path" if exc.status_code in (404, 405) else None)
+        status, detail, field = exc.status_code, str(exc.detail), None
+        if status == 404:
+            detail, field = f"no endpoint {request.url.path!r}; see /docs", "path"
+        elif status == 405:
+            detail, field = f"{request.method} is not allowed on {request.url.path!r}; see /docs", "path"
+        elif status == 400 and "parsing the body" in detail:  # FastAPI's answer to bytes that are not UTF-8
+            status, field = 422, "body"
+            detail = "field 'body': malformed JSON (not UTF-8 text); send a UTF-8 JSON object"
+        response = _error(status, detail, field)
         response.headers.update(exc.headers or {})
         return response
 
@@ -421,6 +429,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
             "served": served,
             "model_calls": model.calls,
             "mean_batch": round(served / batches, 3) if batches else None,
+            "model_seconds": round(batcher.model_seconds, 6) if batcher else 0.0,
             "batching": {
                 "enabled": settings.batching,
                 "max_batch": settings.batch_limit,
@@ -434,11 +443,22 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
     return app
 
 
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a SIGINT/SIGTERM it stopped on is not raised again once it has
+    stopped (uvicorn re-raises it, so the process would die of the signal after a clean shutdown):
+    ``llmrec serve`` then exits 0. A second SIGINT still forces the exit."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            log.info("%s: finishing the requests in flight, then stopping", signal.Signals(sig).name)
+            self.should_exit = True
+
+
 def serve(cfg: ServeConfig) -> None:
     """Load the run once, then answer HTTP requests until SIGINT/SIGTERM (graceful: in-flight requests
     finish)."""
-    import uvicorn
-
     from llmrec.api import load
 
     if cfg.threads:
@@ -455,4 +475,5 @@ def serve(cfg: ServeConfig) -> None:
     )
     log.info("loaded %r", model)
     app = create_app(model, cfg.settings())
-    uvicorn.run(app, host=cfg.host, port=cfg.port, access_log=cfg.access_log, log_level="info")
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=cfg.access_log, log_level="info")
+    GracefulServer(config).run()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -171,6 +170,9 @@ async def _load(
         "codes": {str(c): v for c, v in sorted(codes.items())},
         "batches": batches,
         "mean_batch": round(served / batches, 2) if batches else None,
+        "model_ms_per_request": round(1000 * (after["model_seconds"] - before["model_seconds"]) / served, 3)
+        if served
+        else None,
     }
 
 
@@ -195,13 +197,15 @@ def run_bench_serve(cfg: BenchServeConfig) -> dict[str, Any]:
         health = {mode: s.wait_ready(cfg.startup_timeout) for mode, s in servers.items()}
         total = len(cfg.concurrency) * len(MODES) * cfg.requests + len(MODES) * cfg.warmup
         with tqdm(total=total, desc=f"bench-serve {name}", unit="req", dynamic_ncols=True) as bar:
-            for mode, s in servers.items():
+            for s in servers.values():
                 if cfg.warmup:
                     asyncio.run(_load(s.url, users, cfg.warmup, 1, cfg.duration, cfg.k, cfg.seed, bar))
             for i, c in enumerate(cfg.concurrency):
                 for mode, s in servers.items():  # alternate: both modes see the same machine load
                     bar.set_postfix(concurrency=c, batching=mode)
-                    r = asyncio.run(_load(s.url, users, cfg.requests, c, cfg.duration, cfg.k, cfg.seed + i, bar))
+                    r = asyncio.run(
+                        _load(s.url, users, cfg.requests, c, cfg.duration, cfg.k, cfg.seed + i, bar)
+                    )
                     points.append({"concurrency": c, "batching": mode, **r})
                     bar.update(cfg.requests - r["requests"])  # a point cut short by --duration
     finally:
@@ -240,16 +244,17 @@ def format_bench_serve(result: dict[str, Any]) -> str:
         f"per point (k={result['k']}), micro-batching up to {result['max_batch']} per call with "
         f"{result['max_wait_ms']:g} ms wait vs none",
         "",
-        "| concurrency | batching | requests | req/s | speed-up | p50 ms | p95 ms | p99 ms | non-2xx | 5xx | mean batch |",
-        "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| concurrency | batching | requests | req/s | speed-up | p50 ms | p95 ms | p99 ms | non-2xx | 5xx | mean batch | model ms/req |",
+        "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in result["points"]:
         speedup = "" if p["batching"] == "off" or p["speedup"] is None else f"{p['speedup']:.2f}x"
         mean_batch = "-" if p["mean_batch"] is None else f"{p['mean_batch']:.2f}"
+        model_ms = "-" if p["model_ms_per_request"] is None else f"{p['model_ms_per_request']:.2f}"
         lines.append(
             f"| {p['concurrency']} | {p['batching']} | {p['requests']} | {p['throughput']:.1f} | {speedup} | "
             f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['non_2xx']} | {p['5xx']} | "
-            f"{mean_batch} |"
+            f"{mean_batch} | {model_ms} |"
         )
     return "\n".join(lines)
 

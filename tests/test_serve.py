@@ -1,0 +1,336 @@
+"""``llmrec serve``: recommendations over HTTP equal the Python API's, concurrent requests share model calls,
+a full queue answers 503 with Retry-After, bad input is a 4xx naming the field, shutdown finishes in-flight
+requests. One tiny SASRec run trained once; servers run in-process on an ephemeral 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+import llmrec
+from conftest import synthetic_tables
+from llmrec.serve import MAX_K, ServeSettings, create_app
+
+SRC = str(Path(llmrec.__file__).resolve().parents[1])
+
+
+def make_run(root: Path, model: str = "sasrec") -> Path:
+    """The synthetic dataset (30 users u0..u29, 40 items i000..i039) and a tiny run trained on it."""
+    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
+
+    items, inter = synthetic_tables()
+    write_dataset(
+        finalize(items, inter, ProcessConfig(kcore=0, num_negatives=5, seed=3), {}, {}, []), root / "ds"
+    )
+    options = {"hidden": 8, "max_len": 6, "epochs": 1} if model == "sasrec" else {}
+    eval_ = {"ctr": False, "full_ranking": False, "ks": [5]}
+    return llmrec.train(model, data=str(root / "ds"), out=root / model, options=options, eval=eval_).dir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def model(run):
+    return llmrec.load(run, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    with TestClient(create_app(model, ServeSettings(max_history=20)), raise_server_exceptions=False) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def running(app):
+    """``app`` served by uvicorn in a thread on a free 127.0.0.1 port: (server, base url)."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+class Gate:
+    """Makes the model's catalog scoring wait until released (to hold requests in flight)."""
+
+    def __init__(self, model, monkeypatch) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        real = model.model.score_all
+
+        def blocked(users, histories):
+            self.entered.set()
+            assert self.release.wait(20), "the test never released the model"
+            return real(users, histories)
+
+        monkeypatch.setattr(model.model, "score_all", blocked)
+
+
+def _rows(df) -> list[dict]:
+    return [{"item_id": r.item_id, "title": r.title, "score": r.score} for r in df.itertuples()]
+
+
+def same(got: list[dict], expected: list[dict]) -> bool:
+    """The same items in the same order, scores equal up to float32 rounding."""
+    key = lambda rows: [(r["item_id"], r["title"]) for r in rows]  # noqa: E731
+    scores = np.allclose([r["score"] for r in got], [r["score"] for r in expected], rtol=1e-6)
+    return key(got) == key(expected) and bool(scores)
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+def test_recommend_rank_items_health_over_a_real_socket(model):
+    with running(create_app(model)) as (_, url), httpx.Client(base_url=url) as http:
+        r = http.post("/recommend", json={"user_id": "u3", "k": 5})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "sasrec" and body["took_ms"] >= 0
+        assert same(body["items"], _rows(model.recommend(user_ids=["u3"], k=5)))
+
+        history = ["i001", "i002", "i003"]
+        r = http.post("/recommend", json={"history": history, "k": 4, "candidates": ["i001", "i005", "i009"]})
+        assert same(
+            r.json()["items"],
+            _rows(model.recommend(histories=[history], k=4, candidates=["i001", "i005", "i009"])),
+        )
+        assert "i001" not in [x["item_id"] for x in r.json()["items"]]  # history excluded
+
+        cands = ["i004", "i010", "i020", "i030"]
+        r = http.post("/rank", json={"user_id": "u3", "candidates": cands})
+        assert same(r.json()["items"], _rows(model.rank(cands, user_ids=["u3"])))
+        assert sorted(x["item_id"] for x in r.json()["items"]) == sorted(cands)
+
+        assert http.get("/items/i007").json()["title"] == "Item 7"
+        health = http.get("/health").json()
+        assert health["model"] == "sasrec" and health["device"] == "cpu" and health["queue_depth"] == 0
+        assert health["served"] == 3 and health["batching"]["max_batch"] == 32
+        assert http.get("/docs").status_code == 200
+
+
+def test_concurrent_requests_share_model_calls(model):
+    users = [f"u{i}" for i in range(16)]
+    expected = [_rows(model.recommend(user_ids=[u], k=3)) for u in users]
+
+    async def fire(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url) as http:
+            return await asyncio.gather(
+                *[http.post("/recommend", json={"user_id": u, "k": 3}) for u in users]
+            )
+
+    for batching in (True, False):
+        app = create_app(model, ServeSettings(max_wait_ms=300, batching=batching))
+        with running(app) as (_, url):
+            calls = model.calls
+            responses = asyncio.run(fire(url))
+            made = model.calls - calls
+            health = httpx.get(url + "/health").json()
+        assert [r.status_code for r in responses] == [200] * 16
+        assert all(same(r.json()["items"], e) for r, e in zip(responses, expected))
+        if batching:
+            assert made < 16 and health["batches"] == made and health["mean_batch"] > 1, health
+        else:
+            assert made == 16 and health["mean_batch"] == 1
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once(model, monkeypatch):
+    gate = Gate(model, monkeypatch)
+    app = create_app(model, ServeSettings(queue_size=2, max_batch=1))
+
+    async def scenario(url: str):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            post = lambda u: http.post("/recommend", json={"user_id": u})  # noqa: E731
+            first = asyncio.create_task(post("u1"))
+            assert await asyncio.to_thread(gate.entered.wait, 10)  # being scored
+            queued = [asyncio.create_task(post(u)) for u in ("u2", "u3")]
+            while (await http.get("/health")).json()["queue_depth"] < 2:
+                await asyncio.sleep(0.01)
+            t = time.perf_counter()
+            refused = await http.post("/recommend", json={"user_id": "u4"})
+            waited = time.perf_counter() - t
+            gate.release.set()
+            return refused, waited, await asyncio.gather(first, *queued)
+
+    with running(app) as (_, url):
+        refused, waited, served = asyncio.run(scenario(url))
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert "already waiting" in refused.json()["detail"] and waited < 2
+    assert [r.status_code for r in served] == [200, 200, 200]
+
+
+def test_shutdown_finishes_the_request_being_scored_and_the_queued_ones(model, monkeypatch):
+    gate = Gate(model, monkeypatch)
+    app = create_app(model, ServeSettings(max_batch=1))
+    results: dict[str, int] = {}
+
+    def ask(url: str, user: str) -> None:
+        results[user] = httpx.post(url + "/recommend", json={"user_id": user}, timeout=30).status_code
+
+    with running(app) as (server, url):
+        threads = [threading.Thread(target=ask, args=(url, "u1"))]
+        threads[0].start()
+        assert gate.entered.wait(10)
+        threads.append(threading.Thread(target=ask, args=(url, "u2")))
+        threads[1].start()
+        while httpx.get(url + "/health").json()["queue_depth"] < 1:
+            time.sleep(0.01)
+        server.should_exit = True  # what SIGINT/SIGTERM do
+        time.sleep(0.3)
+        assert not results  # still in flight
+        gate.release.set()
+        for t in threads:
+            t.join(10)
+    assert results == {"u1": 200, "u2": 200}
+
+
+def test_a_model_error_about_one_query_fails_only_that_request(model, monkeypatch):
+    """The batch is retried query by query, so the other requests of the batch are answered."""
+    from llmrec.api import QueryError
+
+    real = model.answer
+
+    def picky(queries, batch_size=256):
+        if any(q.user == "u5" for q in queries):
+            raise QueryError("this model refuses u5", field="user_id")
+        return real(queries, batch_size)
+
+    monkeypatch.setattr(model, "answer", picky)
+
+    async def fire(url: str):
+        async with httpx.AsyncClient(base_url=url) as http:
+            return await asyncio.gather(
+                *[http.post("/recommend", json={"user_id": f"u{i}"}) for i in range(4, 8)]
+            )
+
+    with running(create_app(model, ServeSettings(max_wait_ms=300))) as (_, url):
+        codes = [r.status_code for r in asyncio.run(fire(url))]
+    assert codes == [200, 422, 200, 200]
+
+
+# ----------------------------------------------------------------------------- bad input: 4xx naming the field
+
+BAD = [
+    ({"user_id": "nobody"}, 404, "user_id"),
+    ({"history": ["i001", "nope"]}, 404, "history"),
+    ({"user_id": "u1", "candidates": ["i001", "zzz"]}, 404, "candidates"),
+    ({}, 422, "user_id/history"),
+    ({"user_id": "u1", "history": ["i001"]}, 422, "user_id/history"),
+    ({"history": []}, 422, "history"),
+    ({"history": ["i001"] * 21}, 422, "history"),  # longer than max_history (20 in this fixture)
+    ({"history": "i001"}, 422, "history"),
+    ({"history": ["i001", 7]}, 422, "history[1]"),
+    ({"user_id": 3}, 422, "user_id"),
+    ({"user_id": "u1", "k": 0}, 422, "k"),
+    ({"user_id": "u1", "k": MAX_K + 1}, 422, "k"),
+    ({"user_id": "u1", "k": "5"}, 422, "k"),
+    ({"user_id": "u1", "k": 2.5}, 422, "k"),
+    ({"user_id": "u1", "k": True}, 422, "k"),
+    ({"user_id": "u1", "exclude_history": "no"}, 422, "exclude_history"),
+    ({"user_id": "u1", "candidates": []}, 422, "candidates"),
+    ({"user_id": "u1", "candidates": ["i001", "i001"]}, 422, "candidates"),
+    ({"user_id": "u1", "kk": 5}, 422, "kk"),
+    ([1, 2], 422, "body"),
+    ("just a string", 422, "body"),
+    (None, 422, "body"),
+]
+
+
+@pytest.mark.parametrize("body,status,field", BAD, ids=[f"{s}-{f}-{i}" for i, (_, s, f) in enumerate(BAD)])
+def test_bad_recommend_request_is_a_4xx_naming_the_field(client, body, status, field):
+    r = client.post("/recommend", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field and field in r.json()["detail"], r.json()
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{bad json", b"", b"\xff\xfe\x00", b'{"user_id": "u1",}', b"[" * 5000, b"1e999999"]
+)
+def test_malformed_bodies_are_422_naming_the_body(client, raw):
+    r = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text
+
+
+def test_bad_rank_item_and_route_requests(client):
+    r = client.post("/rank", json={"user_id": "u1"})
+    assert r.status_code == 422 and r.json()["field"] == "candidates"
+    r = client.post("/rank", json={"user_id": "u1", "candidates": ["i001"], "k": 3})
+    assert r.status_code == 422 and r.json()["field"] == "k"
+    r = client.get("/items/i999")
+    assert r.status_code == 404 and r.json()["field"] == "item_id" and "i999" in r.json()["detail"]
+    r = client.get("/nowhere")
+    assert r.status_code == 404 and r.json()["field"] == "path"
+    r = client.get("/recommend")
+    assert r.status_code == 405 and r.json()["field"] == "path"
+
+
+def test_a_bug_is_a_logged_500_not_a_crash(model, monkeypatch, caplog):
+    monkeypatch.setattr(model, "item", lambda item_id: 1 / 0)
+    with TestClient(create_app(model), raise_server_exceptions=False) as c:
+        r = c.get("/items/i001")
+    assert r.status_code == 500 and "ZeroDivisionError" in r.json()["detail"]
+    assert "internal error on GET /items/i001" in caplog.text
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_serve_command_answers_then_stops_on_sigterm(run, tmp_path):
+    from llmrec.experiments.serve_bench import _free_port
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "llmrec", "serve", str(run), "--port", str(port), "--device", "cpu"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "u2", "k": 2})
+        assert r.status_code == 200 and len(r.json()["items"]) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert "stopped: 1 requests in 1 model calls" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_options_are_checked():
+    from llmrec.config import ConfigError
+    from llmrec.serve import ServeConfig
+
+    with pytest.raises(ConfigError, match="max_batch"):
+        ServeConfig(run="r", max_batch=0)
+    with pytest.raises(ConfigError, match="run"):
+        ServeConfig()
+    assert ServeConfig(run="r", batching=False).settings().batch_limit == 1
+    assert np.isfinite(ServeSettings().max_wait_ms)
