@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 import llmrec
 from conftest import synthetic_tables
+from llmrec import api  # api.train: once llmrec.load ran, the name llmrec.train is the llmrec.train module
 from llmrec.serve import MAX_K, ServeSettings, create_app
 
 SRC = str(Path(llmrec.__file__).resolve().parents[1])
@@ -37,7 +38,7 @@ def make_run(root: Path, model: str = "sasrec") -> Path:
     )
     options = {"hidden": 8, "max_len": 6, "epochs": 1} if model == "sasrec" else {}
     eval_ = {"ctr": False, "full_ranking": False, "ks": [5]}
-    return llmrec.train(model, data=str(root / "ds"), out=root / model, options=options, eval=eval_).dir
+    return api.train(model, data=str(root / "ds"), out=root / model, options=options, eval=eval_).dir
 
 
 @pytest.fixture(scope="module")
