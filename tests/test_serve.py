@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
+import json
 import threading
 import time
 from pathlib import Path
@@ -24,8 +21,6 @@ import llmrec
 from conftest import synthetic_tables
 from llmrec import api  # api.train: once llmrec.load ran, the name llmrec.train is the llmrec.train module
 from llmrec.serve import MAX_K, ServeSettings, create_app
-
-SRC = str(Path(llmrec.__file__).resolve().parents[1])
 
 
 def make_run(root: Path, model: str = "sasrec") -> Path:
@@ -299,32 +294,6 @@ def test_a_bug_is_a_logged_500_not_a_crash(model, monkeypatch, caplog):
 # ----------------------------------------------------------------------------- the command
 
 
-def test_serve_command_answers_then_stops_on_sigterm(run, tmp_path):
-    from llmrec.experiments.serve_bench import _free_port
-
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "llmrec", "serve", str(run), "--port", str(port), "--device", "cpu"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "u2", "k": 2})
-        assert r.status_code == 200 and len(r.json()["items"]) == 2
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-        assert "stopped: 1 requests in 1 model calls" in proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 def test_serve_options_are_checked():
     from llmrec.config import ConfigError
     from llmrec.serve import ServeConfig
@@ -335,3 +304,24 @@ def test_serve_options_are_checked():
         ServeConfig()
     assert ServeConfig(run="r", batching=False).settings().batch_limit == 1
     assert np.isfinite(ServeSettings().max_wait_ms)
+
+
+def test_bench_serve_runs_two_llmrec_serve_and_stops_them_with_sigterm(run, tmp_path, capsys):
+    """The command end to end: two ``llmrec serve`` subprocesses answer, then exit 0 on SIGTERM after a
+    graceful stop; the table, JSON and plot are written."""
+    from llmrec.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["bench-serve", str(run), "--requests", "6", "--rounds", "2", "--concurrency", "1", "3"]
+    assert main([*argv, "--warmup", "0", "--device", "cpu", "--threads", "1", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| 3 | on | 6 |" in table and "| 3 | off | 6 |" in table
+    result = json.loads((out / "bench_serve.json").read_text())
+    assert [(p["concurrency"], p["batching"]) for p in result["points"]] == [
+        (1, "on"), (1, "off"), (3, "on"), (3, "off"),
+    ]  # fmt: skip
+    assert all(p["5xx"] == 0 and p["non_2xx"] == 0 for p in result["points"])
+    assert result["server_exit"] == {"on": 0, "off": 0}
+    log = (out / "serve-on.log").read_text()
+    assert "SIGTERM: finishing the requests in flight" in log and "stopped: 12 requests in" in log
+    assert (out / "bench_serve.png").stat().st_size > 0 and (out / "bench_serve.md").exists()

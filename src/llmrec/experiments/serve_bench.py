@@ -3,8 +3,8 @@ by side in one run.
 
 Two servers (batching on, batching off) run as subprocesses on 127.0.0.1 on free ports, each loading the
 run once; a bounded load generator (httpx, async) sends ``POST /recommend`` for random known users at each
-concurrency, alternating between the two servers point by point so that a busy neighbour on the machine
-slows both alike. Each point is a fixed number of requests, cut short at a maximum duration. Mean batch
+concurrency, alternating between the two servers in ``rounds`` slices per point so that a busy neighbour on
+the machine slows both alike. Each point is a fixed number of requests, cut short at a maximum duration. Mean batch
 sizes come from the servers' /health counters before and after the point.
 """
 
@@ -41,7 +41,8 @@ class BenchServeConfig:
     """What to load, how hard to push it, where the results go."""
 
     run: str = option("", "run directory of a trained model")
-    requests: int = option(400, "requests per point (concurrency x batching)", ge=1)
+    requests: int = option(600, "requests per point (concurrency x batching)", ge=1)
+    rounds: int = option(3, "slices of each point, batching on and off taking turns", ge=1)
     duration: float = option(60.0, "longest a point may take (s); it stops sending then", gt=0)
     concurrency: list[int] = option(factory=lambda: [1, 8, 16, 32], help="concurrent clients per point")
     k: int = option(10, "items per request", ge=1)
@@ -154,23 +155,37 @@ async def _load(
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         elapsed = time.perf_counter() - start
         after = (await client.get("/health")).json()
-    lat = np.array(latencies) * 1000
-    ok = sum(v for c, v in codes.items() if 200 <= c < 300)
-    batches = after["batches"] - before["batches"]
-    served = after["served"] - before["served"]
     return {
-        "requests": len(latencies),
+        "latencies": latencies,
+        "codes": codes,
+        "seconds": elapsed,
+        "batches": after["batches"] - before["batches"],
+        "served": after["served"] - before["served"],
+        "model_seconds": after["model_seconds"] - before["model_seconds"],
+    }
+
+
+def _summary(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One point's figures from its slices: throughput over their total time, latency percentiles over
+    all their requests."""
+    lat = np.array([x for s in slices for x in s["latencies"]]) * 1000
+    codes: Counter[int] = sum((s["codes"] for s in slices), Counter())
+    elapsed = sum(s["seconds"] for s in slices)
+    batches, served = sum(s["batches"] for s in slices), sum(s["served"] for s in slices)
+    ok = sum(v for c, v in codes.items() if 200 <= c < 300)
+    return {
+        "requests": len(lat),
         "seconds": round(elapsed, 3),
         "throughput": round(ok / elapsed, 2),
         "p50_ms": round(float(np.percentile(lat, 50)), 2),
         "p95_ms": round(float(np.percentile(lat, 95)), 2),
         "p99_ms": round(float(np.percentile(lat, 99)), 2),
-        "non_2xx": len(latencies) - ok,
+        "non_2xx": len(lat) - ok,
         "5xx": sum(v for c, v in codes.items() if c >= 500 or c == 0),
         "codes": {str(c): v for c, v in sorted(codes.items())},
         "batches": batches,
         "mean_batch": round(served / batches, 2) if batches else None,
-        "model_ms_per_request": round(1000 * (after["model_seconds"] - before["model_seconds"]) / served, 3)
+        "model_ms_per_request": round(1000 * sum(s["model_seconds"] for s in slices) / served, 3)
         if served
         else None,
     }
@@ -201,13 +216,18 @@ def run_bench_serve(cfg: BenchServeConfig) -> dict[str, Any]:
                 if cfg.warmup:
                     asyncio.run(_load(s.url, users, cfg.warmup, 1, cfg.duration, cfg.k, cfg.seed, bar))
             for i, c in enumerate(cfg.concurrency):
-                for mode, s in servers.items():  # alternate: both modes see the same machine load
-                    bar.set_postfix(concurrency=c, batching=mode)
-                    r = asyncio.run(
-                        _load(s.url, users, cfg.requests, c, cfg.duration, cfg.k, cfg.seed + i, bar)
-                    )
-                    points.append({"concurrency": c, "batching": mode, **r})
-                    bar.update(cfg.requests - r["requests"])  # a point cut short by --duration
+                slices: dict[str, list[dict[str, Any]]] = {mode: [] for mode in servers}
+                for r in range(cfg.rounds):  # on, off, on, off...: both modes see the same machine load
+                    n = cfg.requests // cfg.rounds + (r < cfg.requests % cfg.rounds)
+                    for mode, s in servers.items():
+                        bar.set_postfix(concurrency=c, batching=mode)
+                        seed = cfg.seed + 1000 * i + r
+                        slices[mode].append(
+                            asyncio.run(_load(s.url, users, n, c, cfg.duration, cfg.k, seed, bar))
+                        )
+                        bar.update(n - len(slices[mode][-1]["latencies"]))  # a slice cut short by --duration
+                for mode in servers:
+                    points.append({"concurrency": c, "batching": mode, **_summary(slices[mode])})
     finally:
         exits = {mode: s.stop() for mode, s in servers.items()}
     for p in points:
@@ -220,6 +240,7 @@ def run_bench_serve(cfg: BenchServeConfig) -> dict[str, Any]:
         "run": str(run),
         "device": health["on"]["device"],
         "requests_per_point": cfg.requests,
+        "rounds": cfg.rounds,
         "max_duration_s": cfg.duration,
         "k": cfg.k,
         "max_batch": cfg.max_batch,
@@ -241,7 +262,7 @@ def format_bench_serve(result: dict[str, Any]) -> str:
     """The Markdown table: one row per (concurrency, batching)."""
     lines = [
         f"llmrec serve {result['model']} on {result['device']}: {result['requests_per_point']} POST /recommend "
-        f"per point (k={result['k']}), micro-batching up to {result['max_batch']} per call with "
+        f"per point in {result['rounds']} alternating slices (k={result['k']}), micro-batching up to {result['max_batch']} per call with "
         f"{result['max_wait_ms']:g} ms wait vs none",
         "",
         "| concurrency | batching | requests | req/s | speed-up | p50 ms | p95 ms | p99 ms | non-2xx | 5xx | mean batch | model ms/req |",
