@@ -175,28 +175,35 @@ class Batcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._next_batch()
-            if not batch:
-                if self.closing and not self.pending:
+        try:
+            while True:
+                batch = await self._next_batch()
+                if batch:
+                    await self._serve(batch)
+                elif self.closing and not self.pending:
                     return
+        finally:  # cancelled (a forced exit): no request is left waiting for ever
+            for item in self.pending:
+                if not item.future.done():
+                    item.future.set_exception(Overloaded("the service stopped"))
+
+    async def _serve(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._answer, [b.query for b in batch])
+        except Exception as e:  # never let the worker die: each request of the batch reports the error
+            results = [e] * len(batch)
+        self.model_seconds += time.perf_counter() - start
+        self.batches += 1
+        self.served += len(batch)
+        for item, result in zip(batch, results):
+            if item.future.done():  # its client went away
                 continue
-            start = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self._executor, self._answer, [b.query for b in batch])
-            except BaseException as e:  # never let the worker die: each request reports the error
-                results = [e] * len(batch)
-            self.model_seconds += time.perf_counter() - start
-            self.batches += 1
-            self.served += len(batch)
-            for item, result in zip(batch, results):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
 
     def _answer(self, queries: list[Query]) -> list[list[dict[str, Any]] | BaseException]:
         """One model call for the batch; if the model refuses it (an LlmrecError about one query), each
@@ -476,4 +483,13 @@ def serve(cfg: ServeConfig) -> None:
     log.info("loaded %r", model)
     app = create_app(model, cfg.settings())
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=cfg.access_log, log_level="info")
-    GracefulServer(config).run()
+    server = GracefulServer(config)
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits when it cannot bind, after logging why
+        if server.started:
+            raise
+        raise LlmrecError(
+            f"cannot listen on {cfg.host}:{cfg.port} (exit {e.code}; uvicorn's reason is logged above)",
+            hint="choose another --port, or stop what listens there",
+        ) from None
