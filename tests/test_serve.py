@@ -227,6 +227,18 @@ def test_a_model_error_about_one_query_fails_only_that_request(model, monkeypatc
     assert codes == [200, 422, 200, 200]
 
 
+def test_candidates_from_another_run_are_re_ranked(run, model):
+    """--candidates-from: the popularity run's top items per request, re-ranked by SASRec."""
+    eval_ = {"ctr": False, "full_ranking": False, "ks": [5]}
+    pop = api.train("popularity", data=str(run.parent / "ds"), out=run.parent / "pop", eval=eval_).dir
+    both = llmrec.load(run, device="cpu", retriever=pop, retrieve=5)
+    with TestClient(create_app(both), raise_server_exceptions=False) as c:
+        r = c.post("/recommend", json={"user_id": "u4", "k": 3})
+        health = c.get("/health").json()
+    assert r.status_code == 200 and same(r.json()["items"], _rows(both.recommend(user_ids=["u4"], k=3)))
+    assert health["retriever"]["model"] == "popularity" and health["retriever"]["candidates"] == 5
+
+
 # ----------------------------------------------------------------------------- bad input: 4xx naming the field
 
 BAD = [
