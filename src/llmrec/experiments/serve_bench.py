@@ -128,16 +128,19 @@ async def _load(
     picks = [users[i] for i in rng.integers(0, len(users), size=n)]
     latencies: list[float] = []
     codes: Counter[int] = Counter()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-        # warm the connections so the first requests of a point do not pay for TCP set-up
-        await asyncio.gather(*[client.get("/health") for _ in range(concurrency)])
-        before = (await client.get("/health")).json()
+    # one client (one keep-alive connection) per simulated user: a shared pool of many connections costs
+    # the load generator more CPU per request as concurrency grows (httpcore scans it under a lock)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=120) for _ in range(concurrency)]
+    try:
+        # connect first, so that no measured request pays for TCP set-up
+        await asyncio.gather(*[c.get("/health") for c in clients])
+        before = (await clients[0].get("/health")).json()
         sent = 0
         start = time.perf_counter()
         deadline = start + duration
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             nonlocal sent
             while sent < n and time.perf_counter() < deadline:
                 uid = picks[sent]
@@ -152,9 +155,11 @@ async def _load(
                 codes[code] += 1
                 bar.update(1)
 
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        await asyncio.gather(*[worker(c) for c in clients])
         elapsed = time.perf_counter() - start
-        after = (await client.get("/health")).json()
+        after = (await clients[0].get("/health")).json()
+    finally:
+        await asyncio.gather(*[c.aclose() for c in clients])
     return {
         "latencies": latencies,
         "codes": codes,
@@ -293,8 +298,10 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         right.plot(xs, [p["p99_ms"] for p in pts], marker="x", linestyle="--", label=f"{label}, p99")
     left.set(xlabel="concurrent clients", ylabel="requests / s", title=f"{result['model']}: throughput")
     right.set(xlabel="concurrent clients", ylabel="latency (ms)", title="latency")
+    right.set_yscale("log")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_figure(fig, path)
