@@ -298,10 +298,12 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         right.plot(xs, [p["p99_ms"] for p in pts], marker="x", linestyle="--", label=f"{label}, p99")
     left.set(xlabel="concurrent clients", ylabel="requests / s", title=f"{result['model']}: throughput")
     right.set(xlabel="concurrent clients", ylabel="latency (ms)", title="latency")
-    right.set_yscale("log")
+    from matplotlib.ticker import NullFormatter
+
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_figure(fig, path)
