@@ -361,7 +361,7 @@ def load(
     ``retriever``: another run on the same dataset whose top-``retrieve`` items per user are re-ranked
     (e.g. SASRec's top-100 re-ranked by HistLLM)."""
     from llmrec.models.base import load_model
-    from llmrec.train import run_dataset
+    from llmrec.pipeline import run_dataset
 
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
     ds = run_dataset(folder, data)
@@ -413,10 +413,12 @@ def train(
     ``-o`` options; ``settings`` the command's other flags, e.g. ``seed``, ``device``, ``eval={"ks": [10]}``).
     The same call on a finished run evaluates it again; an interrupted one resumes."""
     from llmrec.config import from_dict
-    from llmrec.train import TrainConfig
-    from llmrec.train import train as _train
+    from llmrec.pipeline import TrainConfig
+    from llmrec.pipeline import train as _train
 
-    root = getattr(data, "root", data)
+    from llmrec.data.dataset import Dataset
+
+    root = data.root if isinstance(data, Dataset) else data
     given = {
         "model": model,
         "data": str(root),
@@ -438,7 +440,7 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Evaluate a trained run again (``llmrec evaluate``; ``eval_options`` e.g. ``ks=[1, 10]``), on any
     device; returns the metrics per split (also written to the run's metrics.json)."""
-    from llmrec.train import evaluate_run
+    from llmrec.pipeline import evaluate_run
 
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
     return evaluate_run(folder, eval_options, None if data is None else str(data), device=device, dtype=dtype)

@@ -61,7 +61,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     from llmrec.features.build import FeaturesConfig, build_features, export_cf_features
     from llmrec.plots import plot_popularity_breakdown
     from llmrec.report import TableConfig, make_table
-    from llmrec.train import EvalConfig, TrainConfig, train
+    from llmrec.pipeline import EvalConfig, TrainConfig, train
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -140,7 +140,7 @@ def _ctr_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     from llmrec.data.dataset import Dataset
     from llmrec.features.build import export_cf_features
     from llmrec.report import TableConfig, make_table
-    from llmrec.train import EvalConfig, TrainConfig, train
+    from llmrec.pipeline import EvalConfig, TrainConfig, train
 
     print(f"== 5/5 CTR (like = rating >= 4, 5 history items): AUC/UAUC on the same {CTR_TEST_ROWS} test rows")
     runs = Path(cfg.runs)
