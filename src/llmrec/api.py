@@ -413,10 +413,9 @@ def train(
     ``-o`` options; ``settings`` the command's other flags, e.g. ``seed``, ``device``, ``eval={"ks": [10]}``).
     The same call on a finished run evaluates it again; an interrupted one resumes."""
     from llmrec.config import from_dict
+    from llmrec.data.dataset import Dataset
     from llmrec.pipeline import TrainConfig
     from llmrec.pipeline import train as _train
-
-    from llmrec.data.dataset import Dataset
 
     root = data.root if isinstance(data, Dataset) else data
     given = {
