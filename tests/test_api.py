@@ -103,6 +103,7 @@ def test_history_candidates_and_rank(runs):
         (lambda m: m.recommend(user_ids=["u1"], candidates=["i001", "i001"]), "candidates", 422),
         (lambda m: m.query(), "user_id/history", 422),
         (lambda m: m.item("nope"), "item_id", 404),
+        (lambda m: m.rank(None, user_ids=["u1"]), "candidates", 422),
     ],
 )
 def test_bad_queries_name_their_field(runs, call, field, status):

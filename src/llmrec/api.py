@@ -327,9 +327,12 @@ class Model:
         user_ids: Sequence[str] | None = None,
         histories: Sequence[Sequence[str]] | None = None,
     ) -> pd.DataFrame:
-        """Every candidate item scored for each user (or history) and ranked, history items included."""
-        n = len(candidates) if candidates is not None and not isinstance(candidates, str) else 1
-        return self.recommend(user_ids, histories, k=max(n, 1), exclude_history=False, candidates=candidates)
+        """Every candidate item scored for each user (or history) and ranked, history items included
+        (``candidates``: one list for all, or one list each)."""
+        if candidates is None:
+            raise QueryError("is required: the item ids to rank", field="candidates")
+        every = len(self.item_ids)  # no more candidates than items: k = the catalog keeps them all
+        return self.recommend(user_ids, histories, k=every, exclude_history=False, candidates=candidates)
 
 
 def _per_query(

@@ -132,6 +132,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     print(
         f"demo finished in {time.perf_counter() - t0:.0f}s; results in {cfg.runs}/results.md, results.csv and popularity_breakdown.png"
     )
+    print(
+        f"serve one of these runs over HTTP (docs at http://127.0.0.1:8000/docs): llmrec serve {cfg.runs}/sasrec\n"
+        f"or in Python: llmrec.load('{cfg.runs}/sasrec').recommend(user_ids=['1'], k=10)"
+    )
     return results
 
 
