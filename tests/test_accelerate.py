@@ -20,7 +20,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError
 from llmrec.models.base import build_model, load_model
 from llmrec.models.sasrec import SASRec
-from llmrec.train import seed_everything
+from llmrec.pipeline import seed_everything
 from llmrec.training import accelerator_for, fit
 
 SEED = 5
@@ -172,7 +172,7 @@ def _train_as_one_of_two(data: str, out: str, *options: str) -> None:
         save_file(weights, Path(out) / f"rank{PartialState().process_index}.safetensors")
         return history
 
-    llmrec.training.fit = fit_and_keep_weights  # llmrec.train looks the loop up at every call
+    llmrec.training.fit = fit_and_keep_weights  # llmrec.pipeline looks the loop up at every call
     flags = [flag for option in options for flag in ("-o", option)]
     argv = ["train", "sasrec", "--data", data, "--out", str(Path(out) / "run"), "--seed", str(SEED), *flags]
     raise SystemExit(main([*argv, "--no-ctr", "--no-full-ranking", "--splits", "valid", "test"]))

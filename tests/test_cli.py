@@ -140,7 +140,7 @@ def test_recommend_command(synthetic_dataset, tmp_path, capsys):
     assert [r["rank"] for r in recs] == [1, 2, 3]
     assert not {"i000", "i001"} & {r["item_id"] for r in recs}
     assert main(["recommend", str(run), "--items", "nope"]) == 2
-    assert "unknown item id(s) ['nope']" in capsys.readouterr().err
+    assert "field 'history': unknown item id 'nope' (position 1)" in capsys.readouterr().err
     assert main(["recommend", str(run), "--user", "u3", "--k", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
 

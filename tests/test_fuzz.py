@@ -755,7 +755,7 @@ def test_train_killed_during_evaluation_resumes_at_evaluation(bases, tmp_path, m
 
     args = ["sasrec", "-o", "epochs=2", "-o", "hidden=8", "--data", bases["ds"], "--no-ctr"]
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    assert run_killed(["train", *args, "--out", killed], "llmrec.train:evaluate_model", 1) == -9
+    assert run_killed(["train", *args, "--out", killed], "llmrec.pipeline:evaluate_model", 1) == -9
     weights = (killed / "model" / "model.safetensors").read_bytes()
 
     def no_training(*a, **k):

@@ -213,7 +213,7 @@ def test_context_budget_drops_oldest(ill_dataset, tiny_llm):
 
 
 def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, tmp_path):
-    from llmrec.recommend import recommend
+    from llmrec.api import Model
 
     torch.manual_seed(0)
     m = build_model(
@@ -226,11 +226,11 @@ def test_recommendations_are_catalog_items_and_save_load(ill_dataset, tiny_llm, 
     m.save(tmp_path / "model")
     again = load_model(tmp_path / "model")
     np.testing.assert_allclose(again.score_all(np.arange(3), hist), scores, rtol=1e-5, atol=1e-6)
-    recs = recommend(
-        again, ill_dataset, history_ids=ill_dataset.items["item_id"].iloc[[0, 1, 2]].tolist(), k=5
+    recs = Model(again, ill_dataset, tmp_path).recommend(
+        histories=[ill_dataset.items["item_id"].iloc[[0, 1, 2]].tolist()], k=5
     )
-    assert len(recs) == 5 and set(r["item_id"] for r in recs) <= set(ill_dataset.items["item_id"])
-    assert not {r["item_id"] for r in recs} & set(ill_dataset.items["item_id"].iloc[[0, 1, 2]])
+    assert len(recs) == 5 and set(recs["item_id"]) <= set(ill_dataset.items["item_id"])
+    assert not set(recs["item_id"]) & set(ill_dataset.items["item_id"].iloc[[0, 1, 2]])
 
 
 def test_removed_rec_norm_loads_only_as_false(ill_dataset, tiny_llm, tmp_path):
@@ -435,7 +435,7 @@ def test_image_token_carries_the_picture_through_the_llm(shape_dataset, tiny_llm
 def test_probe_reads_the_picture_from_the_user_state(shape_dataset, tiny_llm, tmp_path, representation):
     """``llmrec probe``: the last item's shape is decodable from [REC] only when its picture is in the prompt."""
     from llmrec.experiments.probe import ProbeConfig, run_probe
-    from llmrec.train import EvalConfig, TrainConfig, train
+    from llmrec.pipeline import EvalConfig, TrainConfig, train
 
     ds, _ = shape_dataset
     opts = {**SMALL, "backbone": {"llm": tiny_llm}, "features": ["image"], "ila": False, "test_history": 2}

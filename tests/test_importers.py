@@ -334,8 +334,6 @@ def test_ml1m_malformed_line(ml1m_dir: Path, line: str, field: str | None, messa
 def test_ml1m_missing_folder_and_file(tmp_path: Path, ml1m_dir: Path):
     with pytest.raises(LlmrecError, match="folder not found; unzip ml-1m.zip"):
         get_importer("ml-1m")(ImportSpec(path=str(tmp_path / "nope")))
-    with pytest.raises(LlmrecError, match="no ml-1m folder given"):
-        get_importer("ml-1m")(ImportSpec())
     (ml1m_dir / "ratings.dat").unlink()
     with pytest.raises(LlmrecError, match="ml-1m file ratings.dat is not in this folder"):
         get_importer("ml-1m")(ImportSpec(path=str(ml1m_dir)))

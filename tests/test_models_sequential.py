@@ -8,7 +8,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.eval.evaluator import evaluate_ranking
 from llmrec.models.base import build_model, load_model
 from llmrec.models.bert4rec import cloze_mask
-from llmrec.train import EvalConfig, TrainConfig, train
+from llmrec.pipeline import EvalConfig, TrainConfig, train
 from llmrec.utils.io import read_json
 
 SMALL = {

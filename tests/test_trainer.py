@@ -7,7 +7,7 @@ import pytest
 
 from llmrec.models.base import load_model
 from llmrec.models.sasrec import SASRec
-from llmrec.train import EvalConfig, TrainConfig, train
+from llmrec.pipeline import EvalConfig, TrainConfig, train
 
 OPTS = {"hidden": 16, "max_len": 12, "epochs": 4, "batch_size": 8, "patience": 10}
 

@@ -327,9 +327,12 @@ class Model:
         user_ids: Sequence[str] | None = None,
         histories: Sequence[Sequence[str]] | None = None,
     ) -> pd.DataFrame:
-        """Every candidate item scored for each user (or history) and ranked, history items included."""
-        n = len(candidates) if candidates is not None and not isinstance(candidates, str) else 1
-        return self.recommend(user_ids, histories, k=max(n, 1), exclude_history=False, candidates=candidates)
+        """Every candidate item scored for each user (or history) and ranked, history items included
+        (``candidates``: one list for all, or one list each)."""
+        if candidates is None:
+            raise QueryError("is required: the item ids to rank", field="candidates")
+        every = len(self.item_ids)  # no more candidates than items: k = the catalog keeps them all
+        return self.recommend(user_ids, histories, k=every, exclude_history=False, candidates=candidates)
 
 
 def _per_query(
@@ -361,7 +364,7 @@ def load(
     ``retriever``: another run on the same dataset whose top-``retrieve`` items per user are re-ranked
     (e.g. SASRec's top-100 re-ranked by HistLLM)."""
     from llmrec.models.base import load_model
-    from llmrec.train import run_dataset
+    from llmrec.pipeline import run_dataset
 
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
     ds = run_dataset(folder, data)
@@ -413,10 +416,11 @@ def train(
     ``-o`` options; ``settings`` the command's other flags, e.g. ``seed``, ``device``, ``eval={"ks": [10]}``).
     The same call on a finished run evaluates it again; an interrupted one resumes."""
     from llmrec.config import from_dict
-    from llmrec.train import TrainConfig
-    from llmrec.train import train as _train
+    from llmrec.data.dataset import Dataset
+    from llmrec.pipeline import TrainConfig
+    from llmrec.pipeline import train as _train
 
-    root = getattr(data, "root", data)
+    root = data.root if isinstance(data, Dataset) else data
     given = {
         "model": model,
         "data": str(root),
@@ -438,7 +442,7 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Evaluate a trained run again (``llmrec evaluate``; ``eval_options`` e.g. ``ks=[1, 10]``), on any
     device; returns the metrics per split (also written to the run's metrics.json)."""
-    from llmrec.train import evaluate_run
+    from llmrec.pipeline import evaluate_run
 
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
     return evaluate_run(folder, eval_options, None if data is None else str(data), device=device, dtype=dtype)

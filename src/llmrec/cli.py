@@ -72,7 +72,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from llmrec.train import EvalConfig, TrainConfig, train
+    from llmrec.pipeline import EvalConfig, TrainConfig, train
 
     cfg = resolve(TrainConfig, args, args.config, nested={"eval": EvalConfig})
     if args.print_config:
@@ -88,7 +88,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from llmrec.config import load_file, merge, to_dict
-    from llmrec.train import EvalConfig, evaluate_run, evaluation_config
+    from llmrec.pipeline import EvalConfig, evaluate_run, evaluation_config
 
     given = load_file(args.config) if args.config else {}
     overrides = merge(given, {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__})
@@ -103,14 +103,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from llmrec.models.base import load_model
-    from llmrec.recommend import RecommendConfig, recommend
-    from llmrec.train import run_dataset
+    from llmrec.recommend import RecommendConfig, load_for, read_users_file, write_batch
 
     cfg = resolve(RecommendConfig, args, args.config)  # k and who are checked before a model loads
-    ds = run_dataset(Path(cfg.run), cfg.data)
-    model = load_model(cfg.run, device=cfg.device, dtype=cfg.dtype, data=ds)
-    recs = recommend(model, ds, user_id=cfg.user, history_ids=cfg.items, k=cfg.k)
+    model = load_for(cfg)
+    if cfg.batch:
+        users = model.user_ids if cfg.all_users else read_users_file(cfg.users_file, model)  # type: ignore[arg-type]
+        summary = write_batch(model, users, cfg)
+        resumed = f" (resumed after {summary['resumed_users']:,} users)" if summary["resumed_users"] else ""
+        print(f"written {summary['out']}: {summary['rows']:,} rows for {summary['users']:,} users{resumed}")
+        return 0
+    who = {"user_ids": [cfg.user]} if cfg.user is not None else {"histories": [cfg.items]}
+    table = model.recommend(**who, k=cfg.k, exclude_history=cfg.exclude_history)
+    recs = table[["rank", "item_id", "title", "score"]].to_dict("records")
     if cfg.json:
         print(json.dumps(recs, indent=2))
     else:
@@ -261,7 +266,7 @@ def _setup_features(p: argparse.ArgumentParser) -> None:
 
 def _setup_train(p: argparse.ArgumentParser) -> None:
     from llmrec.models.base import available_models
-    from llmrec.train import EvalConfig, TrainConfig
+    from llmrec.pipeline import EvalConfig, TrainConfig
 
     p.add_argument("model", help="model name: " + ", ".join(available_models()))
     _add_model_options(p)
@@ -277,7 +282,7 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
 
 
 def _setup_evaluate(p: argparse.ArgumentParser) -> None:
-    from llmrec.train import EvalConfig
+    from llmrec.pipeline import EvalConfig
 
     p.add_argument("run", help="run directory written by 'llmrec train'")
     p.add_argument("--data", default=None, help="the run's dataset moved: its new folder (checksum verified)")

@@ -7,7 +7,7 @@ runs/<name>/metrics.json    {"train": training record, split: {metric: float}}: 
 runs/<name>/log.txt         everything logged during the run
 runs/<name>/model/          the trained model (when there is one; its model.json marks a finished training)
 
-A run directory belongs to one model and one configuration (see :func:`llmrec.train.check_resume`).
+A run directory belongs to one model and one configuration (see :func:`llmrec.pipeline.check_resume`).
 """
 
 from __future__ import annotations

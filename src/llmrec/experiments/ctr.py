@@ -248,7 +248,7 @@ class HistorySweepConfig:
 
 
 def run_history_sweep(cfg: HistorySweepConfig) -> dict[str, Any]:
-    from llmrec.train import EvalConfig, TrainConfig, train
+    from llmrec.pipeline import EvalConfig, TrainConfig, train
 
     out = Path(cfg.out)
     points = []

@@ -59,9 +59,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     from llmrec.data.dataset import Dataset
     from llmrec.data.processing import PrepareConfig, prepare
     from llmrec.features.build import FeaturesConfig, build_features, export_cf_features
+    from llmrec.pipeline import EvalConfig, TrainConfig, train
     from llmrec.plots import plot_popularity_breakdown
     from llmrec.report import TableConfig, make_table
-    from llmrec.train import EvalConfig, TrainConfig, train
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -132,6 +132,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     print(
         f"demo finished in {time.perf_counter() - t0:.0f}s; results in {cfg.runs}/results.md, results.csv and popularity_breakdown.png"
     )
+    print(
+        f"serve one of these runs over HTTP (docs at http://127.0.0.1:8000/docs): llmrec serve {cfg.runs}/sasrec\n"
+        f"or in Python: llmrec.load('{cfg.runs}/sasrec').recommend(user_ids=['1'], k=10)"
+    )
     return results
 
 
@@ -139,8 +143,8 @@ def _ctr_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     """Step 5: MF (CTR objective, also the CF tokens), TALLRec and HistLLM on the same seeded test rows."""
     from llmrec.data.dataset import Dataset
     from llmrec.features.build import export_cf_features
+    from llmrec.pipeline import EvalConfig, TrainConfig, train
     from llmrec.report import TableConfig, make_table
-    from llmrec.train import EvalConfig, TrainConfig, train
 
     print(f"== 5/5 CTR (like = rating >= 4, 5 history items): AUC/UAUC on the same {CTR_TEST_ROWS} test rows")
     runs = Path(cfg.runs)

@@ -82,7 +82,7 @@ def linear_probe(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0) -> flo
 
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Probe the user states of a run; write and return {field: {next/last: accuracy, majority: rate}}."""
-    from llmrec.train import run_dataset, saved_config
+    from llmrec.pipeline import run_dataset, saved_config
 
     run = Path(cfg.run)
     train_cfg = saved_config(run)

@@ -50,6 +50,9 @@ class Recommender(abc.ABC):
     pair_batch_size: int = 1024
     #: whether loading a saved model needs its dataset (models that read item texts/features from it)
     needs_dataset: ClassVar[bool] = False
+    #: whether scores depend on the user index (a learned user embedding): an ad-hoc history of a user the
+    #: model never saw cannot be scored, and the API says so instead of using user 0's embedding
+    needs_user_id: ClassVar[bool] = False
 
     def __init__(self, cfg: ModelConfig, n_users: int, n_items: int) -> None:
         self.cfg, self.n_users, self.n_items = cfg, n_users, n_items

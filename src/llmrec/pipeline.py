@@ -1,4 +1,5 @@
-"""``llmrec train`` / ``llmrec evaluate``: fit a registered model, save it, evaluate it into its run directory.
+"""The run pipeline behind ``llmrec train`` / ``llmrec evaluate`` (and ``llmrec.train``): fit a registered model,
+save it, evaluate it into its run directory.
 
 The configs import nothing heavy (the command line builds its flags from them); torch, accelerate and the
 training loop are imported when a run starts."""
