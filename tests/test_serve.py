@@ -19,7 +19,6 @@ from fastapi.testclient import TestClient
 
 import llmrec
 from conftest import synthetic_tables
-from llmrec import api  # api.train: once llmrec.load ran, the name llmrec.train is the llmrec.train module
 from llmrec.serve import MAX_K, ServeSettings, create_app
 
 
@@ -33,7 +32,7 @@ def make_run(root: Path, model: str = "sasrec") -> Path:
     )
     options = {"hidden": 8, "max_len": 6, "epochs": 1} if model == "sasrec" else {}
     eval_ = {"ctr": False, "full_ranking": False, "ks": [5]}
-    return api.train(model, data=str(root / "ds"), out=root / model, options=options, eval=eval_).dir
+    return llmrec.train(model, data=str(root / "ds"), out=root / model, options=options, eval=eval_).dir
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +229,7 @@ def test_a_model_error_about_one_query_fails_only_that_request(model, monkeypatc
 def test_candidates_from_another_run_are_re_ranked(run, model):
     """--candidates-from: the popularity run's top items per request, re-ranked by SASRec."""
     eval_ = {"ctr": False, "full_ranking": False, "ks": [5]}
-    pop = api.train("popularity", data=str(run.parent / "ds"), out=run.parent / "pop", eval=eval_).dir
+    pop = llmrec.train("popularity", data=str(run.parent / "ds"), out=run.parent / "pop", eval=eval_).dir
     both = llmrec.load(run, device="cpu", retriever=pop, retrieve=5)
     with TestClient(create_app(both), raise_server_exceptions=False) as c:
         r = c.post("/recommend", json={"user_id": "u4", "k": 3})

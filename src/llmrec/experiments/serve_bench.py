@@ -200,7 +200,7 @@ def run_bench_serve(cfg: BenchServeConfig) -> dict[str, Any]:
     """Measure every (concurrency, batching) point; write bench_serve.{json,md,png} into the out folder."""
     from tqdm import tqdm
 
-    from llmrec.train import run_dataset
+    from llmrec.pipeline import run_dataset
     from llmrec.utils.io import read_json
 
     run = Path(cfg.run)
