@@ -363,10 +363,11 @@ def load(
     to answer queries. ``data``: the run's dataset moved to another folder (its checksum is verified).
     ``retriever``: another run on the same dataset whose top-``retrieve`` items per user are re-ranked
     (e.g. SASRec's top-100 re-ranked by HistLLM)."""
-    from llmrec.models.base import load_model
+    from llmrec.models.base import load_model, model_dir
     from llmrec.pipeline import run_dataset
 
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
+    model_dir(folder)  # not a run at all: say so before looking for its dataset
     ds = run_dataset(folder, data)
     model = load_model(folder, device=device, dtype=dtype, data=ds)
     if retriever is not None and not isinstance(retriever, Model):
