@@ -1,0 +1,56 @@
+"""Shared prompt prefixes (KV cache reuse): the same logits as one full prompt per row, within 1e-4."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmrec.data.dataset import Dataset
+from llmrec.models.base import build_model
+from test_histllm import ctr_dataset, make  # noqa: F401  (ctr_dataset is a fixture)
+
+
+def perturb_lora(model) -> None:
+    """LoRA B starts at zero (LoRA a no-op): give it values so the check covers the adapted LM."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def histories_of(ds, users):
+    seqs = ds.train_sequences
+    return [np.asarray(seqs[u]) for u in users]
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("histllm", {"image": True}),  # [HIST], [USERID], target [VISUAL], [ITEMID]
+        ("histllm", {"image": True, "history": "inline", "cf": "none"}),  # history [VISUAL]s in the prefix
+        ("collm_image", {}),
+        ("tallrec", {}),
+        ("binllm", {}),
+    ],
+)
+def test_ranking_with_a_shared_prefix_matches_one_prompt_per_pair(ctr_dataset, tiny_llm, name, options):
+    model = make(name, ctr_dataset, tiny_llm, rank_batch_size=7, **options)
+    model.attach(ctr_dataset)
+    perturb_lora(model)
+    users = np.array([0, 3, 7])
+    hist = histories_of(ctr_dataset, users)
+    rng = np.random.default_rng(0)
+    cands = np.stack([rng.permutation(ctr_dataset.n_items)[:20] for _ in users])  # (3, 20)
+    shared = model.score(users, hist, cands)
+    pairs = model.score(users, hist, cands, shared_prefix=False)
+    assert shared.shape == (3, 20)
+    np.testing.assert_allclose(shared, pairs, atol=1e-4, rtol=0)
+    # the split really shares something: the prefix holds the history
+    prefix = model.prefix_text(3, hist[1])
+    assert prefix.startswith("<|im_start|>") and "#Question" in prefix
+
+
+def test_needs_user_id_follows_the_cf_option(ctr_dataset, tiny_llm):
+    assert make("collm", ctr_dataset, tiny_llm).needs_user_id
+    assert make("binllm", ctr_dataset, tiny_llm).needs_user_id
+    assert not make("tallrec", ctr_dataset, tiny_llm).needs_user_id
