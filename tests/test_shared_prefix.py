@@ -6,7 +6,8 @@ import torch
 
 from llmrec.data.dataset import Dataset
 from llmrec.models.base import build_model
-from test_histllm import ctr_dataset, make  # noqa: F401  (ctr_dataset is a fixture)
+from test_histllm import ctr_dataset, make  # noqa: F401  (fixtures)
+from test_illmrec import ill_dataset  # noqa: F401
 
 
 def perturb_lora(model) -> None:
@@ -54,3 +55,55 @@ def test_needs_user_id_follows_the_cf_option(ctr_dataset, tiny_llm):
     assert make("collm", ctr_dataset, tiny_llm).needs_user_id
     assert make("binllm", ctr_dataset, tiny_llm).needs_user_id
     assert not make("tallrec", ctr_dataset, tiny_llm).needs_user_id
+
+
+# --------------------------------------------------------------------------- I-LLMRec: the constant prefix
+def illmrec(ds, tiny_llm, **options):
+    torch.manual_seed(0)
+    opts = {"adaptor_hidden": 16, "d_shared": 8, "backbone": {"llm": tiny_llm, "lora": True}, **options}
+    model = build_model("illmrec", opts, ds.n_users, ds.n_items)
+    model.attach(ds)
+    return model.eval()
+
+
+def all_scores(model, users, hist, shared):
+    model.cfg.shared_prefix = shared
+    with torch.no_grad():
+        return model.score_all_tensor(torch.as_tensor(users), hist).numpy()
+
+
+@pytest.mark.parametrize("representation", ["image", "cf"])
+def test_illmrec_constant_prefix_is_computed_once_and_exact(ill_dataset, tiny_llm, representation):
+    model = illmrec(ill_dataset, tiny_llm, representation=representation, score_batch_size=4)
+    perturb_lora(model)
+    users = np.arange(10)
+    hist = histories_of(ill_dataset, users)
+    hist[3] = hist[3][:0]  # an empty history: "[]" may tokenise differently (the unshared path then runs)
+    plain = all_scores(model, users, hist, shared=False)
+    shared = all_scores(model, users, hist, shared=True)
+    np.testing.assert_allclose(shared, plain, atol=1e-4, rtol=0)
+    key, ids, cache = model._prefix
+    assert len(ids) > 5 and "<|im_start|>" in model.backbone.tokenizer.decode(ids)
+    all_scores(model, users, hist, shared=True)
+    assert model._prefix[2] is cache  # reused, not recomputed
+
+    perturb_lora(model)  # LoRA changed (as by a training step): the cached prefix is stale
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-1)
+    shared = all_scores(model, users, hist, shared=True)
+    assert model._prefix[2] is not cache
+    np.testing.assert_allclose(shared, all_scores(model, users, hist, shared=False), atol=1e-4, rtol=0)
+
+
+def test_illmrec_training_runs_the_whole_prompt(ill_dataset, tiny_llm):
+    model = illmrec(ill_dataset, tiny_llm)
+    batch = model.build_ire(histories_of(ill_dataset, [0, 1]))
+    model.train()
+    with torch.no_grad():
+        assert model.constant_prefix(batch["ids"], batch["mask"]) is None
+    model.eval()
+    assert model.constant_prefix(batch["ids"], batch["mask"]) is None  # gradients on
+    with torch.no_grad():
+        assert model.constant_prefix(batch["ids"], batch["mask"]) is not None
