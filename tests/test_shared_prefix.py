@@ -10,13 +10,13 @@ from test_histllm import ctr_dataset, make  # noqa: F401  (fixtures)
 from test_illmrec import ill_dataset  # noqa: F401
 
 
-def perturb_lora(model) -> None:
+def perturb_lora(model, scale: float = 0.5) -> None:
     """LoRA B starts at zero (LoRA a no-op): give it values so the check covers the adapted LM."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def histories_of(ds, users):
@@ -107,3 +107,47 @@ def test_illmrec_training_runs_the_whole_prompt(ill_dataset, tiny_llm):
     assert model.constant_prefix(batch["ids"], batch["mask"]) is None  # gradients on
     with torch.no_grad():
         assert model.constant_prefix(batch["ids"], batch["mask"]) is not None
+
+
+# --------------------------------------------------------------------------- the real default LM (SmolLM2)
+@pytest.mark.slow
+def test_smollm2_shared_prefixes_are_exact(ctr_dataset, ill_dataset):
+    """SmolLM2-135M-Instruct (its real tokenizer and chat template): HistLLM with [HIST], [USERID],
+    [VISUAL], [ITEMID] and LoRA, and I-LLMRec, both within 1e-4 of their unshared paths."""
+    torch.manual_seed(0)
+    opts = {
+        "mapper_hidden": 16,
+        "encoder_dim": 16,
+        "description_texts": None,
+        "image": True,
+        "history_len": 3,
+    }
+    model = build_model("histllm", {**opts, "rank_batch_size": 5}, ctr_dataset.n_users, ctr_dataset.n_items)
+    model.attach(ctr_dataset)
+    perturb_lora(model, 0.02)
+    users = np.array([1, 4])
+    hist = histories_of(ctr_dataset, users)
+    cands = np.stack([np.arange(6), np.arange(6, 12)])
+    np.testing.assert_allclose(
+        model.score(users, hist, cands),
+        model.score(users, hist, cands, shared_prefix=False),
+        atol=1e-4,
+        rtol=0,
+    )
+    del model
+
+    torch.manual_seed(0)
+    ill = build_model(
+        "illmrec",
+        {"adaptor_hidden": 16, "d_shared": 8, "test_history": 4, "backbone": {"lora": True}},
+        ill_dataset.n_users,
+        ill_dataset.n_items,
+    )
+    ill.attach(ill_dataset)
+    ill.eval()
+    perturb_lora(ill, 0.02)
+    users = np.arange(6)
+    hist = histories_of(ill_dataset, users)
+    shared = all_scores(ill, users, hist, shared=True)
+    assert ill._prefix is not None and len(ill._prefix[1]) > 20  # system turn + instruction
+    np.testing.assert_allclose(shared, all_scores(ill, users, hist, shared=False), atol=1e-4, rtol=0)
