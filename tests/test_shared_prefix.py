@@ -1,13 +1,18 @@
 """Shared prompt prefixes (KV cache reuse): the same logits as one full prompt per row, within 1e-4."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from llmrec.data.dataset import Dataset
+import test_histllm
+import test_illmrec
 from llmrec.models.base import build_model
-from test_histllm import ctr_dataset, make  # noqa: F401  (fixtures)
-from test_illmrec import ill_dataset  # noqa: F401
+
+make = test_histllm.make
+ctr_dataset = test_histllm.ctr_dataset  # fixtures: the datasets with image and MF/CF features
+ill_dataset = test_illmrec.ill_dataset
 
 
 def perturb_lora(model, scale: float = 0.5) -> None:
@@ -151,3 +156,31 @@ def test_smollm2_shared_prefixes_are_exact(ctr_dataset, ill_dataset):
     shared = all_scores(ill, users, hist, shared=True)
     assert ill._prefix is not None and len(ill._prefix[1]) > 20  # system turn + instruction
     np.testing.assert_allclose(shared, all_scores(ill, users, hist, shared=False), atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------- the ranking timing command
+def test_ctr_efficiency_times_ranking_on_a_saved_run(ctr_dataset, tiny_llm, tmp_path, capsys):
+    from llmrec.cli import main
+
+    model = make("collm", ctr_dataset, tiny_llm)
+    model.attach(ctr_dataset)
+    perturb_lora(model)
+    model.save(tmp_path / "collm")
+    args = ["ctr-efficiency", "--data", str(ctr_dataset.root), "--lengths", "--run", str(tmp_path / "collm")]
+    args += [
+        "--rank-users",
+        "1",
+        "--rerank-users",
+        "2",
+        "--rerank-candidates",
+        "12",
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Ranking with collm" in printed and "top-10 of the catalog" in printed
+    r = json.loads((tmp_path / "e" / "ctr_efficiency.json").read_text())["ranking"]
+    assert r["top10_catalog"]["candidates"] == ctr_dataset.n_items and r["rerank"]["candidates"] == 12
+    for task in ("top10_catalog", "rerank"):
+        assert r[task]["max_abs_logit_diff"] < 1e-4 and r[task]["same_top10"] and r[task]["speedup"] > 0
