@@ -629,6 +629,10 @@ class HistLLM(FeatureBackedLLM):
         candidates = np.asarray(candidates, dtype=np.int64)
         if not len(candidates):
             return np.zeros(0)
+        # candidates of similar text length share a chunk (less padding); scores return in the given order
+        texts = self.descriptions if self.descriptions is not None else self.titles
+        order = np.argsort([len(texts[i]) for i in candidates], kind="stable")
+        candidates = candidates[order]
         was_training = self.training
         self.eval()
         c = len(candidates)
@@ -657,7 +661,9 @@ class HistLLM(FeatureBackedLLM):
             yes_no = self.backbone.token_logits(last, self.answer_ids).float()  # (n, 2)
             out.append((yes_no[:, 0] - yes_no[:, 1] if self.cfg.scoring == "softmax" else yes_no[:, 0]).cpu())
         self.train(was_training)
-        return torch.cat(out).numpy().astype(np.float64)
+        logits = np.empty(c)
+        logits[order] = torch.cat(out).numpy()
+        return logits
 
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(self.score_all(users.cpu().numpy(), histories))
