@@ -61,7 +61,9 @@ class CtrEfficiencyConfig:
     run: str | None = option(
         None, "ranking: a trained HistLLM-family run to time (default: an untrained histllm on --data)"
     )
-    rank_users: int = option(1, "ranking: users ranked over the whole catalog (top-10), each path", ge=1)
+    rank_users: int = option(
+        1, "ranking: users ranked over the whole catalog (top-10), each path (0 = re-ranking only)", ge=0
+    )
     rerank_users: int = option(4, "ranking: users whose candidates are re-ranked, each path", ge=1)
     rerank_candidates: int = option(100, "ranking: candidates re-ranked per user", ge=1)
     out: str = option("runs/ctr-efficiency", "output folder: ctr_efficiency.json/.md/.png")
@@ -184,6 +186,8 @@ def time_ranking(cfg: CtrEfficiencyConfig, ds: Dataset, image_feature: str) -> d
     }
     tasks = {"top10_catalog": (cfg.rank_users, everything), "rerank": (cfg.rerank_users, rerank)}
     for task, (m, candidates) in tasks.items():
+        if not m:
+            continue
         spent, scores = {}, {}
         for shared in (False, True):
             t0 = clock(model.device)
@@ -276,6 +280,8 @@ def format_ctr_efficiency(r: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for task, label in (("top10_catalog", "top-10 of the catalog"), ("rerank", "re-rank")):
+            if task not in rk:
+                continue
             p = rk[task]
             lines.append(
                 f"| {label} | {p['users']} | {p['candidates']} | {p['s_per_user_pairwise']:.2f} | "
