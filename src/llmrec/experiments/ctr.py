@@ -258,6 +258,8 @@ def format_ctr_efficiency(r: dict[str, Any]) -> str:
         "| history items | UHEM | prompt tokens | inference s/100 examples | step-2 training s/100 examples |",
         "|---:|---|---:|---:|---:|",
     ]
+    if not r["points"]:  # --lengths with no value: the ranking section alone
+        lines = []
     for p in r["points"]:
         lines.append(
             f"| {p['history_items']} | {'with' if p['uhem'] else 'without'} | {p['prompt_tokens']:.0f} | "
