@@ -25,6 +25,9 @@ def test_efficiency_tokens_and_times(synthetic_dataset, tiny_llm, tmp_path, caps
         "5",
         "--users",
         "6",
+        "--prefix-lengths",
+        "2",
+        "5",
         "--out",
         str(out),
     ]
@@ -46,5 +49,12 @@ def test_efficiency_tokens_and_times(synthetic_dataset, tiny_llm, tmp_path, caps
     )
     assert all(v > 0 for rep in r["time_per_100_users"].values() for v in rep.values())
     assert "description/image@5" in r["ratios"]
-    assert [str(d) for d in synced] == ["cpu"] * 2 * 4 * 2  # 4 representations x 2 lengths
-    assert "Time ratios vs image" in capsys.readouterr().out
+    # 4 representations x 2 lengths, + 2 lengths x 2 runs x (shared, unshared) for the shared prefix
+    assert [str(d) for d in synced] == ["cpu"] * 2 * (4 * 2 + 2 * 2 * 2)
+    printed = capsys.readouterr().out
+    assert "Time ratios vs image" in printed and "Shared constant prefix" in printed
+    sp = r["shared_prefix"]
+    assert sp["representation"] == "image" and set(sp["points"]) == {"2", "5"}
+    for point in sp["points"].values():
+        assert point["prefix_tokens"] > 5 and 0 < point["token_share"] < 1 and point["speedup"] > 0
+    assert sp["points"]["2"]["token_share"] > sp["points"]["5"]["token_share"]  # longer histories share less

@@ -376,6 +376,7 @@ def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_p
         train_steps=1,
         batch_size=4,
         options={"mapper_hidden": 16, "encoder_dim": 16, "description_texts": None},
+        ranking=False,  # timed in test_shared_prefix
         out=str(tmp_path / "eff"),
     )
     r = run_ctr_efficiency(cfg)

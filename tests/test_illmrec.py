@@ -295,11 +295,16 @@ def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path
         trained[stage.name] = {n for n, p in model.named_parameters() if p.requires_grad}
         if stage.name == "head":  # the first stage is over: keep its weights, count LLM prompts from now on
             first.update(model.checkpoint_state())
-            hidden = model.backbone.hidden
+            hidden, after = model.backbone.hidden, model.backbone.hidden_after
             monkeypatch.setattr(
                 model.backbone,
                 "hidden",
                 lambda ids, *a, **kw: calls.append(len(ids)) or hidden(ids, *a, **kw),
+            )
+            monkeypatch.setattr(  # prompts after the shared constant prefix (scoring without gradients)
+                model.backbone,
+                "hidden_after",
+                lambda cache, ids, *a, **kw: calls.append(len(ids)) or after(cache, ids, *a, **kw),
             )
         return loop(model, ds, run, stage, *args, **kwargs)
 

@@ -9,6 +9,11 @@ whatever it holds.
 
 ``history-sweep`` trains and evaluates each model at each number of history items (TALLRec vs HistLLM in
 the paper) with the same options, resuming finished points, and writes AUC/UAUC per length.
+
+``ctr-efficiency`` also times ranking (``--ranking``, on by default): top-10 over the whole catalog and
+re-ranking ``rerank_candidates`` items per user, with each user's prompt up to the target computed once
+(the shared prefix, :meth:`HistLLM.rank_logits`) vs one prompt per (user, candidate) pair, on a trained
+run (``--run``) or an untrained HistLLM.
 """
 
 from __future__ import annotations
@@ -40,18 +45,34 @@ class CtrEfficiencyConfig:
 
     data: str = option("data/ml-100k", "prepared dataset directory (with CTR examples)")
     llm: str = option(DEFAULT_LLM, "causal LM (alias, folder, hub id, .gguf)")
-    lengths: list[int] = option(factory=lambda: [5, 10], help="history lengths (paper: 5 movie, 10 netflix)")
+    lengths: list[int] = option(
+        factory=lambda: [5, 10],
+        help="history lengths (paper: 5 movie, 10 netflix); [] = ranking section only",
+    )
     examples: int = option(64, "CTR examples timed per point (time is reported per 100 examples)", ge=1)
     train_steps: int = option(4, "step-2 training steps timed per point (0 = inference only)", ge=0)
     batch_size: int = option(8, "prompts per forward (training and inference alike)", ge=1)
     options: dict[str, Any] = option(factory=dict, help="extra histllm options for both variants")
     threads: int | None = option(None, "torch CPU threads", ge=1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
+    ranking: bool = option(
+        True, "also time ranking with the shared prompt prefix vs one prompt per (user, candidate)"
+    )
+    run: str | None = option(
+        None, "ranking: a trained HistLLM-family run to time (default: an untrained histllm on --data)"
+    )
+    rank_users: int = option(
+        1, "ranking: users ranked over the whole catalog (top-10), each path (0 = re-ranking only)", ge=0
+    )
+    rerank_users: int = option(4, "ranking: users whose candidates are re-ranked, each path", ge=1)
+    rerank_candidates: int = option(100, "ranking: candidates re-ranked per user", ge=1)
     out: str = option("runs/ctr-efficiency", "output folder: ctr_efficiency.json/.md/.png")
 
     def __post_init__(self) -> None:
-        if not self.lengths or min(self.lengths) < 1 or self.examples < 1 or self.train_steps < 0:
+        if min(self.lengths, default=1) < 1 or self.examples < 1 or self.train_steps < 0:
             raise ConfigError("lengths must be positive, examples >= 1, train_steps >= 0")
+        if not self.lengths and not self.ranking:
+            raise ConfigError("nothing to time: give --lengths or --ranking")
 
 
 def _variant(ds: Dataset, cfg: CtrEfficiencyConfig, history: str, length: int, image_feature: str) -> Any:
@@ -117,10 +138,72 @@ def run_ctr_efficiency(cfg: CtrEfficiencyConfig) -> dict[str, Any]:
             log.info("%s", point)
             del model
     result["ratios"] = _uhem_ratios(result["points"])
+    if cfg.ranking:
+        result["ranking"] = time_ranking(cfg, ds, image_feature)
     out = Path(cfg.out)
     write_json_atomic(out / "ctr_efficiency.json", result)
     write_text_atomic(out / "ctr_efficiency.md", format_ctr_efficiency(result) + "\n")
-    plot_ctr_efficiency(result, out / "ctr_efficiency.png")
+    if result["points"]:
+        plot_ctr_efficiency(result, out / "ctr_efficiency.png")
+    return result
+
+
+def time_ranking(cfg: CtrEfficiencyConfig, ds: Dataset, image_feature: str) -> dict[str, Any]:
+    """Seconds per user to rank the whole catalog (top-10) and to re-rank ``rerank_candidates`` items,
+    with the shared prompt prefix and with one prompt per (user, candidate) pair, alternately in this
+    process on the same users (test CTR histories); and how far apart the two paths' logits are."""
+    from llmrec.models.base import load_model
+    from llmrec.models.histllm import HistLLM
+
+    if cfg.run:
+        model = load_model(cfg.run, device=cfg.device)
+        if not isinstance(model, HistLLM):
+            raise ConfigError(
+                f"--run {cfg.run} is a {model.name} run: ranking is timed for HistLLM-family runs "
+                "(histllm, tallrec, collm, binllm...)"
+            )
+        ds = model._dataset
+    else:
+        model = _variant(ds, cfg, "uhem", 5, image_feature)
+    model.eval()
+    df = ds.ctr("test").drop_duplicates("user_idx")
+    df = df[df["history"].map(len) > 0]
+    n = max(cfg.rank_users, cfg.rerank_users)
+    users = df["user_idx"].to_numpy(np.int64)[:n]
+    histories = [np.asarray(h) for h in df["history"].head(n)]
+    rng = np.random.default_rng(0)
+    k = min(cfg.rerank_candidates, model.n_items)
+    rerank = np.stack([rng.choice(model.n_items, size=k, replace=False) for _ in range(cfg.rerank_users)])
+    everything = np.tile(np.arange(model.n_items), (cfg.rank_users, 1))
+    for shared in (True, False):  # warm-up
+        model.score(users[:1], histories[:1], rerank[:1, :8], shared_prefix=shared)
+    result: dict[str, Any] = {
+        "run": cfg.run,
+        "model": model.name,
+        "items": int(model.n_items),
+        "rank_batch_size": model.cfg.rank_batch_size,
+        "score_batch_size": model.cfg.score_batch_size,
+    }
+    tasks = {"top10_catalog": (cfg.rank_users, everything), "rerank": (cfg.rerank_users, rerank)}
+    for task, (m, candidates) in tasks.items():
+        if not m:
+            continue
+        spent, scores = {}, {}
+        for shared in (False, True):
+            t0 = clock(model.device)
+            scores[shared] = model.score(users[:m], histories[:m], candidates, shared_prefix=shared)
+            spent[shared] = (clock(model.device) - t0) / m
+        top = {s: np.argsort(-scores[s], axis=1, kind="stable")[:, :10] for s in scores}
+        result[task] = {
+            "users": int(m),
+            "candidates": int(candidates.shape[1]),
+            "s_per_user_pairwise": spent[False],
+            "s_per_user_shared": spent[True],
+            "speedup": spent[False] / spent[True],
+            "max_abs_logit_diff": float(np.abs(scores[True] - scores[False]).max()),
+            "same_top10": bool((top[True] == top[False]).all()),
+        }
+        log.info("ranking %s: %s", task, result[task])
     return result
 
 
@@ -175,6 +258,8 @@ def format_ctr_efficiency(r: dict[str, Any]) -> str:
         "| history items | UHEM | prompt tokens | inference s/100 examples | step-2 training s/100 examples |",
         "|---:|---|---:|---:|---:|",
     ]
+    if not r["points"]:  # --lengths with no value: the ranking section alone
+        lines = []
     for p in r["points"]:
         lines.append(
             f"| {p['history_items']} | {'with' if p['uhem'] else 'without'} | {p['prompt_tokens']:.0f} | "
@@ -182,10 +267,29 @@ def format_ctr_efficiency(r: dict[str, Any]) -> str:
         )
     if r["ratios"]:
         lines += ["", "Saved by UHEM: " + ", ".join(f"{k} = {v:.0%}" for k, v in r["ratios"].items())]
-    if r.get("zero_image_stand_in"):
+    if r.get("zero_image_stand_in") and r["points"]:
         lines.append(
             "(no image feature in this dataset: image tokens were fed zero vectors; a token costs the same)"
         )
+    if r.get("ranking"):
+        rk = r["ranking"]
+        lines += [
+            "",
+            f"Ranking with {rk['model']} ({rk['run'] or 'untrained'}), {rk['items']} items: shared prompt prefix "
+            f"(chunks of {rk['rank_batch_size']}) vs one prompt per pair (batches of {rk['score_batch_size']})",
+            "",
+            "| task | users | candidates | s/user pairwise | s/user shared | speed-up | max logit diff | same top-10 |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for task, label in (("top10_catalog", "top-10 of the catalog"), ("rerank", "re-rank")):
+            if task not in rk:
+                continue
+            p = rk[task]
+            lines.append(
+                f"| {label} | {p['users']} | {p['candidates']} | {p['s_per_user_pairwise']:.2f} | "
+                f"{p['s_per_user_shared']:.2f} | {p['speedup']:.1f}x | {p['max_abs_logit_diff']:.1e} | "
+                f"{'yes' if p['same_top10'] else 'no'} |"
+            )
     return "\n".join(lines)
 
 

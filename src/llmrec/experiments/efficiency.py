@@ -3,6 +3,8 @@
 For each representation (I-LLMRec Fig. 1a / Fig. 4): tokens per item and per prompt, and the time to
 score 100 users (one LLM forward per user + retrieval over the catalog) at history lengths 2..20, all
 with the same backbone, batch size and thread count in one process, so the ratios compare like with like.
+For the first representation, the scoring time with and without the shared constant prompt prefix (its
+KV computed once, ``shared_prefix``) at ``prefix_lengths``, next to the share of prompt tokens it saves.
 Weights are untrained: speed does not depend on weight values. On a dataset without an image feature the
 image token is fed a zero vector (documented in the output): its cost is one token whatever the pixels.
 """
@@ -40,6 +42,11 @@ class EfficiencyConfig:
         help="representations to time",
     )
     lengths: list[int] = option(factory=lambda: [2, 5, 10, 15, 20], help="history lengths to time")
+    prefix_lengths: list[int] = option(
+        factory=lambda: [2, 5, 10, 20],
+        help="history lengths at which the first representation is timed with and without the shared "
+        "constant prompt prefix ([] = skip)",
+    )
     users: int = option(100, "users timed per point (time is reported per 100 users)", ge=1)
     batch_size: int = option(16, "prompts per LLM forward", ge=1)
     text_feature: str = option("text", "item feature used for retrieval (any item feature of the store)")
@@ -59,8 +66,8 @@ class EfficiencyConfig:
         bad = [r for r in self.representations if r not in REPRESENTATIONS]
         if bad:
             raise ConfigError(f"unknown representation(s) {bad}; choose from {REPRESENTATIONS}")
-        if not self.lengths or min(self.lengths) < 1 or self.users < 1:
-            raise ConfigError("lengths must be positive and users >= 1")
+        if not self.lengths or min(self.lengths + self.prefix_lengths) < 1 or self.users < 1:
+            raise ConfigError("lengths and prefix_lengths must be positive and users >= 1")
 
 
 def _model(ds: Dataset, cfg: EfficiencyConfig, representation: str, image_feature: str) -> Any:
@@ -115,9 +122,12 @@ def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
         "tokens": {},
         "time_per_100_users": {},
         "prompt_tokens": {},
+        "shared_prefix": {},
     }
     for rep in cfg.representations:
         model = _model(ds, cfg, rep, image_feature)
+        if rep == cfg.representations[0]:
+            result["shared_prefix"] = {"representation": rep, "points": _time_shared_prefix(model, seqs, cfg)}
         texts, lengths = model.rendered()
         result["tokens"][rep] = {
             "per_item_mean": float(np.mean(lengths - 1)),
@@ -154,6 +164,42 @@ def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
     return result
 
 
+def _time_shared_prefix(model: Any, seqs: list[np.ndarray], cfg: EfficiencyConfig) -> dict[int, Any]:
+    """Per history length: the constant prefix's tokens and share of the prompt, and the scoring time with
+    and without it, the two timed alternately (best of two each) on the same users in this process."""
+    out: dict[int, Any] = {}
+    for L in cfg.prefix_lengths:
+        users = [u for u, s in enumerate(seqs) if len(s) > L][: cfg.users]
+        if not users:
+            continue
+        histories = [seqs[u][-L - 1 : -1] for u in users]
+        model.cfg.test_history = L
+        batch = model.build_ire(histories)
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for shared in (True, False):  # warm-up (and the prefix's KV, computed once)
+            model.cfg.shared_prefix = shared
+            model.score_all(np.array(users[:2]), histories[:2])
+        for _ in range(2):
+            for shared in (False, True):
+                model.cfg.shared_prefix = shared
+                t0 = clock(model.device)
+                model.score_all(np.array(users), histories)
+                times[shared].append((clock(model.device) - t0) * 100 / len(users))
+        prefix = len(model._prefix[1]) if model._prefix is not None else 0
+        tokens = float(batch["mask"].sum(1).float().mean())
+        out[L] = {
+            "prompt_tokens": tokens,
+            "prefix_tokens": prefix,
+            "token_share": prefix / tokens,
+            "s_per_100_users_unshared": min(times[False]),
+            "s_per_100_users_shared": min(times[True]),
+            "speedup": min(times[False]) / min(times[True]),
+        }
+        log.info("shared constant prefix, %d items: %s", L, out[L])
+    model.cfg.shared_prefix = True
+    return out
+
+
 def _ratios(result: dict[str, Any], lengths: list[int]) -> dict[str, float]:
     """Inference-time ratios against the image representation at each history length."""
     times = result["time_per_100_users"]
@@ -184,6 +230,21 @@ def format_efficiency(r: dict[str, Any]) -> str:
     if r["ratios"]:
         lines.append("")
         lines.append("Time ratios vs image: " + ", ".join(f"{k} = {v:.2f}x" for k, v in r["ratios"].items()))
+    if r.get("shared_prefix", {}).get("points"):
+        sp = r["shared_prefix"]
+        lines += [
+            "",
+            f"Shared constant prefix (chat template + instruction, KV computed once), {sp['representation']}:",
+            "",
+            "| history items | prompt tokens | prefix tokens | token share | s/100 users unshared "
+            "| s/100 users shared | speed-up |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for L, p in sp["points"].items():
+            lines.append(
+                f"| {L} | {p['prompt_tokens']:.0f} | {p['prefix_tokens']} | {p['token_share']:.0%} "
+                f"| {p['s_per_100_users_unshared']:.2f} | {p['s_per_100_users_shared']:.2f} | {p['speedup']:.2f}x |"
+            )
     if r.get("zero_image_stand_in"):
         lines.append(
             "(no image feature in this dataset: the image token was fed a zero vector; its cost is one token)"

@@ -213,6 +213,72 @@ class Backbone(nn.Module):
         )
         return out.last_hidden_state
 
+    # ------------------------------------------------------------------ shared prefixes (KV cache reuse)
+    def prefix_cache(self, input_ids: torch.Tensor, inject: dict[str, torch.Tensor] | None = None) -> Any:
+        """The KV cache of ONE prompt prefix (1, P) ids, for :meth:`hidden_after` to reuse across many
+        continuations. The prefix has no padding; its placeholders are filled from ``inject``."""
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"a shared prefix is one row, got {input_ids.shape[0]}")
+        from transformers import DynamicCache
+
+        mask = torch.ones_like(input_ids)  # (1, P)
+        cache = DynamicCache()  # filled in place by the forward
+        self.model.get_decoder()(
+            inputs_embeds=self.embed(input_ids, inject),
+            attention_mask=mask,
+            position_ids=positions(mask),
+            use_cache=True,
+            **self._cache_argument(cache),
+        )
+        return cache
+
+    def hidden_after(
+        self,
+        cache: Any,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        inject: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B, S, d) final hidden states of B right-padded continuations (B, S) of the cached prefix, as if
+        each row were the prefix followed by that row in one prompt (positions continue after the prefix).
+
+        The cache is left untouched: every call expands it into a fresh one of batch B (the forward appends
+        the continuation's keys and values to the cache it is given)."""
+        from transformers import DynamicCache
+
+        b, p = input_ids.shape[0], cache.get_seq_length()
+        layers = [(kv[0].expand(b, -1, -1, -1), kv[1].expand(b, -1, -1, -1)) for kv in cache]
+        past = DynamicCache(ddp_cache_data=layers)  # (B, heads, P, d_head) per layer, copied on update
+        full = torch.cat([attention_mask.new_ones(b, p), attention_mask], 1)  # (B, P + S)
+        out = self.model.get_decoder()(
+            inputs_embeds=self.embed(input_ids, inject),
+            attention_mask=full,
+            position_ids=positions(full)[:, p:],  # (B, S): P, P + 1, ...
+            use_cache=True,
+            **self._cache_argument(past),
+        )
+        return out.last_hidden_state
+
+    def _cache_argument(self, cache: Any) -> dict[str, Any]:
+        """The decoder's keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+        import inspect
+
+        params = inspect.signature(self.model.get_decoder().forward).parameters
+        return {"cache" if "cache" in params else "past_key_values": cache}
+
+    @staticmethod
+    def common_prefix(prefix_ids: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+        """How many leading tokens of ``prefix_ids`` every row of (B, T) ``input_ids`` starts with, leaving at
+        least one real token after them in every row (a token boundary can differ where the prefix text
+        meets the rest, e.g. a merged "[{": those tokens then belong to each row's own part)."""
+        n = min(len(prefix_ids), input_ids.shape[1])
+        if n == 0 or input_ids.shape[0] == 0:
+            return 0
+        want = torch.tensor(prefix_ids[:n], device=input_ids.device)
+        same = (input_ids[:, :n] == want) & attention_mask[:, :n].bool()  # (B, n)
+        shared = int(same.long().cumprod(1).sum(1).min())
+        return max(0, min(shared, int(attention_mask.sum(1).min()) - 1))
+
     def token_logits(self, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
         """(B, k) LM-head logits of ``token_ids`` for (B, d) hidden states (just k rows of the head)."""
         head = self.model.get_output_embeddings()

@@ -124,6 +124,11 @@ class HistLLMConfig(NeuralConfig):
         1000, "validation CTR examples (a fixed random subset; None = all)", ge=1
     )
     score_batch_size: int = option(16, "prompts per LLM forward when scoring", ge=1)
+    shared_prefix: bool = option(
+        True,
+        "ranking: run each user's prompt up to the target once and reuse its KV cache for every candidate",
+    )
+    rank_batch_size: int = option(64, "ranking with the shared prefix: candidates per LLM forward", ge=1)
     epochs: int = option(2, "epochs of step 2 (the mappers and history encoder)", ge=1)
     batch_size: int = option(8, "training examples per step", ge=1)
     lr: float = option(1e-3, "learning rate of step 2", gt=0)
@@ -193,6 +198,12 @@ class HistLLM(FeatureBackedLLM):
         super().__init__(cfg, n_users, n_items)
         self.backbone: Backbone | None = None  # built by attach(): it needs the dataset
         self.source: dict[str, Any] = {}
+
+    @property
+    def needs_user_id(self) -> bool:  # type: ignore[override]
+        """Whether scoring reads the user's MF vector or code by user index (CoLLM/BinLLM/HistLLM with
+        ``cf``): a history of a user the model was not trained on cannot be scored."""
+        return self.cfg.cf != "none"
 
     @property
     def pair_batch_size(self) -> int:
@@ -365,25 +376,21 @@ class HistLLM(FeatureBackedLLM):
         full = step == 2 or not self.has_step2
         image = self.use_image and full
         desc = self.descriptions if full else None
-        texts, visual, hist_items, hist_rows = [], [], [], []
+        texts, visual, hist_items = [], [], []
         for b, (h, t) in enumerate(zip(histories, targets)):
             h = np.asarray(h, dtype=np.int64)[-cfg.history_len :]
             t = int(t)
             if full and cfg.history == "uhem":
-                items = ["[HIST]"]
                 hist_items.append(torch.from_numpy(h))
-                hist_rows.append(b)
             else:
-                items = [ctr_item(self.titles[i], desc[i] if desc else None, image) for i in h.tolist()]
                 visual += h.tolist() if image else []
             target = ctr_target(self.titles[t], desc[t] if desc else None, image)
             visual += [t] if image else []
-            user_feature = item_feature = None
-            if cfg.cf == "tokens" and full:
-                user_feature, item_feature = "[USERID]", "[ITEMID]"
-            elif cfg.cf == "binary":
-                user_feature, item_feature = self.user_codes[int(users[b])], self.item_codes[t]
-            texts.append(self.backbone.chat(ctr_prompt(items, target, cfg.noun, user_feature, item_feature)))
+            texts.append(
+                self._prompt_text(
+                    int(users[b]), h, target, self.item_codes[t] if cfg.cf == "binary" else "", step
+                )
+            )
         enc = self.backbone.tokenize(texts)
         self.backbone.check_context(
             enc["attention_mask"],
@@ -399,6 +406,32 @@ class HistLLM(FeatureBackedLLM):
         if hist_items:  # (n_hist_rows, history_len) right-padded items, -1 = none
             out["hist"] = pad_sequence(hist_items, batch_first=True, padding_value=-1)
         return out
+
+    def _prompt_text(self, user: int, history: np.ndarray, target: str, item_code: str, step: int = 2) -> str:
+        """One chat-wrapped Yes/No prompt around an already rendered ``target`` clause (``item_code``: the
+        target's BinLLM code)."""
+        assert self.backbone is not None
+        cfg = self.cfg
+        full = step == 2 or not self.has_step2
+        image = self.use_image and full
+        desc = self.descriptions if full else None
+        if full and cfg.history == "uhem":
+            items = ["[HIST]"]
+        else:
+            items = [ctr_item(self.titles[i], desc[i] if desc else None, image) for i in history.tolist()]
+        user_feature = item_feature = None
+        if cfg.cf == "tokens" and full:
+            user_feature, item_feature = "[USERID]", "[ITEMID]"
+        elif cfg.cf == "binary":
+            user_feature, item_feature = self.user_codes[user], item_code
+        return self.backbone.chat(ctr_prompt(items, target, cfg.noun, user_feature, item_feature))
+
+    def prefix_text(self, user: int, history: np.ndarray, step: int = 2) -> str:
+        """The text every candidate's prompt for this user starts with: everything before the target clause."""
+        sentinel = "\x00TARGET\x00"
+        h = np.asarray(history, dtype=np.int64)[-self.cfg.history_len :]
+        text = self._prompt_text(int(user), h, sentinel, "", step)
+        return text[: text.index(sentinel)]
 
     # ------------------------------------------------------------------ the modules at work
     def encode_histories(self, hist: torch.Tensor) -> torch.Tensor:
@@ -429,18 +462,27 @@ class HistLLM(FeatureBackedLLM):
         )
         return self.history_encoder(x.float(), torch.tensor(lengths))  # (B, d), Eq. 8
 
-    def inject(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def inject(self, batch: Batch, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Embeddings for the placeholders of a batch, in row-major order; only those at the (B, T) positions
+        where ``keep`` is True when it is given (a shared prefix and its continuations fill their own)."""
+        assert self.backbone is not None
+        ids, tok = batch["ids"], self.backbone.token_ids
+        keep = torch.ones_like(ids, dtype=torch.bool) if keep is None else keep  # (B, T)
         out: dict[str, torch.Tensor] = {}
         if len(batch["visual"]):
-            out["[VISUAL]"] = self.image_mapper(self.feat_image[batch["visual"]])  # VMA, Eq. 3
-        ids = batch["ids"]
-        assert self.backbone is not None
-        tok = self.backbone.token_ids
-        if bool((ids == tok["[USERID]"]).any()):
-            out["[USERID]"] = self.cf_mapper(self.feat_user_cf[batch["users"]])  # CIA, Eq. 11
-            out["[ITEMID]"] = self.cf_mapper(self.feat_item_cf[batch["targets"]])  # Eq. 12
+            sel = keep[ids == tok["[VISUAL]"]]  # (n_visual,): batch["visual"] lists them row-major
+            if bool(sel.any()):
+                out["[VISUAL]"] = self.image_mapper(self.feat_image[batch["visual"][sel]])  # VMA, Eq. 3
+        rows = ((ids == tok["[USERID]"]) & keep).nonzero()[:, 0]  # one per row
+        if len(rows):
+            out["[USERID]"] = self.cf_mapper(self.feat_user_cf[batch["users"][rows]])  # CIA, Eq. 11
+        rows = ((ids == tok["[ITEMID]"]) & keep).nonzero()[:, 0]
+        if len(rows):
+            out["[ITEMID]"] = self.cf_mapper(self.feat_item_cf[batch["targets"][rows]])  # Eq. 12
         if "hist" in batch:
-            out["[HIST]"] = self.encode_histories(batch["hist"])
+            sel = keep[ids == tok["[HIST]"]]  # (n_hist,): one per row, as batch["hist"]
+            if bool(sel.any()):
+                out["[HIST]"] = self.encode_histories(batch["hist"][sel])
         return out
 
     def answer_logits(self, batch: Batch) -> torch.Tensor:
@@ -541,18 +583,87 @@ class HistLLM(FeatureBackedLLM):
         self.train(was_training)
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
-    def score(self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
-        """(B, C) P(Yes) logits of every candidate: one prompt per (user, candidate) pair."""
+    def score(
+        self,
+        users: np.ndarray,
+        histories: list[np.ndarray],
+        candidates: np.ndarray,
+        shared_prefix: bool | None = None,
+    ) -> np.ndarray:
+        """(B, C) P(Yes) logits of every candidate. With the shared prefix (``cfg.shared_prefix``, or the
+        argument), each user's prompt up to the target clause runs once and its KV cache serves all C
+        candidates; without it, one full prompt per (user, candidate) pair. Both give the same logits."""
         candidates = np.asarray(candidates, dtype=np.int64)
         b, c = candidates.shape
-        flat = self.score_pairs(
-            np.repeat(np.asarray(users), c), [h for h in histories for _ in range(c)], candidates.reshape(-1)
-        )
-        return flat.reshape(b, c)
+        if not (self.cfg.shared_prefix if shared_prefix is None else shared_prefix):
+            flat = self.score_pairs(
+                np.repeat(np.asarray(users), c),
+                [h for h in histories for _ in range(c)],
+                candidates.reshape(-1),
+            )
+            return flat.reshape(b, c)
+        out = np.zeros((b, c))
+        for row in range(b):
+            out[row] = self.rank_logits(int(users[row]), np.asarray(histories[row]), candidates[row])
+        return out
 
-    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+    def score_all(
+        self, users: np.ndarray, histories: list[np.ndarray], shared_prefix: bool | None = None
+    ) -> np.ndarray:
         every = np.tile(np.arange(self.n_items), (len(users), 1))
-        return self.score(users, histories, every)
+        return self.score(users, histories, every, shared_prefix)
+
+    @torch.no_grad()
+    def rank_logits(self, user: int, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(C,) P(Yes) logits of one user's prompts over ``candidates``, the shared part computed once.
+
+        The prompts are tokenised in full (the text is the pairwise one); the prefix is the tokens of the
+        text before the target clause that every row starts with (:meth:`Backbone.common_prefix`, >= 1 token
+        left per row). The prefix runs once with its placeholders ([HIST], [USERID], history [VISUAL]s);
+        candidates then run in chunks of ``rank_batch_size`` after its KV cache, with theirs (target
+        [VISUAL], [ITEMID]); the logit is read at each row's last real token, as in :meth:`answer_logits`."""
+        if self.backbone is None:
+            raise LlmrecError(
+                f"{self.name} is not attached to a dataset", hint="fit it or load a saved model"
+            )
+        candidates = np.asarray(candidates, dtype=np.int64)
+        if not len(candidates):
+            return np.zeros(0)
+        # candidates of similar text length share a chunk (less padding); scores return in the given order
+        texts = self.descriptions if self.descriptions is not None else self.titles
+        order = np.argsort([len(texts[i]) for i in candidates], kind="stable")
+        candidates = candidates[order]
+        was_training = self.training
+        self.eval()
+        c = len(candidates)
+        batch = self.prompts(np.full(c, user), [history] * c, candidates)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        ids, mask = batch["ids"], batch["mask"]  # (C, T)
+        prefix_ids = self.backbone.tokenizer(self.prefix_text(user, history), add_special_tokens=False)[
+            "input_ids"
+        ]
+        p = Backbone.common_prefix(prefix_ids, ids, mask)
+        cols = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, T)
+        first = torch.zeros_like(ids, dtype=torch.bool)
+        first[0] = True
+        cache = self.backbone.prefix_cache(ids[:1, :p], self.inject(batch, first & (cols < p)))
+        out = []
+        for s in range(0, c, self.cfg.rank_batch_size):
+            rows = torch.zeros_like(first)
+            rows[s : s + self.cfg.rank_batch_size] = True
+            sub_mask = mask[s : s + self.cfg.rank_batch_size, p:]  # (n, S) right-padded continuations
+            width = int(sub_mask.sum(1).max())
+            sub_ids, sub_mask = ids[s : s + self.cfg.rank_batch_size, p : p + width], sub_mask[:, :width]
+            hidden = self.backbone.hidden_after(
+                cache, sub_ids, sub_mask, self.inject(batch, rows & (cols >= p) & (cols < p + width))
+            )  # (n, S, d)
+            last = hidden[torch.arange(len(sub_ids), device=ids.device), Backbone.last_positions(sub_mask)]
+            yes_no = self.backbone.token_logits(last, self.answer_ids).float()  # (n, 2)
+            out.append((yes_no[:, 0] - yes_no[:, 1] if self.cfg.scoring == "softmax" else yes_no[:, 0]).cpu())
+        self.train(was_training)
+        logits = np.empty(c)
+        logits[order] = torch.cat(out).numpy()
+        return logits
 
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(self.score_all(users.cpu().numpy(), histories))

@@ -44,6 +44,7 @@ from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import load_item_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
 from llmrec.llm.prompts import (
+    HISTORY_PREFIX,
     ILA_QUESTIONS,
     REPRESENTATIONS,
     ItemText,
@@ -130,6 +131,11 @@ class ILLMRecConfig(NeuralConfig):
     )
     missing_seed: int = option(0, "seed of the simulated missing images", ge=0)
     score_batch_size: int = option(16, "prompts per LLM forward when scoring", ge=1)
+    shared_prefix: bool = option(
+        True,
+        "scoring without gradients: compute the constant prompt start (chat template + instruction) once "
+        "and reuse its KV cache",
+    )
     train_users: int | None = option(
         None, "training examples per epoch from this many random users (None = all)", ge=1
     )
@@ -185,6 +191,7 @@ class ILLMRec(FeatureBackedLLM):
         self._state_cache: dict[tuple[int, ...], torch.Tensor] | None = (
             None  # projectors alone: prompt -> state
         )
+        self._prefix: tuple[tuple[Any, ...], list[int], Any] | None = None  # (key, ids, KV cache)
 
     # ------------------------------------------------------------------ building against a dataset
     def _needs(self) -> dict[str, str]:
@@ -498,12 +505,43 @@ class ILLMRec(FeatureBackedLLM):
     def raw_states(
         self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor, cf: torch.Tensor
     ) -> torch.Tensor:
-        """(B, d) last hidden state at [REC]: the LLM-guided user representation (Sec. 3.3.1)."""
+        """(B, d) last hidden state at [REC]: the LLM-guided user representation (Sec. 3.3.1).
+
+        Scoring (no gradients, eval mode) starts from the cached KV of the constant prompt start
+        (:meth:`constant_prefix`) when every row begins with it; training runs the whole prompt."""
         assert self.backbone is not None
-        hidden = self.backbone.hidden(
-            ids, mask, self.inject(visual, cf, n_rec=len(ids))
-        )  # no vocabulary head
+        inject = self.inject(visual, cf, n_rec=len(ids))
+        shared = self.constant_prefix(ids, mask)
+        if shared is not None:
+            p, cache = shared
+            hidden = self.backbone.hidden_after(cache, ids[:, p:], mask[:, p:], inject)  # (B, T - P, d)
+            return self.backbone.last_hidden_at(hidden, ids[:, p:], "[REC]").float()
+        hidden = self.backbone.hidden(ids, mask, inject)  # no vocabulary head
         return self.backbone.last_hidden_at(hidden, ids, "[REC]").float()
+
+    def constant_prefix(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[int, Any] | None:
+        """(P, KV cache) of the prompt start every IRE prompt shares (the chat template's system part and
+        user-turn start, then ``HISTORY_PREFIX``), computed once per backbone, dtype, device and LoRA
+        weights; None (run the whole prompt) while training, with ``shared_prefix`` off, or for a batch
+        whose rows do not all start with those tokens."""
+        if not self.cfg.shared_prefix or torch.is_grad_enabled() or self.training or self.backbone is None:
+            return None
+        bb = self.backbone
+        lora = tuple(p._version for n, p in bb.named_parameters() if "lora_" in n)  # bumped by any update
+        key = (id(bb), bb.device, bb.dtype, lora)
+        if self._prefix is None or self._prefix[0] != key:
+            sentinel = "\x00HISTORY\x00"
+            text = bb.chat(HISTORY_PREFIX + sentinel)
+            text_ids = bb.tokenizer(text[: text.index(sentinel)], add_special_tokens=False)["input_ids"]
+            p = Backbone.common_prefix(text_ids, ids, mask)  # the last token may merge with the history's
+            if p == 0:
+                return None
+            self._prefix = (key, text_ids[:p], bb.prefix_cache(ids[:1, :p]))
+        _, prefix_ids, cache = self._prefix
+        p = len(prefix_ids)
+        if Backbone.common_prefix(prefix_ids, ids, mask) < p:
+            return None  # a token boundary differs in this batch: the unshared path is exact
+        return p, cache
 
     def prompt_states(self, histories: list[np.ndarray]) -> torch.Tensor:
         """(B, d) raw [REC] states of the IRE prompts of ``histories``, in one LLM forward."""
