@@ -267,3 +267,14 @@ def test_the_readme_walkthrough_runs_as_printed(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Star Wars" in proc.stdout and "English Patient" in proc.stdout
     assert isinstance(Model, type)
+
+
+def test_llm_presets_with_cf_need_a_user_id():
+    """CoLLM / BinLLM / HistLLM read the user's MF vector by index: an ad-hoc history is refused for them."""
+    from llmrec.models.base import build_model
+
+    needs = {
+        name: build_model(name, {}, 5, 5).needs_user_id for name in ("collm", "binllm", "histllm", "tallrec")
+    }
+    assert needs == {"collm": True, "binllm": True, "histllm": True, "tallrec": False}
+    assert not build_model("histllm", {"cf": "none"}, 5, 5).needs_user_id
