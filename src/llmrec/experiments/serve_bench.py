@@ -2,7 +2,7 @@
 by side in one run.
 
 Two servers (batching on, batching off) run as subprocesses on 127.0.0.1 on free ports, each loading the
-run once; a bounded load generator (httpx, async) sends ``POST /recommend`` for random known users at each
+run once; a bounded load generator (asyncio, one raw keep-alive HTTP/1.1 connection per client) sends ``POST /recommend`` for random known users at each
 concurrency, alternating between the two servers in ``rounds`` slices per point so that a busy neighbour on
 the machine slows both alike. Each point is a fixed number of requests, cut short at a maximum duration. Mean batch
 sizes come from the servers' /health counters before and after the point.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -118,48 +119,93 @@ class _Server:
         return self.proc.returncode
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection that speaks just what the load needs (a request with a JSON
+    body, an answer with a Content-Length). The load generator shares the machine with the server it
+    measures: this costs it several times less CPU per request than a general client (httpx), so the
+    server's own costs decide what is measured."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """(status, body) of one request; status 0 when no HTTP answer came (the connection is reopened)."""
+        try:
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            assert self.reader is not None
+            head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            if body is not None:
+                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            self.writer.write(head.encode() + b"\r\n" + (body or b""))
+            await self.writer.drain()
+            lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            length = next(
+                int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length"
+            )
+            return status, await self.reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, StopIteration, ValueError):
+            await self.close()
+            return 0, b""
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
 async def _load(
     url: str, users: list[str], n: int, concurrency: int, duration: float, k: int, seed: int, bar: Any
 ) -> dict[str, Any]:
     """``n`` POST /recommend from ``concurrency`` clients (stopping at ``duration`` s): latencies, codes."""
-    import httpx
+    from urllib.parse import urlsplit
 
     rng = np.random.default_rng(seed)
     picks = [users[i] for i in rng.integers(0, len(users), size=n)]
+    bodies = [json.dumps({"user_id": uid, "k": k}).encode() for uid in picks]
     latencies: list[float] = []
     codes: Counter[int] = Counter()
-    # one client (one keep-alive connection) per simulated user: a shared pool of many connections costs
-    # the load generator more CPU per request as concurrency grows (httpcore scans it under a lock)
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=120) for _ in range(concurrency)]
+    where = urlsplit(url)
+    # one keep-alive connection per simulated user
+    clients = [_Connection(where.hostname or "127.0.0.1", where.port or 80) for _ in range(concurrency)]
+
+    async def health() -> dict[str, Any]:
+        status, body = await clients[0].request("GET", "/health")
+        if status != 200:
+            raise LlmrecError(
+                f"the server's /health answered {status}", hint="see its log in the --out folder"
+            )
+        return json.loads(body)
+
     try:
         # connect first, so that no measured request pays for TCP set-up
-        await asyncio.gather(*[c.get("/health") for c in clients])
-        before = (await clients[0].get("/health")).json()
+        await asyncio.gather(*[c.request("GET", "/health") for c in clients])
+        before = await health()
         sent = 0
         start = time.perf_counter()
         deadline = start + duration
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: _Connection) -> None:
             nonlocal sent
             while sent < n and time.perf_counter() < deadline:
-                uid = picks[sent]
+                body = bodies[sent]
                 sent += 1
                 t = time.perf_counter()
-                try:
-                    r = await client.post("/recommend", json={"user_id": uid, "k": k})
-                    code = r.status_code
-                except httpx.HTTPError:
-                    code = 0  # no HTTP answer at all (connection refused/reset, timeout)
+                code, _ = await client.request("POST", "/recommend", body)  # 0: no HTTP answer at all
                 latencies.append(time.perf_counter() - t)
                 codes[code] += 1
                 bar.update(1)
 
         await asyncio.gather(*[worker(c) for c in clients])
         elapsed = time.perf_counter() - start
-        after = (await clients[0].get("/health")).json()
+        after = await health()
     finally:
-        await asyncio.gather(*[c.aclose() for c in clients])
+        await asyncio.gather(*[c.close() for c in clients])
     return {
         "latencies": latencies,
         "codes": codes,
