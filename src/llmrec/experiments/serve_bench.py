@@ -131,25 +131,39 @@ class _Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        """(status, body) of one request; status 0 when no HTTP answer came (the connection is reopened)."""
-        try:
-            if self.writer is None:
-                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-            assert self.reader is not None
-            head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            if body is not None:
-                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            self.writer.write(head.encode() + b"\r\n" + (body or b""))
-            await self.writer.drain()
-            lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            length = next(
-                int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length"
-            )
-            return status, await self.reader.readexactly(length)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, StopIteration, ValueError):
-            await self.close()
-            return 0, b""
+        """(status, body) of one request; status 0 when no HTTP answer came. A kept-alive connection the
+        server closed while idle (uvicorn closes them after 5 s) is reopened and the request sent again."""
+        for _ in range(2):
+            reused = self.writer is not None
+            try:
+                return await self._send(method, path, body)
+            except (
+                OSError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                StopIteration,
+                ValueError,
+            ):
+                await self.close()
+                if not reused:
+                    break
+        return 0, b""
+
+    async def _send(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + (body or b""))
+        await self.writer.drain()
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(
+            int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length"
+        )
+        return status, await self.reader.readexactly(length)
 
     async def close(self) -> None:
         if self.writer is not None:
