@@ -336,3 +336,30 @@ def test_bench_serve_runs_two_llmrec_serve_and_stops_them_with_sigterm(run, tmp_
     log = (out / "serve-on.log").read_text()
     assert "SIGTERM: finishing the requests in flight" in log and "stopped: 12 requests in" in log
     assert (out / "bench_serve.png").stat().st_size > 0 and (out / "bench_serve.md").exists()
+
+
+def test_load_generator_reopens_a_connection_the_server_closed_while_idle():
+    """Regression: I-LLMRec's slow batches left load-generator connections idle past uvicorn's keep-alive
+    timeout; the next request on such a connection read nothing and the bench stopped (status 0)."""
+    import asyncio
+
+    from llmrec.experiments.serve_bench import _Connection
+
+    async def main() -> list[tuple[int, bytes]]:
+        async def answer_once_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()  # as a server does with an idle keep-alive connection
+
+        server = await asyncio.start_server(answer_once_then_close, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = _Connection("127.0.0.1", port)
+        try:
+            return [await conn.request("GET", "/health") for _ in range(3)]
+        finally:
+            await conn.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(main()) == [(200, b"ok")] * 3
