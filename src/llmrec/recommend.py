@@ -77,8 +77,9 @@ class RecommendConfig:
         return self.all_users or self.users_file is not None
 
 
-def load_for(cfg: RecommendConfig) -> Model:
-    """The run of ``cfg`` loaded (with its retriever when ``--candidates-from``)."""
+def load_for(cfg: Any) -> Model:
+    """The run of ``cfg`` (``llmrec recommend``'s or ``llmrec serve``'s: run, device, dtype, data,
+    candidates_from, candidates) loaded, with its retriever when ``--candidates-from``."""
     from llmrec.api import load
 
     return load(

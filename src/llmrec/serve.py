@@ -466,20 +466,13 @@ class GracefulServer(uvicorn.Server):
 def serve(cfg: ServeConfig) -> None:
     """Load the run once, then answer HTTP requests until SIGINT/SIGTERM (graceful: in-flight requests
     finish)."""
-    from llmrec.api import load
+    from llmrec.recommend import load_for
 
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    model = load(
-        cfg.run,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        data=cfg.data,
-        retriever=cfg.candidates_from,
-        retrieve=cfg.candidates,
-    )
+    model = load_for(cfg)
     log.info("loaded %r", model)
     app = create_app(model, cfg.settings())
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=cfg.access_log, log_level="info")
