@@ -136,6 +136,27 @@ def test_retrieve_then_rerank(runs):
         llmrec.load(runs["popularity"], retriever=runs["mf"]).recommend(histories=[["i001"]])
 
 
+def test_an_empty_candidate_list_ranks_nothing(runs):
+    """Regression: a query whose candidate list was empty (as a retriever's can be) was ranked over the whole
+    catalog instead: an empty list was taken for 'no candidates given'."""
+    from llmrec.api import Query
+
+    model = llmrec.load(runs["popularity"])
+    empty = Query(
+        "u1",
+        0,
+        np.array([], dtype=np.int64),
+        k=5,
+        exclude_history=False,
+        candidates=np.array([], dtype=np.int64),
+    )
+    whole = Query("u1", 0, np.array([], dtype=np.int64), k=5, exclude_history=False)
+    assert model.answer([empty, whole])[0] == [] and len(model.answer([whole])[0]) == 5
+    everything = list(model.item_ids)
+    reranked = llmrec.load(runs["popularity"], retriever=runs["sasrec"], retrieve=3)
+    assert reranked.recommend(histories=[everything], k=5).empty
+
+
 def test_retriever_of_another_dataset_is_refused(runs, tmp_path):
     from conftest import synthetic_tables
     from llmrec.data.processing import ProcessConfig, finalize, write_dataset

@@ -219,9 +219,10 @@ class Model:
         if self.retriever is not None:
             queries = self._retrieved(queries)
         out: list[list[dict[str, Any]]] = [[] for _ in queries]
-        groups: dict[int, list[int]] = defaultdict(list)  # candidate count (0 = catalog) -> query positions
+        groups: dict[int, list[int]] = defaultdict(list)  # candidate count (-1 = catalog) -> query positions
         for pos, q in enumerate(queries):
-            groups[0 if q.candidates is None else len(q.candidates)].append(pos)
+            groups[-1 if q.candidates is None else len(q.candidates)].append(pos)
+        groups.pop(0, None)  # nothing to rank (a retriever found nothing left to recommend): no items
         for width, positions in groups.items():
             for s in range(0, len(positions), batch_size):
                 chunk = [queries[p] for p in positions[s : s + batch_size]]
@@ -229,7 +230,7 @@ class Model:
                 histories = [q.history for q in chunk]
                 with self._lock:
                     self.calls += 1
-                    if width == 0:
+                    if width < 0:
                         scores = self.model.score_all(users, histories)  # (b, N)
                         items = None
                     else:
