@@ -363,3 +363,9 @@ def test_load_generator_reopens_a_connection_the_server_closed_while_idle():
             await server.wait_closed()
 
     assert asyncio.run(main()) == [(200, b"ok")] * 3
+
+
+def test_rank_with_no_candidates_names_the_candidates_field(client):
+    """Regression: POST /rank with "candidates": [] answered 422 naming field 'k' (k = len(candidates) = 0)."""
+    r = client.post("/rank", json={"user_id": "u1", "candidates": []})
+    assert r.status_code == 422 and r.json()["field"] == "candidates", r.json()

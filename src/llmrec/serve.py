@@ -248,7 +248,7 @@ class RankRequest(BaseModel):
     model_config = _STRICT
     user_id: str | None = _USER_ID
     history: list[str] | None = _HISTORY
-    candidates: list[str] = Field(description="item ids to score, each once")
+    candidates: list[str] = Field(min_length=1, description="item ids to score, each once")
 
 
 class ScoredItem(BaseModel):

@@ -141,7 +141,6 @@ class _Connection:
                 OSError,
                 asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError,
-                StopIteration,
                 ValueError,
             ):
                 await self.close()
@@ -160,10 +159,12 @@ class _Connection:
         await self.writer.drain()
         lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
-        length = next(
+        lengths = [
             int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length"
-        )
-        return status, await self.reader.readexactly(length)
+        ]
+        if not lengths:  # chunked or empty answers are not what the service sends: count as no answer
+            raise ValueError("an answer without Content-Length")
+        return status, await self.reader.readexactly(lengths[0])
 
     async def close(self) -> None:
         if self.writer is not None:

@@ -247,8 +247,9 @@ class Backbone(nn.Module):
         from transformers import DynamicCache
 
         b, p = input_ids.shape[0], cache.get_seq_length()
-        layers = [(kv[0].expand(b, -1, -1, -1), kv[1].expand(b, -1, -1, -1)) for kv in cache]
-        past = DynamicCache(ddp_cache_data=layers)  # (B, heads, P, d_head) per layer, copied on update
+        past = DynamicCache()  # filled layer by layer: the one way every transformers version takes
+        for i, kv in enumerate(cache):  # (1, heads, P, d_head) per layer -> (B, heads, P, d_head)
+            past.update(kv[0].expand(b, -1, -1, -1), kv[1].expand(b, -1, -1, -1), i)
         full = torch.cat([attention_mask.new_ones(b, p), attention_mask], 1)  # (B, P + S)
         out = self.model.get_decoder()(
             inputs_embeds=self.embed(input_ids, inject),

@@ -208,6 +208,7 @@ class ILLMRec(FeatureBackedLLM):
     def attach(self, ds: Dataset) -> None:
         """Load the backbone, the features and item texts of ``ds``; create adaptors and projectors."""
         cfg = self.cfg
+        self._prefix = None  # a new backbone: the cached constant prefix belonged to the old one
         feats = {
             role: load_item_feature(ds, name, self.n_items, who="illmrec", option=f"{role}_feature")
             for role, name in self._needs().items()
