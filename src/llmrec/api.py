@@ -200,6 +200,13 @@ class Model:
             cand = self._items(candidates, "candidates")
             if len(np.unique(cand)) != len(cand):
                 raise QueryError("lists an item twice", field="candidates")
+        elif user is None and self.retriever is not None and self.retriever.needs_user_id:
+            raise QueryError(
+                f"the retriever '{self.retriever.name}' scores a user by its id and cannot retrieve for an "
+                "ad-hoc history",
+                field="history",
+                hint="give a user_id or candidates, or retrieve with a sequential model",
+            )
         return Query(user, u, hist, k, bool(exclude_history), cand)
 
     def _items(self, ids: Sequence[str], field: str) -> np.ndarray:
@@ -261,17 +268,7 @@ class Model:
         """Queries without candidates get the retriever's top-``retrieve`` for the same user/history."""
         assert self.retriever is not None
         need = [p for p, q in enumerate(queries) if q.candidates is None]
-        first = [
-            dataclasses.replace(queries[p], k=self.retrieve, exclude_history=queries[p].exclude_history)
-            for p in need
-        ]
-        if self.retriever.needs_user_id and any(q.user is None for q in first):
-            raise QueryError(
-                f"the retriever '{self.retriever.name}' scores a user by its id and cannot retrieve for an "
-                "ad-hoc history",
-                field="history",
-                hint="give a user_id, or retrieve with a sequential model",
-            )
+        first = [dataclasses.replace(queries[p], k=self.retrieve) for p in need]  # checked by query()
         found = self.retriever.answer(first)
         out = list(queries)
         for p, recs in zip(need, found):

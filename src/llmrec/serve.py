@@ -382,16 +382,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
                 field="history",
                 hint="send the most recent items",
             )
-        q = model.query(user_id, history, k, exclude_history, candidates)
-        retriever = model.retriever
-        if q.user is None and q.candidates is None and retriever is not None and retriever.needs_user_id:
-            raise QueryError(
-                f"the candidates come from '{retriever.name}', which scores a user by its id and cannot "
-                "retrieve for an ad-hoc history",
-                field="history",
-                hint="give a user_id, or candidates",
-            )
-        return q
+        return model.query(user_id, history, k, exclude_history, candidates)  # the retriever's checks too
 
     def answered(items: list[dict[str, Any]], start: float) -> JSONResponse:
         took = (time.perf_counter() - start) * 1000

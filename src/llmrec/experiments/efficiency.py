@@ -136,10 +136,9 @@ def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
         }
         result["time_per_100_users"][rep], result["prompt_tokens"][rep] = {}, {}
         for L in cfg.lengths:
-            users = [u for u, s in enumerate(seqs) if len(s) > L][: cfg.users]
+            users, histories = _windows(seqs, L, cfg.users)
             if not users:
                 continue
-            histories = [seqs[u][-L - 1 : -1] for u in users]
             model.cfg.test_history = L
             prompts = [model.backbone.chat(ire_prompt([texts[i] for i in h])) for h in histories]
             result["prompt_tokens"][rep][L] = float(
@@ -165,16 +164,21 @@ def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
     return result
 
 
+def _windows(seqs: list[np.ndarray], length: int, n: int) -> tuple[list[int], list[np.ndarray]]:
+    """The first ``n`` users with more than ``length`` items and their ``length`` items before the last."""
+    users = [u for u, s in enumerate(seqs) if len(s) > length][:n]
+    return users, [seqs[u][-length - 1 : -1] for u in users]
+
+
 def _time_shared_prefix(model: Any, seqs: list[np.ndarray], cfg: EfficiencyConfig) -> dict[int, Any]:
     """Per history length: the constant prefix's tokens and share of the prompt, and the scoring time with
     and without it, the two timed alternately (best of two each) on the same users in this process."""
     out: dict[int, Any] = {}
     before = model.cfg.shared_prefix
     for L in cfg.prefix_lengths:
-        users = [u for u, s in enumerate(seqs) if len(s) > L][: cfg.users]
+        users, histories = _windows(seqs, L, cfg.users)
         if not users:
             continue
-        histories = [seqs[u][-L - 1 : -1] for u in users]
         model.cfg.test_history = L
         batch = model.build_ire(histories)
         times: dict[bool, list[float]] = {True: [], False: []}
