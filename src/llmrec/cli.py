@@ -156,6 +156,19 @@ def _cmd_efficiency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_training(args: argparse.Namespace) -> int:
+    from llmrec.experiments.training_bench import (
+        TrainingBenchConfig,
+        format_training_bench,
+        run_training_bench,
+    )
+
+    cfg = resolve(TrainingBenchConfig, args, args.config)
+    print(format_training_bench(run_training_bench(cfg)))
+    print(f"written {cfg.out}/bench_training.json, bench_training.md, bench_training.png")
+    return 0
+
+
 def _cmd_ctr_efficiency(args: argparse.Namespace) -> int:
     from llmrec.experiments.ctr import CtrEfficiencyConfig, format_ctr_efficiency, run_ctr_efficiency
 
@@ -344,6 +357,12 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     add_arguments(p, BenchConfig, skip=("options",))
 
 
+def _setup_bench_training(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.training_bench import TrainingBenchConfig
+
+    add_arguments(p, TrainingBenchConfig)
+
+
 def _setup_demo(p: argparse.ArgumentParser) -> None:
     from llmrec.experiments.demo import DemoConfig
 
@@ -381,6 +400,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Setup]] = [
     ("history-sweep", "AUC/UAUC against the number of history items (TALLRec vs HistLLM)", _cmd_history_sweep, _setup_history_sweep),
     ("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table, _setup_table),
     ("bench", "training and evaluation throughput of a torch model", _cmd_bench, _setup_bench),
+    ("bench-training", "seconds per LLM training step: two passes vs one pass vs cached prefix", _cmd_bench_training, _setup_bench_training),
     ("serve", "answer recommendation requests over HTTP (FastAPI), micro-batched", _cmd_serve, _setup_serve),
     ("bench-serve", "throughput and latency of 'llmrec serve', micro-batching on vs off", _cmd_bench_serve, _setup_bench_serve),
     ("demo", "the whole pipeline on MovieLens-100K with the embedded offline models", _cmd_demo, _setup_demo),

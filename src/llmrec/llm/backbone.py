@@ -11,11 +11,13 @@ a placeholder string is escaped before it reaches a prompt (:func:`llmrec.llm.pr
 
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmrec.assets import DEFAULT_LLM, load_causal_lm
@@ -46,6 +48,18 @@ class BackboneConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+
+
+@dataclass
+class SharedPrefix:
+    """The KV cache of a prompt start many prompts share: its token ids and the key it was computed under."""
+
+    key: tuple[Any, ...]  # (text, device, dtype, LoRA weight versions)
+    ids: list[int]
+    cache: Any = field(repr=False)  # a transformers DynamicCache of one row
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -79,6 +93,8 @@ class Backbone(nn.Module):
             "right"  # + explicit last-token indices: no NaN from left padding (CoLLM issue)
         )
         self.tokenizer = tokenizer
+        self._prefixes: dict[str, SharedPrefix] = {}  # constant prompt starts, by text
+        self._told_fallback = False
         self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
         self.context_length = context_length(model.config, tokenizer)
         for p in model.parameters():
@@ -205,32 +221,67 @@ class Backbone(nn.Module):
     ) -> torch.Tensor:
         """(B, T, d) final hidden states (after the last norm) from the decoder alone: no vocabulary
         projection of every position, which costs ~20% of a small LM's forward."""
+        return self._decode(self.embed(input_ids, inject), attention_mask, positions(attention_mask))
+
+    def _decode(
+        self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: Any = None
+    ) -> torch.Tensor:
+        """The decoder's final hidden states; ``past`` (a KV cache the call may append to) comes first."""
+        extra = {} if past is None else self._cache_argument(past)
         out = self.model.get_decoder()(
-            inputs_embeds=self.embed(input_ids, inject),
+            inputs_embeds=embeds,
             attention_mask=attention_mask,
-            position_ids=positions(attention_mask),
-            use_cache=False,
+            position_ids=position_ids,
+            use_cache=past is not None,
+            **extra,
         )
         return out.last_hidden_state
 
+    def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy of ``labels`` (-100 = not scored) from (B, T, d) final hidden states,
+        as the LM's own loss, with the vocabulary head run only where a label is scored."""
+        target = labels[:, 1:]  # (B, T - 1): position t predicts token t + 1
+        scored = target != -100
+        logits = self.model.get_output_embeddings()(hidden[:, :-1][scored]).float()  # (n, V)
+        config = self.model.get_decoder().config
+        if getattr(config, "logit_scale", None):  # Cohere
+            logits = logits * config.logit_scale
+        if getattr(config, "logits_scaling", None):  # Granite
+            logits = logits / config.logits_scaling
+        if getattr(config, "final_logit_softcapping", None):  # Gemma 2/3
+            cap = config.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return F.cross_entropy(logits, target[scored])
+
     # ------------------------------------------------------------------ shared prefixes (KV cache reuse)
+    @torch.no_grad()
     def prefix_cache(self, input_ids: torch.Tensor, inject: dict[str, torch.Tensor] | None = None) -> Any:
         """The KV cache of ONE prompt prefix (1, P) ids, for :meth:`hidden_after` to reuse across many
-        continuations. The prefix has no padding; its placeholders are filled from ``inject``."""
+        continuations. The prefix has no padding; its placeholders are filled from ``inject``. It is computed
+        without gradient and in eval mode (no LoRA dropout): a constant, whatever mode the model is in."""
         if input_ids.shape[0] != 1:
             raise ValueError(f"a shared prefix is one row, got {input_ids.shape[0]}")
         from transformers import DynamicCache
 
         mask = torch.ones_like(input_ids)  # (1, P)
         cache = DynamicCache()  # filled in place by the forward
-        self.model.get_decoder()(
-            inputs_embeds=self.embed(input_ids, inject),
-            attention_mask=mask,
-            position_ids=positions(mask),
-            use_cache=True,
-            **self._cache_argument(cache),
-        )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            self._decode(self.embed(input_ids, inject), mask, positions(mask), cache)
+        finally:
+            self.model.train(was_training)
         return cache
+
+    @staticmethod
+    def _expand(cache: Any, b: int) -> Any:
+        """A fresh cache of batch ``b`` over a one-row one (the forward appends to the cache it is given)."""
+        from transformers import DynamicCache
+
+        past = DynamicCache()  # filled layer by layer: the one way every transformers version takes
+        for i, kv in enumerate(cache):  # (1, heads, P, d_head) per layer -> (B, heads, P, d_head)
+            past.update(kv[0].expand(b, -1, -1, -1), kv[1].expand(b, -1, -1, -1), i)
+        return past
 
     def hidden_after(
         self,
@@ -241,24 +292,152 @@ class Backbone(nn.Module):
     ) -> torch.Tensor:
         """(B, S, d) final hidden states of B right-padded continuations (B, S) of the cached prefix, as if
         each row were the prefix followed by that row in one prompt (positions continue after the prefix).
-
-        The cache is left untouched: every call expands it into a fresh one of batch B (the forward appends
-        the continuation's keys and values to the cache it is given)."""
-        from transformers import DynamicCache
-
+        Gradients reach the continuation's embeddings; the cache itself is left untouched."""
         b, p = input_ids.shape[0], cache.get_seq_length()
-        past = DynamicCache()  # filled layer by layer: the one way every transformers version takes
-        for i, kv in enumerate(cache):  # (1, heads, P, d_head) per layer -> (B, heads, P, d_head)
-            past.update(kv[0].expand(b, -1, -1, -1), kv[1].expand(b, -1, -1, -1), i)
         full = torch.cat([attention_mask.new_ones(b, p), attention_mask], 1)  # (B, P + S)
-        out = self.model.get_decoder()(
-            inputs_embeds=self.embed(input_ids, inject),
-            attention_mask=full,
-            position_ids=positions(full)[:, p:],  # (B, S): P, P + 1, ...
-            use_cache=True,
-            **self._cache_argument(past),
+        embeds = self.embed(input_ids, inject)
+        return self._decode(
+            embeds, full, positions(full)[:, p:], self._expand(cache, b)
+        )  # positions P, P + 1..
+
+    def constant_prefix(
+        self, text: str, batches: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> SharedPrefix | None:
+        """The cached KV of the prompt start ``text`` (placeholder-free: a system prompt, an instruction) when
+        every row of every (ids, mask) in ``batches`` starts with its tokens, else None (run whole prompts).
+
+        Computed once per text, device, dtype and LoRA weights (any optimiser step on LoRA changes them) and
+        only where it cannot carry gradient: None while gradients are on and the LM has trainable weights
+        (LoRA training), and while training with gradient checkpointing (which drops every KV cache). The
+        last token of ``text`` may merge with what follows it (e.g. "[{"): the shared part is then shorter."""
+        if torch.is_grad_enabled() and (
+            any(p.requires_grad for p in self.model.parameters())
+            or (self.cfg.gradient_checkpointing and self.model.training)
+        ):
+            return None
+        if any(p in text for p in PLACEHOLDERS):
+            raise ValueError(f"a constant prefix holds no placeholder: {text!r}")
+        lora = tuple(
+            p._version for n, p in self.model.named_parameters() if "lora_" in n
+        )  # bumped by updates
+        key = (text, self.device, self.dtype, lora)
+        prefix = self._prefixes.get(text)
+        if prefix is None or prefix.key != key:
+            text_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids, mask = batches[0]
+            n = Backbone.common_prefix(text_ids, ids, mask)
+            if n == 0:
+                return None
+            prefix = SharedPrefix(key, text_ids[:n], self.prefix_cache(ids[:1, :n]))
+            self._prefixes[text] = prefix
+        if any(Backbone.common_prefix(prefix.ids, ids, mask) < len(prefix) for ids, mask in batches):
+            return None  # a token boundary differs in this batch: the unshared path is exact
+        return prefix
+
+    def hidden_many(
+        self,
+        prompts: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]],
+        prefix: SharedPrefix | None = None,
+        one_pass: bool = True,
+    ) -> list[torch.Tensor]:
+        """Final hidden states of K prompt batches over the same B rows, (B, T_k - P, d) each: the positions
+        after the constant ``prefix`` (P tokens, 0 without one), equal to :meth:`hidden` of each alone.
+
+        With ``one_pass`` (and K > 1), the tokens a row's K prompts share from its start (equal input
+        embeddings: the same text and the same injected vectors) run once: the shared trunk, then each
+        prompt's rest as a branch that sees the trunk and itself only (a 4D "tree" attention mask over one
+        packed row; positions continue from the trunk in every branch). The hidden state of a token depends
+        only on the tokens before it, so this is exact, and gradients reach the trunk's embeddings from every
+        branch. An LM that takes no custom 4D mask gets one pass per batch (logged once)."""
+        p = len(prefix) if prefix is not None else 0
+        embeds = [self.embed(ids, inject)[:, p:] for ids, _, inject in prompts]  # (B, T_k - P, d)
+        masks = [mask[:, p:] for _, mask, _ in prompts]
+        why = (
+            self.tree_unsupported(p + max(e.shape[1] for e in embeds)) if one_pass and len(embeds) > 1 else ""
         )
-        return out.last_hidden_state
+        if len(prompts) == 1 or not one_pass or why:
+            if why and not self._told_fallback:
+                log.info("one pass per prompt batch: %s", why)
+                self._told_fallback = True
+            out = []
+            for e, m in zip(embeds, masks):
+                if prefix is None:
+                    out.append(self._decode(e, m, positions(m)))
+                    continue
+                full = torch.cat([m.new_ones(m.shape[0], p), m], 1)  # (B, P + S)
+                out.append(
+                    self._decode(e, full, positions(full)[:, p:], self._expand(prefix.cache, m.shape[0]))
+                )
+            return out
+        return self._tree_pass(embeds, masks, prefix)
+
+    def tree_unsupported(self, span: int) -> str:
+        """Why this LM cannot run a packed row with a custom 4D mask over prompts of ``span`` tokens ('' if it
+        can): attention kernels without arbitrary masks (flash attention), or a sliding window shorter than
+        the prompts (the one custom mask replaces the window, which is exact only while nothing lies
+        outside it)."""
+        config = self.model.get_decoder().config
+        impl = getattr(config, "_attn_implementation", None)
+        if impl not in ("sdpa", "eager"):
+            return f"the {impl} attention implementation takes no custom 4D mask"
+        window = getattr(config, "sliding_window", None)
+        if window and getattr(config, "use_sliding_window", True) and span > window:
+            return f"sliding-window attention ({window} tokens) over prompts of up to {span} tokens"
+        return ""
+
+    def _tree_pass(
+        self, embeds: list[torch.Tensor], masks: list[torch.Tensor], prefix: SharedPrefix | None
+    ) -> list[torch.Tensor]:
+        """:meth:`hidden_many` in one forward: per row, [trunk | rest of prompt 1 | rest of prompt 2 | ...]."""
+        b, d, k = embeds[0].shape[0], embeds[0].shape[2], len(embeds)
+        lengths = torch.stack([m.sum(1) for m in masks]).tolist()  # K lists of B real lengths
+        n = min(e.shape[1] for e in embeds)
+        same = masks[0][:, :n].bool()  # (B, n): where every prompt has the first one's token and vector
+        for e, m in zip(embeds[1:], masks[1:]):
+            same &= (e[:, :n] == embeds[0][:, :n]).all(-1) & m[:, :n].bool()
+        trunk = same.long().cumprod(1).sum(1).tolist()
+        starts = [0] + list(itertools.accumulate(e.shape[1] for e in embeds))  # of each prompt in `flat`
+        gather, segment, pos = (
+            [],
+            [],
+            [],
+        )  # per row: packed position -> flat column, branch (0 = trunk), position
+        back: list[list[list[int]]] = [[] for _ in embeds]  # per prompt and row: token -> packed position
+        for r in range(b):
+            s = max(0, min([trunk[r]] + [lengths[j][r] - 1 for j in range(k)]))  # >= 1 own token per branch
+            g, seg, ps = list(range(s)), [0] * s, list(range(s))
+            for j in range(k):
+                own = lengths[j][r] - s
+                back[j].append(list(range(s)) + list(range(len(g), len(g) + own)))
+                g += range(starts[j] + s, starts[j] + lengths[j][r])
+                seg += [j + 1] * own
+                ps += range(s, lengths[j][r])
+            gather.append(g)
+            segment.append(seg)
+            pos.append(ps)
+        width = max(map(len, gather))
+        dev = embeds[0].device
+        pad = lambda rows, v: torch.tensor([x + [v] * (width - len(x)) for x in rows], device=dev)  # noqa: E731
+        gather_t, segment_t, pos_t = pad(gather, 0), pad(segment, -1), pad(pos, 0)  # (B, L)
+        flat = torch.cat(embeds, 1)  # (B, sum T_k, d)
+        packed = flat.gather(1, gather_t.unsqueeze(-1).expand(-1, -1, d))  # (B, L, d)
+        order = torch.arange(width, device=dev)
+        query, key = segment_t[:, :, None], segment_t[:, None, :]  # (B, L, 1), (B, 1, L)
+        allowed = (order[None, None, :] <= order[None, :, None]) & ((key == 0) | (key == query)) & (key >= 0)
+        allowed |= torch.eye(width, dtype=torch.bool, device=dev)  # padding sees itself: no empty softmax row
+        p, past = 0, None
+        if prefix is not None:
+            p, past = len(prefix), self._expand(prefix.cache, b)
+            allowed = torch.cat([allowed.new_ones(b, width, p), allowed], 2)  # every token sees the prefix
+        mask4d = torch.zeros(allowed.shape, dtype=packed.dtype, device=dev)
+        mask4d = mask4d.masked_fill(~allowed, torch.finfo(packed.dtype).min)[:, None]  # (B, 1, L, P + L)
+        hidden = self._decode(packed, mask4d, pos_t + p, past)  # (B, L, d)
+        out = []
+        for j, m in enumerate(masks):
+            idx = pad([x + [0] * (m.shape[1] - len(x)) for x in back[j]], 0)[:, : m.shape[1]]  # (B, T_j)
+            h = hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # (B, T_j, d)
+            out.append(h * m.unsqueeze(-1).to(h.dtype))
+        return out
 
     def _cache_argument(self, cache: Any) -> dict[str, Any]:
         """The decoder's keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""

@@ -133,8 +133,13 @@ class ILLMRecConfig(NeuralConfig):
     score_batch_size: int = option(16, "prompts per LLM forward when scoring", ge=1)
     shared_prefix: bool = option(
         True,
-        "scoring without gradients: compute the constant prompt start (chat template + instruction) once "
-        "and reuse its KV cache",
+        "compute the constant prompt start (chat template + instruction) once and reuse its KV cache, "
+        "wherever it carries no gradient: always with the LM frozen, in scoring only with LoRA training",
+    )
+    one_pass: bool = option(
+        True,
+        "training with ILA: the history the IRE and ILA prompts share runs once, the two prompt ends as "
+        "branches of one packed row (tree attention mask); false: one LLM pass per prompt",
     )
     train_users: int | None = option(
         None, "training examples per epoch from this many random users (None = all)", ge=1
@@ -191,7 +196,6 @@ class ILLMRec(FeatureBackedLLM):
         self._state_cache: dict[tuple[int, ...], torch.Tensor] | None = (
             None  # projectors alone: prompt -> state
         )
-        self._prefix: tuple[tuple[Any, ...], list[int], Any] | None = None  # (key, ids, KV cache)
 
     # ------------------------------------------------------------------ building against a dataset
     def _needs(self) -> dict[str, str]:
@@ -208,7 +212,6 @@ class ILLMRec(FeatureBackedLLM):
     def attach(self, ds: Dataset) -> None:
         """Load the backbone, the features and item texts of ``ds``; create adaptors and projectors."""
         cfg = self.cfg
-        self._prefix = None  # a new backbone: the cached constant prefix belonged to the old one
         feats = {
             role: load_item_feature(ds, name, self.n_items, who="illmrec", option=f"{role}_feature")
             for role, name in self._needs().items()
@@ -492,57 +495,63 @@ class ILLMRec(FeatureBackedLLM):
         around +-20, and the first hundred steps go into undoing that); ranking is unchanged."""
         return self.cfg.d_shared**-0.5 if self.cfg.scaled_scores else 1.0
 
-    def inject(self, visual: torch.Tensor, cf: torch.Tensor, n_rec: int = 0) -> dict[str, torch.Tensor]:
-        """Embeddings for the placeholders of a batch: adapted images, adapted CF vectors, [REC]."""
-        out: dict[str, torch.Tensor] = {}
-        if len(visual):
-            out["[VISUAL]"] = self.adaptor(self.feat_image[visual])  # (n_visual, d)
-        if len(cf):
-            out["[CF]"] = self.cf_adaptor(self.feat_cf[cf])  # (n_cf, d)
-        if n_rec:
-            out["[REC]"] = self.rec.expand(n_rec, -1)  # (B, d)
+    def inject(
+        self, visual: list[torch.Tensor], cf: list[torch.Tensor], n_rec: list[int]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Embeddings for the placeholders of one or more prompt batches (the items behind their [VISUAL]s and
+        [CF]s, and how many [REC]s): adapted images, adapted CF vectors, [REC]. Each distinct item is adapted
+        once, so an item in several prompts gets bitwise the same vector (what lets a shared history run
+        once, :meth:`Backbone.hidden_many`)."""
+        out: list[dict[str, torch.Tensor]] = [{} for _ in visual]
+        for name, lists, table, adaptor in (
+            ("[VISUAL]", visual, "feat_image", "adaptor"),
+            ("[CF]", cf, "feat_cf", "cf_adaptor"),
+        ):
+            items = torch.cat(lists)
+            if not len(items):
+                continue
+            unique, where = torch.unique(items, return_inverse=True)
+            values = getattr(self, adaptor)(getattr(self, table)[unique])[where]  # (n, d)
+            for inj, part in zip(out, values.split([len(x) for x in lists])):
+                if len(part):
+                    inj[name] = part
+        for inj, n in zip(out, n_rec):
+            if n:
+                inj["[REC]"] = self.rec.expand(n, -1)  # (B, d)
         return out
+
+    def llm(self, batch: Batch, parts: list[str]) -> tuple[list[torch.Tensor], int]:
+        """Final hidden states of the batch's prompts ``parts`` ("ire", "ila": ``<part>_ids``, ``_mask``,
+        ``_visual``, ``_cf``) after the constant prefix, (B, T - P, d) each, and P.
+
+        Together they make one LLM pass (``one_pass``): the history both prompts hold runs once. The
+        constant prompt start comes from its cached KV (``shared_prefix``) where it carries no gradient."""
+        assert self.backbone is not None
+        inject = self.inject(
+            [batch[f"{x}_visual"] for x in parts],
+            [batch[f"{x}_cf"] for x in parts],
+            [len(batch[f"{x}_ids"]) if x == "ire" else 0 for x in parts],
+        )
+        prompts = [(batch[f"{x}_ids"], batch[f"{x}_mask"], inj) for x, inj in zip(parts, inject)]
+        prefix = None
+        if self.cfg.shared_prefix:
+            sentinel = "\x00HISTORY\x00"
+            text = self.backbone.chat(HISTORY_PREFIX + sentinel)
+            prefix = self.backbone.constant_prefix(
+                text[: text.index(sentinel)], [(ids, mask) for ids, mask, _ in prompts]
+            )
+        hidden = self.backbone.hidden_many(prompts, prefix, one_pass=self.cfg.one_pass)
+        return hidden, len(prefix) if prefix is not None else 0
 
     def raw_states(
         self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor, cf: torch.Tensor
     ) -> torch.Tensor:
-        """(B, d) last hidden state at [REC]: the LLM-guided user representation (Sec. 3.3.1).
-
-        Scoring (no gradients, eval mode) starts from the cached KV of the constant prompt start
-        (:meth:`constant_prefix`) when every row begins with it; training runs the whole prompt."""
+        """(B, d) last hidden state at [REC]: the LLM-guided user representation (Sec. 3.3.1)."""
         assert self.backbone is not None
-        inject = self.inject(visual, cf, n_rec=len(ids))
-        shared = self.constant_prefix(ids, mask)
-        if shared is not None:
-            p, cache = shared
-            hidden = self.backbone.hidden_after(cache, ids[:, p:], mask[:, p:], inject)  # (B, T - P, d)
-            return self.backbone.last_hidden_at(hidden, ids[:, p:], "[REC]").float()
-        hidden = self.backbone.hidden(ids, mask, inject)  # no vocabulary head
-        return self.backbone.last_hidden_at(hidden, ids, "[REC]").float()
-
-    def constant_prefix(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[int, Any] | None:
-        """(P, KV cache) of the prompt start every IRE prompt shares (the chat template's system part and
-        user-turn start, then ``HISTORY_PREFIX``), computed once per backbone, dtype, device and LoRA
-        weights; None (run the whole prompt) while training, with ``shared_prefix`` off, or for a batch
-        whose rows do not all start with those tokens."""
-        if not self.cfg.shared_prefix or torch.is_grad_enabled() or self.training or self.backbone is None:
-            return None
-        bb = self.backbone
-        lora = tuple(p._version for n, p in bb.named_parameters() if "lora_" in n)  # bumped by any update
-        key = (id(bb), bb.device, bb.dtype, lora)
-        if self._prefix is None or self._prefix[0] != key:
-            sentinel = "\x00HISTORY\x00"
-            text = bb.chat(HISTORY_PREFIX + sentinel)
-            text_ids = bb.tokenizer(text[: text.index(sentinel)], add_special_tokens=False)["input_ids"]
-            p = Backbone.common_prefix(text_ids, ids, mask)  # the last token may merge with the history's
-            if p == 0:
-                return None
-            self._prefix = (key, text_ids[:p], bb.prefix_cache(ids[:1, :p]))
-        _, prefix_ids, cache = self._prefix
-        p = len(prefix_ids)
-        if Backbone.common_prefix(prefix_ids, ids, mask) < p:
-            return None  # a token boundary differs in this batch: the unshared path is exact
-        return p, cache
+        (hidden,), p = self.llm(
+            {"ire_ids": ids, "ire_mask": mask, "ire_visual": visual, "ire_cf": cf}, ["ire"]
+        )
+        return self.backbone.last_hidden_at(hidden, ids[:, p:], "[REC]").float()
 
     def prompt_states(self, histories: list[np.ndarray]) -> torch.Tensor:
         """(B, d) raw [REC] states of the IRE prompts of ``histories``, in one LLM forward."""
@@ -570,21 +579,25 @@ class ILLMRec(FeatureBackedLLM):
         return proj
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        """End to end (Eq. 7): IRE, plus ILA when ``ila``."""
-        total = self.ire_loss(batch)
-        if self.cfg.ila:
-            total = total + self.ila_loss(batch)
-        return total
+        """End to end (Eq. 7): IRE, plus ILA when ``ila`` (both prompts in one LLM pass, see :meth:`llm`)."""
+        assert self.backbone is not None
+        if not self.cfg.ila or "ire_state" in batch:
+            return self.ire_loss(batch)
+        (ire, ila), p = self.llm(batch, ["ire", "ila"])
+        state = self.backbone.last_hidden_at(ire, batch["ire_ids"][:, p:], "[REC]").float()  # (B, d)
+        return self.ire_loss(batch, state) + self.backbone.lm_loss(ila, batch["ila_labels"][:, p:])
 
-    def ire_loss(self, batch: Batch) -> torch.Tensor:
+    def ire_loss(self, batch: Batch, raw_state: torch.Tensor | None = None) -> torch.Tensor:
         """IRE (Eq. 5-6): BCE of the target and of one random negative per feature type, averaged over the
-        types; from the batch's prompts, or from their cached [REC] states (projectors alone)."""
+        types; from the batch's prompts, from their [REC] states ``raw_state``, or from the cached states
+        (projectors alone)."""
         if "ire_state" in batch:  # projectors alone: the state was cached
-            h = self.read_state(batch["ire_state"])  # (B, d)
-        else:
-            h = self.user_states(
+            raw_state = batch["ire_state"]
+        elif raw_state is None:
+            raw_state = self.raw_states(
                 batch["ire_ids"], batch["ire_mask"], batch["ire_visual"], batch["ire_cf"]
-            )  # (B, d)
+            )
+        h = self.read_state(raw_state)  # (B, d)
         ire = []
         for t in self.cfg.features:
             o_u = self.user_proj[t](h)  # (B, d_s)
@@ -599,13 +612,8 @@ class ILLMRec(FeatureBackedLLM):
     def ila_loss(self, batch: Batch) -> torch.Tensor:
         """ILA (Eq. 3): next-token loss of the answer about the target item's property."""
         assert self.backbone is not None
-        out = self.backbone(
-            batch["ila_ids"],
-            batch["ila_mask"],
-            self.inject(batch["ila_visual"], batch["ila_cf"]),
-            labels=batch["ila_labels"],
-        )
-        return out.loss.float()
+        (hidden,), p = self.llm(batch, ["ila"])
+        return self.backbone.lm_loss(hidden, batch["ila_labels"][:, p:])
 
     # ------------------------------------------------------------------ scoring (Eq. 8)
     def _state_chunks(self, histories: list[np.ndarray]) -> Iterator[torch.Tensor]:

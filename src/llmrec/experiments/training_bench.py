@@ -1,0 +1,240 @@
+"""``llmrec bench-training``: seconds per LLM training step, the ways one step can run, side by side.
+
+I-LLMRec with ILA runs two prompts per example that share their start (the chat template, the instruction,
+the history): as two passes (as before: each prompt whole, ILA through the LM's own loss over every
+position), as two passes reading the vocabulary head only at the answer, as one pass over the shared history
+(tree attention mask), and as one pass after the constant prefix's cached KV. Without ILA, and for HistLLM's
+step 2 (LoRA frozen), the only saving is the constant prefix. Every mode of a case times the same batches,
+interleaved (mode A step 1, mode B step 1, ...) after one untimed step each, so drift hits all alike;
+``positions`` counts what the LM computed per step (padding included).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmrec.assets import DEFAULT_LLM
+from llmrec.config import option
+from llmrec.errors import ConfigError
+from llmrec.utils.io import write_json_atomic, write_text_atomic
+from llmrec.utils.timing import clock
+
+log = logging.getLogger(__name__)
+
+CASES = ("illmrec", "illmrec-no-ila", "histllm-step2")
+
+# the options of each case at each setting: the demo's quick presets (MovieLens-100K, no images) and the
+# synthetic experiments' (experiments/illmrec_synthetic.sh, experiments/histllm_synthetic.sh)
+SETTINGS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "demo": {
+        "illmrec": ("illmrec", {"representation": "attribute", "features": ["cf", "text"]}),
+        "illmrec-no-ila": (
+            "illmrec",
+            {"representation": "attribute", "features": ["cf", "text"], "ila": False},
+        ),
+        "histllm-step2": ("histllm", {"ke": False}),
+    },
+    "synthetic": {
+        "illmrec": ("illmrec", {"features": ["image"], "window_short": 2, "window_long": 4}),
+        "illmrec-no-ila": (
+            "illmrec",
+            {"features": ["image"], "window_short": 2, "window_long": 4, "ila": False},
+        ),
+        "histllm-step2": ("histllm", {"ke": False, "cf": "none", "image": True, "noun": "item"}),
+    },
+}
+
+
+@dataclass
+class TrainingBenchConfig:
+    """What to time."""
+
+    data: str | None = option("data/ml-100k", "the demo's dataset (its features: make demo); '' to skip")
+    synthetic_data: str | None = option(
+        "data/synth300", "the synthetic catalog with image features ('' to skip; see experiments/*.sh)"
+    )
+    cases: list[str] = option(factory=lambda: list(CASES), help=f"what to time, among {CASES}")
+    llm: str = option(DEFAULT_LLM, "causal LM (offline alias, folder, hub id or .gguf)")
+    batch_size: int = option(8, "training examples per step", ge=1)
+    steps: int = option(3, "timed steps per mode (different batches, the same for every mode)", ge=1)
+    threads: int | None = option(1, "torch CPU threads", ge=1)
+    seed: int = option(0, "seed of the weights and the batches", ge=0, lt=2**32)
+    out: str = option("runs/bench-training", "folder for bench_training.json, .md, .png")
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.cases if c not in CASES]
+        if bad or not self.cases:
+            raise ConfigError(f"cases must be among {CASES}, got {self.cases}")
+        if not self.data and not self.synthetic_data:
+            raise ConfigError("nothing to time: give data or synthetic_data")
+
+
+def two_pass_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """I-LLMRec's training loss as it was computed before one-pass training (the reference of the exactness
+    tests and of the benchmark): the IRE prompt whole, then the ILA prompt whole through the LM's own loss,
+    which projects every position onto the vocabulary."""
+    bb = model.backbone
+    ire_inj, ila_inj = model.inject(
+        [batch["ire_visual"], batch["ila_visual"]],
+        [batch["ire_cf"], batch["ila_cf"]],
+        [len(batch["ire_ids"]), 0],
+    )
+    hidden = bb.hidden(batch["ire_ids"], batch["ire_mask"], ire_inj)  # (B, T, d)
+    state = bb.last_hidden_at(hidden, batch["ire_ids"], "[REC]").float()  # (B, d)
+    ila = bb(batch["ila_ids"], batch["ila_mask"], ila_inj, labels=batch["ila_labels"]).loss.float()
+    return model.ire_loss(batch, state) + ila
+
+
+def _modes(case: str, model: Any) -> dict[str, tuple[dict[str, bool], Callable[[Any], Any]]]:
+    """Each mode: the model options it sets and the loss it runs."""
+    if case == "illmrec":
+        return {
+            "two passes, as before": (
+                {"one_pass": False, "shared_prefix": False},
+                lambda b: two_pass_loss(model, b),
+            ),
+            "two passes": ({"one_pass": False, "shared_prefix": False}, model.loss),
+            "one pass": ({"one_pass": True, "shared_prefix": False}, model.loss),
+            "one pass + cached prefix": ({"one_pass": True, "shared_prefix": True}, model.loss),
+        }
+    return {
+        "whole prompt": ({"shared_prefix": False}, model.loss),
+        "cached prefix": ({"shared_prefix": True}, model.loss),
+    }
+
+
+def run_training_bench(cfg: TrainingBenchConfig) -> dict[str, Any]:
+    import torch
+
+    from llmrec.data.dataset import Dataset
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    result: dict[str, Any] = {"config": cfg.__dict__, "threads": torch.get_num_threads(), "cases": []}
+    for setting, data in (("demo", cfg.data), ("synthetic", cfg.synthetic_data)):
+        if not data:
+            continue
+        ds = Dataset(data)
+        for case in cfg.cases:
+            log.info("timing %s at the %s setting (%s)", case, setting, data)
+            result["cases"].append({"setting": setting, "data": data, **_time_case(case, setting, ds, cfg)})
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "bench_training.json", result)
+    write_text_atomic(out / "bench_training.md", format_training_bench(result) + "\n")
+    plot_training_bench(result, out / "bench_training.png")
+    return result
+
+
+def _time_case(case: str, setting: str, ds: Any, cfg: TrainingBenchConfig) -> dict[str, Any]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from llmrec.models.base import build_model
+
+    name, options = SETTINGS[setting][case]
+    options = {**options, "batch_size": cfg.batch_size, "backbone": {"llm": cfg.llm}}
+    torch.manual_seed(cfg.seed)
+    model = build_model(name, options, ds.n_users, ds.n_items)
+    model.attach(ds)
+    stage = next(s for s in model.stages(ds) if s.name in ("end2end", "step2"))  # what the LLM trains in
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in stage.trainable)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batches = []
+    for batch in stage.batches(ds, np.random.default_rng(cfg.seed)):
+        batches.append({k: v.to(model.device) for k, v in batch.items()})
+        if len(batches) == cfg.steps + 1:
+            break
+    modes = _modes(case, model)
+    positions: dict[str, int] = {}
+    seen: list[int] = []
+    hook = model.backbone.model.get_decoder().register_forward_hook(
+        lambda m, args, kwargs, out: seen.append(kwargs["inputs_embeds"].shape[:2].numel()), with_kwargs=True
+    )
+
+    def step(mode: str, batch: dict[str, Any]) -> float:
+        flags, loss_fn = modes[mode]
+        for k, v in flags.items():
+            setattr(model.cfg, k, v)
+        t0 = clock(model.device)
+        loss = loss_fn(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return clock(model.device) - t0
+
+    model.train()
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    try:
+        for mode in modes:  # untimed: the first step builds the prefix cache, warms the allocator
+            step(mode, batches[0])
+            seen.clear()
+            step(mode, batches[0])
+            positions[mode] = sum(seen)
+        bar = tqdm(total=cfg.steps * len(modes), desc=f"{case} ({setting})", leave=False, disable=None)
+        for batch in batches[1:]:
+            for mode in modes:
+                times[mode].append(step(mode, batch))
+                bar.update()
+        bar.close()
+    finally:
+        hook.remove()
+    first = next(iter(modes))
+    med = {m: statistics.median(t) for m, t in times.items()}
+    tokens = {k[:-5]: int(batches[0][k].sum()) for k in ("ire_mask", "ila_mask", "mask") if k in batches[0]}
+    return {
+        "case": case,
+        "model": name,
+        "options": options,
+        "prompt_tokens_first_batch": tokens,
+        "modes": {
+            m: {
+                "s_per_step": med[m],
+                "times": times[m],
+                "positions_per_step": positions[m],
+                "speedup": med[first] / med[m],
+            }
+            for m in modes
+        },
+    }
+
+
+def format_training_bench(r: dict[str, Any]) -> str:
+    lines = [
+        f"seconds per training step ({r['config']['batch_size']} examples, {r['threads']} torch threads, "
+        f"{r['config']['llm']}; median of {r['config']['steps']} steps per mode, modes interleaved)",
+        "",
+        "| setting | case | mode | LM positions / step | s / step | speed-up |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for c in r["cases"]:
+        for mode, m in c["modes"].items():
+            lines.append(
+                f"| {c['setting']} | {c['case']} | {mode} | {m['positions_per_step']:,} "
+                f"| {m['s_per_step']:.2f} | {m['speedup']:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
+def plot_training_bench(r: dict[str, Any], path: Path) -> None:
+    from llmrec.plots import pyplot, save_figure
+
+    plt = pyplot()
+    rows = [
+        (f"{c['setting']} {c['case']}: {mode}", m["s_per_step"])
+        for c in r["cases"]
+        for mode, m in c["modes"].items()
+    ]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.2))
+    ax.barh([k for k, _ in rows][::-1], [v for _, v in rows][::-1], color="tab:blue")
+    ax.set_xlabel("seconds per training step")
+    ax.set_title(f"one LLM training step of {r['config']['batch_size']} examples")
+    save_figure(fig, path)
