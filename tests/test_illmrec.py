@@ -295,16 +295,11 @@ def test_projectors_alone_train_on_cached_states(ill_dataset, tiny_llm, tmp_path
         trained[stage.name] = {n for n, p in model.named_parameters() if p.requires_grad}
         if stage.name == "head":  # the first stage is over: keep its weights, count LLM prompts from now on
             first.update(model.checkpoint_state())
-            hidden, after = model.backbone.hidden, model.backbone.hidden_after
+            many = model.backbone.hidden_many  # every LLM pass of I-LLMRec, prefix cached or not
             monkeypatch.setattr(
                 model.backbone,
-                "hidden",
-                lambda ids, *a, **kw: calls.append(len(ids)) or hidden(ids, *a, **kw),
-            )
-            monkeypatch.setattr(  # prompts after the shared constant prefix (scoring without gradients)
-                model.backbone,
-                "hidden_after",
-                lambda cache, ids, *a, **kw: calls.append(len(ids)) or after(cache, ids, *a, **kw),
+                "hidden_many",
+                lambda prompts, *a, **kw: calls.append(len(prompts[0][0])) or many(prompts, *a, **kw),
             )
         return loop(model, ds, run, stage, *args, **kwargs)
 

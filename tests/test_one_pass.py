@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import test_histllm
 import test_illmrec
 from llmrec.experiments.training_bench import two_pass_loss
 from llmrec.models.base import build_model
@@ -173,3 +174,51 @@ def test_smollm2_one_pass_equals_two_passes(ill_dataset):
         model, batch = model_and_batch(ill_dataset, "smollm2-135m-instruct", lora, batch_size=4)
         want = loss_and_grads(model, functools.partial(two_pass_loss, model), batch)
         assert_same(loss_and_grads(model, model.loss, batch), want, loss_tol=1e-5, grad_tol=1e-3)
+
+
+# --------------------------------------------------------------------------- HistLLM: step 2 with LoRA frozen
+ctr_dataset = test_histllm.ctr_dataset  # fixture
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"image": True},  # [HIST], [USERID], target [VISUAL], [ITEMID]
+        {"image": True, "history": "inline", "cf": "none"},  # history [VISUAL]s right after the prefix
+    ],
+)
+def test_histllm_step2_with_a_cached_prefix_equals_the_whole_prompt(ctr_dataset, tiny_llm, options):
+    model = test_histllm.make("histllm", ctr_dataset, tiny_llm, **options)
+    model.cfg.backbone.lora_dropout = 0.0
+    model.attach(ctr_dataset)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a step-1 LoRA that is not the identity
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    step2 = model.step_parameters(2)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in step2)
+    batch = next(model.train_batches(ctr_dataset, np.random.default_rng(0)))
+    model.train()
+    model.cfg.shared_prefix = False
+    want = loss_and_grads(model, model.loss, batch)
+    model.cfg.shared_prefix = True
+    got = loss_and_grads(model, model.loss, batch)
+    (prefix,) = model.backbone.prefixes
+    assert "#Question: A user has given high ratings to the following movies:" in (
+        model.backbone.tokenizer.decode(prefix.ids)
+    )
+    assert_same(got, want)
+
+    for name, p in model.named_parameters():  # step 1 trains LoRA: the prefix is run with the prompt
+        p.requires_grad_(name in model.step_parameters(1))
+    calls = []
+    hook = model.backbone.model.get_decoder().register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    try:
+        model.loss(batch)
+    finally:
+        hook.remove()
+    assert calls == [batch["ids"].shape[1]]

@@ -87,10 +87,11 @@ def test_illmrec_constant_prefix_is_computed_once_and_exact(ill_dataset, tiny_ll
     plain = all_scores(model, users, hist, shared=False)
     shared = all_scores(model, users, hist, shared=True)
     np.testing.assert_allclose(shared, plain, atol=1e-4, rtol=0)
-    key, ids, cache = model._prefix
-    assert len(ids) > 5 and "<|im_start|>" in model.backbone.tokenizer.decode(ids)
+    (prefix,) = model.backbone.prefixes
+    cache = prefix.cache
+    assert len(prefix) > 5 and "<|im_start|>" in model.backbone.tokenizer.decode(prefix.ids)
     all_scores(model, users, hist, shared=True)
-    assert model._prefix[2] is cache  # reused, not recomputed
+    assert model.backbone.prefixes[0].cache is cache  # reused, not recomputed
 
     perturb_lora(model)  # LoRA changed (as by a training step): the cached prefix is stale
     with torch.no_grad():
@@ -98,20 +99,8 @@ def test_illmrec_constant_prefix_is_computed_once_and_exact(ill_dataset, tiny_ll
             if "lora_B" in name:
                 p.mul_(-1)
     shared = all_scores(model, users, hist, shared=True)
-    assert model._prefix[2] is not cache
+    assert model.backbone.prefixes[0].cache is not cache
     np.testing.assert_allclose(shared, all_scores(model, users, hist, shared=False), atol=1e-4, rtol=0)
-
-
-def test_illmrec_training_runs_the_whole_prompt(ill_dataset, tiny_llm):
-    model = illmrec(ill_dataset, tiny_llm)
-    batch = model.build_ire(histories_of(ill_dataset, [0, 1]))
-    model.train()
-    with torch.no_grad():
-        assert model.constant_prefix(batch["ids"], batch["mask"]) is None
-    model.eval()
-    assert model.constant_prefix(batch["ids"], batch["mask"]) is None  # gradients on
-    with torch.no_grad():
-        assert model.constant_prefix(batch["ids"], batch["mask"]) is not None
 
 
 # --------------------------------------------------------------------------- the real default LM (SmolLM2)
@@ -154,7 +143,8 @@ def test_smollm2_shared_prefixes_are_exact(ctr_dataset, ill_dataset):
     users = np.arange(6)
     hist = histories_of(ill_dataset, users)
     shared = all_scores(ill, users, hist, shared=True)
-    assert ill._prefix is not None and len(ill._prefix[1]) > 20  # system turn + instruction
+    (prefix,) = ill.backbone.prefixes
+    assert len(prefix) > 20  # system turn + instruction
     np.testing.assert_allclose(shared, all_scores(ill, users, hist, shared=False), atol=1e-4, rtol=0)
 
 

@@ -191,7 +191,7 @@ def _time_shared_prefix(model: Any, seqs: list[np.ndarray], cfg: EfficiencyConfi
                 t0 = clock(model.device)
                 model.score_all(np.array(users), histories)
                 times[shared].append((clock(model.device) - t0) * 100 / len(users))
-        prefix = len(model._prefix[1]) if model._prefix is not None else 0
+        prefix = len(model.backbone.prefixes[0]) if model.backbone.prefixes else 0
         tokens = float(batch["mask"].sum(1).float().mean())
         out[L] = {
             "prompt_tokens": tokens,

@@ -300,6 +300,11 @@ class Backbone(nn.Module):
             embeds, full, positions(full)[:, p:], self._expand(cache, b)
         )  # positions P, P + 1..
 
+    @property
+    def prefixes(self) -> list[SharedPrefix]:
+        """The constant prompt starts cached so far (one per text)."""
+        return list(self._prefixes.values())
+
     def constant_prefix(
         self, text: str, batches: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> SharedPrefix | None:

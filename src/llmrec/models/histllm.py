@@ -65,7 +65,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import load_feature, load_item_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
-from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target, escape_placeholders
+from llmrec.llm.prompts import CTR_HISTORY, ctr_item, ctr_prompt, ctr_target, escape_placeholders
 from llmrec.models.base import register_model
 from llmrec.models.llm_base import FeatureBackedLLM
 from llmrec.models.neural import Batch, NeuralConfig, Stage
@@ -126,7 +126,9 @@ class HistLLMConfig(NeuralConfig):
     score_batch_size: int = option(16, "prompts per LLM forward when scoring", ge=1)
     shared_prefix: bool = option(
         True,
-        "ranking: run each user's prompt up to the target once and reuse its KV cache for every candidate",
+        "compute shared prompt starts once: the constant instruction before the history (its cached KV, "
+        "wherever it carries no gradient: step 2 with LoRA frozen, and scoring) and, ranking, each user's "
+        "prompt up to the target (its KV reused for every candidate)",
     )
     rank_batch_size: int = option(64, "ranking with the shared prefix: candidates per LLM forward", ge=1)
     epochs: int = option(2, "epochs of step 2 (the mappers and history encoder)", ge=1)
@@ -486,11 +488,23 @@ class HistLLM(FeatureBackedLLM):
         return out
 
     def answer_logits(self, batch: Batch) -> torch.Tensor:
-        """(B,) logit of P(Yes) at the answer position (the last real token of each prompt)."""
-        assert self.backbone is not None
+        """(B,) logit of P(Yes) at the answer position (the last real token of each prompt).
+
+        The constant instruction before the history comes from its cached KV (``shared_prefix``) wherever it
+        carries no gradient: in step 2 (LoRA frozen) and in scoring; step 1 trains LoRA, which it depends on."""
+        bb = self.backbone
+        assert bb is not None
         ids, mask = batch["ids"], batch["mask"]
-        hidden = self.backbone.hidden(ids, mask, self.inject(batch))  # (B, T, d)
-        last = hidden[torch.arange(len(ids), device=ids.device), Backbone.last_positions(mask)]  # (B, d)
+        prefix = None
+        if self.cfg.shared_prefix:
+            sentinel = "\x00HISTORY\x00"
+            text = bb.chat(CTR_HISTORY.format(nouns=self.cfg.noun + "s", history=sentinel))
+            prefix = bb.constant_prefix(text[: text.index(sentinel)], [(ids, mask)])
+        p = len(prefix) if prefix is not None else 0
+        (hidden,) = bb.hidden_many([(ids, mask, self.inject(batch))], prefix)  # (B, T - P, d)
+        last = hidden[
+            torch.arange(len(ids), device=ids.device), Backbone.last_positions(mask[:, p:])
+        ]  # (B, d)
         yes_no = self.backbone.token_logits(last, self.answer_ids).float()  # (B, 2)
         return yes_no[:, 0] - yes_no[:, 1] if self.cfg.scoring == "softmax" else yes_no[:, 0]
 
