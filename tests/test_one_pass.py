@@ -8,6 +8,7 @@ relative; we allow 1e-5 on losses and 1e-4 (relative to the largest entry of eac
 """
 
 import functools
+import json
 import logging
 
 import numpy as np
@@ -222,3 +223,26 @@ def test_histllm_step2_with_a_cached_prefix_equals_the_whole_prompt(ctr_dataset,
     finally:
         hook.remove()
     assert calls == [batch["ids"].shape[1]]
+
+
+# --------------------------------------------------------------------------- the benchmark command
+def test_bench_training_times_every_mode_side_by_side(ill_dataset, ctr_dataset, tiny_llm, tmp_path, capsys):
+    from llmrec.cli import main
+
+    out = tmp_path / "bench"
+    common = ["--llm", tiny_llm, "--steps", "1", "--batch-size", "4", "--out", str(out)]
+    assert main(["bench-training", "--data", "", "--synthetic-data", str(ill_dataset.root), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "| synthetic | illmrec | one pass + cached prefix |" in printed
+    result = json.loads((out / "bench_training.json").read_text())
+    assert [c["case"] for c in result["cases"]] == ["illmrec", "illmrec-no-ila", "histllm-step2"]
+    ila = result["cases"][0]["modes"]
+    assert list(ila) == ["two passes, as before", "two passes", "one pass", "one pass + cached prefix"]
+    positions = [m["positions_per_step"] for m in ila.values()]
+    assert positions[0] == positions[1] > positions[2] > positions[3]  # history once, then no prefix
+    assert all(m["s_per_step"] > 0 and len(m["times"]) == 1 for m in ila.values())
+    assert ila["two passes, as before"]["speedup"] == 1.0
+    no_ila = result["cases"][1]["modes"]
+    assert list(no_ila) == ["whole prompt", "cached prefix"]
+    assert no_ila["whole prompt"]["positions_per_step"] > no_ila["cached prefix"]["positions_per_step"]
+    assert (out / "bench_training.png").stat().st_size > 1000 and (out / "bench_training.md").exists()
