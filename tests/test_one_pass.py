@@ -23,14 +23,16 @@ from llmrec.models.base import build_model
 ill_dataset = test_illmrec.ill_dataset  # fixture
 
 
-def model_and_batch(ds, llm, lora, representation="image", batch_size=6, seed=0, **options):
+def model_and_batch(
+    ds, llm, lora, representation="image", batch_size=6, seed=0, checkpointing=False, **options
+):
     torch.manual_seed(0)
     opts = {
         "adaptor_hidden": 16,
         "d_shared": 8,
         "batch_size": batch_size,
         "representation": representation,
-        "backbone": {"llm": llm, "lora": lora, "lora_dropout": 0.0},
+        "backbone": {"llm": llm, "lora": lora, "lora_dropout": 0.0, "gradient_checkpointing": checkpointing},
         **options,
     }
     model = build_model("illmrec", opts, ds.n_users, ds.n_items)
@@ -147,6 +149,55 @@ def test_a_family_without_custom_masks_falls_back_to_two_passes(ill_dataset, tin
         config._attn_implementation = "sdpa"
 
 
+@pytest.fixture(scope="module")
+def tiny_gemma3(tiny_llm, tmp_path_factory):
+    """A random 2-layer Gemma 3 (a sliding-window layer, a full one, logit soft-capping) on the tiny tokenizer."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=1024,
+        layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=5.0,
+        max_position_embeddings=2048,
+        initializer_range=0.3,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_gemma3_takes_the_packed_row(ill_dataset, tiny_gemma3):
+    """Another family: sliding-window layers (the window longer than the prompts) and a soft-capped head."""
+    model, batch = model_and_batch(ill_dataset, tiny_gemma3, lora=True)
+    assert model.backbone.tree_unsupported(200) == ""
+    want = loss_and_grads(model, functools.partial(two_pass_loss, model), batch)
+    assert_same(loss_and_grads(model, model.loss, batch), want)
+
+
+def test_gradient_checkpointing_keeps_one_pass_and_recomputes_the_prefix(ill_dataset, tiny_llm):
+    """Checkpointing replays each layer in the backward without its KV cache: the prefix is never cached
+    while training with it, and the packed row (no cache needed) stays exact."""
+    model, batch = model_and_batch(ill_dataset, tiny_llm, lora=False, checkpointing=True)
+    want = loss_and_grads(model, functools.partial(two_pass_loss, model), batch)
+    assert_same(loss_and_grads(model, model.loss, batch), want)
+    assert model.backbone.prefixes == []
+    with torch.no_grad():
+        model.eval()
+        model.loss(batch)  # scoring-like: no gradient, the prefix is cached
+    assert len(model.backbone.prefixes) == 1
+
+
 def test_eager_attention_takes_the_same_packed_row(ill_dataset, tiny_llm):
     model, batch = model_and_batch(ill_dataset, tiny_llm, lora=True)
     model.backbone.model.set_attn_implementation("eager")
@@ -246,3 +297,19 @@ def test_bench_training_times_every_mode_side_by_side(ill_dataset, ctr_dataset, 
     assert list(no_ila) == ["whole prompt", "cached prefix"]
     assert no_ila["whole prompt"]["positions_per_step"] > no_ila["cached prefix"]["positions_per_step"]
     assert (out / "bench_training.png").stat().st_size > 1000 and (out / "bench_training.md").exists()
+
+
+def test_ila_without_trainable_tokens_is_reported(ill_dataset, tiny_llm, caplog):
+    """A text-only representation with the LM frozen: nothing in the ILA prompt can learn, and its loss has
+    no gradient at all (the demo's quick preset is such a case)."""
+    model, batch = model_and_batch(ill_dataset, tiny_llm, lora=False, representation="attribute")
+    with caplog.at_level(logging.WARNING, logger="llmrec.models.illmrec"):
+        model.stages(ill_dataset)
+    assert "ILA trains nothing" in caplog.text
+    (ila,), p = model.llm(batch, ["ila"])
+    assert not model.backbone.lm_loss(ila, batch["ila_labels"][:, p:]).requires_grad
+    caplog.clear()
+    model, _ = model_and_batch(ill_dataset, tiny_llm, lora=False, representation="image")
+    with caplog.at_level(logging.WARNING, logger="llmrec.models.illmrec"):
+        model.stages(ill_dataset)
+    assert "ILA trains nothing" not in caplog.text

@@ -654,6 +654,16 @@ class ILLMRec(FeatureBackedLLM):
         for ``stage1_epochs``, then the projectors alone for ``epochs`` (Appendix H). ``stage1_from`` takes
         the first stage's weights from a saved model instead of training them."""
         cfg = self.cfg
+        if (
+            cfg.ila
+            and not cfg.backbone.lora
+            and cfg.representation not in ("image", "image_description", "cf")
+        ):
+            log.warning(
+                "ila: the %s representation puts no [VISUAL] or [CF] token in the prompts and the LM is frozen, "
+                "so ILA trains nothing (its loss is a constant); it costs LLM compute every step: -o ila=false",
+                cfg.representation,
+            )
         projectors = frozenset(n for n in self._trainable if n.startswith(("user_proj.", "item_proj.")))
         ila_only = cfg.training == "two_stage"  # ILA trains what the ILA prompt reaches: adaptors (and LoRA)
         first = Stage(
