@@ -62,6 +62,11 @@ class SharedPrefix:
         return len(self.ids)
 
 
+def _rows(rows: list[list[int]], width: int, fill: int, device: Any) -> torch.Tensor:
+    """(len(rows), width) long tensor of ragged integer rows, right-filled with ``fill``."""
+    return torch.tensor([x + [fill] * (width - len(x)) for x in rows], device=device)
+
+
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) position ids that count real tokens only, so left and right padding give the same outputs."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -402,11 +407,10 @@ class Backbone(nn.Module):
             same &= (e[:, :n] == embeds[0][:, :n]).all(-1) & m[:, :n].bool()
         trunk = same.long().cumprod(1).sum(1).tolist()
         starts = [0] + list(itertools.accumulate(e.shape[1] for e in embeds))  # of each prompt in `flat`
-        gather, segment, pos = (
-            [],
-            [],
-            [],
-        )  # per row: packed position -> flat column, branch (0 = trunk), position
+        # per row and packed position: the column of `flat` it takes, its branch (0 = trunk), its position id
+        gather: list[list[int]] = []
+        segment: list[list[int]] = []
+        pos: list[list[int]] = []
         back: list[list[list[int]]] = [[] for _ in embeds]  # per prompt and row: token -> packed position
         for r in range(b):
             s = max(0, min([trunk[r]] + [lengths[j][r] - 1 for j in range(k)]))  # >= 1 own token per branch
@@ -422,8 +426,9 @@ class Backbone(nn.Module):
             pos.append(ps)
         width = max(map(len, gather))
         dev = embeds[0].device
-        pad = lambda rows, v: torch.tensor([x + [v] * (width - len(x)) for x in rows], device=dev)  # noqa: E731
-        gather_t, segment_t, pos_t = pad(gather, 0), pad(segment, -1), pad(pos, 0)  # (B, L)
+        gather_t, segment_t, pos_t = (
+            _rows(x, width, fill, dev) for x, fill in ((gather, 0), (segment, -1), (pos, 0))
+        )
         flat = torch.cat(embeds, 1)  # (B, sum T_k, d)
         packed = flat.gather(1, gather_t.unsqueeze(-1).expand(-1, -1, d))  # (B, L, d)
         order = torch.arange(width, device=dev)
@@ -439,7 +444,7 @@ class Backbone(nn.Module):
         hidden = self._decode(packed, mask4d, pos_t + p, past)  # (B, L, d)
         out = []
         for j, m in enumerate(masks):
-            idx = pad([x + [0] * (m.shape[1] - len(x)) for x in back[j]], 0)[:, : m.shape[1]]  # (B, T_j)
+            idx = _rows(back[j], m.shape[1], 0, dev)  # (B, T_j): packed position of each token
             h = hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # (B, T_j, d)
             out.append(h * m.unsqueeze(-1).to(h.dtype))
         return out
