@@ -457,3 +457,34 @@ def test_probe_reads_the_picture_from_the_user_state(shape_dataset, tiny_llm, tm
         assert shape["last"] < 0.5 and shape["next"] < 0.5, shape  # identical titles: chance is 0.25
     trained = run_probe(ProbeConfig(run=str(run), fields=["category"]))
     assert set(trained["fields"]["category"]) == {"next", "next_majority", "last", "last_majority"}
+
+
+@pytest.mark.parametrize("sampler", ["official", "llmrec"])
+def test_training_window_samplers(ill_dataset, tiny_llm, sampler):
+    """The official sampler: exactly L contiguous items before the target, never a 1-item history, targets
+    skewed late; ours: the target position uniform (so 1-item histories, 1/11 of a 12-item sequence)."""
+    m = _model(ill_dataset, tiny_llm, window_sampler=sampler)
+    seq = np.arange(100, 112)  # 12 items
+    rng = np.random.default_rng(0)
+    draws = [m.sample_window(seq, rng) for _ in range(40_000)]
+    sizes = np.array([len(h) for h, _ in draws])
+    targets = np.array([t for _, t in draws]) - 100  # target positions
+    for h, t in draws[:2000]:  # contiguous, right before the target
+        assert list(h) == list(range(t - len(h), t))
+    p_size = {n: 0.5 * (n <= 4) / 3 + 0.5 * (n <= 9) / 8 for n in range(2, 10)}  # L: 2..4 or 2..9, p 0.5
+    if sampler == "official":
+        assert sizes.min() >= 2 and set(sizes) == set(range(2, 10))
+        for n in (2, 5, 9):  # exactly L items
+            assert abs((sizes == n).mean() - p_size[n]) < 0.01
+        # a target at position t comes from every L <= t, each with probability P(L) / (12 - L) (its start)
+        for t in (2, 6, 11):
+            want = sum(p / (12 - n) for n, p in p_size.items() if n <= t)
+            assert abs((targets == t).mean() - want) < 0.006, (t, want)
+        for _ in range(
+            20
+        ):  # 3 items: room for L = 2 only, or all but the last when L > 2; the same either way
+            history, target = m.sample_window(np.arange(3), rng)
+            assert list(history) == [0, 1] and target == 2
+    else:
+        assert abs((sizes == 1).mean() - 1 / 11) < 0.01  # target position 1: one item before it
+        assert abs((targets == 2).mean() - 1 / 11) < 0.01

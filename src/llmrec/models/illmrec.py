@@ -113,6 +113,12 @@ class ILLMRecConfig(NeuralConfig):
     )
     window_short: int = option(4, "training history windows: 2..window_short items ...", ge=2)
     window_long: int = option(9, "... or 2..window_long items, each with probability 0.5", ge=2)
+    window_sampler: Literal["llmrec", "official"] = option(
+        "llmrec",
+        "llmrec: the target position uniform, up to L items before it (1-item histories happen); official: "
+        "exactly L contiguous items from a uniform start, the next one the target (a sequence of L items or "
+        "fewer gives all but its last), as the official code",
+    )
     test_history: int = option(10, "items of history in evaluation prompts (the most recent)", ge=1)
     max_prompt_tokens: int = option(
         1024,
@@ -415,8 +421,15 @@ class ILLMRec(FeatureBackedLLM):
         return -(-self.num_train_users(dataset) * self.cfg.head_windows // self.cfg.head_batch_size)
 
     def sample_window(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        """A random (history, target) pair from a training sequence (official: 2..4 or 2..9 items)."""
+        """A random (history, target) pair from a training sequence: L in 2..window_short or 2..window_long
+        (p 0.5 each, as the official code), the window drawn as ``window_sampler`` says."""
         longest = self.cfg.window_short if rng.random() < 0.5 else self.cfg.window_long
+        if self.cfg.window_sampler == "official":
+            size = int(rng.integers(2, longest + 1))
+            if len(seq) <= size:  # no room for L items and a target: all but the last
+                return seq[:-1], int(seq[-1])
+            start = int(rng.integers(0, len(seq) - size))  # seq[start + size], the target, exists
+            return seq[start : start + size], int(seq[start + size])
         t = int(rng.integers(1, len(seq)))  # target position
         size = int(rng.integers(2, longest + 1))
         return seq[max(0, t - size) : t], int(seq[t])
