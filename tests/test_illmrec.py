@@ -488,3 +488,15 @@ def test_training_window_samplers(ill_dataset, tiny_llm, sampler):
     else:
         assert abs((sizes == 1).mean() - 1 / 11) < 0.01  # target position 1: one item before it
         assert abs((targets == 2).mean() - 1 / 11) < 0.01
+
+
+def test_official_adaptor_eps_and_rec_init(ill_dataset, tiny_llm):
+    default = _model(ill_dataset, tiny_llm)
+    assert default.adaptor[1].eps == 1e-5
+    official = _model(ill_dataset, tiny_llm, adaptor_ln_eps=1e-8, rec_init="xavier_uniform")
+    assert official.adaptor[1].eps == 1e-8
+    bound = (
+        6 / (1 + official.rec.shape[1])
+    ) ** 0.5  # xavier_uniform: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
+    assert float(official.rec.abs().max()) <= bound
+    assert float(default.rec.abs().max()) > bound  # xavier_normal's tails reach past it (std b / sqrt(3))

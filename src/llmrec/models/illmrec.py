@@ -107,6 +107,10 @@ class ILLMRecConfig(NeuralConfig):
         "folder) and train the projectors alone",
     )
     adaptor_hidden: int = option(512, "hidden size of the 2-layer MLP adaptor", ge=1)
+    adaptor_ln_eps: float = option(1e-5, "epsilon of the adaptor's LayerNorm (official code: 1e-8)", gt=0)
+    rec_init: Literal["xavier_normal", "xavier_uniform"] = option(
+        "xavier_normal", "initialisation of the [REC] vector (official code: xavier_uniform)"
+    )
     d_shared: int = option(512, "size of the shared recommendation space of the projectors", ge=1)
     scaled_scores: bool = option(
         True, "divide affinities by sqrt(d_shared) (false = the paper's plain dot product; same ranking)"
@@ -177,9 +181,11 @@ class ILLMRecConfig(NeuralConfig):
             raise ConfigError("stage1_from skips the first stage: give head_epochs (or training=two_stage)")
 
 
-def mlp_adaptor(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+def mlp_adaptor(d_in: int, hidden: int, d_out: int, eps: float = 1e-5) -> nn.Sequential:
     """The official adaptor: Linear -> LayerNorm -> GELU -> Linear."""
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.LayerNorm(hidden, eps=eps), nn.GELU(), nn.Linear(hidden, d_out)
+    )
 
 
 def projector(d_in: int, d_s: int) -> nn.Sequential:
@@ -269,10 +275,13 @@ class ILLMRec(FeatureBackedLLM):
             )
         d = self.backbone.hidden_size
         if "image" in feats:
-            self.adaptor = mlp_adaptor(feats["image"].dim, cfg.adaptor_hidden, d)  # M: image -> one LLM token
+            self.adaptor = mlp_adaptor(feats["image"].dim, cfg.adaptor_hidden, d, cfg.adaptor_ln_eps)  # M
         if "cf" in feats and cfg.representation == "cf":
-            self.cf_adaptor = mlp_adaptor(feats["cf"].dim, cfg.adaptor_hidden, d)  # A-LLMRec-style CF token
-        self.rec = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, d)))  # [REC]
+            self.cf_adaptor = mlp_adaptor(
+                feats["cf"].dim, cfg.adaptor_hidden, d, cfg.adaptor_ln_eps
+            )  # CF token
+        init = nn.init.xavier_uniform_ if cfg.rec_init == "xavier_uniform" else nn.init.xavier_normal_
+        self.rec = nn.Parameter(init(torch.empty(1, d)))  # [REC]
         self.user_proj = nn.ModuleDict({t: projector(d, cfg.d_shared) for t in cfg.features})
         # fixed standardisation of the [REC] state, set by the projectors-alone stage (identity until then)
         self.register_buffer("state_mean", torch.zeros(d))
