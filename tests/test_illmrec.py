@@ -500,3 +500,28 @@ def test_official_adaptor_eps_and_rec_init(ill_dataset, tiny_llm):
     ) ** 0.5  # xavier_uniform: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
     assert float(official.rec.abs().max()) <= bound
     assert float(default.rec.abs().max()) > bound  # xavier_normal's tails reach past it (std b / sqrt(3))
+
+
+def test_negative_sampling_llmrec_and_official(ill_dataset, tiny_llm):
+    """Ours: one negative per example, shared by the feature types, outside the user's training sequence.
+    Official: one per example and feature type, independent, anything but the target (history items too)."""
+    seqs = ill_dataset.train_sequences
+    users = np.arange(ill_dataset.n_users)
+    targets = np.array([seqs[u][-1] for u in users])
+    ours = _model(ill_dataset, tiny_llm)
+    neg = ours.sample_negatives(np.random.default_rng(0), users, targets, seqs)
+    assert neg.shape == (len(users),) and not any(n in seqs[u] for u, n in zip(users, neg))
+    official = _model(ill_dataset, tiny_llm, negative_sampling="official")
+    draws = np.stack(
+        [official.sample_negatives(np.random.default_rng(s), users, targets, seqs) for s in range(50)]
+    )
+    assert draws.shape == (50, len(users), 3)  # image, cf, text
+    assert not (draws == targets[None, :, None]).any()
+    assert (draws[..., 0] != draws[..., 1]).mean() > 0.8  # independent per feature type
+    seen = set(seqs[0][:-1].tolist())  # user 0's other training items: allowed as negatives
+    assert any(int(n) in seen for n in draws[:, 0, :].ravel())
+    batch = next(official.train_batches(ill_dataset, np.random.default_rng(0)))
+    assert batch["negative"].shape == (official.cfg.batch_size, 3)
+    loss = official.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)

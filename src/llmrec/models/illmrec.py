@@ -117,6 +117,12 @@ class ILLMRecConfig(NeuralConfig):
     )
     window_short: int = option(4, "training history windows: 2..window_short items ...", ge=2)
     window_long: int = option(9, "... or 2..window_long items, each with probability 0.5", ge=2)
+    negative_sampling: Literal["llmrec", "official"] = option(
+        "llmrec",
+        "IRE negatives: llmrec: one per example, shared by the feature types, never an item of the user's "
+        "training sequence; official: one per example and feature type, drawn independently, anything but the "
+        "target (as the official code)",
+    )
     window_sampler: Literal["llmrec", "official"] = option(
         "llmrec",
         "llmrec: the target position uniform, up to L items before it (1-item histories happen); official: "
@@ -443,6 +449,16 @@ class ILLMRec(FeatureBackedLLM):
         size = int(rng.integers(2, longest + 1))
         return seq[max(0, t - size) : t], int(seq[t])
 
+    def sample_negatives(
+        self, rng: np.random.Generator, users: Any, targets: np.ndarray, seqs: Any
+    ) -> np.ndarray:
+        """IRE negatives of a batch (see ``negative_sampling``): (B,) shared by the feature types, or (B, F)
+        one per feature type."""
+        if self.cfg.negative_sampling == "official":
+            draws = rng.integers(0, self.n_items - 1, size=(len(targets), len(self.cfg.features)))
+            return draws + (draws >= np.asarray(targets)[:, None])  # uniform over every item but the target
+        return np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in users])
+
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         """IRE prompts of random training windows (and their ILA prompts when ``ila``), a user per example."""
         seqs = dataset.train_sequences
@@ -454,7 +470,7 @@ class ILLMRec(FeatureBackedLLM):
             windows = [self.sample_window(seqs[u], rng) for u in chunk]
             histories = [w[0] for w in windows]
             targets = np.array([w[1] for w in windows])
-            negatives = np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in chunk])
+            negatives = self.sample_negatives(rng, chunk, targets, seqs)
             batch = {f"ire_{k}": v for k, v in self.build_ire(histories).items()}
             batch.update({"target": torch.from_numpy(targets), "negative": torch.from_numpy(negatives)})
             if self.cfg.ila:
@@ -476,7 +492,7 @@ class ILLMRec(FeatureBackedLLM):
         for start in range(0, len(order), self.cfg.head_batch_size):
             rows = torch.from_numpy(order[start : start + self.cfg.head_batch_size])
             users = pool["user"][rows].tolist()
-            negatives = np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in users])
+            negatives = self.sample_negatives(rng, users, pool["target"][rows].numpy(), seqs)
             yield {
                 "ire_state": pool["state"][rows],
                 "target": pool["target"][rows],
@@ -621,10 +637,11 @@ class ILLMRec(FeatureBackedLLM):
             )
         h = self.read_state(raw_state)  # (B, d)
         ire = []
-        for t in self.cfg.features:
+        for i, t in enumerate(self.cfg.features):
             o_u = self.user_proj[t](h)  # (B, d_s)
+            negative = batch["negative"] if batch["negative"].dim() == 1 else batch["negative"][:, i]  # (B,)
             pos = (o_u * self.item_vectors(t, batch["target"])).sum(-1) * self.score_scale  # (B,)
-            neg = (o_u * self.item_vectors(t, batch["negative"])).sum(-1) * self.score_scale  # (B,)
+            neg = (o_u * self.item_vectors(t, negative)).sum(-1) * self.score_scale  # (B,)
             ire.append(
                 F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
                 + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
