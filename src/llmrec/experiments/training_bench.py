@@ -189,7 +189,8 @@ def _time_case(case: str, setting: str, ds: Any, cfg: TrainingBenchConfig) -> di
         hook.remove()
     first = next(iter(modes))
     med = {m: statistics.median(t) for m, t in times.items()}
-    tokens = {k[:-5]: int(batches[0][k].sum()) for k in ("ire_mask", "ila_mask", "mask") if k in batches[0]}
+    prompts = {"ire_mask": "ire", "ila_mask": "ila", "mask": "prompt"}  # I-LLMRec's two, HistLLM's one
+    tokens = {name: int(batches[0][k].sum()) for k, name in prompts.items() if k in batches[0]}
     return {
         "case": case,
         "model": name,

@@ -100,6 +100,7 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer
         self._prefixes: dict[str, SharedPrefix] = {}  # constant prompt starts, by text
         self._told_fallback = False
+        self._chat_heads: dict[str, str] = {}  # chat_prefix's answers
         self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
         self.context_length = context_length(model.config, tokenizer)
         for p in model.parameters():
@@ -149,6 +150,15 @@ class Backbone(nn.Module):
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
         return text
+
+    def chat_prefix(self, head: str) -> str:
+        """What every chat-wrapped prompt whose text starts with ``head`` starts with: the template's start
+        and ``head`` (memoised: it is asked for on every batch)."""
+        if head not in self._chat_heads:
+            sentinel = "\x00CONTINUES\x00"
+            text = self.chat(head + sentinel)
+            self._chat_heads[head] = text[: text.index(sentinel)]
+        return self._chat_heads[head]
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Right-padded ids and mask; placeholders are single tokens. No BOS/EOS is added beyond the template's."""
@@ -298,9 +308,12 @@ class Backbone(nn.Module):
         """(B, S, d) final hidden states of B right-padded continuations (B, S) of the cached prefix, as if
         each row were the prefix followed by that row in one prompt (positions continue after the prefix).
         Gradients reach the continuation's embeddings; the cache itself is left untouched."""
-        b, p = input_ids.shape[0], cache.get_seq_length()
+        return self._continue(self.embed(input_ids, inject), attention_mask, cache)
+
+    def _continue(self, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        """:meth:`hidden_after` from (B, S, d) input embeddings."""
+        b, p = embeds.shape[0], cache.get_seq_length()
         full = torch.cat([attention_mask.new_ones(b, p), attention_mask], 1)  # (B, P + S)
-        embeds = self.embed(input_ids, inject)
         return self._decode(
             embeds, full, positions(full)[:, p:], self._expand(cache, b)
         )  # positions P, P + 1..
@@ -369,16 +382,9 @@ class Backbone(nn.Module):
             if why and not self._told_fallback:
                 log.info("one pass per prompt batch: %s", why)
                 self._told_fallback = True
-            out = []
-            for e, m in zip(embeds, masks):
-                if prefix is None:
-                    out.append(self._decode(e, m, positions(m)))
-                    continue
-                full = torch.cat([m.new_ones(m.shape[0], p), m], 1)  # (B, P + S)
-                out.append(
-                    self._decode(e, full, positions(full)[:, p:], self._expand(prefix.cache, m.shape[0]))
-                )
-            return out
+            if prefix is None:
+                return [self._decode(e, m, positions(m)) for e, m in zip(embeds, masks)]
+            return [self._continue(e, m, prefix.cache) for e, m in zip(embeds, masks)]
         return self._tree_pass(embeds, masks, prefix)
 
     def tree_unsupported(self, span: int) -> str:

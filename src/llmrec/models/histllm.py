@@ -497,9 +497,8 @@ class HistLLM(FeatureBackedLLM):
         ids, mask = batch["ids"], batch["mask"]
         prefix = None
         if self.cfg.shared_prefix:
-            sentinel = "\x00HISTORY\x00"
-            text = bb.chat(CTR_HISTORY.format(nouns=self.cfg.noun + "s", history=sentinel))
-            prefix = bb.constant_prefix(text[: text.index(sentinel)], [(ids, mask)])
+            head = CTR_HISTORY[: CTR_HISTORY.index("{history}")].format(nouns=self.cfg.noun + "s")
+            prefix = bb.constant_prefix(bb.chat_prefix(head), [(ids, mask)])
         p = len(prefix) if prefix is not None else 0
         (hidden,) = bb.hidden_many([(ids, mask, self.inject(batch))], prefix)  # (B, T - P, d)
         last = hidden[

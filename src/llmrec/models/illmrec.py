@@ -573,10 +573,8 @@ class ILLMRec(FeatureBackedLLM):
         prompts = [(batch[f"{x}_ids"], batch[f"{x}_mask"], inj) for x, inj in zip(parts, inject)]
         prefix = None
         if self.cfg.shared_prefix:
-            sentinel = "\x00HISTORY\x00"
-            text = self.backbone.chat(HISTORY_PREFIX + sentinel)
             prefix = self.backbone.constant_prefix(
-                text[: text.index(sentinel)], [(ids, mask) for ids, mask, _ in prompts]
+                self.backbone.chat_prefix(HISTORY_PREFIX), [(ids, mask) for ids, mask, _ in prompts]
             )
         hidden = self.backbone.hidden_many(prompts, prefix, one_pass=self.cfg.one_pass)
         return hidden, len(prefix) if prefix is not None else 0
