@@ -86,6 +86,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prompts(args: argparse.Namespace) -> int:
+    from llmrec.pipeline import TrainConfig, show_prompts
+
+    cfg = resolve(TrainConfig, args, args.config)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    shown = show_prompts(cfg, args.user)
+    if args.json:
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return 0
+    recipe = cfg.resolved()["options"].get("recipe")
+    print(f"{cfg.model}{f' (recipe {recipe})' if recipe else ''} on {cfg.data}, user {shown['user']}")
+    for p in shown["prompts"]:
+        counts = f"{p['tokens']} tokens, {p['history_items']} history items"
+        if p["constant_prefix_tokens"]:
+            counts += f", the first {p['constant_prefix_tokens']} a constant prefix computed once"
+        print(f"\n=== {p['name']} ({counts})\n{p['text']}")
+        if p["answer_tokens"]:
+            print(f"--- answer ({p['answer_tokens']} tokens, the only ones scored)\n{p['answer']}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from llmrec.config import load_file, merge, to_dict
     from llmrec.pipeline import EvalConfig, evaluate_run, evaluation_config
@@ -294,6 +318,16 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _setup_prompts(p: argparse.ArgumentParser) -> None:
+    from llmrec.pipeline import TrainConfig
+
+    p.add_argument("model", help="an LLM model: illmrec")
+    _add_model_options(p)
+    add_arguments(p, TrainConfig, skip=("model", "options", "out", "log_with"))
+    p.add_argument("--user", help="external user id (default: the dataset's first user)")
+    p.add_argument("--json", action="store_true", help="print JSON (text, token counts) instead")
+
+
 def _setup_evaluate(p: argparse.ArgumentParser) -> None:
     from llmrec.pipeline import EvalConfig
 
@@ -392,6 +426,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Setup]] = [
     ("features", "compute item text/image features into the dataset's feature store", _cmd_features, _setup_features),
     ("train", "train a model, save it and evaluate it into a run directory", _cmd_train, _setup_train),
     ("evaluate", "re-evaluate a saved run (metrics.json is rewritten)", _cmd_evaluate, _setup_evaluate),
+    ("prompts", "the exact prompts (training, ILA, evaluation) an LLM model builds for a user, with token counts", _cmd_prompts, _setup_prompts),
     ("recommend", "top-k catalog items for a user id or an ad-hoc history of item ids", _cmd_recommend, _setup_recommend),
     ("probe", "linear probe: which item attributes a model's user states encode (I-LLMRec [REC])", _cmd_probe, _setup_probe),
     ("describe", "generate item texts with an LLM (TRSR summaries, HistLLM descriptions)", _cmd_describe, _setup_describe),

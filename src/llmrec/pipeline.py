@@ -277,6 +277,23 @@ def check_resume(run_dir: Path, cfg: TrainConfig, ds: Dataset, restart: bool = F
     return training_finished(run_dir)
 
 
+def show_prompts(cfg: TrainConfig, user: str | None = None) -> dict[str, Any]:
+    """``llmrec prompts``: the prompts model ``cfg.model`` (configured as ``cfg`` would train it) builds for
+    one user of ``cfg.data`` (external id; default: the first user), with token counts."""
+    ds = Dataset(cfg.data)
+    model = build_model(cfg.model, cfg.options, ds.n_users, ds.n_items, cfg.device, cfg.dtype)
+    if not hasattr(model, "show_prompts"):
+        raise ConfigError(
+            f"model '{cfg.model}' builds no LLM prompt to show", hint="use an LLM model: illmrec"
+        )
+    ids = ds.users["user_id"].astype(str).tolist()
+    if user is not None and user not in ids:
+        raise LlmrecError(f"no user '{user}' in the dataset", file=ds.root / "users.parquet", field="user_id")
+    index = ids.index(user) if user is not None else 0
+    model.attach(ds)
+    return {"user": ids[index], "prompts": model.show_prompts(ds, index, cfg.seed)}
+
+
 def train(cfg: TrainConfig, restart: bool = False) -> Path:
     """Fit, save and evaluate; returns the run directory.
 

@@ -5,7 +5,8 @@ enter the LM as *placeholder tokens*: the prompt text contains e.g. ``[VISUAL]``
 one added special token; before the transformer runs, the word-embedding lookup sees a harmless id (0) at
 those positions and :meth:`Backbone.embed` writes the caller's vectors there with ``masked_scatter`` after
 checking that the counts match (transformers' LLaVA does the same). The LM's weights and embedding matrix
-are never resized or modified; LoRA (peft) is the only way to train the LM. Data text that happens to hold
+are never resized; the LM trains only through LoRA (peft) or, with ``train_embeddings`` (the official
+I-LLMRec code's ``train_token_emb``), through its whole input-embedding matrix. Data text that happens to hold
 a placeholder string is escaped before it reaches a prompt (:func:`llmrec.llm.prompts.escape_placeholders`).
 """
 
@@ -43,6 +44,11 @@ class BackboneConfig:
     lora_alpha: int = option(16, "LoRA alpha", ge=1)
     lora_dropout: float = option(0.05, "LoRA dropout", ge=0, lt=1)
     lora_targets: list[str] = option(factory=lambda: ["q_proj", "v_proj"], help="LoRA target modules")
+    train_embeddings: bool = option(
+        False,
+        "train the LM's whole input-embedding matrix (official I-LLMRec code), saved with the model; a tied "
+        "output head is untied first and stays frozen",
+    )
     gradient_checkpointing: bool = option(False, "trade compute for memory in the LM")
     chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
 
@@ -121,6 +127,8 @@ class Backbone(nn.Module):
                     task_type="CAUSAL_LM",
                 ),
             )
+        if cfg.train_embeddings:
+            self._train_input_embeddings(model)
         self.model = model.to(device)
         self.hidden_size = int(
             model.config.hidden_size if not cfg.lora else model.base_model.model.config.hidden_size
@@ -134,6 +142,20 @@ class Backbone(nn.Module):
             f"{trainable:,}",
             "on" if cfg.lora else "off",
         )
+
+    @staticmethod
+    def _train_input_embeddings(model: Any) -> None:
+        """Make the input-embedding matrix trainable and nothing else: an output head tied to it (SmolLM2,
+        Gemma) gets its own frozen copy first, so the head stays the pretrained one, as in an untied LM."""
+        embedding = model.get_input_embeddings()
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is embedding.weight:
+            head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
+            for config in {
+                id(c): c for c in (model.config, getattr(model, "base_model", model).config)
+            }.values():
+                config.tie_word_embeddings = False  # a later tie_weights() must not re-tie them
+        embedding.weight.requires_grad_(True)
 
     @property
     def device(self) -> torch.device:
@@ -329,10 +351,11 @@ class Backbone(nn.Module):
         """The cached KV of the prompt start ``text`` (placeholder-free: a system prompt, an instruction) when
         every row of every (ids, mask) in ``batches`` starts with its tokens, else None (run whole prompts).
 
-        Computed once per text, device, dtype and LoRA weights (any optimiser step on LoRA changes them) and
-        only where it cannot carry gradient: None while gradients are on and the LM has trainable weights
-        (LoRA training), and while training with gradient checkpointing (which drops every KV cache). The
-        last token of ``text`` may merge with what follows it (e.g. "[{"): the shared part is then shorter."""
+        Computed once per text, device, dtype and trained LM weights (LoRA, a trained embedding matrix: any
+        optimiser step changes them) and only where it cannot carry gradient: None while gradients are on
+        and the LM has trainable weights (LoRA or embedding training), and while training with gradient
+        checkpointing (which drops every KV cache). The last token of ``text`` may merge with what follows
+        it (e.g. "[{"): the shared part is then shorter."""
         if torch.is_grad_enabled() and (
             any(p.requires_grad for p in self.model.parameters())
             or (self.cfg.gradient_checkpointing and self.model.training)
@@ -340,10 +363,11 @@ class Backbone(nn.Module):
             return None
         if any(p in text for p in PLACEHOLDERS):
             raise ValueError(f"a constant prefix holds no placeholder: {text!r}")
-        lora = tuple(
-            p._version for n, p in self.model.named_parameters() if "lora_" in n
-        )  # bumped by updates
-        key = (text, self.device, self.dtype, lora)
+        trained = self.model.get_input_embeddings().weight if self.cfg.train_embeddings else None
+        versions = tuple(  # bumped by every optimiser step
+            p._version for n, p in self.model.named_parameters() if "lora_" in n or p is trained
+        )
+        key = (text, self.device, self.dtype, versions)
         prefix = self._prefixes.get(text)
         if prefix is None or prefix.key != key:
             text_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

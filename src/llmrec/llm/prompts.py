@@ -42,6 +42,15 @@ IRE_INSTRUCTION = (
 )
 ILA_INSTRUCTION = "Please conduct an analysis of user preference, taking into account the interacted items. Based on your analysis, "
 
+#: the official I-LLMRec code's framing (``prompt_format=official``): the IRE prompt is the raw text after the
+#: tokenizer's BOS; ILA is a Vicuna-v1 conversation whatever the backbone (FastChat's ``vicuna_v1``: the system
+#: line, then ``USER: <question> ASSISTANT: <answer></s>``)
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+PromptFormat = Literal["chat", "official"]
+
 # I-LLMRec Appendix I (Figure 11): 5 questions for each of 4 properties, and the answer templates.
 ILA_QUESTIONS: dict[str, tuple[str, ...]] = {
     "brand": (
@@ -106,6 +115,7 @@ class ItemText:
     description: str = ""  # full description (or a generated one for datasets without)
     summary: str = ""  # TRSR-style summary (llmrec describe --mode summary)
     has_image: bool = True
+    features: tuple[str, ...] = ()  # feature bullets (Amazon's ``feature`` list, kept in ``extra``)
 
 
 def _clean(text: str, max_chars: int | None = None) -> str:
@@ -159,6 +169,18 @@ def ire_prompt(rendered_items: Sequence[str]) -> str:
 
 def ila_question(rendered_items: Sequence[str], field: str, template: int) -> str:
     return history_prompt(rendered_items) + ILA_INSTRUCTION + ILA_QUESTIONS[field][template]
+
+
+def vicuna_question(question: str) -> str:
+    """``question`` as the user turn of a Vicuna-v1 conversation, up to the assistant's cue; the answer follows
+    after one space (and ends with the tokenizer's EOS, Vicuna's ``</s>``)."""
+    return f"{VICUNA_SYSTEM} USER: {question} ASSISTANT:"
+
+
+def top_category(category: str) -> str:
+    """The first entry of a category path: "Clothing, Shoes & Jewelry > Women > Shoes" -> "Clothing, Shoes &
+    Jewelry" (the official I-LLMRec ILA answer); of several paths ("A > B; C"), the first one's."""
+    return category.split("; ")[0].split(" > ")[0].strip()
 
 
 def ila_answer(field: str, value: str, max_chars: int | None = None) -> str:

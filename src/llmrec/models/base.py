@@ -44,6 +44,9 @@ class Recommender(abc.ABC):
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
     #: default options of a registered preset (e.g. ``collm`` = histllm with a fixed prompt recipe)
     preset: ClassVar[dict[str, Any]] = {}
+    #: named sets of default options selected by the config's ``recipe`` option (e.g. I-LLMRec's paper and
+    #: official recipes); any option given alongside still overrides the recipe's value
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {}
     #: what the model is for: next-item ranking and/or CTR (a CTR-only model skips ranking evaluation)
     tasks: ClassVar[tuple[str, ...]] = ("ranking", "ctr")
     #: CTR examples scored per call in evaluation (LLM models score fewer at a time)
@@ -164,13 +167,21 @@ def model_config(
     dtype: str | None = None,
     resolve: bool = True,
 ) -> ModelConfig:
-    """The fully resolved config of model ``name``: its preset, then ``options`` merged in at every depth
+    """The fully resolved config of model ``name``: its preset, its recipe's defaults (models with
+    ``recipes``), then ``options`` merged in at every depth
     (unknown keys are an error), with ``device`` and the backbone ``dtype`` resolved for this machine
     (``resolve=False`` leaves them as given, e.g. ``auto``).
 
     ``device``/``dtype`` override the options' own (``--device``/``--dtype`` of the CLI)."""
     cls = get_model_class(name)
     options = merge(cls.preset, options)  # a registered preset of another model fixes some defaults
+    if cls.recipes:  # the recipe's defaults, then every option given
+        recipe = options.get("recipe", cls.config_cls.recipe)  # type: ignore[attr-defined]
+        if recipe not in cls.recipes:
+            raise ConfigError(
+                f"model '{name}' options: recipe {recipe!r} is not one of {sorted(cls.recipes)}"
+            )
+        options = merge(cls.recipes[recipe], options)
     cfg = from_dict(cls.config_cls, options, where=f"model '{name}' options")
     if resolve:
         place(cfg, device, dtype, name)

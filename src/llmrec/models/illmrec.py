@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmrec.config import option
+from llmrec.config import merge, option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import load_item_feature
@@ -48,11 +50,14 @@ from llmrec.llm.prompts import (
     ILA_QUESTIONS,
     REPRESENTATIONS,
     ItemText,
+    PromptFormat,
     Representation,
     ila_answer,
     ila_question,
     ire_prompt,
     render_item,
+    top_category,
+    vicuna_question,
 )
 from llmrec.models.base import register_model
 from llmrec.models.llm_base import FeatureBackedLLM
@@ -66,6 +71,11 @@ ILA_ANSWER_TOKENS = 96  # ILA answers are cut to this many tokens (+ EOS)
 
 @dataclasses.dataclass
 class ILLMRecConfig(NeuralConfig):
+    recipe: Literal["llmrec", "paper", "official"] = option(
+        "llmrec",
+        "defaults for every option below: llmrec (CPU-friendly), paper (the paper's text) or official (the "
+        "official code); an option given beside it overrides its value (README: I-LLMRec recipes)",
+    )
     backbone: BackboneConfig = option(factory=BackboneConfig, help="the LLM (frozen unless backbone.lora)")
     representation: Representation = option("image", "how history items appear in the prompt")
     features: list[str] = option(
@@ -81,6 +91,16 @@ class ILLMRecConfig(NeuralConfig):
     ila: bool = option(True, "train with the Image-LLM Alignment task")
     ila_fields: list[str] = option(
         factory=lambda: ["brand", "category", "title", "description"], help="ILA properties"
+    )
+    ila_values: Literal["full", "official"] = option(
+        "full",
+        "ILA answers: full: the whole description and category path; official: ONE random feature bullet "
+        "(where the dataset has any) and the top-level category, as the official code",
+    )
+    prompt_format: PromptFormat = option(
+        "chat",
+        "chat: both prompts in the backbone's chat template (when it has one); official: the IRE prompt as raw "
+        "text after the tokenizer's BOS, ILA as a Vicuna-v1 conversation, as the official code",
     )
     training: Literal["end2end", "two_stage"] = option(
         "end2end",
@@ -108,6 +128,9 @@ class ILLMRecConfig(NeuralConfig):
     )
     adaptor_hidden: int = option(512, "hidden size of the 2-layer MLP adaptor", ge=1)
     adaptor_ln_eps: float = option(1e-5, "epsilon of the adaptor's LayerNorm (official code: 1e-8)", gt=0)
+    adaptor_activation: Literal["gelu", "relu"] = option(
+        "gelu", "activation of the adaptor (official code: GELU; the paper's text: ReLU)"
+    )
     rec_init: Literal["xavier_normal", "xavier_uniform"] = option(
         "xavier_normal", "initialisation of the [REC] vector (official code: xavier_uniform)"
     )
@@ -130,10 +153,14 @@ class ILLMRecConfig(NeuralConfig):
         "fewer gives all but its last), as the official code",
     )
     test_history: int = option(10, "items of history in evaluation prompts (the most recent)", ge=1)
-    max_prompt_tokens: int = option(
+    max_prompt_tokens: int | None = option(
         1024,
-        "context budget: drop the oldest items until the prompt fits (never more than the LM's context)",
+        "context budget: drop the oldest items until the prompt fits (never more than the LM's context; "
+        "None: the LM's context alone)",
         ge=1,
+    )
+    max_history_tokens: int | None = option(
+        None, "also cap the item list at this many tokens (official code: 3,850; None: no own cap)", ge=1
     )
     max_description_chars: int = option(
         1200, "cut descriptions longer than this in prompts and ILA answers", ge=0
@@ -187,11 +214,22 @@ class ILLMRecConfig(NeuralConfig):
             raise ConfigError("stage1_from skips the first stage: give head_epochs (or training=two_stage)")
 
 
-def mlp_adaptor(d_in: int, hidden: int, d_out: int, eps: float = 1e-5) -> nn.Sequential:
-    """The official adaptor: Linear -> LayerNorm -> GELU -> Linear."""
+def mlp_adaptor(
+    d_in: int, hidden: int, d_out: int, eps: float = 1e-5, activation: str = "gelu"
+) -> nn.Sequential:
+    """The official adaptor: Linear -> LayerNorm -> GELU (or ReLU, the paper's text) -> Linear."""
+    act = nn.GELU() if activation == "gelu" else nn.ReLU()
     return nn.Sequential(
-        nn.Linear(d_in, hidden), nn.LayerNorm(hidden, eps=eps), nn.GELU(), nn.Linear(hidden, d_out)
+        nn.Linear(d_in, hidden), nn.LayerNorm(hidden, eps=eps), act, nn.Linear(hidden, d_out)
     )
+
+
+def _bullets(extra: str) -> tuple[str, ...]:
+    """The feature bullets in an item's ``extra`` JSON (Amazon importers keep the ``feature`` list there)."""
+    bullets = json.loads(extra or "{}").get("feature") if extra else None
+    if not isinstance(bullets, list):
+        return ()
+    return tuple(b.strip() for b in bullets if isinstance(b, str) and b.strip())
 
 
 def projector(d_in: int, d_s: int) -> nn.Sequential:
@@ -199,9 +237,44 @@ def projector(d_in: int, d_s: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, 2 * d_s), nn.LayerNorm(2 * d_s), nn.ReLU(), nn.Linear(2 * d_s, d_s))
 
 
+#: the official code's choices (reference-notes): HF Trainer defaults (AdamW, lr 5e-5, linear decay,
+#: clipping 1.0), 8 fixed epochs without validation, batch 8 per device, the input-embedding matrix trained
+OFFICIAL: dict[str, Any] = {
+    "backbone": {"train_embeddings": True},
+    "prompt_format": "official",
+    "ila_values": "official",
+    "window_sampler": "official",
+    "negative_sampling": "official",
+    "adaptor_ln_eps": 1e-8,
+    "rec_init": "xavier_uniform",
+    "scaled_scores": False,
+    "max_prompt_tokens": None,
+    "max_history_tokens": 3850,
+    "optimizer": "adamw",
+    "adam_betas": [0.9, 0.999],
+    "lr": 5e-5,
+    "lr_schedule": "linear",
+    "max_grad_norm": 1.0,
+    "validate": False,
+    "epochs": 8,
+    "batch_size": 8,
+}
+#: ``recipe``: named defaults. paper = what the paper's text states (frozen LLM, lr 1e-3, batch 32, a ReLU
+#: adaptor, plain dot products) and the official code wherever the text says nothing
+RECIPES: dict[str, dict[str, Any]] = {
+    "llmrec": {},
+    "official": OFFICIAL,
+    "paper": merge(
+        OFFICIAL,
+        {"backbone": {"train_embeddings": False}, "lr": 1e-3, "batch_size": 32, "adaptor_activation": "relu"},
+    ),
+}
+
+
 @register_model("illmrec")
 class ILLMRec(FeatureBackedLLM):
     config_cls = ILLMRecConfig
+    recipes = RECIPES
     weights_name = "illmrec"
     legacy_weights = ("epochs_started",)  # a counter of models before 0.2
     cfg: ILLMRecConfig
@@ -273,7 +346,7 @@ class ILLMRec(FeatureBackedLLM):
 
         self.backbone = Backbone(cfg.backbone, cfg.device)  # one device for the LM and every module
         context = self.backbone.context_length
-        if context is not None and cfg.max_prompt_tokens > context:
+        if context is not None and (cfg.max_prompt_tokens or 0) > context:
             log.info(
                 "max_prompt_tokens %d > the LM's context: histories are cut to %d tokens",
                 cfg.max_prompt_tokens,
@@ -281,11 +354,13 @@ class ILLMRec(FeatureBackedLLM):
             )
         d = self.backbone.hidden_size
         if "image" in feats:
-            self.adaptor = mlp_adaptor(feats["image"].dim, cfg.adaptor_hidden, d, cfg.adaptor_ln_eps)  # M
+            self.adaptor = mlp_adaptor(  # M
+                feats["image"].dim, cfg.adaptor_hidden, d, cfg.adaptor_ln_eps, cfg.adaptor_activation
+            )
         if "cf" in feats and cfg.representation == "cf":
-            self.cf_adaptor = mlp_adaptor(
-                feats["cf"].dim, cfg.adaptor_hidden, d, cfg.adaptor_ln_eps
-            )  # CF token
+            self.cf_adaptor = mlp_adaptor(  # the CF token's
+                feats["cf"].dim, cfg.adaptor_hidden, d, cfg.adaptor_ln_eps, cfg.adaptor_activation
+            )
         init = nn.init.xavier_uniform_ if cfg.rec_init == "xavier_uniform" else nn.init.xavier_normal_
         self.rec = nn.Parameter(init(torch.empty(1, d)))  # [REC]
         self.user_proj = nn.ModuleDict({t: projector(d, cfg.d_shared) for t in cfg.features})
@@ -297,6 +372,7 @@ class ILLMRec(FeatureBackedLLM):
             # image-less items are retrieved through their text feature, with a projector of its own
             self.item_proj["image_fallback"] = projector(feats["text"].dim, cfg.d_shared)
         self._texts = self._item_texts(ds, has_image)
+        self._has_bullets = any(t.features for t in self._texts)
         self._rendered: dict[str, list[str]] = {}
         self._lengths: dict[str, np.ndarray] = {}
         # what training may change (the projectors-alone stage freezes some of it for a while)
@@ -316,9 +392,15 @@ class ILLMRec(FeatureBackedLLM):
 
             summaries = load_texts(ds.root, self.cfg.summary_texts)
         return [
-            ItemText(title=t, brand=b, category=c, description=d, summary=s, has_image=bool(h))
-            for t, b, c, d, s, h in zip(
-                items["title"], items["brand"], items["category"], descriptions, summaries, has_image
+            ItemText(title=t, brand=b, category=c, description=d, summary=s, has_image=bool(h), features=f)
+            for t, b, c, d, s, h, f in zip(
+                items["title"],
+                items["brand"],
+                items["category"],
+                descriptions,
+                summaries,
+                has_image,
+                map(_bullets, items["extra"]),
             )
         ]
 
@@ -335,6 +417,42 @@ class ILLMRec(FeatureBackedLLM):
         return self._rendered[rep], self._lengths[rep]
 
     # ------------------------------------------------------------------ prompts
+    def frame(self, text: str, kind: Literal["ire", "ila"]) -> str:
+        """The prompt the LM reads around the IRE prompt or ILA question ``text`` (``prompt_format``): the
+        backbone's chat template, or the official code's raw text after the tokenizer's BOS (IRE) and
+        Vicuna-v1 conversation (ILA; the answer follows after a space)."""
+        assert self.backbone is not None
+        if self.cfg.prompt_format == "chat":
+            return self.backbone.chat(text)
+        bos = self.backbone.tokenizer.bos_token or ""
+        return bos + (text if kind == "ire" else vicuna_question(text))
+
+    def prompt_head(self, kinds: list[str]) -> str:
+        """The constant start every prompt of ``kinds`` ("ire", "ila") has, up to the history's first item:
+        what :meth:`Backbone.constant_prefix` computes once ("" when they share nothing)."""
+        assert self.backbone is not None
+        if self.cfg.prompt_format == "chat":
+            return self.backbone.chat_prefix(HISTORY_PREFIX)
+        marker = "\x00ITEMS\x00"
+        heads = [self.frame(HISTORY_PREFIX + marker, kind) for kind in kinds]  # type: ignore[arg-type]
+        return os.path.commonprefix([h[: h.index(marker)] for h in heads])
+
+    def ila_value(self, item: ItemText, field: str, rng: np.random.Generator) -> str:
+        """What an ILA answer says about ``field`` of the target (``ila_values``): the full text, or as the
+        official code: one random feature bullet for "description" (the description itself on a dataset
+        without bullets; "Unknown" for an item without any on a dataset with them) and the top-level
+        category."""
+        value = {"brand": item.brand, "category": item.category, "title": item.title}.get(field)
+        if self.cfg.ila_values == "full":
+            return item.description if value is None else value
+        if field == "category":
+            return top_category(item.category)
+        if field != "description":
+            return value or ""
+        if item.features:
+            return item.features[int(rng.integers(len(item.features)))]
+        return "" if self._has_bullets else item.description
+
     def fit_history(self, history: np.ndarray, budget: int) -> np.ndarray:
         """Drop the oldest items until the rendered history fits ``budget`` tokens."""
         _, lengths = self.rendered()
@@ -350,13 +468,14 @@ class ILLMRec(FeatureBackedLLM):
         return rendered, visual, cf
 
     def _budget(self, overhead_text: str, answer_tokens: int = 0) -> int:
-        """Tokens left for the history: ``max_prompt_tokens``, and never more than the LM's context less the
-        answer, minus the fixed text."""
+        """Tokens left for the history: ``max_prompt_tokens`` and the LM's context less the answer, minus the
+        fixed (framed) text ``overhead_text``; and at most ``max_history_tokens``."""
         assert self.backbone is not None
-        limit = self.cfg.max_prompt_tokens
-        if self.backbone.context_length is not None:
-            limit = min(limit, self.backbone.context_length - answer_tokens)
-        return limit - self.backbone.count_tokens(self.backbone.chat(overhead_text))
+        context = self.backbone.context_length
+        limits = [self.cfg.max_prompt_tokens, None if context is None else context - answer_tokens]
+        limit = min([x for x in limits if x is not None], default=2**31)
+        budget = limit - self.backbone.count_tokens(overhead_text)
+        return min(budget, self.cfg.max_history_tokens or budget)
 
     def _check_context(self, mask: torch.Tensor) -> None:
         assert self.backbone is not None
@@ -369,11 +488,11 @@ class ILLMRec(FeatureBackedLLM):
     def build_ire(self, histories: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """Tokenised IRE prompts (history + instruction + [REC]) and the items behind their placeholders."""
         assert self.backbone is not None
-        budget = self._budget(ire_prompt([]))
+        budget = self._budget(self.frame(ire_prompt([]), "ire"))
         prompts, visual, cf = [], [], []
         for h in histories:
             rendered, v, c = self._prompt_parts(self.fit_history(h, budget))
-            prompts.append(self.backbone.chat(ire_prompt(rendered)))
+            prompts.append(self.frame(ire_prompt(rendered), "ire"))
             visual += v
             cf += c
         enc = self.backbone.tokenize(prompts)
@@ -391,20 +510,17 @@ class ILLMRec(FeatureBackedLLM):
         """ILA examples: a random property question about the target; labels only on the answer (+ EOS)."""
         assert self.backbone is not None
         tok = self.backbone.tokenizer
-        budget = self._budget(ila_question([], "description", 0), ILA_ANSWER_TOKENS + 1) - 64
+        budget = (
+            self._budget(self.frame(ila_question([], "description", 0), "ila"), ILA_ANSWER_TOKENS + 1) - 64
+        )
+        space = " " if self.cfg.prompt_format == "official" else ""  # "ASSISTANT: <answer>"
         ids, labels, visual, cf = [], [], [], []
         for h, t in zip(histories, targets):
             rendered, v, c = self._prompt_parts(self.fit_history(h, budget))
             field = self.cfg.ila_fields[int(rng.integers(len(self.cfg.ila_fields)))]
-            question = self.backbone.chat(ila_question(rendered, field, int(rng.integers(5))))
-            item = self._texts[int(t)]
-            value = {
-                "brand": item.brand,
-                "category": item.category,
-                "title": item.title,
-                "description": item.description,
-            }[field]
-            answer = ila_answer(field, value, self.cfg.max_description_chars) + (tok.eos_token or "")
+            question = self.frame(ila_question(rendered, field, int(rng.integers(5))), "ila")
+            value = self.ila_value(self._texts[int(t)], field, rng)
+            answer = space + ila_answer(field, value, self.cfg.max_description_chars) + (tok.eos_token or "")
             q = tok(question, add_special_tokens=False)["input_ids"]
             a = tok(answer, add_special_tokens=False)["input_ids"][:ILA_ANSWER_TOKENS]
             ids.append(q + a)
@@ -422,6 +538,59 @@ class ILLMRec(FeatureBackedLLM):
             "visual": torch.tensor(visual, dtype=torch.long),
             "cf": torch.tensor(cf, dtype=torch.long),
         }
+
+    def show_prompts(self, dataset: Any, user: int, seed: int = 0) -> list[dict[str, Any]]:
+        """What the LM reads for user index ``user`` (``llmrec prompts``): a training window's IRE prompt and ILA
+        question and answer (drawn with ``seed``) and the user's test prompt, each as the exact text of the
+        token ids the model builds (BOS, template and placeholders as they are) with its token counts."""
+        assert self.backbone is not None
+        rng = np.random.default_rng(seed)
+        history, target = self.sample_window(dataset.train_sequences[user], rng)
+        test = np.asarray(dataset.split("test").histories[user])[-self.cfg.test_history :]
+        decode = functools.partial(self.backbone.tokenizer.decode, skip_special_tokens=False)
+        # the constant start is computed once where it carries no gradient (training: the LM frozen); in
+        # training with ILA it is what the IRE and ILA prompts share
+        lm_trains = self.cfg.backbone.lora or self.cfg.backbone.train_embeddings
+        training = (
+            [] if lm_trains or not self.cfg.shared_prefix else ["ire", "ila"] if self.cfg.ila else ["ire"]
+        )
+        shown = []
+        for name, kinds, enc in (
+            ("training: IRE prompt", training, self.build_ire([history])),
+            (
+                "training: ILA question and answer",
+                training,
+                self.build_ila([history], np.array([target]), rng),
+            ),
+            (
+                "evaluation: IRE prompt (test)",
+                ["ire"] if self.cfg.shared_prefix else [],
+                self.build_ire([test]),
+            ),
+        ):
+            ids = enc["ids"][0][enc["mask"][0].bool()].tolist()
+            answer = (
+                (enc["labels"][0][: len(ids)] != -100).tolist() if "labels" in enc else [False] * len(ids)
+            )
+            head = self.prompt_head(kinds) if kinds else ""
+            prefix = Backbone.common_prefix(
+                self.backbone.tokenizer(head, add_special_tokens=False)["input_ids"],
+                enc["ids"][:1],
+                enc["mask"][:1],
+            )
+            question = [i for i, a in zip(ids, answer) if not a]
+            shown.append(
+                {
+                    "name": name,
+                    "text": decode(question),
+                    "answer": decode([i for i, a in zip(ids, answer) if a]),
+                    "tokens": len(question),
+                    "answer_tokens": sum(answer),
+                    "constant_prefix_tokens": prefix,
+                    "history_items": decode(question).count("{Title: "),  # data text holds no braces
+                }
+            )
+        return shown
 
     # ------------------------------------------------------------------ training
     def num_train_users(self, dataset: Any) -> int:
@@ -571,11 +740,9 @@ class ILLMRec(FeatureBackedLLM):
             [len(batch[f"{x}_ids"]) if x == "ire" else 0 for x in parts],
         )
         prompts = [(batch[f"{x}_ids"], batch[f"{x}_mask"], inj) for x, inj in zip(parts, inject)]
-        prefix = None
-        if self.cfg.shared_prefix:
-            prefix = self.backbone.constant_prefix(
-                self.backbone.chat_prefix(HISTORY_PREFIX), [(ids, mask) for ids, mask, _ in prompts]
-            )
+        prefix, head = None, self.prompt_head(parts) if self.cfg.shared_prefix else ""
+        if head:
+            prefix = self.backbone.constant_prefix(head, [(ids, mask) for ids, mask, _ in prompts])
         hidden = self.backbone.hidden_many(prompts, prefix, one_pass=self.cfg.one_pass)
         return hidden, len(prefix) if prefix is not None else 0
 
