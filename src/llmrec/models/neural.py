@@ -1,10 +1,11 @@
 """Base class of the torch models: training examples, a loss, and scores, on top of the model contract.
 
 A subclass provides ``train_batches`` (one epoch of tensors), ``loss(batch)`` and ``score_all_tensor``;
-:func:`llmrec.training.fit` does the rest (optimiser, early stopping on validation NDCG@10, best checkpoint,
-resumable epochs). A model trained in several parts (LoRA first, then adaptors ...) declares them as
-:class:`Stage` s in :meth:`TorchRecommender.stages`; the trainer runs them in order. Weights are saved as
-safetensors.
+:func:`llmrec.training.fit` does the rest as the options of :class:`NeuralConfig` say (optimiser,
+learning-rate schedule, gradient clipping, early stopping on validation NDCG@10 or a fixed number of
+epochs, best or last weights, resumable epochs). A model trained in several parts (LoRA first, then
+adaptors ...) declares them as :class:`Stage` s in :meth:`TorchRecommender.stages`; the trainer runs them
+in order. Weights are saved as safetensors.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from llmrec.config import option
-from llmrec.errors import LlmrecError
+from llmrec.errors import ConfigError, LlmrecError
 from llmrec.models.base import ModelConfig, Recommender
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,45 @@ Batch = dict[str, torch.Tensor]
 
 @dataclasses.dataclass
 class NeuralConfig(ModelConfig):
-    """Training options shared by every torch model."""
+    """Training options shared by every torch model.
 
-    epochs: int = option(200, "maximum training epochs", ge=1)
+    The defaults are llmrec's own recipe: Adam (AdamW for a model whose class sets
+    ``decoupled_weight_decay``), betas (0.9, 0.98), a constant learning rate, no clipping, early stopping on
+    validation with the best weights kept. The HuggingFace Trainer's defaults (which the official I-LLMRec
+    code trains with) are ``optimizer=adamw, adam_betas=[0.9, 0.999], lr_schedule=linear,
+    max_grad_norm=1.0, validate=false`` (lr 5e-5, weight decay 0).
+    """
+
+    epochs: int = option(200, "maximum training epochs (exactly this many with validate=false)", ge=1)
     batch_size: int = option(128, "training examples per step", ge=1)
-    lr: float = option(1e-3, "Adam learning rate", gt=0)
-    weight_decay: float = option(0.0, "Adam weight decay", ge=0)
+    lr: float = option(1e-3, "learning rate (the peak of lr_schedule)", gt=0)
+    weight_decay: float = option(0.0, "weight decay (adam: added to the gradient; adamw: decoupled)", ge=0)
+    optimizer: Literal["model", "adam", "adamw"] = option(
+        "model", "model (the model's own: Adam, AdamW for the HistLLM family) | adam | adamw"
+    )
+    adam_betas: tuple[float, float] = option(
+        (0.9, 0.98), "Adam/AdamW coefficients [beta1, beta2], each in [0, 1)"
+    )
+    adam_eps: float = option(1e-8, "Adam/AdamW epsilon (added to the denominator)", gt=0)
+    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = option(
+        "constant",
+        "learning rate over each stage's steps (transformers' schedulers; linear and cosine decay to 0)",
+    )
+    warmup_steps: int = option(
+        0, "optimiser steps of linear warm-up from 0 to lr at each stage's start", ge=0
+    )
+    warmup_ratio: float = option(
+        0.0,
+        "warm-up as a fraction of each stage's optimiser steps (rounded up; not with warmup_steps)",
+        ge=0,
+        le=1,
+    )
+    max_grad_norm: float | None = option(
+        None, "clip the gradients' total L2 norm to this before every step (None = no clipping)", gt=0
+    )
+    validate: bool = option(
+        True, "false: no validation; train exactly epochs epochs per stage and keep the last weights"
+    )
     patience: int = option(20, "stop after this many validations without a better validation metric", ge=1)
     eval_every: int = option(1, "epochs between validations", ge=1)
     eval_users: int | None = option(None, "validate on a fixed random subset of users (None = all)", ge=1)
@@ -51,13 +85,27 @@ class NeuralConfig(ModelConfig):
         "autocast of the training loss (bf16: CPU or GPU; fp16: GPU, loss-scaled); weights keep their dtype",
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {list(self.adam_betas)}")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ConfigError(
+                f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio}: give one of them"
+            )
+        if (self.warmup_steps or self.warmup_ratio) and self.lr_schedule == "constant":
+            raise ConfigError(
+                "a warm-up needs a schedule: -o lr_schedule=constant_with_warmup (or linear, cosine)"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One part of a model's training, declared by :meth:`TorchRecommender.stages` and run by the trainer.
 
     The trainer trains exactly the parameters named in ``trainable`` (every other one is frozen while the
-    stage runs) for at most ``epochs`` epochs of ``batches`` at learning rate ``lr``, minimising ``loss``.
+    stage runs) for at most ``epochs`` epochs of ``batches`` at learning rate ``lr`` (the peak of the
+    config's ``lr_schedule``), minimising ``loss``.
     A stage with ``load`` is satisfied by calling it instead (weights taken from another run). With a
     run directory and more than one stage, the stage's files are named after it (``checkpoint-<name>.pt``,
     ``history-<name>.json``, ``training_curve-<name>.png``), and a finished stage that another follows
@@ -67,10 +115,11 @@ class Stage:
     name: str  # names the stage's files in the run and its lines in the log
     trainable: frozenset[str] = frozenset()  # names (as in named_parameters) of the parameters it trains
     epochs: int = 0  # at most this many epochs (early stopping may end it sooner); 0 = nothing to train
-    lr: float = 1e-3  # learning rate of its optimiser
+    lr: float = 1e-3  # learning rate of its optimiser (the peak of the schedule)
     batches: Callable[[Any, np.random.Generator], Iterator[Batch]] | None = None  # one epoch (dataset, rng)
     loss: Callable[[Batch], torch.Tensor] | None = None  # scalar loss of a batch
-    num_batches: Callable[[Any], int | None] | None = None  # batches per epoch, for the progress bar
+    # batches per epoch: for the progress bar, and the step count of a learning-rate schedule
+    num_batches: Callable[[Any], int | None] | None = None
     # its early-stopping criterion, as validation_metric (None: the model's validation_metric)
     validation: Callable[[Any], tuple[str, float] | None] | None = None
     load: Callable[[], None] | None = None  # instead of training: load the stage's weights from elsewhere
@@ -82,7 +131,7 @@ class TorchRecommender(Recommender, nn.Module):
     """A Recommender that is an nn.Module: :func:`llmrec.training.fit` trains it through its :meth:`stages`."""
 
     cfg: NeuralConfig
-    #: AdamW (weight decay decoupled from the gradient) instead of Adam
+    #: AdamW (weight decay decoupled from the gradient) instead of Adam, unless the option ``optimizer`` says
     decoupled_weight_decay: ClassVar[bool] = False
 
     def __init__(self, cfg: NeuralConfig, n_users: int, n_items: int) -> None:
@@ -102,7 +151,7 @@ class TorchRecommender(Recommender, nn.Module):
         """Scalar training loss of a batch."""
 
     def num_train_batches(self, dataset: Any) -> int | None:
-        """Batches per epoch, for the progress bar (None if unknown)."""
+        """Batches per epoch, for the progress bar and a learning-rate schedule (None if unknown)."""
         return None
 
     def prepare(self, dataset: Any) -> None:  # noqa: B027 (optional hook: most models need nothing)

@@ -2,19 +2,30 @@
 
 A model declares its training as stages (:meth:`~llmrec.models.neural.TorchRecommender.stages`: one by
 default; e.g. HistLLM's LoRA step, then its mappers); :func:`fit` runs them in order. A stage trains
-the parameters it names and nothing else: Adam (AdamW for models with ``decoupled_weight_decay``), one
-epoch = the stage's batches; every ``eval_every`` epochs the model is validated and the best state is
-kept; ``patience`` validations without improvement end the stage. The criterion is valid NDCG@10 on the
-frozen ranking candidates, unless the model's ``validation_metric(ds)`` gives a (name, value) pair
-(higher is better), e.g. valid AUC of a CTR model; the run records it as ``best_<name>``.
+the parameters it names and nothing else, one epoch = the stage's batches, with the options of the
+model's :class:`~llmrec.models.neural.NeuralConfig`:
 
-With a run directory, a checkpoint (weights, optimiser, RNG states, best so far) is written atomically
-after every epoch, so an interrupted run resumes where it stopped when started again with the same run
-directory; ``history.json`` and ``training_curve.png`` record loss and validation metrics. With several
-stages these files carry the stage's name (``checkpoint-<stage>.pt`` ...), and every finished stage but
-the last leaves its weights and RNG states in ``stage-<stage>.safetensors``: a run restarted after it
-goes on with the next stage. Checkpoints are read onto the CPU and then moved, so a run checkpointed on
-a GPU machine resumes on a CPU one and vice versa.
+- the optimiser: Adam, or AdamW for models with ``decoupled_weight_decay`` (``optimizer=adam|adamw``
+  forces one), with ``adam_betas`` and ``adam_eps``, at the stage's learning rate;
+- ``lr_schedule``: constant (no scheduler), or transformers' ``get_scheduler`` (constant_with_warmup,
+  linear, cosine; ``warmup_steps`` or ``warmup_ratio``) over the stage's ``epochs`` x its optimiser steps
+  per epoch, the stage's learning rate being the peak, stepped after every optimiser step;
+- ``max_grad_norm``: the gradients (averaged over the processes, unscaled under fp16) are clipped to this
+  total norm before every step;
+- ``validate`` (default): every ``eval_every`` epochs the model is validated and the best state is
+  kept; ``patience`` validations without improvement end the stage. The criterion is valid NDCG@10 on
+  the frozen ranking candidates, unless the model's ``validation_metric(ds)`` gives a (name, value) pair
+  (higher is better), e.g. valid AUC of a CTR model; the run records it as ``best_<name>``.
+  ``validate=false``: exactly ``epochs`` epochs, never validated, and the last weights are kept (the
+  HuggingFace Trainer's recipe); the run records no best epoch or criterion, only ``epochs_run``.
+
+With a run directory, a checkpoint (weights, optimiser, scheduler, RNG states, best so far) is written
+atomically after every epoch, so an interrupted run resumes where it stopped when started again with the
+same run directory; ``history.json`` and ``training_curve.png`` record loss and validation metrics. With
+several stages these files carry the stage's name (``checkpoint-<stage>.pt`` ...), and every finished stage
+but the last leaves its weights and RNG states in ``stage-<stage>.safetensors``: a run restarted after it
+goes on with the next stage. Checkpoints are read onto the CPU and then moved, so a run checkpointed on a
+GPU machine resumes on a CPU one and vice versa.
 
 ``log_with`` (tensorboard, wandb, mlflow) also sends every epoch's record (loss, validation metrics; keys
 prefixed with the stage's name when there are several) to an experiment tracker through accelerate's
@@ -124,33 +135,57 @@ def train_stage(
 ) -> list[dict[str, float]]:
     """Train the parameters that require a gradient for ``stage.epochs`` epochs or until ``patience``
     validations bring no better criterion, checkpointing every epoch; the model ends with the best
-    weights. ``named``: the stage's files and metrics carry its name (the model has several stages)."""
+    weights (with ``validate=false``: exactly ``stage.epochs`` epochs, the last weights). ``named``: the
+    stage's files and metrics carry its name (the model has several stages)."""
     cfg = model.cfg
     n, main = accelerator.num_processes, accelerator.is_main_process
     params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if model.decoupled_weight_decay else torch.optim.Adam
-    opt = opt_cls(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    adamw = model.decoupled_weight_decay if cfg.optimizer == "model" else cfg.optimizer == "adamw"
+    opt_cls = torch.optim.AdamW if adamw else torch.optim.Adam
+    betas = (cfg.adam_betas[0], cfg.adam_betas[1])  # a tuple, however the config was built
+    opt = opt_cls(params, lr=stage.lr, betas=betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     opt = accelerator.prepare_optimizer(opt, device_placement=False)  # steps through the fp16 loss scaler
+    scheduler, schedule = _scheduler(model, ds, stage, opt, n)
     rng = np.random.default_rng(torch.initial_seed() % 2**32)  # the same on every process
+    name = f"{model.name}{' ' + stage.name if named else ''}"
     log.info(
-        "%s%s: %s trainable parameters%s",
-        model.name,
-        f" {stage.name}" if named else "",
+        "%s: %s trainable parameters%s",
+        name,
         f"{sum(p.numel() for p in params):,}",
         f", {n} processes" if n > 1 else "",
     )
+    log.info(
+        "%s: %s (betas %g, %g; eps %g; weight decay %g) at lr %g, %s, %s, %s",
+        name,
+        opt_cls.__name__,
+        *betas,
+        cfg.adam_eps,
+        cfg.weight_decay,
+        stage.lr,
+        schedule,
+        "no gradient clipping"
+        if cfg.max_grad_norm is None
+        else f"gradient norm clipped to {cfg.max_grad_norm:g}",
+        f"validated every {cfg.eval_every} epochs (patience {cfg.patience}), at most {stage.epochs} epochs"
+        if cfg.validate
+        else f"{stage.epochs} epochs without validation (the last weights are kept)",
+    )
     state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": []}
-    best_weights = model.checkpoint_state()
+    best_weights = model.checkpoint_state() if cfg.validate else None  # None: the last weights are kept
     ckpt = run.root / f"checkpoint{'-' + stage.name if named else ''}.pt" if run is not None else None
     if ckpt is not None and ckpt.exists():  # every process resumes from the main process's checkpoint
-        best_weights, state = _resume(ckpt, model, opt, accelerator, rng)
+        best_weights, state = _resume(ckpt, model, opt, scheduler, accelerator, rng)
     if n > 1:  # as DistributedDataParallel does: every process starts from the main process's weights
         broadcast_from_main(params + float_buffers(model))
-    eval_ds = _eval_subset(ds, cfg.eval_users)
+    eval_ds = _eval_subset(ds, cfg.eval_users) if cfg.validate else None
     while state["epoch"] < stage.epochs and state["bad"] < cfg.patience:
         epoch = state["epoch"] + 1
-        record = train_epoch(model, ds, stage, opt, accelerator, device, rng, epoch, named, state["best"])
-        if epoch % cfg.eval_every == 0 or epoch == stage.epochs:
+        record = train_epoch(
+            model, ds, stage, opt, scheduler, accelerator, device, rng, epoch, named, state["best"]
+        )
+        if not cfg.validate:
+            log.info("epoch %d: loss %.4f", epoch, record["loss"])
+        elif epoch % cfg.eval_every == 0 or epoch == stage.epochs:
             criterion, metrics = validate(model, eval_ds, stage)
             if n > 1:  # the processes decide on the same numbers even if their kernels differ in the last bit
                 criterion, metrics = broadcast_object_list([criterion, metrics])
@@ -175,15 +210,18 @@ def train_stage(
         prefix = f"{stage.name}/" if named else ""
         accelerator.log({prefix + k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         if ckpt is not None and main:
-            _save_checkpoint(ckpt, model, opt, accelerator, best_weights, state, rng)
+            _save_checkpoint(ckpt, model, opt, scheduler, accelerator, best_weights, state, rng)
     criterion = state.get("metric", "valid_ndcg@10")
     if state["bad"] >= cfg.patience:
         log.info(
             "early stop at epoch %d: no better %s for %d validations", state["epoch"], criterion, cfg.patience
         )
-    model.load_checkpoint_state(best_weights)
+    if best_weights is not None:
+        model.load_checkpoint_state(best_weights)
+    else:
+        log.info("%s: the weights of the last epoch (%d) are kept: validate=false", name, state["epoch"])
     if run is not None and main:
-        _write_stage_record(run, model, stage.name if named else None, state)
+        _write_stage_record(run, model, stage.name if named else None, state, validated=cfg.validate)
         assert ckpt is not None
         ckpt.unlink(missing_ok=True)  # the stage is done: nothing to resume
     return state["history"]
@@ -193,7 +231,8 @@ def train_epoch(
     model: TorchRecommender,
     ds: Any,
     stage: Stage,
-    opt: torch.optim.Optimizer,
+    opt: Any,
+    scheduler: Any | None,
     accelerator: Accelerator,
     device: torch.device,
     rng: np.random.Generator,
@@ -202,8 +241,10 @@ def train_epoch(
     best: float,
 ) -> dict[str, float]:
     """One epoch of optimiser steps on this process's share of the stage's batches -> its record
-    (``best``: the best criterion so far, for the progress bar)."""
+    (``best``: the best criterion so far, for the progress bar). ``scheduler`` (None: a constant learning
+    rate) steps after every optimiser step."""
     assert stage.batches is not None and stage.loss is not None, f"stage {stage.name}: no batches or loss"
+    max_norm, validating = model.cfg.max_grad_norm, model.cfg.validate
     n, rank = accelerator.num_processes, accelerator.process_index
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -234,10 +275,19 @@ def train_epoch(
                 f"({'stage ' + stage.name + ', ' if named else ''}learning rate {stage.lr:g})",
                 hint="lower the learning rate (-o lr=...) and start the run over with --restart",
             )
+        if max_norm is not None:  # after the averaging: the gradient the step uses
+            # fp16: unscaled first, this optimiser's alone (accelerator.clip_grad_norm_ would unscale every
+            # optimiser the accelerator prepared, and an earlier stage's may hold some of these parameters)
+            accelerator.unscale_gradients(opt)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
         opt.step()
+        if scheduler is not None and not opt.step_was_skipped:  # as the step: fp16 skips overflowing ones
+            scheduler.step()
         total += loss.item()
         steps += 1
-        bar.set_postfix(loss=f"{total / steps:.4f}", best=f"{max(best, 0):.4f}")
+        bar.set_postfix(
+            loss=f"{total / steps:.4f}", **({"best": f"{max(best, 0):.4f}"} if validating else {})
+        )
         if time.perf_counter() - last_note > 60:  # the log (and a non-terminal) still sees progress
             log.info(
                 "epoch %d: step %d/%s, loss %.4f, %.2f s/step",
@@ -253,26 +303,57 @@ def train_epoch(
     return {"epoch": epoch, "loss": total / max(steps, 1), "train_seconds": time.perf_counter() - t0}
 
 
+def _scheduler(model: TorchRecommender, ds: Any, stage: Stage, opt: Any, n: int) -> tuple[Any | None, str]:
+    """The stage's learning-rate scheduler (None for a constant learning rate) and how the log says it.
+
+    It spans ``stage.epochs`` epochs of this process's steps: ``n`` processes share each epoch's batches,
+    each taking ceil(batches / n) steps (:func:`~llmrec.training.distributed.my_share`)."""
+    cfg = model.cfg
+    if cfg.lr_schedule == "constant":
+        return None, "constant lr"
+    per_epoch = stage.num_batches(ds) if stage.num_batches is not None else None
+    if per_epoch is None:
+        raise ConfigError(
+            f"lr_schedule={cfg.lr_schedule}: {model.name} stage {stage.name} does not say how many batches "
+            "an epoch has, so the schedule's length is unknown; use -o lr_schedule=constant"
+        )
+    from transformers import get_scheduler
+
+    total = stage.epochs * -(-per_epoch // n)
+    warmup = cfg.warmup_steps or math.ceil(total * cfg.warmup_ratio)  # transformers' Trainer rounds up too
+    if warmup > total:
+        log.warning("%s: %d warm-up steps, more than the stage's %d steps", model.name, warmup, total)
+    scheduler = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=warmup, num_training_steps=total)
+    return scheduler, f"{cfg.lr_schedule} schedule over {total} steps ({warmup} of warm-up)"
+
+
 def _resume(
-    ckpt: Path, model: TorchRecommender, opt: Any, accelerator: Accelerator, rng: np.random.Generator
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load a stage's checkpoint into the model, optimiser, scaler and RNGs -> (best weights, loop state)."""
+    ckpt: Path,
+    model: TorchRecommender,
+    opt: Any,
+    scheduler: Any | None,
+    accelerator: Accelerator,
+    rng: np.random.Generator,
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """Load a stage's checkpoint into the model, optimiser, scheduler, scaler and RNGs -> (best weights,
+    None when the stage is not validated; loop state)."""
     # on the CPU first: the RNG states must stay CPU tensors, and the checkpoint may come from another
     # device; load_state_dict copies the weights (and the optimiser its state) to the parameters' device
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     model.load_checkpoint_state(saved["model"])
     opt.load_state_dict(saved["optimizer"])
+    if scheduler is not None:  # the same options as the run that wrote it (pipeline.check_resume)
+        scheduler.load_state_dict(saved["scheduler"])
     if accelerator.scaler is not None and saved.get("scaler"):
         accelerator.scaler.load_state_dict(saved["scaler"])
     rng.bit_generator.state = saved["rng"]
     set_rng_states(saved["torch_rng"], saved.get("cuda_rng"))
     state = saved["state"]
     log.info(
-        "resumed from %s at epoch %d (best %s %.4f)",
+        "resumed from %s at epoch %d%s",
         ckpt,
         state["epoch"],
-        state.get("metric", "valid_ndcg@10"),
-        state["best"],
+        f" (best {state.get('metric', 'valid_ndcg@10')} {state['best']:.4f})" if state["best_epoch"] else "",
     )
     return saved["best_weights"], state
 
@@ -281,8 +362,9 @@ def _save_checkpoint(
     ckpt: Path,
     model: TorchRecommender,
     opt: Any,
+    scheduler: Any | None,
     accelerator: Accelerator,
-    best_weights: dict[str, torch.Tensor],
+    best_weights: dict[str, torch.Tensor] | None,
     state: dict[str, Any],
     rng: np.random.Generator,
 ) -> None:
@@ -291,6 +373,7 @@ def _save_checkpoint(
             {
                 "model": model.checkpoint_state(),
                 "optimizer": opt.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "best_weights": best_weights,
                 "state": state,
@@ -302,21 +385,18 @@ def _save_checkpoint(
         )
 
 
-def _write_stage_record(run: Any, model: TorchRecommender, stage: str | None, state: dict[str, Any]) -> None:
-    """history[-<stage>].json, the best epoch and criterion in the training record (training.json, and
-    metrics.json's "train"), training_curve[-<stage>].png."""
+def _write_stage_record(
+    run: Any, model: TorchRecommender, stage: str | None, state: dict[str, Any], validated: bool
+) -> None:
+    """history[-<stage>].json, the epochs run and (``validated``) the best epoch and criterion in the
+    training record (training.json, and metrics.json's "train"), training_curve[-<stage>].png."""
     from llmrec.plots import plot_training_curve
 
     suffix, prefix = (f"-{stage}", f"{stage}_") if stage else ("", "")
     criterion = state.get("metric", "valid_ndcg@10")
     run.write_json(f"history{suffix}.json", state["history"])
-    run.record_training(
-        {
-            f"{prefix}best_epoch": state["best_epoch"],
-            f"{prefix}best_{criterion}": state["best"],
-            f"{prefix}epochs_run": state["epoch"],
-        },
-    )
+    best = {f"{prefix}best_epoch": state["best_epoch"], f"{prefix}best_{criterion}": state["best"]}
+    run.record_training({**(best if validated else {}), f"{prefix}epochs_run": state["epoch"]})
     plot_training_curve(
         state["history"], run.root / f"training_curve{suffix}.png", title=f"{model.name}{suffix}"
     )
