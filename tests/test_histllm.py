@@ -50,17 +50,18 @@ def make(name, ds, tiny_llm, **options):
 
 
 def test_prompts_follow_the_appendix():
+    """The prompt functions (every preset's whole prompt is pinned in test_histllm_preset_prompts.py)."""
     tallrec = ctr_prompt([ctr_item("Heat"), ctr_item("Fargo")], ctr_target("Alien"))
     assert tallrec == (
         '#Question: A user has given high ratings to the following movies: "Heat", "Fargo". Leverage the '
         'information to predict whether the user would enjoy the movie titled "Alien" Answer with "Yes" or '
-        '"No". \n#Answer:'
-    )
+        '"No". \\n#Answer:'
+    )  # "\\n" in the source: a backslash and an "n" in the prompt, as the appendix prints it
     collm = ctr_prompt(
         [ctr_item("Heat", image=True)], ctr_target("Alien", image=True), "movie", "[USERID]", "[ITEMID]"
     )
-    assert '"Heat" [VISUAL]' in collm and "encoded in the feature [USERID]" in collm
-    assert 'titled "Alien" [VISUAL] with the feature [ITEMID]?' in collm
+    assert '"Heat"[VISUAL]' in collm and "encoded in the feature [USERID]" in collm
+    assert 'titled "Alien"[VISUAL] with the feature [ITEMID]?' in collm
     desc = ctr_prompt([ctr_item("Heat", "A heist.")], ctr_target("Alien", "Space horror."))
     assert "movies: A heist.." in desc and "with the description as follows: Space horror." in desc
 

@@ -190,25 +190,34 @@ def ila_answer(field: str, value: str, max_chars: int | None = None) -> str:
 
 # --------------------------------------------------------------------------- CTR (Yes/No) prompts
 # HistLLM Appendix A.1 (TALLRec, TALLRec_desc, TALLRec_image) and A.3 (CoLLM, BinLLM and their -image
-# variants), written for a configurable item noun ("movie" in the papers). HistLLM's own Figure 3 prompt
-# is not printed verbatim in the paper: we use the CoLLM form with the history replaced by its one
-# [HIST] token and the target given by its description and image (the five placeholders of Sec. 3.2).
+# variants) character for character, written for a configurable item noun ("movie" in the papers):
+# - "\n#Answer:" is a backslash and an "n", not a line break: the appendix prints "\n", and CoLLM's
+#   public prompt files (prompts/collm_movie.txt, tallrec_movie.txt), whose wording the appendix
+#   reproduces, hold those two characters on one line, which CoLLM's code feeds to the LLM as they are;
+# - an item's image token follows its title or description with no space ("<Item_1Title><Item_1Image>",
+#   Fig. 7 and 12);
+# - what the appendix leaves to the data: titles in double quotes, items joined by ", " (CoLLM's code);
+#   descriptions unquoted, joined the same way (ours).
+# HistLLM's own Figure 3 prompt is not printed verbatim in the paper: we use the CoLLM form with the
+# history replaced by its one [HIST] token and the target given by its description and image (the five
+# placeholders of Sec. 3.2).
 CTR_HISTORY = "#Question: A user has given high ratings to the following {nouns}: {history}. "
 CTR_PLAIN = (
     "Leverage the information to predict whether the user would enjoy the {noun} {target} "
-    'Answer with "Yes" or "No". \n#Answer:'
+    'Answer with "Yes" or "No". \\n#Answer:'
 )
 CTR_WITH_FEATURES = (
     "Additionally, we have information about the user's preferences encoded in the feature {user}. "
     "Using all available information, make a prediction about whether the user would enjoy the {noun} "
-    '{target} with the feature {item}? Answer with "Yes" or "No". \n#Answer:'
+    '{target} with the feature {item}? Answer with "Yes" or "No". \\n#Answer:'
 )
 
 
 def ctr_item(title: str, description: str | None = None, image: bool = False) -> str:
-    """An item in a CTR history: its quoted title, or its description (KE), then [VISUAL] when shown."""
+    """An item in a CTR history: its quoted title, or its description (KE), then [VISUAL] when shown
+    (right after the text, no space: "<Item_1Title><Item_1Image>")."""
     text = _clean(description) if description is not None else f'"{_clean(title)}"'
-    return f"{text} [VISUAL]" if image else text
+    return f"{text}[VISUAL]" if image else text
 
 
 def ctr_target(title: str, description: str | None = None, image: bool = False) -> str:
@@ -218,7 +227,7 @@ def ctr_target(title: str, description: str | None = None, image: bool = False) 
         if description is not None
         else f'titled "{_clean(title)}"'
     )
-    return f"{text} [VISUAL]" if image else text
+    return f"{text}[VISUAL]" if image else text
 
 
 def ctr_prompt(

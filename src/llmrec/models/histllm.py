@@ -344,16 +344,20 @@ class HistLLM(FeatureBackedLLM):
     def step1_signature(self) -> dict[str, Any]:
         """What a step-1 LoRA was trained on: runs with equal signatures can share it (step1_from)."""
         cfg = self.cfg
-        text_only = self.has_step2
+        ke = not self.has_step2 and cfg.ke  # a two-step model's step 1 reads titles
+        desc = "<DESCRIPTION>" if ke else None
+        codes = ("<USER_CODE>", "<ITEM_CODE>") if cfg.cf == "binary" else (None, None)
         return {
             "llm": cfg.backbone.llm,
             "lora": [cfg.backbone.lora_r, cfg.backbone.lora_alpha, sorted(cfg.backbone.lora_targets)],
             "chat_template": cfg.backbone.chat_template,
-            "ke": False if text_only else cfg.ke,
+            "ke": ke,
             "cf": "binary" if cfg.cf == "binary" else "none",
             "binary_bits": cfg.binary_bits if cfg.cf == "binary" else None,
             "noun": cfg.noun,
             "history_len": cfg.history_len,
+            # the step-1 prompt's wording, data stood in for: a LoRA trained on other words is not reused
+            "prompt": ctr_prompt([ctr_item("<TITLE>", desc)], ctr_target("<TITLE>", desc), cfg.noun, *codes),
         }
 
     def step_parameters(self, step: int) -> frozenset[str]:
@@ -377,7 +381,6 @@ class HistLLM(FeatureBackedLLM):
         cfg = self.cfg
         full = step == 2 or not self.has_step2
         image = self.use_image and full
-        desc = self.descriptions if full else None
         texts, visual, hist_items = [], [], []
         for b, (h, t) in enumerate(zip(histories, targets)):
             h = np.asarray(h, dtype=np.int64)[-cfg.history_len :]
@@ -386,13 +389,8 @@ class HistLLM(FeatureBackedLLM):
                 hist_items.append(torch.from_numpy(h))
             else:
                 visual += h.tolist() if image else []
-            target = ctr_target(self.titles[t], desc[t] if desc else None, image)
             visual += [t] if image else []
-            texts.append(
-                self._prompt_text(
-                    int(users[b]), h, target, self.item_codes[t] if cfg.cf == "binary" else "", step
-                )
-            )
+            texts.append(self.prompt_text(int(users[b]), h, t, step))
         enc = self.backbone.tokenize(texts)
         self.backbone.check_context(
             enc["attention_mask"],
@@ -408,6 +406,18 @@ class HistLLM(FeatureBackedLLM):
         if hist_items:  # (n_hist_rows, history_len) right-padded items, -1 = none
             out["hist"] = pad_sequence(hist_items, batch_first=True, padding_value=-1)
         return out
+
+    def prompt_text(self, user: int, history: np.ndarray, target: int, step: int = 2) -> str:
+        """The exact text one CTR example (user index, item indices of the history, target item index)
+        becomes, chat-wrapped, with its placeholder strings: what :meth:`prompts` tokenises. ``step`` 1: the
+        text-only prompt of LoRA training."""
+        assert self.backbone is not None
+        full = step == 2 or not self.has_step2
+        desc = self.descriptions if full else None
+        h, target = np.asarray(history, dtype=np.int64)[-self.cfg.history_len :], int(target)
+        clause = ctr_target(self.titles[target], desc[target] if desc else None, self.use_image and full)
+        code = self.item_codes[target] if self.cfg.cf == "binary" else ""
+        return self._prompt_text(int(user), h, clause, code, step)
 
     def _prompt_text(self, user: int, history: np.ndarray, target: str, item_code: str, step: int = 2) -> str:
         """One chat-wrapped Yes/No prompt around an already rendered ``target`` clause (``item_code``: the
@@ -718,6 +728,17 @@ class HistLLM(FeatureBackedLLM):
 
     def before_attach(self, source: dict[str, Any]) -> None:
         self.cfg.image = bool(source.get("image", self.cfg.image))
+
+    def load_state(self, directory: Path, dataset: Dataset | None) -> None:
+        super().load_state(directory, dataset)
+        saved = read_json(directory / "sources.json").get("step1", {}).get("prompt")
+        if saved != self.step1_signature()["prompt"]:
+            log.warning(
+                "%s: its step-1 prompt words differ from those llmrec writes now (a model saved before the CTR "
+                "prompts followed the paper's appendix exactly); it is scored with the current prompts, so "
+                "retrain it for numbers comparable with new runs",
+                directory,
+            )
 
 
 def binary_codes(users: np.ndarray, items: np.ndarray, bits: int) -> tuple[list[str], list[str]]:

@@ -1,0 +1,219 @@
+"""Every CTR preset's prompt, pinned character for character for one fixed example.
+
+The expected texts below are written out by hand from HistLLM's Appendix A.1 (Fig. 6-8) and A.3
+(Fig. 11-12), with the example's titles, descriptions and codes in the placeholders; they are not produced
+by llmrec. Where the appendix leaves a choice open (our choices, listed in the README under "What the paper
+does not fix"): titles in double quotes and items joined by ", " (CoLLM's public code), descriptions
+unquoted and joined the same way, and HistLLM's own prompt (Fig. 3 prints none). "\\n#Answer:" is a
+backslash and an "n", as printed (and as in CoLLM's prompt files). A registered preset without a pin
+here fails ``test_every_preset_has_a_pin``.
+
+The example: user 3 liked Heat, Fargo and Toy Story (oldest first) and the target is Alien.
+"""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from llmrec.data.dataset import Dataset
+from llmrec.errors import LlmrecError
+from llmrec.features.store import ids_checksum, save_feature
+from llmrec.models.base import build_model, load_model
+from llmrec.models.histllm import PRESETS
+from llmrec.training import fit
+
+USER, HISTORY, TARGET = 3, [5, 6, 7], 9
+ITEMS = {  # item index: (title, description)
+    5: ("Heat (1995)", "A master thief and a driven detective face off in Los Angeles."),
+    6: ("Fargo (1996)", "A pregnant police chief investigates a botched kidnapping in snowy Minnesota."),
+    7: ("Toy Story (1995)", "Toys come to life and compete for their owner's attention."),
+    9: ("Alien (1979)", "The crew of a space freighter is hunted by a deadly alien creature."),
+}
+USER_CODE, ITEM_CODE = "00000011", "10001001"  # BinLLM's 0/1 codes of user 3 and item 9 (set below)
+
+# The prompts as the appendix prints them, the example written in.
+TALLREC = (  # Fig. 6
+    '#Question: A user has given high ratings to the following movies: "Heat (1995)", "Fargo (1996)", '
+    '"Toy Story (1995)". Leverage the information to predict whether the user would enjoy the movie titled '
+    '"Alien (1979)" Answer with "Yes" or "No". \\n#Answer:'
+)
+TALLREC_DESC = (  # Fig. 8
+    "#Question: A user has given high ratings to the following movies: A master thief and a driven detective "
+    "face off in Los Angeles., A pregnant police chief investigates a botched kidnapping in snowy Minnesota., "
+    "Toys come to life and compete for their owner's attention.. Leverage the information to predict whether "
+    "the user would enjoy the movie with the description as follows: The crew of a space freighter is hunted "
+    'by a deadly alien creature. Answer with "Yes" or "No". \\n#Answer:'
+)
+TALLREC_IMAGE = (  # Fig. 7
+    '#Question: A user has given high ratings to the following movies: "Heat (1995)"[VISUAL], '
+    '"Fargo (1996)"[VISUAL], "Toy Story (1995)"[VISUAL]. Leverage the information to predict whether the '
+    'user would enjoy the movie titled "Alien (1979)"[VISUAL] Answer with "Yes" or "No". \\n#Answer:'
+)
+COLLM = (  # Fig. 11
+    '#Question: A user has given high ratings to the following movies: "Heat (1995)", "Fargo (1996)", '
+    '"Toy Story (1995)". Additionally, we have information about the user\'s preferences encoded in the '
+    "feature [USERID]. Using all available information, make a prediction about whether the user would "
+    'enjoy the movie titled "Alien (1979)" with the feature [ITEMID]? Answer with "Yes" or "No". \\n#Answer:'
+)
+COLLM_IMAGE = (  # Fig. 12
+    '#Question: A user has given high ratings to the following movies: "Heat (1995)"[VISUAL], '
+    '"Fargo (1996)"[VISUAL], "Toy Story (1995)"[VISUAL]. Additionally, we have information about the '
+    "user's preferences encoded in the feature [USERID]. Using all available information, make a prediction "
+    'about whether the user would enjoy the movie titled "Alien (1979)"[VISUAL] with the feature [ITEMID]? '
+    'Answer with "Yes" or "No". \\n#Answer:'
+)
+BINLLM = (  # Fig. 11, the features written as BinLLM's text codes
+    '#Question: A user has given high ratings to the following movies: "Heat (1995)", "Fargo (1996)", '
+    '"Toy Story (1995)". Additionally, we have information about the user\'s preferences encoded in the '
+    "feature 00000011. Using all available information, make a prediction about whether the user would "
+    'enjoy the movie titled "Alien (1979)" with the feature 10001001? Answer with "Yes" or "No". \\n#Answer:'
+)
+BINLLM_IMAGE = (  # Fig. 12, same
+    '#Question: A user has given high ratings to the following movies: "Heat (1995)"[VISUAL], '
+    '"Fargo (1996)"[VISUAL], "Toy Story (1995)"[VISUAL]. Additionally, we have information about the '
+    "user's preferences encoded in the feature 00000011. Using all available information, make a prediction "
+    'about whether the user would enjoy the movie titled "Alien (1979)"[VISUAL] with the feature 10001001? '
+    'Answer with "Yes" or "No". \\n#Answer:'
+)
+HISTLLM = (  # ours (Fig. 3 prints no text): the CoLLM form, the history as [HIST], the target's KE text + image
+    "#Question: A user has given high ratings to the following movies: [HIST]. Additionally, we have "
+    "information about the user's preferences encoded in the feature [USERID]. Using all available "
+    "information, make a prediction about whether the user would enjoy the movie with the description as "
+    "follows: The crew of a space freighter is hunted by a deadly alien creature.[VISUAL] with the feature "
+    '[ITEMID]? Answer with "Yes" or "No". \\n#Answer:'
+)
+
+# preset: (the prompt it trains and scores on, its step-1 prompt: TALLRec's for a two-step model, Sec. 3.3)
+EXPECTED = {
+    "tallrec": (TALLREC, TALLREC),
+    "tallrec_desc": (TALLREC_DESC, TALLREC_DESC),
+    "tallrec_image": (TALLREC_IMAGE, TALLREC),
+    "collm": (COLLM, TALLREC),
+    "collm_image": (COLLM_IMAGE, TALLREC),
+    "binllm": (BINLLM, BINLLM),
+    "binllm_image": (BINLLM_IMAGE, BINLLM),
+    "histllm": (HISTLLM, TALLREC),
+}
+
+
+def chatml(question: str) -> str:
+    """The question as the test LM's ChatML template wraps it (conftest.CHATML), ready for the answer."""
+    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture
+def example_dataset(synthetic_dataset):
+    """The synthetic dataset with the example's titles and descriptions, an image and MF features."""
+    ds = Dataset(synthetic_dataset)
+    for i, (title, description) in ITEMS.items():
+        ds.items.loc[i, ["title", "description"]] = [title, description]
+    rng = np.random.default_rng(0)
+    items = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
+    users = {"kind": "user", "encoder": "test", "ids_sha256": ids_checksum(ds.users["user_id"].tolist())}
+    save_feature(ds.features_dir, "image", rng.normal(size=(ds.n_items, 6)).astype(np.float32), items)
+    save_feature(ds.features_dir, "mf_item", rng.normal(size=(ds.n_items, 8)).astype(np.float32), items)
+    save_feature(ds.features_dir, "mf_user", rng.normal(size=(ds.n_users, 8)).astype(np.float32), users)
+    return ds
+
+
+def attached(name, ds, tiny_llm, chat_template=True, **options):
+    opts = {
+        **options,
+        "mapper_hidden": 16,
+        "encoder_dim": 16,
+        "binary_bits": 8,
+        "description_texts": None,  # KE texts = the items' own descriptions (the example's)
+        "max_text_tokens": 400,  # nothing is cut: the tiny test tokenizer spends a token on almost every byte
+        "backbone": {"llm": tiny_llm, "lora": True, "chat_template": chat_template},
+    }
+    torch.manual_seed(0)
+    model = build_model(name, opts, ds.n_users, ds.n_items)
+    model.attach(ds)
+    if model.cfg.cf == "binary":
+        # codes fixed here so the pins can be written by hand (how codes derive from MF: test_histllm.py)
+        model.user_codes = [f"{u:08b}" for u in range(ds.n_users)]
+        model.item_codes = [f"1{i:07b}" for i in range(ds.n_items)]
+        assert (model.user_codes[USER], model.item_codes[TARGET]) == (USER_CODE, ITEM_CODE)
+    return model
+
+
+def test_every_preset_has_a_pin():
+    assert set(EXPECTED) == set(PRESETS) | {"histllm"}
+
+
+@pytest.mark.parametrize("name", sorted(set(PRESETS) | {"histllm"}))
+def test_preset_prompt_is_the_appendix_text(name, example_dataset, tiny_llm):
+    """The exact text of the example (chat-wrapped by default, bare without the template), at both steps, and
+    the tokens :meth:`prompts` feeds the LM decode back to it with one token per placeholder."""
+    full, step1 = EXPECTED[name]
+    model = attached(name, example_dataset, tiny_llm)
+    assert model.prompt_text(USER, np.array(HISTORY), TARGET) == chatml(full)
+    assert model.prompt_text(USER, np.array(HISTORY), TARGET, step=1) == chatml(step1)
+    batch = model.prompts(np.array([USER]), [np.array(HISTORY)], np.array([TARGET]))
+    tok = model.backbone.tokenizer
+    assert tok.decode(batch["ids"][0][batch["mask"][0].bool()]) == chatml(full)
+    for placeholder, token in model.backbone.token_ids.items():
+        assert int((batch["ids"] == token).sum()) == full.count(placeholder), placeholder
+    bare = attached(name, example_dataset, tiny_llm, chat_template=False)
+    assert bare.prompt_text(USER, np.array(HISTORY), TARGET) == full
+
+
+def test_only_the_most_recent_history_len_items_are_shown(example_dataset, tiny_llm):
+    model = attached("tallrec", example_dataset, tiny_llm, chat_template=False)
+    model.cfg.history_len = 2
+    text = model.prompt_text(USER, np.array(HISTORY), TARGET)
+    assert text == TALLREC.replace('"Heat (1995)", ', "")
+
+
+def test_a_model_saved_under_other_prompt_words_warns_and_lends_no_lora(
+    example_dataset, tiny_llm, tmp_path, caplog
+):
+    """A model saved before the prompts followed the appendix (its step-1 signature holds no or other prompt
+    words) still loads, with a warning; its LoRA is not reused as another model's step 1."""
+    small = {"train_examples": 16, "eval_examples": 16, "epochs": 1, "step1_epochs": 1}
+    tallrec = attached("tallrec", example_dataset, tiny_llm, **small)
+    fit(tallrec, example_dataset)
+    tallrec.save(tmp_path / "tallrec")
+    with caplog.at_level(logging.WARNING, logger="llmrec.models.histllm"):
+        load_model(tmp_path / "tallrec")
+    assert "prompt words differ" not in caplog.text
+    sources = tmp_path / "tallrec" / "sources.json"
+    record = json.loads(sources.read_text())
+    del record["step1"]["prompt"]  # as saved before the step-1 signature carried the prompt words
+    sources.write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="llmrec.models.histllm"):
+        load_model(tmp_path / "tallrec")
+    assert "its step-1 prompt words differ from those llmrec writes now" in caplog.text
+    collm = attached("collm", example_dataset, tiny_llm, step1_from=str(tmp_path / "tallrec"), **small)
+    with pytest.raises(LlmrecError, match="step-1 prompt"):
+        fit(collm, example_dataset)
+
+
+# Tokens of each pinned prompt under the offline default LLM (SmolLM2-135M-Instruct, its chat template with
+# its system turn; each placeholder one token). Recorded from the tokenizer, not derived by hand: a change
+# means the tokenizer or the chat wrapping changed.
+SMOLLM2_TOKENS = {
+    "tallrec": 108,
+    "tallrec_desc": 132,
+    "tallrec_image": 115,
+    "collm": 134,
+    "collm_image": 141,
+    "binllm": 148,
+    "binllm_image": 155,
+    "histllm": 122,
+}
+
+
+@pytest.mark.slow
+def test_prompt_token_counts_with_the_default_llm():
+    from llmrec.llm.backbone import Backbone, BackboneConfig
+
+    backbone = Backbone(BackboneConfig())
+    counts = {
+        name: len(backbone.tokenize([backbone.chat(full)])["input_ids"][0])
+        for name, (full, _) in EXPECTED.items()
+    }
+    assert counts == SMOLLM2_TOKENS
