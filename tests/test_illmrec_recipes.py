@@ -255,3 +255,54 @@ def test_prompts_command_prints_each_prompt_with_token_counts(ill_dataset, tiny_
     assert "no user 'nobody'" in one_error_line(capsys, "prompts")
     assert main(["prompts", "sasrec", "--data", str(ill_dataset.root)]) == 2
     assert "builds no LLM prompt" in one_error_line(capsys, "prompts")
+
+
+@pytest.mark.parametrize(
+    "recipe, optimizer, betas, peak, last, validated, embeddings",
+    [
+        ("llmrec", torch.optim.Adam, (0.9, 0.98), 1e-3, 1e-3, True, False),
+        ("official", torch.optim.AdamW, (0.9, 0.999), 5e-5, 0.0, False, True),
+        ("paper", torch.optim.AdamW, (0.9, 0.999), 1e-3, 0.0, False, False),
+    ],
+)
+def test_each_recipe_trains_with_its_optimiser_schedule_and_parameters(
+    ill_dataset, tiny_llm, monkeypatch, recipe, optimizer, betas, peak, last, validated, embeddings
+):
+    """What the trainer really runs under each recipe: the optimiser, its betas, the lr at the first and after
+    the last step (linear decay to 0), clipping, validation or none, and whether the embedding matrix trains."""
+    import llmrec.training.loop as loop
+
+    seen: dict = {"lrs": [], "validations": 0, "clipped": 0}
+    steps = {cls: cls.step for cls in (torch.optim.Adam, torch.optim.AdamW)}
+
+    def record_step(opt, *a, **kw):
+        seen.update(opt=opt)
+        seen["lrs"].append(opt.param_groups[0]["lr"])
+        return steps[type(opt)](opt, *a, **kw)
+
+    def count_validations(*a, **kw):
+        seen["validations"] += 1
+        return validate(*a, **kw)
+
+    validate, clip = loop.validate, torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.optim.Adam, "step", record_step)
+    monkeypatch.setattr(torch.optim.AdamW, "step", record_step)
+    monkeypatch.setattr(loop, "validate", count_validations)
+    monkeypatch.setattr(
+        torch.nn.utils,
+        "clip_grad_norm_",
+        lambda *a, **kw: seen.update(clipped=seen["clipped"] + 1) or clip(*a, **kw),
+    )
+    m = _model(ill_dataset, tiny_llm, recipe=recipe, epochs=2, train_users=16, batch_size=8, eval_users=8)
+    fit(m, ill_dataset)
+    opt = seen["opt"]
+    assert type(opt) is optimizer and opt.param_groups[0]["betas"] == betas
+    assert seen["lrs"][0] == pytest.approx(peak) and len(seen["lrs"]) == 4  # 2 epochs x 2 batches
+    assert opt.param_groups[0]["lr"] == pytest.approx(last)  # after the last step: decayed to 0, or constant
+    if last == 0.0:
+        assert seen["lrs"] == pytest.approx([peak * (1 - i / 4) for i in range(4)])
+    assert (seen["validations"] > 0) == validated and (seen["clipped"] == 4) == (not validated)
+    trains = {
+        n for group in opt.param_groups for p in group["params"] for n, q in m.named_parameters() if q is p
+    }
+    assert any(n.endswith("embed_tokens.weight") for n in trains) == embeddings
