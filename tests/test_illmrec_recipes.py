@@ -253,6 +253,13 @@ def test_prompts_command_prints_each_prompt_with_token_counts(ill_dataset, tiny_
     assert "=== training: IRE prompt (" in out and "<|im_start|>user" in out and "--- answer (" in out
     assert main([*args, "--user", "nobody"]) == 2
     assert "no user 'nobody'" in one_error_line(capsys, "prompts")
+    ctr = ["prompts", "tallrec", "--data", str(ill_dataset.root), "-o", f"backbone.llm={tiny_llm}", "--json"]
+    assert main([*ctr, "--user", "u3"]) == 0
+    [tallrec] = json.loads(capsys.readouterr().out)["prompts"]
+    assert tallrec["text"].startswith(
+        "<|im_start|>user\n#Question: A user has given high ratings to the following"
+    )
+    assert tallrec["label"] in ("Yes", "No") and tallrec["constant_prefix_tokens"] > 0
     assert main(["prompts", "sasrec", "--data", str(ill_dataset.root)]) == 2
     assert "builds no LLM prompt" in one_error_line(capsys, "prompts")
 

@@ -107,6 +107,8 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
         print(f"\n=== {p['name']} ({counts})\n{p['text']}")
         if p["answer_tokens"]:
             print(f"--- answer ({p['answer_tokens']} tokens, the only ones scored)\n{p['answer']}")
+        if "label" in p:
+            print(f"--- label: {p['label']} (scored from the Yes/No logits after the last token)")
     return 0
 
 
@@ -321,7 +323,7 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
 def _setup_prompts(p: argparse.ArgumentParser) -> None:
     from llmrec.pipeline import TrainConfig
 
-    p.add_argument("model", help="an LLM model: illmrec")
+    p.add_argument("model", help="an LLM model: illmrec, histllm or one of its presets (tallrec, collm, ...)")
     _add_model_options(p)
     add_arguments(p, TrainConfig, skip=("model", "options", "out", "log_with"))
     p.add_argument("--user", help="external user id (default: the dataset's first user)")

@@ -12,6 +12,7 @@ a placeholder string is escaped before it reaches a prompt (:func:`llmrec.llm.pr
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -534,6 +535,28 @@ class Backbone(nn.Module):
         if not bool((counts == 1).all()):
             raise ValueError(f"each prompt must hold exactly one {placeholder}; counts {counts.tolist()}")
         return hidden[mask]  # (B, d)
+
+    def show(
+        self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None, head: str = ""
+    ) -> dict[str, Any]:
+        """One tokenised prompt row (T,) as a person should see it (``llmrec prompts``): the exact text of its
+        ids (special tokens and placeholders kept), the scored answer apart (``labels`` != -100), token
+        counts, and how many leading tokens the constant start ``head`` covers (computed once)."""
+        ids = ids[mask.bool()]
+        scored = labels[: len(ids)] != -100 if labels is not None else torch.zeros(len(ids), dtype=torch.bool)
+        shared = Backbone.common_prefix(
+            self.tokenizer(head, add_special_tokens=False)["input_ids"] if head else [],
+            ids[None],
+            mask[None, : len(ids)],
+        )
+        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=False)
+        return {
+            "text": decode(ids[~scored]),
+            "answer": decode(ids[scored]),
+            "tokens": int((~scored).sum()),
+            "answer_tokens": int(scored.sum()),
+            "constant_prefix_tokens": shared,
+        }
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

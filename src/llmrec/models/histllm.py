@@ -438,6 +438,41 @@ class HistLLM(FeatureBackedLLM):
             user_feature, item_feature = self.user_codes[user], item_code
         return self.backbone.chat(ctr_prompt(items, target, cfg.noun, user_feature, item_feature))
 
+    @property
+    def instruction_head(self) -> str:
+        """The constant question start before the history (every prompt's, computed once where it can be)."""
+        return CTR_HISTORY[: CTR_HISTORY.index("{history}")].format(nouns=self.cfg.noun + "s")
+
+    def show_prompts(self, dataset: Any, user: int, seed: int = 0) -> list[dict[str, Any]]:
+        """What the LM reads for user index ``user`` (``llmrec prompts``): the user's last test CTR example
+        (else its last training one: the longest history) as the step-1 (LoRA) prompt, when the model has a second step, and as
+        the full prompt of step 2 and scoring; exact text of the token ids, token counts, the label."""
+        assert self.backbone is not None
+        for split in ("test", "train"):
+            rows = dataset.ctr(split)
+            rows = rows[rows["user_idx"] == user]
+            if len(rows):
+                break
+        else:
+            raise LlmrecError(f"user index {user} has no CTR example", hint="pick another user (--user)")
+        example = rows.iloc[-1]
+        history, target = np.asarray(example["history"], dtype=np.int64), int(example["target"])
+        shared = self.backbone.chat_prefix(self.instruction_head) if self.cfg.shared_prefix else ""
+        steps = [(1, "step 1 (LoRA training): text-only prompt", "")] if self.has_step2 else []
+        steps.append(
+            (2, f"{'step 2 and ' if self.has_step2 else 'training and '}scoring: full prompt", shared)
+        )
+        shown = []
+        for step, name, prefix in steps:
+            enc = self.prompts(np.array([user]), [history], np.array([target]), step)
+            row = self.backbone.show(enc["ids"][0], enc["mask"][0], head=prefix)
+            row.update(
+                history_items=min(len(history), self.cfg.history_len),
+                label="Yes" if example["label"] else "No",
+            )
+            shown.append({"name": f"{name} ({split} example)", **row})
+        return shown
+
     def prefix_text(self, user: int, history: np.ndarray, step: int = 2) -> str:
         """The text every candidate's prompt for this user starts with: everything before the target clause."""
         sentinel = "\x00TARGET\x00"
@@ -507,8 +542,7 @@ class HistLLM(FeatureBackedLLM):
         ids, mask = batch["ids"], batch["mask"]
         prefix = None
         if self.cfg.shared_prefix:
-            head = CTR_HISTORY[: CTR_HISTORY.index("{history}")].format(nouns=self.cfg.noun + "s")
-            prefix = bb.constant_prefix(bb.chat_prefix(head), [(ids, mask)])
+            prefix = bb.constant_prefix(bb.chat_prefix(self.instruction_head), [(ids, mask)])
         p = len(prefix) if prefix is not None else 0
         (hidden,) = bb.hidden_many([(ids, mask, self.inject(batch))], prefix)  # (B, T - P, d)
         last = hidden[

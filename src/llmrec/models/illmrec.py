@@ -547,7 +547,6 @@ class ILLMRec(FeatureBackedLLM):
         rng = np.random.default_rng(seed)
         history, target = self.sample_window(dataset.train_sequences[user], rng)
         test = np.asarray(dataset.split("test").histories[user])[-self.cfg.test_history :]
-        decode = functools.partial(self.backbone.tokenizer.decode, skip_special_tokens=False)
         # the constant start is computed once where it carries no gradient (training: the LM frozen); in
         # training with ILA it is what the IRE and ILA prompts share
         lm_trains = self.cfg.backbone.lora or self.cfg.backbone.train_embeddings
@@ -568,28 +567,12 @@ class ILLMRec(FeatureBackedLLM):
                 self.build_ire([test]),
             ),
         ):
-            ids = enc["ids"][0][enc["mask"][0].bool()].tolist()
-            answer = (
-                (enc["labels"][0][: len(ids)] != -100).tolist() if "labels" in enc else [False] * len(ids)
-            )
             head = self.prompt_head(kinds) if kinds else ""
-            prefix = Backbone.common_prefix(
-                self.backbone.tokenizer(head, add_special_tokens=False)["input_ids"],
-                enc["ids"][:1],
-                enc["mask"][:1],
+            row = self.backbone.show(
+                enc["ids"][0], enc["mask"][0], enc["labels"][0] if "labels" in enc else None, head
             )
-            question = [i for i, a in zip(ids, answer) if not a]
-            shown.append(
-                {
-                    "name": name,
-                    "text": decode(question),
-                    "answer": decode([i for i, a in zip(ids, answer) if a]),
-                    "tokens": len(question),
-                    "answer_tokens": sum(answer),
-                    "constant_prefix_tokens": prefix,
-                    "history_items": decode(question).count("{Title: "),  # data text holds no braces
-                }
-            )
+            row["history_items"] = row["text"].count("{Title: ")  # data text holds no braces
+            shown.append({"name": name, **row})
         return shown
 
     # ------------------------------------------------------------------ training
