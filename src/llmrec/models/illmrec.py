@@ -16,6 +16,13 @@ projectors alone), ``backbone.lora`` (Appendix E), ``missing_image_fraction`` (S
 fall back to their description in the prompt and to a text feature, through its own projector, in
 retrieval). Every score is over real catalog items, so every recommendation exists.
 
+Where the paper's text, the official code and llmrec's CPU-friendly defaults differ, ``recipe`` (paper /
+official / llmrec, :data:`RECIPES`) sets every such option at once: prompt framing (``prompt_format``: the
+chat template, or the official BOS + raw IRE text and Vicuna-v1 ILA conversation), the trained input-embedding
+matrix (``backbone.train_embeddings``), the optimiser and schedule, fixed epochs without validation, window
+and negative samplers, ILA values from feature bullets, and the small constants; an option given beside it
+still wins.
+
 Training the projectors alone (two_stage's stage 2, ``head_epochs``) is cheap: with the LLM, the adaptor
 and [REC] frozen, the [REC] state of a prompt never changes, so each of ``head_windows`` random windows per
 user is run through the LLM once and its state cached; an epoch then costs no LLM call at all, and
