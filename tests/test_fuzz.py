@@ -451,6 +451,7 @@ def _generic_cases() -> list[OptionCase]:
     needs = {  # the required arguments, valid, so the option under test is what is wrong
         "prepare": ["table", "--path", "{ds}/items.parquet", "--out", "{tmp}/new"],
         "train": ["popularity", "--data", "{ds}", "--out", "{tmp}/run"],
+        "prompts": ["illmrec", "--data", "{ds}"],
         "evaluate": ["{pop}"],
         "recommend": ["{pop}", "--user", "u1"],
         "table": ["{pop}"],
