@@ -445,8 +445,9 @@ class HistLLM(FeatureBackedLLM):
 
     def show_prompts(self, dataset: Any, user: int, seed: int = 0) -> list[dict[str, Any]]:
         """What the LM reads for user index ``user`` (``llmrec prompts``): the user's last test CTR example
-        (else its last training one: the longest history) as the step-1 (LoRA) prompt, when the model has a second step, and as
-        the full prompt of step 2 and scoring; exact text of the token ids, token counts, the label."""
+        (else its last training one: the longest history) as the step-1 (LoRA) prompt, when the model has a
+        second step, and as the full prompt of step 2 and scoring; exact text of the token ids, token
+        counts, the label. (``seed``: no draw here; I-LLMRec's window draws use it.)"""
         assert self.backbone is not None
         for split in ("test", "train"):
             rows = dataset.ctr(split)
