@@ -556,6 +556,9 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("recommend-model-json-garbage", ["recommend", "{sas}", "--user", "u1"], names=("model.json",), damage=[("sas", "model/model.json", _garbage)]),
     OptionCase("recommend-other-dataset-other-size", ["recommend", "{sas}", "--user", "u1", "--data", "{ds_small}"], names=("ds_small",)),
     OptionCase("recommend-other-dataset-same-size", ["recommend", "{sas}", "--user", "u1", "--data", "{ds_same}"], names=("ds_same",)),
+    # bench-prepare: refused before anything is generated
+    OptionCase("bench-prepare-reviews-10", ["bench-prepare", "--reviews", "10", "--out", "{tmp}/b"], names=("reviews",)),
+    OptionCase("bench-prepare-unknown-path", ["bench-prepare", "--paths", "nope", "--out", "{tmp}/b"], names=("nope",)),
     # table
     OptionCase("table-no-runs", ["table"], names=("runs",)),
     OptionCase("table-run-missing", ["table", "{missing}/run"], names=("run",)),

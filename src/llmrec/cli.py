@@ -195,6 +195,16 @@ def _cmd_bench_training(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_prepare(args: argparse.Namespace) -> int:
+    from llmrec.experiments.prepare_bench import PrepareBenchConfig, format_prepare_bench, run_prepare_bench
+
+    cfg = resolve(PrepareBenchConfig, args, args.config)
+    result = run_prepare_bench(cfg)
+    print(format_prepare_bench(result))
+    print("written " + ", ".join(result["files"]))
+    return 0
+
+
 def _cmd_ctr_efficiency(args: argparse.Namespace) -> int:
     from llmrec.experiments.ctr import CtrEfficiencyConfig, format_ctr_efficiency, run_ctr_efficiency
 
@@ -399,6 +409,12 @@ def _setup_bench_training(p: argparse.ArgumentParser) -> None:
     add_arguments(p, TrainingBenchConfig)
 
 
+def _setup_bench_prepare(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.prepare_bench import PrepareBenchConfig
+
+    add_arguments(p, PrepareBenchConfig)
+
+
 def _setup_demo(p: argparse.ArgumentParser) -> None:
     from llmrec.experiments.demo import DemoConfig
 
@@ -438,6 +454,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Setup]] = [
     ("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table, _setup_table),
     ("bench", "training and evaluation throughput of a torch model", _cmd_bench, _setup_bench),
     ("bench-training", "seconds per LLM training step: two passes vs one pass vs cached prefix", _cmd_bench_training, _setup_bench_training),
+    ("bench-prepare", "seconds and peak memory of 'llmrec prepare amazon2023' on generated Amazon-scale reviews", _cmd_bench_prepare, _setup_bench_prepare),
     ("serve", "answer recommendation requests over HTTP (FastAPI), micro-batched", _cmd_serve, _setup_serve),
     ("bench-serve", "throughput and latency of 'llmrec serve', micro-batching on vs off", _cmd_bench_serve, _setup_bench_serve),
     ("demo", "the whole pipeline on MovieLens-100K with the embedded offline models", _cmd_demo, _setup_demo),
