@@ -17,14 +17,15 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from llmrec.config import option, to_dict
+from llmrec.config import check_ranges, option, to_dict
 from llmrec.data.dataset import INCOMPLETE, content_identity, is_dataset_dir
 from llmrec.data.importers import ImportSpec, get_importer
 from llmrec.data.schema import RawData
@@ -93,9 +94,19 @@ class PrepareConfig(ImportSpec, ProcessConfig):
         False,
         "write into an existing folder that is not an llmrec dataset (files that are not llmrec's are kept)",
     )
+    engine: Literal["duckdb", "pandas"] = option(
+        "duckdb",
+        "duckdb: columnar, out-of-core, bounded by --memory-limit; pandas: everything in memory "
+        "(the older path; both write the same files)",
+    )
+    memory_limit: str | None = option(
+        None, "duckdb engine: memory cap such as 8GB; beyond it DuckDB spills to the output folder"
+    )
+    threads: int | None = option(None, "duckdb engine: worker threads (default: all cores)", ge=1)
 
     def __post_init__(self) -> None:
         ProcessConfig.__post_init__(self)
+        check_ranges(self)
 
     @property
     def out_dir(self) -> Path:
@@ -423,12 +434,36 @@ def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
 
 
 def write_dataset(tables: dict[str, Any], out_dir: Path, overwrite: bool = False) -> None:
+    """Write a dataset held in pandas into ``out_dir`` (see :func:`write_dataset_with`)."""
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        tables["items"].to_parquet(tmp / "items.parquet", index=False)
+        tables["interactions"].to_parquet(tmp / "interactions.parquet", index=False)
+        tables["users"].to_parquet(tmp / "users.parquet", index=False)
+        tables["sequences"].to_parquet(tmp / "sequences.parquet", index=False)
+        (tmp / "eval").mkdir()
+        for split, arr in tables["negatives"].items():
+            np.save(tmp / "eval" / f"{split}_negatives.npy", arr, allow_pickle=False)
+        if tables["ctr"] is not None:
+            (tmp / "ctr").mkdir()
+            for split in ("train", "valid", "test"):
+                part = tables["ctr"].loc[tables["ctr"]["split"] == split].drop(columns="split")
+                part.to_parquet(tmp / "ctr" / f"{split}.parquet", index=False)
+        return tables["meta"]
+
+    write_dataset_with(fill, out_dir, overwrite)
+
+
+def write_dataset_with(
+    fill: Callable[[Path], dict[str, Any]], out_dir: Path, overwrite: bool = False
+) -> dict[str, Any]:
     """Write a dataset into ``out_dir``; the old dataset there survives any failure before the final moves.
 
-    The tables go into a temp folder inside ``out_dir``, then replace the old entries one by one (see
-    :data:`DATASET_ENTRIES`). Side outputs (``images/`` always, ``features/`` and ``texts/`` when the item
-    list did not change) stay, so re-preparing never throws away downloaded images. An existing folder that
-    is not a dataset is refused unless ``overwrite``; its other files are kept either way.
+    ``fill(tmp)`` writes the tables into a temp folder inside ``out_dir`` and returns the meta record; the
+    entries then replace the old ones one by one (see :data:`DATASET_ENTRIES`). Side outputs (``images/``
+    always, ``features/`` and ``texts/`` when the item list did not change) stay, so re-preparing never
+    throws away downloaded images. An existing folder that is not a dataset is refused unless ``overwrite``;
+    its other files are kept either way. Returns the meta record as written.
     """
     out_dir = Path(out_dir)
     remove_stale_temp(out_dir)
@@ -437,23 +472,15 @@ def write_dataset(tables: dict[str, Any], out_dir: Path, overwrite: bool = False
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = partial_dir(out_dir, "prepare")
     try:
-        tables["items"].to_parquet(tmp / "items.parquet", index=False)
-        tables["interactions"].to_parquet(tmp / "interactions.parquet", index=False)
-        tables["users"].to_parquet(tmp / "users.parquet", index=False)
-        tables["sequences"].to_parquet(tmp / "sequences.parquet", index=False)
-        (tmp / "eval").mkdir()
-        checksums = {}
-        for split, arr in tables["negatives"].items():
-            np.save(tmp / "eval" / f"{split}_negatives.npy", arr, allow_pickle=False)
-            checksums[f"eval/{split}_negatives.npy"] = sha256_file(tmp / "eval" / f"{split}_negatives.npy")
-        if tables["ctr"] is not None:
-            (tmp / "ctr").mkdir()
-            for split in ("train", "valid", "test"):
-                part = tables["ctr"].loc[tables["ctr"]["split"] == split].drop(columns="split")
-                part.to_parquet(tmp / "ctr" / f"{split}.parquet", index=False)
-        meta = dict(tables["meta"], checksums=checksums, identity=content_identity(tmp))
+        meta = fill(tmp)
+        checksums = {
+            f"eval/{split}_negatives.npy": sha256_file(tmp / "eval" / f"{split}_negatives.npy")
+            for split in ("valid", "test")
+        }
+        meta = dict(meta, checksums=checksums, identity=content_identity(tmp))
         write_json_atomic(tmp / "meta.json", meta)
-        _move_into_place(tmp, out_dir, keep_features=_same_items(out_dir, tables["items"]))
+        new_ids = pd.read_parquet(tmp / "items.parquet", columns=["item_id"])["item_id"].tolist()
+        _move_into_place(tmp, out_dir, keep_features=_same_items(out_dir, new_ids))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:
@@ -461,15 +488,16 @@ def write_dataset(tables: dict[str, Any], out_dir: Path, overwrite: bool = False
                 out_dir.rmdir()  # only if still empty
         raise
     shutil.rmtree(tmp, ignore_errors=True)
+    return meta
 
 
-def _same_items(old: Path, items: pd.DataFrame) -> bool:
+def _same_items(old: Path, item_ids: list[str]) -> bool:
     """Whether the dataset in ``old`` has exactly these items in this order (its features still apply)."""
     try:
         old_ids = pd.read_parquet(old / "items.parquet", columns=["item_id"])["item_id"].tolist()
     except Exception:  # no dataset there, or an unreadable one: nothing to keep
         return False
-    return bool(old_ids == items["item_id"].tolist())
+    return bool(old_ids == item_ids)
 
 
 def _move_into_place(new: Path, out: Path, keep_features: bool) -> None:
@@ -495,18 +523,27 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     check_out_dir(cfg.out_dir, cfg.overwrite)  # before the import, which may take long
     if cfg.overwrite and cfg.out_dir.is_dir() and not is_dataset_dir(cfg.out_dir):
         _check_inputs_survive(cfg)
+    if cfg.engine == "duckdb":
+        from llmrec.data.columnar import prepare_columnar
+
+        return write_dataset_with(lambda tmp: prepare_columnar(cfg, tmp), cfg.out_dir, cfg.overwrite)
     raw = get_importer(cfg.dataset)(cfg)
     log.info("imported %s: %s", cfg.dataset, _counts(raw.interactions))
     try:
         tables = process(raw, cfg)
     except LlmrecError as e:  # what filtering or splitting found: say which input it came from
-        if e.file is not None:
-            raise
-        files = [str(f) for f in raw.source.get("files") or [cfg.dataset]]
-        items_file = f" and its item file {files[1]}" if len(files) > 1 else ""
-        raise LlmrecError(f"after importing it{items_file}: {e}", file=files[0]) from None
+        raise from_input(e, [str(f) for f in raw.source.get("files") or [cfg.dataset]]) from None
     write_dataset(tables, cfg.out_dir, overwrite=cfg.overwrite)
     return tables["meta"]
+
+
+def from_input(e: LlmrecError, files: list[str]) -> LlmrecError:
+    """An error found after the import (it names no file) said to come from the input ``files``
+    (interactions first, then items); an error that names its file stays as it is."""
+    if e.file is not None:
+        return e
+    items_file = f" and its item file {files[1]}" if len(files) > 1 else ""
+    return LlmrecError(f"after importing it{items_file}: {e}", file=files[0])
 
 
 def _check_inputs_survive(cfg: PrepareConfig) -> None:

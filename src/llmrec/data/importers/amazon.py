@@ -14,6 +14,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -291,17 +292,7 @@ def import_amazon2018(spec: ImportSpec) -> RawData:
     brand, category path, description, feature bullets (``extra["feature"]``), first high-res image,
     and the remaining fields (price, main_cat, rank, details, ...) in extra.
     """
-    reviews = require_path(spec.path, "Amazon reviews file", "--path")
-    meta = _meta_path(spec, reviews, "meta_<Category>.json.gz")
-    interactions = read_reviews(
-        reviews, user_key="reviewerID", item_keys=("asin",), time_key="unixReviewTime", rating_key="overall"
-    )
-    items = read_meta(meta, item_2018, id_key="asin", review_key="reviewerID")
-    return RawData(
-        items=items,
-        interactions=interactions,
-        source={"name": "amazon2018", "files": [str(reviews), str(meta)]},
-    )
+    return LAYOUTS["amazon2018"].read(spec)
 
 
 # ----------------------------------------------------------------------------- Amazon Reviews 2023
@@ -350,19 +341,62 @@ def import_amazon2023(spec: ImportSpec) -> RawData:
     Items are keyed by ``parent_asin`` (the product, not the variant), as the release recommends;
     review timestamps are milliseconds and become seconds.
     """
-    reviews = require_path(spec.path, "Amazon reviews file", "--path")
-    meta = _meta_path(spec, reviews, "meta_<Category>.jsonl")
-    interactions = read_reviews(
-        reviews,
-        user_key="user_id",
-        item_keys=("parent_asin", "asin"),
-        time_key="timestamp",
-        rating_key="rating",
-        time_divisor=1000,
-    )
-    items = read_meta(meta, item_2023, id_key="parent_asin", review_key="user_id")
-    return RawData(
-        items=items,
-        interactions=interactions,
-        source={"name": "amazon2023", "files": [str(reviews), str(meta)]},
-    )
+    return LAYOUTS["amazon2023"].read(spec)
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True)
+class ReviewsLayout:
+    """Where a JSON-lines release keeps what llmrec reads: the line reader above and the columnar reader of
+    ``prepare --engine duckdb`` (:mod:`llmrec.data.columnar`) both follow it, so they read the same fields."""
+
+    name: str
+    user_key: str
+    item_keys: tuple[str, ...]  # id keys of a review, most preferred first (the first non-empty one wins)
+    time_key: str
+    rating_key: str
+    time_divisor: int  # the source's time unit -> seconds
+    meta_id_keys: tuple[str, ...]  # id keys of a metadata record, most preferred first
+    to_item: Callable[[dict[str, Any]], dict[str, Any]]
+    meta_example: str  # the metadata file's usual name, for the hint when none is found
+
+    def paths(self, spec: ImportSpec) -> tuple[Path, Path]:
+        """The reviews file and its metadata file (given, or found next to the reviews)."""
+        reviews = require_path(spec.path, "Amazon reviews file", "--path")
+        return reviews, _meta_path(spec, reviews, self.meta_example)
+
+    def read_reviews(self, reviews: Path) -> pd.DataFrame:
+        return read_reviews(
+            reviews,
+            user_key=self.user_key,
+            item_keys=self.item_keys,
+            time_key=self.time_key,
+            rating_key=self.rating_key,
+            time_divisor=self.time_divisor,
+        )
+
+    def read_meta(self, meta: Path) -> pd.DataFrame:
+        return read_meta(meta, self.to_item, id_key=self.meta_id_keys[0], review_key=self.user_key)
+
+    def read(self, spec: ImportSpec) -> RawData:
+        reviews, meta = self.paths(spec)
+        interactions = self.read_reviews(reviews)
+        return RawData(
+            items=self.read_meta(meta),
+            interactions=interactions,
+            source={"name": self.name, "files": [str(reviews), str(meta)]},
+        )
+
+
+LAYOUTS = {
+    "amazon2018": ReviewsLayout(
+        "amazon2018", "reviewerID", ("asin",), "unixReviewTime", "overall", 1, ("asin",), item_2018,
+        "meta_<Category>.json.gz",
+    ),
+    "amazon2023": ReviewsLayout(
+        "amazon2023", "user_id", ("parent_asin", "asin"), "timestamp", "rating", 1000,
+        ("parent_asin", "asin"), item_2023, "meta_<Category>.jsonl",
+    ),
+}  # fmt: skip
