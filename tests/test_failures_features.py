@@ -62,7 +62,7 @@ class HashTextEncoder:
 class MeanColourEncoder:
     """A stand-in image tower: the mean RGB of the image."""
 
-    id, dim = "mean-colour", 3
+    id, dim, pooling = "mean-colour", 3, "mean"
 
     def encode(self, images: list) -> np.ndarray:
         return np.array([np.asarray(im, dtype=np.float32).mean((0, 1)) for im in images], dtype=np.float32)

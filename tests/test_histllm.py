@@ -317,6 +317,88 @@ def test_missing_inputs_are_clear_errors(synthetic_dataset, tiny_llm):
 
 
 @pytest.fixture
+def imageless_dataset(ctr_dataset):
+    """``ctr_dataset`` with every third item image-less, as 'llmrec images --missing keep' leaves a catalog
+    with fewer posters than items: a zero row in the image feature, flagged in its missing mask."""
+    ds = ctr_dataset
+    image = np.load(ds.features_dir / "image.npy")
+    missing = np.arange(ds.n_items) % 3 == 0
+    image[missing] = 0.0
+    spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
+    save_feature(ds.features_dir, "image", image, spec, missing=missing)
+    return ds, missing
+
+
+@pytest.mark.parametrize("name", ["histllm", "tallrec_image"])
+def test_an_imageless_item_gets_the_learned_no_image_token(imageless_dataset, tiny_llm, name):
+    """VMA gives an image-less item the learned 'no image' vector, wherever its image token goes (UHEM's
+    sequence or an inline [VISUAL]; the target's [VISUAL]), and the loss's gradient reaches it."""
+    ds, missing = imageless_dataset
+    model = make(name, ds, tiny_llm)
+    model.attach(ds)
+    tokens = model.visual_tokens(torch.arange(ds.n_items))  # (N, d)
+    assert torch.equal(tokens[missing], model.no_image.expand(int(missing.sum()), -1))
+    assert torch.allclose(tokens[~missing], model.image_mapper(model.feat_image[~missing]))
+    assert "no_image" in model.step_parameters(2) and "no_image" not in model.step_parameters(1)
+    no, yes = np.flatnonzero(missing), np.flatnonzero(~missing)
+    for history, target in (([no[1], yes[0]], yes[1]), ([yes[0], yes[2]], no[2])):  # history, then target
+        model.zero_grad()
+        batch = model.prompts(np.array([0]), [np.array(history)], np.array([target]))
+        model.loss({**batch, "labels": torch.ones(1)}).backward()
+        assert model.no_image.grad is not None and model.no_image.grad.abs().sum() > 0, (history, target)
+    model.zero_grad()
+    batch = model.prompts(np.array([0]), [yes[:2]], yes[2:3])  # every image present: the vector is not read
+    model.loss({**batch, "labels": torch.ones(1)}).backward()
+    assert model.no_image.grad is None or not model.no_image.grad.any()
+
+
+def test_a_dataset_with_imageless_items_trains_scores_and_reloads(imageless_dataset, tiny_llm, tmp_path):
+    ds, missing = imageless_dataset
+    model = make("histllm", ds, tiny_llm)
+    model.attach(ds)
+    start = model.no_image.detach().clone()
+    fit(model, ds)
+    assert not torch.equal(model.no_image.detach(), start)  # step 2 trained it
+    metrics, _ = evaluate_ctr(model, ds, "test")
+    assert np.isfinite(metrics["auc"])
+    df = ds.ctr("test").head(12)
+    args = (df["user_idx"].to_numpy(), list(df["history"]), df["target"].to_numpy())
+    assert missing[args[2]].any()  # image-less targets among the scored rows
+    before = model.score_pairs(*args)
+    assert np.isfinite(before).all()
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert torch.equal(loaded.no_image, model.no_image)
+    np.testing.assert_allclose(loaded.score_pairs(*args), before, atol=1e-6)
+
+
+def test_a_model_saved_before_the_no_image_token_loads_as_it_was_trained(
+    imageless_dataset, tiny_llm, tmp_path
+):
+    """Models saved before ``missing_image`` mapped the zero feature of an image-less item (no weight for a
+    'no image' token): they load with ``missing_image=zero`` and score as before."""
+    from llmrec.utils.io import write_json_atomic
+
+    ds, _ = imageless_dataset
+    model = make("histllm", ds, tiny_llm, missing_image="zero")
+    fit(model, ds)
+    assert model.no_image is None
+    df = ds.ctr("test").head(8)
+    args = (df["user_idx"].to_numpy(), list(df["history"]), df["target"].to_numpy())
+    before = model.score_pairs(*args)
+    model.save(tmp_path / "m")
+    for name in ("sources.json", "model.json"):  # as an older llmrec wrote them
+        path = tmp_path / "m" / name
+        record = read_json(path)
+        record.pop("missing_image", None)
+        record.get("config", {}).pop("missing_image", None)
+        write_json_atomic(path, record)
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg.missing_image == "zero" and loaded.no_image is None
+    np.testing.assert_allclose(loaded.score_pairs(*args), before, atol=1e-6)
+
+
+@pytest.fixture
 def parity_dataset(tmp_path):
     """Users like exactly the even items (rating 5) and dislike the odd ones (rating 2): the label is visible
     only in the target's picture (its parity): every item has the same title and description."""

@@ -136,6 +136,11 @@ def _current_feature(root: Path, name: str, spec: dict[str, Any], force: bool) -
         except LlmrecError as e:
             log.warning("feature '%s' is damaged (%s): recomputing it", name, e)
             return None
+        if unrecorded_pooling(feature.manifest):
+            log.warning(
+                "feature '%s' does not record its pooling (maybe a random pooler): recomputing it", name
+            )
+            return None
         clean_leftovers(root, name, feature.manifest)
         log.info("feature '%s' is up to date", name)
         return feature
@@ -195,8 +200,19 @@ def build_image_feature(ds: Dataset, cfg: FeaturesConfig) -> Feature:
         return encoder.encode(images), missing
 
     spec["dataset_identity"] = ds.identity
+    spec["pooling"] = encoder.pooling  # recorded: decided by the checkpoint (e.g. CLS when it has no pooler)
     return compute_feature(
         root, cfg.image_name, len(paths), encoder.dim, encode, spec, cfg.batch_size, desc="image features"
+    )
+
+
+def unrecorded_pooling(manifest: dict[str, Any]) -> bool:
+    """Whether an image feature of a transformers tower predates the recorded pooling: llmrec then read
+    the pooled output even of a checkpoint without pooler weights (DINO v1), i.e. a random pooler."""
+    return (
+        manifest.get("modality") == "image"
+        and manifest.get("encoder") != DEFAULT_IMAGE_ENCODER
+        and "pooling" not in manifest
     )
 
 
@@ -218,6 +234,11 @@ def stale_reason(ds: Dataset, manifest: dict[str, Any]) -> str | None:
 
         if "images_sha256" not in manifest:
             return "it was computed by an older llmrec that did not record its image files"
+        if unrecorded_pooling(manifest):
+            return (
+                "it was computed by an older llmrec that did not record its pooling (a checkpoint without "
+                "pooler weights, as DINO's, got a randomly initialised pooler)"
+            )
         if ids_checksum(source_keys(list(image_paths(ds)))) != manifest["images_sha256"]:
             return "the item images changed since it was computed"
     elif modality == "cf":

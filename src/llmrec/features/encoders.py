@@ -2,13 +2,16 @@
 
 Text: any sentence-transformers model (default: the offline all-MiniLM-L6-v2, 384-d).
 Image: EfficientNet-Lite0 ImageNet weights (offline default, 1280-d) or any transformers vision tower
-(CLIP, SigLIP, DINOv2, ... by hub id or local folder; images are preprocessed by its own image processor).
+(CLIP, SigLIP, DINO, DINOv2, ... by hub id or local folder; images are preprocessed by its own image
+processor; a checkpoint without pooler weights, as DINO v1's, is read by its CLS token).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +26,8 @@ from llmrec.assets import (
 )
 from llmrec.errors import LlmrecError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_TEMPLATE = "Title: {title} Brand: {brand} Category: {category} Description: {description}"
 
 
@@ -36,6 +41,7 @@ class TextEncoder(Protocol):
 class ImageEncoder(Protocol):
     id: str
     dim: int
+    pooling: str  # how an image becomes one vector (recorded in the feature's manifest)
 
     def encode(self, images: list[Any]) -> np.ndarray: ...
 
@@ -139,6 +145,7 @@ class EfficientNetLiteEncoder:
         )
         self.model.eval().to(device)
         self.dim = 1280
+        self.pooling = "global_average"
         self._torch = torch
 
     def preprocess(self, image: Any) -> np.ndarray:
@@ -165,8 +172,15 @@ class EfficientNetLiteEncoder:
 
 
 class HFVisionEncoder:
-    """A transformers vision tower: ``get_image_features`` when the model has it (CLIP/SigLIP), else the
-    pooled output, else the CLS token of the last hidden state (DINOv2-style backbones)."""
+    """A transformers vision tower, read in the way its checkpoint supports (``pooling``, recorded in the
+    feature's manifest): ``image_features`` = ``get_image_features`` (CLIP/SigLIP); ``pooler`` = the pooled
+    output, when the checkpoint holds the pooler's weights or the pooler has none (DINOv2: the normed CLS);
+    ``cls`` = the CLS token of the last hidden state.
+
+    A checkpoint converted without its pooler's weights (DINO v1, e.g. facebook/dino-vits16) is read by
+    its CLS token, with a warning: transformers would initialise that pooler at random, and tanh(random
+    Linear(CLS)) differs between two loads. Any other weight the checkpoint lacks is an error.
+    """
 
     def __init__(self, name: str, device: str = "cpu") -> None:
         import torch
@@ -179,27 +193,60 @@ class HFVisionEncoder:
         source = str(local) if local is not None else name
         try:
             self.processor = AutoImageProcessor.from_pretrained(source)
-            self.model = AutoModel.from_pretrained(source).eval().to(device)
+            model, info = AutoModel.from_pretrained(source, output_loading_info=True)
         except Exception as e:  # a damaged folder raises OSError, ValueError, KeyError...
             raise unloadable(name, "image encoder", e) from None
+        self.model = model.eval().to(device)
         from PIL import Image
 
-        self.dim = int(self.encode([Image.new("RGB", (32, 32))]).shape[1])
+        probe = [Image.new("RGB", (32, 32))]
+        self.pooling = self._pooling(sorted(info.get("missing_keys") or ()), local, probe)
+        self.dim = int(self.encode(probe).shape[1])
+
+    def _pooling(self, missing: list[str], local: Path | None, probe: list[Any]) -> str:
+        """How features are read, given the weights the checkpoint lacked (transformers initialised them
+        at random): a missing pooler means the CLS token; anything else missing is an error."""
+        pooler = [k for k in missing if "pooler" in k.split(".")]
+        others = [k for k in missing if k not in pooler]
+        if others or (pooler and hasattr(self.model, "get_image_features")):
+            shown = ", ".join((others or pooler)[:4]) + (" ..." if len(others or pooler) > 4 else "")
+            raise LlmrecError(
+                f"image encoder {self.id!r}: the checkpoint lacks weights its model needs ({shown}); "
+                "transformers would initialise them at random",
+                file=local,
+                hint="the checkpoint is incomplete or of another architecture: download it again or choose "
+                "another --image-encoder",
+            )
+        if hasattr(self.model, "get_image_features"):
+            return "image_features"
+        if pooler:
+            log.warning(
+                "image encoder %r: no pooler weights in the checkpoint (%s; DINO v1 is converted without "
+                "them): features are the CLS token of the last hidden state, not a randomly initialised "
+                "pooler",
+                self.id,
+                ", ".join(pooler),
+            )
+            return "cls"
+        with self._torch.inference_mode():
+            out = self.model(pixel_values=self._pixels(probe))
+        return "pooler" if getattr(out, "pooler_output", None) is not None else "cls"
+
+    def _pixels(self, images: list[Any]) -> Any:
+        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        return inputs["pixel_values"].to(self.device)  # (B, 3, H, W)
 
     def encode(self, images: list[Any]) -> np.ndarray:
         torch = self._torch
-        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").to(
-            self.device
-        )
+        pixels = self._pixels(images)
         with torch.inference_mode():
-            if hasattr(self.model, "get_image_features"):
-                feats = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+            if self.pooling == "image_features":
+                feats = self.model.get_image_features(pixel_values=pixels)
                 if not torch.is_tensor(feats):  # newer transformers return an output object
                     feats = feats.pooler_output
             else:
-                out = self.model(pixel_values=inputs["pixel_values"])
-                pooled = getattr(out, "pooler_output", None)
-                feats = pooled if pooled is not None else out.last_hidden_state[:, 0]
+                out = self.model(pixel_values=pixels)
+                feats = out.pooler_output if self.pooling == "pooler" else out.last_hidden_state[:, 0]
         return feats.float().cpu().numpy()  # (B, dim)
 
 

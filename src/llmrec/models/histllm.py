@@ -29,7 +29,9 @@ embeddings to ``encoder_dim`` = 512, then a 1-layer GRU (last state) or a 2-laye
 its first ``max_text_tokens`` = 48 description tokens then its image token (inline histories and targets
 show the same texts cut to the same tokens, so w/o UHEM compares like for like); a learned start vector makes
 an empty history valid. A prompt longer than the LM's context is an error, never silently cut. The visual and CF mappers are Linear(d_in, 512) -> GELU/ReLU -> Linear(512, d_llm)
-(CoLLM's CIE shape; one CF mapper shared by users and items). BinLLM's codes are the signs of the first
+(CoLLM's CIE shape; one CF mapper shared by users and items); an item flagged image-less in the image
+feature (the paper has fewer posters than items) gets one learned "no image" token wherever VMA would put
+its image token (``missing_image``). BinLLM's codes are the signs of the first
 32 principal components of the MF user and item vectors (one PCA over both, so a user's and an item's
 codes agree where their vectors do). Scoring is TALLRec's: P(Yes) = softmax over the ("Yes", "No")
 answer-token logits = sigmoid(l_yes - l_no); ``-o scoring=yes_logit`` is CoLLM's sigmoid(l_yes). The
@@ -104,6 +106,11 @@ class HistLLMConfig(NeuralConfig):
     )
     noun: str = option("movie", "what the prompt calls an item ('movie' in the papers)")
     image_feature: str = option("image", "feature-store name of the image feature (VMA)")
+    missing_image: Literal["learned", "zero"] = option(
+        "learned",
+        "VMA token of an item flagged image-less in the image feature: one learned 'no image' vector "
+        "(trained in step 2), or the mapper of the stored zero feature (llmrec before this option)",
+    )
     user_cf_feature: str = option("mf_user", "MF user embeddings (llmrec features --cf RUN)")
     item_cf_feature: str = option("mf_item", "MF item embeddings (llmrec features --cf RUN)")
     binary_bits: int = option(32, "BinLLM code length", ge=1)
@@ -200,6 +207,7 @@ class HistLLM(FeatureBackedLLM):
         super().__init__(cfg, n_users, n_items)
         self.backbone: Backbone | None = None  # built by attach(): it needs the dataset
         self.source: dict[str, Any] = {}
+        self.no_image: nn.Parameter | None = None  # VMA's token for image-less items (missing_image=learned)
 
     @property
     def needs_user_id(self) -> bool:  # type: ignore[override]
@@ -231,6 +239,17 @@ class HistLLM(FeatureBackedLLM):
             )
             self._register_feature("image", feat)
             self.image_mapper = mapper(feat.dim, cfg.mapper_hidden, d)
+            missing = torch.from_numpy(np.array(feat.missing, dtype=bool))  # (N,)
+            self.register_buffer("image_missing", missing, persistent=False)
+            self.no_image = None
+            if cfg.missing_image == "learned" and bool(missing.any()):
+                # an input-embedding-sized start (std 0.02, the usual LLM initialiser range)
+                self.no_image = nn.Parameter(torch.randn(d) * 0.02)  # (d,)
+                log.info(
+                    "%d of %d items have no image: VMA gives them one learned 'no image' token",
+                    int(missing.sum()),
+                    self.n_items,
+                )
         if cfg.cf != "none":
             users = self._user_feature(ds)
             items = load_item_feature(
@@ -366,7 +385,7 @@ class HistLLM(FeatureBackedLLM):
             return frozenset(
                 n for n, _ in self.named_parameters() if n.startswith("backbone.") and "lora_" in n
             )
-        modules = ("image_mapper.", "cf_mapper.", "history_encoder.")
+        modules = ("image_mapper.", "no_image", "cf_mapper.", "history_encoder.")
         return frozenset(n for n, _ in self.named_parameters() if n.startswith(modules))
 
     # ------------------------------------------------------------------ prompts
@@ -482,6 +501,14 @@ class HistLLM(FeatureBackedLLM):
         return text[: text.index(sentinel)]
 
     # ------------------------------------------------------------------ the modules at work
+    def visual_tokens(self, items: torch.Tensor) -> torch.Tensor:
+        """VMA (Eq. 3): (n,) item indices -> (n, d) image tokens; an item flagged image-less in the image
+        feature gets the learned 'no image' token (``missing_image=learned``), not the map of a zero vector."""
+        tokens = self.image_mapper(self.feat_image[items])  # (n, d)
+        if self.no_image is None:
+            return tokens
+        return torch.where(self.image_missing[items][:, None], self.no_image.to(tokens.dtype), tokens)
+
     def encode_histories(self, hist: torch.Tensor) -> torch.Tensor:
         """UHEM (Eq. 4-8): (B, n) item indices (-1 = none) -> (B, d) ONE token per history."""
         assert self.backbone is not None
@@ -493,7 +520,7 @@ class HistLLM(FeatureBackedLLM):
             if len(items):
                 ntok = self.item_ntok[items]  # (n,)
                 emb = words(self.item_tokens[items])  # (n, L, d): the LLM's own word embeddings
-                img = self.image_mapper(self.feat_image[items]) if self.use_image else None  # (n, d)
+                img = self.visual_tokens(items) if self.use_image else None  # (n, d)
                 for k in range(len(items)):
                     parts.append(emb[k, : int(ntok[k])])  # e_dk
                     if img is not None:
@@ -520,7 +547,7 @@ class HistLLM(FeatureBackedLLM):
         if len(batch["visual"]):
             sel = keep[ids == tok["[VISUAL]"]]  # (n_visual,): batch["visual"] lists them row-major
             if bool(sel.any()):
-                out["[VISUAL]"] = self.image_mapper(self.feat_image[batch["visual"][sel]])  # VMA, Eq. 3
+                out["[VISUAL]"] = self.visual_tokens(batch["visual"][sel])
         rows = ((ids == tok["[USERID]"]) & keep).nonzero()[:, 0]  # one per row
         if len(rows):
             out["[USERID]"] = self.cf_mapper(self.feat_user_cf[batch["users"][rows]])  # CIA, Eq. 11
@@ -759,10 +786,17 @@ class HistLLM(FeatureBackedLLM):
         log.info("step 1 LoRA reused from %s", folder)
 
     def sources_record(self) -> dict[str, Any]:
-        return {**self.source, "step1": self.step1_signature(), "image": self.use_image}
+        return {
+            **self.source,
+            "step1": self.step1_signature(),
+            "image": self.use_image,
+            "missing_image": self.cfg.missing_image,
+        }
 
     def before_attach(self, source: dict[str, Any]) -> None:
         self.cfg.image = bool(source.get("image", self.cfg.image))
+        # a model saved before the option existed mapped the zero feature of an image-less item
+        self.cfg.missing_image = source.get("missing_image", "zero")
 
     def load_state(self, directory: Path, dataset: Dataset | None) -> None:
         super().load_state(directory, dataset)
