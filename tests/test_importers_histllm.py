@@ -490,30 +490,38 @@ def test_netflix_blocks_titles_and_posters(netflix_dir, tmp_path):
     )
 
 
-def test_netflix_prepare_end_to_end_history_length_10(netflix_dir, tmp_path):
+def test_netflix_prepare_end_to_end_history_length_10_and_image_dir(netflix_dir, tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    (pics / "3.jpg").write_bytes(b"jpeg")
     out = tmp_path / "nf"
-    assert (
-        main(
-            [
-                "prepare",
-                "netflix",
-                "--path",
-                str(netflix_dir),
-                "--out",
-                str(out),
-                "--kcore",
-                "0",
-                "--num-negatives",
-                "1",
-            ]
-        )
-        == 0
-    )
+    args = ["prepare", "netflix", "--path", str(netflix_dir), "--out", str(out), "--image-dir", str(pics)]
+    assert main([*args, "--kcore", "0", "--num-negatives", "1"]) == 0
     ds = Dataset(out)
     assert ds.meta["config"]["ctr_history_len"] == 10
+    assert ds.meta["config"]["image_dir"] == str(pics)
     assert ds.meta["counts"] == {"users": 3, "items": 4, "interactions": 9}
+    images = dict(zip(ds.items["item_id"], ds.items["image"], strict=True))
+    assert images == {"1": "", "2": "", "3": str((pics / "3.jpg").resolve()), "4": ""}
     ctr = pd.concat([pd.read_parquet(out / "ctr" / f"{s}.parquet") for s in ("train", "valid", "test")])
     assert len(ctr) > 0 and set(ctr["label"]) <= {0, 1}
+
+
+def test_netflix_blocks_across_read_chunks(netflix_dir, monkeypatch):
+    """The rating files are read in chunks: a block that goes on in the next chunk keeps its MovieID, and
+    an error line is numbered in the file, not in its chunk."""
+    from llmrec.data.importers import netflix
+
+    whole = get_importer("netflix")(ImportSpec(path=str(netflix_dir))).interactions
+    monkeypatch.setattr(netflix, "_CHUNK", 2)
+    chunked = get_importer("netflix")(ImportSpec(path=str(netflix_dir))).interactions
+    pd.testing.assert_frame_equal(whole, chunked)
+    (netflix_dir / "combined_data_2.txt").write_text(
+        "3:\n1488844,5,2005-09-08\n822109,4,2005-05-15\n1,0,2005-01-01\n"
+    )
+    with pytest.raises(LlmrecError) as e:
+        get_importer("netflix")(ImportSpec(path=str(netflix_dir)))
+    assert "'0' is not a rating" in one_line_error(e, "combined_data_2.txt", 4, "Rating")
 
 
 @pytest.mark.parametrize(
