@@ -59,6 +59,15 @@ def test_the_three_importers_are_registered_with_the_papers_history_lengths():
     assert importer_defaults("movies") == {"ctr_history_len": 5}
 
 
+def test_every_registered_default_is_a_prepare_option():
+    from llmrec.config import from_dict
+    from llmrec.data.importers import available_importers
+
+    for name in available_importers():
+        cfg = from_dict(PrepareConfig, {"dataset": name, **importer_defaults(name)})
+        assert all(getattr(cfg, k) == v for k, v in importer_defaults(name).items())
+
+
 # ----------------------------------------------------------------------------- MIND
 
 NEWS = [
