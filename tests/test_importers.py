@@ -42,9 +42,12 @@ def test_all_importers_registered():
     assert available_importers() == [
         "amazon2018",
         "amazon2023",
+        "mind",
         "ml-100k",
         "ml-1m",
         "ml-latest",
+        "movies",
+        "netflix",
         "synthetic-images",
         "table",
     ]

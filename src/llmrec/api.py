@@ -388,15 +388,22 @@ class TrainedRun:
 
 
 def prepare(dataset: str = "ml-100k", out: str | Path | None = None, **options: Any) -> Dataset:
-    """Import and process a dataset (``llmrec prepare``'s options as keywords); returns it."""
+    """Import and process a dataset (``llmrec prepare``'s options as keywords, over the source's own defaults
+    such as the paper's history length, as on the command line); returns it."""
     from llmrec.config import from_dict
     from llmrec.data.dataset import Dataset
+    from llmrec.data.importers import importer_defaults
     from llmrec.data.processing import PrepareConfig
     from llmrec.data.processing import prepare as _prepare
 
     cfg = from_dict(
         PrepareConfig,
-        {"dataset": dataset, "out": None if out is None else str(out), **options},
+        {
+            **importer_defaults(dataset),
+            "dataset": dataset,
+            "out": None if out is None else str(out),
+            **options,
+        },
         where="prepare options",
     )
     _prepare(cfg)

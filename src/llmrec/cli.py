@@ -25,9 +25,13 @@ log = logging.getLogger("llmrec")
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    from llmrec.config import from_dict, resolved_dict
+    from llmrec.data.importers import importer_defaults
     from llmrec.data.processing import PrepareConfig, prepare
 
-    cfg = resolve(PrepareConfig, args, args.config)
+    # The source's own defaults (e.g. the paper's history length) sit below the config file and the flags.
+    given = resolved_dict(PrepareConfig, args, args.config)
+    cfg = from_dict(PrepareConfig, {**importer_defaults(given.get("dataset", "")), **given})
     meta = prepare(cfg)
     raw, final = meta["counts_raw"], meta["counts"]
     print(

@@ -312,6 +312,51 @@ def _records(f: IO[str], sep: str) -> Iterator[tuple[int, list[str]]]:
         yield start, fields
 
 
+def scan_lines(
+    path: Path, check: Callable[[str], tuple[str | None, str] | None], encoding: str = "utf-8"
+) -> tuple[int, str | None, str] | None:
+    """The first line of ``path`` that ``check`` (line text without its line break -> (field, what is
+    wrong) or None) refuses: (1-based line number, field, what is wrong), or None. For the error path of
+    readers that parse fast with pandas and scan again only to say where the problem is."""
+    try:
+        with open_text(path, encoding) as f:
+            for lineno, line in enumerate(f, 1):
+                found = check(line.rstrip("\r\n"))
+                if found is not None:
+                    return lineno, found[0], found[1]
+    except UnicodeDecodeError as e:
+        raise undecodable_line(path, encoding) or decode_error(path, e, None, encoding) from None
+    except READ_ERRORS as e:
+        raise unreadable_error(path, e) from None
+    return None
+
+
+def image_files(image_dir: str | None, default: Path | None = None) -> dict[str, Path]:
+    """File name stem -> file for every image (jpg, jpeg, png, webp, gif) in the ``--image-dir`` folder, or in
+    ``default`` when no folder is given and that one exists; {} when neither. Sources without image URLs
+    (MIND, Netflix) get their images this way: ``<item_id>.jpg`` becomes the item's image reference."""
+    from llmrec.data.images import IMAGE_EXTS
+
+    if image_dir:
+        folder = Path(image_dir).expanduser()
+        if not folder.is_dir():
+            raise LlmrecError(
+                "image folder not found",
+                file=folder,
+                hint="--image-dir takes a folder of <item_id>.jpg files",
+            )
+    elif default is not None and default.is_dir():
+        folder = default
+    else:
+        return {}
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTS)}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir(), key=lambda p: (p.stem, rank.get(p.suffix.lower().lstrip("."), 99))):
+        if path.suffix.lower().lstrip(".") in rank and path.is_file():
+            found.setdefault(path.stem, path.resolve())  # jpg before jpeg, png, webp, gif
+    return found
+
+
 # ----------------------------------------------------------------------------- the generic importer
 
 
