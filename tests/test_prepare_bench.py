@@ -49,17 +49,23 @@ def test_bench_prepare_end_to_end_reuses_files(tmp_path: Path, capsys):
     argv = ["bench-prepare", "--reviews", "3000", "--out", str(out), "--num-negatives", "10"]
     assert main(argv) == 0
     result = read_json(out / "bench_prepare_n3000_seed0.json")
-    (p,) = result["paths"]
-    assert p["path"] == "current" and p["seconds"] > 0 and p["peak_rss_bytes"] > 0 and p["reviews_per_s"] > 0
-    assert p["counts_raw"]["interactions"] == 3000 and 0 < p["kept_share"] < 1
-    assert "| current |" in (out / "bench_prepare_n3000_seed0.md").read_text()
+    old, new = result["paths"]
+    for p in (old, new):
+        assert p["seconds"] > 0 and p["peak_rss_bytes"] > 0 and p["reviews_per_s"] > 0
+        assert p["counts_raw"]["interactions"] == 3000 and 0 < p["kept_share"] < 1
+    assert (old["path"], new["path"]) == ("pandas", "duckdb")
+    assert old["identity"] == new["identity"]  # both paths wrote byte-identical datasets
+    report = (out / "bench_prepare_n3000_seed0.md").read_text()
+    assert "| pandas |" in report and "| duckdb |" in report
+    assert "duckdb vs pandas:" in report and "the same dataset (equal content identity)" in report
     assert not result["generation"]["reused"]
-    assert not (out / "prepared" / "current-n3000-seed0").exists()  # no --keep: deleted after timing
+    assert not (out / "prepared" / "pandas-n3000-seed0").exists()  # no --keep: deleted after timing
 
     data = out / "data" / "n3000-seed0" / "Bench.jsonl.gz"
     mtime = data.stat().st_mtime_ns
-    assert main([*argv, "--keep"]) == 0
+    assert main([*argv, "--keep", "--paths", "duckdb", "--memory-limit", "500MB"]) == 0
     assert data.stat().st_mtime_ns == mtime
     assert read_json(out / "bench_prepare_n3000_seed0.json")["generation"]["reused"]
-    assert (out / "prepared" / "current-n3000-seed0" / "meta.json").exists()
-    assert "| current |" in capsys.readouterr().out
+    kept = read_json(out / "prepared" / "duckdb-n3000-seed0" / "meta.json")
+    assert kept["config"]["memory_limit"] == "500MB" and kept["identity"] == new["identity"]
+    assert "| duckdb |" in capsys.readouterr().out

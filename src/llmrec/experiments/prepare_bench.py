@@ -2,8 +2,9 @@
 
 A seeded pair of files shaped like Amazon Reviews 2023 (``Bench.jsonl.gz``, ``meta_Bench.jsonl.gz``) with
 Zipf-distributed users and items is generated once per (reviews, seed) into ``<out>/data/`` and reused on
-later runs. Each preparation path (:data:`PATHS`: today only the current one) then runs in a child process,
-so its peak RSS is that process's alone (``os.wait4``'s rusage of that very child).
+later runs. Each preparation path (:data:`PATHS`: ``prepare --engine pandas`` and ``--engine duckdb``) then runs
+in a child process, one after the other on the same file, so its peak RSS is that process's alone (``os.wait4``'s
+rusage of that very child); the datasets' content identities say whether the paths wrote the same files.
 """
 
 from __future__ import annotations
@@ -70,23 +71,21 @@ except ImportError:
         return _encode(obj).encode("utf-8")
 
 
-# Each preparation path: its name and the llmrec arguments that prepare (reviews, meta, out folder).
-# A second path (issue 14's DuckDB import) is one more entry here.
+def _prepare_args(engine: str) -> Callable[[Path, Path, Path, Any], list[str]]:
+    def argv(reviews: Path, meta: Path, out: Path, cfg: Any) -> list[str]:
+        args = ["prepare", "amazon2023", "--path", str(reviews), "--meta-path", str(meta), "--out", str(out)]
+        args += ["--kcore", str(cfg.kcore), "--num-negatives", str(cfg.num_negatives), "--engine", engine]
+        if engine == "duckdb" and cfg.memory_limit:
+            args += ["--memory-limit", cfg.memory_limit]
+        return args
+
+    return argv
+
+
+# Each preparation path: its name and the llmrec arguments that prepare (reviews, meta, out folder, config).
 PATHS: dict[str, Callable[[Path, Path, Path, Any], list[str]]] = {
-    "current": lambda reviews, meta, out, cfg: [
-        "prepare",
-        "amazon2023",
-        "--path",
-        str(reviews),
-        "--meta-path",
-        str(meta),
-        "--out",
-        str(out),
-        "--kcore",
-        str(cfg.kcore),
-        "--num-negatives",
-        str(cfg.num_negatives),
-    ],
+    "pandas": _prepare_args("pandas"),
+    "duckdb": _prepare_args("duckdb"),
 }
 
 
@@ -106,6 +105,7 @@ class PrepareBenchConfig:
     )
     kcore: int = option(5, "--kcore given to prepare", ge=0)
     num_negatives: int = option(100, "--num-negatives given to prepare", ge=1)
+    memory_limit: str | None = option(None, "--memory-limit given to the duckdb path (e.g. 8GB)")
 
     def __post_init__(self) -> None:
         bad = [p for p in self.paths if p not in PATHS]
@@ -351,6 +351,7 @@ def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
                 "counts_raw": raw,
                 "counts": final,
                 "kept_share": final["interactions"] / cfg.reviews,
+                "identity": prepared["identity"],
             }
         )
         if not cfg.keep:
@@ -375,7 +376,9 @@ def format_prepare_bench(r: dict[str, Any]) -> str:
         f"llmrec prepare amazon2023 on {c['reviews']:,} generated reviews (seed {c['seed']}; "
         f"{r['machine']['cpus']} CPUs; generated in {g['seconds']:.1f} s"
         + (", reused" if g["reused"] else "")
-        + f"; --kcore {c['kcore']})",
+        + f"; --kcore {c['kcore']}"
+        + (f"; duckdb --memory-limit {c['memory_limit']}" if c.get("memory_limit") else "")
+        + ")",
         "",
         "| path | seconds | peak RSS | reviews / s | raw users / items | kept users / items / interactions |",
         "|---|---:|---:|---:|---:|---:|",
@@ -387,4 +390,17 @@ def format_prepare_bench(r: dict[str, Any]) -> str:
             f"| {raw['users']:,} / {raw['items']:,} "
             f"| {kept['users']:,} / {kept['items']:,} / {kept['interactions']:,} ({p['kept_share']:.1%}) |"
         )
+    by_name = {p["path"]: p for p in r["paths"]}
+    if {"pandas", "duckdb"} <= set(by_name):
+        old, new = by_name["pandas"], by_name["duckdb"]
+        same = (
+            "the same dataset (equal content identity)"
+            if old["identity"] == new["identity"]
+            else ("DIFFERENT datasets (content identities differ)")
+        )
+        lines += [
+            "",
+            f"duckdb vs pandas: {old['seconds'] / new['seconds']:.2f}x faster, "
+            f"{new['peak_rss_bytes'] / old['peak_rss_bytes']:.0%} of the peak memory; {same}",
+        ]
     return "\n".join(lines)
