@@ -107,10 +107,17 @@ class PrepareConfig(ImportSpec, ProcessConfig):
     def __post_init__(self) -> None:
         ProcessConfig.__post_init__(self)
         check_ranges(self)
+        if self.memory_limit is not None and not _SIZE.match(self.memory_limit):
+            raise ConfigError(
+                f"--memory-limit {self.memory_limit!r} is not a size; give a size such as 8GB or 512MB"
+            )
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("data") / self.dataset
+
+
+_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B|bytes)\s*$", re.IGNORECASE)
 
 
 def natural_order(ids: pd.Series) -> np.ndarray:
