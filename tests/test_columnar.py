@@ -304,3 +304,18 @@ def test_memory_limit_spill_and_progress(tmp_path: Path, amazon_files, caplog, c
     assert PrepareConfig(memory_limit="1.5 GiB").memory_limit == "1.5 GiB"
     assert not (tmp_path / "x").exists()
     assert PrepareConfig(memory_limit="1.5 GiB").memory_limit == "1.5 GiB"
+
+
+def test_whitespace_collapse_matches_the_regex_it_replaced():
+    """strip_html collapses whitespace with str.split (faster); it must equal re.sub(r"\\s+", " ", t).strip()
+    for every Unicode whitespace character, or the item tables of older datasets would change."""
+    import re
+    import sys
+
+    from llmrec.data.schema import strip_html
+
+    spaces = [c for c in map(chr, range(sys.maxunicode + 1)) if re.fullmatch(r"\s", c)]
+    assert len(spaces) == 29
+    for c in spaces:
+        text = f"{c}a{c}{c}b c{c}"
+        assert strip_html(text) == re.sub(r"\s+", " ", text).strip() == "a b c"

@@ -74,6 +74,15 @@ def connect(memory_limit: str | None, spill: Path, threads: int | None = None) -
     return con
 
 
+def _took(t0: float) -> str:
+    """Seconds since ``t0`` and the process's peak memory so far, for the progress lines."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return f"{time.perf_counter() - t0:.1f} s, peak memory {peak / 2**30:.2f} GB"
+
+
 def _quote(text: str) -> str:
     return text.replace("'", "''")
 
@@ -162,7 +171,7 @@ def _json_lines_source(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, layou
         log.info("%s: %s; reading it line by line", reviews, odd)
         _load_interactions(con, layout.read_reviews(reviews))
     n = con.execute("SELECT COUNT(*) FROM raw_inter").fetchall()[0][0]
-    log.info("read %s reviews from %s in %.1f s", f"{n:,}", reviews, time.perf_counter() - t0)
+    log.info("read %s reviews from %s (%s)", f"{n:,}", reviews, _took(t0))
     t0 = time.perf_counter()
     need_full_items = cfg.require_image or cfg.require_description
     try:
@@ -179,7 +188,7 @@ def _json_lines_source(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, layou
     else:
         load_items = lambda ids: _kept_items(con, meta, layout, ids)  # noqa: E731
     n = con.execute("SELECT COUNT(*) FROM raw_items").fetchall()[0][0]
-    log.info("read %s item ids from %s in %.1f s", f"{n:,}", meta, time.perf_counter() - t0)
+    log.info("read %s item ids from %s (%s)", f"{n:,}", meta, _took(t0))
     return Source(record=record, load_items=load_items)
 
 
@@ -198,85 +207,82 @@ def _ident(name: str) -> str:
 def _read_reviews(con: duckdb.DuckDBPyConnection, path: Path, layout: ReviewsLayout) -> str:
     """Create ``raw_inter`` from a reviews file; returns why the line reader must read it instead ("" if not).
 
-    The columnar reader accepts the strict form of the field values only (non-empty ids, integral unix
-    times of at most 15 digits, ratings that are numbers or absent): where DuckDB's casts and Python's
-    conversions could disagree, the line reader decides."""
+    One pass: each row is converted and flagged ``odd`` when outside the strict form the columnar reader
+    accepts (non-empty ids, integral unix times of at most 15 digits, ratings that are numbers or absent):
+    where DuckDB's casts and Python's conversions could disagree, the line reader decides."""
+    user, ts, rating = (_ident(k) for k in (layout.user_key, layout.time_key, layout.rating_key))
     item = "COALESCE(" + ", ".join(f"NULLIF({_ident(k)}, '')" for k in layout.item_keys) + ")"
+    columns = [layout.user_key, *layout.item_keys, layout.time_key, layout.rating_key]
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE raw_text AS SELECT ROW_NUMBER() OVER () - 1 AS pos, "
-        f"{_ident(layout.user_key)} AS user_id, {item} AS item_id, "
-        f"{_ident(layout.time_key)} AS ts, {_ident(layout.rating_key)} AS rating "
-        f"FROM {_read_json(path, [layout.user_key, *layout.item_keys, layout.time_key, layout.rating_key])}"
+        "CREATE OR REPLACE TEMP TABLE raw_inter AS SELECT ROW_NUMBER() OVER () - 1 AS pos, "
+        f"{user} AS user_id, {item} AS item_id, "
+        f"TRY_CAST({ts} AS BIGINT) // {int(layout.time_divisor)} AS ts, "
+        f"CASE WHEN {rating} = '' THEN NULL ELSE TRY_CAST({rating} AS DOUBLE) END AS rating, "
+        "CAST(NULL AS DOUBLE) AS label, "
+        f"({user} IS NULL OR {user} = '' OR {item} IS NULL OR {ts} IS NULL "
+        f"OR NOT regexp_full_match({ts}, '[0-9]{{1,15}}') OR ({rating} IS NOT NULL AND {rating} <> '' "
+        f"AND (TRY_CAST({rating} AS DOUBLE) IS NULL OR isinf(TRY_CAST({rating} AS DOUBLE))))) AS odd "
+        f"FROM {_read_json(path, columns)}"
     )
-    bad = con.execute(
-        "SELECT COUNT(*) FROM raw_text WHERE user_id IS NULL OR user_id = '' OR item_id IS NULL "
-        "OR ts IS NULL OR NOT regexp_full_match(ts, '[0-9]{1,15}') "
-        "OR (rating IS NOT NULL AND rating <> '' "
-        "AND (TRY_CAST(rating AS DOUBLE) IS NULL OR isinf(TRY_CAST(rating AS DOUBLE))))"
-    ).fetchall()[0][0]
+    bad = con.execute("SELECT COUNT(*) FROM raw_inter WHERE odd").fetchall()[0][0]
     if bad:
-        con.execute("DROP TABLE raw_text")
+        con.execute("DROP TABLE raw_inter")
         return f"{bad:,} rows outside the strict form the columnar reader accepts"
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE raw_inter AS SELECT pos, user_id, item_id, "
-        f"CAST(ts AS BIGINT) // {int(layout.time_divisor)} AS ts, "
-        "CASE WHEN rating IS NULL OR rating = '' THEN NULL ELSE CAST(rating AS DOUBLE) END AS rating, "
-        "CAST(NULL AS DOUBLE) AS label FROM raw_text"
-    )
-    con.execute("DROP TABLE raw_text")
     return ""
 
 
-def _meta_objects(path: Path, layout: ReviewsLayout) -> str:
-    """Each metadata record with its position and item id (``str(rec.get(k1) or rec.get(k2) or "")``)."""
-    item = "COALESCE(" + ", ".join(f"NULLIF(json ->> '$.{k}', '')" for k in layout.meta_id_keys) + ")"
+def _meta_item_id(layout: ReviewsLayout) -> str:
+    """A metadata record's item id in SQL: ``str(rec.get(k1) or rec.get(k2) or "")`` for string ids."""
+    return "COALESCE(" + ", ".join(f"NULLIF(json ->> '$.{k}', '')" for k in layout.meta_id_keys) + ")"
+
+
+def _meta_objects(path: Path) -> str:
     return (
-        f"SELECT ROW_NUMBER() OVER () AS mpos, json, {item} AS item_id FROM read_json_objects("
-        f"'{_quote(str(path))}', format = 'newline_delimited', compression = '{_compression(path)}')"
+        f"read_json_objects('{_quote(str(path))}', format = 'newline_delimited', "
+        f"compression = '{_compression(path)}')"
     )
 
 
 def _read_meta_ids(con: duckdb.DuckDBPyConnection, path: Path, layout: ReviewsLayout) -> str:
-    """Create ``raw_items`` (item_id, first record's position) from a metadata file; "" or why the line
-    reader must read it (an id missing or not a string, a reviews file given as metadata)."""
+    """Create ``raw_items`` (the distinct item ids) from a metadata file; "" or why the line reader must
+    read it (an id missing or not a string, a reviews file given as metadata)."""
     odd_id = " OR ".join(f"json_type(json, '$.{k}') NOT IN ('VARCHAR', 'NULL')" for k in layout.meta_id_keys)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE meta_ids AS SELECT mpos, item_id, "
-        f"(item_id IS NULL OR json_exists(json, '$.{layout.user_key}') OR {odd_id}) AS odd "
-        f"FROM ({_meta_objects(path, layout)})"
-    )
-    bad = con.execute("SELECT COUNT(*) FROM meta_ids WHERE odd").fetchall()[0][0]
+    item = _meta_item_id(layout)
+    bad = con.execute(
+        f"SELECT COUNT(*) FROM {_meta_objects(path)} "
+        f"WHERE {item} IS NULL OR json_exists(json, '$.{layout.user_key}') OR {odd_id}"
+    ).fetchall()[0][0]
     if bad:
-        con.execute("DROP TABLE meta_ids")
         return f"{bad:,} records without a string item id, or with a review's field"
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE raw_items AS SELECT item_id, MIN(mpos) AS mpos FROM meta_ids GROUP BY item_id"
-    )
-    con.execute("DROP TABLE meta_ids")
+    _bind(con, "raw_items", f"SELECT DISTINCT {item} AS item_id FROM {_meta_objects(path)}")
     return ""
 
 
 def _kept_items(
     con: duckdb.DuckDBPyConnection, path: Path, layout: ReviewsLayout, ids: list[str]
 ) -> pd.DataFrame:
-    """Canonical rows of the kept items, in the order of ``ids``: their first records parsed as the line
-    reader parses them (the other records are never parsed)."""
+    """Canonical rows of the kept items, in the order of ``ids``: the first record of each parsed as the
+    line reader parses it (records of other items are never parsed)."""
     from llmrec.data.importers.amazon import parse_record
 
     _load(con, "kept_ids", pa.table({"item_id": pa.array(ids, pa.string())}))
+    item = _meta_item_id(layout)
+    # A filtered scan streams in file order (preserve_insertion_order): the first record of an id comes first.
     reader = con.sql(
-        f"SELECT m.mpos, m.json FROM ({_meta_objects(path, layout)}) m "
-        "WHERE m.mpos IN (SELECT r.mpos FROM raw_items r WHERE r.item_id IN (SELECT item_id FROM kept_ids)) "
-        "ORDER BY m.mpos"
+        f"SELECT {item} AS item_id, json FROM {_meta_objects(path)} WHERE {item} IN (SELECT item_id FROM kept_ids)"
     ).to_arrow_reader(65_536)
-    rows = []
+    rows, done = [], set()
     bar = tqdm(total=len(ids), desc="item metadata", unit=" items", disable=None)
     for batch in reader:
-        for mpos, line in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-            rows.append(layout.to_item(parse_record(line, path, mpos)))
+        for item_id, line in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            if item_id not in done:
+                done.add(item_id)
+                rows.append(layout.to_item(parse_record(line, path, len(rows) + 1)))
         bar.update(batch.num_rows)
     bar.close()
+    con.execute("DROP TABLE kept_ids")
     items = make_items(rows, source=str(path)).set_index("item_id")
+    del rows
     return items.loc[ids].reset_index()
 
 
@@ -310,9 +316,7 @@ def filter_interactions(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, file
         before = con.execute(f"SELECT COUNT(*) FROM {current}").fetchall()[0][0]
         after = _counts(con, table)
         filters.append({"step": name, "interactions_removed": int(before - after["interactions"]), **after})
-        log.info(
-            "%s: %s interactions left (%.1f s)", name, f"{after['interactions']:,}", time.perf_counter() - t0
-        )
+        log.info("%s: %s interactions left (%s)", name, f"{after['interactions']:,}", _took(t0))
         con.execute(f"DROP TABLE {current}")
         current = table
 
@@ -474,13 +478,11 @@ def finalize(
         "JOIN user_index u ON p.user_id = u.user_id JOIN item_index i ON p.item_id = i.item_id",
     )
     con.execute("DROP TABLE kept")
-    log.info(
-        "indexed %s users and %s items (%.1f s)",
-        f"{len(user_ids):,}",
-        f"{len(item_ids):,}",
-        time.perf_counter() - t0,
-    )
+    log.info("indexed %s users and %s items (%s)", f"{len(user_ids):,}", f"{len(item_ids):,}", _took(t0))
+    t0 = time.perf_counter()
     source.load_items(item_ids.tolist()).to_parquet(out / "items.parquet", index=False)
+    log.info("wrote the item table (%s)", _took(t0))
+    t0 = time.perf_counter()
     write_query(
         con,
         "SELECT user_id, item_id, ts AS timestamp, rating, label, user_idx, item_idx FROM inter "
@@ -493,6 +495,7 @@ def finalize(
         "LIST(ts ORDER BY seq_pos) AS timestamps FROM inter GROUP BY user_idx ORDER BY user_idx",
         out / "sequences.parquet",
     )
+    log.info("wrote interactions and sequences (%s)", _took(t0))
     users = pd.DataFrame({"user_id": user_ids})
     if source.users is not None and "user_id" in source.users.columns:
         side = source.users.astype({"user_id": str}).drop_duplicates("user_id").set_index("user_id")
@@ -510,7 +513,7 @@ def finalize(
         negatives = sample_negatives(sequences, len(item_ids), cfg.num_negatives, rng, NEGATIVES_HINT)
         np.save(out / "eval" / f"{split}_negatives.npy", negatives, allow_pickle=False)
     del sequences, flat
-    log.info("sampled evaluation negatives (%.1f s)", time.perf_counter() - t0)
+    log.info("sampled evaluation negatives (%s)", _took(t0))
     meta: dict[str, Any] = {
         "source": source.record,
         "counts_raw": counts_raw,
@@ -528,7 +531,7 @@ def finalize(
     ctr = ctr_tables(con, cfg, out / "ctr")
     if ctr is not None:
         meta["ctr"] = ctr
-        log.info("wrote CTR examples (%.1f s)", time.perf_counter() - t0)
+        log.info("wrote CTR examples (%s)", _took(t0))
     return meta
 
 
