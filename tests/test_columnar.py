@@ -319,3 +319,39 @@ def test_whitespace_collapse_matches_the_regex_it_replaced():
     for c in spaces:
         text = f"{c}a{c}{c}b c{c}"
         assert strip_html(text) == re.sub(r"\s+", " ", text).strip() == "a b c"
+
+
+def _negatives_one_call_per_draw(sequences, n_items, num, rng):
+    """The sampler as it was first written (one rng call per draw, a Python loop per candidate): the
+    reference the faster sampler must reproduce to the last number and generator state."""
+    out = np.empty((len(sequences), num), dtype=np.int32)
+    for u, seq in enumerate(sequences):
+        seen, chosen, taken = set(seq.tolist()), [], set()
+        while len(chosen) < num:
+            for c in rng.integers(0, n_items, size=2 * num).tolist():
+                if c not in seen and c not in taken:
+                    taken.add(c)
+                    chosen.append(c)
+                    if len(chosen) == num:
+                        break
+        out[u] = chosen
+    return out
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_negatives_sampler_reproduces_one_call_per_draw(case: int):
+    from llmrec.data.processing import sample_negatives
+
+    g = np.random.default_rng(1000 + case)
+    n_items = int(g.integers(5, 3000))
+    num = int(g.integers(1, max(2, n_items // 3)))
+    n_users = int(g.integers(1, 9000))  # past the 4,096-user draw blocks
+    seqs = [
+        g.integers(0, n_items, int(g.integers(1, max(2, n_items - num)))).astype(np.int32)
+        for _ in range(n_users)
+    ]
+    seqs = [s for s in seqs if n_items - len(set(s.tolist())) >= num]
+    old, new = np.random.default_rng(case), np.random.default_rng(case)
+    expected = _negatives_one_call_per_draw(seqs, n_items, num, old)
+    assert np.array_equal(sample_negatives(seqs, n_items, num, new), expected)
+    assert old.integers(0, 2**62) == new.integers(0, 2**62)  # the next split's draws start at the same place

@@ -307,6 +307,7 @@ def filter_interactions(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, file
         raise LlmrecError(
             "no interactions in the input", file=files[0] if files else None, hint="check --path"
         )
+    _encode_ids(con)
     filters: list[dict[str, Any]] = []
     current = "raw_inter"
 
@@ -353,10 +354,10 @@ def filter_interactions(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, file
     if cfg.max_users is not None and filters[-1]["users"] > cfg.max_users:
         from llmrec.data.processing import natural_order
 
-        users = natural_order(_first_seen(con, current, "user_id"))
+        codes = _first_seen(con, current, "user")
         rng = np.random.default_rng(cfg.seed)
-        chosen = rng.choice(users, size=cfg.max_users, replace=False)
-        _load(con, "sampled_users", pa.table({"user_id": pa.array(chosen.tolist(), pa.string())}))
+        chosen = rng.choice(natural_order(codes.index.to_series()), size=cfg.max_users, replace=False)
+        _load(con, "sampled_users", pa.table({"user_id": codes.loc[chosen].to_numpy()}))
         t0 = time.perf_counter()
         _bind(con, "sampled", f"SELECT * FROM {current} WHERE user_id IN (SELECT user_id FROM sampled_users)")
         _kcore(con, "sampled", cfg.kcore, ku, "sampled_cored")
@@ -390,10 +391,42 @@ def _kcore(con: duckdb.DuckDBPyConnection, table: str, k: int, ku: int, name: st
             return
 
 
-def _first_seen(con: duckdb.DuckDBPyConnection, table: str, column: str) -> pd.Series:
-    """Distinct values of ``column`` in the order they first appear in the source (as pandas' unique)."""
-    arrow = con.sql(f"SELECT {column} FROM {table} GROUP BY {column} ORDER BY MIN(pos)").to_arrow_table()
-    return pd.Series(np.asarray(arrow.column(0).to_pylist(), dtype=object))
+def _encode_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Give users and items integer codes (``user_codes``, ``item_codes``: id -> code) and put the codes in
+    place of the ids in ``raw_inter`` and ``raw_items``: de-duplication, k-core and the windows then hash
+    and sort 4-byte keys instead of strings (twice as fast at 10M reviews, and less memory)."""
+    for kind in ("user", "item"):
+        _bind(
+            con,
+            f"{kind}_codes",
+            f"SELECT {kind}_id AS id, CAST(ROW_NUMBER() OVER () AS INTEGER) AS code "
+            f"FROM (SELECT DISTINCT {kind}_id FROM raw_inter) ids",
+        )
+    _bind(
+        con,
+        "raw_coded",
+        "SELECT r.pos, u.code AS user_id, i.code AS item_id, r.ts, r.rating, r.label FROM raw_inter r "
+        "JOIN user_codes u ON r.user_id = u.id JOIN item_codes i ON r.item_id = i.id",
+    )
+    _bind(  # items that no review names cannot pass the filters: they need no code
+        con,
+        "items_coded",
+        "SELECT i.code AS item_id, m.* EXCLUDE (item_id) FROM raw_items m JOIN item_codes i ON m.item_id = i.id",
+    )
+    for table in ("raw_inter", "raw_items"):
+        con.execute(f"DROP TABLE {table}")
+    con.execute("ALTER TABLE raw_coded RENAME TO raw_inter")
+    con.execute("ALTER TABLE items_coded RENAME TO raw_items")
+
+
+def _first_seen(con: duckdb.DuckDBPyConnection, table: str, kind: str) -> pd.Series:
+    """``kind`` (user or item) ids of ``table`` -> their codes, in the order the ids first appear in the
+    source (the order pandas' ``unique`` gives the pandas path)."""
+    arrow = con.sql(
+        f"SELECT c.id, c.code FROM (SELECT {kind}_id, MIN(pos) AS first FROM {table} GROUP BY {kind}_id) t "
+        f"JOIN {kind}_codes c ON t.{kind}_id = c.code ORDER BY t.first"
+    ).to_arrow_table()
+    return pd.Series(arrow.column(1).to_numpy(), index=pd.Index(arrow.column(0).to_pylist(), dtype=object))
 
 
 # ----------------------------------------------------------------------------- indexing, splitting, writing
@@ -440,17 +473,25 @@ def _one_chunk(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.cast(schema).combine_chunks()
 
 
-def _index(con: duckdb.DuckDBPyConnection, name: str, column: str, ids: np.ndarray) -> None:
+def _index(con: duckdb.DuckDBPyConnection, kind: str) -> np.ndarray:
+    """Number the kept users or items in :func:`~llmrec.data.processing.natural_order` into table
+    ``<kind>_index`` (code, id, idx); returns the ids in index order."""
+    from llmrec.data.processing import natural_order
+
+    codes = _first_seen(con, "kept", kind)
+    ids = natural_order(codes.index.to_series())
     _load(
         con,
-        name,
+        f"{kind}_index",
         pa.table(
             {
-                column: pa.array(ids.tolist(), pa.string()),
-                f"{name.split('_')[0]}_idx": np.arange(len(ids), dtype=np.int32),
+                "code": codes.loc[ids].to_numpy(),
+                "id": pa.array(ids.tolist(), pa.string()),
+                "idx": np.arange(len(ids), dtype=np.int32),
             }
         ),
     )
+    return ids
 
 
 def finalize(
@@ -463,19 +504,17 @@ def finalize(
 ) -> dict[str, Any]:
     """Write the dataset's tables for the interactions in ``kept`` into ``out``; returns the meta record
     (the counterpart of :func:`llmrec.data.processing.finalize`, which holds everything in pandas)."""
-    from llmrec.data.processing import NEGATIVES_HINT, natural_order, sample_negatives
+    from llmrec.data.processing import NEGATIVES_HINT, sample_negatives
 
     t0 = time.perf_counter()
-    user_ids = natural_order(_first_seen(con, "kept", "user_id"))
-    item_ids = natural_order(_first_seen(con, "kept", "item_id"))
-    _index(con, "user_index", "user_id", user_ids)
-    _index(con, "item_index", "item_id", item_ids)
+    user_ids = _index(con, "user")
+    item_ids = _index(con, "item")
     _bind(
         con,
         "inter",
-        "SELECT p.user_id, p.item_id, p.ts, p.rating, p.label, p.seq_pos, u.user_idx, i.item_idx "
-        f"FROM ({plan.leave_one_out('kept')}) p "
-        "JOIN user_index u ON p.user_id = u.user_id JOIN item_index i ON p.item_id = i.item_id",
+        "SELECT u.id AS user_id, i.id AS item_id, p.ts, p.rating, p.label, p.seq_pos, u.idx AS user_idx, "
+        f"i.idx AS item_idx FROM ({plan.leave_one_out('kept')}) p "
+        "JOIN user_index u ON p.user_id = u.code JOIN item_index i ON p.item_id = i.code",
     )
     con.execute("DROP TABLE kept")
     log.info("indexed %s users and %s items (%s)", f"{len(user_ids):,}", f"{len(item_ids):,}", _took(t0))

@@ -144,6 +144,9 @@ def kcore(inter: pd.DataFrame, k: int, min_user_len: int = 0) -> pd.DataFrame:
 NEGATIVES_HINT = "lower --num-negatives or raise --kcore"
 
 
+_DRAW_BLOCK = 4096  # users whose first draws are made in one call
+
+
 def sample_negatives(
     sequences: list[np.ndarray],
     n_items: int,
@@ -153,9 +156,27 @@ def sample_negatives(
 ) -> np.ndarray:
     """(U, num) item indices per user, uniform without replacement over items outside the user's sequence.
 
-    ``hint`` says what to do when a user has too few unseen items (the options of the calling command).
+    Per user: draw ``2 * num`` candidates at a time and keep, in draw order, each candidate that is neither
+    seen nor already kept, until ``num`` are kept (the rest of that draw is discarded). ``hint`` says what
+    to do when a user has too few unseen items (the options of the calling command).
+
+    Speed without changing a number: numpy's bounded integers (``n_items <= 2**32``) give the same stream
+    whatever the sizes of the calls, so the draws of many users are made in one call, never more than
+    those users certainly consume (the generator ends where one call per draw leaves it; pinned by
+    ``tests/test_columnar.py``); and almost always the first ``num`` candidates are distinct and unseen,
+    which two set operations confirm.
     """
     out = np.empty((len(sequences), num), dtype=np.int32)
+    width = 2 * num
+    pool, at = np.empty(0, dtype=np.int64), 0
+
+    def draw(u: int) -> np.ndarray:
+        nonlocal pool, at
+        if at == len(pool):  # this user needs one more draw, every later user at least one
+            pool, at = rng.integers(0, n_items, size=width * min(_DRAW_BLOCK, len(sequences) - u)), 0
+        at += width
+        return pool[at - width : at]
+
     for u, seq in enumerate(sequences):
         seen = set(seq.tolist())
         if n_items - len(seen) < num:
@@ -164,15 +185,23 @@ def sample_negatives(
                 f"{num} negatives remain",
                 hint=hint,
             )
+        candidates = draw(u)
+        head = set(candidates[:num].tolist())
+        if len(head) == num and head.isdisjoint(seen):
+            out[u] = candidates[:num]
+            continue
         chosen: list[int] = []
         taken: set[int] = set()
-        while len(chosen) < num:
-            for c in rng.integers(0, n_items, size=2 * num).tolist():
+        while True:
+            for c in candidates.tolist():
                 if c not in seen and c not in taken:
                     taken.add(c)
                     chosen.append(c)
                     if len(chosen) == num:
                         break
+            if len(chosen) == num:
+                break
+            candidates = draw(u)
         out[u] = chosen
     return out
 
