@@ -2,10 +2,13 @@
 
 Each function returns one ``SELECT`` over named tables, written in the subset of SQL that DuckDB and Spark SQL
 read alike (``IN`` subqueries, ``GROUP BY ... HAVING``, ``ROW_NUMBER()``/``COUNT(*)`` windows; no dialect
-functions, no quoted names). llmrec runs them on DuckDB (:mod:`llmrec.data.columnar`); on a cluster the same
-text runs through ``spark.sql`` over temporary views (README, "Beyond one machine"). The driver of a plan binds
-each result to a name (``CREATE TEMP TABLE name AS ...`` in DuckDB, ``createOrReplaceTempView`` in Spark) and
-repeats :func:`kcore_round` until a round removes nothing.
+functions, no quoted names; where NULLs sort is spelled out, as the engines' defaults differ: DuckDB puts them
+last, Spark first). llmrec runs them on DuckDB (:mod:`llmrec.data.columnar`); on a cluster the same text runs
+through ``spark.sql`` over temporary views (README, "Beyond one machine"). The driver of a plan binds each
+result to a name (``CREATE TEMP TABLE name AS ...`` in DuckDB, ``createOrReplaceTempView`` in Spark) and
+repeats :func:`kcore_round` until a round removes nothing. ``tests/test_plan_engines.py`` checks that the text
+is engine-neutral, that it computes what the pandas path computes, and (where pyspark is installed) that Spark
+returns DuckDB's rows.
 
 The interaction tables hold ``pos`` (the row's position in the source: ties in time keep the source's order),
 ``user_id``, ``item_id``, ``ts`` (seconds), ``rating`` and ``label``.
@@ -26,7 +29,7 @@ def first_of_duplicates(interactions: str) -> str:
     return (
         f"SELECT {INTERACTION_COLUMNS} FROM ("
         f"SELECT {INTERACTION_COLUMNS}, "
-        "ROW_NUMBER() OVER (PARTITION BY user_id, item_id ORDER BY ts, pos) AS pair_rank "
+        "ROW_NUMBER() OVER (PARTITION BY user_id, item_id ORDER BY ts NULLS LAST, pos NULLS LAST) AS pair_rank "
         f"FROM {interactions}) ranked WHERE pair_rank = 1"
     )
 
@@ -52,7 +55,7 @@ def leave_one_out(interactions: str) -> str:
         "CASE WHEN seq_pos = seq_len THEN 'test' WHEN seq_pos = seq_len - 1 THEN 'valid' ELSE 'train' END "
         "AS split FROM ("
         f"SELECT {INTERACTION_COLUMNS}, "
-        "ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts, pos) AS seq_pos, "
+        "ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts NULLS LAST, pos NULLS LAST) AS seq_pos, "
         "COUNT(*) OVER (PARTITION BY user_id) AS seq_len "
         f"FROM {interactions}) numbered"
     )
