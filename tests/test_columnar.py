@@ -355,3 +355,22 @@ def test_negatives_sampler_reproduces_one_call_per_draw(case: int):
     expected = _negatives_one_call_per_draw(seqs, n_items, num, old)
     assert np.array_equal(sample_negatives(seqs, n_items, num, new), expected)
     assert old.integers(0, 2**62) == new.integers(0, 2**62)  # the next split's draws start at the same place
+
+
+def test_item_rows_depend_on_their_own_record_only(tmp_path: Path):
+    """An item's extra keeps its record's types whatever the other records hold (a DataFrame pass turned the
+    integers of a column with a gap into floats): so parsing only the kept items gives the same rows."""
+    lines = [
+        json.dumps({"user_id": f"U{u}", "parent_asin": f"B{(u + k) % 6}", "timestamp": 1600000000000 + k})
+        for u in range(6)
+        for k in range(4)
+    ]
+    reviews = write_gz_lines(tmp_path / "Cat.jsonl.gz", lines)
+    meta = [{"parent_asin": f"B{i}", "title": f"Item {i}", "rating_number": 24 + i} for i in range(6)]
+    meta[2].pop("rating_number")
+    meta.append({"parent_asin": "Z9", "title": "never reviewed", "price": None, "rating_number": None})
+    write_gz_lines(tmp_path / "meta_Cat.jsonl.gz", [json.dumps(m) for m in meta])
+    prepare_both(tmp_path, dataset="amazon2023", path=str(reviews), kcore=0, num_negatives=1)
+    items = pd.read_parquet(tmp_path / "out-duckdb" / "items.parquet")
+    extras = {i: json.loads(e) for i, e in zip(items["item_id"], items["extra"])}
+    assert extras["B0"] == {"rating_number": 24} and extras["B2"] == {}  # 24, not 24.0

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from llmrec.config import to_dict
 from llmrec.data import plan
 from llmrec.data.importers import get_importer
-from llmrec.data.schema import make_items
+from llmrec.data.schema import ITEM_COLUMNS, item_row
 from llmrec.errors import LlmrecError
 
 if TYPE_CHECKING:
@@ -271,19 +271,16 @@ def _kept_items(
     reader = con.sql(
         f"SELECT {item} AS item_id, json FROM {_meta_objects(path)} WHERE {item} IN (SELECT item_id FROM kept_ids)"
     ).to_arrow_reader(65_536)
-    rows, done = [], set()
+    rows: dict[str, tuple[str, ...]] = {}  # canonical rows only: a record's parsed dict is dropped at once
     bar = tqdm(total=len(ids), desc="item metadata", unit=" items", disable=None)
     for batch in reader:
         for item_id, line in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-            if item_id not in done:
-                done.add(item_id)
-                rows.append(layout.to_item(parse_record(line, path, len(rows) + 1)))
+            if item_id not in rows:
+                rows[item_id] = item_row(layout.to_item(parse_record(line, path, len(rows) + 1)), str(path), 0)
         bar.update(batch.num_rows)
     bar.close()
     con.execute("DROP TABLE kept_ids")
-    items = make_items(rows, source=str(path)).set_index("item_id")
-    del rows
-    return items.loc[ids].reset_index()
+    return pd.DataFrame([rows.pop(i) for i in ids], columns=ITEM_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- the plan
