@@ -26,6 +26,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,8 @@ class Source:
     build the canonical item rows of the items that are kept."""
 
     record: dict[str, Any]  # meta.json's "source": name, files
-    load_items: Callable[[list[str]], pd.DataFrame]  # kept ids (in their final order) -> canonical items
+    # (a connection of its own, kept ids in their final order) -> their canonical item rows
+    load_items: Callable[[duckdb.DuckDBPyConnection, list[str]], pd.DataFrame]
     users: pd.DataFrame | None = None
 
 
@@ -127,7 +129,7 @@ def _frames_source(
     _load_interactions(con, interactions)
     _load(con, "raw_items", pa.Table.from_pandas(items[["item_id", "image", "description"]]))
     canonical = items.set_index("item_id")
-    return Source(record=record, load_items=lambda ids: canonical.loc[ids].reset_index(), users=users)
+    return Source(record=record, load_items=lambda _, ids: canonical.loc[ids].reset_index(), users=users)
 
 
 def _load_interactions(con: duckdb.DuckDBPyConnection, interactions: pd.DataFrame) -> None:
@@ -184,9 +186,9 @@ def _json_lines_source(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, layou
         items = layout.read_meta(meta)
         _load(con, "raw_items", pa.Table.from_pandas(items[["item_id", "image", "description"]]))
         canonical = items.set_index("item_id")
-        load_items = lambda ids: canonical.loc[ids].reset_index()  # noqa: E731
+        load_items = lambda _, ids: canonical.loc[ids].reset_index()  # noqa: E731
     else:
-        load_items = lambda ids: _kept_items(con, meta, layout, ids)  # noqa: E731
+        load_items = lambda cursor, ids: _kept_items(cursor, meta, layout, ids)  # noqa: E731
     n = con.execute("SELECT COUNT(*) FROM raw_items").fetchall()[0][0]
     log.info("read %s item ids from %s (%s)", f"{n:,}", meta, _took(t0))
     return Source(record=record, load_items=load_items)
@@ -276,7 +278,9 @@ def _kept_items(
     for batch in reader:
         for item_id, line in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
             if item_id not in rows:
-                rows[item_id] = item_row(layout.to_item(parse_record(line, path, len(rows) + 1)), str(path), 0)
+                rows[item_id] = item_row(
+                    layout.to_item(parse_record(line, path, len(rows) + 1)), str(path), 0
+                )
         bar.update(batch.num_rows)
     bar.close()
     con.execute("DROP TABLE kept_ids")
@@ -501,8 +505,6 @@ def finalize(
 ) -> dict[str, Any]:
     """Write the dataset's tables for the interactions in ``kept`` into ``out``; returns the meta record
     (the counterpart of :func:`llmrec.data.processing.finalize`, which holds everything in pandas)."""
-    from llmrec.data.processing import NEGATIVES_HINT, sample_negatives
-
     t0 = time.perf_counter()
     user_ids = _index(con, "user")
     item_ids = _index(con, "item")
@@ -515,9 +517,35 @@ def finalize(
     )
     con.execute("DROP TABLE kept")
     log.info("indexed %s users and %s items (%s)", f"{len(user_ids):,}", f"{len(item_ids):,}", _took(t0))
+    # The item metadata (Python parsing) is read in a thread of its own while DuckDB, which releases the
+    # GIL, writes the other tables.
+    cursor = con.cursor()
+    with ThreadPoolExecutor(1, thread_name_prefix="llmrec-items") as pool:
+        items = pool.submit(_write_items, source, cursor, item_ids.tolist(), out / "items.parquet")
+        meta = _write_interactions(con, cfg, source, user_ids, len(item_ids), out)
+        items.result()
+    cursor.close()
+    meta.update(source=source.record, counts_raw=counts_raw, filters=filters)
+    return meta
+
+
+def _write_items(source: Source, cursor: duckdb.DuckDBPyConnection, ids: list[str], path: Path) -> None:
     t0 = time.perf_counter()
-    source.load_items(item_ids.tolist()).to_parquet(out / "items.parquet", index=False)
+    source.load_items(cursor, ids).to_parquet(path, index=False)
     log.info("wrote the item table (%s)", _took(t0))
+
+
+def _write_interactions(
+    con: duckdb.DuckDBPyConnection,
+    cfg: PrepareConfig,
+    source: Source,
+    user_ids: np.ndarray,
+    n_items: int,
+    out: Path,
+) -> dict[str, Any]:
+    """Interactions, sequences, users, CTR examples and evaluation negatives; returns their meta fields."""
+    from llmrec.data.processing import NEGATIVES_HINT, sample_negatives
+
     t0 = time.perf_counter()
     write_query(
         con,
@@ -537,23 +565,10 @@ def finalize(
         side = source.users.astype({"user_id": str}).drop_duplicates("user_id").set_index("user_id")
         users = users.join(side, on="user_id")
     users.to_parquet(out / "users.parquet", index=False)
-    t0 = time.perf_counter()
-    flat = con.sql("SELECT item_idx FROM inter ORDER BY user_idx, seq_pos").to_arrow_table().column(0)
-    lengths = con.sql("SELECT COUNT(*) FROM inter GROUP BY user_idx ORDER BY user_idx").to_arrow_table()
-    sequences = np.split(
-        flat.to_numpy().astype(np.int32, copy=False), np.cumsum(lengths.column(0).to_numpy())[:-1]
-    )
-    rng = np.random.default_rng(cfg.seed)
-    (out / "eval").mkdir()
-    for split in ("valid", "test"):
-        negatives = sample_negatives(sequences, len(item_ids), cfg.num_negatives, rng, NEGATIVES_HINT)
-        np.save(out / "eval" / f"{split}_negatives.npy", negatives, allow_pickle=False)
-    del sequences, flat
-    log.info("sampled evaluation negatives (%s)", _took(t0))
     meta: dict[str, Any] = {
-        "source": source.record,
-        "counts_raw": counts_raw,
-        "filters": filters,
+        "source": None,  # filled in by finalize, in this order
+        "counts_raw": None,
+        "filters": None,
         "counts": _counts(con, "inter"),
         "config": to_dict(cfg),
         "splits": "leave-one-out: train = sequence[:-2], valid target = sequence[-2], test target = sequence[-1]",
@@ -568,6 +583,19 @@ def finalize(
     if ctr is not None:
         meta["ctr"] = ctr
         log.info("wrote CTR examples (%s)", _took(t0))
+    t0 = time.perf_counter()
+    flat = con.sql("SELECT item_idx FROM inter ORDER BY user_idx, seq_pos").to_arrow_table().column(0)
+    lengths = con.sql("SELECT COUNT(*) FROM inter GROUP BY user_idx ORDER BY user_idx").to_arrow_table()
+    sequences = np.split(
+        flat.to_numpy().astype(np.int32, copy=False), np.cumsum(lengths.column(0).to_numpy())[:-1]
+    )
+    rng = np.random.default_rng(cfg.seed)
+    (out / "eval").mkdir()
+    for split in ("valid", "test"):
+        negatives = sample_negatives(sequences, n_items, cfg.num_negatives, rng, NEGATIVES_HINT)
+        np.save(out / "eval" / f"{split}_negatives.npy", negatives, allow_pickle=False)
+    del sequences, flat
+    log.info("sampled evaluation negatives (%s)", _took(t0))
     return meta
 
 

@@ -222,6 +222,11 @@ def _first_str(v: Any) -> str:
 
 def _jsonable(v: Any) -> Any:
     """A JSON-safe version of a cell: arrays -> lists, numpy scalars -> Python, NaN/NA -> None."""
+    kind = type(v)
+    if kind is str or kind is int or kind is bool:  # the common cells, answered before the slow checks
+        return v
+    if kind is float:
+        return None if v != v else v
     if isinstance(v, np.ndarray | list | tuple):
         return [_jsonable(x) for x in v]
     if isinstance(v, dict):
