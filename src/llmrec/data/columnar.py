@@ -250,14 +250,17 @@ def _read_meta_ids(con: duckdb.DuckDBPyConnection, path: Path, layout: ReviewsLa
     read it (an id missing or not a string, a reviews file given as metadata)."""
     odd_id = " OR ".join(f"json_type(json, '$.{k}') NOT IN ('VARCHAR', 'NULL')" for k in layout.meta_id_keys)
     item = _meta_item_id(layout)
-    bad = con.execute(
-        f"SELECT COUNT(*) FROM {_meta_objects(path)} "
-        f"WHERE {item} IS NULL OR json_exists(json, '$.{layout.user_key}') OR {odd_id}"
-    ).fetchall()[0][0]
-    if bad:
-        return f"{bad:,} records without a string item id, or with a review's field"
-    _bind(con, "raw_items", f"SELECT DISTINCT {item} AS item_id FROM {_meta_objects(path)}")
-    return ""
+    _bind(
+        con,
+        "meta_ids",
+        f"SELECT {item} AS item_id, ({item} IS NULL OR json_exists(json, '$.{layout.user_key}') OR {odd_id}) "
+        f"AS odd FROM {_meta_objects(path)}",
+    )
+    bad = con.execute("SELECT COUNT(*) FROM meta_ids WHERE odd").fetchall()[0][0]
+    if not bad:
+        _bind(con, "raw_items", "SELECT DISTINCT item_id FROM meta_ids")
+    con.execute("DROP TABLE meta_ids")
+    return f"{bad:,} records without a string item id, or with a review's field" if bad else ""
 
 
 def _kept_items(
