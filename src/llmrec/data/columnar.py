@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,13 +73,16 @@ def connect(memory_limit: str | None, spill: Path, threads: int | None = None) -
             ) from None
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    # DuckDB's own bar (queries over 2 s: the reads, the windows) where a person watches; log lines otherwise
+    show = sys.stderr.isatty()
+    con.execute(f"SET enable_progress_bar = {str(show).lower()}")
+    con.execute(f"SET enable_progress_bar_print = {str(show).lower()}")
     return con
 
 
 def _took(t0: float) -> str:
     """Seconds since ``t0`` and the process's peak memory so far, for the progress lines."""
     import resource
-    import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return f"{time.perf_counter() - t0:.1f} s, peak memory {peak / 2**30:.2f} GB"
