@@ -703,19 +703,26 @@ def test_failed_prepare_with_a_user_folder_as_out_deletes_nothing(tmp_path):
 # ----------------------------------------------------------------------------- kill -9, then resume
 
 PREPARE_KILL_POINTS = [
-    ("pandas:DataFrame.to_parquet", 1),  # first table of the new dataset
-    ("pandas:DataFrame.to_parquet", 4),  # sequences written, negatives not yet
-    ("numpy:save", 2),  # the second frozen-negatives file
-    ("llmrec.data.processing:write_json_atomic", 1),  # meta.json
-    ("llmrec.data.processing:_move_into_place", 1),  # just before the new entries move in
-    ("pathlib:Path.rename", 3),  # in the middle of the moves: some entries new, some old
-    ("os:replace", 3),  # every entry moved, meta.json not yet
+    ("pandas", "pandas:DataFrame.to_parquet", 1),  # first table of the new dataset
+    ("pandas", "pandas:DataFrame.to_parquet", 4),  # sequences written, negatives not yet
+    ("pandas", "numpy:save", 2),  # the second frozen-negatives file
+    ("duckdb", "pyarrow.parquet:ParquetWriter.write_table", 2),  # a table streamed out of DuckDB
+    ("duckdb", "pandas:DataFrame.to_parquet", 1),  # the item table, written by its own thread
+    ("duckdb", "numpy:save", 2),
+    ("duckdb", "llmrec.data.processing:write_json_atomic", 1),  # meta.json
+    ("duckdb", "llmrec.data.processing:_move_into_place", 1),  # just before the new entries move in
+    ("duckdb", "pathlib:Path.rename", 3),  # in the middle of the moves: some entries new, some old
+    ("duckdb", "os:replace", 3),  # every entry moved, meta.json not yet
 ]
 MID_MOVE = {("pathlib:Path.rename", 3), ("os:replace", 3)}
 
 
-@pytest.mark.parametrize("target, nth", PREPARE_KILL_POINTS, ids=[f"{t}#{n}" for t, n in PREPARE_KILL_POINTS])
-def test_prepare_killed_leaves_the_old_dataset_and_resumes_identically(target, nth, prepared, tmp_path):
+@pytest.mark.parametrize(
+    "engine, target, nth", PREPARE_KILL_POINTS, ids=[f"{e}-{t}#{n}" for e, t, n in PREPARE_KILL_POINTS]
+)
+def test_prepare_killed_leaves_the_old_dataset_and_resumes_identically(
+    engine, target, nth, prepared, tmp_path
+):
     """kill -9 during ``prepare`` over an earlier dataset: the earlier one is intact; the same command
     then writes the same bytes as an uninterrupted run and leaves no ``.partial`` folder behind."""
     src = SOURCES["table"]
@@ -723,7 +730,7 @@ def test_prepare_killed_leaves_the_old_dataset_and_resumes_identically(target, n
     (tmp_path / "raw" / "inter.csv").write_bytes(src.files["inter.csv"].replace(b",5\n", b",4\n"))
     copy_tree(prepared["table"], tmp_path / "out")
     before = snapshot(tmp_path)
-    argv = src.argv(tmp_path / "raw", tmp_path / "out")
+    argv = [*src.argv(tmp_path / "raw", tmp_path / "out"), "--engine", engine]
     assert run_killed(argv, target, nth) == -9
     after_kill = snapshot(tmp_path / "out")
     left = {k for k in after_kill if ".partial" in k.split("/")[0]}  # the killed run's temp folder
@@ -738,7 +745,7 @@ def test_prepare_killed_leaves_the_old_dataset_and_resumes_identically(target, n
     assert run_cli(argv).code == 0
     assert not partials(tmp_path), partials(tmp_path)
     reference = tmp_path / "reference"
-    assert run_cli(src.argv(tmp_path / "raw", reference)).code == 0
+    assert run_cli(src.argv(tmp_path / "raw", reference)).code == 0  # the other engine, uninterrupted
     assert _dataset_content(tmp_path / "out") == _dataset_content(reference)
 
 
@@ -747,7 +754,8 @@ def _dataset_content(out: Path) -> dict:
     between two runs of the same command into two folders)."""
     content: dict = dict(snapshot(out))
     meta = json.loads((out / "meta.json").read_text())
-    meta["config"].pop("out", None)
+    for key in ("out", "engine"):  # what may differ between two runs writing the same dataset
+        meta["config"].pop(key, None)
     content["meta.json"] = (meta, content["meta.json"][1])
     return content
 
