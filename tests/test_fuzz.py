@@ -707,7 +707,7 @@ PREPARE_KILL_POINTS = [
     ("pandas", "pandas:DataFrame.to_parquet", 4),  # sequences written, negatives not yet
     ("pandas", "numpy:save", 2),  # the second frozen-negatives file
     ("duckdb", "pyarrow.parquet:ParquetWriter.write_table", 2),  # a table streamed out of DuckDB
-    ("duckdb", "pandas:DataFrame.to_parquet", 1),  # the item table, written by its own thread
+    ("duckdb", "pandas:DataFrame.to_parquet", 1),  # the item table (pandas), before the streamed ones
     ("duckdb", "numpy:save", 2),
     ("duckdb", "llmrec.data.processing:write_json_atomic", 1),  # meta.json
     ("duckdb", "llmrec.data.processing:_move_into_place", 1),  # just before the new entries move in

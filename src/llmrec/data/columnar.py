@@ -27,7 +27,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,7 +104,7 @@ class Source:
     build the canonical item rows of the items that are kept."""
 
     record: dict[str, Any]  # meta.json's "source": name, files
-    # (a connection of its own, kept ids in their final order) -> their canonical item rows
+    # (the connection, kept ids in their final order) -> their canonical item rows
     load_items: Callable[[duckdb.DuckDBPyConnection, list[str]], pd.DataFrame]
     users: pd.DataFrame | None = None
 
@@ -524,22 +523,16 @@ def finalize(
     )
     con.execute("DROP TABLE kept")
     log.info("indexed %s users and %s items (%s)", f"{len(user_ids):,}", f"{len(item_ids):,}", _took(t0))
-    # The item metadata (Python parsing) is read in a thread of its own while DuckDB, which releases the
-    # GIL, writes the other tables.
-    cursor = con.cursor()
-    with ThreadPoolExecutor(1, thread_name_prefix="llmrec-items") as pool:
-        items = pool.submit(_write_items, source, cursor, item_ids.tolist(), out / "items.parquet")
-        meta = _write_interactions(con, cfg, source, user_ids, len(item_ids), out)
-        items.result()
-    cursor.close()
+    for table in ("user_codes", "item_codes", "raw_items"):  # what indexing needed; DuckDB reuses the memory
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    # One step at a time: the item parse (Python) beside DuckDB's windows was 4% faster at 10M reviews
+    # but raised the peak memory by a third.
+    t0 = time.perf_counter()
+    source.load_items(con, item_ids.tolist()).to_parquet(out / "items.parquet", index=False)
+    log.info("wrote the item table (%s)", _took(t0))
+    meta = _write_interactions(con, cfg, source, user_ids, len(item_ids), out)
     meta.update(source=source.record, counts_raw=counts_raw, filters=filters)
     return meta
-
-
-def _write_items(source: Source, cursor: duckdb.DuckDBPyConnection, ids: list[str], path: Path) -> None:
-    t0 = time.perf_counter()
-    source.load_items(cursor, ids).to_parquet(path, index=False)
-    log.info("wrote the item table (%s)", _took(t0))
 
 
 def _write_interactions(
