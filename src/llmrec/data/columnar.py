@@ -40,6 +40,16 @@ from tqdm.auto import tqdm
 from llmrec.config import to_dict
 from llmrec.data import plan
 from llmrec.data.importers import get_importer
+from llmrec.data.processing import (
+    NEGATIVES_HINT,
+    PrepareConfig,
+    ctr_examples,
+    from_input,
+    natural_order,
+    no_known_items,
+    nothing_left,
+    sample_negatives,
+)
 from llmrec.data.schema import ITEM_COLUMNS, item_row
 from llmrec.errors import LlmrecError
 
@@ -47,7 +57,6 @@ if TYPE_CHECKING:
     import duckdb
 
     from llmrec.data.importers.amazon import ReviewsLayout
-    from llmrec.data.processing import PrepareConfig
 
 log = logging.getLogger(__name__)
 
@@ -339,13 +348,7 @@ def filter_interactions(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, file
         "known",
     )
     if filters[-1]["interactions"] == 0 and len(files) > 1:
-        raise LlmrecError(
-            f"no item of this file appears in the interactions ({counts_raw['items_with_metadata']} items, "
-            f"{counts_raw['items']} item ids in {files[0]})",
-            file=files[1],
-            hint="check that the item file belongs to the same source as --path and that both name items "
-            "by the same id (--columns item_id=<column>)",
-        )
+        raise no_known_items(counts_raw["items_with_metadata"], counts_raw["items"], files)
     if cfg.require_image:
         sql = plan.known_items(current, "(SELECT item_id FROM raw_items WHERE image <> '') with_image")
         step("drop items without an image reference", sql, "with_image")
@@ -359,8 +362,6 @@ def filter_interactions(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, file
     _kcore(con, current, cfg.kcore, ku, "cored")
     record(f"iterative {cfg.kcore}-core (users >= {ku})", "cored", t0)
     if cfg.max_users is not None and filters[-1]["users"] > cfg.max_users:
-        from llmrec.data.processing import natural_order
-
         codes = _first_seen(con, current, "user")
         rng = np.random.default_rng(cfg.seed)
         chosen = rng.choice(natural_order(codes.index.to_series()), size=cfg.max_users, replace=False)
@@ -372,13 +373,7 @@ def filter_interactions(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, file
         con.execute("DROP TABLE sampled")
     con.execute(f"ALTER TABLE {current} RENAME TO kept")
     if filters[-1]["interactions"] == 0:
-        steps = "; ".join(f"{f['step']} removed {f['interactions_removed']:,}" for f in filters)
-        raise LlmrecError(
-            f"no interactions left after filtering ({steps})",
-            file=files[0] if files else None,
-            hint="lower --kcore or --min-user-len, or check the input"
-            + (f" and its item file {files[1]}" if len(files) > 1 else ""),
-        )
+        raise nothing_left(filters, files)
     return counts_raw, filters
 
 
@@ -483,8 +478,6 @@ def _one_chunk(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def _index(con: duckdb.DuckDBPyConnection, kind: str) -> np.ndarray:
     """Number the kept users or items in :func:`~llmrec.data.processing.natural_order` into table
     ``<kind>_index`` (code, id, idx); returns the ids in index order."""
-    from llmrec.data.processing import natural_order
-
     codes = _first_seen(con, "kept", kind)
     ids = natural_order(codes.index.to_series())
     _load(
@@ -544,8 +537,6 @@ def _write_interactions(
     out: Path,
 ) -> dict[str, Any]:
     """Interactions, sequences, users, CTR examples and evaluation negatives; returns their meta fields."""
-    from llmrec.data.processing import NEGATIVES_HINT, sample_negatives
-
     t0 = time.perf_counter()
     write_query(
         con,
@@ -647,8 +638,6 @@ def ctr_tables(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, out: Path) ->
 
 
 def _ctr_with_sampled_negatives(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, out: Path) -> dict | None:
-    from llmrec.data.processing import ctr_examples
-
     inter = con.execute(
         "SELECT user_idx, item_idx, ts AS timestamp, rating, label FROM inter ORDER BY user_idx, seq_pos"
     ).df()
@@ -667,8 +656,6 @@ def _ctr_with_sampled_negatives(con: duckdb.DuckDBPyConnection, cfg: PrepareConf
 def prepare_columnar(cfg: PrepareConfig, out: Path) -> dict[str, Any]:
     """Import, filter and split ``cfg``'s source with DuckDB, writing the dataset's entries into ``out``
     (a fresh temp folder); returns the meta record. DuckDB spills into ``out/.spill``."""
-    from llmrec.data.processing import from_input
-
     con = connect(cfg.memory_limit, out / ".spill", cfg.threads)
     try:
         source = open_source(con, cfg)

@@ -291,13 +291,7 @@ def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
     after = inter.loc[known]
     note("drop interactions with items missing from the metadata", inter, after)
     if after.empty and len(files) > 1:  # the item ids of the two files never meet
-        raise LlmrecError(
-            f"no item of this file appears in the interactions ({len(items)} items, "
-            f"{inter['item_id'].nunique()} item ids in {files[0]})",
-            file=files[1],  # importers list the interactions file first, the items file second
-            hint="check that the item file belongs to the same source as --path and that both name items "
-            "by the same id (--columns item_id=<column>)",
-        )
+        raise no_known_items(len(items), inter["item_id"].nunique(), files)
     inter = after
     if cfg.require_image:
         after = inter.loc[inter["item_id"].isin(items.loc[items["image"] != "", "item_id"])]
@@ -324,14 +318,29 @@ def process(raw: RawData, cfg: ProcessConfig) -> dict[str, Any]:
         note(f"sample {cfg.max_users} users (seed {cfg.seed}) and re-apply k-core", inter, after)
         inter = after
     if inter.empty:
-        steps = "; ".join(f"{f['step']} removed {f['interactions_removed']:,}" for f in filters)
-        raise LlmrecError(
-            f"no interactions left after filtering ({steps})",
-            file=files[0] if files else None,
-            hint="lower --kcore or --min-user-len, or check the input"
-            + (f" and its item file {files[1]}" if len(files) > 1 else ""),
-        )
+        raise nothing_left(filters, files)
     return finalize(items, inter, cfg, raw.source, counts_raw, filters, raw.users)
+
+
+def no_known_items(n_items: int, n_item_ids: int, files: list[str]) -> LlmrecError:
+    """The error for an item file none of whose ids the interactions name (both engines raise it)."""
+    return LlmrecError(
+        f"no item of this file appears in the interactions ({n_items} items, {n_item_ids} item ids in {files[0]})",
+        file=files[1],  # importers list the interactions file first, the items file second
+        hint="check that the item file belongs to the same source as --path and that both name items "
+        "by the same id (--columns item_id=<column>)",
+    )
+
+
+def nothing_left(filters: list[dict[str, Any]], files: list[str]) -> LlmrecError:
+    """The error for filters that removed every interaction, with what each step removed."""
+    steps = "; ".join(f"{f['step']} removed {f['interactions_removed']:,}" for f in filters)
+    return LlmrecError(
+        f"no interactions left after filtering ({steps})",
+        file=files[0] if files else None,
+        hint="lower --kcore or --min-user-len, or check the input"
+        + (f" and its item file {files[1]}" if len(files) > 1 else ""),
+    )
 
 
 def finalize(
