@@ -37,7 +37,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from llmrec.config import to_dict
 from llmrec.data import plan
 from llmrec.data.importers import get_importer
 from llmrec.data.processing import (
@@ -49,6 +48,7 @@ from llmrec.data.processing import (
     no_known_items,
     nothing_left,
     sample_negatives,
+    split_record,
 )
 from llmrec.data.schema import ITEM_COLUMNS, item_row
 from llmrec.errors import LlmrecError
@@ -561,13 +561,7 @@ def _write_interactions(
         "counts_raw": None,
         "filters": None,
         "counts": _counts(con, "inter"),
-        "config": to_dict(cfg),
-        "splits": "leave-one-out: train = sequence[:-2], valid target = sequence[-2], test target = sequence[-1]",
-        "negatives": {
-            "per_user": cfg.num_negatives,
-            "seed": cfg.seed,
-            "sampling": "uniform, never-interacted",
-        },
+        **split_record(cfg),
     }
     t0 = time.perf_counter()
     ctr = ctr_tables(con, cfg, out / "ctr")

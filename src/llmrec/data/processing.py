@@ -343,6 +343,19 @@ def nothing_left(filters: list[dict[str, Any]], files: list[str]) -> LlmrecError
     )
 
 
+def split_record(cfg: ProcessConfig) -> dict[str, Any]:
+    """meta.json's record of the processing config, the splits and the negatives (both engines)."""
+    return {
+        "config": to_dict(cfg),
+        "splits": "leave-one-out: train = sequence[:-2], valid target = sequence[-2], test target = sequence[-1]",
+        "negatives": {
+            "per_user": cfg.num_negatives,
+            "seed": cfg.seed,
+            "sampling": "uniform, never-interacted",
+        },
+    }
+
+
 def finalize(
     items: pd.DataFrame,
     inter: pd.DataFrame,
@@ -394,13 +407,7 @@ def finalize(
         "counts_raw": counts_raw,
         "filters": filters,
         "counts": _counts(inter),
-        "config": to_dict(cfg),
-        "splits": "leave-one-out: train = sequence[:-2], valid target = sequence[-2], test target = sequence[-1]",
-        "negatives": {
-            "per_user": cfg.num_negatives,
-            "seed": cfg.seed,
-            "sampling": "uniform, never-interacted",
-        },
+        **split_record(cfg),
     }
     if ctr is not None:
         meta["ctr"] = {
