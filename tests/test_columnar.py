@@ -338,16 +338,16 @@ def _negatives_one_call_per_draw(sequences, n_items, num, rng):
     return out
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(6))
 def test_negatives_sampler_reproduces_one_call_per_draw(case: int):
     from llmrec.data.processing import sample_negatives
 
     g = np.random.default_rng(1000 + case)
     n_items = int(g.integers(5, 3000))
     num = int(g.integers(1, max(2, n_items // 3)))
-    n_users = int(g.integers(1, 9000))  # past the 4,096-user draw blocks
+    n_users = int(g.integers(3000, 6000))  # past the 4,096-user draw blocks
     seqs = [
-        g.integers(0, n_items, int(g.integers(1, max(2, n_items - num)))).astype(np.int32)
+        g.integers(0, n_items, int(g.integers(1, max(2, min(n_items - num, 400))))).astype(np.int32)
         for _ in range(n_users)
     ]
     seqs = [s for s in seqs if n_items - len(set(s.tolist())) >= num]
