@@ -80,11 +80,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = resolve(TrainConfig, args, args.config, nested={"eval": EvalConfig})
     if args.print_config:
-        print(json.dumps(cfg.resolved(), indent=2))
+        print(json.dumps({**cfg.resolved(), **({"seeds": args.seeds} if args.seeds else {})}, indent=2))
         return 0
-    run_dir = train(cfg, restart=args.restart)
     from accelerate import PartialState
 
+    if args.seeds:
+        from llmrec.pipeline import train_seeds
+        from llmrec.report import TableConfig, make_table
+
+        root = train_seeds(cfg, args.seeds, restart=args.restart)
+        if PartialState().is_main_process:
+            print(make_table(TableConfig(runs=[str(root)])))
+            print(f"run directories: {root}/seed-<s> for seeds {' '.join(map(str, args.seeds))}")
+        return 0
+    run_dir = train(cfg, restart=args.restart)
     if PartialState().is_main_process:  # launched as several processes, the main one reports
         _print_metrics(run_dir)
     return 0
@@ -326,6 +335,13 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     add_arguments(p, TrainConfig, skip=("model", "options"))
     add_arguments(p, EvalConfig)
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="train once per seed into <out>/seed-<s> and print mean +/- std (llmrec table <out> again later)",
+    )
     p.add_argument(
         "--restart",
         action="store_true",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -292,6 +292,24 @@ def show_prompts(cfg: TrainConfig, user: str | None = None) -> dict[str, Any]:
     index = ids.index(user) if user is not None else 0
     model.attach(ds)
     return {"user": ids[index], "prompts": model.show_prompts(ds, index, cfg.seed)}
+
+
+SEED_DIR = "seed-{seed}"  # a multi-seed run's runs: <out>/seed-0, <out>/seed-1, ...
+
+
+def train_seeds(cfg: TrainConfig, seeds: list[int], restart: bool = False) -> Path:
+    """Train ``cfg`` once per seed, each into its own run directory ``<out>/seed-<s>`` (resumed or refused
+    as a single run is); returns ``<out>``, which ``llmrec table`` reads as one row, mean +/- std."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must be distinct seeds, got {seeds}")
+    for seed in seeds:
+        if not 0 <= seed <= 2**32 - 1:
+            raise ConfigError(f"--seeds: {seed} is not a seed (0 .. 2**32 - 1)")
+    root = Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg.model, cfg.data)
+    for n, seed in enumerate(seeds, 1):
+        log.info("seed %d (%d of %d) -> %s", seed, n, len(seeds), root / SEED_DIR.format(seed=seed))
+        train(replace(cfg, seed=seed, out=str(root / SEED_DIR.format(seed=seed))), restart=restart)
+    return root
 
 
 def train(cfg: TrainConfig, restart: bool = False) -> Path:

@@ -1,4 +1,10 @@
-"""``llmrec table``: metrics of several runs side by side, as Markdown and CSV."""
+"""``llmrec table``: metrics of several runs side by side, as Markdown and CSV.
+
+A multi-seed run (``llmrec train --seeds``: ``<out>/seed-<s>/`` run directories) is one row: the mean +/- the
+sample standard deviation over its seeds. With two or more of them, each is compared with the first on the
+seeds they share by a paired t-test (``scipy.stats.ttest_rel``) on ``--compare`` (default: the first metric
+shown): the mean difference and its two-sided p-value.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,10 @@ class TableConfig:
         factory=lambda: list(DEFAULT_COLUMNS), help="metric columns (missing ones show '-')"
     )
     out: str | None = option(None, "write <out>.md and <out>.csv")
+    compare: str | None = option(
+        None,
+        "multi-seed runs: the metric of the paired t-test against the first one (default: the first shown)",
+    )
 
 
 def read_metrics(run: str | Path) -> dict[str, dict[str, float]]:
@@ -70,34 +80,102 @@ def _model_name(run: Path) -> str:
     return str(saved.get("model", "")) if isinstance(saved, dict) else ""
 
 
+def seed_runs(run: str | Path) -> dict[int, Path] | None:
+    """The run directories of a multi-seed run (``seed-<s>`` folders with metrics.json), by seed; None for
+    a single run (a folder with metrics.json of its own, or nothing llmrec recognises)."""
+    run = Path(run)
+    if (run / "metrics.json").exists() or not run.is_dir():
+        return None
+    found = {}
+    for sub in run.glob("seed-*"):
+        seed = sub.name.removeprefix("seed-")
+        if seed.isdigit() and (sub / "metrics.json").exists():
+            found[int(seed)] = sub
+    return dict(sorted(found.items())) or None
+
+
+def _split_metrics(run: Path, split: str) -> dict[str, float]:
+    data = read_metrics(run)
+    if split not in data:
+        hint = f"it has {sorted(data) or 'none'}"
+        if split in ("valid", "test"):
+            hint += f"; evaluate it: llmrec evaluate {run} --splits {split}"
+        raise LlmrecError(f"no '{split}' metrics", file=run / "metrics.json", hint=hint)
+    return data[split]
+
+
 def collect(runs: Sequence[str | Path], split: str, metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per run: its name (model + run folder) and the requested metrics of ``split``."""
+    """One row per run: its name (model + run folder) and the requested metrics of ``split``; a multi-seed
+    run's row holds the means, ``<metric>_std`` the standard deviations and ``seeds`` their count."""
     rows = []
     for run in runs:
-        data = read_metrics(run)
-        if split not in data:
-            hint = f"it has {sorted(data) or 'none'}"
-            if split in ("valid", "test"):
-                hint += f"; evaluate it: llmrec evaluate {run} --splits {split}"
-            raise LlmrecError(f"no '{split}' metrics", file=Path(run) / "metrics.json", hint=hint)
-        model = _model_name(Path(run))
-        rows.append({"run": Path(run).name, "model": model, **{m: data[split].get(m) for m in metrics}})
-    return pd.DataFrame(rows, columns=["run", "model", *metrics])
+        seeds = seed_runs(run)
+        if seeds is None:
+            values = _split_metrics(Path(run), split)
+            row = {"run": Path(run).name, "model": _model_name(Path(run)), "seeds": 1}
+            rows.append({**row, **{m: values.get(m) for m in metrics}})
+            continue
+        per_seed = pd.DataFrame([_split_metrics(path, split) for path in seeds.values()], index=list(seeds))
+        row = {"run": Path(run).name, "model": _model_name(next(iter(seeds.values()))), "seeds": len(seeds)}
+        for m in metrics:
+            col = per_seed[m] if m in per_seed else pd.Series(dtype=float)
+            row[m] = col.mean() if col.notna().any() else None
+            row[f"{m}_std"] = col.std(ddof=1) if col.notna().sum() > 1 else None
+        rows.append(row)
+    columns = ["run", "model", "seeds", *[c for m in metrics for c in (m, f"{m}_std")]]
+    return pd.DataFrame(rows, columns=columns)
 
 
-def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub Markdown table (numbers right-aligned, missing values as '-')."""
-    cols = list(df.columns)
-    numeric = [c for c in cols if c not in ("run", "model")]
+def paired(runs: Sequence[str | Path], split: str, metric: str) -> list[dict[str, float | int | None]]:
+    """For each multi-seed run after the first: mean difference to the first on ``metric`` over the seeds
+    both have, and the two-sided p-value of a paired t-test (None with fewer than 2 shared seeds)."""
+    from scipy.stats import ttest_rel
+
+    groups = [seed_runs(r) for r in runs]
+    base = groups[0]
+    out: list[dict[str, float | int | None]] = [{"diff": None, "p": None, "pairs": 0}]
+    for group in groups[1:]:
+        if base is None or group is None:
+            out.append({"diff": None, "p": None, "pairs": 0})
+            continue
+        shared = sorted(set(base) & set(group))
+        a = [_split_metrics(base[s], split).get(metric) for s in shared]
+        b = [_split_metrics(group[s], split).get(metric) for s in shared]
+        pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+        diff = sum(y - x for x, y in pairs) / len(pairs) if pairs else None
+        p = float(ttest_rel([y for _, y in pairs], [x for x, _ in pairs]).pvalue) if len(pairs) > 1 else None
+        out.append({"diff": diff, "p": None if p != p else p, "pairs": len(pairs)})  # NaN (no variance): None
+    return out
+
+
+def _cell(value: float | None, std: float | None, digits: int) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value:.{digits}f}" + ("" if std is None or pd.isna(std) else f" ± {std:.{digits}f}")
+
+
+def to_markdown(df: pd.DataFrame, metrics: Sequence[str], digits: int = 4) -> str:
+    """A GitHub Markdown table (numbers right-aligned, missing values as '-', multi-seed rows mean ± std)."""
+    multi = bool((df["seeds"] > 1).any()) if len(df) else False
+    extra = [c for c in df.columns if c.startswith(("Δ ", "p "))]
+    cols = ["run", "model", *(["seeds"] if multi else []), *metrics, *extra]
     lines = [
         "| " + " | ".join(cols) + " |",
-        "|" + "|".join("---:" if c in numeric else "---" for c in cols) + "|",
+        "|" + "|".join("---" if c in ("run", "model") else "---:" for c in cols) + "|",
     ]
     for _, row in df.iterrows():
-        cells = [
-            ("-" if pd.isna(row[c]) else f"{row[c]:.{digits}f}") if c in numeric else str(row[c])
-            for c in cols
-        ]
+        cells = []
+        for c in cols:
+            if c in ("run", "model"):
+                cells.append(str(row[c]))
+            elif c == "seeds":
+                cells.append(str(int(row[c])))
+            elif c in metrics:
+                cells.append(_cell(row[c], row.get(f"{c}_std"), digits))
+            elif c.startswith("p "):
+                cells.append("-" if pd.isna(row[c]) else f"{row[c]:.3g}")
+            else:
+                cells.append(_cell(row[c], None, digits))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -106,7 +184,17 @@ def make_table(cfg: TableConfig) -> str:
     if not cfg.runs:
         raise LlmrecError("no run directories given", hint="llmrec table runs/a runs/b ...")
     df = collect(cfg.runs, cfg.split, cfg.metrics)
-    md = to_markdown(df)
+    groups = [seed_runs(r) is not None for r in cfg.runs]
+    if sum(groups) >= 2 and groups[0]:
+        metric = cfg.compare or next((m for m in cfg.metrics if df[m].notna().any()), cfg.metrics[0])
+        if metric not in cfg.metrics:
+            raise LlmrecError(
+                f"--compare {metric!r} is not among the metrics shown", hint=f"choose from {cfg.metrics}"
+            )
+        tests = paired(cfg.runs, cfg.split, metric)
+        df[f"Δ {metric} vs first"] = [t["diff"] for t in tests]
+        df[f"p (paired t, {metric})"] = [t["p"] for t in tests]
+    md = to_markdown(df, cfg.metrics)
     if cfg.out:
         write_text_atomic(Path(cfg.out).with_suffix(".md"), md + "\n")
         with atomic_path(Path(cfg.out).with_suffix(".csv")) as tmp:
