@@ -41,6 +41,14 @@ TINY = {
         "eval_users": None,
     },
     "vbpr": {"dim": 32, "epochs": 60, "batch_size": 64, "lr": 0.01, "eval_every": 10, "feature": "image"},
+    "bm3": {
+        "dim": 32,
+        "epochs": 60,
+        "batch_size": 64,
+        "lr": 0.01,
+        "eval_every": 10,
+        "features": ["image", "text"],
+    },
 }
 # HistLLM and its LLM baselines (CTR models: the learning check lives in test_histllm.py)
 CTR_TINY = {

@@ -140,6 +140,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "bert4rec": "bert4rec",
     "mf": "mf",
     "vbpr": "vbpr",
+    "bm3": "bm3",
     "illmrec": "illmrec",
     "histllm": "histllm",
     **{p: "histllm" for p in ("tallrec", "tallrec_desc", "tallrec_image", "collm", "collm_image")},

@@ -1,0 +1,227 @@
+"""BM3 (Zhou et al., WWW 2023, "Bootstrap Latent Representations for Multi-modal Recommendation").
+
+A LightGCN backbone (the user-item graph of the training sequences, symmetric normalisation, the mean of
+the layer outputs; the item ID embedding added back) gives user and item embeddings; each item feature
+(image, text: any in the dataset's store) is projected to the same size. No negative sampling: for a
+batch of observed (user, item) pairs, a shared linear predictor maps the *online* views, and the *target*
+views are the same embeddings under dropout with the gradient stopped (the bootstrapping: no target
+network, no momentum). The loss is
+
+    (1 - cos(p(u), i~)) + (1 - cos(p(i), u~))                         user-item alignment
+    + cl_weight * sum_m [(1 - cos(p(f_m), i~)) + (1 - cos(p(f_m), f_m~))]  features vs item, masked feature
+    + reg * (|u|^2 + |i|^2) / 2 per example                            on the batch's backbone embeddings
+
+with ``x~ = dropout(x).detach()``; the feature views run through the same predictor ``p``.
+score(u, i) = <p(u), p(i)>. Features are divided by their mean row norm (as VBPR's), and an item whose
+feature is missing gets a learned vector in place of its projection.
+
+The graph and the features are rebuilt from the dataset when a saved model loads (``needs_dataset``);
+``feature.json`` records each feature's checksum and a changed feature is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmrec.config import option
+from llmrec.data.dataset import Dataset
+from llmrec.errors import ConfigError, LlmrecError
+from llmrec.features.store import load_item_feature
+from llmrec.models.base import register_model
+from llmrec.models.mf import training_pairs
+from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender
+from llmrec.utils.io import read_json, write_json_atomic
+
+
+@dataclasses.dataclass
+class BM3Config(NeuralConfig):
+    batch_size: int = option(2048, "observed (user, item) pairs per step", ge=1)
+    dim: int = option(64, "embedding size of users, items and projected features", ge=1)
+    layers: int = option(1, "LightGCN propagation layers", ge=0)
+    dropout: float = option(0.3, "dropout that makes the target views", ge=0, lt=1)
+    reg: float = option(0.1, "L2 on the batch's backbone embeddings (per example)", ge=0)
+    cl_weight: float = option(2.0, "weight of the feature alignment and masked-feature terms", ge=0)
+    features: list[str] = option(
+        factory=lambda: ["image", "text"], help="item features of the store (those it lacks are skipped)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.features:
+            raise ConfigError("bm3 needs at least one item feature: -o features=[image, text]")
+
+
+def normalized_adjacency(sequences: list[np.ndarray], n_users: int, n_items: int) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 of the bipartite graph of the training interactions: (U + N, U + N), sparse."""
+    users = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
+    items = np.concatenate([s for s in sequences] or [np.zeros(0, np.int64)]).astype(np.int64)
+    pairs = np.unique(users * n_items + items)  # a repeated pair is one edge
+    users, items = pairs // n_items, pairs % n_items + n_users
+    rows, cols = np.concatenate([users, items]), np.concatenate([items, users])
+    degree = np.bincount(rows, minlength=n_users + n_items).astype(np.float32)
+    inv = np.zeros_like(degree)
+    inv[degree > 0] = degree[degree > 0] ** -0.5
+    values = inv[rows] * inv[cols]
+    index = torch.from_numpy(np.stack([rows, cols]))
+    n = n_users + n_items
+    adjacency = torch.sparse_coo_tensor(index, torch.from_numpy(values), (n, n), check_invariants=True)
+    return adjacency.coalesce()
+
+
+@register_model("bm3")
+class BM3(TorchRecommender):
+    config_cls = BM3Config
+    needs_user_id = True  # a user is their node in the graph
+    needs_dataset = True  # the graph and the features come from the dataset
+    cfg: BM3Config
+
+    def __init__(self, cfg: BM3Config, n_users: int, n_items: int) -> None:
+        super().__init__(cfg, n_users, n_items)
+        self.user_emb = nn.Embedding(n_users, cfg.dim)
+        self.item_emb = nn.Embedding(n_items, cfg.dim)
+        nn.init.xavier_uniform_(self.user_emb.weight)
+        nn.init.xavier_uniform_(self.item_emb.weight)
+        self.predictor = nn.Linear(cfg.dim, cfg.dim)
+        nn.init.xavier_normal_(self.predictor.weight)
+        self.projections = nn.ModuleDict()  # feature name -> Linear(F -> dim), created by attach()
+        self.missing_vectors = nn.ParameterDict()
+        self.sources: list[dict[str, Any]] = []
+        self._dataset: Dataset | None = None
+
+    # -- the dataset's parts: graph and features (not saved with the weights)
+    def attach(self, dataset: Dataset, names: list[str] | None = None) -> None:
+        """Build the graph of ``dataset``'s training sequences and hold its item features as buffers."""
+        self.register_buffer(
+            "adjacency",
+            normalized_adjacency(dataset.train_sequences, self.n_users, self.n_items),
+            persistent=False,
+        )
+        names = names or [n for n in self.cfg.features if (dataset.features_dir / f"{n}.json").exists()]
+        if not names:
+            raise LlmrecError(
+                f"bm3 needs one of the item features {self.cfg.features}",
+                file=dataset.features_dir,
+                hint="compute one with 'llmrec features' or name one with -o features=[NAME]",
+            )
+        self.sources = []
+        for name in names:
+            feature = load_item_feature(dataset, name, self.n_items, who="bm3", option="features")
+            values = np.array(feature.values, dtype=np.float32)  # (N, F)
+            present = ~np.asarray(feature.missing, dtype=bool)
+            norm = float(np.linalg.norm(values[present], axis=1).mean()) if present.any() else 0.0
+            if norm > 0:
+                values /= norm
+            self.register_buffer(f"feature_{name}", torch.from_numpy(values), persistent=False)  # (N, F)
+            self.register_buffer(f"missing_{name}", torch.from_numpy(~present), persistent=False)  # (N,)
+            if name not in self.projections:
+                self.projections[name] = nn.Linear(values.shape[1], self.cfg.dim)
+                nn.init.xavier_normal_(self.projections[name].weight)
+                self.missing_vectors[name] = nn.Parameter(torch.zeros(self.cfg.dim))
+            self.sources.append({"feature": name, "sha256": feature.manifest["sha256"]})
+        self._dataset = dataset
+        self.to(self.cfg.device)
+
+    def prepare(self, dataset: Any) -> None:
+        self.attach(dataset)
+
+    @property
+    def trained_on(self) -> Dataset | None:
+        return self._dataset
+
+    # -- the backbone and the views
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """LightGCN: the mean of the layer outputs; the item ID embedding is added back (as BM3 does)."""
+        if not hasattr(self, "adjacency"):
+            raise LlmrecError("bm3 has no graph yet", hint="fit the model or load a saved one")
+        x = torch.cat([self.user_emb.weight, self.item_emb.weight])  # (U + N, D)
+        layers = [x]
+        for _ in range(self.cfg.layers):
+            x = torch.sparse.mm(self.adjacency, x)
+            layers.append(x)
+        out = torch.stack(layers).mean(0)  # (U + N, D)
+        users, items = out.split([self.n_users, self.n_items])
+        return users, items + self.item_emb.weight
+
+    def feature_views(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each feature of ``items`` projected to (B, D); missing ones are their learned vector."""
+        out = {}
+        for name, proj in self.projections.items():
+            f = getattr(self, f"feature_{name}")[items]  # (B, F)
+            missing = getattr(self, f"missing_{name}")[items].unsqueeze(-1)  # (B, 1)
+            out[name] = torch.where(missing, self.missing_vectors[name], proj(f))  # (B, D)
+        return out
+
+    # -- training: observed pairs only, no negatives
+    def num_train_batches(self, dataset: Any) -> int:
+        return -(-len(training_pairs(dataset.train_sequences, self.n_items)[0]) // self.cfg.batch_size)
+
+    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+        users, items = training_pairs(dataset.train_sequences, self.n_items)
+        order = rng.permutation(len(users))
+        for start in range(0, len(order), self.cfg.batch_size):
+            idx = order[start : start + self.cfg.batch_size]
+            yield {"users": torch.from_numpy(users[idx]), "pos": torch.from_numpy(items[idx])}
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        users, items = batch["users"], batch["pos"]
+        all_u, all_i = self.propagate()
+        u, i = all_u[users], all_i[items]  # (B, D)
+
+        def target(x: torch.Tensor) -> torch.Tensor:
+            return F.dropout(x.detach(), self.cfg.dropout, training=True)
+
+        def miss(online: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+            return 1 - F.cosine_similarity(self.predictor(online), tgt, dim=-1).mean()
+
+        u_t, i_t = target(u), target(i)
+        loss = miss(u, i_t) + miss(i, u_t)
+        for f in self.feature_views(items).values():
+            loss = loss + self.cfg.cl_weight * (miss(f, i_t) + miss(f, target(f)))
+        reg = (u.pow(2).sum(-1) + i.pow(2).sum(-1)).mean() / 2
+        return loss + self.cfg.reg * reg
+
+    # -- scoring: <p(u), p(i)>, histories ignored
+    def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        all_u, all_i = self.propagate()
+        return self.predictor(all_u[users]) @ self.predictor(all_i).T  # (B, N)
+
+    @torch.no_grad()
+    def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
+        """{"user": (U, D), "item": (N, D)}: the predictor's outputs, whose dot product is the score."""
+        all_u, all_i = self.propagate()
+        return {
+            "user": ("user", self.predictor(all_u).cpu().numpy().copy()),
+            "item": ("item", self.predictor(all_i).cpu().numpy().copy()),
+        }
+
+    # -- persistence: weights, plus the features by checksum
+    def save_state(self, directory: Path) -> None:
+        if not self.sources:
+            raise LlmrecError("bm3: nothing to save before fit", file=directory, hint="fit the model first")
+        super().save_state(directory)
+        write_json_atomic(directory / "feature.json", {"features": self.sources})
+
+    def load_state(self, directory: Path, dataset: Dataset | None) -> None:
+        ref = directory / "feature.json"
+        if not ref.exists():
+            raise LlmrecError("saved bm3 model without feature.json", file=ref, hint="retrain the model")
+        saved = read_json(ref)["features"]
+        assert dataset is not None  # needs_dataset: load_model located it
+        self.attach(dataset, [s["feature"] for s in saved])
+        for old, new in zip(saved, self.sources):
+            if old["sha256"] != new["sha256"]:
+                raise LlmrecError(
+                    f"feature '{old['feature']}' changed since the model was trained "
+                    f"(sha256 {new['sha256'][:12]}, trained on {old['sha256'][:12]})",
+                    file=dataset.features_dir / f"{old['feature']}.npy",
+                    hint="restore the feature the model was trained on, or retrain the model",
+                )
+        super().load_state(directory, dataset)
