@@ -340,3 +340,45 @@ def test_the_readme_recipe_parses_from_the_command_line(synthetic_dataset, capsy
         "adam_betas": [0.9, 0.999],
     }
     assert {k: options[k] for k in expected} == expected
+
+
+# ---------------------------------------------------------------- Mirror Gradient (issue 17: MG)
+
+
+def _mirror_gradient_trainer(ds, interval, alpha1, alpha2, **options):
+    """Mirror Gradient written out as a plain torch loop (the reference trainer's order): every
+    ``interval``-th batch, step on alpha1 x loss, then on -alpha2 x the same batch's loss at the new weights."""
+    model = _model(ds, **options)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=model.cfg.lr, betas=(0.9, 0.98))
+    rng = np.random.default_rng(torch.initial_seed() % 2**32)
+    states = []
+    for _ in range(model.cfg.epochs):
+        for b, batch in enumerate(model.train_batches(ds, rng)):
+            opt.zero_grad()
+            loss = model.loss(batch)
+            if b % interval == 0:
+                (alpha1 * loss).backward()
+                opt.step()
+                opt.zero_grad()
+                (-alpha2 * model.loss(batch)).backward()
+            else:
+                loss.backward()
+            opt.step()
+        states.append(_weights(model))
+    return states
+
+
+def test_mirror_gradient_steps_twice_on_every_interval_th_batch(ds):
+    options = {"mirror_gradient": True, "mg_interval": 2, "mg_alpha1": 1.4, "mg_alpha2": 0.3, "validate": False}
+    states = _mirror_gradient_trainer(ds, 2, 1.4, 0.3, **options)
+    model = _model(ds, **options)
+    with _steps() as steps:
+        fit(model, ds)
+    mirrored = -(-STEPS_PER_EPOCH // 2)  # batches 0, 2, 4, ... of every epoch
+    assert len(steps) == OPTS["epochs"] * (STEPS_PER_EPOCH + mirrored)
+    assert _same(_weights(model), states[-1])
+    plain = _model(ds, validate=False)
+    fit(plain, ds)
+    assert not _same(_weights(plain), states[-1])

@@ -80,6 +80,20 @@ class NeuralConfig(ModelConfig):
         "auto | cpu | cuda | cuda:N | mps (auto: cuda when available; also --device; under accelerate "
         "launch: cpu, or each process's own GPU)",
     )
+    mirror_gradient: bool = option(
+        False,
+        "Mirror Gradient (Zhong et al., WWW 2024): every mg_interval-th batch a descent step on mg_alpha1 x loss, "
+        "then an ascent step on mg_alpha2 x the loss at the new weights (towards flat minima)",
+    )
+    mg_alpha1: float = option(
+        1.0, "Mirror Gradient: weight of the descent step (MMRec searches 1.0-1.8)", gt=0
+    )
+    mg_alpha2: float = option(
+        0.1, "Mirror Gradient: weight of the ascent step (MMRec searches 0.1-0.5)", ge=0
+    )
+    mg_interval: int = option(
+        3, "Mirror Gradient: batches between mirrored steps (the paper's beta: 3)", ge=1
+    )
     mixed_precision: Literal["none", "bf16", "fp16"] = option(
         "none",
         "autocast of the training loss (bf16: CPU or GPU; fp16: GPU, loss-scaled); weights keep their dtype",

@@ -258,6 +258,31 @@ def train_epoch(
         leave=False,
         disable=None if accelerator.is_main_process else True,
     )
+    cfg = model.cfg
+    if cfg.mirror_gradient and n > 1:
+        raise LlmrecError(
+            "mirror_gradient runs on one process",
+            hint="train without accelerate launch, or without -o mirror_gradient",
+        )
+
+    def step(loss: torch.Tensor, has_batch: bool, clip: bool = True) -> torch.Tensor:
+        """The gradients already computed -> averaged over the processes, checked, clipped, applied."""
+        if n > 1:
+            loss = average_gradients(accelerator, params, loss, has_batch)
+        if not torch.isfinite(loss):
+            raise LlmrecError(
+                f"{model.name}: the training loss became {loss.item()} at epoch {epoch}, step {steps + 1} "
+                f"({'stage ' + stage.name + ', ' if named else ''}learning rate {stage.lr:g})",
+                hint="lower the learning rate (-o lr=...) and start the run over with --restart",
+            )
+        if max_norm is not None and clip:  # after the averaging: the gradient the step uses
+            # fp16: unscaled first, this optimiser's alone (accelerator.clip_grad_norm_ would unscale every
+            # optimiser the accelerator prepared, and an earlier stage's may hold some of these parameters)
+            accelerator.unscale_gradients(opt)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        opt.step()
+        return loss
+
     for batch in bar:
         opt.zero_grad(set_to_none=True)
         if batch is None:  # past the end of a short last round: this process adds nothing
@@ -266,21 +291,18 @@ def train_epoch(
             batch = {k: v.to(device) for k, v in batch.items()}
             with accelerator.autocast():
                 loss = stage.loss(batch)
-            accelerator.backward(loss)
-        if n > 1:
-            loss = average_gradients(accelerator, params, loss, batch is not None)
-        if not torch.isfinite(loss):
-            raise LlmrecError(
-                f"{model.name}: the training loss became {loss.item()} at epoch {epoch}, step {steps + 1} "
-                f"({'stage ' + stage.name + ', ' if named else ''}learning rate {stage.lr:g})",
-                hint="lower the learning rate (-o lr=...) and start the run over with --restart",
-            )
-        if max_norm is not None:  # after the averaging: the gradient the step uses
-            # fp16: unscaled first, this optimiser's alone (accelerator.clip_grad_norm_ would unscale every
-            # optimiser the accelerator prepared, and an earlier stage's may hold some of these parameters)
-            accelerator.unscale_gradients(opt)
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-        opt.step()
+            if cfg.mirror_gradient and steps % cfg.mg_interval == 0:
+                # Mirror Gradient: a descent step on alpha1 x loss, then an ascent step on alpha2 x the loss
+                # of the same batch at the new weights (the scheduler counts the pair as one step)
+                accelerator.backward(cfg.mg_alpha1 * loss)
+                step(loss, True, clip=False)  # the reference clips only the second step
+                opt.zero_grad(set_to_none=True)
+                with accelerator.autocast():
+                    mirrored = stage.loss(batch)
+                accelerator.backward(-cfg.mg_alpha2 * mirrored)
+            else:
+                accelerator.backward(loss)
+        loss = step(loss, batch is not None)
         if scheduler is not None and not opt.step_was_skipped:  # as the step: fp16 skips overflowing ones
             scheduler.step()
         total += loss.item()
