@@ -80,7 +80,7 @@ def test_both_views_in_one_run(ctr_dataset, tiny_llm, tmp_path):
         measure="both",
         train_steps=1,
         batch_size=4,
-        test_rows=4,
+        test_rows=0,  # the whole test split
         examples=4,
         options={"mapper_hidden": 16, "encoder_dim": 16, "description_texts": None},
         ranking=False,
@@ -88,6 +88,7 @@ def test_both_views_in_one_run(ctr_dataset, tiny_llm, tmp_path):
     )
     r = run_ctr_efficiency(cfg)
     assert len(r["trained"]) == 1 and {p["uhem"] for p in r["points"]} == {True, False}
+    assert r["trained"][0]["variants"]["inline"]["test_rows_scored"] == len(ctr_dataset.ctr("test"))
     text = format_ctr_efficiency(r)
     assert "Throughput of untrained models" in text and "Saved by UHEM, synthetic @3" in text
     assert (tmp_path / "both" / "ctr_efficiency.png").exists() and (

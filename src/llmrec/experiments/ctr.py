@@ -7,18 +7,18 @@ threads, rows). Two views (``measure``):
 - ``trained`` (default), what the paper's Fig. 5 measures: the total wall time of step 2 (LoRA frozen;
   the mappers and, with UHEM, the history encoder train) for a fixed budget, ``train_steps`` AdamW steps of
   ``batch_size`` examples on the same seeded training rows for both variants, then the time the TRAINED
-  models take to score the same test rows (``test_rows``; None = the whole test split, as the paper). The
+  models take to score the same test rows (``test_rows``; 0 = the whole test split, as the paper). The
   two variants alternate step by step and chunk by chunk (the order flips every time), so a load on the
   machine slows both alike. Each variant gets one untimed warm-up forward/backward and one untimed
   scoring call first. Step 1 (LoRA) is not timed, as in the paper; its LoRA is as initialised unless
-  ``-o step1_from=RUN`` loads a trained one (both variants share it).
+  ``--options step1_from=RUN`` loads a trained one (both variants share it).
 - ``throughput``: mean prompt tokens, inference time per 100 examples and step-2 training time per 100
   examples of UNTRAINED models (speed does not depend on the weights' values) on the first ``examples``
   test rows with at least that many history items, items' texts uncut (``max_text_tokens`` = 10^4).
 
 w/o UHEM is the paper's setting only with descriptions: a missing texts file (``description_texts``,
 default ``texts/from_title.parquet``) is an error naming it and the command that writes it, never a
-fallback to titles (``-o description_texts=null`` uses the items' own descriptions). On a dataset without
+fallback to titles (``--options description_texts=null`` uses the items' own descriptions). On a dataset without
 an image feature the image tokens are fed a zero vector, as in ``llmrec efficiency``: a token costs the
 same whatever it holds.
 
@@ -87,8 +87,8 @@ class CtrEfficiencyConfig:
         ge=0,
     )
     batch_size: int = option(8, "prompts per forward (training and inference alike)", ge=1)
-    test_rows: int | None = option(
-        256, "trained: test rows both trained models score (seeded subset; None = the whole split)", ge=1
+    test_rows: int = option(
+        256, "trained: test rows both trained models score (a seeded subset; 0 = the whole split)", ge=0
     )
     seed: int = option(0, "trained: seed of the training rows, the test rows and the initial weights")
     examples: int = option(
@@ -138,7 +138,7 @@ def check_descriptions(ds: Dataset, options: dict[str, Any]) -> None:
             file=path,
             hint=f"generate them: llmrec describe --data {ds.root} --mode from_title"
             + ("" if name == "from_title" else f" --name {name}")
-            + " (or -o description_texts=null for the items' own descriptions)",
+            + " (or --options description_texts=null for the items' own descriptions)",
         )
 
 
@@ -237,7 +237,7 @@ def measure_trained(cfg: CtrEfficiencyConfig, ds: Dataset, length: int, image_fe
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(train))
     order = np.resize(order, n_train)  # a budget beyond the split goes round it again
-    test = test.iloc[seeded_rows(len(test), cfg.test_rows, cfg.seed)].reset_index(drop=True)
+    test = test.iloc[seeded_rows(len(test), cfg.test_rows or None, cfg.seed)].reset_index(drop=True)
 
     def columns(df: Any) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
         hist = [np.asarray(h, dtype=np.int64) for h in df["history"]]
