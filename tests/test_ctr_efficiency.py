@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import test_histllm
 from llmrec.cli import main
@@ -132,3 +133,37 @@ def test_refuses_options_that_change_the_comparison():
     for options in ({"ke": False}, {"history": "inline"}):
         with pytest.raises(ConfigError, match="drop ke/history"):
             CtrEfficiencyConfig(options=options)
+
+
+def test_trained_view_loads_a_trained_step1_into_both_variants(ctr_dataset, tiny_llm, tmp_path, monkeypatch):
+    """--options step1_from=RUN: both variants start step 2 from the same trained TALLRec LoRA."""
+    from llmrec.experiments.ctr import CtrEfficiencyConfig, run_ctr_efficiency
+    from llmrec.models.histllm import HistLLM
+    from llmrec.training import fit
+
+    tallrec = test_histllm.make("tallrec", ctr_dataset, tiny_llm, history_len=3)
+    fit(tallrec, ctr_dataset)
+    tallrec.save(tmp_path / "tallrec")
+    loaded = []
+    original = HistLLM._load_step1
+
+    def load(self, source):
+        original(self, source)
+        lora = {k: v for k, v in tallrec.checkpoint_state().items() if "lora_" in k}
+        loaded.append(all(torch.equal(self.checkpoint_state()[k], v) for k, v in lora.items()))
+
+    monkeypatch.setattr(HistLLM, "_load_step1", load)
+    options = {"mapper_hidden": 16, "encoder_dim": 16, "description_texts": None}
+    cfg = CtrEfficiencyConfig(
+        data=[str(ctr_dataset.root)],
+        llm=tiny_llm,
+        lengths=[3],
+        train_steps=1,
+        batch_size=4,
+        test_rows=4,
+        options={**options, "step1_from": str(tmp_path / "tallrec")},
+        ranking=False,
+        out=str(tmp_path / "e"),
+    )
+    assert run_ctr_efficiency(cfg)["trained"][0]["variants"]["inline"]["train_steps_run"] == 1
+    assert loaded == [True, True]
