@@ -300,6 +300,14 @@ def measure_trained(cfg: CtrEfficiencyConfig, ds: Dataset, length: int, image_fe
             seen[history]["losses"].append(float(loss.detach()))
             seen[history]["train_users"].append(batch["users"].cpu().numpy())
             seen[history]["train_targets"].append(batch["targets"].cpu().numpy())
+        log.info(
+            "%s @%d: step-2 step %d/%d done (%s)",
+            _name(ds),
+            length,
+            step + 1,
+            cfg.train_steps,
+            ", ".join(f"{h} {spent[h]['train_s']:.1f} s" for h in VARIANTS),
+        )
     scores = {h: np.empty(len(test)) for h in VARIANTS}
     chunk = cfg.batch_size
     for k, s in enumerate(range(0, len(test), chunk)):
