@@ -452,9 +452,10 @@ def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_p
     monkeypatch.setattr(timing, "synchronize", lambda device: synced.append(str(device)))
 
     cfg = CtrEfficiencyConfig(
-        data=str(ctr_dataset.root),
+        data=[str(ctr_dataset.root)],
         llm=tiny_llm,
         lengths=[2, 4],
+        measure="throughput",
         examples=8,
         train_steps=1,
         batch_size=4,
@@ -470,7 +471,7 @@ def test_ctr_efficiency_command_times_both_variants(ctr_dataset, tiny_llm, tmp_p
     assert all(p["inference_s_per_100"] > 0 and p["train_s_per_100"] > 0 for p in r["points"])
     # per point: inference (start, end), the warm-up step (start only), the timed step (start, end)
     assert synced == ["cpu"] * 4 * (2 + 1 + 2)
-    assert {"ctr_efficiency.json", "ctr_efficiency.md", "ctr_efficiency.png"} <= {
+    assert {"ctr_efficiency.json", "ctr_efficiency.md", "ctr_throughput.png"} <= {
         f.name for f in (tmp_path / "eff").iterdir()
     }
 

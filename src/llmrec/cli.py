@@ -223,7 +223,7 @@ def _cmd_ctr_efficiency(args: argparse.Namespace) -> int:
 
     cfg = resolve(CtrEfficiencyConfig, args, args.config)
     print(format_ctr_efficiency(run_ctr_efficiency(cfg)))
-    print(f"written {cfg.out}/ctr_efficiency.json, ctr_efficiency.md, ctr_efficiency.png")
+    print(f"written {cfg.out}/ctr_efficiency.json, ctr_efficiency.md and its plots (.png)")
     return 0
 
 

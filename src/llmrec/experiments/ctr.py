@@ -1,11 +1,26 @@
 """HistLLM's experiments as commands: ``llmrec ctr-efficiency`` (Fig. 5) and ``llmrec history-sweep`` (Fig. 4).
 
-``ctr-efficiency`` times HistLLM with and without UHEM side by side in one process (same backbone, batch,
-threads, CTR rows): mean prompt tokens, inference time per 100 examples and step-2 training time per 100
-examples (forward + backward + AdamW with LoRA frozen, the mappers and encoder training), at each history
-length. Weights are untrained (speed does not depend on their values). On a dataset without an image
-feature the image tokens are fed a zero vector, as in ``llmrec efficiency``: a token costs the same
-whatever it holds.
+``ctr-efficiency`` compares HistLLM with UHEM against the same model with the KE descriptions (and image
+tokens) written inline (w/o UHEM), per dataset and history length, in one process (same backbone, batch,
+threads, rows). Two views (``measure``):
+
+- ``trained`` (default), what the paper's Fig. 5 measures: the total wall time of step 2 (LoRA frozen;
+  the mappers and, with UHEM, the history encoder train) for a fixed budget, ``train_steps`` AdamW steps of
+  ``batch_size`` examples on the same seeded training rows for both variants, then the time the TRAINED
+  models take to score the same test rows (``test_rows``; 0 = the whole test split, as the paper). The
+  two variants alternate step by step and chunk by chunk (the order flips every time), so a load on the
+  machine slows both alike. Each variant gets one untimed warm-up forward/backward and one untimed
+  scoring call first. Step 1 (LoRA) is not timed, as in the paper; its LoRA is as initialised unless
+  ``--options step1_from=RUN`` loads a trained one (both variants share it).
+- ``throughput``: mean prompt tokens, inference time per 100 examples and step-2 training time per 100
+  examples of UNTRAINED models (speed does not depend on the weights' values) on the first ``examples``
+  test rows with at least that many history items, items' texts uncut (``max_text_tokens`` = 10^4).
+
+w/o UHEM is the paper's setting only with descriptions: a missing texts file (``description_texts``,
+default ``texts/from_title.parquet``) is an error naming it and the command that writes it, never a
+fallback to titles (``--options description_texts=null`` uses the items' own descriptions). On a dataset without
+an image feature the image tokens are fed a zero vector, as in ``llmrec efficiency``: a token costs the
+same whatever it holds.
 
 ``history-sweep`` trains and evaluates each model at each number of history items (TALLRec vs HistLLM in
 the paper) with the same options, resuming finished points, and writes AUC/UAUC per length.
@@ -18,10 +33,11 @@ run (``--run``) or an untrained HistLLM.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -31,11 +47,18 @@ if TYPE_CHECKING:
 from llmrec.assets import DEFAULT_LLM
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
-from llmrec.errors import ConfigError
+from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import read_json, write_json_atomic, write_text_atomic
 from llmrec.utils.timing import clock
 
 log = logging.getLogger(__name__)
+
+VARIANTS = ("uhem", "inline")  # HistLLM, w/o UHEM
+# the paper's Fig. 5 (Vicuna-7B, one A100): step-2 training minutes and test inference seconds
+PAPER_FIG5 = {
+    "movie @5": {"train_min": (118, 137), "inference_s": (107, 123)},
+    "netflix @10": {"train_min": (153, 280), "inference_s": (138, 299)},
+}
 
 
 # --------------------------------------------------------------------------- Fig. 5: with vs without UHEM
@@ -43,15 +66,34 @@ log = logging.getLogger(__name__)
 class CtrEfficiencyConfig:
     """What to time."""
 
-    data: str = option("data/ml-100k", "prepared dataset directory (with CTR examples)")
+    data: list[str] = option(
+        factory=lambda: ["data/ml-100k"],
+        help="prepared dataset directories (with CTR examples), each measured at every length",
+    )
     llm: str = option(DEFAULT_LLM, "causal LM (alias, folder, hub id, .gguf)")
     lengths: list[int] = option(
         factory=lambda: [5, 10],
         help="history lengths (paper: 5 movie, 10 netflix); [] = ranking section only",
     )
-    examples: int = option(64, "CTR examples timed per point (time is reported per 100 examples)", ge=1)
-    train_steps: int = option(4, "step-2 training steps timed per point (0 = inference only)", ge=0)
+    measure: Literal["trained", "throughput", "both"] = option(
+        "trained",
+        "trained: step-2 training time of a fixed budget and test inference time of the trained models "
+        "(the paper's Fig. 5); throughput: time per 100 examples of untrained models; both",
+    )
+    train_steps: int = option(
+        4,
+        "step-2 optimiser steps per variant (trained: on train_steps x batch_size seeded training rows, the "
+        "same for both; throughput: timed steps per point; 0 = inference only)",
+        ge=0,
+    )
     batch_size: int = option(8, "prompts per forward (training and inference alike)", ge=1)
+    test_rows: int = option(
+        256, "trained: test rows both trained models score (a seeded subset; 0 = the whole split)", ge=0
+    )
+    seed: int = option(0, "trained: seed of the training rows, the test rows and the initial weights")
+    examples: int = option(
+        64, "throughput: CTR examples timed per point (time is reported per 100 examples)", ge=1
+    )
     options: dict[str, Any] = option(factory=dict, help="extra histllm options for both variants")
     threads: int | None = option(None, "torch CPU threads", ge=1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
@@ -73,27 +115,55 @@ class CtrEfficiencyConfig:
             raise ConfigError("lengths must be positive, examples >= 1, train_steps >= 0")
         if not self.lengths and not self.ranking:
             raise ConfigError("nothing to time: give --lengths or --ranking")
+        if not self.data:
+            raise ConfigError("give at least one dataset: --data DIR [DIR ...]")
+        if self.options.get("ke") is False or self.options.get("history") is not None:
+            raise ConfigError(
+                "ctr-efficiency compares HistLLM with KE descriptions, with UHEM and inline; "
+                "drop ke/history from --options"
+            )
 
 
-def _variant(ds: Dataset, cfg: CtrEfficiencyConfig, history: str, length: int, image_feature: str) -> Any:
+def check_descriptions(ds: Dataset, options: dict[str, Any]) -> None:
+    """Refuse a w/o-UHEM run without its descriptions: inline titles are not the paper's setting."""
+    name = options.get("description_texts", "from_title")
+    if name is None:
+        return  # the items' own descriptions: HistLLM refuses a dataset that has none
+    from llmrec.llm.describe import texts_paths
+
+    path, _ = texts_paths(ds.root, name)
+    if not path.exists():
+        raise LlmrecError(
+            "w/o UHEM writes the items' KE descriptions inline and they are missing",
+            file=path,
+            hint=f"generate them: llmrec describe --data {ds.root} --mode from_title"
+            + ("" if name == "from_title" else f" --name {name}")
+            + " (or --options description_texts=null for the items' own descriptions)",
+        )
+
+
+def _variant(
+    ds: Dataset, cfg: CtrEfficiencyConfig, history: str, length: int, image_feature: str, uncut: bool = True
+) -> Any:
+    """HistLLM with KE descriptions and CF tokens (when exported), its history as UHEM or inline;
+    ``uncut``: items' texts kept whole (the throughput view) rather than cut to ``max_text_tokens``."""
     from llmrec.models.base import build_model
 
+    check_descriptions(ds, cfg.options)
     options = {
         "device": cfg.device,
         "backbone": {"llm": cfg.llm, "lora": True},
         "cf": "tokens" if (ds.features_dir / "mf_user.json").exists() else "none",
         "image": True,
         "image_feature": image_feature,
-        "ke": (ds.root / "texts" / "from_title.parquet").exists(),
+        "ke": True,
         "history_len": length,
-        "max_text_tokens": 10**4,  # time the whole description
+        **({"max_text_tokens": 10**4} if uncut else {}),  # throughput: time the whole description
         "score_batch_size": cfg.batch_size,
         "batch_size": cfg.batch_size,
         **cfg.options,
         "history": history,
     }
-    if not options["ke"]:
-        options["description_texts"] = None
     model = build_model("histllm", options, ds.n_users, ds.n_items)
     model.attach(ds)
     return model
@@ -107,45 +177,223 @@ def run_ctr_efficiency(cfg: CtrEfficiencyConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)
-    ds = Dataset(cfg.data)
-    image_feature, zero_image = zero_image_feature(ds, cfg.options.get("image_feature", "image"))
-    df = ds.ctr("test")
+    datasets = [Dataset(d) for d in cfg.data]
+    if cfg.lengths:
+        for ds in datasets:  # before any timing: a missing file fails at once, not after the first dataset
+            check_descriptions(ds, cfg.options)
     result: dict[str, Any] = {
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-        "zero_image_stand_in": zero_image,
+        "zero_image_stand_in": {},
+        "trained": [],
         "points": [],
     }
-    for length in cfg.lengths:
-        rows = df[df["history"].map(len) >= length].head(cfg.examples)
-        if rows.empty:
-            log.warning("no CTR test example has %d history items: skipped", length)
-            continue
-        users, targets = rows["user_idx"].to_numpy(np.int64), rows["target"].to_numpy(np.int64)
-        histories = [np.asarray(h)[-length:] for h in rows["history"]]
-        labels = torch.from_numpy(rows["label"].to_numpy(np.float32))
-        for history in ("uhem", "inline"):
-            model = _variant(ds, cfg, history, length, image_feature)
-            point = {"history_items": length, "uhem": history == "uhem", "examples": len(rows)}
-            batch = model.prompts(users, histories, targets)
-            point["prompt_tokens"] = float(batch["mask"].sum(1).float().mean())
-            model.score_pairs(users[:2], histories[:2], targets[:2])  # warm-up
-            t0 = clock(model.device)
-            model.score_pairs(users, histories, targets)
-            point["inference_s_per_100"] = (clock(model.device) - t0) * 100 / len(rows)
-            if cfg.train_steps:
-                point["train_s_per_100"] = _time_step2(model, users, histories, targets, labels, cfg)
-            result["points"].append(point)
-            log.info("%s", point)
-            del model
+    image_features = {}
+    for ds in datasets:
+        image_features[ds.root], result["zero_image_stand_in"][_name(ds)] = zero_image_feature(
+            ds, cfg.options.get("image_feature", "image")
+        )
+    for ds in datasets:
+        for length in cfg.lengths:
+            if cfg.measure in ("trained", "both"):
+                result["trained"].append(measure_trained(cfg, ds, length, image_features[ds.root]))
+            if cfg.measure in ("throughput", "both"):
+                result["points"] += measure_throughput(cfg, ds, length, image_features[ds.root])
     result["ratios"] = _uhem_ratios(result["points"])
     if cfg.ranking:
-        result["ranking"] = time_ranking(cfg, ds, image_feature)
+        result["ranking"] = time_ranking(cfg, datasets[0], image_features[datasets[0].root])
     out = Path(cfg.out)
     write_json_atomic(out / "ctr_efficiency.json", result)
     write_text_atomic(out / "ctr_efficiency.md", format_ctr_efficiency(result) + "\n")
+    if result["trained"]:
+        plot_trained_efficiency(result, out / "ctr_efficiency.png")
     if result["points"]:
-        plot_ctr_efficiency(result, out / "ctr_efficiency.png")
+        plot_ctr_efficiency(result, out / "ctr_throughput.png")
     return result
+
+
+def _name(ds: Dataset) -> str:
+    return Path(ds.root).name
+
+
+def _rows_digest(users: list[np.ndarray], targets: list[np.ndarray]) -> str:
+    """sha256 of the (user, target) pairs a variant consumed, in order: equal digests = the same rows."""
+    h = hashlib.sha256()
+    for u, t in zip(users, targets):
+        h.update(np.asarray(u, dtype=np.int64).tobytes() + np.asarray(t, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def measure_trained(cfg: CtrEfficiencyConfig, ds: Dataset, length: int, image_feature: str) -> dict[str, Any]:
+    """Fig. 5 at one history length: step-2 training seconds of ``train_steps`` steps and test inference
+    seconds of the trained models, both variants alternating on the same rows."""
+    import torch
+
+    from llmrec.eval.evaluator import seeded_rows
+    from llmrec.eval.metrics import auc, uauc
+    from llmrec.training.loop import make_optimizer
+
+    train, test = ds.ctr("train"), ds.ctr("test")
+    n_train = cfg.train_steps * cfg.batch_size
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(train))
+    order = np.resize(order, n_train)  # a budget beyond the split goes round it again
+    test = test.iloc[seeded_rows(len(test), cfg.test_rows or None, cfg.seed)].reset_index(drop=True)
+
+    def columns(df: Any) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+        hist = [np.asarray(h, dtype=np.int64) for h in df["history"]]
+        return (
+            df["user_idx"].to_numpy(np.int64),
+            hist,
+            df["target"].to_numpy(np.int64),
+            df["label"].to_numpy(),
+        )
+
+    tr_users, tr_hist, tr_targets, tr_labels = columns(train)
+    te_users, te_hist, te_targets, te_labels = columns(test)
+    models, opts, stages, seen = {}, {}, {}, {}
+    for history in VARIANTS:
+        torch.manual_seed(cfg.seed)
+        model = _variant(ds, cfg, history, length, image_feature, uncut=False)
+        step1, *rest = model.stages(ds)
+        if step1.load is not None:  # -o step1_from=RUN: a trained LoRA, the same for both variants
+            step1.load()
+        stage = rest[-1] if rest else step1
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in stage.trainable)
+        params = [p for p in model.parameters() if p.requires_grad]
+        models[history], stages[history] = model, stage
+        opts[history] = make_optimizer(model, params, stage.lr)
+        seen[history] = {
+            "train_users": [],
+            "train_targets": [],
+            "test_users": [],
+            "test_targets": [],
+            "losses": [],
+        }
+
+    def batch_of(model: Any, r: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = model.prompts(tr_users[r], [tr_hist[i] for i in r], tr_targets[r])
+        batch["labels"] = torch.from_numpy(tr_labels[r].astype(np.float32))
+        return {k: v.to(model.device) for k, v in batch.items()}
+
+    for history in VARIANTS:  # warm-up, untimed: one forward/backward without a step, one scoring call
+        model = models[history]
+        if cfg.train_steps:
+            model.train()
+            stages[history].loss(batch_of(model, order[: cfg.batch_size])).backward()
+            opts[history].zero_grad(set_to_none=True)
+        model.score_pairs(te_users[:2], te_hist[:2], te_targets[:2])
+
+    spent = {h: {"train_s": 0.0, "test_s": 0.0} for h in VARIANTS}
+    for step in range(cfg.train_steps):
+        r = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        for history in VARIANTS if step % 2 == 0 else VARIANTS[::-1]:
+            model, opt = models[history], opts[history]
+            model.train()
+            t0 = clock(model.device)
+            batch = batch_of(model, r)  # building the prompts is part of a training step
+            loss = stages[history].loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            spent[history]["train_s"] += clock(model.device) - t0
+            seen[history]["losses"].append(float(loss.detach()))
+            seen[history]["train_users"].append(batch["users"].cpu().numpy())
+            seen[history]["train_targets"].append(batch["targets"].cpu().numpy())
+        log.info(
+            "%s @%d: step-2 step %d/%d done (%s)",
+            _name(ds),
+            length,
+            step + 1,
+            cfg.train_steps,
+            ", ".join(f"{h} {spent[h]['train_s']:.1f} s" for h in VARIANTS),
+        )
+    scores = {h: np.empty(len(test)) for h in VARIANTS}
+    chunk = cfg.batch_size
+    for k, s in enumerate(range(0, len(test), chunk)):
+        sl = slice(s, s + chunk)
+        for history in VARIANTS if k % 2 == 0 else VARIANTS[::-1]:
+            model = models[history]
+            model.eval()
+            t0 = clock(model.device)
+            scores[history][sl] = model.score_pairs(te_users[sl], te_hist[sl], te_targets[sl])
+            spent[history]["test_s"] += clock(model.device) - t0
+            seen[history]["test_users"].append(te_users[sl])
+            seen[history]["test_targets"].append(te_targets[sl])
+    point: dict[str, Any] = {
+        "data": _name(ds),
+        "history_items": length,
+        "train_steps": cfg.train_steps,
+        "batch_size": cfg.batch_size,
+        "test_rows": len(test),
+        "mean_history_items": {
+            "train": float(np.mean([min(len(tr_hist[i]), length) for i in order])) if len(order) else 0.0,
+            "test": float(np.mean([min(len(h), length) for h in te_hist])) if len(test) else 0.0,
+        },
+        "variants": {},
+    }
+    both_labels = len(np.unique(te_labels)) == 2
+    for history in VARIANTS:
+        model, s = models[history], seen[history]
+        tokens = [
+            model.prompts(te_users[i : i + chunk], te_hist[i : i + chunk], te_targets[i : i + chunk])[
+                "mask"
+            ].sum(1)
+            for i in range(0, len(test), chunk)
+        ]
+        point["variants"][history] = {
+            "train_seconds": spent[history]["train_s"],
+            "test_seconds": spent[history]["test_s"],
+            "train_steps_run": len(s["train_users"]),
+            "train_losses": s["losses"],
+            "train_examples": int(sum(map(len, s["train_users"]))),
+            "train_rows_sha256": _rows_digest(s["train_users"], s["train_targets"]),
+            "test_rows_scored": int(sum(map(len, s["test_users"]))),
+            "test_rows_sha256": _rows_digest(s["test_users"], s["test_targets"]),
+            "test_prompt_tokens": float(torch.cat(tokens).float().mean()) if tokens else 0.0,
+            "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            # trained this little, AUC only shows that the models score: not a comparison of quality
+            "test_auc": auc(te_labels, scores[history]) if both_labels else None,
+            "test_uauc": uauc(te_users, te_labels, scores[history]) if both_labels else None,
+        }
+    w, wo = point["variants"]["uhem"], point["variants"]["inline"]
+    point["train_time_saved"] = 1 - w["train_seconds"] / wo["train_seconds"] if wo["train_seconds"] else None
+    point["test_time_saved"] = 1 - w["test_seconds"] / wo["test_seconds"] if wo["test_seconds"] else None
+    log.info("%s @%d: %s", point["data"], length, point)
+    del models, opts
+    return point
+
+
+def measure_throughput(
+    cfg: CtrEfficiencyConfig, ds: Dataset, length: int, image_feature: str
+) -> list[dict[str, Any]]:
+    """Per-100-example times of untrained models at one history length, one point per variant."""
+    import torch
+
+    df = ds.ctr("test")
+    rows = df[df["history"].map(len) >= length].head(cfg.examples)
+    if rows.empty:
+        log.warning("no CTR test example of %s has %d history items: skipped", _name(ds), length)
+        return []
+    users, targets = rows["user_idx"].to_numpy(np.int64), rows["target"].to_numpy(np.int64)
+    histories = [np.asarray(h)[-length:] for h in rows["history"]]
+    labels = torch.from_numpy(rows["label"].to_numpy(np.float32))
+    points = []
+    for history in VARIANTS:
+        model = _variant(ds, cfg, history, length, image_feature)
+        point = {"data": _name(ds), "history_items": length, "uhem": history == "uhem", "examples": len(rows)}
+        batch = model.prompts(users, histories, targets)
+        point["prompt_tokens"] = float(batch["mask"].sum(1).float().mean())
+        model.score_pairs(users[:2], histories[:2], targets[:2])  # warm-up
+        t0 = clock(model.device)
+        model.score_pairs(users, histories, targets)
+        point["inference_s_per_100"] = (clock(model.device) - t0) * 100 / len(rows)
+        if cfg.train_steps:
+            point["train_s_per_100"] = _time_step2(model, users, histories, targets, labels, cfg)
+        points.append(point)
+        log.info("%s", point)
+        del model
+    return points
 
 
 def time_ranking(cfg: CtrEfficiencyConfig, ds: Dataset, image_feature: str) -> dict[str, Any]:
@@ -240,41 +488,95 @@ def _time_step2(
 
 
 def _uhem_ratios(points: list[dict[str, Any]]) -> dict[str, float]:
-    """Time saved by UHEM (1 - with/without) per length and measure."""
+    """Throughput view: time saved by UHEM (1 - with/without) per dataset, length and measure."""
     out = {}
-    by = {(p["history_items"], p["uhem"]): p for p in points}
-    for (length, uhem), p in by.items():
-        q = by.get((length, False))
+    by = {(p.get("data", ""), p["history_items"], p["uhem"]): p for p in points}
+    several = len({d for d, _, _ in by}) > 1
+    for (data, length, uhem), p in by.items():
+        q = by.get((data, length, False))
         if not uhem or q is None:
             continue
         for key in ("inference_s_per_100", "train_s_per_100", "prompt_tokens"):
             if key in p and key in q:
-                out[f"{key} saved @{length}"] = 1 - p[key] / q[key]
+                out[f"{key} saved @{length}" + (f" ({data})" if several else "")] = 1 - p[key] / q[key]
     return out
 
 
-def format_ctr_efficiency(r: dict[str, Any]) -> str:
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def format_trained(r: dict[str, Any]) -> list[str]:
+    """The paper's Fig. 5 quantities as a table, the time UHEM saves, and the paper's own figures."""
+    if not r["trained"]:
+        return []
+    p0 = r["trained"][0]
     lines = [
-        "| history items | UHEM | prompt tokens | inference s/100 examples | step-2 training s/100 examples |",
-        "|---:|---|---:|---:|---:|",
+        f"Step-2 training: {p0['train_steps']} AdamW steps of {p0['batch_size']} examples per variant on the "
+        "same seeded training rows (LoRA frozen; prompt building, forward, backward, step); test inference "
+        f"of the trained models on the same {p0['test_rows']} seeded test rows; the variants alternate step by "
+        "step and batch by batch in one process (warm-up excluded).",
+        "",
+        "| data | history items | variant | test prompt tokens | step-2 training s | test inference s | "
+        "test AUC | same train/test rows |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
-    if not r["points"]:  # --lengths with no value: the ranking section alone
-        lines = []
-    for p in r["points"]:
-        lines.append(
-            f"| {p['history_items']} | {'with' if p['uhem'] else 'without'} | {p['prompt_tokens']:.0f} | "
-            f"{p['inference_s_per_100']:.2f} | {p.get('train_s_per_100', float('nan')):.2f} |"
+    for p in r["trained"]:
+        v = p["variants"]
+        same = all(
+            v["uhem"][k] == v["inline"][k]
+            for k in ("train_rows_sha256", "test_rows_sha256", "train_steps_run", "test_rows_scored")
         )
-    if r["ratios"]:
-        lines += ["", "Saved by UHEM: " + ", ".join(f"{k} = {v:.0%}" for k, v in r["ratios"].items())]
-    if r.get("zero_image_stand_in") and r["points"]:
+        for history, label in (("uhem", "HistLLM (UHEM)"), ("inline", "w/o UHEM (inline)")):
+            q = v[history]
+            a = "n/a" if q["test_auc"] is None else f"{q['test_auc']:.4f}"
+            lines.append(
+                f"| {p['data']} | {p['history_items']} | {label} | {q['test_prompt_tokens']:.0f} | "
+                f"{q['train_seconds']:.2f} | {q['test_seconds']:.2f} | {a} | {'yes' if same else 'NO'} |"
+            )
+    lines.append("")
+    for p in r["trained"]:
         lines.append(
-            "(no image feature in this dataset: image tokens were fed zero vectors; a token costs the same)"
+            f"Saved by UHEM, {p['data']} @{p['history_items']}: step-2 training time "
+            f"{_pct(p['train_time_saved'])}, test inference time {_pct(p['test_time_saved'])}"
         )
+    paper = "; ".join(
+        f"{k}: training {1 - v['train_min'][0] / v['train_min'][1]:.1%} ({v['train_min'][0]} vs "
+        f"{v['train_min'][1]} min), inference {1 - v['inference_s'][0] / v['inference_s'][1]:.1%} "
+        f"({v['inference_s'][0]} vs {v['inference_s'][1]} s)"
+        for k, v in PAPER_FIG5.items()
+    )
+    lines.append(f"Paper, Fig. 5 (Vicuna-7B, full training and test sets, one A100): {paper}")
+    if any(r.get("zero_image_stand_in", {}).values()):
+        lines.append("(no image feature: image tokens were fed zero vectors; a token costs the same)")
+    return lines
+
+
+def format_ctr_efficiency(r: dict[str, Any]) -> str:
+    lines = format_trained(r)
+    if r["points"]:  # the throughput view
+        lines += [
+            *([""] if lines else []),
+            "Throughput of untrained models (items' texts uncut):",
+            "",
+            "| data | history items | UHEM | prompt tokens | inference s/100 examples | "
+            "step-2 training s/100 examples |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        for p in r["points"]:
+            lines.append(
+                f"| {p.get('data', '')} | {p['history_items']} | {'with' if p['uhem'] else 'without'} | "
+                f"{p['prompt_tokens']:.0f} | {p['inference_s_per_100']:.2f} | "
+                f"{p.get('train_s_per_100', float('nan')):.2f} |"
+            )
+        if r["ratios"]:
+            lines += ["", "Saved by UHEM: " + ", ".join(f"{k} = {v:.0%}" for k, v in r["ratios"].items())]
+        if any(r.get("zero_image_stand_in", {}).values()) and not r["trained"]:
+            lines.append("(no image feature: image tokens were fed zero vectors; a token costs the same)")
     if r.get("ranking"):
         rk = r["ranking"]
         lines += [
-            "",
+            *([""] if lines else []),
             f"Ranking with {rk['model']} ({rk['run'] or 'untrained'}), {rk['items']} items: shared prompt prefix "
             f"(chunks of {rk['rank_batch_size']}) vs one prompt per pair (batches of {rk['score_batch_size']})",
             "",
@@ -293,7 +595,35 @@ def format_ctr_efficiency(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_trained_efficiency(r: dict[str, Any], path: Path) -> None:
+    """Fig. 5's two panels: step-2 training time and test inference time, per dataset and length."""
+    from llmrec.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    points = r["trained"]
+    x = np.arange(len(points))
+    for ax, (key, saved, label) in zip(
+        axes,
+        (
+            ("train_seconds", "train_time_saved", "step-2 training s"),
+            ("test_seconds", "test_time_saved", "test inference s"),
+        ),
+    ):
+        for k, history in enumerate(VARIANTS):
+            vals = [p["variants"][history][key] for p in points]
+            ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label="HistLLM" if history == "uhem" else "w/o UHEM")
+        for i, p in enumerate(points):
+            top = max(p["variants"][h][key] for h in VARIANTS)
+            ax.annotate(f"-{_pct(p[saved])}", (x[i], top), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, [f"{p['data']}\n{p['history_items']} items" for p in points])
+        ax.set_title(label)
+    axes[0].legend()
+    save_figure(fig, path)
+
+
 def plot_ctr_efficiency(r: dict[str, Any], path: Path) -> None:
+    """The throughput view: prompt tokens and per-100-example times of untrained models."""
     from llmrec.plots import pyplot, save_figure
 
     plt = pyplot()
@@ -301,23 +631,16 @@ def plot_ctr_efficiency(r: dict[str, Any], path: Path) -> None:
     if any("train_s_per_100" in p for p in r["points"]):
         keys.append(("train_s_per_100", "step-2 training s / 100 examples"))
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
-    lengths = sorted({p["history_items"] for p in r["points"]})
-    x = np.arange(len(lengths))
+    groups = sorted({(p.get("data", ""), p["history_items"]) for p in r["points"]})
+    x = np.arange(len(groups))
     for ax, (key, label) in zip(np.atleast_1d(axes), keys):
         for k, uhem in enumerate((True, False)):
-            vals = [
-                next(
-                    (
-                        p.get(key, np.nan)
-                        for p in r["points"]
-                        if p["history_items"] == L and p["uhem"] == uhem
-                    ),
-                    np.nan,
-                )
-                for L in lengths
-            ]
+            by = {(p.get("data", ""), p["history_items"]): p for p in r["points"] if p["uhem"] == uhem}
+            vals = [by[g].get(key, np.nan) if g in by else np.nan for g in groups]
             ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label="HistLLM" if uhem else "w/o UHEM")
-        ax.set_xticks(x, [f"{L} items" for L in lengths])
+        ax.set_xticks(
+            x, [f"{d}\n{L} items" if len({g[0] for g in groups}) > 1 else f"{L} items" for d, L in groups]
+        )
         ax.set_title(label)
     np.atleast_1d(axes)[0].legend()
     save_figure(fig, path)

@@ -140,10 +140,8 @@ def train_stage(
     cfg = model.cfg
     n, main = accelerator.num_processes, accelerator.is_main_process
     params = [p for p in model.parameters() if p.requires_grad]
-    adamw = model.decoupled_weight_decay if cfg.optimizer == "model" else cfg.optimizer == "adamw"
-    opt_cls = torch.optim.AdamW if adamw else torch.optim.Adam
-    betas = (cfg.adam_betas[0], cfg.adam_betas[1])  # a tuple, however the config was built
-    opt = opt_cls(params, lr=stage.lr, betas=betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, params, stage.lr)
+    opt_cls, betas = type(opt), opt.defaults["betas"]
     opt = accelerator.prepare_optimizer(opt, device_placement=False)  # steps through the fp16 loss scaler
     scheduler, schedule = _scheduler(model, ds, stage, opt, n)
     rng = np.random.default_rng(torch.initial_seed() % 2**32)  # the same on every process
@@ -225,6 +223,18 @@ def train_stage(
         assert ckpt is not None
         ckpt.unlink(missing_ok=True)  # the stage is done: nothing to resume
     return state["history"]
+
+
+def make_optimizer(
+    model: TorchRecommender, params: list[torch.nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
+    """The optimiser a stage trains ``params`` with: Adam, or AdamW for models with decoupled weight decay
+    (``optimizer`` forces one), with the config's betas, epsilon and weight decay."""
+    cfg = model.cfg
+    adamw = model.decoupled_weight_decay if cfg.optimizer == "model" else cfg.optimizer == "adamw"
+    opt_cls = torch.optim.AdamW if adamw else torch.optim.Adam
+    betas = (cfg.adam_betas[0], cfg.adam_betas[1])  # a tuple, however the config was built
+    return opt_cls(params, lr=lr, betas=betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
 def train_epoch(
