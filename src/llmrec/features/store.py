@@ -336,6 +336,28 @@ def load_item_feature(
     return feature
 
 
+def scaled_item_values(feature: Feature) -> tuple[np.ndarray, np.ndarray]:
+    """(N, F) float32 values divided by the mean row norm of the items that have the feature (so one
+    learning rate fits every encoder), and the (N,) mask of the items that have it."""
+    values = np.array(feature.values, dtype=np.float32)  # read once from the memory map
+    present = ~np.asarray(feature.missing, dtype=bool)
+    norm = float(np.linalg.norm(values[present], axis=1).mean()) if present.any() else 0.0
+    if norm > 0:
+        values /= norm
+    return values, present
+
+
+def check_trained_feature(ds: Any, name: str, trained_sha256: str, feature: Feature) -> None:
+    """Refuse to load a model onto an item feature that changed since the model was trained on it."""
+    if feature.manifest["sha256"] != trained_sha256:
+        raise LlmrecError(
+            f"feature '{name}' changed since the model was trained "
+            f"(sha256 {feature.manifest['sha256'][:12]}, trained on {trained_sha256[:12]})",
+            file=ds.features_dir / f"{name}.npy",
+            hint="restore the feature the model was trained on, or retrain the model",
+        )
+
+
 def list_features(root: str | Path) -> list[dict[str, Any]]:
     """Manifests of every complete feature under ``root``."""
     root = Path(root)

@@ -38,7 +38,7 @@ from torch import nn
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.features.store import load_item_feature
+from llmrec.features.store import check_trained_feature, load_item_feature, scaled_item_values
 from llmrec.models.base import register_model
 from llmrec.models.mf import training_pairs
 from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender
@@ -101,14 +101,17 @@ class BM3(TorchRecommender):
         self._dataset: Dataset | None = None
 
     # -- the dataset's parts: graph and features (not saved with the weights)
-    def attach(self, dataset: Dataset, names: list[str] | None = None) -> None:
-        """Build the graph of ``dataset``'s training sequences and hold its item features as buffers."""
+    def attach(self, dataset: Dataset, trained: dict[str, str] | None = None) -> None:
+        """Build the graph of ``dataset``'s training sequences and hold its item features as buffers
+        (``trained``: a saved model's features -> their checksums, each verified)."""
         self.register_buffer(
             "adjacency",
             normalized_adjacency(dataset.train_sequences, self.n_users, self.n_items),
             persistent=False,
         )
-        names = names or [n for n in self.cfg.features if (dataset.features_dir / f"{n}.json").exists()]
+        names = list(trained or ()) or [
+            n for n in self.cfg.features if (dataset.features_dir / f"{n}.json").exists()
+        ]
         if not names:
             raise LlmrecError(
                 f"bm3 needs one of the item features {self.cfg.features}",
@@ -118,11 +121,9 @@ class BM3(TorchRecommender):
         self.sources = []
         for name in names:
             feature = load_item_feature(dataset, name, self.n_items, who="bm3", option="features")
-            values = np.array(feature.values, dtype=np.float32)  # (N, F)
-            present = ~np.asarray(feature.missing, dtype=bool)
-            norm = float(np.linalg.norm(values[present], axis=1).mean()) if present.any() else 0.0
-            if norm > 0:
-                values /= norm
+            if trained is not None:
+                check_trained_feature(dataset, name, trained[name], feature)
+            values, present = scaled_item_values(feature)  # (N, F), (N,)
             self.register_buffer(f"feature_{name}", torch.from_numpy(values), persistent=False)  # (N, F)
             self.register_buffer(f"missing_{name}", torch.from_numpy(~present), persistent=False)  # (N,)
             if name not in self.projections:
@@ -219,13 +220,5 @@ class BM3(TorchRecommender):
             raise LlmrecError("saved bm3 model without feature.json", file=ref, hint="retrain the model")
         saved = read_json(ref)["features"]
         assert dataset is not None  # needs_dataset: load_model located it
-        self.attach(dataset, [s["feature"] for s in saved])
-        for old, new in zip(saved, self.sources):
-            if old["sha256"] != new["sha256"]:
-                raise LlmrecError(
-                    f"feature '{old['feature']}' changed since the model was trained "
-                    f"(sha256 {new['sha256'][:12]}, trained on {old['sha256'][:12]})",
-                    file=dataset.features_dir / f"{old['feature']}.npy",
-                    hint="restore the feature the model was trained on, or retrain the model",
-                )
+        self.attach(dataset, {s["feature"]: s["sha256"] for s in saved})
         super().load_state(directory, dataset)

@@ -26,14 +26,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.features.store import Feature, load_item_feature
+from llmrec.features.store import Feature, check_trained_feature, load_item_feature, scaled_item_values
 from llmrec.models.base import register_model
 from llmrec.models.mf import MF, MFConfig
 from llmrec.utils.io import read_json, write_json_atomic
@@ -69,11 +68,7 @@ class VBPR(MF):
 
     def attach_feature(self, feature: Feature) -> None:
         """Hold the feature as (N, F) float32 buffers (not saved with the weights) and create E, beta'."""
-        values = np.array(feature.values, dtype=np.float32)  # (N, F), read once from the memory map
-        present = ~np.asarray(feature.missing, dtype=bool)
-        norm = float(np.linalg.norm(values[present], axis=1).mean()) if present.any() else 0.0
-        if norm > 0:
-            values /= norm
+        values, present = scaled_item_values(feature)  # (N, F), (N,)
         self.register_buffer("features", torch.from_numpy(values), persistent=False)  # (N, F)
         self.register_buffer("missing", torch.from_numpy(~present), persistent=False)  # (N,)
         self.proj = nn.Linear(values.shape[1], self.cfg.visual_dim, bias=False)  # E
@@ -136,13 +131,7 @@ class VBPR(MF):
         assert dataset is not None  # needs_dataset: load_model located it
         ds = self._dataset = dataset
         feature = load_item_feature(ds, source["feature"], self.n_items, who="vbpr")
-        if feature.manifest["sha256"] != source["sha256"]:
-            raise LlmrecError(
-                f"feature '{source['feature']}' changed since the model was trained "
-                f"(sha256 {feature.manifest['sha256'][:12]}, trained on {source['sha256'][:12]})",
-                file=ds.features_dir / f"{source['feature']}.npy",
-                hint="restore the feature the model was trained on, or retrain the model",
-            )
+        check_trained_feature(ds, source["feature"], source["sha256"], feature)
         self.attach_feature(feature)
         self.source = source
         super().load_state(directory, dataset)
