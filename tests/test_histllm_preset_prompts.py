@@ -290,18 +290,19 @@ def test_a_model_saved_under_other_prompt_words_warns_and_lends_no_lora(
         fit(collm, example_dataset)
 
 
-# Tokens of each pinned prompt under the offline default LLM (SmolLM2-135M-Instruct, its chat template with
-# its system turn; each placeholder one token). Recorded from the tokenizer, not derived by hand: a change
-# means the tokenizer or the chat wrapping changed.
-SMOLLM2_TOKENS = {
-    "tallrec": 108,
-    "tallrec_desc": 132,
-    "tallrec_image": 115,
-    "collm": 134,
-    "collm_image": 141,
-    "binllm": 148,
-    "binllm_image": 155,
-    "histllm": 122,
+# Tokens of each pinned prompt under the offline default LLM (SmolLM2-135M-Instruct; each placeholder one
+# token), chat-framed (its chat template with its system turn) and raw (recipe=paper: the bare text; SmolLM2's
+# tokenizer adds no BOS). Recorded from the tokenizer, not derived by hand: a change means the tokenizer or
+# the framing changed.
+SMOLLM2_TOKENS = {  # preset: (chat, raw)
+    "tallrec": (108, 78),
+    "tallrec_desc": (132, 102),
+    "tallrec_image": (115, 85),
+    "collm": (134, 104),
+    "collm_image": (141, 111),
+    "binllm": (148, 118),
+    "binllm_image": (155, 125),
+    "histllm": (122, 92),
 }
 
 
@@ -311,7 +312,14 @@ def test_prompt_token_counts_with_the_default_llm():
 
     backbone = Backbone(BackboneConfig())
     counts = {
-        name: len(backbone.tokenize([backbone.chat(full)])["input_ids"][0])
+        name: tuple(
+            len(backbone.tokenize([frame(full)])["input_ids"][0]) for frame in (backbone.chat, backbone.raw)
+        )
         for name, (full, _) in EXPECTED.items()
     }
     assert counts == SMOLLM2_TOKENS
+    assert backbone.raw("x") == "x"  # no BOS: SmolLM2's tokenizer puts none before a text
+    # the answer: "Yes" after the chat template's assistant header, " Yes" after the raw "#Answer:"
+    tokens = backbone.tokenizer.convert_ids_to_tokens
+    assert tokens([backbone.answer_token_id("Yes")]) == ["Yes"]
+    assert tokens([backbone.answer_token_id("Yes", backbone.raw(TALLREC))]) == ["\u0120Yes"]
