@@ -197,6 +197,15 @@ def test_the_answer_is_read_where_each_framing_puts_it(example_dataset, tiny_llm
     assert paper.answer_ids != chat.answer_ids  # " Yes" and "Yes" are other tokens
 
 
+def test_a_step1_lora_is_not_shared_across_framings(example_dataset, tiny_llm):
+    """step1_from compares step-1 signatures: a LoRA trained on chat-wrapped prompts is not reused under
+    recipe=paper (raw) or back; a chat-framed signature is what it was before the option (old runs match)."""
+    chat = attached("collm", example_dataset, tiny_llm).step1_signature()
+    paper = attached("collm", example_dataset, tiny_llm, recipe="paper").step1_signature()
+    assert chat != paper and "prompt_format" not in chat and paper["prompt_format"] == "raw"
+    assert attached("tallrec", example_dataset, tiny_llm, recipe="paper").step1_signature() == paper
+
+
 def test_raw_framing_keeps_the_tokenizers_bos(example_dataset, tiny_llm):
     """A tokenizer that puts a BOS before every text (LLaMA's <s>, as in CoLLM's code) keeps it under the raw
     framing, once; the constant start (shared prefix) then begins with it too."""
