@@ -332,3 +332,24 @@ def test_prompt_token_counts_with_the_default_llm():
     tokens = backbone.tokenizer.convert_ids_to_tokens
     assert tokens([backbone.answer_token_id("Yes")]) == ["Yes"]
     assert tokens([backbone.answer_token_id("Yes", backbone.raw(TALLREC))]) == ["\u0120Yes"]
+
+
+@pytest.mark.parametrize("framing", ["chat", "recipe=paper"])
+def test_prompts_command_shows_the_models_framing(framing, example_dataset, tiny_llm, capsys):
+    """`llmrec prompts collm` prints the prompt the model reads: chat-wrapped, or raw under recipe=paper."""
+    from llmrec.cli import main
+
+    args = ["prompts", "collm", "--data", str(example_dataset.root), "-o", f"backbone.llm={tiny_llm}"]
+    args += ["-o", "description_texts=null", "--json"] + (["-o", "recipe=paper"] if framing != "chat" else [])
+    assert main(args) == 0
+    shown = json.loads(capsys.readouterr().out)["prompts"]
+    step1, full = shown[0]["text"], shown[1]["text"]
+    for text in (step1, full):
+        assert text.endswith(
+            'Answer with "Yes" or "No". \\n#Answer:'
+            + ("<|im_end|>\n<|im_start|>assistant\n" if framing == "chat" else "")
+        )
+        assert text.startswith("<|im_start|>user\n#Question: " if framing == "chat" else "#Question: ")
+    assert (
+        shown[1]["constant_prefix_tokens"] > 0
+    )  # the instruction start is computed once under either framing
