@@ -20,6 +20,11 @@ binllm_image       inline    no     yes     binary   A.3 Fig. 12, same
 histllm            uhem      yes    auto    tokens   Fig. 3: [HIST] + target description + [VISUAL] + CF
 =================  ========  =====  ======  =======  ====================================================
 
+Framing (``prompt_format``): llmrec wraps each question in the backbone's chat template and reads the answer
+after the assistant header (``chat``, the default); ``recipe=paper`` feeds the raw "#Question: ... \\n#Answer:"
+text as the paper and CoLLM's code do (after the tokenizer's own BOS, if it adds one) and reads the answer as
+the next token after "#Answer:" (``raw``). The Yes/No head is the same under both.
+
 HistLLM's ablations are the same switches: w/o UHEM ``-o history=inline`` (descriptions and images
 inline, as in Fig. 1), w/o KE ``-o ke=false`` (titles instead of descriptions), w/o VMA ``-o image=false``.
 
