@@ -144,21 +144,128 @@ def test_every_preset_has_a_pin():
     assert set(EXPECTED) == set(PRESETS) | {"histllm"}
 
 
+def raw(question: str) -> str:
+    """The question as ``prompt_format=raw`` (``recipe=paper``) feeds it: the bare text; the test tokenizer
+    puts no BOS before a text (a LLaMA tokenizer would: see test_raw_framing_keeps_the_tokenizers_bos)."""
+    return question
+
+
+FRAMINGS = {  # option(s) -> how the pinned question is framed
+    "chat": ({}, chatml),  # llmrec's default
+    "raw": ({"prompt_format": "raw"}, raw),
+    "recipe=paper": ({"recipe": "paper"}, raw),
+}
+
+
+@pytest.mark.parametrize("framing", sorted(FRAMINGS))
 @pytest.mark.parametrize("name", sorted(set(PRESETS) | {"histllm"}))
-def test_preset_prompt_is_the_appendix_text(name, example_dataset, tiny_llm):
-    """The exact text of the example (chat-wrapped by default, bare without the template), at both steps, and
-    the tokens :meth:`prompts` feeds the LM decode back to it with one token per placeholder."""
+def test_preset_prompt_is_the_appendix_text(name, framing, example_dataset, tiny_llm):
+    """The exact text of the example under each framing (chat-wrapped by default; raw under recipe=paper), at
+    both steps, and the tokens :meth:`prompts` feeds the LM decode back to it with one token per placeholder."""
     full, step1 = EXPECTED[name]
-    model = attached(name, example_dataset, tiny_llm)
-    assert model.prompt_text(USER, np.array(HISTORY), TARGET) == chatml(full)
-    assert model.prompt_text(USER, np.array(HISTORY), TARGET, step=1) == chatml(step1)
+    options, framed = FRAMINGS[framing]
+    model = attached(name, example_dataset, tiny_llm, **options)
+    assert model.cfg.prompt_format == ("chat" if framing == "chat" else "raw")
+    assert model.prompt_text(USER, np.array(HISTORY), TARGET) == framed(full)
+    assert model.prompt_text(USER, np.array(HISTORY), TARGET, step=1) == framed(step1)
     batch = model.prompts(np.array([USER]), [np.array(HISTORY)], np.array([TARGET]))
     tok = model.backbone.tokenizer
-    assert tok.decode(batch["ids"][0][batch["mask"][0].bool()]) == chatml(full)
+    assert tok.decode(batch["ids"][0][batch["mask"][0].bool()]) == framed(full)
     for placeholder, token in model.backbone.token_ids.items():
         assert int((batch["ids"] == token).sum()) == full.count(placeholder), placeholder
-    bare = attached(name, example_dataset, tiny_llm, chat_template=False)
-    assert bare.prompt_text(USER, np.array(HISTORY), TARGET) == full
+    if framing == "chat":
+        bare = attached(name, example_dataset, tiny_llm, chat_template=False)
+        assert bare.prompt_text(USER, np.array(HISTORY), TARGET) == full
+
+
+def test_the_answer_is_read_where_each_framing_puts_it(example_dataset, tiny_llm):
+    """chat: the first token of "Yes" right after the assistant header; raw: the token after "#Answer:"
+    (" Yes", with its space, as the paper's "#Answer: Yes")."""
+    chat = attached("tallrec", example_dataset, tiny_llm)
+    paper = attached("tallrec", example_dataset, tiny_llm, recipe="paper")
+    tok = chat.backbone.tokenizer
+    answers = {"Yes": [], "No": []}
+    for word in answers:
+        answers[word] = [
+            tok(chatml(TALLREC) + word, add_special_tokens=False)["input_ids"][
+                len(tok(chatml(TALLREC))["input_ids"])
+            ],
+            tok(TALLREC + " " + word, add_special_tokens=False)["input_ids"][len(tok(TALLREC)["input_ids"])],
+        ]
+    assert chat.answer_ids == [answers["Yes"][0], answers["No"][0]]
+    assert paper.answer_ids == [answers["Yes"][1], answers["No"][1]]
+    assert paper.answer_ids != chat.answer_ids  # " Yes" and "Yes" are other tokens
+
+
+def test_a_step1_lora_is_not_shared_across_framings(example_dataset, tiny_llm):
+    """step1_from compares step-1 signatures: a LoRA trained on chat-wrapped prompts is not reused under
+    recipe=paper (raw) or back; a chat-framed signature is what it was before the option (old runs match)."""
+    chat = attached("collm", example_dataset, tiny_llm).step1_signature()
+    paper = attached("collm", example_dataset, tiny_llm, recipe="paper").step1_signature()
+    assert chat != paper and "prompt_format" not in chat and paper["prompt_format"] == "raw"
+    assert attached("tallrec", example_dataset, tiny_llm, recipe="paper").step1_signature() == paper
+
+
+def test_raw_framing_keeps_the_tokenizers_bos(example_dataset, tiny_llm):
+    """A tokenizer that puts a BOS before every text (LLaMA's <s>, as in CoLLM's code) keeps it under the raw
+    framing, once; the constant start (shared prefix) then begins with it too."""
+    from tokenizers.processors import TemplateProcessing
+
+    model = attached("histllm", example_dataset, tiny_llm, recipe="paper")
+    tok = model.backbone.tokenizer
+    bos = tok.bos_token
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.bos_token_id)]
+    )
+    model.backbone._lead = None  # asked afresh of the changed tokenizer
+    assert model.prompt_text(USER, np.array(HISTORY), TARGET) == bos + HISTLLM
+    batch = model.prompts(np.array([USER]), [np.array(HISTORY)], np.array([TARGET]))
+    assert int((batch["ids"][0] == tok.bos_token_id).sum()) == 1 and batch["ids"][0, 0] == tok.bos_token_id
+    assert model.framed_prefix(model.instruction_head) == bos + model.instruction_head
+
+
+@pytest.mark.parametrize("framing", ["chat", "recipe=paper"])
+def test_constant_prefix_scores_equal_under_both_framings(framing, example_dataset, tiny_llm):
+    """The constant instruction start, computed once (shared_prefix), gives the scores of whole prompts under
+    either framing, and it covers the instruction up to the history."""
+    options, _ = FRAMINGS[framing]
+    users, histories, targets = (
+        np.array([USER, USER]),
+        [np.array(HISTORY), np.array(HISTORY[:1])],
+        np.array([9, 5]),
+    )
+    scores = {}
+    for shared in (True, False):
+        model = attached("histllm", example_dataset, tiny_llm, shared_prefix=shared, **options)
+        model.eval()
+        with torch.no_grad():
+            batch = model.prompts(users, histories, targets)
+            scores[shared] = model.answer_logits(batch)
+            head = model.framed_prefix(model.instruction_head)
+            prefix = model.backbone.constant_prefix(head, [(batch["ids"], batch["mask"])])
+        if shared:  # the whole instruction start (its last token may merge with what follows)
+            assert (
+                prefix is not None and len(prefix) >= len(model.backbone.tokenize([head])["input_ids"][0]) - 1
+            )
+            assert model.backbone.prefixes  # and answer_logits used it
+    torch.testing.assert_close(scores[True], scores[False], rtol=1e-4, atol=1e-5)
+
+
+def test_print_config_shows_the_recipe_and_an_option_wins_over_it(example_dataset, capsys):
+    from llmrec.cli import main
+
+    def config(*options):
+        args = ["train", "collm", "--data", str(example_dataset.root), "--print-config"]
+        for o in options:
+            args += ["-o", o]
+        assert main(args) == 0
+        return json.loads(capsys.readouterr().out)["options"]
+
+    assert (config()["recipe"], config()["prompt_format"]) == ("llmrec", "chat")
+    assert (config("recipe=paper")["recipe"], config("recipe=paper")["prompt_format"]) == ("paper", "raw")
+    over = config("recipe=paper", "prompt_format=chat", "backbone.lora_r=4")
+    assert (over["recipe"], over["prompt_format"], over["backbone"]["lora_r"]) == ("paper", "chat", 4)
+    assert over["backbone"]["lora_alpha"] == 16  # a nested option keeps the other backbone values
 
 
 def test_only_the_most_recent_history_len_items_are_shown(example_dataset, tiny_llm):
@@ -192,18 +299,19 @@ def test_a_model_saved_under_other_prompt_words_warns_and_lends_no_lora(
         fit(collm, example_dataset)
 
 
-# Tokens of each pinned prompt under the offline default LLM (SmolLM2-135M-Instruct, its chat template with
-# its system turn; each placeholder one token). Recorded from the tokenizer, not derived by hand: a change
-# means the tokenizer or the chat wrapping changed.
-SMOLLM2_TOKENS = {
-    "tallrec": 108,
-    "tallrec_desc": 132,
-    "tallrec_image": 115,
-    "collm": 134,
-    "collm_image": 141,
-    "binllm": 148,
-    "binllm_image": 155,
-    "histllm": 122,
+# Tokens of each pinned prompt under the offline default LLM (SmolLM2-135M-Instruct; each placeholder one
+# token), chat-framed (its chat template with its system turn) and raw (recipe=paper: the bare text; SmolLM2's
+# tokenizer adds no BOS). Recorded from the tokenizer, not derived by hand: a change means the tokenizer or
+# the framing changed.
+SMOLLM2_TOKENS = {  # preset: (chat, raw)
+    "tallrec": (108, 78),
+    "tallrec_desc": (132, 102),
+    "tallrec_image": (115, 85),
+    "collm": (134, 104),
+    "collm_image": (141, 111),
+    "binllm": (148, 118),
+    "binllm_image": (155, 125),
+    "histllm": (122, 92),
 }
 
 
@@ -213,7 +321,35 @@ def test_prompt_token_counts_with_the_default_llm():
 
     backbone = Backbone(BackboneConfig())
     counts = {
-        name: len(backbone.tokenize([backbone.chat(full)])["input_ids"][0])
+        name: tuple(
+            len(backbone.tokenize([frame(full)])["input_ids"][0]) for frame in (backbone.chat, backbone.raw)
+        )
         for name, (full, _) in EXPECTED.items()
     }
     assert counts == SMOLLM2_TOKENS
+    assert backbone.raw("x") == "x"  # no BOS: SmolLM2's tokenizer puts none before a text
+    # the answer: "Yes" after the chat template's assistant header, " Yes" after the raw "#Answer:"
+    tokens = backbone.tokenizer.convert_ids_to_tokens
+    assert tokens([backbone.answer_token_id("Yes")]) == ["Yes"]
+    assert tokens([backbone.answer_token_id("Yes", backbone.raw(TALLREC))]) == ["\u0120Yes"]
+
+
+@pytest.mark.parametrize("framing", ["chat", "recipe=paper"])
+def test_prompts_command_shows_the_models_framing(framing, example_dataset, tiny_llm, capsys):
+    """`llmrec prompts collm` prints the prompt the model reads: chat-wrapped, or raw under recipe=paper."""
+    from llmrec.cli import main
+
+    args = ["prompts", "collm", "--data", str(example_dataset.root), "-o", f"backbone.llm={tiny_llm}"]
+    args += ["-o", "description_texts=null", "--json"] + (["-o", "recipe=paper"] if framing != "chat" else [])
+    assert main(args) == 0
+    shown = json.loads(capsys.readouterr().out)["prompts"]
+    step1, full = shown[0]["text"], shown[1]["text"]
+    for text in (step1, full):
+        assert text.endswith(
+            'Answer with "Yes" or "No". \\n#Answer:'
+            + ("<|im_end|>\n<|im_start|>assistant\n" if framing == "chat" else "")
+        )
+        assert text.startswith("<|im_start|>user\n#Question: " if framing == "chat" else "#Question: ")
+    assert (
+        shown[1]["constant_prefix_tokens"] > 0
+    )  # the instruction start is computed once under either framing

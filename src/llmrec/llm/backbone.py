@@ -108,6 +108,7 @@ class Backbone(nn.Module):
         self._prefixes: dict[str, SharedPrefix] = {}  # constant prompt starts, by text
         self._told_fallback = False
         self._chat_heads: dict[str, str] = {}  # chat_prefix's answers
+        self._lead: str | None = None  # raw's answer: the special tokens the tokenizer puts before a text
         self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
         self.context_length = context_length(model.config, tokenizer)
         for p in model.parameters():
@@ -173,6 +174,19 @@ class Backbone(nn.Module):
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
         return text
+
+    def raw(self, text: str) -> str:
+        """``text`` with no chat template, after whatever special tokens the tokenizer itself puts before a
+        text (LLaMA's BOS ``<s>``; nothing for SmolLM2 or GPT-2, whose tokenizers add none): the string
+        that, tokenised without special tokens as :meth:`tokenize` does, gives the ids the tokenizer would."""
+        if self._lead is None:
+            tok = self.tokenizer
+            probe = "#Question"
+            full = tok(probe, add_special_tokens=True)["input_ids"]
+            bare = tok(probe, add_special_tokens=False)["input_ids"]
+            k = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), 0)
+            self._lead = tok.decode(full[:k], skip_special_tokens=False) if k else ""
+        return self._lead + text
 
     def chat_prefix(self, head: str) -> str:
         """What every chat-wrapped prompt whose text starts with ``head`` starts with: the template's start
@@ -508,14 +522,17 @@ class Backbone(nn.Module):
             logits = logits + head.bias[token_ids]
         return logits
 
-    def answer_token_id(self, word: str) -> int:
-        """Id of the first token the LM emits when it answers ``word`` right after a (chat-wrapped) prompt.
+    def answer_token_id(self, word: str, prompt: str | None = None) -> int:
+        """Id of the first token the LM emits when it answers ``word`` right after ``prompt`` (default: a
+        chat-wrapped question).
 
         Resolved through the tokenizer, never hard-coded: the prompt is tokenised with and without the
-        answer and the first new token is taken (" Yes" after a plain prompt, "Yes" after a chat header).
+        answer and the first new token is taken (" Yes" after a plain prompt such as "...#Answer:", "Yes"
+        after a chat header, which ends in a line break).
         """
-        prompt = self.chat("Answer with Yes or No.")
-        sep = "" if prompt != "Answer with Yes or No." else " "
+        if prompt is None:
+            prompt = self.chat("Answer with Yes or No.")
+        sep = "" if prompt[-1:].isspace() else " "
         base = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         full = self.tokenizer(prompt + sep + word, add_special_tokens=False)["input_ids"]
         if full[: len(base)] != base or len(full) == len(base):

@@ -4,14 +4,16 @@ Two modes, each with its paper's prompt:
 
 summary     I-LLMRec Appendix B (Figure 8), the TRSR-style summary of an item's attributes and description.
 from_title  HistLLM Appendix A.2 (Figure 9), the knowledge-enhancement (KE) prompt: a ~20-word description
-            written from the title alone, for catalogs without descriptions (MovieLens). The title carries
-            its year as "Title (1995)" like the paper's examples; genres are added when the item has any.
+            written from the title alone, for catalogs without descriptions (MovieLens). The prompt is
+            Figure 9's exactly; the title carries its year as "Title (1995)" like the paper's examples.
+            ``with_genres`` (ours, off by default) adds a " Genres: ..." segment for items that have genres.
 
 Output, in the dataset directory::
 
     texts/<name>.parquet   item_id, text, prompt_sha256, source_sha256 (dataset item order; only generated
                            items; source_sha256 = sha256 of the filled prompt before any chat wrapping)
-    texts/<name>.json      manifest: llm, mode, prompt template, generation parameters, count, created
+    texts/<name>.json      manifest: llm, mode, prompt template, chat wrapping, generation settings (greedy,
+                           max new tokens), count, created
 
 Every row is keyed by sha256(exact prompt string, llm, generation parameters): a re-run generates only
 the items whose key changed or that have no row yet, and the table is rewritten atomically after every
@@ -55,13 +57,19 @@ SUMMARY_PROMPT = (
     "Answer:"
 )
 
-# HistLLM Appendix A.2, Figure 9. {title_year} is "Title (year)" as in the paper's examples (the title
-# alone when the item has no year); the "Genres:" segment is ours and vanishes when an item has none,
-# which leaves the paper's prompt exactly.
+# HistLLM Appendix A.2, Figure 9, character for character. {title_year} is "Title (year)" as in the paper's
+# examples (the title alone when the item has no year). "\\n#Answer:" is a backslash and an "n", as printed:
+# the same reading as the CTR prompts of A.1/A.3 (llm/prompts.py).
 FROM_TITLE_PROMPT = (
     "#Question: Generate a concise movie description for the title {title_year} with around 20 words, "
-    "highlighting the main theme and unique elements. Genres: {genres}\n"
-    "#Answer:"
+    "highlighting the main theme and unique elements. \\n#Answer:"
+)
+# ours, only with ``with_genres``: Fig. 9 with a " Genres: ..." segment, which vanishes for an item without genres
+FROM_TITLE_GENRES_PROMPT = FROM_TITLE_PROMPT.replace("elements.", "elements. Genres: {genres}")
+# the from_title prompt llmrec used before it followed Fig. 9 exactly: texts generated with it are stale
+OLD_FROM_TITLE_PROMPTS = (
+    "#Question: Generate a concise movie description for the title {title_year} with around 20 words, "
+    "highlighting the main theme and unique elements. Genres: {genres}\n#Answer:",
 )
 
 PROMPTS: dict[str, str] = {"summary": SUMMARY_PROMPT, "from_title": FROM_TITLE_PROMPT}
@@ -83,6 +91,10 @@ class DescribeConfig:
     description_texts: str | None = option(
         None, "fill {description} with earlier generated texts (e.g. summarise from_title descriptions)"
     )
+    with_genres: bool = option(
+        False,
+        "from_title: add ' Genres: ...' to Fig. 9's prompt for items with genres (ours, not the paper's)",
+    )
     max_new_tokens: int = option(48, "most tokens generated per item (greedy decoding)")
     batch_size: int = option(16, "prompts per generate() call")
     device: str = option("cpu", "torch device for the LM: auto | cpu | cuda | cuda:N | mps")
@@ -99,6 +111,8 @@ class DescribeConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 (or unset for all items), got {self.limit}")
+        if self.with_genres and (self.mode != "from_title" or self.prompt is not None):
+            raise ConfigError("with_genres applies to --mode from_title with its built-in prompt")
         if self.prompt is not None and "{" not in self.prompt:
             raise ConfigError("prompt: a custom template needs at least one {field} placeholder")
         self.name = self.name or self.mode
@@ -109,7 +123,9 @@ class DescribeConfig:
 
     @property
     def template(self) -> str:
-        return self.prompt if self.prompt is not None else PROMPTS[self.mode]
+        if self.prompt is not None:
+            return self.prompt
+        return FROM_TITLE_GENRES_PROMPT if self.with_genres else PROMPTS[self.mode]
 
     @property
     def generation(self) -> dict[str, Any]:
@@ -290,8 +306,26 @@ def load_texts(data_dir: str | Path, name: str) -> list[str]:
             file=path,
             hint=hint + " without --limit to finish it",
         )
+    _check_prompt(ds.root, name, hint)
     _check_sources(ds, name, rows, path, hint)
     return [by_id[i] for i in ids]
+
+
+def _check_prompt(data_dir: Path, name: str, hint: str) -> None:
+    """Refuse from_title texts generated with llmrec's earlier KE prompt (Fig. 9 with a "Genres:" line):
+    the default is Fig. 9 exactly now, and a text is only as good as the prompt it answered."""
+    manifest_path = texts_paths(data_dir, name)[1]
+    if not manifest_path.exists():
+        return
+    manifest = read_json(manifest_path)
+    if isinstance(manifest, dict) and manifest.get("prompt_template") in OLD_FROM_TITLE_PROMPTS:
+        raise LlmrecError(
+            "these texts were generated with llmrec's earlier KE prompt (Fig. 9 plus a 'Genres:' line), not "
+            "the paper's Fig. 9 prompt that 'llmrec describe --mode from_title' uses now",
+            file=manifest_path,
+            hint=f"re-run 'llmrec describe --data {data_dir} --mode from_title --name {name}' (only the stale "
+            "texts are regenerated; add --with-genres to keep a genre segment)",
+        )
 
 
 def _check_sources(ds: Dataset, name: str, rows: pd.DataFrame, path: Path, hint: str) -> None:
@@ -394,7 +428,7 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
             "mode": cfg.mode,
             "prompt_template": cfg.template,
             "chat_template": chat,
-            "generation": {**cfg.generation, "decoding": "greedy"},
+            "generation": {**cfg.generation, "decoding": "greedy", "num_beams": 1},
             "count": count,
             "n_items": len(ids),
             "complete": count == len(ids),

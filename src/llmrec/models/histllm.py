@@ -20,6 +20,11 @@ binllm_image       inline    no     yes     binary   A.3 Fig. 12, same
 histllm            uhem      yes    auto    tokens   Fig. 3: [HIST] + target description + [VISUAL] + CF
 =================  ========  =====  ======  =======  ====================================================
 
+Framing (``prompt_format``): llmrec wraps each question in the backbone's chat template and reads the answer
+after the assistant header (``chat``, the default); ``recipe=paper`` feeds the raw "#Question: ... \\n#Answer:"
+text as the paper and CoLLM's code do (after the tokenizer's own BOS, if it adds one) and reads the answer as
+the next token after "#Answer:" (``raw``). The Yes/No head is the same under both.
+
 HistLLM's ablations are the same switches: w/o UHEM ``-o history=inline`` (descriptions and images
 inline, as in Fig. 1), w/o KE ``-o ke=false`` (titles instead of descriptions), w/o VMA ``-o image=false``.
 
@@ -67,7 +72,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import load_feature, load_item_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
-from llmrec.llm.prompts import CTR_HISTORY, ctr_item, ctr_prompt, ctr_target, escape_placeholders
+from llmrec.llm.prompts import CTR_HISTORY, CTR_PLAIN, ctr_item, ctr_prompt, ctr_target, escape_placeholders
 from llmrec.models.base import register_model
 from llmrec.models.llm_base import FeatureBackedLLM
 from llmrec.models.neural import Batch, NeuralConfig, Stage
@@ -76,12 +81,29 @@ from llmrec.utils.io import read_json
 log = logging.getLogger(__name__)
 
 
+#: ``recipe``: named defaults. paper = the prompt framing the paper and CoLLM's code (``prompt_template:
+#: '{}'``) use: the raw appendix text, no chat template; every other value the paper fixes is already the
+#: default, and what it leaves open stays ours (README: "What the paper does not fix")
+RECIPES: dict[str, dict[str, Any]] = {"llmrec": {}, "paper": {"prompt_format": "raw"}}
+
+
 def _lora_backbone() -> BackboneConfig:
     return BackboneConfig(lora=True)
 
 
 @dataclasses.dataclass
 class HistLLMConfig(NeuralConfig):
+    recipe: Literal["llmrec", "paper"] = option(
+        "llmrec",
+        "defaults for the options below: llmrec, or paper (raw prompts as the paper and CoLLM's code feed "
+        "them); an option given beside it overrides its value (README: HistLLM's framing)",
+    )
+    prompt_format: Literal["chat", "raw"] = option(
+        "chat",
+        "chat: the question as the user turn of the backbone's chat template, the answer read after the "
+        "assistant header; raw: the bare '#Question: ... \\n#Answer:' text (after the tokenizer's own BOS, "
+        "if it adds one), the answer read as the next token after '#Answer:' (recipe=paper)",
+    )
     backbone: BackboneConfig = option(factory=_lora_backbone, help="the LLM; LoRA on (step 1 trains it)")
     history: Literal["uhem", "inline"] = option(
         "uhem", "uhem: the history as ONE encoded token; inline: every item written into the prompt"
@@ -197,6 +219,7 @@ class HistoryEncoder(nn.Module):
 @register_model("histllm")
 class HistLLM(FeatureBackedLLM):
     config_cls = HistLLMConfig
+    recipes = RECIPES
     weights_name = "histllm"
     legacy_weights = ("step_done",)  # the step-1 flag of models saved before the trainer ran the stages
     cfg: HistLLMConfig
@@ -295,7 +318,11 @@ class HistLLM(FeatureBackedLLM):
                 cfg.encoder_dropout,
                 max_len=per_item * max(cfg.history_len, 1),
             )
-        self.answer_ids = [self.backbone.answer_token_id("Yes"), self.backbone.answer_token_id("No")]
+        # the answer token: after the chat template's assistant header, or (raw) after "#Answer:"
+        answer_at = (
+            self.frame(CTR_PLAIN.format(history="", nouns="", noun="", target="")) if self.raw else None
+        )
+        self.answer_ids = [self.backbone.answer_token_id(w, answer_at) for w in ("Yes", "No")]
         self.to(cfg.device)
 
     def _register_feature(self, role: str, feat: Any) -> None:
@@ -370,6 +397,8 @@ class HistLLM(FeatureBackedLLM):
             "llm": cfg.backbone.llm,
             "lora": [cfg.backbone.lora_r, cfg.backbone.lora_alpha, sorted(cfg.backbone.lora_targets)],
             "chat_template": cfg.backbone.chat_template,
+            # only a raw-framed LoRA says so: signatures of chat-framed runs saved before the option still match
+            **({"prompt_format": "raw"} if cfg.prompt_format == "raw" else {}),
             "ke": ke,
             "cf": "binary" if cfg.cf == "binary" else "none",
             "binary_bits": cfg.binary_bits if cfg.cf == "binary" else None,
@@ -428,7 +457,7 @@ class HistLLM(FeatureBackedLLM):
 
     def prompt_text(self, user: int, history: np.ndarray, target: int, step: int = 2) -> str:
         """The exact text one CTR example (user index, item indices of the history, target item index)
-        becomes, chat-wrapped, with its placeholder strings: what :meth:`prompts` tokenises. ``step`` 1: the
+        becomes, framed (``prompt_format``), with its placeholder strings: what :meth:`prompts` tokenises. ``step`` 1: the
         text-only prompt of LoRA training."""
         assert self.backbone is not None
         full = step == 2 or not self.has_step2
@@ -439,7 +468,7 @@ class HistLLM(FeatureBackedLLM):
         return self._prompt_text(int(user), h, clause, code, step)
 
     def _prompt_text(self, user: int, history: np.ndarray, target: str, item_code: str, step: int = 2) -> str:
-        """One chat-wrapped Yes/No prompt around an already rendered ``target`` clause (``item_code``: the
+        """One framed Yes/No prompt around an already rendered ``target`` clause (``item_code``: the
         target's BinLLM code)."""
         assert self.backbone is not None
         cfg = self.cfg
@@ -455,7 +484,23 @@ class HistLLM(FeatureBackedLLM):
             user_feature, item_feature = "[USERID]", "[ITEMID]"
         elif cfg.cf == "binary":
             user_feature, item_feature = self.user_codes[user], item_code
-        return self.backbone.chat(ctr_prompt(items, target, cfg.noun, user_feature, item_feature))
+        return self.frame(ctr_prompt(items, target, cfg.noun, user_feature, item_feature))
+
+    # ------------------------------------------------------------------ framing (prompt_format)
+    @property
+    def raw(self) -> bool:
+        return self.cfg.prompt_format == "raw"
+
+    def frame(self, question: str) -> str:
+        """What the LM reads around one '#Question: ... \\n#Answer:' text: the backbone's chat template
+        (chat; bare when ``backbone.chat_template`` is off), or the raw text after the tokenizer's own BOS."""
+        assert self.backbone is not None
+        return self.backbone.raw(question) if self.raw else self.backbone.chat(question)
+
+    def framed_prefix(self, head: str) -> str:
+        """What every framed prompt whose question starts with ``head`` starts with (the constant start)."""
+        assert self.backbone is not None
+        return self.backbone.raw(head) if self.raw else self.backbone.chat_prefix(head)
 
     @property
     def instruction_head(self) -> str:
@@ -477,7 +522,7 @@ class HistLLM(FeatureBackedLLM):
             raise LlmrecError(f"user index {user} has no CTR example", hint="pick another user (--user)")
         example = rows.iloc[-1]
         history, target = np.asarray(example["history"], dtype=np.int64), int(example["target"])
-        shared = self.backbone.chat_prefix(self.instruction_head) if self.cfg.shared_prefix else ""
+        shared = self.framed_prefix(self.instruction_head) if self.cfg.shared_prefix else ""
         steps = [(1, "step 1 (LoRA training): text-only prompt", "")] if self.has_step2 else []
         steps.append(
             (2, f"{'step 2 and ' if self.has_step2 else 'training and '}scoring: full prompt", shared)
@@ -570,7 +615,7 @@ class HistLLM(FeatureBackedLLM):
         ids, mask = batch["ids"], batch["mask"]
         prefix = None
         if self.cfg.shared_prefix:
-            prefix = bb.constant_prefix(bb.chat_prefix(self.instruction_head), [(ids, mask)])
+            prefix = bb.constant_prefix(self.framed_prefix(self.instruction_head), [(ids, mask)])
         p = len(prefix) if prefix is not None else 0
         (hidden,) = bb.hidden_many([(ids, mask, self.inject(batch))], prefix)  # (B, T - P, d)
         last = hidden[
