@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from conftest import visual_rule_dataset
 from llmrec.data.dataset import Dataset
+from llmrec.errors import ConfigError
 from llmrec.eval.evaluator import evaluate_ctr
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
@@ -121,8 +122,6 @@ def test_placeholder_strings_in_item_text_train_and_score(ctr_dataset, tiny_llm,
 def test_inline_items_are_cut_like_uhem_items_and_prompts_fit_the_context(ctr_dataset, tiny_llm, monkeypatch):
     """w/o UHEM writes each item's text cut to the max_text_tokens tokens UHEM encodes (cut once per item),
     and a prompt longer than the LM's context (2048 here) is a clear error."""
-    from llmrec.errors import ConfigError
-
     items = ctr_dataset.items
     items["description"] = [
         f"item {i}: " + "a long plot summary of this movie " * 80 for i in range(len(items))
@@ -510,6 +509,40 @@ def test_history_sweep_trains_each_point_once(ctr_dataset, tiny_llm, tmp_path):
     (tmp_path / "sweep" / "histllm-n1" / "metrics.json").write_text('{"train": {"epochs": 1}}')
     again = run_history_sweep(cfg)
     assert again["points"] == r["points"]
+
+
+def test_history_sweep_seeds_run_each_point_per_seed(ctr_dataset, tiny_llm, tmp_path):
+    from llmrec.experiments.ctr import HistorySweepConfig, format_history_sweep, run_history_sweep
+
+    cfg = HistorySweepConfig(
+        data=str(ctr_dataset.root),
+        models=["tallrec", "histllm"],
+        lengths=[2],
+        options={
+            **TINY,
+            "backbone": {"llm": tiny_llm, "lora": True},
+            "train_examples": 8,
+            "eval_examples": 8,
+        },
+        ctr_examples=20,
+        seeds=[3, 5],
+        out=str(tmp_path / "sweep"),
+    )
+    r = run_history_sweep(cfg)
+    for seed in (3, 5):
+        saved = read_json(tmp_path / "sweep" / "histllm-n2" / f"seed-{seed}" / "config.json")
+        assert saved["seed"] == seed
+        assert saved["options"]["step1_from"].endswith(f"tallrec-n2/seed-{seed}")  # step 1 of the same seed
+    per_seed = [
+        read_json(tmp_path / "sweep" / "tallrec-n2" / f"seed-{s}" / "metrics.json")["test"] for s in (3, 5)
+    ]
+    point = r["points"][0]
+    assert point["seeds"] == 2
+    assert point["auc"] == pytest.approx(np.mean([m["auc"] for m in per_seed]))
+    assert point["auc_std"] == pytest.approx(np.std([m["auc"] for m in per_seed], ddof=1))
+    assert f"{point['auc']:.4f} ± {point['auc_std']:.4f}" in format_history_sweep(r)
+    with pytest.raises(ConfigError, match="distinct"):
+        HistorySweepConfig(seeds=[1, 1])
 
 
 @pytest.mark.slow

@@ -371,7 +371,13 @@ def _mirror_gradient_trainer(ds, interval, alpha1, alpha2, **options):
 
 
 def test_mirror_gradient_steps_twice_on_every_interval_th_batch(ds):
-    options = {"mirror_gradient": True, "mg_interval": 2, "mg_alpha1": 1.4, "mg_alpha2": 0.3, "validate": False}
+    options = {
+        "mirror_gradient": True,
+        "mg_interval": 2,
+        "mg_alpha1": 1.4,
+        "mg_alpha2": 0.3,
+        "validate": False,
+    }
     states = _mirror_gradient_trainer(ds, 2, 1.4, 0.3, **options)
     model = _model(ds, **options)
     with _steps() as steps:

@@ -666,47 +666,68 @@ class HistorySweepConfig:
     )
     ctr_examples: int | None = option(600, "test CTR rows per point (seeded: the same rows everywhere)", ge=1)
     seed: int = option(42, "training seed", ge=0, lt=2**32)
+    seeds: list[int] | None = option(
+        None,
+        "train every point once per seed into <point>/seed-<s> (as 'llmrec train --seeds'); the table and "
+        "the plot give mean +/- std over the seeds (replaces --seed)",
+    )
     threads: int | None = option(None, "torch CPU threads", ge=1)
     out: str = option("runs/history-sweep", "one run folder per point + history_sweep.json/.md/.png")
 
     def __post_init__(self) -> None:
         if not self.lengths or min(self.lengths) < 1 or not self.models:
             raise ConfigError("lengths must be positive and at least one model given")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ConfigError(f"seeds must be distinct seeds, got {self.seeds}")
 
 
 def run_history_sweep(cfg: HistorySweepConfig) -> dict[str, Any]:
-    from llmrec.pipeline import EvalConfig, TrainConfig, train
+    """One run per (model, length[, seed]); a finished run is read back, an unfinished one resumes."""
+    from llmrec.pipeline import SEED_DIR, EvalConfig, TrainConfig, train
 
     out = Path(cfg.out)
+    seeds = cfg.seeds if cfg.seeds is not None else [cfg.seed]
+    seed_dir = (lambda s: SEED_DIR.format(seed=s)) if cfg.seeds is not None else (lambda s: "")
     points = []
     first = [m for m in cfg.models if m == cfg.step1_from_model]  # its runs must exist before the others'
     for name in first + [m for m in cfg.models if m not in first]:
         for length in cfg.lengths:
-            run_dir = out / f"{name}-n{length}"
-            metrics = run_dir / "metrics.json"
-            if not metrics.exists() or "test" not in read_json(metrics):  # not yet evaluated: train resumes
-                train(
-                    TrainConfig(
-                        model=name,
-                        data=cfg.data,
-                        out=str(run_dir),
-                        seed=cfg.seed,
-                        threads=cfg.threads,
-                        options={
-                            **cfg.options,
-                            **(
-                                {"step1_from": str(out / f"{first[0]}-n{length}")}
-                                if first and name != first[0]
-                                else {}
-                            ),
-                            **cfg.model_options.get(name, {}),
-                            "history_len": length,
-                        },
-                        eval=EvalConfig(splits=["test"], ranking=False, ctr_examples=cfg.ctr_examples),
+            per_seed = []
+            for seed in seeds:
+                run_dir = out / f"{name}-n{length}" / seed_dir(seed)
+                metrics = run_dir / "metrics.json"
+                if not metrics.exists() or "test" not in read_json(
+                    metrics
+                ):  # not yet evaluated: train resumes
+                    step1 = (
+                        out / f"{first[0]}-n{length}" / seed_dir(seed) if first and name != first[0] else None
                     )
-                )
-            test = read_json(run_dir / "metrics.json")["test"]
-            points.append({"model": name, "history_items": length, "auc": test["auc"], "uauc": test["uauc"]})
+                    train(
+                        TrainConfig(
+                            model=name,
+                            data=cfg.data,
+                            out=str(run_dir),
+                            seed=seed,
+                            threads=cfg.threads,
+                            options={
+                                **cfg.options,
+                                **({"step1_from": str(step1)} if step1 else {}),
+                                **cfg.model_options.get(name, {}),
+                                "history_len": length,
+                            },
+                            eval=EvalConfig(splits=["test"], ranking=False, ctr_examples=cfg.ctr_examples),
+                        )
+                    )
+                per_seed.append(read_json(run_dir / "metrics.json")["test"])
+            point: dict[str, Any] = {"model": name, "history_items": length}
+            for metric in ("auc", "uauc"):
+                values = np.array([m[metric] for m in per_seed], dtype=float)
+                point[metric] = float(values.mean())
+                if cfg.seeds is not None:
+                    point[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            if cfg.seeds is not None:
+                point["seeds"] = len(seeds)
+            points.append(point)
             log.info("%s", points[-1])
     result = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "points": points}
     write_json_atomic(out / "history_sweep.json", result)
@@ -723,13 +744,15 @@ def format_history_sweep(r: dict[str, Any]) -> str:
     ]
     for name in dict.fromkeys(p["model"] for p in r["points"]):
         for metric in ("auc", "uauc"):
-            vals = {p["history_items"]: p[metric] for p in r["points"] if p["model"] == name}
-            lines.append(
-                f"| {name} | {metric} | "
-                + " | ".join(f"{vals.get(L, float('nan')):.4f}" for L in lengths)
-                + " |"
-            )
+            vals = {p["history_items"]: _mean_std(p, metric) for p in r["points"] if p["model"] == name}
+            lines.append(f"| {name} | {metric} | " + " | ".join(vals.get(L, "nan") for L in lengths) + " |")
     return "\n".join(lines)
+
+
+def _mean_std(point: dict[str, Any], metric: str) -> str:
+    """``0.6123`` for one seed, ``0.6123 ± 0.0101`` over several."""
+    std = point.get(f"{metric}_std")
+    return f"{point[metric]:.4f}" if std is None else f"{point[metric]:.4f} ± {std:.4f}"
 
 
 def plot_history_sweep(r: dict[str, Any], path: Path) -> None:
@@ -739,8 +762,19 @@ def plot_history_sweep(r: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("auc", "uauc")):
         for name in dict.fromkeys(p["model"] for p in r["points"]):
-            pts = sorted((p["history_items"], p[metric]) for p in r["points"] if p["model"] == name)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+            pts = sorted(
+                (p["history_items"], p[metric], p.get(f"{metric}_std", 0.0))
+                for p in r["points"]
+                if p["model"] == name
+            )
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                fmt="o-",
+                capsize=3,
+                label=name,
+            )
         ax.set_xlabel("history items in the prompt")
         ax.set_ylabel(f"test {metric.upper()}")
         ax.legend()
