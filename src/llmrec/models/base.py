@@ -143,6 +143,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "bm3": "bm3",
     "illmrec": "illmrec",
     "histllm": "histllm",
+    "recgpt4v": "recgpt4v",
     **{p: "histllm" for p in ("tallrec", "tallrec_desc", "tallrec_image", "collm", "collm_image")},
     **{p: "histllm" for p in ("binllm", "binllm_image")},
 }
