@@ -75,7 +75,8 @@ for _name in (
 CTR_TINY_NAMES = {n for n, o in TINY.items() if o == CTR_TINY}
 # the VLM baselines read item pictures through the tiny_vlm fixture (a random LLaVA)
 TINY["recgpt4v"] = {"max_new_tokens": 2, "history_len": 2}
-VLM_NAMES = {"recgpt4v"}
+TINY["unimp"] = {**TINY["illmrec"], "epochs": 20}
+VLM_NAMES = {"recgpt4v", "unimp"}
 FLOORS = {"popularity", "random", "recgpt4v"}  # sanity floors and zero-shot models: no learning requirement
 
 

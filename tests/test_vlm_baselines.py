@@ -145,3 +145,95 @@ def test_recgpt4v_saved_model_checks_its_images(image_dataset, tiny_vlm, tmp_pat
     Image.new("RGB", (36, 40), (1, 2, 3)).save(model._paths[0])  # another picture for item 0
     with pytest.raises(LlmrecError, match="item images changed"):
         load_model(tmp_path / "m")
+
+
+# ----------------------------------------------------------------------------- UniMP
+
+UNIMP = {"features": ["image"], "adaptor_hidden": 8, "d_shared": 8, "epochs": 1, "batch_size": 8}
+UNIMP |= {"validate": False, "head_epochs": 0}
+
+
+@pytest.fixture
+def unimp_dataset(image_dataset):
+    """The pictured dataset plus an IRE image feature (random, 3 rows flagged missing) and a text one."""
+    from llmrec.features.store import ids_checksum, save_feature
+
+    ds = Dataset(image_dataset)
+    rng = np.random.default_rng(0)
+    spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
+    missing = np.zeros(ds.n_items, dtype=bool)
+    missing[[3, 17, 29]] = True
+    save_feature(ds.features_dir, "image", rng.normal(size=(ds.n_items, 6)).astype(np.float32), spec, missing)
+    save_feature(ds.features_dir, "text", rng.normal(size=(ds.n_items, 5)).astype(np.float32), spec)
+    return ds
+
+
+def test_unimp_prompts_hold_the_vlms_image_tokens_per_pictured_item(unimp_dataset, tiny_vlm):
+    ds = unimp_dataset
+    model = build_model("unimp", {"backbone": {"llm": tiny_vlm}, **UNIMP}, ds.n_users, ds.n_items)
+    assert model.cfg.representation == "vlm" and not model.cfg.ila
+    model.attach(ds)
+    assert not hasattr(model, "adaptor")  # the VLM's own projector, none of ours
+    history = np.array([2, 3, 4])  # row 3 has no picture
+    enc = model.build_ire([history])
+    image_id = model.backbone.token_ids["<image>"]
+    assert int((enc["ids"] == image_id).sum()) == 2 * 16 and enc["visual"].tolist() == [2, 4]
+    text = model.backbone.tokenizer.decode(enc["ids"][0][enc["mask"][0].bool()])
+    rendered, _ = model.rendered()
+    assert all(rendered[i] in text for i in history)
+    assert rendered[2] == "{Title: Item 2, Brand: brand2, Category: cat2, Image: " + "<image>" * 16 + "}"
+    assert text.count("Brand: ") == 3 and text.count("Category: ") == 3 and text.count("Image: ") == 2
+    assert text.count("[REC]") == 1
+    # the embeddings at the image tokens are the VLM's own (its vision tower and projector)
+    inject = model.inject([enc["visual"]], [enc["cf"]], [1])[0]
+    assert inject["<image>"].shape == (32, model.backbone.hidden_size)
+
+
+def test_unimp_trains_its_ire_head_only_ranks_and_moves(unimp_dataset, tiny_vlm, tmp_path):
+    import torch
+
+    from llmrec.eval.evaluator import evaluate_ranking
+
+    ds = unimp_dataset
+    torch.manual_seed(0)
+    model = build_model("unimp", {"backbone": {"llm": tiny_vlm}, **UNIMP}, ds.n_users, ds.n_items)
+    model.attach(ds)
+    vlm_before = {k: v.clone() for k, v in model.backbone.model.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.checkpoint_state().items()}
+    assert {k.split(".")[0] for k in head_before} == {
+        "rec",
+        "user_proj",
+        "item_proj",
+        "state_mean",
+        "state_std",
+    }
+    fit(model, ds)
+    after = model.checkpoint_state()
+    assert any(not torch.equal(head_before[k], after[k]) for k in head_before)  # the IRE head learned
+    for k, v in model.backbone.model.state_dict().items():
+        assert torch.equal(v, vlm_before[k]), k  # the VLM is frozen
+    metrics, _ = evaluate_ranking(model, ds, "test", ks=(5,), full=False)
+    assert 0 <= metrics["ndcg@5"] <= 1
+    split = ds.split("test")
+    scores = model.score_all(split.users[:3], split.histories[:3])
+    model.save(tmp_path / "a" / "model", ds)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    moved = load_model(tmp_path / "b" / "model", data=ds.root)
+    np.testing.assert_allclose(
+        moved.score_all(split.users[:3], split.histories[:3]), scores, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_unimp_refuses_a_text_model_and_a_dataset_without_pictures(
+    unimp_dataset, tiny_llm, tiny_vlm, tmp_path
+):
+    ds = unimp_dataset
+    model = build_model("unimp", {"backbone": {"llm": tiny_llm}, **UNIMP}, ds.n_users, ds.n_items)
+    with pytest.raises(ConfigError, match="is not an image-text-to-text model .*LlamaConfig"):
+        model.attach(ds)
+    bare = tmp_path / "bare"
+    shutil.copytree(ds.root, bare, ignore=shutil.ignore_patterns("images"))
+    model = build_model("unimp", {"backbone": {"llm": tiny_vlm}, **UNIMP}, ds.n_users, ds.n_items)
+    with pytest.raises(LlmrecError, match="representation=vlm .* no item of this dataset has one"):
+        model.attach(Dataset(bare))

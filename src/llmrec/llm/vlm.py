@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from llmrec.assets import local_model_path, unloadable
@@ -65,6 +67,8 @@ def load_vlm(name: str | None, dtype: torch.dtype = torch.float32) -> tuple[Any,
 
 def text_config(config: Any) -> Any:
     """The language model's part of a VLM config (hidden size, context length)."""
+    if hasattr(config, "get_text_config"):  # transformers' own answer, for composite and plain configs
+        return config.get_text_config()
     return getattr(config, "text_config", None) or config
 
 
@@ -150,29 +154,41 @@ class VisionLanguageModel:
 
     def image_token_count(self, image: Any) -> int:
         """How many image tokens the processor expands one marker of ``image`` into."""
-        enc = self.processor(text=[self.image_token], images=[image], return_tensors="pt")
-        return int((enc["input_ids"] == self.image_token_id).sum())
+        return image_token_count(self.processor, image)
 
-    @torch.no_grad()
     def image_embeddings(self, image: Any) -> torch.Tensor:
-        """(n, d_llm) the embeddings the VLM itself puts at the n image tokens of ``image``: its vision
-        tower and projector (``get_image_features``), as its own forward would."""
-        enc = self.processor(text=[self.image_token], images=[image], return_tensors="pt")
-        n = int((enc["input_ids"] == self.image_token_id).sum())
-        inputs = {k: v.to(self.device) for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        out = self.model.get_image_features(**inputs)
-        feats = getattr(out, "pooler_output", out)  # transformers 5: a model output; older: the tensor
-        if isinstance(feats, list | tuple):
-            feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
-        feats = feats.reshape(-1, feats.shape[-1])  # (n, d)
-        if feats.shape[0] != n:
-            raise LlmrecError(
-                f"the VLM {self.name} gave {feats.shape[0]} image embeddings for {n} image tokens",
-                hint="this model family's image features are not one row per image token; use another VLM",
-            )
-        return feats
+        """(n, d_llm) the VLM's own embeddings at the n image tokens of ``image``."""
+        return image_embeddings(self.model, self.processor, image)
+
+
+def image_token_count(processor: Any, image: Any) -> int:
+    """How many image tokens ``processor`` expands one marker of ``image`` into."""
+    enc = processor(text=[processor.image_token], images=[image], return_tensors="pt")
+    token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    return int((enc["input_ids"] == token_id).sum())
+
+
+@torch.no_grad()
+def image_embeddings(model: Any, processor: Any, image: Any) -> torch.Tensor:
+    """(n, d_llm) the embeddings a VLM itself puts at the n image tokens of ``image``: its vision tower
+    and projector (``get_image_features``), as its own forward would."""
+    enc = processor(text=[processor.image_token], images=[image], return_tensors="pt")
+    n = int((enc["input_ids"] == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum())
+    device = model.get_input_embeddings().weight.device
+    inputs = {k: v.to(device) for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.get_input_embeddings().weight.dtype)
+    out = model.get_image_features(**inputs)
+    feats = getattr(out, "pooler_output", out)  # transformers 5: a model output; older: the tensor
+    if isinstance(feats, list | tuple):
+        feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
+    feats = feats.reshape(-1, feats.shape[-1])  # (n, d)
+    if feats.shape[0] != n:
+        raise LlmrecError(
+            f"the VLM gave {feats.shape[0]} image embeddings for {n} image tokens",
+            hint="this model family's image features are not one row per image token; use another VLM",
+        )
+    return feats
 
 
 def open_image(path: Path | None) -> Any:
@@ -188,3 +204,61 @@ def open_image(path: Path | None) -> Any:
     except Exception as e:  # unreadable, truncated, a decompression bomb
         log.warning("image %s unreadable (%s): the item is shown without it", path, e)
         return None
+
+
+class ItemPictures:
+    """Items as a VLM backbone sees them (UniMP): each item's image file, how many image tokens its
+    processor expands it into, and the VLM's own embeddings at those tokens (kept in a least-recently-used
+    cache of at most ``cache_values`` numbers: the VLM is frozen, they never change)."""
+
+    def __init__(self, dataset: Any, who: str, cache_values: int = 2**28) -> None:
+        from llmrec.data.images import image_paths
+
+        self.paths = image_paths(dataset)
+        self.has = np.array([p is not None for p in self.paths])  # (N,)
+        if not self.has.any():
+            raise LlmrecError(
+                f"{who} shows item images to a VLM, and no item of this dataset has one",
+                file=dataset.root,
+                hint=f"run 'llmrec images --data {dataset.root}' first (or use a dataset with images)",
+            )
+        self.cache_values = cache_values
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.model: Any = None
+        self.processor: Any = None
+
+    def bind(self, model: Any, processor: Any) -> None:
+        """The VLM whose vision tower and processor read the pictures."""
+        self.model, self.processor = model, processor
+        self._cache.clear()
+
+    def picture(self, item: int) -> Any:
+        picture = open_image(self.paths[item])
+        if picture is None:
+            raise LlmrecError(
+                f"item row {item + 1}: its image does not decode", hint="re-run 'llmrec images'"
+            )
+        return picture
+
+    def markers(self, texts: list[str]) -> list[str]:
+        """Rendered items with each [VISUAL] replaced by the VLM's image token, as many times as the
+        processor expands that item's picture into (fixed for LLaVA, by image size for Qwen2-VL); the
+        image token written in data text is escaped first."""
+        token = self.processor.image_token
+        out = []
+        for i, text in enumerate(texts):
+            text = escape_image_token(text, token)
+            if "[VISUAL]" in text:
+                text = text.replace("[VISUAL]", token * image_token_count(self.processor, self.picture(i)))
+            out.append(text)
+        return out
+
+    def embeddings(self, item: int) -> torch.Tensor:
+        """(n, d_llm) the VLM's own embeddings of the item's picture."""
+        if item in self._cache:
+            self._cache.move_to_end(item)
+            return self._cache[item]
+        self._cache[item] = image_embeddings(self.model, self.processor, self.picture(item))
+        while sum(v.numel() for v in self._cache.values()) > self.cache_values and len(self._cache) > 1:
+            self._cache.popitem(last=False)
+        return self._cache[item]

@@ -102,19 +102,12 @@ class RecGPT4V(Recommender):
     # ------------------------------------------------------------------ building against a dataset
     def attach(self, ds: Dataset) -> None:
         """Load the VLM; read the dataset's titles and image files (a dataset without images is refused)."""
-        from llmrec.data.images import image_paths
         from llmrec.devices import resolve_device, resolve_dtype
         from llmrec.features.build import source_keys
         from llmrec.features.store import ids_checksum
-        from llmrec.llm.vlm import VisionLanguageModel
+        from llmrec.llm.vlm import ItemPictures, VisionLanguageModel
 
-        paths = image_paths(ds)
-        if not any(p is not None for p in paths):
-            raise LlmrecError(
-                f"{self.name} shows item images to a VLM, and no item of this dataset has one",
-                file=ds.root,
-                hint=f"run 'llmrec images --data {ds.root}' first (or use a dataset with images)",
-            )
+        paths = ItemPictures(ds, self.name).paths  # a dataset without any picture is refused
         device = resolve_device(self.cfg.device)
         dtype = _DTYPES[resolve_dtype(self.cfg.backbone.dtype, device)]
         self.vlm = VisionLanguageModel(self.cfg.backbone.llm, device, dtype)
