@@ -105,8 +105,14 @@ def test_recgpt4v_prompts_hold_the_titles_and_one_image_per_picture(image_datase
     assert question.count("<image>") == 0 and "likes colours" in question
     assert model.vlm.chat(model.question_parts(history, "", 6)).count("<image>") == 1
     assert np.isfinite(model.score_pairs(np.zeros(2), [history, history], np.array([17, 6]))).all()
-    shown = model.show_prompts(ds, 0)
-    assert [s["images"] for s in shown][1] in (0, 1)
+
+
+def test_llmrec_prompts_shows_both_recgpt4v_steps(image_dataset, tiny_vlm, capsys):
+    args = ["prompts", "recgpt4v", "--data", str(image_dataset), "-o", f"backbone.llm={tiny_vlm}", *RECGPT4V]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "=== step 1: summary request" in out and "=== step 2: question" in out
+    assert out.count("<image>") >= 2 and "3 history items" in out
 
 
 def test_recgpt4v_escapes_the_image_marker_in_data_text(image_dataset, tiny_vlm):

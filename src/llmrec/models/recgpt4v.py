@@ -175,18 +175,32 @@ class RecGPT4V(Recommender):
 
     def show_prompts(self, dataset: Any, user: int, seed: int = 0) -> list[dict[str, Any]]:
         """What the VLM reads for user index ``user``'s test example (``llmrec prompts``): the summary
-        request and the question, as chat-framed text with one image marker per picture (before the
-        processor expands each into the model's image tokens)."""
+        request and the question, as chat-framed text with one image marker per picture, and their token
+        counts with the processor's image tokens expanded (nothing is trained, so no answer is scored)."""
+        self._check_attached()
         split = dataset.split("test")
         history = np.asarray(split.histories[user])[-self.cfg.history_len :]
         target = int(split.targets[user])
         shown = []
         for name, parts in (
-            ("step 1: summary request", self.summary_parts(history)),
-            ("step 2: question", self.question_parts(history, self.summary(history), target)),
+            ("step 1: summary request (generated greedily)", self.summary_parts(history)),
+            (
+                "step 2: question (scored from the Yes/No logits)",
+                self.question_parts(history, self.summary(history), target),
+            ),
         ):
-            text = self.vlm.chat(parts)
-            shown.append({"name": name, "text": text, "images": sum(not isinstance(p, str) for p in parts)})
+            shown.append(
+                {
+                    "name": name,
+                    "text": self.vlm.chat(parts),
+                    "tokens": int(self.vlm.encode(parts)["input_ids"].shape[1]),
+                    "images": sum(not isinstance(p, str) for p in parts),
+                    "history_items": len(history),
+                    "constant_prefix_tokens": 0,
+                    "answer": "",
+                    "answer_tokens": 0,
+                }
+            )
         return shown
 
     # ------------------------------------------------------------------ scoring
