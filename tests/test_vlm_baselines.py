@@ -238,6 +238,9 @@ def test_unimp_refuses_a_text_model_and_a_dataset_without_pictures(
     model = build_model("unimp", {"backbone": {"llm": tiny_llm}, **UNIMP}, ds.n_users, ds.n_items)
     with pytest.raises(ConfigError, match="is not an image-text-to-text model .*LlamaConfig"):
         model.attach(ds)
+    model = build_model("unimp", UNIMP, ds.n_users, ds.n_items)  # the default backbone: SmolLM2
+    with pytest.raises(ConfigError, match="text-only LM, not a vision-language model; give -o backbone.llm="):
+        model.attach(ds)
     bare = tmp_path / "bare"
     shutil.copytree(ds.root, bare, ignore=shutil.ignore_patterns("images"))
     model = build_model("unimp", {"backbone": {"llm": tiny_vlm}, **UNIMP}, ds.n_users, ds.n_items)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmrec.assets import local_model_path, unloadable
+from llmrec.assets import DEFAULT_LLM, local_model_path, unloadable
 from llmrec.errors import ConfigError, LlmrecError
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ def load_vlm(name: str | None, dtype: torch.dtype = torch.float32) -> tuple[Any,
 
     if not name:
         raise ConfigError("no vision-language model given", hint=_HINT)
+    if name == DEFAULT_LLM:
+        raise ConfigError(
+            f"the default backbone '{name}' is a text-only LM, not a vision-language model", hint=_HINT
+        )
     local_model_path(name, "vision-language model")
     t0 = time.perf_counter()
     try:
