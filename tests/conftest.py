@@ -149,3 +149,107 @@ def tiny_llm(tmp_path_factory):
     LlamaForCausalLM(cfg).save_pretrained(folder)
     fast.save_pretrained(folder)
     return str(folder)
+
+
+VLM_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """A random LLaVA (CLIP vision tower: 32 px images, 8 px patches -> 16 image tokens; 2-layer Llama,
+    hidden 32) with a byte-level BPE tokenizer, a ChatML template taking images, and a CLIP image processor
+    (PIL backend), saved as a folder that AutoModelForImageTextToText / AutoProcessor load offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    folder = tmp_path_factory.mktemp("tiny-vlm")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        "A user has given high ratings to the following movies: Item Title Brand Category Yes No",
+        "Describe what the pictures show and summarise the user's preferences. Will the user enjoy it?",
+        "Your job is to recommend a suitable next item based on a user's interacted items. [REC]",
+    ] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
+    )
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=images,
+        tokenizer=fast,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        chat_template=VLM_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,  # CLIP's CLS, dropped by the "default" strategy
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    text = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        initializer_range=0.3,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=fast.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(cfg).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def add_item_images(root, missing=(3, 17, 29)) -> list[int]:
+    """Give every item of the dataset at ``root`` a small picture (its colour follows its number), except
+    the item rows in ``missing``, through 'llmrec images' (a manifest); returns the image-less rows."""
+    from PIL import Image
+
+    from llmrec.data.dataset import Dataset
+    from llmrec.data.images import ImagesConfig, fetch_images
+
+    ds = Dataset(root)
+    folder = root.parent / (root.name + "-pictures")
+    folder.mkdir(exist_ok=True)
+    for row, item_id in enumerate(ds.items["item_id"]):
+        if row not in missing:
+            n = int(str(item_id)[1:])
+            Image.new("RGB", (36, 40), (40 + 5 * n % 200, 200 - 4 * n % 180, 90)).save(
+                folder / f"{item_id}.png"
+            )
+    fetch_images(ImagesConfig(data=str(root), image_dir=str(folder)))
+    return list(missing)

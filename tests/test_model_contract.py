@@ -73,7 +73,11 @@ for _name in (
 ):
     TINY[_name] = dict(CTR_TINY)
 CTR_TINY_NAMES = {n for n, o in TINY.items() if o == CTR_TINY}
-FLOORS = {"popularity", "random"}  # sanity floors: no learning requirement
+# the VLM baselines read item pictures through the tiny_vlm fixture (a random LLaVA)
+TINY["recgpt4v"] = {"max_new_tokens": 2, "history_len": 2}
+TINY["unimp"] = {**TINY["illmrec"], "epochs": 20}
+VLM_NAMES = {"recgpt4v", "unimp"}
+FLOORS = {"popularity", "random", "recgpt4v"}  # sanity floors and zero-shot models: no learning requirement
 
 
 @pytest.fixture
@@ -109,6 +113,11 @@ def test_model_contract(name, contract_dataset, tmp_path, request):
         options["backbone"] = {"llm": request.getfixturevalue("tiny_llm")}
         if name in CTR_TINY_NAMES:
             options["backbone"]["lora"] = True
+    if name in VLM_NAMES:
+        from conftest import add_item_images
+
+        add_item_images(ds.root)
+        options["backbone"] = {"llm": request.getfixturevalue("tiny_vlm")}
     torch.manual_seed(0)
     model = build_model(name, options, ds.n_users, ds.n_items)
     fit(model, ds)

@@ -92,12 +92,22 @@ class Backbone(nn.Module):
     """A causal LM plus its tokenizer, with placeholder-token embedding injection, on ``device`` (the
     model's one device option) in ``cfg.dtype`` (``auto`` resolved for that device)."""
 
-    def __init__(self, cfg: BackboneConfig, device: str = "cpu") -> None:
+    def __init__(self, cfg: BackboneConfig, device: str = "cpu", vision: bool = False) -> None:
         from llmrec.devices import resolve_dtype
+        from llmrec.llm.vlm import load_vlm, text_config
 
         super().__init__()
         self.cfg = cfg
-        model, tokenizer = load_causal_lm(cfg.llm, dtype=_DTYPES[resolve_dtype(cfg.dtype, device)])
+        dtype = _DTYPES[resolve_dtype(cfg.dtype, device)]
+        # vision: an image-text-to-text model (UniMP); its own image token is one more placeholder, filled
+        # with its vision tower's embeddings by the caller; its processor frames the chat
+        self.processor: Any = None
+        self.image_token: str | None = None
+        if vision:
+            model, self.processor = load_vlm(cfg.llm, dtype)
+            tokenizer, self.image_token = self.processor.tokenizer, self.processor.image_token
+        else:
+            model, tokenizer = load_causal_lm(cfg.llm, dtype=dtype)
         tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDERS)})
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -110,7 +120,10 @@ class Backbone(nn.Module):
         self._chat_heads: dict[str, str] = {}  # chat_prefix's answers
         self._lead: str | None = None  # raw's answer: the special tokens the tokenizer puts before a text
         self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
-        self.context_length = context_length(model.config, tokenizer)
+        if self.image_token is not None:
+            self.token_ids[self.image_token] = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.context_length = context_length(text_config(model.config), tokenizer)
+        hidden_size = int(text_config(model.config).hidden_size)
         for p in model.parameters():
             p.requires_grad_(False)
         if cfg.gradient_checkpointing:
@@ -132,9 +145,7 @@ class Backbone(nn.Module):
         if cfg.train_embeddings:
             self._train_input_embeddings(model)
         self.model = model.to(device)
-        self.hidden_size = int(
-            model.config.hidden_size if not cfg.lora else model.base_model.model.config.hidden_size
-        )
+        self.hidden_size = hidden_size
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         log.info(
@@ -169,6 +180,12 @@ class Backbone(nn.Module):
 
     def chat(self, text: str) -> str:
         """``text`` as the user turn of the chat template (with the assistant prompt), when there is one."""
+        if self.cfg.chat_template and getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "text", "text": text}]}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
         if self.cfg.chat_template and getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True

@@ -10,6 +10,8 @@ description        {Title: <title>, Description: <full description>}            
 summary            {Title: <title>, Description: <generated summary>}           (TRSR-style)
 cf                 {Title: <title>, Item embedding: [CF]}                        (A-LLMRec-style "CF")
 image_description  {Title: <title>, Visual representation: [VISUAL], Description: <description>}  (I-LLMRec+D)
+vlm                {Title: <title>, Brand: <brand>, Category: <category>, Image: [VISUAL]}  (UniMP: the model
+                   puts a vision-language backbone's own image tokens where [VISUAL] stands)
 
 An item without an image, under an image representation, falls back to its description (Sec. 4.5).
 
@@ -28,8 +30,10 @@ from typing import Literal
 #: the placeholder tokens the backbone registers (one special token each); only templates may write them
 PLACEHOLDERS = ("[VISUAL]", "[CF]", "[REC]", "[HIST]", "[USERID]", "[ITEMID]")
 
-REPRESENTATIONS = ("image", "title", "attribute", "description", "summary", "cf", "image_description")
-Representation = Literal["image", "title", "attribute", "description", "summary", "cf", "image_description"]
+REPRESENTATIONS = ("image", "title", "attribute", "description", "summary", "cf", "image_description", "vlm")
+Representation = Literal[
+    "image", "title", "attribute", "description", "summary", "cf", "image_description", "vlm"
+]
 
 HISTORY_PREFIX = (
     "Your job is to recommend a suitable next item based on a user's interacted items. "
@@ -138,11 +142,13 @@ def render_item(
         parts.append("Visual representation: [VISUAL]")
         if desc:
             parts.append(f"Description: {desc}")
-    elif representation == "attribute":
+    elif representation in ("attribute", "vlm"):
         if item.brand:
             parts.append(f"Brand: {_clean(item.brand)}")
         if item.category:
             parts.append(f"Category: {_clean(item.category)}")
+        if representation == "vlm" and item.has_image:  # an item without a picture: its attributes alone
+            parts.append("Image: [VISUAL]")
     elif representation == "description":
         if desc:
             parts.append(f"Description: {desc}")

@@ -142,7 +142,9 @@ BUILTIN_MODELS: dict[str, str] = {
     "vbpr": "vbpr",
     "bm3": "bm3",
     "illmrec": "illmrec",
+    "unimp": "illmrec",
     "histllm": "histllm",
+    "recgpt4v": "recgpt4v",
     **{p: "histllm" for p in ("tallrec", "tallrec_desc", "tallrec_image", "collm", "collm_image")},
     **{p: "histllm" for p in ("binllm", "binllm_image")},
 }

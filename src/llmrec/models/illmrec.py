@@ -84,7 +84,10 @@ class ILLMRecConfig(NeuralConfig):
         "official code); an option given beside it overrides its value (README: I-LLMRec recipes)",
     )
     backbone: BackboneConfig = option(factory=BackboneConfig, help="the LLM (frozen unless backbone.lora)")
-    representation: Representation = option("image", "how history items appear in the prompt")
+    representation: Representation = option(
+        "image",
+        "how history items appear in the prompt (vlm: UniMP, attributes and a VLM backbone's own image tokens)",
+    )
     features: list[str] = option(
         factory=lambda: ["image", "cf", "text"], help="IRE feature types (subset of image, cf, text)"
     )
@@ -323,14 +326,22 @@ class ILLMRec(FeatureBackedLLM):
                 f"feat_{role}", torch.from_numpy(np.array(f.values, dtype=np.float32)), persistent=False
             )  # (N, d_role)
         has_image = np.zeros(self.n_items, dtype=bool)
+        drop = np.zeros(0, dtype=np.int64)
+        if cfg.missing_image_fraction > 0:
+            rng = np.random.default_rng(cfg.missing_seed)
+            drop = rng.choice(
+                self.n_items, size=int(round(cfg.missing_image_fraction * self.n_items)), replace=False
+            )
         if "image" in feats:
             has_image = ~np.asarray(feats["image"].missing, dtype=bool)
-            if cfg.missing_image_fraction > 0:
-                rng = np.random.default_rng(cfg.missing_seed)
-                drop = rng.choice(
-                    self.n_items, size=int(round(cfg.missing_image_fraction * self.n_items)), replace=False
-                )
-                has_image[drop] = False
+            has_image[drop] = False
+        shown = has_image  # the items whose picture the prompts show
+        if cfg.representation == "vlm":  # UniMP: the VLM reads the image files themselves
+            from llmrec.llm.vlm import ItemPictures
+
+            self._pictures = ItemPictures(ds, "representation=vlm")
+            shown = self._pictures.has.copy()
+            shown[drop] = False
         self.register_buffer("has_image", torch.from_numpy(has_image), persistent=False)  # (N,)
         if "image" in cfg.features and not has_image.all() and "text" not in feats:
             # image-less items are retrieved through their text feature (Sec. 4.5)
@@ -351,7 +362,10 @@ class ILLMRec(FeatureBackedLLM):
                 "sha256": feats["text"].manifest["sha256"],
             }
 
-        self.backbone = Backbone(cfg.backbone, cfg.device)  # one device for the LM and every module
+        # one device for the LM and every module
+        self.backbone = Backbone(cfg.backbone, cfg.device, vision=cfg.representation == "vlm")
+        if cfg.representation == "vlm":
+            self._pictures.bind(self.backbone.model, self.backbone.processor)
         context = self.backbone.context_length
         if context is not None and (cfg.max_prompt_tokens or 0) > context:
             log.info(
@@ -360,7 +374,7 @@ class ILLMRec(FeatureBackedLLM):
                 context,
             )
         d = self.backbone.hidden_size
-        if "image" in feats:
+        if "image" in feats and cfg.representation != "vlm":  # UniMP: the VLM's own projector instead
             self.adaptor = mlp_adaptor(  # M
                 feats["image"].dim, cfg.adaptor_hidden, d, cfg.adaptor_ln_eps, cfg.adaptor_activation
             )
@@ -378,7 +392,7 @@ class ILLMRec(FeatureBackedLLM):
         if "image" in cfg.features and not has_image.all():
             # image-less items are retrieved through their text feature, with a projector of its own
             self.item_proj["image_fallback"] = projector(feats["text"].dim, cfg.d_shared)
-        self._texts = self._item_texts(ds, has_image)
+        self._texts = self._item_texts(ds, shown)
         self._has_bullets = any(t.features for t in self._texts)
         self._rendered: dict[str, list[str]] = {}
         self._lengths: dict[str, np.ndarray] = {}
@@ -417,6 +431,8 @@ class ILLMRec(FeatureBackedLLM):
         if rep not in self._rendered:
             assert self.backbone is not None
             texts = [render_item(t, rep, self.cfg.max_description_chars) for t in self._texts]  # type: ignore[arg-type]
+            if rep == "vlm":  # [VISUAL] -> the VLM's image tokens, as many as its processor makes
+                texts = self._pictures.markers(texts)
             lengths = [
                 len(ids) for ids in self.backbone.tokenizer(texts, add_special_tokens=False)["input_ids"]
             ]
@@ -470,7 +486,8 @@ class ILLMRec(FeatureBackedLLM):
     def _prompt_parts(self, history: np.ndarray) -> tuple[list[str], list[int], list[int]]:
         texts, _ = self.rendered()
         rendered = [texts[i] for i in history]
-        visual = [int(i) for i in history if "[VISUAL]" in texts[i]]
+        marker = self.backbone.image_token if self.cfg.representation == "vlm" else "[VISUAL]"
+        visual = [int(i) for i in history if marker in texts[i]]  # type: ignore[operator]
         cf = [int(i) for i in history if "[CF]" in texts[i]]
         return rendered, visual, cf
 
@@ -700,10 +717,15 @@ class ILLMRec(FeatureBackedLLM):
         once, so an item in several prompts gets bitwise the same vector (what lets a shared history run
         once, :meth:`Backbone.hidden_many`)."""
         out: list[dict[str, torch.Tensor]] = [{} for _ in visual]
-        for name, lists, table, adaptor in (
-            ("[VISUAL]", visual, "feat_image", "adaptor"),
-            ("[CF]", cf, "feat_cf", "cf_adaptor"),
-        ):
+        adapted = [("[VISUAL]", visual, "feat_image", "adaptor"), ("[CF]", cf, "feat_cf", "cf_adaptor")]
+        if self.cfg.representation == "vlm":  # UniMP: the VLM's own image tokens of each picture, frozen
+            assert self.backbone is not None and self.backbone.image_token is not None
+            pictures = {int(i): self._pictures.embeddings(int(i)) for i in torch.unique(torch.cat(visual))}
+            for inj, items in zip(out, visual):
+                if len(items):
+                    inj[self.backbone.image_token] = torch.cat([pictures[int(i)] for i in items])
+            adapted = adapted[1:]
+        for name, lists, table, adaptor in adapted:
             items = torch.cat(lists)
             if not len(items):
                 continue
@@ -919,3 +941,13 @@ class ILLMRec(FeatureBackedLLM):
         buffers = {n for n, _ in self.named_buffers() if n.startswith("state_")}  # statistics
         trainable = self._trainable | buffers
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}
+
+
+@register_model("unimp")
+class UniMP(ILLMRec):
+    """UniMP (Wei et al., 2024) as I-LLMRec's Table 1 runs it (the "I" row): history items shown to a
+    pre-aligned vision-language model through its own vision tower and image tokens, with their title,
+    brand and category; no ILA, no adaptor of ours; the LLM frozen and recommendations from the same IRE
+    head ([REC] state -> projectors -> every catalog item). ``-o backbone.llm=<VLM folder or hub id>``."""
+
+    preset = {"representation": "vlm", "ila": False}
