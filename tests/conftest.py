@@ -110,29 +110,37 @@ CHATML = (
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_llm(tmp_path_factory):
-    """A random 2-layer Llama (hidden 32) with a byte-level BPE tokenizer and a ChatML template, saved as a folder."""
+def _chatml_tokenizer(corpus: list[str], extra_special: list[str] | None = None):
+    """A byte-level BPE tokenizer (400 tokens) trained on ``corpus`` with ChatML's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-llm")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = [
-        "Your job is to recommend a suitable next item based on a user's interacted items.",
-        "Title: Item Brand: Category: Description: Visual representation: The brand of the next item is",
-        "Please conduct an analysis of user preferences and generate a recommendation token.",
-    ] * 20
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", *(extra_special or [])],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
+    tok.train_from_iterator(corpus * 20, trainer)
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """A random 2-layer Llama (hidden 32) with a byte-level BPE tokenizer and a ChatML template, saved as a folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llm")
+    fast = _chatml_tokenizer(
+        [
+            "Your job is to recommend a suitable next item based on a user's interacted items.",
+            "Title: Item Brand: Category: Description: Visual representation: The brand of the next item is",
+            "Please conduct an analysis of user preferences and generate a recommendation token.",
+        ]
     )
     fast.chat_template = CHATML
     cfg = LlamaConfig(
@@ -164,7 +172,6 @@ def tiny_vlm(tmp_path_factory):
     """A random LLaVA (CLIP vision tower: 32 px images, 8 px patches -> 16 image tokens; 2-layer Llama,
     hidden 32) with a byte-level BPE tokenizer, a ChatML template taking images, and a CLIP image processor
     (PIL backend), saved as a folder that AutoModelForImageTextToText / AutoProcessor load offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -172,26 +179,16 @@ def tiny_vlm(tmp_path_factory):
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
-        PreTrainedTokenizerFast,
     )
 
     folder = tmp_path_factory.mktemp("tiny-vlm")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [
-        "A user has given high ratings to the following movies: Item Title Brand Category Yes No",
-        "Describe what the pictures show and summarise the user's preferences. Will the user enjoy it?",
-        "Your job is to recommend a suitable next item based on a user's interacted items. [REC]",
-    ] * 20
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
+    fast = _chatml_tokenizer(
+        [
+            "A user has given high ratings to the following movies: Item Title Brand Category Yes No",
+            "Describe what the pictures show and summarise the user's preferences. Will the user enjoy it?",
+            "Your job is to recommend a suitable next item based on a user's interacted items. [REC]",
+        ],
+        extra_special=["<image>"],
     )
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor = LlavaProcessor(
