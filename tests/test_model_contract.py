@@ -49,6 +49,14 @@ TINY = {
         "eval_every": 10,
         "features": ["image", "text"],
     },
+    "lgmrec": {
+        "dim": 32,
+        "epochs": 60,
+        "batch_size": 64,
+        "lr": 0.01,
+        "eval_every": 10,
+        "features": ["image", "text"],
+    },
 }
 # HistLLM and its LLM baselines (CTR models: the learning check lives in test_histllm.py)
 CTR_TINY = {
@@ -74,6 +82,11 @@ for _name in (
     TINY[_name] = dict(CTR_TINY)
 CTR_TINY_NAMES = {n for n, o in TINY.items() if o == CTR_TINY}
 FLOORS = {"popularity", "random"}  # sanity floors: no learning requirement
+# Mirror Gradient (a trainer option, -o mirror_gradient=true) must keep the multimodal CF models to the contract
+MIRRORED = ("vbpr", "bm3", "lgmrec")
+CASES = [pytest.param(n, False, id=n) for n in available_models()] + [
+    pytest.param(n, True, id=f"{n}-mg") for n in MIRRORED
+]
 
 
 @pytest.fixture
@@ -98,13 +111,13 @@ def contract_dataset(synthetic_dataset):
     return ds
 
 
-@pytest.mark.parametrize("name", available_models())
-def test_model_contract(name, contract_dataset, tmp_path, request):
+@pytest.mark.parametrize(("name", "mirror"), CASES)
+def test_model_contract(name, mirror, contract_dataset, tmp_path, request):
     import torch
 
     assert name in TINY, f"add tiny test options for the new model '{name}' to TINY"
     ds = contract_dataset
-    options = dict(TINY[name])
+    options = dict(TINY[name], **({"mirror_gradient": True} if mirror else {}))
     if name == "illmrec" or name in CTR_TINY_NAMES:
         options["backbone"] = {"llm": request.getfixturevalue("tiny_llm")}
         if name in CTR_TINY_NAMES:
