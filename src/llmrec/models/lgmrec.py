@@ -38,8 +38,7 @@ tau 0.2 (fixed in the reference ``LGMRec.py``), Adam lr 1e-3, batches of 2048. W
   non-empty set of features works (``features``: those of the store, like BM3's);
 * its ``cf_model: mf`` is ``ui_layers=0`` here;
 * features are divided by their mean row norm (as VBPR's and BM3's), and an item whose feature is missing
-  gets a learned vector in place of its projection; its zero feature row gives it uniform hyperedge
-  dependencies.
+  gets a learned vector in place of its projection and uniform hyperedge dependencies (zero logits).
 
 The graph and the features are rebuilt from the dataset when a saved model loads (``needs_dataset``);
 ``feature.json`` records each feature's checksum and a changed feature is refused.
@@ -226,7 +225,10 @@ class LGMRec(TorchRecommender):
     def dependencies(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature ``name``'s hyperedge dependencies: users (U, H), items (N, H), rows summing to 1 (before
         the training dropout): a Gumbel-softmax while training, the softmax(logits / tau) otherwise."""
-        item_logits = self.hyperedges[name](getattr(self, f"feature_{name}"))  # (N, H)
+        missing = getattr(self, f"missing_{name}").unsqueeze(-1)  # (N, 1)
+        item_logits = self.hyperedges[name](getattr(self, f"feature_{name}")).masked_fill(
+            missing, 0.0
+        )  # (N, H)
         user_logits = torch.sparse.mm(self.interactions, item_logits)  # (U, H): sum over the user's items
         if self.training:
             users = F.gumbel_softmax(user_logits, self.cfg.tau, dim=-1)
