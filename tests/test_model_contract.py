@@ -49,6 +49,14 @@ TINY = {
         "eval_every": 10,
         "features": ["image", "text"],
     },
+    "lgmrec": {
+        "dim": 32,
+        "epochs": 60,
+        "batch_size": 64,
+        "lr": 0.01,
+        "eval_every": 10,
+        "features": ["image", "text"],
+    },
 }
 # HistLLM and its LLM baselines (CTR models: the learning check lives in test_histllm.py)
 CTR_TINY = {
@@ -78,6 +86,11 @@ TINY["recgpt4v"] = {"max_new_tokens": 2, "history_len": 2}
 TINY["unimp"] = {**TINY["illmrec"], "epochs": 20}
 VLM_NAMES = {"recgpt4v", "unimp"}
 FLOORS = {"popularity", "random", "recgpt4v"}  # sanity floors and zero-shot models: no learning requirement
+# Mirror Gradient (a trainer option, -o mirror_gradient=true) must keep the multimodal CF models to the contract
+MIRRORED = ("vbpr", "bm3", "lgmrec")
+CASES = [pytest.param(n, False, id=n) for n in available_models()] + [
+    pytest.param(n, True, id=f"{n}-mg") for n in MIRRORED
+]
 
 
 @pytest.fixture
@@ -102,13 +115,13 @@ def contract_dataset(synthetic_dataset):
     return ds
 
 
-@pytest.mark.parametrize("name", available_models())
-def test_model_contract(name, contract_dataset, tmp_path, request):
+@pytest.mark.parametrize(("name", "mirror"), CASES)
+def test_model_contract(name, mirror, contract_dataset, tmp_path, request):
     import torch
 
     assert name in TINY, f"add tiny test options for the new model '{name}' to TINY"
     ds = contract_dataset
-    options = dict(TINY[name])
+    options = dict(TINY[name], **({"mirror_gradient": True} if mirror else {}))
     if name == "illmrec" or name in CTR_TINY_NAMES:
         options["backbone"] = {"llm": request.getfixturevalue("tiny_llm")}
         if name in CTR_TINY_NAMES:

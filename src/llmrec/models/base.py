@@ -141,6 +141,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "mf": "mf",
     "vbpr": "vbpr",
     "bm3": "bm3",
+    "lgmrec": "lgmrec",
     "illmrec": "illmrec",
     "unimp": "illmrec",
     "histllm": "histllm",
