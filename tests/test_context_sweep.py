@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import one_error_line
 from llmrec.cli import main
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
@@ -124,12 +125,11 @@ def test_unavailable_representations_are_refused_before_training(
     out = tmp_path / "sweep"
     args = ["context-sweep", "--data", str(ds.root), "--out", str(out), "-o", f"backbone={{llm: {tiny_llm}}}"]
     assert main([*args, "--representations", "attribute", "image", "-o", "features=[text]"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    err = one_error_line(capsys, "context-sweep")
     assert "the 'image' representation needs item images and this dataset has none" in err
     save_item_feature(ds, "image", 8)
     assert main([*args, "--representations", "image", "summary", "-o", "features=[image]"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = one_error_line(capsys, "context-sweep")
     assert "the 'summary' representation needs the generated item texts 'summary'" in err
     assert f"llmrec describe --data {ds.root} --mode summary" in err
     assert not out.exists()  # nothing trained, not even the representation that could run

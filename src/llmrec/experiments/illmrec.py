@@ -531,8 +531,10 @@ def run_repr_grid(cfg: ReprGridConfig) -> dict[str, Any]:
         budget = _resolved_budget(cell["options"])
         lengths = prompt_lengths(ds, cfg, cell["options"], [budget])[budget]
         point = {
-            **{k: cell[k] for k in ("dataset", "backbone", "representation")},
+            "dataset": cell["dataset"],
+            "backbone": cell["backbone"],
             "encoder": enc,
+            "representation": cell["representation"],
             "run": str(root),
             **lengths,
         }
