@@ -368,6 +368,14 @@ def run_context_sweep(cfg: ContextSweepConfig) -> dict[str, Any]:
     total = len(plans) * len(cfg.budgets)
     for rep, options in plans:
         lengths = prompt_lengths(ds, cfg, options, cfg.budgets)
+        log.info(
+            "context-sweep: %s test prompts by budget: %s",
+            rep,
+            ", ".join(
+                f"{b}: {v['prompt_tokens_mean']:.0f} tokens, {v['history_items_mean']:.1f} items"
+                for b, v in lengths.items()
+            ),
+        )
         for budget in cfg.budgets:
             root = out / f"{rep}-{budget}"
             tcfg = train_config(cfg, cfg.data, root, {**options, "max_prompt_tokens": budget})
