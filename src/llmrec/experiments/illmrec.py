@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.assets import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM
-from llmrec.config import check_ranges, merge, option, to_dict
+from llmrec.config import check_ranges, merge, option, to_dict, unflatten
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
@@ -71,6 +71,7 @@ class PointSettings:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        self.options = unflatten(self.options)  # "backbone.llm" and {"backbone": {"llm"}} alike
         if len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**32 for s in self.seeds):
             raise ConfigError(f"--seeds must be distinct seeds (0 .. 2**32 - 1), got {self.seeds}")
 
