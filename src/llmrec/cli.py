@@ -236,6 +236,26 @@ def _cmd_history_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_context_sweep(args: argparse.Namespace) -> int:
+    from llmrec.experiments.illmrec import ContextSweepConfig, run_context_sweep
+
+    cfg = resolve(ContextSweepConfig, args, args.config)
+    run_context_sweep(cfg)
+    print((Path(cfg.out) / "context_sweep.md").read_text(), end="")
+    print(f"written {cfg.out}/context_sweep.json, context_sweep.md, context_sweep.csv, context_sweep.png")
+    return 0
+
+
+def _cmd_repr_grid(args: argparse.Namespace) -> int:
+    from llmrec.experiments.illmrec import ReprGridConfig, run_repr_grid
+
+    cfg = resolve(ReprGridConfig, args, args.config)
+    run_repr_grid(cfg)
+    print((Path(cfg.out) / "repr_grid.md").read_text(), end="")
+    print(f"written {cfg.out}/repr_grid.json, repr_grid.md, repr_grid.csv, repr_grid.png")
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     from llmrec.report import TableConfig, make_table
 
@@ -409,6 +429,20 @@ def _setup_history_sweep(p: argparse.ArgumentParser) -> None:
     add_arguments(p, HistorySweepConfig)
 
 
+def _setup_context_sweep(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.illmrec import ContextSweepConfig
+
+    _add_model_options(p)
+    add_arguments(p, ContextSweepConfig, skip=("options",))
+
+
+def _setup_repr_grid(p: argparse.ArgumentParser) -> None:
+    from llmrec.experiments.illmrec import ReprGridConfig
+
+    _add_model_options(p)
+    add_arguments(p, ReprGridConfig, skip=("options",))
+
+
 def _setup_table(p: argparse.ArgumentParser) -> None:
     from llmrec.report import TableConfig
 
@@ -471,6 +505,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Setup]] = [
     ("efficiency", "tokens and inference time of item representations, side by side", _cmd_efficiency, _setup_efficiency),
     ("ctr-efficiency", "HistLLM with vs without UHEM: prompt tokens, inference and training time", _cmd_ctr_efficiency, _setup_ctr_efficiency),
     ("history-sweep", "AUC/UAUC against the number of history items (TALLRec vs HistLLM)", _cmd_history_sweep, _setup_history_sweep),
+    ("context-sweep", "I-LLMRec hit/NDCG@10 and prompt tokens as the context budget shrinks, per representation", _cmd_context_sweep, _setup_context_sweep),
+    ("repr-grid", "I-LLMRec item representations over datasets x LLM backbones x image encoders", _cmd_repr_grid, _setup_repr_grid),
     ("table", "metrics of several runs side by side (Markdown; --out also writes CSV)", _cmd_table, _setup_table),
     ("bench", "training and evaluation throughput of a torch model", _cmd_bench, _setup_bench),
     ("bench-training", "seconds per LLM training step: two passes vs one pass vs cached prefix", _cmd_bench_training, _setup_bench_training),
