@@ -12,7 +12,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import build_model, load_model
-from llmrec.models.bm3 import normalized_adjacency
+from llmrec.models.graph import normalized_adjacency
 from llmrec.training import fit
 
 

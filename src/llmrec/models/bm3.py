@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,13 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmrec.config import option
-from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.features.store import check_trained_feature, load_item_feature, scaled_item_values
 from llmrec.models.base import register_model
+from llmrec.models.graph import FeatureGraphRecommender
 from llmrec.models.mf import training_pairs
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender
-from llmrec.utils.io import read_json, write_json_atomic
+from llmrec.models.neural import Batch, NeuralConfig
 
 
 @dataclasses.dataclass
@@ -63,28 +60,9 @@ class BM3Config(NeuralConfig):
             raise ConfigError("bm3 needs at least one item feature: -o features=[image, text]")
 
 
-def normalized_adjacency(sequences: list[np.ndarray], n_users: int, n_items: int) -> torch.Tensor:
-    """D^-1/2 A D^-1/2 of the bipartite graph of the training interactions: (U + N, U + N), sparse."""
-    users = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
-    items = np.concatenate([s for s in sequences] or [np.zeros(0, np.int64)]).astype(np.int64)
-    pairs = np.unique(users * n_items + items)  # a repeated pair is one edge
-    users, items = pairs // n_items, pairs % n_items + n_users
-    rows, cols = np.concatenate([users, items]), np.concatenate([items, users])
-    degree = np.bincount(rows, minlength=n_users + n_items).astype(np.float32)
-    inv = np.zeros_like(degree)
-    inv[degree > 0] = degree[degree > 0] ** -0.5
-    values = inv[rows] * inv[cols]
-    index = torch.from_numpy(np.stack([rows, cols]))
-    n = n_users + n_items
-    adjacency = torch.sparse_coo_tensor(index, torch.from_numpy(values), (n, n), check_invariants=True)
-    return adjacency.coalesce()
-
-
 @register_model("bm3")
-class BM3(TorchRecommender):
+class BM3(FeatureGraphRecommender):
     config_cls = BM3Config
-    needs_user_id = True  # a user is their node in the graph
-    needs_dataset = True  # the graph and the features come from the dataset
     cfg: BM3Config
 
     def __init__(self, cfg: BM3Config, n_users: int, n_items: int) -> None:
@@ -96,50 +74,10 @@ class BM3(TorchRecommender):
         self.predictor = nn.Linear(cfg.dim, cfg.dim)
         nn.init.xavier_normal_(self.predictor.weight)
         self.projections = nn.ModuleDict()  # feature name -> Linear(F -> dim), created by attach()
-        self.missing_vectors = nn.ParameterDict()
-        self.sources: list[dict[str, Any]] = []
-        self._dataset: Dataset | None = None
 
-    # -- the dataset's parts: graph and features (not saved with the weights)
-    def attach(self, dataset: Dataset, trained: dict[str, str] | None = None) -> None:
-        """Build the graph of ``dataset``'s training sequences and hold its item features as buffers
-        (``trained``: a saved model's features -> their checksums, each verified)."""
-        self.register_buffer(
-            "adjacency",
-            normalized_adjacency(dataset.train_sequences, self.n_users, self.n_items),
-            persistent=False,
-        )
-        names = list(trained or ()) or [
-            n for n in self.cfg.features if (dataset.features_dir / f"{n}.json").exists()
-        ]
-        if not names:
-            raise LlmrecError(
-                f"bm3 needs one of the item features {self.cfg.features}",
-                file=dataset.features_dir,
-                hint="compute one with 'llmrec features' or name one with -o features=[NAME]",
-            )
-        self.sources = []
-        for name in names:
-            feature = load_item_feature(dataset, name, self.n_items, who="bm3", option="features")
-            if trained is not None:
-                check_trained_feature(dataset, name, trained[name], feature)
-            values, present = scaled_item_values(feature)  # (N, F), (N,)
-            self.register_buffer(f"feature_{name}", torch.from_numpy(values), persistent=False)  # (N, F)
-            self.register_buffer(f"missing_{name}", torch.from_numpy(~present), persistent=False)  # (N,)
-            if name not in self.projections:
-                self.projections[name] = nn.Linear(values.shape[1], self.cfg.dim)
-                nn.init.xavier_normal_(self.projections[name].weight)
-                self.missing_vectors[name] = nn.Parameter(torch.zeros(self.cfg.dim))
-            self.sources.append({"feature": name, "sha256": feature.manifest["sha256"]})
-        self._dataset = dataset
-        self.to(self.cfg.device)
-
-    def prepare(self, dataset: Any) -> None:
-        self.attach(dataset)
-
-    @property
-    def trained_on(self) -> Dataset | None:
-        return self._dataset
+    def new_feature(self, name: str, size: int) -> None:
+        self.projections[name] = nn.Linear(size, self.cfg.dim)
+        nn.init.xavier_normal_(self.projections[name].weight)
 
     # -- the backbone and the views
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,19 +144,3 @@ class BM3(TorchRecommender):
             "user": ("user", self.predictor(all_u).cpu().numpy().copy()),
             "item": ("item", self.predictor(all_i).cpu().numpy().copy()),
         }
-
-    # -- persistence: weights, plus the features by checksum
-    def save_state(self, directory: Path) -> None:
-        if not self.sources:
-            raise LlmrecError("bm3: nothing to save before fit", file=directory, hint="fit the model first")
-        super().save_state(directory)
-        write_json_atomic(directory / "feature.json", {"features": self.sources})
-
-    def load_state(self, directory: Path, dataset: Dataset | None) -> None:
-        ref = directory / "feature.json"
-        if not ref.exists():
-            raise LlmrecError("saved bm3 model without feature.json", file=ref, hint="retrain the model")
-        saved = read_json(ref)["features"]
-        assert dataset is not None  # needs_dataset: load_model located it
-        self.attach(dataset, {s["feature"]: s["sha256"] for s in saved})
-        super().load_state(directory, dataset)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,12 +58,10 @@ from torch import nn
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.features.store import check_trained_feature, load_item_feature, scaled_item_values
 from llmrec.models.base import register_model
-from llmrec.models.bm3 import normalized_adjacency
+from llmrec.models.graph import FeatureGraphRecommender, training_edges
 from llmrec.models.mf import training_pairs
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, sample_unseen, seen_keys
-from llmrec.utils.io import read_json, write_json_atomic
+from llmrec.models.neural import Batch, NeuralConfig, sample_unseen, seen_keys
 
 
 @dataclasses.dataclass
@@ -98,11 +95,9 @@ class LGMRecConfig(NeuralConfig):
 
 def interaction_matrix(sequences: list[np.ndarray], n_users: int, n_items: int) -> torch.Tensor:
     """(U, N) sparse 0/1 matrix of the training interactions (a repeated pair counts once)."""
-    users = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
-    items = np.concatenate([s for s in sequences] or [np.zeros(0, np.int64)]).astype(np.int64)
-    pairs = np.unique(users * n_items + items)
-    index = torch.from_numpy(np.stack([pairs // n_items, pairs % n_items]))
-    values = torch.ones(len(pairs), dtype=torch.float32)
+    users, items = training_edges(sequences, n_items)
+    index = torch.from_numpy(np.stack([users, items]))
+    values = torch.ones(len(users), dtype=torch.float32)
     return torch.sparse_coo_tensor(index, values, (n_users, n_items), check_invariants=True).coalesce()
 
 
@@ -135,10 +130,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, all_b: torch.Tensor, tau: float) 
 
 
 @register_model("lgmrec")
-class LGMRec(TorchRecommender):
+class LGMRec(FeatureGraphRecommender):
     config_cls = LGMRecConfig
-    needs_user_id = True  # a user is their node in the graph
-    needs_dataset = True  # the graph and the features come from the dataset
     cfg: LGMRecConfig
 
     def __init__(self, cfg: LGMRecConfig, n_users: int, n_items: int) -> None:
@@ -150,56 +143,20 @@ class LGMRec(TorchRecommender):
         # per feature, created by attach() (their sizes come from the store): W_m, V_m, the missing vector
         self.projections = nn.ModuleDict()  # name -> Linear(F -> dim, no bias)
         self.hyperedges = nn.ModuleDict()  # name -> Linear(F -> n_hyper, no bias)
-        self.missing_vectors = nn.ParameterDict()
-        self.sources: list[dict[str, Any]] = []
-        self._dataset: Dataset | None = None
 
-    # -- the dataset's parts: graph and features (not saved with the weights)
-    def attach(self, dataset: Dataset, trained: dict[str, str] | None = None) -> None:
-        """Build the graphs of ``dataset``'s training sequences and hold its item features as buffers
-        (``trained``: a saved model's features -> their checksums, each verified)."""
-        seqs = dataset.train_sequences
-        interactions = interaction_matrix(seqs, self.n_users, self.n_items)
-        self.register_buffer(
-            "adjacency", normalized_adjacency(seqs, self.n_users, self.n_items), persistent=False
-        )
+    # -- the dataset's parts: graphs and features (not saved with the weights)
+    def attach_graph(self, dataset: Dataset) -> None:
+        super().attach_graph(dataset)
+        interactions = interaction_matrix(dataset.train_sequences, self.n_users, self.n_items)
         self.register_buffer("interactions", interactions, persistent=False)  # (U, N) 0/1
         self.register_buffer("user_mean", row_mean(interactions), persistent=False)  # (U, N) rows sum to 1
-        names = list(trained or ()) or [
-            n for n in self.cfg.features if (dataset.features_dir / f"{n}.json").exists()
-        ]
-        if not names:
-            raise LlmrecError(
-                f"lgmrec needs one of the item features {self.cfg.features}",
-                file=dataset.features_dir,
-                hint="compute one with 'llmrec features' or name one with -o features=[NAME]",
-            )
-        self.sources = []
-        for name in names:
-            feature = load_item_feature(dataset, name, self.n_items, who="lgmrec", option="features")
-            if trained is not None:
-                check_trained_feature(dataset, name, trained[name], feature)
-            values, present = scaled_item_values(feature)  # (N, F), (N,)
-            self.register_buffer(f"feature_{name}", torch.from_numpy(values), persistent=False)  # (N, F)
-            self.register_buffer(f"missing_{name}", torch.from_numpy(~present), persistent=False)  # (N,)
-            if name not in self.projections:
-                self.projections[name] = nn.Linear(values.shape[1], self.cfg.dim, bias=False)
-                self.hyperedges[name] = nn.Linear(values.shape[1], self.cfg.n_hyper, bias=False)
-                nn.init.xavier_uniform_(self.projections[name].weight)
-                nn.init.xavier_uniform_(self.hyperedges[name].weight)
-                self.missing_vectors[name] = nn.Parameter(torch.zeros(self.cfg.dim))
-            self.sources.append({"feature": name, "sha256": feature.manifest["sha256"]})
-        self._dataset = dataset
-        self.to(self.cfg.device)
 
-    def prepare(self, dataset: Any) -> None:
-        self.attach(dataset)
+    def new_feature(self, name: str, size: int) -> None:
+        self.projections[name] = nn.Linear(size, self.cfg.dim, bias=False)
+        self.hyperedges[name] = nn.Linear(size, self.cfg.n_hyper, bias=False)
+        nn.init.xavier_uniform_(self.projections[name].weight)
+        nn.init.xavier_uniform_(self.hyperedges[name].weight)
 
-    @property
-    def trained_on(self) -> Dataset | None:
-        return self._dataset
-
-    # -- the three embeddings
     def collaborative(self) -> torch.Tensor:
         """LightGCN over the ID embeddings: the mean of the layer outputs, (U + N, D)."""
         if not hasattr(self, "adjacency"):
@@ -300,21 +257,3 @@ class LGMRec(TorchRecommender):
         all_u, all_i, _ = self.embeddings()
         self.train(was_training)
         return {"user": ("user", all_u.cpu().numpy().copy()), "item": ("item", all_i.cpu().numpy().copy())}
-
-    # -- persistence: weights, plus the features by checksum
-    def save_state(self, directory: Path) -> None:
-        if not self.sources:
-            raise LlmrecError(
-                "lgmrec: nothing to save before fit", file=directory, hint="fit the model first"
-            )
-        super().save_state(directory)
-        write_json_atomic(directory / "feature.json", {"features": self.sources})
-
-    def load_state(self, directory: Path, dataset: Dataset | None) -> None:
-        ref = directory / "feature.json"
-        if not ref.exists():
-            raise LlmrecError("saved lgmrec model without feature.json", file=ref, hint="retrain the model")
-        saved = read_json(ref)["features"]
-        assert dataset is not None  # needs_dataset: load_model located it
-        self.attach(dataset, {s["feature"]: s["sha256"] for s in saved})
-        super().load_state(directory, dataset)

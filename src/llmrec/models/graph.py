@@ -1,0 +1,126 @@
+"""What the graph-based multimodal CF models (BM3, LGMRec) share: the user-item graph of the training
+sequences, and item features held as buffers beside the weights.
+
+:class:`FeatureGraphRecommender` builds the normalised graph, loads the item features the config names
+(those the dataset's store has), scales them, gives each a learned "missing" vector and the model's own
+per-feature layers (:meth:`~FeatureGraphRecommender.new_feature`), and records each feature's checksum in
+``feature.json``: a saved model rebuilds graph and features from its dataset on loading and refuses a
+feature that changed since it was trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmrec.data.dataset import Dataset
+from llmrec.errors import LlmrecError
+from llmrec.features.store import check_trained_feature, load_item_feature, scaled_item_values
+from llmrec.models.neural import TorchRecommender
+from llmrec.utils.io import read_json, write_json_atomic
+
+
+def training_edges(sequences: list[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) of the distinct training pairs (a repeated pair is one edge), sorted by user then item."""
+    users = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
+    items = np.concatenate([s for s in sequences] or [np.zeros(0, np.int64)]).astype(np.int64)
+    pairs = np.unique(users * n_items + items)
+    return pairs // n_items, pairs % n_items
+
+
+def normalized_adjacency(sequences: list[np.ndarray], n_users: int, n_items: int) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 of the bipartite graph of the training interactions: (U + N, U + N), sparse."""
+    users, items = training_edges(sequences, n_items)
+    items = items + n_users
+    rows, cols = np.concatenate([users, items]), np.concatenate([items, users])
+    degree = np.bincount(rows, minlength=n_users + n_items).astype(np.float32)
+    inv = np.zeros_like(degree)
+    inv[degree > 0] = degree[degree > 0] ** -0.5
+    values = inv[rows] * inv[cols]
+    index = torch.from_numpy(np.stack([rows, cols]))
+    n = n_users + n_items
+    adjacency = torch.sparse_coo_tensor(index, torch.from_numpy(values), (n, n), check_invariants=True)
+    return adjacency.coalesce()
+
+
+class FeatureGraphRecommender(TorchRecommender):
+    """A torch model over the training graph (``adjacency``) and the item features named by ``cfg.features``
+    (buffers ``feature_<name>`` (N, F), scaled, and ``missing_<name>`` (N,)). Subclasses add their
+    per-feature layers in :meth:`new_feature` and any other graph in :meth:`attach_graph`."""
+
+    needs_user_id = True  # a user is their node in the graph
+    needs_dataset = True  # the graph and the features come from the dataset
+
+    def __init__(self, cfg: Any, n_users: int, n_items: int) -> None:
+        super().__init__(cfg, n_users, n_items)
+        self.missing_vectors = nn.ParameterDict()  # feature name -> the learned vector of an item without it
+        self.sources: list[dict[str, Any]] = []
+        self._dataset: Dataset | None = None
+
+    def new_feature(self, name: str, size: int) -> None:
+        """Create the layers of a feature of ``size`` dimensions, the first time it is attached."""
+        raise NotImplementedError
+
+    def attach_graph(self, dataset: Dataset) -> None:
+        """Register the graph buffers of ``dataset``'s training sequences (default: ``adjacency``)."""
+        adjacency = normalized_adjacency(dataset.train_sequences, self.n_users, self.n_items)
+        self.register_buffer("adjacency", adjacency, persistent=False)
+
+    def attach(self, dataset: Dataset, trained: dict[str, str] | None = None) -> None:
+        """Build the graph of ``dataset``'s training sequences and hold its item features as buffers
+        (``trained``: a saved model's features -> their checksums, each verified)."""
+        self.attach_graph(dataset)
+        names = list(trained or ()) or [
+            n for n in self.cfg.features if (dataset.features_dir / f"{n}.json").exists()
+        ]
+        if not names:
+            raise LlmrecError(
+                f"{self.name} needs one of the item features {self.cfg.features}",
+                file=dataset.features_dir,
+                hint="compute one with 'llmrec features' or name one with -o features=[NAME]",
+            )
+        self.sources = []
+        for name in names:
+            feature = load_item_feature(dataset, name, self.n_items, who=self.name, option="features")
+            if trained is not None:
+                check_trained_feature(dataset, name, trained[name], feature)
+            values, present = scaled_item_values(feature)  # (N, F), (N,)
+            self.register_buffer(f"feature_{name}", torch.from_numpy(values), persistent=False)  # (N, F)
+            self.register_buffer(f"missing_{name}", torch.from_numpy(~present), persistent=False)  # (N,)
+            if name not in self.missing_vectors:
+                self.new_feature(name, values.shape[1])
+                self.missing_vectors[name] = nn.Parameter(torch.zeros(self.cfg.dim))
+            self.sources.append({"feature": name, "sha256": feature.manifest["sha256"]})
+        self._dataset = dataset
+        self.to(self.cfg.device)
+
+    def prepare(self, dataset: Any) -> None:
+        self.attach(dataset)
+
+    @property
+    def trained_on(self) -> Dataset | None:
+        return self._dataset
+
+    # -- persistence: weights, plus the features by checksum
+    def save_state(self, directory: Path) -> None:
+        if not self.sources:
+            raise LlmrecError(
+                f"{self.name}: nothing to save before fit", file=directory, hint="fit the model first"
+            )
+        super().save_state(directory)
+        write_json_atomic(directory / "feature.json", {"features": self.sources})
+
+    def load_state(self, directory: Path, dataset: Dataset | None) -> None:
+        ref = directory / "feature.json"
+        if not ref.exists():
+            raise LlmrecError(
+                f"saved {self.name} model without feature.json", file=ref, hint="retrain the model"
+            )
+        saved = read_json(ref)["features"]
+        assert dataset is not None  # needs_dataset: load_model located it
+        self.attach(dataset, {s["feature"]: s["sha256"] for s in saved})
+        super().load_state(directory, dataset)
