@@ -572,8 +572,11 @@ def plot_repr_grid(points: list[dict[str, Any]], path: Path, metric: str = "ndcg
     from llmrec.plots import pyplot, save_figure
 
     plt = pyplot()
-    encoded = {(p["dataset"], p["backbone"], p["encoder"]) for p in points if p["encoder"] != "none"}
-    groups = sorted(encoded) or sorted({(p["dataset"], p["backbone"], "none") for p in points})
+    # in the order of the command's lists
+    encoded = dict.fromkeys(
+        (p["dataset"], p["backbone"], p["encoder"]) for p in points if p["encoder"] != "none"
+    )
+    groups = list(encoded) or list(dict.fromkeys((p["dataset"], p["backbone"], "none") for p in points))
     reps = list(dict.fromkeys(p["representation"] for p in points))
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups) * max(1, len(reps)) / 2), 4))
     width = 0.8 / max(len(reps), 1)
