@@ -211,6 +211,18 @@ def test_left_padded_batch_equals_one_by_one(tiny_llm):
     assert generate_texts(model, tok, prompts, max_new_tokens=8, chat=False) != single
 
 
+def test_progress_lines_count_items_without_a_terminal(tmp_path, tiny_llm, monkeypatch, caplog):
+    """Regression: the log's progress line read a disabled progress bar's count and said '0/4 items'."""
+    from llmrec.llm import describe
+
+    monkeypatch.setattr(describe, "NOTE_EVERY_S", -1.0)  # a line after every batch
+    data = items_dataset(tmp_path / "movies", MOVIES)
+    with caplog.at_level("INFO", logger="llmrec.llm.describe"):
+        run_describe(DescribeConfig(data=str(data), llm=tiny_llm, max_new_tokens=4, batch_size=3))
+    lines = [r.getMessage() for r in caplog.records if "items/s" in r.getMessage()]
+    assert [line.split(": ")[1].split(" items")[0] for line in lines] == ["3/4", "4/4"], lines
+
+
 def test_run_batched_equals_unbatched_and_cache(tmp_path, tiny_llm, counting):
     data = items_dataset(tmp_path / "movies", MOVIES)
     batched = run_describe(DescribeConfig(data=str(data), llm=tiny_llm, max_new_tokens=8, batch_size=3))

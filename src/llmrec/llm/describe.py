@@ -360,6 +360,9 @@ def _pick(values: list[str], index: list[int]) -> list[str]:
     return [values[j] for j in index]
 
 
+NOTE_EVERY_S = 60.0  # seconds between progress lines in the log
+
+
 def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
     """Generate the texts that are missing or stale; return a summary (counts, seconds, items/s, paths)."""
     from tqdm.auto import tqdm
@@ -447,6 +450,7 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
 
     log.info("describe '%s': %d items to generate, %d cached", name, len(todo), reused)
     t0 = last_note = time.perf_counter()
+    generated = 0  # counted here: a disabled bar (not a terminal) counts nothing
     with tqdm(total=len(todo), desc=f"describe {name}", unit="item", disable=None) as bar:
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start : start + cfg.batch_size]
@@ -456,9 +460,10 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
                 done[ids[j]] = (clean_text(text, fallback), keys[j], sources[j])
             checkpoint()
             bar.update(len(batch))
-            if time.perf_counter() - last_note > 60:  # the log (and a non-terminal) still sees progress
-                rate = bar.n / (time.perf_counter() - t0)
-                log.info("describe '%s': %d/%d items, %.2f items/s", name, bar.n, len(todo), rate)
+            generated += len(batch)
+            if time.perf_counter() - last_note > NOTE_EVERY_S:  # the log (and a non-terminal) still sees progress
+                rate = generated / (time.perf_counter() - t0)
+                log.info("describe '%s': %d/%d items, %.2f items/s", name, generated, len(todo), rate)
                 last_note = time.perf_counter()
     if not todo and (stale or not path.exists() or not manifest_is_current()):
         checkpoint()  # nothing generated, but stale rows were dropped or the files are new or behind
