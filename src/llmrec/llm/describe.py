@@ -461,7 +461,9 @@ def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
             checkpoint()
             bar.update(len(batch))
             generated += len(batch)
-            if time.perf_counter() - last_note > NOTE_EVERY_S:  # the log (and a non-terminal) still sees progress
+            if (
+                time.perf_counter() - last_note > NOTE_EVERY_S
+            ):  # the log (and a non-terminal) still sees progress
                 rate = generated / (time.perf_counter() - t0)
                 log.info("describe '%s': %d/%d items, %.2f items/s", name, generated, len(todo), rate)
                 last_note = time.perf_counter()
