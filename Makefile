@@ -1,5 +1,6 @@
 # The two commands of the README. Both install everything first (scripts/install.sh, idempotent).
 VENV ?= .venv
+TEST_WORKERS ?= 2  # pytest-xdist processes (tests pin torch to one thread each); 0 = one process
 
 .PHONY: install demo test lint
 
@@ -10,7 +11,7 @@ demo: install
 	$(VENV)/bin/llmrec demo
 
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests
