@@ -25,7 +25,7 @@ from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import sha256_file
 
 MAX_BYTES = 50_000
-TIMEOUT = 0.4  # the slow endpoint sleeps longer than this
+TIMEOUT = 1.0  # the slow endpoint sleeps longer than this (0.4 s timed a fast fetch out with the suite in 2 processes)
 
 
 def _encode(size: tuple[int, int], fmt: str, noise: bool = False) -> bytes:
