@@ -13,6 +13,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import build_model, load_model
+from llmrec.models.graph import compressed, normalized_adjacency, sparse_product
 from llmrec.models.lgmrec import hypergraph_pass, info_nce, interaction_matrix, row_mean
 from llmrec.training import fit
 
@@ -24,6 +25,22 @@ def test_interaction_matrices_by_hand():
     expected = torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 0]])
     torch.testing.assert_close(a.to_dense(), expected)
     torch.testing.assert_close(row_mean(a).to_dense(), torch.tensor([[0.5, 0, 0.5], [0, 1, 0], [0, 0, 0]]))
+
+
+def test_sparse_product_gradients_match_dense():
+    # the graph products' own backward (by the given transpose) against dense autograd, for the symmetric
+    # adjacency and for the non-symmetric (U, N) row-mean matrix with its transpose
+    seqs = [np.array([0, 2, 2]), np.array([1, 3]), np.array([3, 0, 1])]
+    adjacency = normalized_adjacency(seqs, n_users=3, n_items=4)
+    mean = row_mean(interaction_matrix(seqs, n_users=3, n_items=4))
+    for matrix, transpose in [(adjacency, None), (mean, mean.t().coalesce())]:
+        x = torch.randn(matrix.shape[1], 5, requires_grad=True, dtype=torch.float64)
+        weights = torch.randn(matrix.shape[0], 5, dtype=torch.float64)
+        csr_t = None if transpose is None else compressed(transpose.double())
+        (sparse_product(compressed(matrix.double()), x, csr_t) * weights).sum().backward()
+        grad, x.grad = x.grad, None
+        (matrix.double().to_dense() @ x * weights).sum().backward()
+        torch.testing.assert_close(grad, x.grad)
 
 
 def test_hypergraph_pass_by_hand():

@@ -37,7 +37,7 @@ from torch import nn
 from llmrec.config import option
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.models.base import register_model
-from llmrec.models.graph import FeatureGraphRecommender
+from llmrec.models.graph import FeatureGraphRecommender, sparse_product
 from llmrec.models.mf import training_pairs
 from llmrec.models.neural import Batch, NeuralConfig
 
@@ -87,7 +87,7 @@ class BM3(FeatureGraphRecommender):
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])  # (U + N, D)
         layers = [x]
         for _ in range(self.cfg.layers):
-            x = torch.sparse.mm(self.adjacency, x)
+            x = sparse_product(self.adjacency, x)
             layers.append(x)
         out = torch.stack(layers).mean(0)  # (U + N, D)
         users, items = out.split([self.n_users, self.n_items])

@@ -10,6 +10,7 @@ feature that changed since it was trained.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,34 @@ def normalized_adjacency(sequences: list[np.ndarray], n_users: int, n_items: int
     return adjacency.coalesce()
 
 
+def compressed(matrix: torch.Tensor) -> torch.Tensor:
+    """A coalesced sparse COO matrix as CSR: sparse x dense products (and their backward) run about 1.5x
+    faster on CPU, the same values (the sums of a row in the same order up to float rounding)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return matrix.to_sparse_csr()
+
+
+class _SparseProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, matrix: torch.Tensor, transpose: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.transpose = transpose
+        return matrix @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, ctx.transpose @ grad
+
+
+def sparse_product(
+    matrix: torch.Tensor, x: torch.Tensor, transpose: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``matrix @ x`` for a constant sparse (CSR) ``matrix`` whose backward multiplies by the given
+    ``transpose`` (default: ``matrix`` itself, symmetric as the normalised adjacency). torch's own backward
+    transposes the CSR matrix (a sort) in every step, which took 60% of an LGMRec step on ML-100K."""
+    return _SparseProduct.apply(matrix, matrix if transpose is None else transpose, x)
+
+
 class FeatureGraphRecommender(TorchRecommender):
     """A torch model over the training graph (``adjacency``) and the item features named by ``cfg.features``
     (buffers ``feature_<name>`` (N, F), scaled, and ``missing_<name>`` (N,)). Subclasses add their
@@ -68,7 +97,7 @@ class FeatureGraphRecommender(TorchRecommender):
     def attach_graph(self, dataset: Dataset) -> None:
         """Register the graph buffers of ``dataset``'s training sequences (default: ``adjacency``)."""
         adjacency = normalized_adjacency(dataset.train_sequences, self.n_users, self.n_items)
-        self.register_buffer("adjacency", adjacency, persistent=False)
+        self.register_buffer("adjacency", compressed(adjacency), persistent=False)
 
     def attach(self, dataset: Dataset, trained: dict[str, str] | None = None) -> None:
         """Build the graph of ``dataset``'s training sequences and hold its item features as buffers

@@ -59,7 +59,7 @@ from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.models.base import register_model
-from llmrec.models.graph import FeatureGraphRecommender, training_edges
+from llmrec.models.graph import FeatureGraphRecommender, compressed, sparse_product, training_edges
 from llmrec.models.mf import training_pairs
 from llmrec.models.neural import Batch, NeuralConfig, sample_unseen, seen_keys
 
@@ -148,8 +148,11 @@ class LGMRec(FeatureGraphRecommender):
     def attach_graph(self, dataset: Dataset) -> None:
         super().attach_graph(dataset)
         interactions = interaction_matrix(dataset.train_sequences, self.n_users, self.n_items)
-        self.register_buffer("interactions", interactions, persistent=False)  # (U, N) 0/1
-        self.register_buffer("user_mean", row_mean(interactions), persistent=False)  # (U, N) rows sum to 1
+        mean = row_mean(interactions)  # rows sum to 1
+        # (U, N) 0/1 and row-mean matrices, and their (N, U) transposes for the backward pass
+        for name, matrix in [("interactions", interactions), ("user_mean", mean)]:
+            self.register_buffer(name, compressed(matrix), persistent=False)
+            self.register_buffer(f"{name}_t", compressed(matrix.t().coalesce()), persistent=False)
 
     def new_feature(self, name: str, size: int) -> None:
         self.projections[name] = nn.Linear(size, self.cfg.dim, bias=False)
@@ -164,7 +167,7 @@ class LGMRec(FeatureGraphRecommender):
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])  # (U + N, D)
         layers = [x]
         for _ in range(self.cfg.ui_layers):
-            x = torch.sparse.mm(self.adjacency, x)
+            x = sparse_product(self.adjacency, x)
             layers.append(x)
         return torch.stack(layers).mean(0)
 
@@ -174,9 +177,9 @@ class LGMRec(FeatureGraphRecommender):
         f = getattr(self, f"feature_{name}")  # (N, F)
         missing = getattr(self, f"missing_{name}").unsqueeze(-1)  # (N, 1)
         items = torch.where(missing, self.missing_vectors[name], self.projections[name](f))  # (N, D)
-        x = torch.cat([torch.sparse.mm(self.user_mean, items), items])  # (U + N, D)
+        x = torch.cat([sparse_product(self.user_mean, items, self.user_mean_t), items])  # (U + N, D)
         for _ in range(self.cfg.mm_layers):
-            x = torch.sparse.mm(self.adjacency, x)
+            x = sparse_product(self.adjacency, x)
         return x
 
     def dependencies(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +189,9 @@ class LGMRec(FeatureGraphRecommender):
         item_logits = self.hyperedges[name](getattr(self, f"feature_{name}")).masked_fill(
             missing, 0.0
         )  # (N, H)
-        user_logits = torch.sparse.mm(self.interactions, item_logits)  # (U, H): sum over the user's items
+        user_logits = sparse_product(
+            self.interactions, item_logits, self.interactions_t
+        )  # (U, H): sum over the user's items
         if self.training:
             users = F.gumbel_softmax(user_logits, self.cfg.tau, dim=-1)
             items = F.gumbel_softmax(item_logits, self.cfg.tau, dim=-1)
