@@ -203,6 +203,23 @@ def test_prompts_never_exceed_the_llm_context(ill_dataset, tiny_llm):
         m.build_ire(hist)
 
 
+@pytest.mark.parametrize("representation", ["image", "attribute", "description"])
+def test_prompts_keep_to_max_prompt_tokens_exactly(ill_dataset, tiny_llm, representation):
+    """Regression: the cut summed per-item token counts, and BPE merges across items let a prompt overshoot
+    max_prompt_tokens by about a token per item. Now every prompt fits, holding as many recent items as do."""
+    m = _model(ill_dataset, tiny_llm, representation=representation)
+    hist = np.arange(12)
+    full = int(m.build_ire([hist])["mask"].sum())
+    empty = int(m.build_ire([hist[:0]])["mask"].sum())
+    for budget in range(empty, full + 2, 3):
+        m.cfg.max_prompt_tokens = budget
+        ids, mask = (m.build_ire([hist])[k][0] for k in ("ids", "mask"))
+        assert int(mask.sum()) <= budget
+        kept = m.backbone.tokenizer.decode(ids[mask.bool()]).count("{Title: ")
+        longer = m.frame(ire_prompt(m._prompt_parts(hist[12 - kept - 1 :])[0]), "ire")
+        assert kept == 12 or m.backbone.count_tokens(longer) > budget  # one more item would not fit
+
+
 def test_context_budget_drops_oldest(ill_dataset, tiny_llm):
     m = _model(ill_dataset, tiny_llm, representation="description")
     _, lengths = m.rendered()

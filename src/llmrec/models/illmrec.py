@@ -483,6 +483,27 @@ class ILLMRec(FeatureBackedLLM):
         total = np.cumsum(lengths[history][::-1])[::-1]  # tokens from item j to the end
         return history[np.searchsorted(-total, -budget) :] if len(history) else history
 
+    def fit_prompt(self, history: np.ndarray, budget: int, limit: int) -> np.ndarray:
+        """The most recent items of ``history`` whose IRE prompt has at most ``limit`` tokens: the estimate of
+        :meth:`fit_history` (``budget`` tokens of items), then corrected by counting the prompt itself, as
+        BPE merges across item boundaries put the estimate off by about a token per item either way (an
+        item is added back only within ``max_history_tokens``)."""
+        assert self.backbone is not None
+        history = np.asarray(history, dtype=np.int64)
+        _, lengths = self.rendered()
+        cap = self.cfg.max_history_tokens
+
+        def fits(start: int) -> bool:
+            prompt = self.frame(ire_prompt(self._prompt_parts(history[start:])[0]), "ire")
+            return self.backbone.count_tokens(prompt) <= limit  # type: ignore[union-attr]
+
+        start = len(history) - len(self.fit_history(history, budget))
+        while start < len(history) and not fits(start):
+            start += 1
+        while start > 0 and (not cap or lengths[history[start - 1 :]].sum() <= cap) and fits(start - 1):
+            start -= 1
+        return history[start:]
+
     def _prompt_parts(self, history: np.ndarray) -> tuple[list[str], list[int], list[int]]:
         texts, _ = self.rendered()
         rendered = [texts[i] for i in history]
@@ -491,14 +512,18 @@ class ILLMRec(FeatureBackedLLM):
         cf = [int(i) for i in history if "[CF]" in texts[i]]
         return rendered, visual, cf
 
-    def _budget(self, overhead_text: str, answer_tokens: int = 0) -> int:
-        """Tokens left for the history: ``max_prompt_tokens`` and the LM's context less the answer, minus the
-        fixed (framed) text ``overhead_text``; and at most ``max_history_tokens``."""
+    def _limit(self, answer_tokens: int = 0) -> int:
+        """The most tokens a prompt may have: ``max_prompt_tokens`` and the LM's context less the answer."""
         assert self.backbone is not None
         context = self.backbone.context_length
         limits = [self.cfg.max_prompt_tokens, None if context is None else context - answer_tokens]
-        limit = min([x for x in limits if x is not None], default=2**31)
-        budget = limit - self.backbone.count_tokens(overhead_text)
+        return min([x for x in limits if x is not None], default=2**31)
+
+    def _budget(self, overhead_text: str, answer_tokens: int = 0) -> int:
+        """Tokens left for the history: :meth:`_limit` minus the fixed (framed) text ``overhead_text``; and
+        at most ``max_history_tokens``."""
+        assert self.backbone is not None
+        budget = self._limit(answer_tokens) - self.backbone.count_tokens(overhead_text)
         return min(budget, self.cfg.max_history_tokens or budget)
 
     def _check_context(self, mask: torch.Tensor) -> None:
@@ -512,10 +537,10 @@ class ILLMRec(FeatureBackedLLM):
     def build_ire(self, histories: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """Tokenised IRE prompts (history + instruction + [REC]) and the items behind their placeholders."""
         assert self.backbone is not None
-        budget = self._budget(self.frame(ire_prompt([]), "ire"))
+        budget, limit = self._budget(self.frame(ire_prompt([]), "ire")), self._limit()
         prompts, visual, cf = [], [], []
         for h in histories:
-            rendered, v, c = self._prompt_parts(self.fit_history(h, budget))
+            rendered, v, c = self._prompt_parts(self.fit_prompt(h, budget, limit))
             prompts.append(self.frame(ire_prompt(rendered), "ire"))
             visual += v
             cf += c
