@@ -41,6 +41,12 @@ def test_sparse_product_gradients_match_dense():
         grad, x.grad = x.grad, None
         (matrix.double().to_dense() @ x * weights).sum().backward()
         torch.testing.assert_close(grad, x.grad)
+    # half precision (no CPU kernel for a CSR product in it): computed in float32, returned in bfloat16
+    x = torch.randn(adjacency.shape[1], 5, requires_grad=True, dtype=torch.bfloat16)
+    y = sparse_product(compressed(adjacency).to(torch.bfloat16), x)
+    y.sum().backward()
+    assert y.dtype == x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), adjacency.to_dense() @ x.float(), rtol=1e-2, atol=1e-2)
 
 
 def test_hypergraph_pass_by_hand():

@@ -56,15 +56,24 @@ def compressed(matrix: torch.Tensor) -> torch.Tensor:
         return matrix.to_sparse_csr()
 
 
+def _product(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cpu" and x.dtype not in (
+        torch.float32,
+        torch.float64,
+    ):  # no CPU kernel for bf16/fp16
+        return (matrix.float() @ x.float()).to(x.dtype)
+    return matrix @ x
+
+
 class _SparseProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, matrix: torch.Tensor, transpose: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.transpose = transpose
-        return matrix @ x
+        return _product(matrix, x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
-        return None, None, ctx.transpose @ grad
+        return None, None, _product(ctx.transpose, grad)
 
 
 def sparse_product(
