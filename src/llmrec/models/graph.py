@@ -57,10 +57,8 @@ def compressed(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _product(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu" and x.dtype not in (
-        torch.float32,
-        torch.float64,
-    ):  # no CPU kernel for bf16/fp16
+    half = x.dtype not in (torch.float32, torch.float64)
+    if half and x.device.type == "cpu":  # torch has no CPU kernel for a CSR product in bf16/fp16
         return (matrix.float() @ x.float()).to(x.dtype)
     return matrix @ x
 
