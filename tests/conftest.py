@@ -104,6 +104,22 @@ def synthetic_dataset(tmp_path):
     return out
 
 
+@pytest.fixture
+def image_feature_dataset(synthetic_dataset):
+    """The synthetic dataset with an 8-d 'image' feature (items 0 and 5 missing) in its store, nothing else:
+    what the graph models (BM3, LGMRec) read."""
+    from llmrec.data.dataset import Dataset
+    from llmrec.features.store import ids_checksum, save_feature
+
+    ds = Dataset(synthetic_dataset)
+    rng = np.random.default_rng(0)
+    spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
+    missing = np.zeros(ds.n_items, dtype=bool)
+    missing[[0, 5]] = True
+    save_feature(ds.features_dir, "image", rng.normal(size=(ds.n_items, 8)).astype(np.float32), spec, missing)
+    return ds
+
+
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -3,16 +3,12 @@ hypergraph pass, the InfoNCE; gradients, persistence, Mirror Gradient."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from llmrec.data.dataset import Dataset
-from llmrec.errors import LlmrecError
 from llmrec.features.store import ids_checksum, save_feature
-from llmrec.models.base import build_model, load_model
+from llmrec.models.base import build_model
 from llmrec.models.graph import compressed, normalized_adjacency, sparse_product
 from llmrec.models.lgmrec import hypergraph_pass, info_nce, interaction_matrix, row_mean
 from llmrec.training import fit
@@ -78,15 +74,12 @@ def test_info_nce_by_hand():
 
 
 @pytest.fixture
-def lgm_dataset(synthetic_dataset):
+def lgm_dataset(image_feature_dataset):
     """The synthetic dataset with an 'image' feature (items 0 and 5 missing) and a 'text' one."""
-    ds = Dataset(synthetic_dataset)
-    rng = np.random.default_rng(0)
+    ds = image_feature_dataset
     spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
-    missing = np.zeros(ds.n_items, dtype=bool)
-    missing[[0, 5]] = True
-    save_feature(ds.features_dir, "image", rng.normal(size=(ds.n_items, 8)).astype(np.float32), spec, missing)
-    save_feature(ds.features_dir, "text", rng.normal(size=(ds.n_items, 6)).astype(np.float32), spec)
+    text = np.random.default_rng(1).normal(size=(ds.n_items, 6)).astype(np.float32)
+    save_feature(ds.features_dir, "text", text, spec)
     return ds
 
 
@@ -145,31 +138,6 @@ def test_loss_reaches_every_part(lgm_dataset):
     info_nce(ui[:3], ut[:3], ut, 0.2).backward()
     for m in ("image", "text"):
         assert model.hyperedges[m].weight.grad.abs().sum() > 0, m
-
-
-def test_saved_model_scores_alike_and_refuses_a_changed_feature(lgm_dataset, tmp_path):
-    ds = lgm_dataset
-    torch.manual_seed(0)
-    model = build_model("lgmrec", {"dim": 8, "epochs": 2, "features": ["image"]}, ds.n_users, ds.n_items)
-    fit(model, ds)
-    model.save(tmp_path / "m")
-    assert json.loads((tmp_path / "m" / "feature.json").read_text())["features"][0]["feature"] == "image"
-    users = np.arange(3)
-    hist = [np.zeros(0, np.int64)] * 3
-    np.testing.assert_allclose(
-        load_model(tmp_path / "m").score_all(users, hist), model.score_all(users, hist), rtol=1e-6
-    )
-    spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
-    save_feature(ds.features_dir, "image", np.ones((ds.n_items, 8), np.float32), spec)
-    with pytest.raises(LlmrecError, match="feature 'image' changed since the model was trained"):
-        load_model(tmp_path / "m")
-
-
-def test_no_feature_at_all_is_a_clear_error(synthetic_dataset):
-    ds = Dataset(synthetic_dataset)
-    model = build_model("lgmrec", {"dim": 8}, ds.n_users, ds.n_items)
-    with pytest.raises(LlmrecError, match=r"lgmrec needs one of the item features \['image', 'text'\]"):
-        model.prepare(ds)
 
 
 def test_mirror_gradient_trains_it(lgm_dataset):

@@ -41,21 +41,17 @@ TINY = {
         "eval_users": None,
     },
     "vbpr": {"dim": 32, "epochs": 60, "batch_size": 64, "lr": 0.01, "eval_every": 10, "feature": "image"},
-    "bm3": {
-        "dim": 32,
-        "epochs": 60,
-        "batch_size": 64,
-        "lr": 0.01,
-        "eval_every": 10,
-        "features": ["image", "text"],
-    },
-    "lgmrec": {
-        "dim": 32,
-        "epochs": 60,
-        "batch_size": 64,
-        "lr": 0.01,
-        "eval_every": 10,
-        "features": ["image", "text"],
+    # the graph models (BM3, LGMRec) take the same options here
+    **{
+        name: {
+            "dim": 32,
+            "epochs": 60,
+            "batch_size": 64,
+            "lr": 0.01,
+            "eval_every": 10,
+            "features": ["image", "text"],
+        }
+        for name in ("bm3", "lgmrec")
     },
 }
 # HistLLM and its LLM baselines (CTR models: the learning check lives in test_histllm.py)
