@@ -85,7 +85,10 @@ class Model:
         retrieve: int = 100,
     ) -> None:
         self.model, self.dataset, self.run = model, dataset, Path(run)
-        items = dataset.items
+        # everything a query reads, read now: a loaded Model (and the service around it) never goes back
+        # to the dataset folder, so a folder moved or deleted after loading cannot fail a query
+        self._catalog = items = dataset.items  # the rows /items answers with
+        self.sequences: list[np.ndarray] = dataset.sequences  # a known user's history
         self.item_ids: list[str] = items["item_id"].astype(str).tolist()
         self.titles: list[str] = items["title"].astype(str).tolist()
         self.item_index = {iid: i for i, iid in enumerate(self.item_ids)}
@@ -144,7 +147,7 @@ class Model:
         i = self.item_index.get(str(item_id))
         if i is None:
             raise QueryError(f"unknown item id {str(item_id)!r}", field="item_id", status=404)
-        row = self.dataset.items.iloc[i].to_dict()
+        row = self._catalog.iloc[i].to_dict()
         out = {}
         for key, value in row.items():
             if isinstance(value, np.ndarray):
@@ -178,7 +181,7 @@ class Model:
             u = self.user_index.get(str(user_id))
             if u is None:
                 raise QueryError(f"unknown user id {str(user_id)!r}", field="user_id", status=404)
-            user, hist = str(user_id), self.dataset.sequences[u]
+            user, hist = str(user_id), self.sequences[u]
         else:
             if isinstance(history, str):
                 raise QueryError("must be a list of item ids, not one string", field="history")
