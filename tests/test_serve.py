@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import select
+import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -19,7 +23,8 @@ from fastapi.testclient import TestClient
 
 import llmrec
 from conftest import synthetic_tables
-from llmrec.serve import MAX_K, ServeSettings, create_app
+from llmrec.errors import LlmrecError
+from llmrec.serve import MAX_JSON_DEPTH, MAX_K, ServeSettings, create_app, server_config
 
 
 def make_run(root: Path, model: str = "sasrec") -> Path:
@@ -53,8 +58,9 @@ def client(model):
 
 @contextlib.contextmanager
 def running(app):
-    """``app`` served by uvicorn in a thread on a free 127.0.0.1 port: (server, base url)."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    """``app`` served by uvicorn in a thread on a free 127.0.0.1 port, as ``llmrec serve`` serves it:
+    (server, base url)."""
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -302,6 +308,143 @@ def test_a_bug_is_a_logged_500_not_a_crash(model, monkeypatch, caplog):
     assert "internal error on GET /items/i001" in caplog.text
 
 
+def test_deep_json_says_too_deep_and_a_non_utf8_body_still_says_not_utf8(client):
+    """Regression: a 100,000-deep JSON body (plain ASCII) was answered 'malformed JSON (not UTF-8 text)'."""
+
+    def post(raw: bytes):
+        return client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+
+    limit = MAX_JSON_DEPTH
+    too_deep = [b"[" * 100_000 + b"]" * 100_000, b'{"history": ' + b"[" * limit + b"]" * limit + b"}"]
+    for raw in too_deep:
+        r = post(raw)
+        assert r.status_code == 422 and r.json()["field"] == "body", r.text
+        assert f"nested too deeply (limit {limit} levels)" in r.json()["detail"], r.text
+    r = post(b"[" * limit + b"]" * limit)  # at the limit: read, then refused for what it is (not an object)
+    assert r.status_code == 422 and "nested" not in r.json()["detail"], r.text
+    r = post(json.dumps({"user_id": "[" * 1000}).encode())  # brackets in a string are no nesting
+    assert r.status_code == 404 and r.json()["field"] == "user_id", r.text
+    for raw in (b"\xff\xfe\x00", b'{"user_id": "\xff"}', b"[" * 100_000 + b"\xff"):
+        r = post(raw)
+        assert r.status_code == 422 and "not UTF-8" in r.json()["detail"], (raw[:20], r.text)
+    r = post(b'{"user_id": "u1", "k": ' + b"9" * 5000 + b"}")  # valid UTF-8 JSON Python will not read
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text
+    assert "cannot read" in r.json()["detail"] and "UTF-8" not in r.json()["detail"], r.text
+
+
+# ----------------------------------------------------------------------------- files: read at start-up only
+
+
+def test_the_service_never_reads_the_dataset_folder_after_start_up(run, model, tmp_path):
+    """Regression: the sequences table was read at the first user_id query, so a dataset folder deleted
+    after start-up made it a 500 while /health said ok. Everything a query needs is read on loading."""
+    data = shutil.copytree(run.parent / "ds", tmp_path / "ds")
+    served = llmrec.load(run, device="cpu", data=data)
+    with TestClient(create_app(served), raise_server_exceptions=False) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        shutil.rmtree(data)
+        r = c.post("/recommend", json={"user_id": "u3", "k": 5})
+        assert r.status_code == 200 and same(r.json()["items"], _rows(model.recommend(user_ids=["u3"], k=5)))
+        r = c.post("/rank", json={"user_id": "u4", "candidates": ["i001", "i002"]})
+        assert r.status_code == 200, r.text
+        r = c.post("/recommend", json={"history": ["i001", "i002"], "k": 3})
+        assert r.status_code == 200, r.text
+        assert c.get("/items/i007").json()["title"] == "Item 7"
+        assert c.get("/health").json()["status"] == "ok"
+
+
+GONE = "/srv/data/ds/features/clip.npy"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FileNotFoundError(errno.ENOENT, "No such file or directory", GONE),
+        LlmrecError("file missing from the dataset", file=GONE, hint="re-run 'llmrec prepare'"),
+    ],
+    ids=["OSError", "LlmrecError"],
+)
+def test_a_file_gone_while_answering_is_a_503_naming_it(model, monkeypatch, error):
+    """A file a model reads while answering that vanished is the service unavailable, named: no 500."""
+
+    def gone(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(model.model, "score_all", gone)
+    with TestClient(create_app(model), raise_server_exceptions=False) as c:
+        answers = [c.post("/recommend", json={"user_id": "u3"})]
+        monkeypatch.setattr(model, "item", gone)
+        answers.append(c.get("/items/i001"))
+    for r in answers:
+        assert r.status_code == 503 and GONE in r.json()["detail"], r.text
+        assert "internal error" not in r.json()["detail"]
+
+
+# ----------------------------------------------------------------------------- limits: request heads
+
+
+def raw_exchange(url: str, pieces: list[bytes]) -> tuple[bytes, int]:
+    """Send ``pieces`` on one connection to the server at ``url`` (127.0.0.1), stopping once it answers;
+    returns what it answered until it closed, and how many pieces were sent."""
+    port = int(url.rsplit(":", 1)[1])
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for piece in pieces:
+            if select.select([sock], [], [], 0.05)[0]:
+                break  # answered before the request was all sent
+            try:
+                sock.sendall(piece)
+            except OSError:  # closed on us: read what it said
+                break
+            sent += 1
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks), sent
+
+
+def _status_and_body(response: bytes) -> tuple[int, dict]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_request_heads_past_the_limits_are_431_over_a_real_socket(model):
+    """Regression: a 200 KB header and 5,000 headers were accepted. The server answers 431 as it parses,
+    also a head that never ends (before it has all arrived); a normal request is still answered."""
+    get = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    with running(create_app(model)) as (_, url):
+        big, _ = raw_exchange(url, [get + b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n"])
+        many, _ = raw_exchange(url, [get + b"".join(b"X-%d: a\r\n" % i for i in range(5000)) + b"\r\n"])
+        endless, sent = raw_exchange(url, [get + b"X-Endless: "] + [b"a" * 16384] * 64)  # 1 MiB, no end
+        fields = b"".join(b"X-%d: %s\r\n" % (i, b"a" * 100) for i in range(90))  # 92 fields, 9.5 KB
+        fine, _ = raw_exchange(url, [get + fields + b"\r\n"])
+    for response, option in ((big, "--max-header-bytes"), (many, "--max-headers"), (endless, "--max-header")):
+        status, body = _status_and_body(response)
+        assert status == 431 and body["field"] == "headers" and option in body["detail"], response[:300]
+        assert b"connection: close" in response.lower()
+    assert sent < 64, "the server read a head that never ends to its end"
+    status, body = _status_and_body(fine)
+    assert status == 200 and body["status"] == "ok"
+
+
+def test_too_many_or_too_large_header_fields_are_431_from_the_app_itself(model):
+    """The app's own check (whatever server runs it): the same limits, answered 431 naming the headers."""
+    from llmrec.serve import header_fault
+
+    app = create_app(model, ServeSettings(max_headers=20, max_header_bytes=2000))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        ok = c.get("/health", headers={f"x-{i}": "a" for i in range(10)})
+        many = c.post("/recommend", json={"user_id": "u1"}, headers={f"x-{i}": "a" for i in range(25)})
+        big = c.get("/health", headers={"x-big": "a" * 2000})
+    assert ok.status_code == 200, ok.text
+    for r, option in ((many, "--max-headers"), (big, "--max-header-bytes")):
+        assert r.status_code == 431 and r.json()["field"] == "headers", r.text
+        assert option in r.json()["detail"] and "field 'headers'" in r.json()["detail"]
+    assert header_fault(20, 2000, 20, 2000) is None  # at the limits: accepted
+    assert "--max-headers" in header_fault(21, 10, 20, 2000)
+    assert "--max-header-bytes" in header_fault(3, 2001, 20, 2000)
+
+
 # ----------------------------------------------------------------------------- the command
 
 
@@ -313,6 +456,9 @@ def test_serve_options_are_checked():
         ServeConfig(run="r", max_batch=0)
     with pytest.raises(ConfigError, match="run"):
         ServeConfig()
+    for limit in ("max_headers", "max_header_bytes"):
+        with pytest.raises(ConfigError, match=limit):
+            ServeConfig(run="r", **{limit: 0})
     assert ServeConfig(run="r", batching=False).settings().batch_limit == 1
     assert np.isfinite(ServeSettings().max_wait_ms)
 
@@ -369,3 +515,12 @@ def test_rank_with_no_candidates_names_the_candidates_field(client):
     """Regression: POST /rank with "candidates": [] answered 422 naming field 'k' (k = len(candidates) = 0)."""
     r = client.post("/rank", json={"user_id": "u1", "candidates": []})
     assert r.status_code == 422 and r.json()["field"] == "candidates", r.json()
+
+
+def test_serve_help_documents_the_header_limits(capsys):
+    from llmrec.cli import main
+
+    assert main(["serve", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--max-headers MAX_HEADERS" in out and "--max-header-bytes MAX_HEADER_BYTES" in out
+    assert "answered 431 (Request Header Fields Too Large) (default: 100" in out and "(default: 16384" in out
