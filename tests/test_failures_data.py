@@ -463,6 +463,18 @@ def test_a_user_who_touched_every_item_gets_no_num_negatives_advice():
     )
 
 
+@pytest.mark.parametrize("flag, value", [("--memory-limit", "1GB"), ("--threads", "2")])
+def test_duckdb_options_with_the_pandas_engine_are_refused(tmp_path, capsys, flag, value):
+    """Regression: --memory-limit (and --threads) with --engine pandas were ignored without a word."""
+    inter, items = _tables_csv(tmp_path / "in")
+    out = tmp_path / "out"
+    assert _prepare(inter, items, out, "--engine", "pandas", flag, value) == 2
+    line = _one_error_line(capsys)
+    assert line.endswith(f"error: {flag} applies to the duckdb engine only; drop it or use --engine duckdb")
+    assert not out.exists()
+    assert _prepare(inter, items, out, "--engine", "duckdb", flag, value) == 0  # where it applies
+
+
 # ----------------------------------------------------------------------------- item 6: faults
 
 

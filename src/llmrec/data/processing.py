@@ -101,9 +101,9 @@ class PrepareConfig(ImportSpec, ProcessConfig):
         "(the older path; both write the same files)",
     )
     memory_limit: str | None = option(
-        None, "duckdb engine: memory cap such as 8GB; beyond it DuckDB spills to the output folder"
+        None, "duckdb engine only: memory cap such as 8GB; beyond it DuckDB spills to the output folder"
     )
-    threads: int | None = option(None, "duckdb engine: worker threads (default: all cores)", ge=1)
+    threads: int | None = option(None, "duckdb engine only: worker threads (default: all cores)", ge=1)
 
     def __post_init__(self) -> None:
         ProcessConfig.__post_init__(self)
@@ -612,6 +612,7 @@ def _move_into_place(new: Path, out: Path, keep_features: bool) -> None:
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Import, process and write a dataset; returns its meta record."""
+    check_engine_options(cfg)
     remove_stale_temp(cfg.out_dir)
     check_out_dir(cfg.out_dir, cfg.overwrite)  # before the import, which may take long
     if cfg.overwrite and cfg.out_dir.is_dir() and not is_dataset_dir(cfg.out_dir):
@@ -628,6 +629,18 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         raise from_input(e, [str(f) for f in raw.source.get("files") or [cfg.dataset]]) from None
     write_dataset(tables, cfg.out_dir, overwrite=cfg.overwrite)
     return tables["meta"]
+
+
+def check_engine_options(cfg: PrepareConfig) -> None:
+    """Refuse the duckdb engine's own options with ``--engine pandas``, which would ignore them.
+
+    Checked when a dataset is prepared, not in :class:`PrepareConfig`: the config recorded in meta.json of
+    a dataset prepared before this check may hold both, and ``llmrec images --missing drop`` reads it."""
+    if cfg.engine == "duckdb":
+        return
+    for flag, value in (("--memory-limit", cfg.memory_limit), ("--threads", cfg.threads)):
+        if value is not None:
+            raise ConfigError(f"{flag} applies to the duckdb engine only; drop it or use --engine duckdb")
 
 
 def from_input(e: LlmrecError, files: list[str]) -> LlmrecError:
