@@ -178,3 +178,44 @@ def test_builtin_model_names_match_the_registry():
         if cls.__module__.startswith("llmrec.models.")  # tests register models of their own
     }
     assert registered == base.BUILTIN_MODELS
+
+
+def test_unknown_model_names_every_model_in_a_fresh_process(tmp_path):
+    """Regression: before any model module was imported, an unknown model name listed the (empty) loaded
+    registry ('choose one of []'); it lists every built-in model, from the CLI and the API alike, and a near
+    miss names the model meant."""
+    import subprocess
+    import sys
+
+    code = (
+        "from llmrec.cli import main\n"
+        "from llmrec.errors import LlmrecError\n"
+        "from llmrec.models import base\n"
+        "assert not base._MODELS\n"
+        "try:\n"
+        "    base.get_model_class('nosuch')\n"
+        "except LlmrecError as e:\n"
+        "    print(e)\n"
+        "assert not base._MODELS\n"
+        "print(main(['train', 'nosuch', '--data', 'nowhere']))\n"
+        "print(main(['train', 'sasrc', '--data', 'nowhere']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    api, *codes = done.stdout.strip().splitlines()
+    assert codes == ["2", "2"]
+    nosuch, sasrc = done.stderr.strip().splitlines()
+    for line in (api, nosuch):  # the model is named before the (missing) dataset
+        assert "unknown model 'nosuch'" in line and "[]" not in line and "did you mean" not in line
+        assert all(name in line for name in ("sasrec", "illmrec", "popularity", "collm", "vbpr"))
+    assert nosuch.startswith("llmrec train: error: ")
+    assert "unknown model 'sasrc'; did you mean 'sasrec'? choose one of: " in sasrc
+
+
+def test_a_builtin_model_missing_from_the_list_is_refused():
+    """The built-in names have one list: a module of llmrec.models registering a name it lacks is refused."""
+    from llmrec.models.base import Recommender, register_model
+
+    cls = type("Stray", (Recommender,), {"__module__": "llmrec.models.stray"})
+    with pytest.raises(ValueError, match="'stray' .* is missing from BUILTIN_MODELS"):
+        register_model("stray")(cls)

@@ -405,6 +405,76 @@ def test_images_drop_hint_names_images_options(tmp_path):
     assert Dataset(tmp_path).n_items == ds.n_items  # a refused drop leaves the dataset as it was
 
 
+def _small_catalog_csv(path: Path) -> Path:
+    """12 items; 'alice' touched 8 of them, 'carol' the only two items a 2-core removes (i8, i9)."""
+    rows = [(f"u{u}", f"i{i}") for u in range(1, 6) for i in (0, 1, 2, 3, 10, 11)]
+    rows += [("alice", f"i{i}") for i in range(8)] + [("bob", f"i{i}") for i in (0, 4, 5, 6, 7)]
+    rows += [("carol", i) for i in ("i8", "i9", "i0")]
+    path.write_text(
+        "user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for t, (u, i) in enumerate(rows))
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "kcore, num, expected",
+    [
+        (  # the 2-core removed i8 and i9: a lower --kcore keeps them, two more negatives for everyone
+            "2",
+            "3",
+            "user 'alice' has interacted with 8 of the 10 items: 2 are left, fewer than the 3 evaluation "
+            "negatives asked for; lower --num-negatives to 2 or less, or lower --kcore (the 2-core removed 2 "
+            "of the 12 items), or use a source with more items",
+        ),
+        (  # no k-core: lowering it cannot add an item
+            "0",
+            "5",
+            "user 'alice' has interacted with 8 of the 12 items: 4 are left, fewer than the 5 evaluation "
+            "negatives asked for; lower --num-negatives to 4 or less, or use a source with more items",
+        ),
+    ],
+    ids=["kcore-removed-items", "no-kcore"],
+)
+def test_too_few_negatives_names_the_user_and_what_helps(tmp_path, capsys, kcore, num, expected):
+    """Regression: a small catalog said 'user number 1 ... fewer than 100 negatives remain; lower
+    --num-negatives or raise --kcore': an internal index, and a higher k-core only removes items. Both
+    engines name the external id of the user with the fewest unseen items and only advice that helps."""
+    inter = _small_catalog_csv(tmp_path / "clicks.csv")
+    lines = []
+    for engine in ("pandas", "duckdb"):
+        out = tmp_path / engine
+        assert _prepare(inter, None, out, "--kcore", kcore, "--num-negatives", num, "--engine", engine) == 2
+        lines.append(_one_error_line(capsys))
+        assert not out.exists()
+    assert lines[0] == lines[1]
+    assert lines[0].endswith(f"clicks.csv: after importing it: {expected}")
+
+
+def test_a_user_who_touched_every_item_gets_no_num_negatives_advice():
+    """Where a user has no unseen item at all, no --num-negatives helps: only more items are advised."""
+    from llmrec.data.processing import sample_negatives
+
+    seqs = [np.array([0, 1], dtype=np.int32), np.array([0, 1, 2], dtype=np.int32)]
+    with pytest.raises(LlmrecError) as e:
+        sample_negatives(seqs, 3, 1, np.random.default_rng(0), user_ids=np.array(["a", "b"]))
+    assert str(e.value) == (
+        "user 'b' has interacted with 3 of the 3 items: 0 are left, fewer than the 1 evaluation negative "
+        "asked for; use a source with more items"
+    )
+
+
+@pytest.mark.parametrize("flag, value", [("--memory-limit", "1GB"), ("--threads", "2")])
+def test_duckdb_options_with_the_pandas_engine_are_refused(tmp_path, capsys, flag, value):
+    """Regression: --memory-limit (and --threads) with --engine pandas were ignored without a word."""
+    inter, items = _tables_csv(tmp_path / "in")
+    out = tmp_path / "out"
+    assert _prepare(inter, items, out, "--engine", "pandas", flag, value) == 2
+    line = _one_error_line(capsys)
+    assert line.endswith(f"error: {flag} applies to the duckdb engine only; drop it or use --engine duckdb")
+    assert not out.exists()
+    assert _prepare(inter, items, out, "--engine", "duckdb", flag, value) == 0  # where it applies
+
+
 # ----------------------------------------------------------------------------- item 6: faults
 
 

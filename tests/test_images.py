@@ -373,3 +373,48 @@ def test_config_and_input_errors(tmp_path: Path, dataset: Path) -> None:
         fetch_images(ImagesConfig(data=str(dataset), image_dir=str(tmp_path / "no-images")))
     with pytest.raises(LlmrecError, match="no image manifest"):
         load_manifest(dataset)
+
+
+def test_a_symlink_loop_is_unreadable_not_without_reference(tmp_path: Path) -> None:
+    """Regression: an image path that is a symlink loop (a -> b -> a) crashed the command, and one in
+    --image-dir was skipped, the item recorded ``no_reference`` although a file is there. Both are
+    ``unreadable`` with the reason; a dangling link stays ``missing_file`` and a good file ``ok``."""
+    root, links = tmp_path / "ds", tmp_path / "links"
+    refs = {
+        "i1": str(links / "a.png"),
+        "i2": "",
+        "i3": str(links / "gone.png"),
+        "i4": "good.png",
+        "i5": "sub",
+    }
+    items = make_items([{"item_id": i, "title": i, "image": ref} for i, ref in refs.items()], "test")
+    pairs = [(u, i) for u in range(5) for i in refs if i != f"i{u + 1}"]  # each user skips one: 1 negative
+    inter = make_interactions(
+        [{"user_id": f"u{u}", "item_id": i, "timestamp": t} for t, (u, i) in enumerate(pairs)], "test"
+    )
+    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=1), {}, {}, []), root)
+    (root / "good.png").write_bytes(PNG)
+    (root / "sub").mkdir()
+    links.mkdir()
+    (links / "a.png").symlink_to(links / "b.png")
+    (links / "b.png").symlink_to(links / "a.png")
+    (links / "gone.png").symlink_to(links / "nothing.png")
+    image_dir = tmp_path / "imgs"  # i2 (no reference of its own) is found here: a loop too
+    image_dir.mkdir()
+    (image_dir / "i2.png").symlink_to(image_dir / "i2.jpg")
+    (image_dir / "i2.jpg").symlink_to(image_dir / "i2.png")
+    summary = fetch_images(ImagesConfig(data=str(root), image_dir=str(image_dir), workers=1))
+    rows = load_manifest(root).set_index("item_id")
+    assert rows["status"].to_dict() == {
+        "i1": "unreadable",
+        "i2": "unreadable",
+        "i3": "missing_file",
+        "i4": "ok",
+        "i5": "unreadable",
+    }
+    assert rows.loc["i1", "error"].startswith(f"symlink loop: {links / 'a.png'} (")
+    assert rows.loc["i2", "error"].startswith(f"symlink loop: {image_dir / 'i2.jpg'} (")
+    assert rows.loc["i3", "error"] == f"file not found: {links / 'nothing.png'}"  # where the link points
+    assert rows.loc["i5", "error"] == f"not a regular file: {(root / 'sub').resolve()}"
+    assert summary["counts"] == {"missing_file": 1, "ok": 1, "unreadable": 3}
+    assert set(rows["status"]) <= set(images_mod.STATUSES)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import one_error_line
 from llmrec.cli import main
 from llmrec.report import TableConfig, collect, make_table, paired
 
@@ -54,6 +55,44 @@ def test_mean_std_and_paired_t_test_by_hand(tmp_path: Path):
         TableConfig(runs=[str(a), str(b)], metrics=["ndcg@10", "hit@10"], compare="hit@10")
     )
     assert main(["table", str(a), str(b), "--compare", "auc", "--metrics", "ndcg@10"]) == 2
+
+
+def test_compare_that_compares_nothing_is_refused(tmp_path: Path, capsys):
+    """Regression: --compare with a metric no run has (or with runs that are not multi-seed) printed the
+    table without a comparison and without a word; it is one line naming the metrics the runs have."""
+    a = fake_seed_run(tmp_path / "sasrec", "sasrec", {0: 0.10, 1: 0.12})
+    b = fake_seed_run(tmp_path / "bert4rec", "bert4rec", {0: 0.12, 1: 0.15}, metric="auc")
+    single = tmp_path / "one"
+    single.mkdir()
+    (single / "metrics.json").write_text(json.dumps({"test": {"ndcg@10": 0.25}}))
+    cases = [
+        (
+            [a, b, "--compare", "nosuch"],
+            "--compare 'nosuch': no run has this 'test' metric; choose one of: auc, hit@10, ndcg@10",
+        ),
+        (
+            [single, "--compare", "nosuch"],
+            "--compare 'nosuch': no run has this 'test' metric; choose one of: ndcg@10",
+        ),
+        (
+            [single, a, "--compare", "ndcg@10"],
+            "--compare 'ndcg@10': the paired t-test compares multi-seed runs with the first one, and the "
+            "first run given is a single run",
+        ),
+        (
+            [a, single, "--compare", "ndcg@10"],
+            "--compare 'ndcg@10': the paired t-test compares multi-seed runs with the first one, and no other "
+            "run given is multi-seed",
+        ),
+    ]
+    for argv, expected in cases:
+        assert main(["table", *map(str, argv)]) == 2
+        line = one_error_line(capsys, "table")
+        assert line.startswith(f"llmrec table: error: {expected}"), line
+    assert main(["table", str(a), str(b), "--compare", "auc", "--metrics", "ndcg@10"]) == 2  # not shown
+    assert "--compare 'auc' is not among the metrics shown" in one_error_line(capsys, "table")
+    assert main(["table", str(a), str(b), "--compare", "hit@10"]) == 0  # a metric both have: compared
+    assert "p (paired t, hit@10)" in capsys.readouterr().out
 
 
 def test_single_runs_keep_their_table(tmp_path: Path):

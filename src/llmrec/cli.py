@@ -79,6 +79,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from llmrec.pipeline import EvalConfig, TrainConfig, train
 
     cfg = resolve(TrainConfig, args, args.config, nested={"eval": EvalConfig})
+    from llmrec.models.base import get_model_class
+
+    get_model_class(cfg.model)  # a misspelt model name is refused at once, before torch loads
     if args.print_config:
         print(json.dumps({**cfg.resolved(), **({"seeds": args.seeds} if args.seeds else {})}, indent=2))
         return 0

@@ -17,7 +17,14 @@ from llmrec.config import ConfigError, check_ranges, flatten, from_dict, merge, 
 from llmrec.data.dataset import Dataset, dataset_ref, locate_dataset
 from llmrec.devices import DEVICE_HELP
 from llmrec.errors import LlmrecError
-from llmrec.models.base import Recommender, build_model, load_model, model_config, read_model_record
+from llmrec.models.base import (
+    Recommender,
+    build_model,
+    get_model_class,
+    load_model,
+    model_config,
+    read_model_record,
+)
 from llmrec.runs import RUN_FILES, Run, clear_partial_files, clear_run, default_run_name
 from llmrec.utils.io import read_json
 
@@ -327,6 +334,7 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
 
     from llmrec import training
 
+    get_model_class(cfg.model)  # a misspelt model name is named before the dataset is read
     ds = Dataset(cfg.data)
     ds.items, ds.sequences  # noqa: B018 - a damaged table is refused before the run directory is written
     if cfg.threads:

@@ -3,7 +3,8 @@
 A multi-seed run (``llmrec train --seeds``: ``<out>/seed-<s>/`` run directories) is one row: the mean +/- the
 sample standard deviation over its seeds. With two or more of them, each is compared with the first on the
 seeds they share by a paired t-test (``scipy.stats.ttest_rel``) on ``--compare`` (default: the first metric
-shown): the mean difference and its two-sided p-value.
+shown): the mean difference and its two-sided p-value. A ``--compare`` that would compare nothing (a metric
+no run has, one not shown, runs that are not multi-seed) is refused, naming the metrics there are.
 """
 
 from __future__ import annotations
@@ -180,17 +181,46 @@ def to_markdown(df: pd.DataFrame, metrics: Sequence[str], digits: int = 4) -> st
     return "\n".join(lines)
 
 
+def metric_names(runs: Sequence[str | Path], split: str) -> list[str]:
+    """Every metric of ``split`` that some run (or some seed of a multi-seed run) has."""
+    names: set[str] = set()
+    for run in runs:
+        for path in (seed_runs(run) or {0: Path(run)}).values():
+            names.update(_split_metrics(path, split))
+    return sorted(names)
+
+
+def check_compare(cfg: TableConfig, groups: list[bool]) -> None:
+    """Refuse a ``--compare`` that would do nothing: a metric no run has, one not shown, or runs that cannot
+    be compared (the paired t-test needs two or more multi-seed runs, the first of them one)."""
+    metric = cfg.compare
+    have = metric_names(cfg.runs, cfg.split)
+    if metric not in have:
+        raise LlmrecError(
+            f"--compare {metric!r}: no run has this '{cfg.split}' metric",
+            hint=f"choose one of: {', '.join(have) or 'none (the runs have no metrics)'}",
+        )
+    if metric not in cfg.metrics:
+        raise LlmrecError(
+            f"--compare {metric!r} is not among the metrics shown", hint=f"choose from {cfg.metrics}"
+        )
+    if sum(groups) < 2 or not groups[0]:
+        why = "the first run given is a single run" if not groups[0] else "no other run given is multi-seed"
+        raise LlmrecError(
+            f"--compare {metric!r}: the paired t-test compares multi-seed runs with the first one, and {why}",
+            hint="drop --compare, or give run directories written by 'llmrec train --seeds', the baseline first",
+        )
+
+
 def make_table(cfg: TableConfig) -> str:
     if not cfg.runs:
         raise LlmrecError("no run directories given", hint="llmrec table runs/a runs/b ...")
     df = collect(cfg.runs, cfg.split, cfg.metrics)
     groups = [seed_runs(r) is not None for r in cfg.runs]
+    if cfg.compare is not None:
+        check_compare(cfg, groups)
     if sum(groups) >= 2 and groups[0]:
         metric = cfg.compare or next((m for m in cfg.metrics if df[m].notna().any()), cfg.metrics[0])
-        if metric not in cfg.metrics:
-            raise LlmrecError(
-                f"--compare {metric!r} is not among the metrics shown", hint=f"choose from {cfg.metrics}"
-            )
         tests = paired(cfg.runs, cfg.split, metric)
         df[f"Δ {metric} vs first"] = [t["diff"] for t in tests]
         df[f"p (paired t, {metric})"] = [t["p"] for t in tests]

@@ -40,13 +40,13 @@ from tqdm.auto import tqdm
 from llmrec.data import plan
 from llmrec.data.importers import get_importer
 from llmrec.data.processing import (
-    NEGATIVES_HINT,
     PrepareConfig,
     ctr_examples,
     from_input,
     natural_order,
     no_known_items,
     nothing_left,
+    prepare_negatives_hint,
     sample_negatives,
     split_record,
 )
@@ -523,7 +523,7 @@ def finalize(
     t0 = time.perf_counter()
     source.load_items(con, item_ids.tolist()).to_parquet(out / "items.parquet", index=False)
     log.info("wrote the item table (%s)", _took(t0))
-    meta = _write_interactions(con, cfg, source, user_ids, len(item_ids), out)
+    meta = _write_interactions(con, cfg, source, user_ids, len(item_ids), out, filters)
     meta.update(source=source.record, counts_raw=counts_raw, filters=filters)
     return meta
 
@@ -535,8 +535,10 @@ def _write_interactions(
     user_ids: np.ndarray,
     n_items: int,
     out: Path,
+    filters: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Interactions, sequences, users, CTR examples and evaluation negatives; returns their meta fields."""
+    """Interactions, sequences, users, CTR examples and evaluation negatives; returns their meta fields
+    (``filters``: the filter records, for the advice when a user has too few negatives)."""
     t0 = time.perf_counter()
     write_query(
         con,
@@ -576,8 +578,9 @@ def _write_interactions(
     )
     rng = np.random.default_rng(cfg.seed)
     (out / "eval").mkdir()
+    hint = prepare_negatives_hint(cfg, filters)
     for split in ("valid", "test"):
-        negatives = sample_negatives(sequences, n_items, cfg.num_negatives, rng, NEGATIVES_HINT)
+        negatives = sample_negatives(sequences, n_items, cfg.num_negatives, rng, hint, user_ids)
         np.save(out / "eval" / f"{split}_negatives.npy", negatives, allow_pickle=False)
     del sequences, flat
     log.info("sampled evaluation negatives (%s)", _took(t0))

@@ -10,6 +10,9 @@ For each item, in item order, the image reference is resolved in this order:
    ``<data>/images/files/<sha1 of the URL>.<ext>`` with the extension taken from the bytes;
 4. otherwise the item has no reference (status ``no_reference``).
 
+A reference to a file that is there but cannot be opened as a file (a symlink loop, a folder) is
+``unreadable``, with the reason; one to no file at all is ``missing_file``.
+
 The first reference that exists is the one used; there is no fall-back when it turns out unreadable.
 Every file is checked with PIL (``verify`` then a full ``load``). The outcome of every item, good or bad,
 goes into ``<data>/images/manifest.parquet`` (:data:`MANIFEST_COLUMNS`); nothing is dropped silently.
@@ -57,7 +60,17 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")
 #: if none), sha256, status, error (message; "" when ok), width, height (0 when not decoded).
 MANIFEST_COLUMNS = ["item_id", "url", "path", "sha256", "status", "error", "width", "height"]
 #: Statuses besides ``http_<code>`` (e.g. ``http_404``) for an HTTP error answer.
-STATUSES = ("ok", "no_reference", "missing_file", "timeout", "error", "too_large", "corrupt", "too_small")
+STATUSES = (
+    "ok",
+    "no_reference",
+    "missing_file",
+    "unreadable",
+    "timeout",
+    "error",
+    "too_large",
+    "corrupt",
+    "too_small",
+)
 CHECKPOINT_EVERY = 200  # completed items between manifest checkpoints
 _CHUNK = 1 << 16
 _TOTAL_TIMEOUTS = 10  # a download may take at most this many `timeout`s in all (guards slow-drip servers)
@@ -259,7 +272,7 @@ def _run_job(job: _Job, root: Path, files_dir: Path, cfg: ImagesConfig) -> list[
         if job.kind == "file":
             path = Path(job.ref)
             if not path.is_file():
-                raise _Failure("missing_file", f"file not found: {path}")
+                raise _not_a_file(path)
             width, height = _check_image(path, cfg.min_side)
             if _inside(path, root) and not _inside(path, files_dir.parent):
                 path = _adopt(path, files_dir)
@@ -272,6 +285,43 @@ def _run_job(job: _Job, root: Path, files_dir: Path, cfg: ImagesConfig) -> list[
         return [_row(i, job.ref, "error", f"{type(e).__name__}: {e}") for i in job.item_ids]
     rel = _relative(path, root)
     return [_row(i, job.ref, "ok", path=rel, sha256=digest, width=width, height=height) for i in job.item_ids]
+
+
+def _not_a_file(path: Path) -> _Failure:
+    """Why ``path`` (not a regular file) gives no image: nothing there (``missing_file``), or something that
+    cannot be read as a file, such as a symlink loop or a folder (``unreadable``, with the reason)."""
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return _Failure("missing_file", f"file not found: {path}")
+    except OSError as e:
+        reason = "symlink loop" if e.errno == errno.ELOOP else type(e).__name__
+        return _Failure("unreadable", f"{reason}: {path} ({e.strerror or e})")
+    return _Failure("unreadable", f"not a regular file: {path}")
+
+
+def _symlink_loop(path: Path) -> bool:
+    """Whether ``path`` is (or lies under) a symlink loop: there, yet no file can be reached through it."""
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def _resolve(path: Path) -> Path:
+    """``path`` made absolute with its symlinks resolved, or only made absolute where they loop (Python
+    3.11 raises RuntimeError there, 3.13 OSError): the item is then recorded ``unreadable``, not lost."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return path.absolute()
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -324,8 +374,8 @@ def _index_image_dir(image_dir: Path) -> dict[str, Path]:
     for path in sorted(
         image_dir.iterdir(), key=lambda p: (p.stem, rank.get(p.suffix.lower().lstrip("."), 99))
     ):
-        if path.suffix.lower().lstrip(".") in rank and path.is_file():
-            found.setdefault(path.stem, path.resolve())
+        if path.suffix.lower().lstrip(".") in rank and (path.is_file() or _symlink_loop(path)):
+            found.setdefault(path.stem, _resolve(path))  # a loop is this item's file, recorded unreadable
     return found
 
 
@@ -338,7 +388,7 @@ def _reference(item_id: str, image: str, root: Path, local: dict[str, Path]) -> 
         return "none", ""
     if _is_url(image):
         return "url", image
-    return "file", str(_local_path(image, root).resolve())
+    return "file", str(_resolve(_local_path(image, root)))
 
 
 # ----------------------------------------------------------------------------- manifest

@@ -11,13 +11,14 @@ says "incomplete, re-run", and files in the output folder that are not llmrec's 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -100,9 +101,9 @@ class PrepareConfig(ImportSpec, ProcessConfig):
         "(the older path; both write the same files)",
     )
     memory_limit: str | None = option(
-        None, "duckdb engine: memory cap such as 8GB; beyond it DuckDB spills to the output folder"
+        None, "duckdb engine only: memory cap such as 8GB; beyond it DuckDB spills to the output folder"
     )
-    threads: int | None = option(None, "duckdb engine: worker threads (default: all cores)", ge=1)
+    threads: int | None = option(None, "duckdb engine only: worker threads (default: all cores)", ge=1)
 
     def __post_init__(self) -> None:
         ProcessConfig.__post_init__(self)
@@ -141,7 +142,25 @@ def kcore(inter: pd.DataFrame, k: int, min_user_len: int = 0) -> pd.DataFrame:
         inter = inter.loc[keep]
 
 
-NEGATIVES_HINT = "lower --num-negatives or raise --kcore"
+def num_negatives_hint(fewest: int, kcore: str = "") -> str:
+    """The advice for too few evaluation negatives where --num-negatives may change (``fewest``: the most
+    negatives every user has; none when a user touched every item; ``kcore``: the --kcore advice, if any)."""
+    lower = f"lower --num-negatives to {fewest:,} or less, or " if fewest > 0 else ""
+    return lower + kcore + "use a source with more items"
+
+
+def prepare_negatives_hint(cfg: ProcessConfig, filters: list[dict[str, Any]]) -> Callable[[int], str]:
+    """``llmrec prepare``'s advice for too few evaluation negatives, for the filters that ran (both engines).
+
+    A user's negatives are the catalog items they never touched, so only fewer negatives or more items help.
+    Raising --kcore removes items; lowering it keeps at least as many, so it is advised only where the
+    k-core step (k >= 2: a 1-core removes no item by its own count) did remove items."""
+    kcore = ""
+    for before, step in zip(filters, filters[1:]):
+        removed = before["items"] - step["items"]
+        if step["step"].startswith("iterative ") and cfg.kcore >= 2 and removed > 0:
+            kcore = f"lower --kcore (the {cfg.kcore}-core removed {removed:,} of the {before['items']:,} items), or "
+    return functools.partial(num_negatives_hint, kcore=kcore)
 
 
 _DRAW_BLOCK = 4096  # users whose first draws are made in one call
@@ -152,13 +171,16 @@ def sample_negatives(
     n_items: int,
     num: int,
     rng: np.random.Generator,
-    hint: str = NEGATIVES_HINT,
+    hint: str | Callable[[int], str] = num_negatives_hint,
+    user_ids: Sequence[str] | np.ndarray | None = None,
 ) -> np.ndarray:
     """(U, num) item indices per user, uniform without replacement over items outside the user's sequence.
 
     Per user: draw ``2 * num`` candidates at a time and keep, in draw order, each candidate that is neither
     seen nor already kept, until ``num`` are kept (the rest of that draw is discarded). ``hint`` says what
-    to do when a user has too few unseen items (the options of the calling command).
+    to do when a user has too few unseen items (the options of the calling command; a function of the most
+    negatives every user has, where that matters); the error names the user with the fewest unseen items,
+    by ``user_ids`` (external ids in the order of ``sequences``) when given.
 
     Speed without changing a number: numpy's bounded integers (``n_items <= 2**32``) give the same stream
     whatever the sizes of the calls, so the draws of many users are made in one call, never more than
@@ -180,11 +202,7 @@ def sample_negatives(
     for u, seq in enumerate(sequences):
         seen = set(seq.tolist())
         if n_items - len(seen) < num:
-            raise LlmrecError(
-                f"user number {u + 1} has interacted with {len(seen)} of {n_items} items: fewer than "
-                f"{num} negatives remain",
-                hint=hint,
-            )
+            raise too_few_negatives(sequences, n_items, num, hint, user_ids)
         candidates = draw(u)
         head = set(candidates[:num].tolist())
         if len(head) == num and head.isdisjoint(seen):
@@ -204,6 +222,27 @@ def sample_negatives(
             candidates = draw(u)
         out[u] = chosen
     return out
+
+
+def too_few_negatives(
+    sequences: list[np.ndarray],
+    n_items: int,
+    num: int,
+    hint: str | Callable[[int], str],
+    user_ids: Sequence[str] | np.ndarray | None,
+) -> LlmrecError:
+    """The error for sequences of which some leave fewer than ``num`` unseen items: it names the user with
+    the fewest (the first of them), so that the advice (``hint``, given that number) holds for every user."""
+    unseen = np.array([n_items - len(np.unique(seq)) for seq in sequences])
+    u = int(np.argmin(unseen))
+    fewest = int(unseen[u])
+    who = f"user '{user_ids[u]}'" if user_ids is not None else f"the user at position {u + 1}"
+    return LlmrecError(
+        f"{who} has interacted with {n_items - fewest:,} of the {n_items:,} items: {fewest:,} "
+        f"{'is' if fewest == 1 else 'are'} left, fewer than the {num:,} evaluation "
+        f"negative{'' if num == 1 else 's'} asked for",
+        hint=hint(fewest) if callable(hint) else hint,
+    )
 
 
 def _unseen(rng: np.random.Generator, n_items: int, num: int, seen: set[int]) -> list[int]:
@@ -364,11 +403,12 @@ def finalize(
     counts_raw: dict[str, int],
     filters: list[dict[str, Any]],
     users_side: pd.DataFrame | None = None,
-    negatives_hint: str = NEGATIVES_HINT,
+    negatives_hint: str | Callable[[int], str] | None = None,
 ) -> dict[str, Any]:
     """Index users/items, build sequences, negatives and CTR examples from filtered interactions.
 
-    ``negatives_hint``: what to do when a user has too few unseen items left (the caller's options).
+    ``negatives_hint``: what to do when a user has too few unseen items left (the caller's options;
+    default: ``llmrec prepare``'s, for these ``filters``).
     """
     item_ids = natural_order(inter["item_id"])
     user_ids = natural_order(inter["user_id"])
@@ -393,8 +433,9 @@ def finalize(
         }
     )
     rng = np.random.default_rng(cfg.seed)
+    hint = prepare_negatives_hint(cfg, filters) if negatives_hint is None else negatives_hint
     negatives = {
-        split: sample_negatives(seqs, len(item_ids), cfg.num_negatives, rng, negatives_hint)
+        split: sample_negatives(seqs, len(item_ids), cfg.num_negatives, rng, hint, user_ids)
         for split in ("valid", "test")
     }
     users = pd.DataFrame({"user_id": user_ids})
@@ -571,6 +612,7 @@ def _move_into_place(new: Path, out: Path, keep_features: bool) -> None:
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Import, process and write a dataset; returns its meta record."""
+    check_engine_options(cfg)
     remove_stale_temp(cfg.out_dir)
     check_out_dir(cfg.out_dir, cfg.overwrite)  # before the import, which may take long
     if cfg.overwrite and cfg.out_dir.is_dir() and not is_dataset_dir(cfg.out_dir):
@@ -587,6 +629,18 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         raise from_input(e, [str(f) for f in raw.source.get("files") or [cfg.dataset]]) from None
     write_dataset(tables, cfg.out_dir, overwrite=cfg.overwrite)
     return tables["meta"]
+
+
+def check_engine_options(cfg: PrepareConfig) -> None:
+    """Refuse the duckdb engine's own options with ``--engine pandas``, which would ignore them.
+
+    Checked when a dataset is prepared, not in :class:`PrepareConfig`: the config recorded in meta.json of
+    a dataset prepared before this check may hold both, and ``llmrec images --missing drop`` reads it."""
+    if cfg.engine == "duckdb":
+        return
+    for flag, value in (("--memory-limit", cfg.memory_limit), ("--threads", cfg.threads)):
+        if value is not None:
+            raise ConfigError(f"{flag} applies to the duckdb engine only; drop it or use --engine duckdb")
 
 
 def from_input(e: LlmrecError, files: list[str]) -> LlmrecError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import difflib
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -118,11 +119,17 @@ _MODELS: dict[str, type[Recommender]] = {}
 
 
 def register_model(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
-    """Register a Recommender class under ``name`` (used by ``llmrec train NAME``); duplicates are an error."""
+    """Register a Recommender class under ``name`` (used by ``llmrec train NAME``); duplicates are an error.
+
+    A model of llmrec itself must be listed in :data:`BUILTIN_MODELS` under its module: that list is what
+    names the built-in models before any of them is imported, so a model missing there is refused here."""
 
     def deco(cls: type[Recommender]) -> type[Recommender]:
         if name in _MODELS:
             raise ValueError(f"model '{name}' is already registered by {_MODELS[name].__module__}")
+        package, _, module = cls.__module__.rpartition(".")
+        if package == __package__ and BUILTIN_MODELS.get(name) != module:
+            raise ValueError(f"built-in model '{name}' ({cls.__module__}) is missing from BUILTIN_MODELS")
         cls.name = name
         _MODELS[name] = cls
         return cls
@@ -131,7 +138,9 @@ def register_model(name: str) -> Callable[[type[Recommender]], type[Recommender]
 
 
 # the models that ship with llmrec -> the module of llmrec.models that registers each (imported when the
-# model is first asked for, so naming models imports no torch; a test keeps this in step with the registry)
+# model is first asked for, so naming models imports no torch): the one list of the built-in names, which
+# available_models() and every "unknown model" message read; register_model refuses a built-in model
+# missing here, and a test checks that every name here is registered by its module
 BUILTIN_MODELS: dict[str, str] = {
     "popularity": "popularity",
     "random": "popularity",
@@ -152,15 +161,27 @@ BUILTIN_MODELS: dict[str, str] = {
 
 
 def available_models() -> list[str]:
-    """Every registered model name (the built-in ones without importing them)."""
+    """Every model name: the built-in ones (without importing them) and any registered since."""
     return sorted(set(BUILTIN_MODELS) | set(_MODELS))
 
 
+def unknown_model(name: str) -> LlmrecError:
+    """The error for a model name that is neither built in nor registered: it names the close matches
+    first (a typo such as ``sasrc``), then every model there is."""
+    names = available_models()
+    close = difflib.get_close_matches(name, names, n=3)
+    quoted = [repr(c) for c in close]
+    guess = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+    hint = (f"did you mean {guess}? " if close else "") + f"choose one of: {', '.join(names)}"
+    return LlmrecError(f"unknown model '{name}'", hint=hint)
+
+
 def get_model_class(name: str) -> type[Recommender]:
+    """The class of model ``name``, importing the module of a built-in one on first use."""
     if name not in _MODELS and name in BUILTIN_MODELS:
-        importlib.import_module(f"llmrec.models.{BUILTIN_MODELS[name]}")
+        importlib.import_module(f"{__package__}.{BUILTIN_MODELS[name]}")
     if name not in _MODELS:
-        raise LlmrecError(f"unknown model '{name}'", hint=f"choose one of {sorted(_MODELS)}")
+        raise unknown_model(name)
     return _MODELS[name]
 
 
