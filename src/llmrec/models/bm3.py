@@ -38,7 +38,7 @@ from llmrec.config import option
 from llmrec.models.base import register_model
 from llmrec.models.graph import FeatureGraphRecommender, check_features, features_option
 from llmrec.models.mf import training_pairs
-from llmrec.models.neural import Batch, NeuralConfig, shuffled_batches
+from llmrec.models.neural import Batch, NeuralConfig, minibatches
 
 
 @dataclasses.dataclass
@@ -89,7 +89,7 @@ class BM3(FeatureGraphRecommender):
     # -- training: observed pairs only, no negatives
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         users, items = training_pairs(dataset.train_sequences, self.n_items)
-        yield from shuffled_batches(rng, self.cfg.batch_size, users=users, pos=items)
+        yield from minibatches(rng, self.cfg.batch_size, users=users, pos=items)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         users, items = batch["users"], batch["pos"]

@@ -67,7 +67,7 @@ from llmrec.models.graph import (
     training_edges,
 )
 from llmrec.models.mf import training_pairs
-from llmrec.models.neural import Batch, NeuralConfig, sample_unseen, seen_keys, shuffled_batches
+from llmrec.models.neural import Batch, NeuralConfig, minibatches, sample_unseen, seen_keys
 
 
 @dataclasses.dataclass
@@ -214,7 +214,7 @@ class LGMRec(FeatureGraphRecommender):
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         users, pos = training_pairs(dataset.train_sequences, self.n_items)
         neg = sample_unseen(rng, users, self.n_items, seen_keys(users, pos, self.n_items))
-        yield from shuffled_batches(rng, self.cfg.batch_size, users=users, pos=pos, neg=neg)
+        yield from minibatches(rng, self.cfg.batch_size, users=users, pos=pos, neg=neg)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         users, pos, neg = batch["users"], batch["pos"], batch["neg"]

@@ -35,14 +35,7 @@ from torch import nn
 from llmrec.config import option
 from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
-from llmrec.models.neural import (
-    Batch,
-    NeuralConfig,
-    TorchRecommender,
-    sample_unseen,
-    seen_keys,
-    shuffled_batches,
-)
+from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, minibatches, sample_unseen, seen_keys
 
 
 @dataclasses.dataclass
@@ -136,7 +129,7 @@ class MF(TorchRecommender):
             users, pos = training_pairs(dataset.train_sequences, self.n_items)
             neg = sample_unseen(rng, users, self.n_items, seen_keys(users, pos, self.n_items))
             columns = {"users": users, "pos": pos, "neg": neg}
-        yield from shuffled_batches(rng, self.cfg.batch_size, **columns)
+        yield from minibatches(rng, self.cfg.batch_size, **columns)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         users, pos = batch["users"], batch["pos"]

@@ -355,7 +355,7 @@ def sequence_batch_count(dataset: Any, batch_size: int) -> int:
     return -(-len(trainable_users(dataset)) // batch_size)
 
 
-def shuffled_batches(rng: np.random.Generator, batch_size: int, **columns: np.ndarray) -> Iterator[Batch]:
+def minibatches(rng: np.random.Generator, batch_size: int, **columns: np.ndarray) -> Iterator[Batch]:
     """One epoch of example batches: the aligned arrays ``columns`` (one entry per example) in one random
     order (a single ``rng.permutation``), ``batch_size`` examples at a time, as tensors of the same names."""
     order = rng.permutation(len(next(iter(columns.values()))))
