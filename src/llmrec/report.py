@@ -18,6 +18,7 @@ import pandas as pd
 from llmrec.config import option
 from llmrec.errors import LlmrecError
 from llmrec.utils.io import atomic_path, read_json, write_text_atomic
+from llmrec.utils.markdown import markdown_table
 
 DEFAULT_COLUMNS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10", "full_hit@10", "full_ndcg@10", "auc", "uauc")
 
@@ -160,10 +161,7 @@ def to_markdown(df: pd.DataFrame, metrics: Sequence[str], digits: int = 4) -> st
     multi = bool((df["seeds"] > 1).any()) if len(df) else False
     extra = [c for c in df.columns if c.startswith(("Δ ", "p "))]
     cols = ["run", "model", *(["seeds"] if multi else []), *metrics, *extra]
-    lines = [
-        "| " + " | ".join(cols) + " |",
-        "|" + "|".join("---" if c in ("run", "model") else "---:" for c in cols) + "|",
-    ]
+    rows = []
     for _, row in df.iterrows():
         cells = []
         for c in cols:
@@ -177,8 +175,9 @@ def to_markdown(df: pd.DataFrame, metrics: Sequence[str], digits: int = 4) -> st
                 cells.append("-" if pd.isna(row[c]) else f"{row[c]:.3g}")
             else:
                 cells.append(_cell(row[c], None, digits))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    align = "".join("-" if c in ("run", "model") else "r" for c in cols)
+    return "\n".join(markdown_table(cols, align, rows))
 
 
 def metric_names(runs: Sequence[str | Path], split: str) -> list[str]:

@@ -49,6 +49,7 @@ from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import read_json, write_json_atomic, write_text_atomic
+from llmrec.utils.markdown import markdown_table
 from llmrec.utils.timing import clock
 
 log = logging.getLogger(__name__)
@@ -517,10 +518,8 @@ def format_trained(r: dict[str, Any]) -> list[str]:
         f"of the trained models on the same {p0['test_rows']} seeded test rows; the variants alternate step by "
         "step and batch by batch in one process (warm-up excluded).",
         "",
-        "| data | history items | variant | test prompt tokens | step-2 training s | test inference s | "
-        "test AUC | same train/test rows |",
-        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
+    rows = []
     for p in r["trained"]:
         v = p["variants"]
         same = all(
@@ -530,10 +529,15 @@ def format_trained(r: dict[str, Any]) -> list[str]:
         for history, label in (("uhem", "HistLLM (UHEM)"), ("inline", "w/o UHEM (inline)")):
             q = v[history]
             a = "n/a" if q["test_auc"] is None else f"{q['test_auc']:.4f}"
-            lines.append(
-                f"| {p['data']} | {p['history_items']} | {label} | {q['test_prompt_tokens']:.0f} | "
-                f"{q['train_seconds']:.2f} | {q['test_seconds']:.2f} | {a} | {'yes' if same else 'NO'} |"
+            rows.append(
+                [p["data"], p["history_items"], label, f"{q['test_prompt_tokens']:.0f}"]
+                + [f"{q['train_seconds']:.2f}", f"{q['test_seconds']:.2f}", a, "yes" if same else "NO"]
             )
+    header = (
+        "data | history items | variant | test prompt tokens | step-2 training s | test inference s "
+        "| test AUC | same train/test rows"
+    )
+    lines += markdown_table(header, "-r-rrrr-", rows)
     lines.append("")
     for p in r["trained"]:
         lines.append(
@@ -559,16 +563,18 @@ def format_ctr_efficiency(r: dict[str, Any]) -> str:
             *([""] if lines else []),
             "Throughput of untrained models (items' texts uncut):",
             "",
-            "| data | history items | UHEM | prompt tokens | inference s/100 examples | "
-            "step-2 training s/100 examples |",
-            "|---|---:|---|---:|---:|---:|",
         ]
-        for p in r["points"]:
-            lines.append(
-                f"| {p.get('data', '')} | {p['history_items']} | {'with' if p['uhem'] else 'without'} | "
-                f"{p['prompt_tokens']:.0f} | {p['inference_s_per_100']:.2f} | "
-                f"{p.get('train_s_per_100', float('nan')):.2f} |"
-            )
+        rows = [
+            [p.get("data", ""), p["history_items"], "with" if p["uhem"] else "without"]
+            + [f"{p['prompt_tokens']:.0f}", f"{p['inference_s_per_100']:.2f}"]
+            + [f"{p.get('train_s_per_100', float('nan')):.2f}"]
+            for p in r["points"]
+        ]
+        header = (
+            "data | history items | UHEM | prompt tokens | inference s/100 examples "
+            "| step-2 training s/100 examples"
+        )
+        lines += markdown_table(header, "-r-rrr", rows)
         if r["ratios"]:
             lines += ["", "Saved by UHEM: " + ", ".join(f"{k} = {v:.0%}" for k, v in r["ratios"].items())]
         if any(r.get("zero_image_stand_in", {}).values()) and not r["trained"]:
@@ -580,18 +586,19 @@ def format_ctr_efficiency(r: dict[str, Any]) -> str:
             f"Ranking with {rk['model']} ({rk['run'] or 'untrained'}), {rk['items']} items: shared prompt prefix "
             f"(chunks of {rk['rank_batch_size']}) vs one prompt per pair (batches of {rk['score_batch_size']})",
             "",
-            "| task | users | candidates | s/user pairwise | s/user shared | speed-up | max logit diff | same top-10 |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
+        rows = []
         for task, label in (("top10_catalog", "top-10 of the catalog"), ("rerank", "re-rank")):
             if task not in rk:
                 continue
             p = rk[task]
-            lines.append(
-                f"| {label} | {p['users']} | {p['candidates']} | {p['s_per_user_pairwise']:.2f} | "
-                f"{p['s_per_user_shared']:.2f} | {p['speedup']:.1f}x | {p['max_abs_logit_diff']:.1e} | "
-                f"{'yes' if p['same_top10'] else 'no'} |"
+            rows.append(
+                [label, p["users"], p["candidates"], f"{p['s_per_user_pairwise']:.2f}"]
+                + [f"{p['s_per_user_shared']:.2f}", f"{p['speedup']:.1f}x", f"{p['max_abs_logit_diff']:.1e}"]
+                + ["yes" if p["same_top10"] else "no"]
             )
+        header = "task | users | candidates | s/user pairwise | s/user shared | speed-up | max logit diff | same top-10"
+        lines += markdown_table(header, "-rrrrrr-", rows)
     return "\n".join(lines)
 
 

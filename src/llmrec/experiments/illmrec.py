@@ -37,6 +37,7 @@ from llmrec.config import check_ranges, merge, option, to_dict, unflatten
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from llmrec.utils.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -430,10 +431,7 @@ def format_points(df: pd.DataFrame, keys: list[str]) -> str:
         "history items kept (of)",
         "prompts cut",
     ]
-    lines = [
-        "| " + " | ".join(cols) + " |",
-        "|" + "|".join("---" if c in keys else "---:" for c in cols) + "|",
-    ]
+    rows = []
     for _, p in df.iterrows():
         cells = [str(p[k]) for k in keys] + [str(int(p["seeds"]))]
         cells += [_cell(p[m], p.get(f"{m}_std")) for m in METRICS]
@@ -442,8 +440,8 @@ def format_points(df: pd.DataFrame, keys: list[str]) -> str:
             f"{p['history_items_mean']:.1f} ({p['history_items_available']:.1f})",
             f"{100 * p['cut_share']:.0f}%",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return "\n".join(markdown_table(cols, "".join("-" if c in keys else "r" for c in cols), rows))
 
 
 def _write_table(df: pd.DataFrame, keys: list[str], stem: Path) -> None:

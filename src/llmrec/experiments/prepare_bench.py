@@ -28,6 +28,7 @@ import numpy as np
 from llmrec.config import option
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from llmrec.utils.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -380,16 +381,17 @@ def format_prepare_bench(r: dict[str, Any]) -> str:
         + (f"; duckdb --memory-limit {c['memory_limit']}" if c.get("memory_limit") else "")
         + ")",
         "",
-        "| path | seconds | peak RSS | reviews / s | raw users / items | kept users / items / interactions |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for p in r["paths"]:
         raw, kept = p["counts_raw"], p["counts"]
-        lines.append(
-            f"| {p['path']} | {p['seconds']:.1f} | {_size(p['peak_rss_bytes'])} | {p['reviews_per_s']:,.0f} "
-            f"| {raw['users']:,} / {raw['items']:,} "
-            f"| {kept['users']:,} / {kept['items']:,} / {kept['interactions']:,} ({p['kept_share']:.1%}) |"
+        rows.append(
+            [p["path"], f"{p['seconds']:.1f}", _size(p["peak_rss_bytes"]), f"{p['reviews_per_s']:,.0f}"]
+            + [f"{raw['users']:,} / {raw['items']:,}"]
+            + [f"{kept['users']:,} / {kept['items']:,} / {kept['interactions']:,} ({p['kept_share']:.1%})"]
         )
+    header = "path | seconds | peak RSS | reviews / s | raw users / items | kept users / items / interactions"
+    lines += markdown_table(header, "-rrrrr", rows)
     by_name = {p["path"]: p for p in r["paths"]}
     if {"pandas", "duckdb"} <= set(by_name):
         old, new = by_name["pandas"], by_name["duckdb"]

@@ -26,6 +26,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.eval.evaluator import seeded_rows
 from llmrec.utils.io import write_json_atomic, write_text_atomic
+from llmrec.utils.markdown import markdown_table
 
 
 @dataclass
@@ -123,11 +124,11 @@ def format_probe(result: dict[str, Any]) -> str:
     lines = [
         f"Linear probe of the user states ({result['users']} users{', untrained model' if result['untrained'] else ''})",
         "",
-        "| item attribute | next item: accuracy | majority | last history item: accuracy | majority |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for field, e in result["fields"].items():
-        lines.append(
-            f"| {field} | {e['next']:.3f} | {e['next_majority']:.3f} | {e['last']:.3f} | {e['last_majority']:.3f} |"
-        )
+    rows = [
+        [field] + [f"{e[k]:.3f}" for k in ("next", "next_majority", "last", "last_majority")]
+        for field, e in result["fields"].items()
+    ]
+    header = "item attribute | next item: accuracy | majority | last history item: accuracy | majority"
+    lines += markdown_table(header, "-rrrr", rows)
     return "\n".join(lines) + "\n"

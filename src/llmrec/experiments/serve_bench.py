@@ -31,6 +31,7 @@ from llmrec.config import ConfigError, check_ranges, option
 from llmrec.devices import DEVICE_HELP, DTYPES
 from llmrec.errors import LlmrecError
 from llmrec.utils.io import write_json_atomic, write_text_atomic
+from llmrec.utils.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"  # the bench never listens on, nor sends to, another address
@@ -331,19 +332,22 @@ def format_bench_serve(result: dict[str, Any]) -> str:
         f"per point in {result['rounds']} alternating slices (k={result['k']}), micro-batching up to {result['max_batch']} per call with "
         f"{result['max_wait_ms']:g} ms wait vs none",
         "",
-        "| concurrency | batching | requests | req/s | speed-up | p50 ms | p95 ms | p99 ms | non-2xx | 5xx | mean batch | model ms/req |",
-        "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for p in result["points"]:
         speedup = "" if p["batching"] == "off" or p["speedup"] is None else f"{p['speedup']:.2f}x"
         mean_batch = "-" if p["mean_batch"] is None else f"{p['mean_batch']:.2f}"
         model_ms = "-" if p["model_ms_per_request"] is None else f"{p['model_ms_per_request']:.2f}"
-        lines.append(
-            f"| {p['concurrency']} | {p['batching']} | {p['requests']} | {p['throughput']:.1f} | {speedup} | "
-            f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['non_2xx']} | {p['5xx']} | "
-            f"{mean_batch} | {model_ms} |"
+        rows.append(
+            [p["concurrency"], p["batching"], p["requests"], f"{p['throughput']:.1f}", speedup]
+            + [f"{p[k]:.1f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
+            + [p["non_2xx"], p["5xx"], mean_batch, model_ms]
         )
-    return "\n".join(lines)
+    header = (
+        "concurrency | batching | requests | req/s | speed-up | p50 ms | p95 ms | p99 ms | non-2xx | 5xx "
+        "| mean batch | model ms/req"
+    )
+    return "\n".join(lines + markdown_table(header, "rlrrrrrrrrrr", rows))
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:

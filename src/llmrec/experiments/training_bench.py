@@ -24,6 +24,7 @@ from llmrec.assets import DEFAULT_LLM
 from llmrec.config import option
 from llmrec.errors import ConfigError
 from llmrec.utils.io import write_json_atomic, write_text_atomic
+from llmrec.utils.markdown import markdown_table
 from llmrec.utils.timing import clock
 
 log = logging.getLogger(__name__)
@@ -213,15 +214,15 @@ def format_training_bench(r: dict[str, Any]) -> str:
         f"seconds per training step ({r['config']['batch_size']} examples, {r['threads']} torch threads, "
         f"{r['config']['llm']}; median of {r['config']['steps']} steps per mode, modes interleaved)",
         "",
-        "| setting | case | mode | LM positions / step | s / step | speed-up |",
-        "|---|---|---|---:|---:|---:|",
     ]
-    for c in r["cases"]:
-        for mode, m in c["modes"].items():
-            lines.append(
-                f"| {c['setting']} | {c['case']} | {mode} | {m['positions_per_step']:,} "
-                f"| {m['s_per_step']:.2f} | {m['speedup']:.2f}x |"
-            )
+    rows = [
+        [c["setting"], c["case"], mode, f"{m['positions_per_step']:,}"]
+        + [f"{m['s_per_step']:.2f}", f"{m['speedup']:.2f}x"]
+        for c in r["cases"]
+        for mode, m in c["modes"].items()
+    ]
+    header = "setting | case | mode | LM positions / step | s / step | speed-up"
+    lines += markdown_table(header, "---rrr", rows)
     return "\n".join(lines)
 
 

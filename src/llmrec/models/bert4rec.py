@@ -34,16 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmrec.config import option
-from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
-from llmrec.models.neural import (
-    Batch,
-    NeuralConfig,
-    TorchRecommender,
-    left_pad,
-    sequence_batch_count,
-    trainable_users,
-)
+from llmrec.models.neural import Batch, NeuralConfig, left_pad, trainable_users
+from llmrec.models.sequential import SequentialRecommender, check_heads
 
 
 @dataclasses.dataclass
@@ -67,8 +60,7 @@ class BERT4RecConfig(NeuralConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.hidden % self.heads:
-            raise ConfigError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        check_heads(self.hidden, self.heads)
 
 
 def cloze_mask(
@@ -95,7 +87,7 @@ def cloze_mask(
 
 
 @register_model("bert4rec")
-class BERT4Rec(TorchRecommender):
+class BERT4Rec(SequentialRecommender):
     config_cls = BERT4RecConfig
     cfg: BERT4RecConfig
 
@@ -130,12 +122,9 @@ class BERT4Rec(TorchRecommender):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(..., d) states -> (..., N) item logits through the tied output layer."""
-        return F.gelu(self.out_proj(h)) @ self.item_emb.weight[1 : self.n_items + 1].T + self.out_bias
+        return F.gelu(self.out_proj(h)) @ self.item_rows().T + self.out_bias
 
     # -- training: cloze task over the last max_len training items of each user
-    def num_train_batches(self, dataset: Any) -> int:
-        return sequence_batch_count(dataset, self.cfg.batch_size)
-
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         seqs = dataset.train_sequences
         users = trainable_users(dataset)
@@ -157,6 +146,3 @@ class BERT4Rec(TorchRecommender):
         mask = torch.full((len(histories), 1), self.mask_row, dtype=torch.long)  # (B, 1)
         h = self.encode(torch.cat([hist, mask], dim=1).to(self.device))[:, -1]  # (B, d)
         return self.logits(h)  # (B, N)
-
-    def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
-        return {"item": ("item", self.item_emb.weight[1 : self.n_items + 1].detach().cpu().numpy().copy())}

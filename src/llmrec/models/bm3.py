@@ -35,11 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmrec.config import option
-from llmrec.errors import ConfigError, LlmrecError
 from llmrec.models.base import register_model
-from llmrec.models.graph import FeatureGraphRecommender, sparse_product
+from llmrec.models.graph import FeatureGraphRecommender, check_features, features_option
 from llmrec.models.mf import training_pairs
-from llmrec.models.neural import Batch, NeuralConfig
+from llmrec.models.neural import Batch, NeuralConfig, minibatches
 
 
 @dataclasses.dataclass
@@ -50,14 +49,11 @@ class BM3Config(NeuralConfig):
     dropout: float = option(0.3, "dropout that makes the target views", ge=0, lt=1)
     reg: float = option(0.1, "weight of (||U||_F + ||I||_F) / N on the backbone embeddings", ge=0)
     cl_weight: float = option(2.0, "weight of the feature alignment and masked-feature terms", ge=0)
-    features: list[str] = option(
-        factory=lambda: ["image", "text"], help="item features of the store (those it lacks are skipped)"
-    )
+    features: list[str] = features_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.features:
-            raise ConfigError("bm3 needs at least one item feature: -o features=[image, text]")
+        check_features("bm3", self.features)
 
 
 @register_model("bm3")
@@ -66,11 +62,7 @@ class BM3(FeatureGraphRecommender):
     cfg: BM3Config
 
     def __init__(self, cfg: BM3Config, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
-        self.user_emb = nn.Embedding(n_users, cfg.dim)
-        self.item_emb = nn.Embedding(n_items, cfg.dim)
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        super().__init__(cfg, n_users, n_items)  # the ID embeddings
         self.predictor = nn.Linear(cfg.dim, cfg.dim)
         nn.init.xavier_normal_(self.predictor.weight)
         self.projections = nn.ModuleDict()  # feature name -> Linear(F -> dim), created by attach()
@@ -82,15 +74,7 @@ class BM3(FeatureGraphRecommender):
     # -- the backbone and the views
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGCN: the mean of the layer outputs; the item ID embedding is added back (as BM3 does)."""
-        if not hasattr(self, "adjacency"):
-            raise LlmrecError("bm3 has no graph yet", hint="fit the model or load a saved one")
-        x = torch.cat([self.user_emb.weight, self.item_emb.weight])  # (U + N, D)
-        layers = [x]
-        for _ in range(self.cfg.layers):
-            x = sparse_product(self.adjacency, x)
-            layers.append(x)
-        out = torch.stack(layers).mean(0)  # (U + N, D)
-        users, items = out.split([self.n_users, self.n_items])
+        users, items = self.light_gcn(self.cfg.layers).split([self.n_users, self.n_items])
         return users, items + self.item_emb.weight
 
     def feature_views(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -103,15 +87,9 @@ class BM3(FeatureGraphRecommender):
         return out
 
     # -- training: observed pairs only, no negatives
-    def num_train_batches(self, dataset: Any) -> int:
-        return -(-len(training_pairs(dataset.train_sequences, self.n_items)[0]) // self.cfg.batch_size)
-
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         users, items = training_pairs(dataset.train_sequences, self.n_items)
-        order = rng.permutation(len(users))
-        for start in range(0, len(order), self.cfg.batch_size):
-            idx = order[start : start + self.cfg.batch_size]
-            yield {"users": torch.from_numpy(users[idx]), "pos": torch.from_numpy(items[idx])}
+        yield from minibatches(rng, self.cfg.batch_size, users=users, pos=items)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         users, items = batch["users"], batch["pos"]

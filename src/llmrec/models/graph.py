@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from llmrec.config import option
 from llmrec.data.dataset import Dataset
-from llmrec.errors import LlmrecError
+from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import check_trained_feature, load_item_feature, scaled_item_values
+from llmrec.models.mf import training_pairs
 from llmrec.models.neural import TorchRecommender
 from llmrec.utils.io import read_json, write_json_atomic
 
@@ -83,10 +85,24 @@ def sparse_product(
     return _SparseProduct.apply(matrix, matrix if transpose is None else transpose, x)
 
 
+def features_option() -> Any:
+    """The ``features`` option of every graph model's config (the last one, after the model's own)."""
+    return option(
+        factory=lambda: ["image", "text"], help="item features of the store (those it lacks are skipped)"
+    )
+
+
+def check_features(model: str, features: list[str]) -> None:
+    """A graph model without any item feature would be plain LightGCN: refuse an empty ``features``."""
+    if not features:
+        raise ConfigError(f"{model} needs at least one item feature: -o features=[image, text]")
+
+
 class FeatureGraphRecommender(TorchRecommender):
     """A torch model over the training graph (``adjacency``) and the item features named by ``cfg.features``
-    (buffers ``feature_<name>`` (N, F), scaled, and ``missing_<name>`` (N,)). Subclasses add their
-    per-feature layers in :meth:`new_feature` and any other graph in :meth:`attach_graph`."""
+    (buffers ``feature_<name>`` (N, F), scaled, and ``missing_<name>`` (N,)). Every user and item node has
+    an ID embedding of ``cfg.dim`` (``user_emb``, ``item_emb``) that :meth:`light_gcn` propagates. Subclasses
+    add their per-feature layers in :meth:`new_feature` and any other graph in :meth:`attach_graph`."""
 
     needs_user_id = True  # a user is their node in the graph
     needs_dataset = True  # the graph and the features come from the dataset
@@ -96,6 +112,10 @@ class FeatureGraphRecommender(TorchRecommender):
         self.missing_vectors = nn.ParameterDict()  # feature name -> the learned vector of an item without it
         self.sources: list[dict[str, Any]] = []
         self._dataset: Dataset | None = None
+        self.user_emb = nn.Embedding(n_users, cfg.dim)
+        self.item_emb = nn.Embedding(n_items, cfg.dim)
+        nn.init.xavier_uniform_(self.user_emb.weight)
+        nn.init.xavier_uniform_(self.item_emb.weight)
 
     def new_feature(self, name: str, size: int) -> None:
         """Create the layers of a feature of ``size`` dimensions, the first time it is attached."""
@@ -136,6 +156,22 @@ class FeatureGraphRecommender(TorchRecommender):
 
     def prepare(self, dataset: Any) -> None:
         self.attach(dataset)
+
+    def light_gcn(self, layers: int) -> torch.Tensor:
+        """LightGCN over the ID embeddings: the mean of the outputs of ``layers`` propagations and of the
+        embeddings themselves, (U + N, D)."""
+        if not hasattr(self, "adjacency"):
+            raise LlmrecError(f"{self.name} has no graph yet", hint="fit the model or load a saved one")
+        x = torch.cat([self.user_emb.weight, self.item_emb.weight])  # (U + N, D)
+        outputs = [x]
+        for _ in range(layers):
+            x = sparse_product(self.adjacency, x)
+            outputs.append(x)
+        return torch.stack(outputs).mean(0)
+
+    # -- training: batches of the observed (user, item) pairs
+    def num_train_batches(self, dataset: Any) -> int:
+        return -(-len(training_pairs(dataset.train_sequences, self.n_items)[0]) // self.cfg.batch_size)
 
     @property
     def trained_on(self) -> Dataset | None:

@@ -35,14 +35,8 @@ from torch import nn
 
 from llmrec.config import option
 from llmrec.models.base import register_model
-from llmrec.models.neural import (
-    Batch,
-    NeuralConfig,
-    TorchRecommender,
-    left_pad,
-    next_item_batches,
-    sequence_batch_count,
-)
+from llmrec.models.neural import Batch, NeuralConfig, next_item_batches
+from llmrec.models.sequential import SequentialRecommender
 
 
 @dataclasses.dataclass
@@ -58,7 +52,7 @@ class GRU4RecConfig(NeuralConfig):
 
 
 @register_model("gru4rec")
-class GRU4Rec(TorchRecommender):
+class GRU4Rec(SequentialRecommender):
     config_cls = GRU4RecConfig
     cfg: GRU4RecConfig
 
@@ -82,9 +76,6 @@ class GRU4Rec(TorchRecommender):
         return self.dense(out)  # (B, L, d)
 
     # -- training: every position predicts the next item
-    def num_train_batches(self, dataset: Any) -> int:
-        return sequence_batch_count(dataset, self.cfg.batch_size)
-
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         negatives = self.cfg.loss == "bpr"
         return next_item_batches(dataset, rng, self.cfg.batch_size, self.cfg.max_len, self.n_items, negatives)
@@ -93,18 +84,8 @@ class GRU4Rec(TorchRecommender):
         h = self.encode(batch["inputs"])  # (B, L, d)
         mask = batch["pos"] != 0  # (B, L) real targets
         if self.cfg.loss == "ce":
-            logits = h[mask] @ self.item_emb.weight[1:].T  # (M, N)
+            logits = h[mask] @ self.item_rows().T  # (M, N)
             return F.cross_entropy(logits, batch["pos"][mask] - 1)
         pos_logits = (h * self.item_emb(batch["pos"])).sum(-1)  # (B, L)
         neg_logits = (h * self.item_emb(batch["neg"])).sum(-1)  # (B, L)
         return -F.logsigmoid(pos_logits[mask] - neg_logits[mask]).mean()
-
-    # -- scoring: the state after the last real item (the last column) against every item
-    def user_states(self, histories: list[np.ndarray]) -> torch.Tensor:
-        return self.encode(left_pad(histories, self.cfg.max_len).to(self.device))[:, -1]  # (B, d)
-
-    def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
-        return self.user_states(histories) @ self.item_emb.weight[1:].T  # (B, N)
-
-    def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
-        return {"item": ("item", self.item_emb.weight[1:].detach().cpu().numpy().copy())}

@@ -57,11 +57,17 @@ from torch import nn
 
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
-from llmrec.errors import ConfigError, LlmrecError
 from llmrec.models.base import register_model
-from llmrec.models.graph import FeatureGraphRecommender, compressed, sparse_product, training_edges
+from llmrec.models.graph import (
+    FeatureGraphRecommender,
+    check_features,
+    compressed,
+    features_option,
+    sparse_product,
+    training_edges,
+)
 from llmrec.models.mf import training_pairs
-from llmrec.models.neural import Batch, NeuralConfig, sample_unseen, seen_keys
+from llmrec.models.neural import Batch, NeuralConfig, minibatches, sample_unseen, seen_keys
 
 
 @dataclasses.dataclass
@@ -83,14 +89,11 @@ class LGMRecConfig(NeuralConfig):
         1e-6, "weight of (||e_u|| + ||e_i|| + ||e_j||) / B on the batch's final embeddings", ge=0
     )
     tau: float = option(0.2, "temperature of the hyperedge (Gumbel-)softmax and of the InfoNCE", gt=0)
-    features: list[str] = option(
-        factory=lambda: ["image", "text"], help="item features of the store (those it lacks are skipped)"
-    )
+    features: list[str] = features_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.features:
-            raise ConfigError("lgmrec needs at least one item feature: -o features=[image, text]")
+        check_features("lgmrec", self.features)
 
 
 def interaction_matrix(sequences: list[np.ndarray], n_users: int, n_items: int) -> torch.Tensor:
@@ -135,11 +138,7 @@ class LGMRec(FeatureGraphRecommender):
     cfg: LGMRecConfig
 
     def __init__(self, cfg: LGMRecConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
-        self.user_emb = nn.Embedding(n_users, cfg.dim)
-        self.item_emb = nn.Embedding(n_items, cfg.dim)
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        super().__init__(cfg, n_users, n_items)  # the ID embeddings
         # per feature, created by attach() (their sizes come from the store): W_m, V_m, the missing vector
         self.projections = nn.ModuleDict()  # name -> Linear(F -> dim, no bias)
         self.hyperedges = nn.ModuleDict()  # name -> Linear(F -> n_hyper, no bias)
@@ -162,14 +161,7 @@ class LGMRec(FeatureGraphRecommender):
 
     def collaborative(self) -> torch.Tensor:
         """LightGCN over the ID embeddings: the mean of the layer outputs, (U + N, D)."""
-        if not hasattr(self, "adjacency"):
-            raise LlmrecError("lgmrec has no graph yet", hint="fit the model or load a saved one")
-        x = torch.cat([self.user_emb.weight, self.item_emb.weight])  # (U + N, D)
-        layers = [x]
-        for _ in range(self.cfg.ui_layers):
-            x = sparse_product(self.adjacency, x)
-            layers.append(x)
-        return torch.stack(layers).mean(0)
+        return self.light_gcn(self.cfg.ui_layers)
 
     def modality_local(self, name: str) -> torch.Tensor:
         """Feature ``name``'s local embeddings (U + N, D): projected items, users as the mean of their
@@ -219,20 +211,10 @@ class LGMRec(FeatureGraphRecommender):
         return users, items, glob
 
     # -- training: BPR against one unseen item, plus the hypergraph InfoNCE
-    def num_train_batches(self, dataset: Any) -> int:
-        return -(-len(training_pairs(dataset.train_sequences, self.n_items)[0]) // self.cfg.batch_size)
-
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         users, pos = training_pairs(dataset.train_sequences, self.n_items)
         neg = sample_unseen(rng, users, self.n_items, seen_keys(users, pos, self.n_items))
-        order = rng.permutation(len(users))
-        for start in range(0, len(order), self.cfg.batch_size):
-            idx = order[start : start + self.cfg.batch_size]
-            yield {
-                "users": torch.from_numpy(users[idx]),
-                "pos": torch.from_numpy(pos[idx]),
-                "neg": torch.from_numpy(neg[idx]),
-            }
+        yield from minibatches(rng, self.cfg.batch_size, users=users, pos=pos, neg=neg)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         users, pos, neg = batch["users"], batch["pos"], batch["neg"]

@@ -35,7 +35,7 @@ from torch import nn
 from llmrec.config import option
 from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, sample_unseen, seen_keys
+from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, minibatches, sample_unseen, seen_keys
 
 
 @dataclasses.dataclass
@@ -120,23 +120,16 @@ class MF(TorchRecommender):
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         if self.cfg.objective == "ctr":
             df = dataset.ctr("train")
-            users = df["user_idx"].to_numpy(np.int64)
-            pos = df["target"].to_numpy(np.int64)
-            labels = df["label"].to_numpy(np.float32)
-            neg = None
+            columns = {
+                "users": df["user_idx"].to_numpy(np.int64),
+                "pos": df["target"].to_numpy(np.int64),
+                "labels": df["label"].to_numpy(np.float32),
+            }
         else:
             users, pos = training_pairs(dataset.train_sequences, self.n_items)
-            seen = seen_keys(users, pos, self.n_items)
-            neg = sample_unseen(rng, users, self.n_items, seen)
-        order = rng.permutation(len(users))
-        for start in range(0, len(order), self.cfg.batch_size):
-            idx = order[start : start + self.cfg.batch_size]
-            batch = {"users": torch.from_numpy(users[idx]), "pos": torch.from_numpy(pos[idx])}
-            if neg is None:
-                batch["labels"] = torch.from_numpy(labels[idx])
-            else:
-                batch["neg"] = torch.from_numpy(neg[idx])
-            yield batch
+            neg = sample_unseen(rng, users, self.n_items, seen_keys(users, pos, self.n_items))
+            columns = {"users": users, "pos": pos, "neg": neg}
+        yield from minibatches(rng, self.cfg.batch_size, **columns)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         users, pos = batch["users"], batch["pos"]

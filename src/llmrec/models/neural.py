@@ -355,6 +355,15 @@ def sequence_batch_count(dataset: Any, batch_size: int) -> int:
     return -(-len(trainable_users(dataset)) // batch_size)
 
 
+def minibatches(rng: np.random.Generator, batch_size: int, **columns: np.ndarray) -> Iterator[Batch]:
+    """One epoch of example batches: the aligned arrays ``columns`` (one entry per example) in one random
+    order (a single ``rng.permutation``), ``batch_size`` examples at a time, as tensors of the same names."""
+    order = rng.permutation(len(next(iter(columns.values()))))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield {name: torch.from_numpy(values[idx]) for name, values in columns.items()}
+
+
 def next_item_batches(
     dataset: Any, rng: np.random.Generator, batch_size: int, max_len: int, n_items: int, negatives: bool
 ) -> Iterator[Batch]:

@@ -19,16 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmrec.config import option
-from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
-from llmrec.models.neural import (
-    Batch,
-    NeuralConfig,
-    TorchRecommender,
-    left_pad,
-    next_item_batches,
-    sequence_batch_count,
-)
+from llmrec.models.neural import Batch, NeuralConfig, next_item_batches
+from llmrec.models.sequential import SequentialRecommender, check_heads
 
 
 @dataclasses.dataclass
@@ -42,8 +35,7 @@ class SASRecConfig(NeuralConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.hidden % self.heads:
-            raise ConfigError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        check_heads(self.hidden, self.heads)
 
 
 class PointWiseFeedForward(nn.Module):
@@ -62,7 +54,7 @@ class PointWiseFeedForward(nn.Module):
 
 
 @register_model("sasrec")
-class SASRec(TorchRecommender):
+class SASRec(SequentialRecommender):
     config_cls = SASRecConfig
     cfg: SASRecConfig
 
@@ -103,9 +95,6 @@ class SASRec(TorchRecommender):
         return self.last_norm(x)
 
     # -- training: every position predicts the next item against one sampled negative
-    def num_train_batches(self, dataset: Any) -> int:
-        return sequence_batch_count(dataset, self.cfg.batch_size)
-
     def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
         return next_item_batches(
             dataset, rng, self.cfg.batch_size, self.cfg.max_len, self.n_items, negatives=True
@@ -123,13 +112,7 @@ class SASRec(TorchRecommender):
             loss = loss + self.cfg.l2_emb * self.item_emb.weight.pow(2).sum()
         return loss
 
-    # -- scoring: the last position's state against every item
-    def user_states(self, histories: list[np.ndarray]) -> torch.Tensor:
-        return self.encode(left_pad(histories, self.cfg.max_len).to(self.device))[:, -1]  # (B, d)
-
-    def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
-        return self.user_states(histories) @ self.item_emb.weight[1:].T  # (B, N)
-
+    # -- scoring: the last position's state against the candidates (score_all: SequentialRecommender)
     def score(self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
         was_training = self.training
         self.eval()
@@ -141,6 +124,3 @@ class SASRec(TorchRecommender):
             out = torch.einsum("bd,bcd->bc", h, cand).cpu().numpy()
         self.train(was_training)
         return out
-
-    def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
-        return {"item": ("item", self.item_emb.weight[1:].detach().cpu().numpy().copy())}

@@ -29,6 +29,7 @@ file is skipped with a warning (and recorded in meta.json's source), or refused 
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 from pathlib import Path
 
@@ -36,15 +37,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.data.importers import ImportSpec, register_importer
-from llmrec.data.importers.table import (
-    READ_ERRORS,
-    decode_error,
-    image_files,
-    open_text,
-    scan_lines,
-    undecodable_line,
-    unreadable_error,
-)
+from llmrec.data.importers.table import image_files, located_error, reading_errors, scan_lines, text_lines
 from llmrec.data.schema import RawData, make_interactions, make_items
 from llmrec.errors import LlmrecError
 
@@ -92,30 +85,20 @@ def mind_splits(path: Path) -> list[Path]:
 def read_news(path: Path) -> pd.DataFrame:
     """``news.tsv`` as raw string columns (:data:`NEWS_COLUMNS`); a malformed line is a one-line error."""
     rows: list[list[str]] = []
-    lineno = 0
-    try:
-        with open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                fields = line.split("\t")
-                if len(fields) != len(NEWS_COLUMNS):
-                    raise LlmrecError(
-                        f"{len(fields)} tab-separated fields where {len(NEWS_COLUMNS)} are expected "
-                        f"({', '.join(NEWS_COLUMNS)})",
-                        file=path,
-                        row=lineno,
-                        field=NEWS_COLUMNS[len(fields)] if len(fields) < len(NEWS_COLUMNS) else None,
-                        hint=_HINT,
-                    )
-                if not fields[0].strip():
-                    raise LlmrecError("empty news id", file=path, row=lineno, field="news_id", hint=_HINT)
-                rows.append(fields)
-    except UnicodeDecodeError as e:
-        raise undecodable_line(path, "utf-8") or decode_error(path, e, None) from None
-    except READ_ERRORS as e:
-        raise unreadable_error(path, e, row=lineno + 1) from None
+    for lineno, line in text_lines(path):
+        fields = line.split("\t")
+        if len(fields) != len(NEWS_COLUMNS):
+            raise LlmrecError(
+                f"{len(fields)} tab-separated fields where {len(NEWS_COLUMNS)} are expected "
+                f"({', '.join(NEWS_COLUMNS)})",
+                file=path,
+                row=lineno,
+                field=NEWS_COLUMNS[len(fields)] if len(fields) < len(NEWS_COLUMNS) else None,
+                hint=_HINT,
+            )
+        if not fields[0].strip():
+            raise LlmrecError("empty news id", file=path, row=lineno, field="news_id", hint=_HINT)
+        rows.append(fields)
     if not rows:
         raise LlmrecError("no news in the file", file=path, hint=_HINT)
     return pd.DataFrame(rows, columns=list(NEWS_COLUMNS))
@@ -180,17 +163,11 @@ def _behavior_line_problem(line: str) -> tuple[str | None, str] | None:
     return None
 
 
-def _behavior_error(path: Path, fallback: str) -> LlmrecError:
-    found = scan_lines(path, _behavior_line_problem)
-    if found is None:  # the scan and pandas disagree: say what pandas saw
-        return LlmrecError(f"cannot parse ({fallback})", file=path, hint=_HINT)
-    return LlmrecError(found[2], file=path, row=found[0], field=found[1], hint=_HINT)
-
-
 def read_behaviors(path: Path) -> pd.DataFrame | None:
     """``behaviors.tsv`` as one row per impression: line (1-based), user_id, timestamp (unix seconds, UTC),
     history (text), impressions (text). None for a file without click labels (MIND's test split)."""
-    try:
+    locate = functools.partial(scan_lines, path, _behavior_line_problem)
+    with reading_errors(path, _HINT, locate):
         df = pd.read_csv(
             path,
             sep="\t",
@@ -202,14 +179,6 @@ def read_behaviors(path: Path) -> pd.DataFrame | None:
             skip_blank_lines=False,  # row i is line i + 1, for the error messages
             index_col=False,
         )
-    except pd.errors.EmptyDataError:
-        raise LlmrecError("file is empty", file=path, hint=_HINT) from None
-    except UnicodeDecodeError as e:
-        raise undecodable_line(path, "utf-8") or decode_error(path, e, None) from None
-    except READ_ERRORS as e:
-        raise unreadable_error(path, e) from None
-    except pd.errors.ParserError as e:  # too many fields on some line
-        raise _behavior_error(path, str(e)) from None
     df["line"] = np.arange(1, len(df) + 1)
     df = df.loc[(df.drop(columns="line") != "").any(axis=1)]  # blank lines
     if df.empty:
@@ -221,7 +190,7 @@ def read_behaviors(path: Path) -> pd.DataFrame | None:
     bad = times.isna() | (df["user_id"].str.strip() == "") | (df["_extra"] != "")
     bad |= ~df["impressions"].str.fullmatch(_IMPRESSIONS)  # every token <id>-1 or <id>-0
     if bad.any():
-        raise _behavior_error(path, f"data line {int(df.loc[bad, 'line'].iloc[0])}")
+        raise located_error(path, locate(), f"data line {int(df.loc[bad, 'line'].iloc[0])}", _HINT)
     seconds = (times - pd.Timestamp(0)) // pd.Timedelta(seconds=1)
     return pd.DataFrame(
         {

@@ -193,6 +193,23 @@ def _movie_items(ids: pd.Series, titles: pd.Series, genres: pd.Series, source: P
     )
 
 
+def _rating_interactions(
+    ratings: pd.DataFrame, columns: tuple[str, str, str, str], source: str
+) -> pd.DataFrame:
+    """The canonical interactions of a GroupLens ratings table whose user, item, timestamp and rating
+    columns are named ``columns`` (ids without surrounding spaces, as :func:`_movie_items` keeps them)."""
+    user, item, timestamp, rating = columns
+    table = pd.DataFrame(
+        {
+            "user_id": ratings[user].str.strip(),
+            "item_id": ratings[item].str.strip(),
+            "timestamp": ratings[timestamp],
+            "rating": ratings[rating],
+        }
+    )
+    return make_interactions(table, source=source)
+
+
 def _occupation(code: str) -> str:
     code = code.strip()
     return ML1M_OCCUPATIONS[int(code)] if code.isdigit() and int(code) < len(ML1M_OCCUPATIONS) else code
@@ -284,17 +301,7 @@ def _import_ml1m_grouplens(spec: ImportSpec) -> RawData:
             }
         )
         files.append(str(folder / "users.dat"))
-    interactions = make_interactions(
-        pd.DataFrame(
-            {
-                "user_id": ratings["UserID"].str.strip(),
-                "item_id": ratings["MovieID"].str.strip(),
-                "timestamp": ratings["Timestamp"],
-                "rating": ratings["Rating"],
-            }
-        ),
-        source=files[0],
-    )
+    interactions = _rating_interactions(ratings, ("UserID", "MovieID", "Timestamp", "Rating"), files[0])
     items = _movie_items(movies["MovieID"], movies["Title"], movies["Genres"], folder / "movies.dat")
     return RawData(
         items=items, interactions=interactions, users=users, source={"name": "ml-1m", "files": files}
@@ -323,16 +330,6 @@ def import_ml_latest(spec: ImportSpec) -> RawData:
         if col not in movies.columns:
             raise missing_column_error(folder / "movies.csv", col, col, list(movies.columns))
     files = [str(folder / "ratings.csv"), str(folder / "movies.csv")]
-    interactions = make_interactions(
-        pd.DataFrame(
-            {
-                "user_id": ratings["userId"].str.strip(),
-                "item_id": ratings["movieId"].str.strip(),
-                "timestamp": ratings["timestamp"],
-                "rating": ratings["rating"],
-            }
-        ),
-        source=files[0],
-    )
+    interactions = _rating_interactions(ratings, ("userId", "movieId", "timestamp", "rating"), files[0])
     items = _movie_items(movies["movieId"], movies["title"], movies["genres"], folder / "movies.csv")
     return RawData(items=items, interactions=interactions, source={"name": "ml-latest", "files": files})

@@ -28,15 +28,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.data.importers import ImportSpec, register_importer
-from llmrec.data.importers.table import (
-    READ_ERRORS,
-    decode_error,
-    image_files,
-    open_text,
-    scan_lines,
-    undecodable_line,
-    unreadable_error,
-)
+from llmrec.data.importers.table import image_files, located_error, reading_errors, scan_lines, text_lines
 from llmrec.data.schema import RawData, make_interactions, make_items
 from llmrec.errors import LlmrecError
 
@@ -119,20 +111,17 @@ def _line_checker() -> Callable[[str], tuple[str | None, str] | None]:
     return check
 
 
-def _rating_error(path: Path, fallback: str) -> LlmrecError:
-    found = scan_lines(path, _line_checker(), ENCODING)
-    if found is None:
-        return LlmrecError(f"cannot parse ({fallback})", file=path, hint=_HINT)
-    return LlmrecError(found[2], file=path, row=found[0], field=found[1], hint=_HINT)
-
-
 def read_combined(path: Path) -> pd.DataFrame:
     """One rating file as numeric columns: customer (int64), movie (int64), rating (float64), timestamp
     (int64 unix seconds). Read in chunks with pandas; any malformed line is reported by its number."""
     columns: dict[str, list[np.ndarray]] = {"customer": [], "movie": [], "rating": [], "timestamp": []}
     movie = np.nan  # the block a chunk starts in
     offset = 0  # lines before this chunk
-    try:
+
+    def locate() -> tuple[int, str | None, str] | None:  # a fresh checker follows the blocks from line 1
+        return scan_lines(path, _line_checker(), ENCODING)
+
+    with reading_errors(path, _HINT, locate, ENCODING):
         chunks = pd.read_csv(
             path,
             header=None,
@@ -158,7 +147,8 @@ def read_combined(path: Path) -> pd.DataFrame:
             bad |= rating_row & (customer.isna() | ~stars.isin([1, 2, 3, 4, 5]) | day.isna() | block.isna())
             bad |= rating_row & (~a.str.fullmatch(r"\d+").fillna(False) | (extra != ""))
             if bad.any():
-                raise _rating_error(path, f"line {offset + int(np.flatnonzero(bad.to_numpy())[0]) + 1}")
+                line = offset + int(np.flatnonzero(bad.to_numpy())[0]) + 1
+                raise located_error(path, locate(), f"line {line}", _HINT)
             if header.any():
                 movie = ids[header].iloc[-1]
             columns["customer"].append(customer[rating_row].to_numpy(dtype="int64"))
@@ -167,14 +157,6 @@ def read_combined(path: Path) -> pd.DataFrame:
             seconds = (day[rating_row] - pd.Timestamp(0)) // pd.Timedelta(seconds=1)
             columns["timestamp"].append(seconds.to_numpy(dtype="int64"))
             offset += len(chunk)
-    except pd.errors.EmptyDataError:
-        raise LlmrecError("file is empty", file=path, hint=_HINT) from None
-    except UnicodeDecodeError as e:  # not with latin-1, which decodes every byte; kept for safety
-        raise undecodable_line(path, ENCODING) or decode_error(path, e, None, ENCODING) from None
-    except pd.errors.ParserError as e:  # too many fields on some line
-        raise _rating_error(path, str(e)) from None
-    except READ_ERRORS as e:
-        raise unreadable_error(path, e) from None
     out = pd.DataFrame({k: np.concatenate(v) if v else np.array([], "int64") for k, v in columns.items()})
     if out.empty:
         raise LlmrecError("no rating lines (CustomerID,Rating,Date) in the file", file=path, hint=_HINT)
@@ -189,44 +171,36 @@ def read_titles(path: Path) -> pd.DataFrame:
     ids: list[str] = []
     titles: list[str] = []
     years: list[int | None] = []
-    lineno = 0
-    try:
-        with open_text(path, ENCODING) as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                fields = line.split(",", 2)
-                if len(fields) < 3:
-                    raise LlmrecError(
-                        f"{len(fields)} comma-separated fields where 3 are expected (MovieID,YearOfRelease,Title)",
-                        file=path,
-                        row=lineno,
-                        field=("YearOfRelease", "Title")[len(fields) - 1],
-                        hint=_HINT,
-                    )
-                movie, year, title = fields[0].strip(), fields[1].strip(), fields[2].strip()
-                if not movie.isdigit():
-                    raise LlmrecError(
-                        f"{movie!r} is not a movie id (a number)",
-                        file=path,
-                        row=lineno,
-                        field="MovieID",
-                        hint=_HINT,
-                    )
-                if year != "NULL" and not (len(year) == 4 and year.isdigit()):
-                    raise LlmrecError(
-                        f"{year!r} is neither a year nor NULL",
-                        file=path,
-                        row=lineno,
-                        field="YearOfRelease",
-                        hint=_HINT,
-                    )
-                ids.append(str(int(movie)))
-                titles.append(title)
-                years.append(None if year == "NULL" else int(year))
-    except READ_ERRORS as e:
-        raise unreadable_error(path, e, row=lineno + 1) from None
+    for lineno, line in text_lines(path, ENCODING):
+        fields = line.split(",", 2)
+        if len(fields) < 3:
+            raise LlmrecError(
+                f"{len(fields)} comma-separated fields where 3 are expected (MovieID,YearOfRelease,Title)",
+                file=path,
+                row=lineno,
+                field=("YearOfRelease", "Title")[len(fields) - 1],
+                hint=_HINT,
+            )
+        movie, year, title = fields[0].strip(), fields[1].strip(), fields[2].strip()
+        if not movie.isdigit():
+            raise LlmrecError(
+                f"{movie!r} is not a movie id (a number)",
+                file=path,
+                row=lineno,
+                field="MovieID",
+                hint=_HINT,
+            )
+        if year != "NULL" and not (len(year) == 4 and year.isdigit()):
+            raise LlmrecError(
+                f"{year!r} is neither a year nor NULL",
+                file=path,
+                row=lineno,
+                field="YearOfRelease",
+                hint=_HINT,
+            )
+        ids.append(str(int(movie)))
+        titles.append(title)
+        years.append(None if year == "NULL" else int(year))
     if not ids:
         raise LlmrecError("no movies in the file", file=path, hint=_HINT)
     # object dtype keeps ints and None apart: a float column would turn 2003 into 2003.0

@@ -8,7 +8,9 @@ error can name the exact 1-based line and field.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
+import functools
 import gzip
 import lzma
 import math
@@ -34,6 +36,8 @@ READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 # A check takes one field's text and returns what is wrong with it, or None if it is fine.
 Check = Callable[[str], str | None]
+# Where a scan found a bad line: (1-based line number, field or None, what is wrong).
+Found = tuple[int, str | None, str]
 
 
 # ----------------------------------------------------------------------------- shared file helpers
@@ -180,31 +184,22 @@ def read_delimited(
         _check_header(path, sep, encoding, hint)
     # The C parser cannot split on a multi-character separator such as MovieLens' "::".
     engine = "c" if len(sep) == 1 and not strict else "python"
-    try:
-        df = pd.read_csv(
-            path,
-            sep=sep,
-            header=None if names is not None else 0,
-            names=list(names) if names is not None else None,
-            dtype=str,
-            keep_default_na=False,
-            index_col=False,
-            encoding=encoding,
-            engine=engine,
-        )
-    except FileNotFoundError:
-        raise LlmrecError("file not found", file=path, hint=hint) from None
-    except pd.errors.EmptyDataError:
-        raise LlmrecError("file is empty", file=path, hint=hint) from None
-    except UnicodeDecodeError as e:
-        raise undecodable_line(path, encoding) or decode_error(path, e, None, encoding) from None
-    except READ_ERRORS as e:
-        raise unreadable_error(path, e) from None
-    except pd.errors.ParserError as e:  # too many fields on some line
-        found = find_bad_line(path, sep, names, encoding, checks)
-        if found is None:
-            raise LlmrecError(f"cannot parse ({e})", file=path, hint=hint) from None
-        raise LlmrecError(found[2], file=path, row=found[0], field=found[1], hint=hint) from None
+    locate = functools.partial(find_bad_line, path, sep, names, encoding, checks)
+    with reading_errors(path, hint, locate, encoding):
+        try:
+            df = pd.read_csv(
+                path,
+                sep=sep,
+                header=None if names is not None else 0,
+                names=list(names) if names is not None else None,
+                dtype=str,
+                keep_default_na=False,
+                index_col=False,
+                encoding=encoding,
+                engine=engine,
+            )
+        except FileNotFoundError:  # (an OSError: said here before reading_errors calls it unreadable)
+            raise LlmrecError("file not found", file=path, hint=hint) from None
     for col in checks:
         if col not in df.columns:
             raise missing_column_error(path, col, col, list(df.columns))
@@ -219,7 +214,7 @@ def read_delimited(
                 wrong |= out_of_int64(num)
             bad |= wrong & (df[col].str.strip() != "") if check is is_number_or_empty else wrong
     if bad.any():
-        found = find_bad_line(path, sep, names, encoding, checks)
+        found = locate()
         if found is None:  # the scan disagrees with pandas: report the data row pandas flagged
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise LlmrecError(
@@ -255,7 +250,7 @@ def _check_header(path: Path, sep: str, encoding: str, hint: str | None) -> None
 
 def find_bad_line(
     path: Path, sep: str, names: Sequence[str] | None, encoding: str, checks: dict[str, Check]
-) -> tuple[int, str | None, str] | None:
+) -> Found | None:
     """Scan ``path`` for the first line with the wrong field count or a value failing its check.
 
     Returns (1-based line number as an editor shows it, header included; field; what is wrong), or None.
@@ -314,7 +309,7 @@ def _records(f: IO[str], sep: str) -> Iterator[tuple[int, list[str]]]:
 
 def scan_lines(
     path: Path, check: Callable[[str], tuple[str | None, str] | None], encoding: str = "utf-8"
-) -> tuple[int, str | None, str] | None:
+) -> Found | None:
     """The first line of ``path`` that ``check`` (line text without its line break -> (field, what is
     wrong) or None) refuses: (1-based line number, field, what is wrong), or None. For the error path of
     readers that parse fast with pandas and scan again only to say where the problem is."""
@@ -329,6 +324,51 @@ def scan_lines(
     except READ_ERRORS as e:
         raise unreadable_error(path, e) from None
     return None
+
+
+def located_error(path: Path, found: Found | None, fallback: str, hint: str | None) -> LlmrecError:
+    """The error for a file pandas could not parse, at the bad line a scan ``found`` (:func:`scan_lines`,
+    :func:`find_bad_line`); where the scan found none (it and pandas disagree), what pandas said
+    (``fallback``)."""
+    if found is None:
+        return LlmrecError(f"cannot parse ({fallback})", file=path, hint=hint)
+    return LlmrecError(found[2], file=path, row=found[0], field=found[1], hint=hint)
+
+
+@contextlib.contextmanager
+def reading_errors(
+    path: Path, hint: str | None, locate: Callable[[], Found | None], encoding: str = "utf-8"
+) -> Iterator[None]:
+    """Around a pandas read of the text file ``path``: what it raises becomes the importers' one-line error
+    (an empty file, bytes that are not ``encoding``, a damaged or truncated file, or a line pandas cannot
+    split, which ``locate`` finds again: :func:`located_error`)."""
+    try:
+        yield
+    except pd.errors.EmptyDataError:
+        raise LlmrecError("file is empty", file=path, hint=hint) from None
+    except UnicodeDecodeError as e:
+        raise undecodable_line(path, encoding) or decode_error(path, e, None, encoding) from None
+    except READ_ERRORS as e:
+        raise unreadable_error(path, e) from None
+    except pd.errors.ParserError as e:  # too many fields on some line
+        raise located_error(path, locate(), str(e), hint) from None
+
+
+def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(1-based line number, text without its line break) of every non-blank line of ``path``, for readers
+    that check each line themselves; a file that cannot be decoded or read to its end is the one-line
+    error of :func:`undecodable_line` or :func:`unreadable_error` (naming the line it stopped at)."""
+    lineno = 0
+    try:
+        with open_text(path, encoding) as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield lineno, line
+    except UnicodeDecodeError as e:
+        raise undecodable_line(path, encoding) or decode_error(path, e, None, encoding) from None
+    except READ_ERRORS as e:
+        raise unreadable_error(path, e, row=lineno + 1) from None
 
 
 def image_files(image_dir: str | None, default: Path | None = None) -> dict[str, Path]:
