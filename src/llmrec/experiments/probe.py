@@ -83,6 +83,7 @@ def linear_probe(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0) -> flo
 
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Probe the user states of a run; write and return {field: {next/last: accuracy, majority: rate}}."""
+    from llmrec.models.base import get_model_class
     from llmrec.pipeline import run_dataset, saved_config
 
     run = Path(cfg.run)
@@ -95,11 +96,13 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
             file=ds.root / "items.parquet",
             hint="see --fields",
         )
-    model = _model(cfg, train_cfg, ds)
-    if not hasattr(model, "user_representations"):
+    if not get_model_class(train_cfg.model).has_user_representations():  # before loading its weights
         raise LlmrecError(
-            f"model '{model.name}' exposes no user states to probe", file=run, hint="probe an illmrec run"
+            f"model '{train_cfg.model}' exposes no user states to probe",
+            file=run,
+            hint="probe an illmrec run",
         )
+    model = _model(cfg, train_cfg, ds)
     split = ds.split(cfg.split)  # type: ignore[arg-type]
     rows = seeded_rows(len(split.users), cfg.users, cfg.seed)
     histories = [split.histories[r] for r in rows]

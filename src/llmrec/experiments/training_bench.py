@@ -6,17 +6,20 @@ position), as two passes reading the vocabulary head only at the answer, as one 
 (tree attention mask), and as one pass after the constant prefix's cached KV. Without ILA, and for HistLLM's
 step 2 (LoRA frozen), the only saving is the constant prefix. Every mode of a case times the same batches,
 interleaved (mode A step 1, mode B step 1, ...) after one untimed step each, so drift hits all alike;
-``positions`` counts what the LM computed per step (padding included).
+``positions`` counts what the LM computed per step (padding included). A step is the trainer's own
+(:class:`~llmrec.training.loop.TrainingStep`, on the model prepared and the stage set up as ``llmrec train``
+does): the batch's move to the device, autocast, backward, clipping, the stage's optimiser and schedule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +29,12 @@ from llmrec.errors import ConfigError
 from llmrec.utils.io import write_json_atomic, write_text_atomic
 from llmrec.utils.markdown import markdown_table
 from llmrec.utils.timing import clock
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+
+    from llmrec.models.neural import Stage
 
 log = logging.getLogger(__name__)
 
@@ -136,25 +145,47 @@ def run_training_bench(cfg: TrainingBenchConfig) -> dict[str, Any]:
 
 def _time_case(case: str, setting: str, ds: Any, cfg: TrainingBenchConfig) -> dict[str, Any]:
     import torch
-    from tqdm.auto import tqdm
 
     from llmrec.models.base import build_model
+    from llmrec.training.loop import prepare_training, training_stage
 
     name, options = SETTINGS[setting][case]
     options = {**options, "batch_size": cfg.batch_size, "backbone": {"llm": cfg.llm}}
     torch.manual_seed(cfg.seed)
     model = build_model(name, options, ds.n_users, ds.n_items)
-    model.attach(ds)
-    stage = next(s for s in model.stages(ds) if s.name in ("end2end", "step2"))  # what the LLM trains in
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in stage.trainable)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    accelerator, device, stages = prepare_training(model, ds)  # as llmrec train prepares it
+    stage = next(s for s in stages if s.name in ("end2end", "step2"))  # what the LLM trains in
+    with training_stage(model, stage):  # its parameters trainable, its context held, as in training
+        timed = _time_modes(case, f"{case} ({setting})", model, ds, cfg, stage, accelerator, device)
+    return {"case": case, "model": name, "options": options, **timed}
+
+
+def _time_modes(
+    case: str,
+    label: str,
+    model: Any,
+    ds: Any,
+    cfg: TrainingBenchConfig,
+    stage: Stage,
+    accelerator: Accelerator,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Every mode of ``case``: the trainer's step, each mode with its own optimiser (the one the trainer
+    gives the stage), on the same batches, interleaved."""
+    from tqdm.auto import tqdm
+
+    from llmrec.training.loop import TrainingStep
+
     batches = []
     for batch in stage.batches(ds, np.random.default_rng(cfg.seed)):
-        batches.append({k: v.to(model.device) for k, v in batch.items()})
+        batches.append(batch)
         if len(batches) == cfg.steps + 1:
             break
     modes = _modes(case, model)
+    steps = {
+        mode: TrainingStep(model, ds, dataclasses.replace(stage, loss=loss_fn), accelerator, device)
+        for mode, (_, loss_fn) in modes.items()
+    }
     positions: dict[str, int] = {}
     seen: list[int] = []
     hook = model.backbone.model.get_decoder().register_forward_hook(
@@ -162,15 +193,11 @@ def _time_case(case: str, setting: str, ds: Any, cfg: TrainingBenchConfig) -> di
     )
 
     def step(mode: str, batch: dict[str, Any]) -> float:
-        flags, loss_fn = modes[mode]
-        for k, v in flags.items():
+        for k, v in modes[mode][0].items():
             setattr(model.cfg, k, v)
-        t0 = clock(model.device)
-        loss = loss_fn(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return clock(model.device) - t0
+        t0 = clock(model.cfg.device)
+        steps[mode](batch)
+        return clock(model.cfg.device) - t0
 
     model.train()
     times: dict[str, list[float]] = {m: [] for m in modes}
@@ -180,7 +207,7 @@ def _time_case(case: str, setting: str, ds: Any, cfg: TrainingBenchConfig) -> di
             seen.clear()
             step(mode, batches[0])
             positions[mode] = sum(seen)
-        bar = tqdm(total=cfg.steps * len(modes), desc=f"{case} ({setting})", leave=False, disable=None)
+        bar = tqdm(total=cfg.steps * len(modes), desc=label, leave=False, disable=None)
         for batch in batches[1:]:
             for mode in modes:
                 times[mode].append(step(mode, batch))
@@ -193,9 +220,6 @@ def _time_case(case: str, setting: str, ds: Any, cfg: TrainingBenchConfig) -> di
     prompts = {"ire_mask": "ire", "ila_mask": "ila", "mask": "prompt"}  # I-LLMRec's two, HistLLM's one
     tokens = {name: int(batches[0][k].sum()) for k, name in prompts.items() if k in batches[0]}
     return {
-        "case": case,
-        "model": name,
-        "options": options,
         "prompt_tokens_first_batch": tokens,
         "modes": {
             m: {

@@ -114,6 +114,23 @@ class Recommender(abc.ABC):
     def load_state(self, directory: Path, dataset: Dataset | None) -> None:  # noqa: B027 (optional hook)
         """Read what :meth:`save_state` wrote (``dataset``: the located training dataset, when known)."""
 
+    # -- optional capabilities, declared on the class so that callers ask the model rather than inspect it
+    #: whether the model learns by optimiser steps of declared stages (the torch models, which
+    #: :func:`llmrec.training.fit` trains): what ``llmrec bench`` can time
+    trained_in_steps: ClassVar[bool] = False
+
+    def user_representations(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(U, d) the state the model scores a user from, one row per history, for inspection (``llmrec
+        probe``). Only a model that overrides this has one (:meth:`has_user_representations`)."""
+        raise LlmrecError(
+            f"model '{self.name}' exposes no user states", hint="probe a model that has them, e.g. illmrec"
+        )
+
+    @classmethod
+    def has_user_representations(cls) -> bool:
+        """Whether :meth:`user_representations` gives user states (the model class overrides it)."""
+        return cls.user_representations is not Recommender.user_representations
+
 
 _MODELS: dict[str, type[Recommender]] = {}
 

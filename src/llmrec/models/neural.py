@@ -147,6 +147,7 @@ class TorchRecommender(Recommender, nn.Module):
     cfg: NeuralConfig
     #: AdamW (weight decay decoupled from the gradient) instead of Adam, unless the option ``optimizer`` says
     decoupled_weight_decay: ClassVar[bool] = False
+    trained_in_steps = True
 
     def __init__(self, cfg: NeuralConfig, n_users: int, n_items: int) -> None:
         from llmrec.devices import resolve_device

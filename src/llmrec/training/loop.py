@@ -32,6 +32,10 @@ prefixed with the stage's name when there are several) to an experiment tracker 
 trackers, from the main process only; the model's and the run's configs are its hyperparameters, and
 local trackers write under ``<run>/tracking``.
 
+One optimiser step (:class:`TrainingStep`: autocast, backward, averaging, clipping, the optimiser, the
+schedule) is the trainer's and the benchmarks' alike; :func:`prepare_training` and :func:`training_stage`
+set a model up for a stage as :func:`fit` does, so ``llmrec bench`` times exactly what ``llmrec train`` runs.
+
 Devices, mixed precision and several processes go through accelerate (:mod:`llmrec.training.distributed`).
 Every process validates the same weights on
 the same users, the main process's numbers decide early stopping everywhere, and only the main process
@@ -41,10 +45,12 @@ writes checkpoints, history and curves. One process runs exactly the loop it ran
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +63,7 @@ from tqdm.auto import tqdm
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.eval.evaluator import evaluate_ranking, seeded_rows
 from llmrec.models.base import Recommender
-from llmrec.models.neural import Stage, TorchRecommender
+from llmrec.models.neural import Batch, Stage, TorchRecommender
 from llmrec.training.distributed import (
     accelerator_for,
     average_gradients,
@@ -85,16 +91,10 @@ def fit(
         raise ConfigError(
             f"log_with={log_with} needs a run directory (the trackers write under <run>/tracking)"
         )
-    accelerator = accelerator_for(model, log_with, run.root / "tracking" if run is not None else None)
-    model.prepare(ds)
-    stages = model.stages(ds)
+    accelerator, device, stages = prepare_training(
+        model, ds, log_with, run.root / "tracking" if run is not None else None
+    )
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    for stage in stages:  # a misspelt name would silently train nothing
-        if unknown := stage.trainable - flags.keys():
-            raise ValueError(f"{model.name} stage {stage.name}: no parameters named {sorted(unknown)[:3]}")
-    # alone, the device as configured (e.g. cuda:1); launched, the one the launcher gave this process
-    device = torch.device(model.cfg.device) if accelerator.num_processes == 1 else accelerator.device
-    model.to(device)
     history: list[dict[str, float]] = []
     if log_with != "none":
         accelerator.init_trackers(run.root.name, flat(tracked_config(model, run)))
@@ -109,9 +109,7 @@ def fit(
             if stage.load is not None:
                 stage.load()
             elif stage.epochs:
-                for name, p in model.named_parameters():
-                    p.requires_grad_(name in stage.trainable)
-                with stage.context():
+                with training_stage(model, stage):
                     history = train_stage(model, ds, run, stage, accelerator, device, named=len(stages) > 1)
             if marker is not None and accelerator.is_main_process:
                 _save_marker(marker, model)
@@ -122,6 +120,37 @@ def fit(
             tracker.finish()
     model.eval()  # a trained model is for scoring
     return history
+
+
+def prepare_training(
+    model: TorchRecommender, ds: Any, log_with: str = "none", tracking_dir: Path | None = None
+) -> tuple[Accelerator, torch.device, list[Stage]]:
+    """What :func:`fit` does before the first stage: the accelerator (device, mixed precision, tracker
+    ``log_with`` writing under ``tracking_dir``), the model prepared for ``ds`` (e.g. an LLM model attaches
+    its backbone and features) and moved to its device -> (accelerator, device, the model's stages). A
+    benchmark that prepares a model otherwise would time a model ``llmrec train`` never trains."""
+    accelerator = accelerator_for(model, log_with, tracking_dir)
+    model.prepare(ds)
+    stages = model.stages(ds)
+    names = {name for name, _ in model.named_parameters()}
+    for stage in stages:  # a misspelt name would silently train nothing
+        if unknown := stage.trainable - names:
+            raise ValueError(f"{model.name} stage {stage.name}: no parameters named {sorted(unknown)[:3]}")
+    # alone, the device as configured (e.g. cuda:1); launched, the one the launcher gave this process
+    device = torch.device(model.cfg.device) if accelerator.num_processes == 1 else accelerator.device
+    model.to(device)
+    return accelerator, device, stages
+
+
+@contextlib.contextmanager
+def training_stage(model: TorchRecommender, stage: Stage) -> Iterator[None]:
+    """While a stage trains: its parameters require a gradient and every other one is frozen, and its
+    ``context`` is held (e.g. a cache that is valid only while some weights are frozen). :func:`fit` leaves
+    the flags as the stage set them and restores them after the last stage."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in stage.trainable)
+    with stage.context():
+        yield
 
 
 def train_stage(
@@ -139,28 +168,25 @@ def train_stage(
     stage's files and metrics carry its name (the model has several stages)."""
     cfg = model.cfg
     n, main = accelerator.num_processes, accelerator.is_main_process
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(model, params, stage.lr)
-    opt_cls, betas = type(opt), opt.defaults["betas"]
-    opt = accelerator.prepare_optimizer(opt, device_placement=False)  # steps through the fp16 loss scaler
-    scheduler, schedule = _scheduler(model, ds, stage, opt, n)
+    step = TrainingStep(model, ds, stage, accelerator, device, named)
+    opt, scheduler = step.opt, step.scheduler
     rng = np.random.default_rng(torch.initial_seed() % 2**32)  # the same on every process
     name = f"{model.name}{' ' + stage.name if named else ''}"
     log.info(
         "%s: %s trainable parameters%s",
         name,
-        f"{sum(p.numel() for p in params):,}",
+        f"{sum(p.numel() for p in step.params):,}",
         f", {n} processes" if n > 1 else "",
     )
     log.info(
         "%s: %s (betas %g, %g; eps %g; weight decay %g) at lr %g, %s, %s, %s",
         name,
-        opt_cls.__name__,
-        *betas,
+        step.optimizer_name,
+        *step.betas,
         cfg.adam_eps,
         cfg.weight_decay,
         stage.lr,
-        schedule,
+        step.schedule,
         "no gradient clipping"
         if cfg.max_grad_norm is None
         else f"gradient norm clipped to {cfg.max_grad_norm:g}",
@@ -174,13 +200,11 @@ def train_stage(
     if ckpt is not None and ckpt.exists():  # every process resumes from the main process's checkpoint
         best_weights, state = _resume(ckpt, model, opt, scheduler, accelerator, rng)
     if n > 1:  # as DistributedDataParallel does: every process starts from the main process's weights
-        broadcast_from_main(params + float_buffers(model))
+        broadcast_from_main(step.params + float_buffers(model))
     eval_ds = _eval_subset(ds, cfg.eval_users) if cfg.validate else None
     while state["epoch"] < stage.epochs and state["bad"] < cfg.patience:
         epoch = state["epoch"] + 1
-        record = train_epoch(
-            model, ds, stage, opt, scheduler, accelerator, device, rng, epoch, named, state["best"]
-        )
+        record = train_epoch(model, ds, step, rng, epoch, state["best"])
         if not cfg.validate:
             log.info("epoch %d: loss %.4f", epoch, record["loss"])
         elif epoch % cfg.eval_every == 0 or epoch == stage.epochs:
@@ -237,26 +261,106 @@ def make_optimizer(
     return opt_cls(params, lr=lr, betas=betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
+class TrainingStep:
+    """One optimiser step of a stage, exactly as ``llmrec train`` takes it: the batch moved to the device,
+    the loss under the accelerator's autocast (mixed precision) and its backward (fp16: loss-scaled),
+    Mirror Gradient's extra step when configured, the gradients averaged over the processes and checked,
+    clipped to ``max_grad_norm``, the optimiser's step, then the learning-rate schedule's.
+
+    Built when the stage starts (inside :func:`training_stage`: it optimises the parameters that require a
+    gradient), with the optimiser and scheduler :func:`fit` gives the stage. The trainer's epochs and the
+    benchmarks (``llmrec bench``, ``llmrec bench-training``) run this one step, so what they time is what
+    trains."""
+
+    def __init__(
+        self,
+        model: TorchRecommender,
+        ds: Any,
+        stage: Stage,
+        accelerator: Accelerator,
+        device: torch.device,
+        named: bool = False,
+    ) -> None:
+        assert stage.batches is not None and stage.loss is not None, f"stage {stage.name}: no batches or loss"
+        if model.cfg.mirror_gradient and accelerator.num_processes > 1:
+            raise LlmrecError(
+                "mirror_gradient runs on one process",
+                hint="train without accelerate launch, or without -o mirror_gradient",
+            )
+        self.model, self.stage, self.accelerator, self.device = model, stage, accelerator, device
+        self.named = named  # the error message names the stage (the model has several)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        opt = make_optimizer(model, self.params, stage.lr)
+        self.optimizer_name, self.betas = type(opt).__name__, opt.defaults["betas"]
+        # steps through the fp16 loss scaler
+        self.opt = accelerator.prepare_optimizer(opt, device_placement=False)
+        self.scheduler, self.schedule = _scheduler(model, ds, stage, self.opt, accelerator.num_processes)
+
+    def __call__(self, batch: Batch | None, step: int = 0, epoch: int = 1) -> torch.Tensor:
+        """Train on ``batch`` (None: past the end of a short last round, this process adds nothing but
+        still joins the averaging) -> the step's loss, averaged over the processes. ``step``: its index in
+        the epoch (Mirror Gradient's interval, and where the error message says the loss broke)."""
+        opt, accelerator, cfg, loss_of = self.opt, self.accelerator, self.model.cfg, self.stage.loss
+        assert loss_of is not None
+        opt.zero_grad(set_to_none=True)
+        if batch is None:  # past the end of a short last round: this process adds nothing
+            loss = torch.zeros((), device=self.device)
+        else:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                loss = loss_of(batch)
+            if cfg.mirror_gradient and step % cfg.mg_interval == 0:
+                # Mirror Gradient: a descent step on alpha1 x loss, then an ascent step on alpha2 x the loss
+                # of the same batch at the new weights (the scheduler counts the pair as one step)
+                accelerator.backward(cfg.mg_alpha1 * loss)
+                self._apply(loss, True, step, epoch, clip=False)  # the reference clips only the second step
+                opt.zero_grad(set_to_none=True)
+                with accelerator.autocast():
+                    mirrored = loss_of(batch)
+                accelerator.backward(-cfg.mg_alpha2 * mirrored)
+            else:
+                accelerator.backward(loss)
+        loss = self._apply(loss, batch is not None, step, epoch)
+        # as the optimiser's step: fp16 skips overflowing ones
+        if self.scheduler is not None and not opt.step_was_skipped:
+            self.scheduler.step()
+        return loss
+
+    def _apply(
+        self, loss: torch.Tensor, has_batch: bool, step: int, epoch: int, clip: bool = True
+    ) -> torch.Tensor:
+        """The gradients already computed -> averaged over the processes, checked, clipped, applied."""
+        accelerator, stage, max_norm = self.accelerator, self.stage, self.model.cfg.max_grad_norm
+        if accelerator.num_processes > 1:
+            loss = average_gradients(accelerator, self.params, loss, has_batch)
+        if not torch.isfinite(loss):
+            raise LlmrecError(
+                f"{self.model.name}: the training loss became {loss.item()} at epoch {epoch}, step {step + 1} "
+                f"({'stage ' + stage.name + ', ' if self.named else ''}learning rate {stage.lr:g})",
+                hint="lower the learning rate (-o lr=...) and start the run over with --restart",
+            )
+        if max_norm is not None and clip:  # after the averaging: the gradient the step uses
+            # fp16: unscaled first, this optimiser's alone (accelerator.clip_grad_norm_ would unscale every
+            # optimiser the accelerator prepared, and an earlier stage's may hold some of these parameters)
+            accelerator.unscale_gradients(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        self.opt.step()
+        return loss
+
+
 def train_epoch(
     model: TorchRecommender,
     ds: Any,
-    stage: Stage,
-    opt: Any,
-    scheduler: Any | None,
-    accelerator: Accelerator,
-    device: torch.device,
+    step: TrainingStep,
     rng: np.random.Generator,
     epoch: int,
-    named: bool,
     best: float,
 ) -> dict[str, float]:
-    """One epoch of optimiser steps on this process's share of the stage's batches -> its record
-    (``best``: the best criterion so far, for the progress bar). ``scheduler`` (None: a constant learning
-    rate) steps after every optimiser step."""
-    assert stage.batches is not None and stage.loss is not None, f"stage {stage.name}: no batches or loss"
-    max_norm, validating = model.cfg.max_grad_norm, model.cfg.validate
+    """One epoch of ``step`` on this process's share of the stage's batches -> its record (``best``: the
+    best criterion so far, for the progress bar)."""
+    stage, accelerator, named = step.stage, step.accelerator, step.named
+    assert stage.batches is not None
     n, rank = accelerator.num_processes, accelerator.process_index
-    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     t0, total, steps = time.perf_counter(), 0.0, 0
     last_note = t0
@@ -268,57 +372,11 @@ def train_epoch(
         leave=False,
         disable=None if accelerator.is_main_process else True,
     )
-    cfg = model.cfg
-    if cfg.mirror_gradient and n > 1:
-        raise LlmrecError(
-            "mirror_gradient runs on one process",
-            hint="train without accelerate launch, or without -o mirror_gradient",
-        )
-
-    def step(loss: torch.Tensor, has_batch: bool, clip: bool = True) -> torch.Tensor:
-        """The gradients already computed -> averaged over the processes, checked, clipped, applied."""
-        if n > 1:
-            loss = average_gradients(accelerator, params, loss, has_batch)
-        if not torch.isfinite(loss):
-            raise LlmrecError(
-                f"{model.name}: the training loss became {loss.item()} at epoch {epoch}, step {steps + 1} "
-                f"({'stage ' + stage.name + ', ' if named else ''}learning rate {stage.lr:g})",
-                hint="lower the learning rate (-o lr=...) and start the run over with --restart",
-            )
-        if max_norm is not None and clip:  # after the averaging: the gradient the step uses
-            # fp16: unscaled first, this optimiser's alone (accelerator.clip_grad_norm_ would unscale every
-            # optimiser the accelerator prepared, and an earlier stage's may hold some of these parameters)
-            accelerator.unscale_gradients(opt)
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-        opt.step()
-        return loss
-
     for batch in bar:
-        opt.zero_grad(set_to_none=True)
-        if batch is None:  # past the end of a short last round: this process adds nothing
-            loss = torch.zeros((), device=device)
-        else:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with accelerator.autocast():
-                loss = stage.loss(batch)
-            if cfg.mirror_gradient and steps % cfg.mg_interval == 0:
-                # Mirror Gradient: a descent step on alpha1 x loss, then an ascent step on alpha2 x the loss
-                # of the same batch at the new weights (the scheduler counts the pair as one step)
-                accelerator.backward(cfg.mg_alpha1 * loss)
-                step(loss, True, clip=False)  # the reference clips only the second step
-                opt.zero_grad(set_to_none=True)
-                with accelerator.autocast():
-                    mirrored = stage.loss(batch)
-                accelerator.backward(-cfg.mg_alpha2 * mirrored)
-            else:
-                accelerator.backward(loss)
-        loss = step(loss, batch is not None)
-        if scheduler is not None and not opt.step_was_skipped:  # as the step: fp16 skips overflowing ones
-            scheduler.step()
-        total += loss.item()
+        total += step(batch, steps, epoch).item()
         steps += 1
         bar.set_postfix(
-            loss=f"{total / steps:.4f}", **({"best": f"{max(best, 0):.4f}"} if validating else {})
+            loss=f"{total / steps:.4f}", **({"best": f"{max(best, 0):.4f}"} if model.cfg.validate else {})
         )
         if time.perf_counter() - last_note > 60:  # the log (and a non-terminal) still sees progress
             log.info(
