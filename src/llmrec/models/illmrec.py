@@ -67,7 +67,7 @@ from llmrec.llm.prompts import (
     vicuna_question,
 )
 from llmrec.models.base import register_model
-from llmrec.models.llm_base import FeatureBackedLLM
+from llmrec.models.llm.base import FeatureBackedLLM
 from llmrec.models.neural import Batch, NeuralConfig, Stage, negatives_for_user, trainable_users
 
 log = logging.getLogger(__name__)
