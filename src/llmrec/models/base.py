@@ -143,7 +143,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "bm3": "bm3",
     "lgmrec": "lgmrec",
     "illmrec": "llm.illmrec",
-    "unimp": "llm.illmrec",
+    "unimp": "llm.unimp",
     "histllm": "histllm",
     "recgpt4v": "recgpt4v",
     **{p: "histllm" for p in ("tallrec", "tallrec_desc", "tallrec_image", "collm", "collm_image")},
