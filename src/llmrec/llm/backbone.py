@@ -65,7 +65,9 @@ class BackboneConfig:
 
 class Backbone(PrefixSharing, TokenBudget, nn.Module):
     """A causal LM plus its tokenizer, with placeholder-token embedding injection, on ``device`` (the
-    model's one device option) in ``cfg.dtype`` (``auto`` resolved for that device)."""
+    model's one device option) in ``cfg.dtype`` (``auto`` resolved for that device). Its shared-prefix
+    methods (``constant_prefix``, ``hidden_many``, ...) are :class:`~llmrec.llm.kv_cache.PrefixSharing`'s,
+    its token counting and context check :class:`~llmrec.llm.budget.TokenBudget`'s."""
 
     def __init__(self, cfg: BackboneConfig, device: str = "cpu", vision: bool = False) -> None:
         from llmrec.llm.vlm import text_config
