@@ -246,3 +246,12 @@ def test_unimp_refuses_a_text_model_and_a_dataset_without_pictures(
     model = build_model("unimp", {"backbone": {"llm": tiny_vlm}, **UNIMP}, ds.n_users, ds.n_items)
     with pytest.raises(LlmrecError, match="representation=vlm .* no item of this dataset has one"):
         model.attach(Dataset(bare))
+
+
+def test_the_vlm_representation_is_unimp_and_unimp_shows_no_other():
+    """I-LLMRec and UniMP share one config: representation=vlm (a VLM's own image tokens) is UniMP's alone,
+    and UniMP shows items no other way; each says which model to train instead."""
+    with pytest.raises(ConfigError, match=r"illmrec: representation must be one of .*got 'vlm'.*train unimp"):
+        build_model("illmrec", {"representation": "vlm"}, 10, 20)
+    with pytest.raises(ConfigError, match=r"unimp: representation must be one of \('vlm',\).*train illmrec"):
+        build_model("unimp", {"representation": "image"}, 10, 20)

@@ -22,10 +22,11 @@ placeholder tokens.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 #: the placeholder tokens the backbone registers (one special token each); only templates may write them
 PLACEHOLDERS = ("[VISUAL]", "[CF]", "[REC]", "[HIST]", "[USERID]", "[ITEMID]")
@@ -120,6 +121,33 @@ class ItemText:
     summary: str = ""  # TRSR-style summary (llmrec describe --mode summary)
     has_image: bool = True
     features: tuple[str, ...] = ()  # feature bullets (Amazon's ``feature`` list, kept in ``extra``)
+
+
+def item_bullets(extra: str) -> tuple[str, ...]:
+    """The feature bullets in an item's ``extra`` JSON (Amazon importers keep the ``feature`` list there)."""
+    bullets = json.loads(extra or "{}").get("feature") if extra else None
+    if not isinstance(bullets, list):
+        return ()
+    return tuple(b.strip() for b in bullets if isinstance(b, str) and b.strip())
+
+
+def item_texts(
+    items: Any, descriptions: Sequence[str], summaries: Sequence[str], has_image: Sequence[bool]
+) -> list[ItemText]:
+    """One :class:`ItemText` per row of a dataset's item table (title, brand, category, extra), with the
+    given descriptions, summaries and whether the prompts show the item's image."""
+    return [
+        ItemText(title=t, brand=b, category=c, description=d, summary=s, has_image=bool(h), features=f)
+        for t, b, c, d, s, h, f in zip(
+            items["title"],
+            items["brand"],
+            items["category"],
+            descriptions,
+            summaries,
+            has_image,
+            map(item_bullets, items["extra"]),
+        )
+    ]
 
 
 def _clean(text: str, max_chars: int | None = None) -> str:
