@@ -138,7 +138,7 @@ def test_refuses_options_that_change_the_comparison():
 def test_trained_view_loads_a_trained_step1_into_both_variants(ctr_dataset, tiny_llm, tmp_path, monkeypatch):
     """--options step1_from=RUN: both variants start step 2 from the same trained TALLRec LoRA."""
     from llmrec.experiments.ctr import CtrEfficiencyConfig, run_ctr_efficiency
-    from llmrec.models.histllm import HistLLM
+    from llmrec.models.llm.histllm import HistLLM
     from llmrec.training import fit
 
     tallrec = test_histllm.make("tallrec", ctr_dataset, tiny_llm, history_len=3)

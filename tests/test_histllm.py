@@ -12,7 +12,7 @@ from llmrec.eval.evaluator import evaluate_ctr
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
 from llmrec.models.base import build_model, load_model
-from llmrec.models.histllm import binary_codes
+from llmrec.models.llm.histllm import binary_codes
 from llmrec.training import fit
 from llmrec.utils.io import read_json
 
@@ -188,7 +188,7 @@ def test_interrupted_run_resumes_at_step2_without_retraining_step1(
     """Killed before step 2 finished an epoch (after step 1's marker) or during its second epoch (after its
     checkpoint): the restarted run loads step 1's LoRA, never trains step 1 again, and ends exactly as a run
     that was never interrupted."""
-    from llmrec.models.histllm import HistLLM
+    from llmrec.models.llm.histllm import HistLLM
     from llmrec.runs import Run
 
     options = {"epochs": 2, "patience": 5}

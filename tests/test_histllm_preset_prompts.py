@@ -22,7 +22,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import build_model, load_model
-from llmrec.models.histllm import PRESETS
+from llmrec.models.llm.ctr_presets import PRESETS
 from llmrec.training import fit
 
 USER, HISTORY, TARGET = 3, [5, 6, 7], 9

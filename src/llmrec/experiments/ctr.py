@@ -401,7 +401,7 @@ def time_ranking(cfg: CtrEfficiencyConfig, ds: Dataset, image_feature: str) -> d
     with the shared prompt prefix and with one prompt per (user, candidate) pair, alternately in this
     process on the same users (test CTR histories); and how far apart the two paths' logits are."""
     from llmrec.models.base import load_model
-    from llmrec.models.histllm import HistLLM
+    from llmrec.models.llm.histllm import HistLLM
 
     if cfg.run:
         model = load_model(cfg.run, device=cfg.device)

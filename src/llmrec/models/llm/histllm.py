@@ -4,21 +4,9 @@ Read top to bottom: the config (every choice the paper leaves open is an option,
 modules (visual mapper, VMA; CF mapper, CIA; history encoder, UHEM); how a CTR example becomes a prompt;
 the Yes/No score; two-step training; persistence.
 
-One class serves every method of the paper's Table 2 that fine-tunes an LLM, through four switches, and
-each method is a registered preset (``llmrec train collm`` ...):
-
-=================  ========  =====  ======  =======  ====================================================
-preset             history   ke     image   cf       prompt
-=================  ========  =====  ======  =======  ====================================================
-tallrec            inline    no     no      none     A.1 Fig. 6: titles
-tallrec_desc       inline    yes    no      none     A.1 Fig. 8: KE descriptions
-tallrec_image      inline    no     yes     none     A.1 Fig. 7: titles + [VISUAL] per item and target
-collm              inline    no     no      tokens   A.3 Fig. 11: + [USERID] / [ITEMID] MF tokens
-collm_image        inline    no     yes     tokens   A.3 Fig. 12
-binllm             inline    no     no      binary   A.3 Fig. 11 with the MF vectors as 0/1 text codes
-binllm_image       inline    no     yes     binary   A.3 Fig. 12, same
-histllm            uhem      yes    auto    tokens   Fig. 3: [HIST] + target description + [VISUAL] + CF
-=================  ========  =====  ======  =======  ====================================================
+One class serves every method of the paper's Table 2 that fine-tunes an LLM, through four switches
+(``history``, ``ke``, ``image``, ``cf``); TALLRec, CoLLM and BinLLM are its registered presets
+(:mod:`llmrec.models.llm.ctr_presets`, ``llmrec train collm`` ...).
 
 Framing (``prompt_format``): llmrec wraps each question in the backbone's chat template and reads the answer
 after the assistant header (``chat``, the default); ``recipe=paper`` feeds the raw "#Question: ... \\n#Answer:"
@@ -74,7 +62,7 @@ from llmrec.features.store import load_feature, load_item_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
 from llmrec.llm.prompts import CTR_HISTORY, CTR_PLAIN, ctr_item, ctr_prompt, ctr_target, escape_placeholders
 from llmrec.models.base import register_model
-from llmrec.models.llm_base import FeatureBackedLLM
+from llmrec.models.llm.base import FeatureBackedLLM
 from llmrec.models.neural import Batch, NeuralConfig, Stage
 from llmrec.utils.io import read_json
 
@@ -865,22 +853,3 @@ def binary_codes(users: np.ndarray, items: np.ndarray, bits: int) -> tuple[list[
     proj = PCA(n_components=k, random_state=0).fit_transform(both)  # (U + I, k), centred
     codes = ["".join("1" if x > 0 else "0" for x in row) for row in proj]
     return codes[: len(users)], codes[len(users) :]
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tallrec": {"history": "inline", "ke": False, "image": False, "cf": "none"},
-    "tallrec_desc": {"history": "inline", "ke": True, "image": False, "cf": "none"},
-    "tallrec_image": {"history": "inline", "ke": False, "image": True, "cf": "none"},
-    "collm": {"history": "inline", "ke": False, "image": False, "cf": "tokens"},
-    "collm_image": {"history": "inline", "ke": False, "image": True, "cf": "tokens"},
-    "binllm": {"history": "inline", "ke": False, "image": False, "cf": "binary"},
-    "binllm_image": {"history": "inline", "ke": False, "image": True, "cf": "binary"},
-}
-for _name, _preset in PRESETS.items():
-    register_model(_name)(
-        type(
-            _name,
-            (HistLLM,),
-            {"preset": _preset, "__doc__": f"HistLLM preset: {_preset}", "__module__": __name__},
-        )
-    )
