@@ -12,7 +12,7 @@ from llmrec.eval.evaluator import evaluate_ctr
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
 from llmrec.models.base import build_model, load_model
-from llmrec.models.llm.histllm import binary_codes
+from llmrec.models.llm.ctr_prompts import binary_codes
 from llmrec.training import fit
 from llmrec.utils.io import read_json
 
