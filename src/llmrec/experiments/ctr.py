@@ -401,16 +401,16 @@ def time_ranking(cfg: CtrEfficiencyConfig, ds: Dataset, image_feature: str) -> d
     with the shared prompt prefix and with one prompt per (user, candidate) pair, alternately in this
     process on the same users (test CTR histories); and how far apart the two paths' logits are."""
     from llmrec.models.base import load_model
-    from llmrec.models.llm.histllm import HistLLM
+    from llmrec.models.llm.base import FeatureBackedLLM
 
     if cfg.run:
         model = load_model(cfg.run, device=cfg.device)
-        if not isinstance(model, HistLLM):
+        if not (isinstance(model, FeatureBackedLLM) and model.shared_prefix_ranking):
             raise ConfigError(
                 f"--run {cfg.run} is a {model.name} run: ranking is timed for HistLLM-family runs "
                 "(histllm, tallrec, collm, binllm...)"
             )
-        ds = model._dataset
+        ds = model.trained_on  # the dataset load_model attached it to
     else:
         model = _variant(ds, cfg, "uhem", 5, image_feature)
     model.eval()

@@ -219,6 +219,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
     cfg: HistLLMConfig
     tasks = ("ctr",)
     decoupled_weight_decay = True  # AdamW
+    shared_prefix_ranking = True  # score(..., shared_prefix=): see rank_logits
 
     def __init__(self, cfg: HistLLMConfig, n_users: int, n_items: int) -> None:
         super().__init__(cfg, n_users, n_items)
