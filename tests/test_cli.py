@@ -173,7 +173,7 @@ def test_builtin_model_names_match_the_registry():
     for module in set(base.BUILTIN_MODELS.values()):
         importlib.import_module(f"llmrec.models.{module}")
     registered = {
-        name: cls.__module__.rsplit(".", 1)[1]
+        name: cls.__module__.removeprefix("llmrec.models.")
         for name, cls in base._MODELS.items()
         if cls.__module__.startswith("llmrec.models.")  # tests register models of their own
     }

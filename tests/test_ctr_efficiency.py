@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import test_histllm
+from conftest import one_error_line
 from llmrec.cli import main
 from llmrec.errors import ConfigError, LlmrecError
 
@@ -138,7 +139,7 @@ def test_refuses_options_that_change_the_comparison():
 def test_trained_view_loads_a_trained_step1_into_both_variants(ctr_dataset, tiny_llm, tmp_path, monkeypatch):
     """--options step1_from=RUN: both variants start step 2 from the same trained TALLRec LoRA."""
     from llmrec.experiments.ctr import CtrEfficiencyConfig, run_ctr_efficiency
-    from llmrec.models.histllm import HistLLM
+    from llmrec.models.llm.histllm import HistLLM
     from llmrec.training import fit
 
     tallrec = test_histllm.make("tallrec", ctr_dataset, tiny_llm, history_len=3)
@@ -167,3 +168,14 @@ def test_trained_view_loads_a_trained_step1_into_both_variants(ctr_dataset, tiny
     )
     assert run_ctr_efficiency(cfg)["trained"][0]["variants"]["inline"]["train_steps_run"] == 1
     assert loaded == [True, True]
+
+
+def test_ranking_refuses_a_run_of_another_family(synthetic_dataset, tmp_path, capsys):
+    """--run names a model that cannot rank both ways (here popularity): one line naming it, exit 2."""
+    run = tmp_path / "pop"
+    assert main(["train", "popularity", "--data", str(synthetic_dataset), "--out", str(run)]) == 0
+    capsys.readouterr()
+    args = ["ctr-efficiency", "--data", str(synthetic_dataset), "--lengths", "--run", str(run)]
+    assert main([*args, "--out", str(tmp_path / "e")]) == 2
+    line = one_error_line(capsys, "ctr-efficiency")
+    assert "is a popularity run: ranking is timed for HistLLM-family runs" in line

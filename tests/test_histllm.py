@@ -7,12 +7,12 @@ from safetensors.torch import load_file
 
 from conftest import visual_rule_dataset
 from llmrec.data.dataset import Dataset
-from llmrec.errors import ConfigError
+from llmrec.errors import ConfigError, LlmrecError
 from llmrec.eval.evaluator import evaluate_ctr
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.prompts import ctr_item, ctr_prompt, ctr_target
 from llmrec.models.base import build_model, load_model
-from llmrec.models.histllm import binary_codes
+from llmrec.models.llm.ctr_prompts import binary_codes
 from llmrec.training import fit
 from llmrec.utils.io import read_json
 
@@ -188,7 +188,7 @@ def test_interrupted_run_resumes_at_step2_without_retraining_step1(
     """Killed before step 2 finished an epoch (after step 1's marker) or during its second epoch (after its
     checkpoint): the restarted run loads step 1's LoRA, never trains step 1 again, and ends exactly as a run
     that was never interrupted."""
-    from llmrec.models.histllm import HistLLM
+    from llmrec.models.llm.histllm import HistLLM
     from llmrec.runs import Run
 
     options = {"epochs": 2, "patience": 5}
@@ -313,6 +313,23 @@ def test_missing_inputs_are_clear_errors(synthetic_dataset, tiny_llm):
     model = make("tallrec_image", ds, tiny_llm)
     with pytest.raises(Exception, match="image"):
         model.attach(ds)
+
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_weights_that_diverged_are_a_clear_error_at_either_steps_validation(ctr_dataset, tiny_llm, step):
+    """NaN weights make a step's early-stopping validation a one-line error naming the model, the same at
+    step 1 (its text-only prompt) as at step 2 (the full one)."""
+    from llmrec.training.loop import validate
+
+    model = make("histllm", ctr_dataset, tiny_llm, eval_examples=8)
+    model.attach(ctr_dataset)
+    stage = model.stages(ctr_dataset)[step - 1]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in stage.trainable:
+                p.fill_(float("nan"))
+    with pytest.raises(LlmrecError, match="model 'histllm' scored NaN on the valid split"):
+        validate(model, ctr_dataset, stage)  # as the trainer validates a stage
 
 
 @pytest.fixture

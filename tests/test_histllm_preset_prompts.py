@@ -22,7 +22,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import build_model, load_model
-from llmrec.models.histllm import PRESETS
+from llmrec.models.llm.ctr_presets import PRESETS
 from llmrec.training import fit
 
 USER, HISTORY, TARGET = 3, [5, 6, 7], 9
@@ -284,14 +284,14 @@ def test_a_model_saved_under_other_prompt_words_warns_and_lends_no_lora(
     tallrec = attached("tallrec", example_dataset, tiny_llm, **small)
     fit(tallrec, example_dataset)
     tallrec.save(tmp_path / "tallrec")
-    with caplog.at_level(logging.WARNING, logger="llmrec.models.histllm"):
+    with caplog.at_level(logging.WARNING, logger="llmrec.models.llm.histllm"):
         load_model(tmp_path / "tallrec")
     assert "prompt words differ" not in caplog.text
     sources = tmp_path / "tallrec" / "sources.json"
     record = json.loads(sources.read_text())
     del record["step1"]["prompt"]  # as saved before the step-1 signature carried the prompt words
     sources.write_text(json.dumps(record))
-    with caplog.at_level(logging.WARNING, logger="llmrec.models.histllm"):
+    with caplog.at_level(logging.WARNING, logger="llmrec.models.llm.histllm"):
         load_model(tmp_path / "tallrec")
     assert "its step-1 prompt words differ from those llmrec writes now" in caplog.text
     collm = attached("collm", example_dataset, tiny_llm, step1_from=str(tmp_path / "tallrec"), **small)

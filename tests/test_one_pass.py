@@ -304,13 +304,13 @@ def test_ila_without_trainable_tokens_is_reported(ill_dataset, tiny_llm, caplog)
     """A text-only representation with the LM frozen: nothing in the ILA prompt can learn, and its loss has
     no gradient at all (the demo's quick preset is such a case)."""
     model, batch = model_and_batch(ill_dataset, tiny_llm, lora=False, representation="attribute")
-    with caplog.at_level(logging.WARNING, logger="llmrec.models.illmrec"):
+    with caplog.at_level(logging.WARNING, logger="llmrec.models.llm.illmrec"):
         model.stages(ill_dataset)
     assert "ILA trains nothing" in caplog.text
     (ila,), p = model.llm(batch, ["ila"])
     assert not model.backbone.lm_loss(ila, batch["ila_labels"][:, p:]).requires_grad
     caplog.clear()
     model, _ = model_and_batch(ill_dataset, tiny_llm, lora=False, representation="image")
-    with caplog.at_level(logging.WARNING, logger="llmrec.models.illmrec"):
+    with caplog.at_level(logging.WARNING, logger="llmrec.models.llm.illmrec"):
         model.stages(ill_dataset)
     assert "ILA trains nothing" not in caplog.text

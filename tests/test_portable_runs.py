@@ -16,7 +16,7 @@ from llmrec.data.processing import ProcessConfig, finalize, write_dataset
 from llmrec.devices import resolve_device, resolve_dtype
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.models.base import load_model, model_config
-from llmrec.models.histllm import HistLLMConfig
+from llmrec.models.llm.histllm import HistLLMConfig
 
 TALLREC = [
     "-o", "train_examples=16", "-o", "eval_examples=16", "-o", "step1_epochs=1", "-o", "epochs=1",

@@ -29,15 +29,17 @@ the paper) with the same options, resuming finished points, and writes AUC/UAUC 
 re-ranking ``rerank_candidates`` items per user, with each user's prompt up to the target computed once
 (the shared prefix, :meth:`HistLLM.rank_logits`) vs one prompt per (user, candidate) pair, on a trained
 run (``--run``) or an untrained HistLLM.
+
+Their tables and plots: :mod:`llmrec.experiments.ctr_report`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -48,18 +50,18 @@ from llmrec.assets import DEFAULT_LLM
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
+from llmrec.experiments.ctr_report import (
+    VARIANTS,
+    format_ctr_efficiency,
+    format_history_sweep,
+    plot_ctr_efficiency,
+    plot_history_sweep,
+    plot_trained_efficiency,
+)
 from llmrec.utils.io import read_json, write_json_atomic, write_text_atomic
-from llmrec.utils.markdown import markdown_table
 from llmrec.utils.timing import clock
 
 log = logging.getLogger(__name__)
-
-VARIANTS = ("uhem", "inline")  # HistLLM, w/o UHEM
-# the paper's Fig. 5 (Vicuna-7B, one A100): step-2 training minutes and test inference seconds
-PAPER_FIG5 = {
-    "movie @5": {"train_min": (118, 137), "inference_s": (107, 123)},
-    "netflix @10": {"train_min": (153, 280), "inference_s": (138, 299)},
-}
 
 
 # --------------------------------------------------------------------------- Fig. 5: with vs without UHEM
@@ -224,145 +226,195 @@ def _rows_digest(users: list[np.ndarray], targets: list[np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+class _Columns(NamedTuple):
+    """A CTR split's rows as arrays (histories as int64 item arrays)."""
+
+    users: np.ndarray
+    histories: list[np.ndarray]
+    targets: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, df: Any) -> _Columns:
+        hist = [np.asarray(h, dtype=np.int64) for h in df["history"]]
+        return cls(
+            df["user_idx"].to_numpy(np.int64), hist, df["target"].to_numpy(np.int64), df["label"].to_numpy()
+        )
+
+    def batch(self, model: Any, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """The labelled prompts of ``rows``, on the model's device."""
+        import torch
+
+        batch = model.prompts(self.users[rows], [self.histories[i] for i in rows], self.targets[rows])
+        batch["labels"] = torch.from_numpy(self.labels[rows].astype(np.float32))
+        return {k: v.to(model.device) for k, v in batch.items()}
+
+
+@dataclass
+class _Trained:
+    """One variant of the trained view: its model, the stage it trains (step 2), its optimiser, and what it
+    did (seconds, losses, the rows it consumed)."""
+
+    model: Any
+    stage: Any
+    opt: Any
+    train_s: float = 0.0
+    test_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    train_users: list[np.ndarray] = field(default_factory=list)
+    train_targets: list[np.ndarray] = field(default_factory=list)
+    test_users: list[np.ndarray] = field(default_factory=list)
+    test_targets: list[np.ndarray] = field(default_factory=list)
+
+
+def _trained_variant(
+    cfg: CtrEfficiencyConfig, ds: Dataset, history: str, length: int, image_feature: str
+) -> _Trained:
+    """A variant ready for step 2: built from the seed, step 1 loaded when ``step1_from`` names a run (the
+    same LoRA for both variants), only its last stage's parameters trainable, its optimiser."""
+    import torch
+
+    from llmrec.training.loop import make_optimizer
+
+    torch.manual_seed(cfg.seed)
+    model = _variant(ds, cfg, history, length, image_feature, uncut=False)
+    step1, *rest = model.stages(ds)
+    if step1.load is not None:  # -o step1_from=RUN: a trained LoRA, the same for both variants
+        step1.load()
+    stage = rest[-1] if rest else step1
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in stage.trainable)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _Trained(model, stage, make_optimizer(model, params, stage.lr))
+
+
 def measure_trained(cfg: CtrEfficiencyConfig, ds: Dataset, length: int, image_feature: str) -> dict[str, Any]:
     """Fig. 5 at one history length: step-2 training seconds of ``train_steps`` steps and test inference
     seconds of the trained models, both variants alternating on the same rows."""
-    import torch
-
     from llmrec.eval.evaluator import seeded_rows
-    from llmrec.eval.metrics import auc, uauc
-    from llmrec.training.loop import make_optimizer
 
     train, test = ds.ctr("train"), ds.ctr("test")
-    n_train = cfg.train_steps * cfg.batch_size
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(train))
-    order = np.resize(order, n_train)  # a budget beyond the split goes round it again
+    order = np.resize(
+        order, cfg.train_steps * cfg.batch_size
+    )  # a budget beyond the split goes round it again
     test = test.iloc[seeded_rows(len(test), cfg.test_rows or None, cfg.seed)].reset_index(drop=True)
-
-    def columns(df: Any) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
-        hist = [np.asarray(h, dtype=np.int64) for h in df["history"]]
-        return (
-            df["user_idx"].to_numpy(np.int64),
-            hist,
-            df["target"].to_numpy(np.int64),
-            df["label"].to_numpy(),
-        )
-
-    tr_users, tr_hist, tr_targets, tr_labels = columns(train)
-    te_users, te_hist, te_targets, te_labels = columns(test)
-    models, opts, stages, seen = {}, {}, {}, {}
-    for history in VARIANTS:
-        torch.manual_seed(cfg.seed)
-        model = _variant(ds, cfg, history, length, image_feature, uncut=False)
-        step1, *rest = model.stages(ds)
-        if step1.load is not None:  # -o step1_from=RUN: a trained LoRA, the same for both variants
-            step1.load()
-        stage = rest[-1] if rest else step1
-        for name, p in model.named_parameters():
-            p.requires_grad_(name in stage.trainable)
-        params = [p for p in model.parameters() if p.requires_grad]
-        models[history], stages[history] = model, stage
-        opts[history] = make_optimizer(model, params, stage.lr)
-        seen[history] = {
-            "train_users": [],
-            "train_targets": [],
-            "test_users": [],
-            "test_targets": [],
-            "losses": [],
-        }
-
-    def batch_of(model: Any, r: np.ndarray) -> dict[str, torch.Tensor]:
-        batch = model.prompts(tr_users[r], [tr_hist[i] for i in r], tr_targets[r])
-        batch["labels"] = torch.from_numpy(tr_labels[r].astype(np.float32))
-        return {k: v.to(model.device) for k, v in batch.items()}
-
-    for history in VARIANTS:  # warm-up, untimed: one forward/backward without a step, one scoring call
-        model = models[history]
+    tr, te = _Columns.of(train), _Columns.of(test)
+    variants = {history: _trained_variant(cfg, ds, history, length, image_feature) for history in VARIANTS}
+    for v in variants.values():  # warm-up, untimed: one forward/backward without a step, one scoring call
         if cfg.train_steps:
-            model.train()
-            stages[history].loss(batch_of(model, order[: cfg.batch_size])).backward()
-            opts[history].zero_grad(set_to_none=True)
-        model.score_pairs(te_users[:2], te_hist[:2], te_targets[:2])
-
-    spent = {h: {"train_s": 0.0, "test_s": 0.0} for h in VARIANTS}
-    for step in range(cfg.train_steps):
-        r = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        for history in VARIANTS if step % 2 == 0 else VARIANTS[::-1]:
-            model, opt = models[history], opts[history]
-            model.train()
-            t0 = clock(model.device)
-            batch = batch_of(model, r)  # building the prompts is part of a training step
-            loss = stages[history].loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            spent[history]["train_s"] += clock(model.device) - t0
-            seen[history]["losses"].append(float(loss.detach()))
-            seen[history]["train_users"].append(batch["users"].cpu().numpy())
-            seen[history]["train_targets"].append(batch["targets"].cpu().numpy())
-        log.info(
-            "%s @%d: step-2 step %d/%d done (%s)",
-            _name(ds),
-            length,
-            step + 1,
-            cfg.train_steps,
-            ", ".join(f"{h} {spent[h]['train_s']:.1f} s" for h in VARIANTS),
-        )
-    scores = {h: np.empty(len(test)) for h in VARIANTS}
-    chunk = cfg.batch_size
-    for k, s in enumerate(range(0, len(test), chunk)):
-        sl = slice(s, s + chunk)
-        for history in VARIANTS if k % 2 == 0 else VARIANTS[::-1]:
-            model = models[history]
-            model.eval()
-            t0 = clock(model.device)
-            scores[history][sl] = model.score_pairs(te_users[sl], te_hist[sl], te_targets[sl])
-            spent[history]["test_s"] += clock(model.device) - t0
-            seen[history]["test_users"].append(te_users[sl])
-            seen[history]["test_targets"].append(te_targets[sl])
-    point: dict[str, Any] = {
+            v.model.train()
+            v.stage.loss(tr.batch(v.model, order[: cfg.batch_size])).backward()
+            v.opt.zero_grad(set_to_none=True)
+        v.model.score_pairs(te.users[:2], te.histories[:2], te.targets[:2])
+    _train_alternately(cfg, variants, tr, order, f"{_name(ds)} @{length}")
+    scores = _score_alternately(cfg, variants, te)
+    point = _trained_point(cfg, variants, te, scores)
+    point = {
         "data": _name(ds),
         "history_items": length,
         "train_steps": cfg.train_steps,
         "batch_size": cfg.batch_size,
         "test_rows": len(test),
         "mean_history_items": {
-            "train": float(np.mean([min(len(tr_hist[i]), length) for i in order])) if len(order) else 0.0,
-            "test": float(np.mean([min(len(h), length) for h in te_hist])) if len(test) else 0.0,
+            "train": float(np.mean([min(len(tr.histories[i]), length) for i in order]))
+            if len(order)
+            else 0.0,
+            "test": float(np.mean([min(len(h), length) for h in te.histories])) if len(test) else 0.0,
         },
-        "variants": {},
+        **point,
     }
-    both_labels = len(np.unique(te_labels)) == 2
+    log.info("%s @%d: %s", point["data"], length, point)
+    return point
+
+
+def _train_alternately(
+    cfg: CtrEfficiencyConfig, variants: dict[str, _Trained], tr: _Columns, order: np.ndarray, where: str
+) -> None:
+    """``train_steps`` AdamW steps of each variant on the same rows, the variants alternating step by step
+    (the order flips every step); building the prompts is part of a timed step."""
+    for step in range(cfg.train_steps):
+        r = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        for history in VARIANTS if step % 2 == 0 else VARIANTS[::-1]:
+            v = variants[history]
+            v.model.train()
+            t0 = clock(v.model.device)
+            batch = tr.batch(v.model, r)
+            loss = v.stage.loss(batch)
+            v.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            v.opt.step()
+            v.train_s += clock(v.model.device) - t0
+            v.losses.append(float(loss.detach()))
+            v.train_users.append(batch["users"].cpu().numpy())
+            v.train_targets.append(batch["targets"].cpu().numpy())
+        log.info(
+            "%s: step-2 step %d/%d done (%s)",
+            where,
+            step + 1,
+            cfg.train_steps,
+            ", ".join(f"{h} {variants[h].train_s:.1f} s" for h in VARIANTS),
+        )
+
+
+def _score_alternately(
+    cfg: CtrEfficiencyConfig, variants: dict[str, _Trained], te: _Columns
+) -> dict[str, np.ndarray]:
+    """Each trained variant's logits of the test rows, the variants alternating chunk by chunk."""
+    scores = {h: np.empty(len(te.users)) for h in VARIANTS}
+    chunk = cfg.batch_size
+    for k, s in enumerate(range(0, len(te.users), chunk)):
+        sl = slice(s, s + chunk)
+        for history in VARIANTS if k % 2 == 0 else VARIANTS[::-1]:
+            v = variants[history]
+            v.model.eval()
+            t0 = clock(v.model.device)
+            scores[history][sl] = v.model.score_pairs(te.users[sl], te.histories[sl], te.targets[sl])
+            v.test_s += clock(v.model.device) - t0
+            v.test_users.append(te.users[sl])
+            v.test_targets.append(te.targets[sl])
+    return scores
+
+
+def _trained_point(
+    cfg: CtrEfficiencyConfig, variants: dict[str, _Trained], te: _Columns, scores: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """What each variant did (seconds, rows, losses, prompt tokens, AUC) and the time UHEM saved."""
+    import torch
+
+    from llmrec.eval.metrics import auc, uauc
+
+    out: dict[str, Any] = {"variants": {}}
+    both_labels = len(np.unique(te.labels)) == 2
+    chunk, n = cfg.batch_size, len(te.users)
     for history in VARIANTS:
-        model, s = models[history], seen[history]
+        v = variants[history]
         tokens = [
-            model.prompts(te_users[i : i + chunk], te_hist[i : i + chunk], te_targets[i : i + chunk])[
+            v.model.prompts(te.users[i : i + chunk], te.histories[i : i + chunk], te.targets[i : i + chunk])[
                 "mask"
             ].sum(1)
-            for i in range(0, len(test), chunk)
+            for i in range(0, n, chunk)
         ]
-        point["variants"][history] = {
-            "train_seconds": spent[history]["train_s"],
-            "test_seconds": spent[history]["test_s"],
-            "train_steps_run": len(s["train_users"]),
-            "train_losses": s["losses"],
-            "train_examples": int(sum(map(len, s["train_users"]))),
-            "train_rows_sha256": _rows_digest(s["train_users"], s["train_targets"]),
-            "test_rows_scored": int(sum(map(len, s["test_users"]))),
-            "test_rows_sha256": _rows_digest(s["test_users"], s["test_targets"]),
+        out["variants"][history] = {
+            "train_seconds": v.train_s,
+            "test_seconds": v.test_s,
+            "train_steps_run": len(v.train_users),
+            "train_losses": v.losses,
+            "train_examples": int(sum(map(len, v.train_users))),
+            "train_rows_sha256": _rows_digest(v.train_users, v.train_targets),
+            "test_rows_scored": int(sum(map(len, v.test_users))),
+            "test_rows_sha256": _rows_digest(v.test_users, v.test_targets),
             "test_prompt_tokens": float(torch.cat(tokens).float().mean()) if tokens else 0.0,
-            "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "trainable_parameters": int(sum(p.numel() for p in v.model.parameters() if p.requires_grad)),
             # trained this little, AUC only shows that the models score: not a comparison of quality
-            "test_auc": auc(te_labels, scores[history]) if both_labels else None,
-            "test_uauc": uauc(te_users, te_labels, scores[history]) if both_labels else None,
+            "test_auc": auc(te.labels, scores[history]) if both_labels else None,
+            "test_uauc": uauc(te.users, te.labels, scores[history]) if both_labels else None,
         }
-    w, wo = point["variants"]["uhem"], point["variants"]["inline"]
-    point["train_time_saved"] = 1 - w["train_seconds"] / wo["train_seconds"] if wo["train_seconds"] else None
-    point["test_time_saved"] = 1 - w["test_seconds"] / wo["test_seconds"] if wo["test_seconds"] else None
-    log.info("%s @%d: %s", point["data"], length, point)
-    del models, opts
-    return point
+    w, wo = out["variants"]["uhem"], out["variants"]["inline"]
+    out["train_time_saved"] = 1 - w["train_seconds"] / wo["train_seconds"] if wo["train_seconds"] else None
+    out["test_time_saved"] = 1 - w["test_seconds"] / wo["test_seconds"] if wo["test_seconds"] else None
+    return out
 
 
 def measure_throughput(
@@ -402,16 +454,16 @@ def time_ranking(cfg: CtrEfficiencyConfig, ds: Dataset, image_feature: str) -> d
     with the shared prompt prefix and with one prompt per (user, candidate) pair, alternately in this
     process on the same users (test CTR histories); and how far apart the two paths' logits are."""
     from llmrec.models.base import load_model
-    from llmrec.models.histllm import HistLLM
+    from llmrec.models.llm.base import FeatureBackedLLM
 
     if cfg.run:
         model = load_model(cfg.run, device=cfg.device)
-        if not isinstance(model, HistLLM):
+        if not (isinstance(model, FeatureBackedLLM) and model.shared_prefix_ranking):
             raise ConfigError(
                 f"--run {cfg.run} is a {model.name} run: ranking is timed for HistLLM-family runs "
                 "(histllm, tallrec, collm, binllm...)"
             )
-        ds = model._dataset
+        ds = model.trained_on  # the dataset load_model attached it to
     else:
         model = _variant(ds, cfg, "uhem", 5, image_feature)
     model.eval()
@@ -503,156 +555,6 @@ def _uhem_ratios(points: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.1%}"
-
-
-def format_trained(r: dict[str, Any]) -> list[str]:
-    """The paper's Fig. 5 quantities as a table, the time UHEM saves, and the paper's own figures."""
-    if not r["trained"]:
-        return []
-    p0 = r["trained"][0]
-    lines = [
-        f"Step-2 training: {p0['train_steps']} AdamW steps of {p0['batch_size']} examples per variant on the "
-        "same seeded training rows (LoRA frozen; prompt building, forward, backward, step); test inference "
-        f"of the trained models on the same {p0['test_rows']} seeded test rows; the variants alternate step by "
-        "step and batch by batch in one process (warm-up excluded).",
-        "",
-    ]
-    rows = []
-    for p in r["trained"]:
-        v = p["variants"]
-        same = all(
-            v["uhem"][k] == v["inline"][k]
-            for k in ("train_rows_sha256", "test_rows_sha256", "train_steps_run", "test_rows_scored")
-        )
-        for history, label in (("uhem", "HistLLM (UHEM)"), ("inline", "w/o UHEM (inline)")):
-            q = v[history]
-            a = "n/a" if q["test_auc"] is None else f"{q['test_auc']:.4f}"
-            rows.append(
-                [p["data"], p["history_items"], label, f"{q['test_prompt_tokens']:.0f}"]
-                + [f"{q['train_seconds']:.2f}", f"{q['test_seconds']:.2f}", a, "yes" if same else "NO"]
-            )
-    header = (
-        "data | history items | variant | test prompt tokens | step-2 training s | test inference s "
-        "| test AUC | same train/test rows"
-    )
-    lines += markdown_table(header, "-r-rrrr-", rows)
-    lines.append("")
-    for p in r["trained"]:
-        lines.append(
-            f"Saved by UHEM, {p['data']} @{p['history_items']}: step-2 training time "
-            f"{_pct(p['train_time_saved'])}, test inference time {_pct(p['test_time_saved'])}"
-        )
-    paper = "; ".join(
-        f"{k}: training {1 - v['train_min'][0] / v['train_min'][1]:.1%} ({v['train_min'][0]} vs "
-        f"{v['train_min'][1]} min), inference {1 - v['inference_s'][0] / v['inference_s'][1]:.1%} "
-        f"({v['inference_s'][0]} vs {v['inference_s'][1]} s)"
-        for k, v in PAPER_FIG5.items()
-    )
-    lines.append(f"Paper, Fig. 5 (Vicuna-7B, full training and test sets, one A100): {paper}")
-    if any(r.get("zero_image_stand_in", {}).values()):
-        lines.append("(no image feature: image tokens were fed zero vectors; a token costs the same)")
-    return lines
-
-
-def format_ctr_efficiency(r: dict[str, Any]) -> str:
-    lines = format_trained(r)
-    if r["points"]:  # the throughput view
-        lines += [
-            *([""] if lines else []),
-            "Throughput of untrained models (items' texts uncut):",
-            "",
-        ]
-        rows = [
-            [p.get("data", ""), p["history_items"], "with" if p["uhem"] else "without"]
-            + [f"{p['prompt_tokens']:.0f}", f"{p['inference_s_per_100']:.2f}"]
-            + [f"{p.get('train_s_per_100', float('nan')):.2f}"]
-            for p in r["points"]
-        ]
-        header = (
-            "data | history items | UHEM | prompt tokens | inference s/100 examples "
-            "| step-2 training s/100 examples"
-        )
-        lines += markdown_table(header, "-r-rrr", rows)
-        if r["ratios"]:
-            lines += ["", "Saved by UHEM: " + ", ".join(f"{k} = {v:.0%}" for k, v in r["ratios"].items())]
-        if any(r.get("zero_image_stand_in", {}).values()) and not r["trained"]:
-            lines.append("(no image feature: image tokens were fed zero vectors; a token costs the same)")
-    if r.get("ranking"):
-        rk = r["ranking"]
-        lines += [
-            *([""] if lines else []),
-            f"Ranking with {rk['model']} ({rk['run'] or 'untrained'}), {rk['items']} items: shared prompt prefix "
-            f"(chunks of {rk['rank_batch_size']}) vs one prompt per pair (batches of {rk['score_batch_size']})",
-            "",
-        ]
-        rows = []
-        for task, label in (("top10_catalog", "top-10 of the catalog"), ("rerank", "re-rank")):
-            if task not in rk:
-                continue
-            p = rk[task]
-            rows.append(
-                [label, p["users"], p["candidates"], f"{p['s_per_user_pairwise']:.2f}"]
-                + [f"{p['s_per_user_shared']:.2f}", f"{p['speedup']:.1f}x", f"{p['max_abs_logit_diff']:.1e}"]
-                + ["yes" if p["same_top10"] else "no"]
-            )
-        header = "task | users | candidates | s/user pairwise | s/user shared | speed-up | max logit diff | same top-10"
-        lines += markdown_table(header, "-rrrrrr-", rows)
-    return "\n".join(lines)
-
-
-def plot_trained_efficiency(r: dict[str, Any], path: Path) -> None:
-    """Fig. 5's two panels: step-2 training time and test inference time, per dataset and length."""
-    from llmrec.plots import pyplot, save_figure
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    points = r["trained"]
-    x = np.arange(len(points))
-    for ax, (key, saved, label) in zip(
-        axes,
-        (
-            ("train_seconds", "train_time_saved", "step-2 training s"),
-            ("test_seconds", "test_time_saved", "test inference s"),
-        ),
-    ):
-        for k, history in enumerate(VARIANTS):
-            vals = [p["variants"][history][key] for p in points]
-            ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label="HistLLM" if history == "uhem" else "w/o UHEM")
-        for i, p in enumerate(points):
-            top = max(p["variants"][h][key] for h in VARIANTS)
-            ax.annotate(f"-{_pct(p[saved])}", (x[i], top), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, [f"{p['data']}\n{p['history_items']} items" for p in points])
-        ax.set_title(label)
-    axes[0].legend()
-    save_figure(fig, path)
-
-
-def plot_ctr_efficiency(r: dict[str, Any], path: Path) -> None:
-    """The throughput view: prompt tokens and per-100-example times of untrained models."""
-    from llmrec.plots import pyplot, save_figure
-
-    plt = pyplot()
-    keys = [("prompt_tokens", "prompt tokens"), ("inference_s_per_100", "inference s / 100 examples")]
-    if any("train_s_per_100" in p for p in r["points"]):
-        keys.append(("train_s_per_100", "step-2 training s / 100 examples"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
-    groups = sorted({(p.get("data", ""), p["history_items"]) for p in r["points"]})
-    x = np.arange(len(groups))
-    for ax, (key, label) in zip(np.atleast_1d(axes), keys):
-        for k, uhem in enumerate((True, False)):
-            by = {(p.get("data", ""), p["history_items"]): p for p in r["points"] if p["uhem"] == uhem}
-            vals = [by[g].get(key, np.nan) if g in by else np.nan for g in groups]
-            ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label="HistLLM" if uhem else "w/o UHEM")
-        ax.set_xticks(
-            x, [f"{d}\n{L} items" if len({g[0] for g in groups}) > 1 else f"{L} items" for d, L in groups]
-        )
-        ax.set_title(label)
-    np.atleast_1d(axes)[0].legend()
-    save_figure(fig, path)
-
-
 # --------------------------------------------------------------------------- Fig. 4: number of history items
 @dataclass
 class HistorySweepConfig:
@@ -741,48 +643,3 @@ def run_history_sweep(cfg: HistorySweepConfig) -> dict[str, Any]:
     write_text_atomic(out / "history_sweep.md", format_history_sweep(result) + "\n")
     plot_history_sweep(result, out / "history_sweep.png")
     return result
-
-
-def format_history_sweep(r: dict[str, Any]) -> str:
-    lengths = sorted({p["history_items"] for p in r["points"]})
-    lines = [
-        "| model | metric | " + " | ".join(str(L) for L in lengths) + " |",
-        "|---|---|" + "---:|" * len(lengths),
-    ]
-    for name in dict.fromkeys(p["model"] for p in r["points"]):
-        for metric in ("auc", "uauc"):
-            vals = {p["history_items"]: _mean_std(p, metric) for p in r["points"] if p["model"] == name}
-            lines.append(f"| {name} | {metric} | " + " | ".join(vals.get(L, "nan") for L in lengths) + " |")
-    return "\n".join(lines)
-
-
-def _mean_std(point: dict[str, Any], metric: str) -> str:
-    """``0.6123`` for one seed, ``0.6123 ± 0.0101`` over several."""
-    std = point.get(f"{metric}_std")
-    return f"{point[metric]:.4f}" if std is None else f"{point[metric]:.4f} ± {std:.4f}"
-
-
-def plot_history_sweep(r: dict[str, Any], path: Path) -> None:
-    from llmrec.plots import pyplot, save_figure
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric in zip(axes, ("auc", "uauc")):
-        for name in dict.fromkeys(p["model"] for p in r["points"]):
-            pts = sorted(
-                (p["history_items"], p[metric], p.get(f"{metric}_std", 0.0))
-                for p in r["points"]
-                if p["model"] == name
-            )
-            ax.errorbar(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                yerr=[p[2] for p in pts],
-                fmt="o-",
-                capsize=3,
-                label=name,
-            )
-        ax.set_xlabel("history items in the prompt")
-        ax.set_ylabel(f"test {metric.upper()}")
-        ax.legend()
-    save_figure(fig, path)

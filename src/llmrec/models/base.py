@@ -170,10 +170,10 @@ BUILTIN_MODELS: dict[str, str] = {
     "lgmrec": "lgmrec",
     "illmrec": "llm.illmrec",
     "unimp": "llm.unimp",
-    "histllm": "histllm",
-    "recgpt4v": "recgpt4v",
-    **{p: "histllm" for p in ("tallrec", "tallrec_desc", "tallrec_image", "collm", "collm_image")},
-    **{p: "histllm" for p in ("binllm", "binllm_image")},
+    "histllm": "llm.histllm",
+    "recgpt4v": "llm.recgpt4v",
+    **{p: "llm.ctr_presets" for p in ("tallrec", "tallrec_desc", "tallrec_image", "collm", "collm_image")},
+    **{p: "llm.ctr_presets" for p in ("binllm", "binllm_image")},
 }
 
 

@@ -23,6 +23,10 @@ class FeatureBackedLLM(TorchRecommender):
     weights_name: ClassVar[str] = ""
     #: entries older versions saved with the weights that are no longer weights (dropped on loading)
     legacy_weights: ClassVar[tuple[str, ...]] = ()
+    #: whether ``score(..., shared_prefix=True|False)`` ranks a user's candidates either after one shared
+    #: prompt prefix (its KV cache serving every candidate) or with one prompt per (user, candidate) pair, to
+    #: the same logits (``llmrec ctr-efficiency`` times both)
+    shared_prefix_ranking: ClassVar[bool] = False
     needs_dataset = True
     source: dict[str, Any]
     _dataset: Dataset | None = None
@@ -33,6 +37,7 @@ class FeatureBackedLLM(TorchRecommender):
 
     @property
     def trained_on(self) -> Dataset | None:
+        """The dataset ``attach`` attached (None before): the model reads its texts and features."""
         return self._dataset
 
     def prepare(self, dataset: Dataset) -> None:

@@ -1,24 +1,13 @@
 """HistLLM (2025): a Yes/No CTR recommender whose whole multimodal history is ONE token; and its baselines.
 
 Read top to bottom: the config (every choice the paper leaves open is an option, with our default); the
-modules (visual mapper, VMA; CF mapper, CIA; history encoder, UHEM); how a CTR example becomes a prompt;
-the Yes/No score; two-step training; persistence.
+modules (visual mapper, VMA; CF mapper, CIA; history encoder, UHEM); building them against a dataset; the
+modules at work; the Yes/No score; two-step training; scoring; persistence. How a CTR example becomes a
+prompt (its text and tokens) is :mod:`llmrec.models.llm.ctr_prompts`.
 
-One class serves every method of the paper's Table 2 that fine-tunes an LLM, through four switches, and
-each method is a registered preset (``llmrec train collm`` ...):
-
-=================  ========  =====  ======  =======  ====================================================
-preset             history   ke     image   cf       prompt
-=================  ========  =====  ======  =======  ====================================================
-tallrec            inline    no     no      none     A.1 Fig. 6: titles
-tallrec_desc       inline    yes    no      none     A.1 Fig. 8: KE descriptions
-tallrec_image      inline    no     yes     none     A.1 Fig. 7: titles + [VISUAL] per item and target
-collm              inline    no     no      tokens   A.3 Fig. 11: + [USERID] / [ITEMID] MF tokens
-collm_image        inline    no     yes     tokens   A.3 Fig. 12
-binllm             inline    no     no      binary   A.3 Fig. 11 with the MF vectors as 0/1 text codes
-binllm_image       inline    no     yes     binary   A.3 Fig. 12, same
-histllm            uhem      yes    auto    tokens   Fig. 3: [HIST] + target description + [VISUAL] + CF
-=================  ========  =====  ======  =======  ====================================================
+One class serves every method of the paper's Table 2 that fine-tunes an LLM, through four switches
+(``history``, ``ke``, ``image``, ``cf``); TALLRec, CoLLM and BinLLM are its registered presets
+(:mod:`llmrec.models.llm.ctr_presets`, ``llmrec train collm`` ...).
 
 Framing (``prompt_format``): llmrec wraps each question in the backbone's chat template and reads the answer
 after the assistant header (``chat``, the default); ``recipe=paper`` feeds the raw "#Question: ... \\n#Answer:"
@@ -47,8 +36,10 @@ prompt — TALLRec's titles prompt (Fig. 6), or BinLLM's with its codes — and 
 trains the mappers and the history encoder on the full prompt. A preset without non-text placeholders
 (tallrec, tallrec_desc, binllm) is one LoRA step on its own prompt. Since every two-step method shares
 step 1, ``-o step1_from=RUN`` reuses a trained TALLRec (or BinLLM) run's LoRA instead of retraining it.
-AdamW, weight decay 1e-3, BCE on the answer logit. The steps are declared as stages (:meth:`HistLLM.stages`)
-and run by :func:`llmrec.training.fit`, which resumes an interrupted run at the step it had reached.
+AdamW, weight decay 1e-3, BCE on the answer logit, early stopping on the valid AUC of the step's own prompt.
+What each step's prompt shows is declared once (:class:`PromptParts`, :meth:`HistLLM.prompt_parts`); the
+steps are declared as stages (:meth:`HistLLM.step1`, :meth:`HistLLM.step2`) and run by
+:func:`llmrec.training.fit`, which resumes an interrupted run at the step it had reached.
 """
 
 from __future__ import annotations
@@ -58,7 +49,6 @@ import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -72,9 +62,10 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import load_feature, load_item_feature
 from llmrec.llm.backbone import Backbone, BackboneConfig
-from llmrec.llm.prompts import CTR_HISTORY, CTR_PLAIN, ctr_item, ctr_prompt, ctr_target, escape_placeholders
+from llmrec.llm.prompts import CTR_PLAIN
 from llmrec.models.base import register_model
-from llmrec.models.llm_base import FeatureBackedLLM
+from llmrec.models.llm.base import FeatureBackedLLM
+from llmrec.models.llm.ctr_prompts import CtrPrompts, binary_codes, cut_texts, item_descriptions
 from llmrec.models.neural import Batch, NeuralConfig, Stage
 from llmrec.utils.io import read_json
 
@@ -217,7 +208,10 @@ class HistoryEncoder(nn.Module):
 
 
 @register_model("histllm")
-class HistLLM(FeatureBackedLLM):
+class HistLLM(CtrPrompts, FeatureBackedLLM):
+    """A frozen LLM (LoRA in step 1) reading Yes/No prompts whose placeholders the modules fill; the prompts
+    themselves come from :class:`CtrPrompts`."""
+
     config_cls = HistLLMConfig
     recipes = RECIPES
     weights_name = "histllm"
@@ -225,6 +219,7 @@ class HistLLM(FeatureBackedLLM):
     cfg: HistLLMConfig
     tasks = ("ctr",)
     decoupled_weight_decay = True  # AdamW
+    shared_prefix_ranking = True  # score(..., shared_prefix=): see rank_logits
 
     def __init__(self, cfg: HistLLMConfig, n_users: int, n_items: int) -> None:
         super().__init__(cfg, n_users, n_items)
@@ -244,86 +239,106 @@ class HistLLM(FeatureBackedLLM):
 
     # ------------------------------------------------------------------ building against a dataset
     def attach(self, ds: Dataset) -> None:
-        """Load the backbone, item texts, features; create the mappers and the history encoder."""
+        """Load the backbone, item texts, features; create the mappers and the history encoder (in this
+        order: their initial weights are drawn in it)."""
         cfg = self.cfg
         self.source, self._dataset = {"features": {}}, ds
-        image = cfg.image
-        if image is None:
-            image = (ds.features_dir / f"{cfg.image_feature}.json").exists()
-            log.info(
-                "image feature %r %s", cfg.image_feature, "found: VMA on" if image else "absent: VMA off"
-            )
-        self.use_image = bool(image)
+        self.use_image = self._image_wanted(ds)
         self.backbone = Backbone(cfg.backbone, cfg.device)
         d = self.backbone.hidden_size
         if self.use_image:
-            feat = load_item_feature(
-                ds, cfg.image_feature, self.n_items, who=self.name, option="image_feature"
-            )
-            self._register_feature("image", feat)
-            self.image_mapper = mapper(feat.dim, cfg.mapper_hidden, d)
-            missing = torch.from_numpy(np.array(feat.missing, dtype=bool))  # (N,)
-            self.register_buffer("image_missing", missing, persistent=False)
-            self.no_image = None
-            if cfg.missing_image == "learned" and bool(missing.any()):
-                # an input-embedding-sized start (std 0.02, the usual LLM initialiser range)
-                self.no_image = nn.Parameter(torch.randn(d) * 0.02)  # (d,)
-                log.info(
-                    "%d of %d items have no image: VMA gives them one learned 'no image' token",
-                    int(missing.sum()),
-                    self.n_items,
-                )
+            self._attach_image(ds, d)
         if cfg.cf != "none":
-            users = self._user_feature(ds)
-            items = load_item_feature(
-                ds, cfg.item_cf_feature, self.n_items, who=self.name, option="item_cf_feature"
-            )
-            if users.dim != items.dim:
-                raise LlmrecError(
-                    f"MF user ({users.dim}-d) and item ({items.dim}-d) embeddings differ in size",
-                    file=ds.features_dir,
-                    hint="export both from the same MF run: llmrec features --cf RUN",
-                )
-            if cfg.cf == "tokens":
-                self._register_feature("user_cf", users)
-                self._register_feature("item_cf", items)
-                self.cf_mapper = mapper(users.dim, cfg.mapper_hidden, d, nn.ReLU)
-            else:
-                self.user_codes, self.item_codes = binary_codes(
-                    np.asarray(users.values), np.asarray(items.values), cfg.binary_bits
-                )
-                self.source["features"]["user_cf"] = {"name": users.name, "sha256": users.manifest["sha256"]}
-                self.source["features"]["item_cf"] = {"name": items.name, "sha256": items.manifest["sha256"]}
+            self._attach_cf(ds, d)
         titles = [str(t) for t in ds.items["title"]]
-        self.titles, tokens = self._item_texts(titles)
+        tokenizer = self.backbone.tokenizer
+        self.titles, tokens = cut_texts(tokenizer, titles, cfg.max_text_tokens)
         self.descriptions = None
         if cfg.ke:
-            self.descriptions, tokens = self._item_texts(self._descriptions(ds, titles))
+            descriptions = item_descriptions(ds, cfg.description_texts, titles)
+            self.descriptions, tokens = cut_texts(tokenizer, descriptions, cfg.max_text_tokens)
         if cfg.history == "uhem":
-            width = max(map(len, tokens))
-            ids = np.full((self.n_items, width), self.backbone.tokenizer.pad_token_id, dtype=np.int64)
-            for i, row in enumerate(tokens):
-                ids[i, : len(row)] = row
-            self.register_buffer("item_tokens", torch.from_numpy(ids), persistent=False)  # (N, L)
-            self.register_buffer(
-                "item_ntok", torch.tensor([len(r) for r in tokens]), persistent=False
-            )  # (N,)
-            per_item = width + int(self.use_image)
-            self.history_encoder = HistoryEncoder(
-                cfg.encoder,
-                d,
-                cfg.encoder_dim,
-                cfg.encoder_layers or (1 if cfg.encoder == "gru" else 2),
-                cfg.encoder_heads,
-                cfg.encoder_dropout,
-                max_len=per_item * max(cfg.history_len, 1),
-            )
+            self._attach_history_encoder(tokens, d)
         # the answer token: after the chat template's assistant header, or (raw) after "#Answer:"
         answer_at = (
             self.frame(CTR_PLAIN.format(history="", nouns="", noun="", target="")) if self.raw else None
         )
         self.answer_ids = [self.backbone.answer_token_id(w, answer_at) for w in ("Yes", "No")]
         self.to(cfg.device)
+
+    def _image_wanted(self, ds: Dataset) -> bool:
+        """VMA on: as configured, or (``image`` None) when the dataset has the image feature."""
+        image = self.cfg.image
+        if image is None:
+            image = (ds.features_dir / f"{self.cfg.image_feature}.json").exists()
+            log.info(
+                "image feature %r %s", self.cfg.image_feature, "found: VMA on" if image else "absent: VMA off"
+            )
+        return bool(image)
+
+    def _attach_image(self, ds: Dataset, d: int) -> None:
+        """VMA: the image feature, its mapper and (``missing_image=learned``) the 'no image' token."""
+        feat = load_item_feature(
+            ds, self.cfg.image_feature, self.n_items, who=self.name, option="image_feature"
+        )
+        self._register_feature("image", feat)
+        self.image_mapper = mapper(feat.dim, self.cfg.mapper_hidden, d)
+        missing = torch.from_numpy(np.array(feat.missing, dtype=bool))  # (N,)
+        self.register_buffer("image_missing", missing, persistent=False)
+        self.no_image = None
+        if self.cfg.missing_image == "learned" and bool(missing.any()):
+            # an input-embedding-sized start (std 0.02, the usual LLM initialiser range)
+            self.no_image = nn.Parameter(torch.randn(d) * 0.02)  # (d,)
+            log.info(
+                "%d of %d items have no image: VMA gives them one learned 'no image' token",
+                int(missing.sum()),
+                self.n_items,
+            )
+
+    def _attach_cf(self, ds: Dataset, d: int) -> None:
+        """The MF user and item embeddings: CIA's tokens and their mapper, or BinLLM's text codes."""
+        cfg = self.cfg
+        users = self._user_feature(ds)
+        items = load_item_feature(
+            ds, cfg.item_cf_feature, self.n_items, who=self.name, option="item_cf_feature"
+        )
+        if users.dim != items.dim:
+            raise LlmrecError(
+                f"MF user ({users.dim}-d) and item ({items.dim}-d) embeddings differ in size",
+                file=ds.features_dir,
+                hint="export both from the same MF run: llmrec features --cf RUN",
+            )
+        if cfg.cf == "tokens":
+            self._register_feature("user_cf", users)
+            self._register_feature("item_cf", items)
+            self.cf_mapper = mapper(users.dim, cfg.mapper_hidden, d, nn.ReLU)
+        else:
+            self.user_codes, self.item_codes = binary_codes(
+                np.asarray(users.values), np.asarray(items.values), cfg.binary_bits
+            )
+            self.source["features"]["user_cf"] = {"name": users.name, "sha256": users.manifest["sha256"]}
+            self.source["features"]["item_cf"] = {"name": items.name, "sha256": items.manifest["sha256"]}
+
+    def _attach_history_encoder(self, tokens: list[list[int]], d: int) -> None:
+        """UHEM: every item's text tokens (its input, padded into one table) and the history encoder."""
+        assert self.backbone is not None
+        cfg = self.cfg
+        width = max(map(len, tokens))
+        ids = np.full((self.n_items, width), self.backbone.tokenizer.pad_token_id, dtype=np.int64)
+        for i, row in enumerate(tokens):
+            ids[i, : len(row)] = row
+        self.register_buffer("item_tokens", torch.from_numpy(ids), persistent=False)  # (N, L)
+        self.register_buffer("item_ntok", torch.tensor([len(r) for r in tokens]), persistent=False)  # (N,)
+        per_item = width + int(self.use_image)
+        self.history_encoder = HistoryEncoder(
+            cfg.encoder,
+            d,
+            cfg.encoder_dim,
+            cfg.encoder_layers or (1 if cfg.encoder == "gru" else 2),
+            cfg.encoder_heads,
+            cfg.encoder_dropout,
+            max_len=per_item * max(cfg.history_len, 1),
+        )
 
     def _register_feature(self, role: str, feat: Any) -> None:
         self.register_buffer(
@@ -349,201 +364,6 @@ class HistLLM(FeatureBackedLLM):
                 hint="export the user embeddings of an MF run on this dataset",
             )
         return feat
-
-    def _item_texts(self, texts: list[str]) -> tuple[list[str], list[list[int]]]:
-        """Each item's text as every prompt shows it, computed once per item: placeholder strings escaped,
-        cut to its first ``max_text_tokens`` tokens (decoded back); and those tokens, UHEM's input. The
-        inline history and target (w/o UHEM, the TALLRec-style presets) thus hold what UHEM encodes."""
-        assert self.backbone is not None
-        tok, n = self.backbone.tokenizer, self.cfg.max_text_tokens
-        texts = [escape_placeholders(t) for t in texts]
-        ids = tok(texts, add_special_tokens=False, truncation=True, max_length=n + 1)["input_ids"]
-        cut = [
-            t if len(i) <= n else tok.decode(i[:n], clean_up_tokenization_spaces=False).rstrip("\ufffd")
-            for t, i in zip(texts, ids)
-        ]  # a cut inside a multi-byte character decodes to U+FFFD: dropped
-        return cut, [i[:n] for i in ids]
-
-    def _descriptions(self, ds: Dataset, titles: list[str]) -> list[str]:
-        if self.cfg.description_texts:
-            from llmrec.llm.describe import load_texts
-
-            texts = load_texts(ds.root, self.cfg.description_texts)
-        else:
-            texts = [str(t) for t in ds.items["description"]]
-        empty = [i for i, t in enumerate(texts) if not t.strip()]
-        if len(empty) == len(texts):
-            raise LlmrecError(
-                "knowledge enhancement needs item descriptions and none has one",
-                file=Path(ds.root) / "items.parquet",
-                hint="generate them: llmrec describe --mode from_title (then -o description_texts=from_title), "
-                "or use -o ke=false",
-            )
-        return [t if t.strip() else titles[i] for i, t in enumerate(texts)]  # a title beats nothing
-
-    # ------------------------------------------------------------------ which parts a step trains
-    @property
-    def has_step2(self) -> bool:
-        """Whether the full prompt holds non-text placeholders (and so trainable mappers/encoder)."""
-        return self.use_image or self.cfg.cf == "tokens" or self.cfg.history == "uhem"
-
-    def step1_signature(self) -> dict[str, Any]:
-        """What a step-1 LoRA was trained on: runs with equal signatures can share it (step1_from)."""
-        cfg = self.cfg
-        ke = not self.has_step2 and cfg.ke  # a two-step model's step 1 reads titles
-        desc = "<DESCRIPTION>" if ke else None
-        codes = ("<USER_CODE>", "<ITEM_CODE>") if cfg.cf == "binary" else (None, None)
-        return {
-            "llm": cfg.backbone.llm,
-            "lora": [cfg.backbone.lora_r, cfg.backbone.lora_alpha, sorted(cfg.backbone.lora_targets)],
-            "chat_template": cfg.backbone.chat_template,
-            # only a raw-framed LoRA says so: signatures of chat-framed runs saved before the option still match
-            **({"prompt_format": "raw"} if cfg.prompt_format == "raw" else {}),
-            "ke": ke,
-            "cf": "binary" if cfg.cf == "binary" else "none",
-            "binary_bits": cfg.binary_bits if cfg.cf == "binary" else None,
-            "noun": cfg.noun,
-            "history_len": cfg.history_len,
-            # the step-1 prompt's wording, data stood in for: a LoRA trained on other words is not reused
-            "prompt": ctr_prompt([ctr_item("<TITLE>", desc)], ctr_target("<TITLE>", desc), cfg.noun, *codes),
-        }
-
-    def step_parameters(self, step: int) -> frozenset[str]:
-        """What a step trains: 1 = LoRA, 2 = the mappers and the history encoder."""
-        if step == 1:
-            return frozenset(
-                n for n, _ in self.named_parameters() if n.startswith("backbone.") and "lora_" in n
-            )
-        modules = ("image_mapper.", "no_image", "cf_mapper.", "history_encoder.")
-        return frozenset(n for n, _ in self.named_parameters() if n.startswith(modules))
-
-    # ------------------------------------------------------------------ prompts
-    def prompts(
-        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, step: int = 2
-    ) -> dict[str, torch.Tensor]:
-        """Tokenised Yes/No prompts and the items/users behind their placeholders.
-
-        ``step`` 1 gives the text-only prompt of LoRA training (titles; BinLLM keeps its codes), 2 the full one.
-        """
-        assert self.backbone is not None
-        cfg = self.cfg
-        full = step == 2 or not self.has_step2
-        image = self.use_image and full
-        texts, visual, hist_items = [], [], []
-        for b, (h, t) in enumerate(zip(histories, targets)):
-            h = np.asarray(h, dtype=np.int64)[-cfg.history_len :]
-            t = int(t)
-            if full and cfg.history == "uhem":
-                hist_items.append(torch.from_numpy(h))
-            else:
-                visual += h.tolist() if image else []
-            visual += [t] if image else []
-            texts.append(self.prompt_text(int(users[b]), h, t, step))
-        enc = self.backbone.tokenize(texts)
-        self.backbone.check_context(
-            enc["attention_mask"],
-            hint=f"lower history_len ({cfg.history_len}) or max_text_tokens ({cfg.max_text_tokens})",
-        )
-        out = {
-            "ids": enc["input_ids"],
-            "mask": enc["attention_mask"],
-            "users": torch.as_tensor(np.asarray(users, dtype=np.int64)),
-            "targets": torch.as_tensor(np.asarray(targets, dtype=np.int64)),
-            "visual": torch.tensor(visual, dtype=torch.long),
-        }
-        if hist_items:  # (n_hist_rows, history_len) right-padded items, -1 = none
-            out["hist"] = pad_sequence(hist_items, batch_first=True, padding_value=-1)
-        return out
-
-    def prompt_text(self, user: int, history: np.ndarray, target: int, step: int = 2) -> str:
-        """The exact text one CTR example (user index, item indices of the history, target item index)
-        becomes, framed (``prompt_format``), with its placeholder strings: what :meth:`prompts` tokenises. ``step`` 1: the
-        text-only prompt of LoRA training."""
-        assert self.backbone is not None
-        full = step == 2 or not self.has_step2
-        desc = self.descriptions if full else None
-        h, target = np.asarray(history, dtype=np.int64)[-self.cfg.history_len :], int(target)
-        clause = ctr_target(self.titles[target], desc[target] if desc else None, self.use_image and full)
-        code = self.item_codes[target] if self.cfg.cf == "binary" else ""
-        return self._prompt_text(int(user), h, clause, code, step)
-
-    def _prompt_text(self, user: int, history: np.ndarray, target: str, item_code: str, step: int = 2) -> str:
-        """One framed Yes/No prompt around an already rendered ``target`` clause (``item_code``: the
-        target's BinLLM code)."""
-        assert self.backbone is not None
-        cfg = self.cfg
-        full = step == 2 or not self.has_step2
-        image = self.use_image and full
-        desc = self.descriptions if full else None
-        if full and cfg.history == "uhem":
-            items = ["[HIST]"]
-        else:
-            items = [ctr_item(self.titles[i], desc[i] if desc else None, image) for i in history.tolist()]
-        user_feature = item_feature = None
-        if cfg.cf == "tokens" and full:
-            user_feature, item_feature = "[USERID]", "[ITEMID]"
-        elif cfg.cf == "binary":
-            user_feature, item_feature = self.user_codes[user], item_code
-        return self.frame(ctr_prompt(items, target, cfg.noun, user_feature, item_feature))
-
-    # ------------------------------------------------------------------ framing (prompt_format)
-    @property
-    def raw(self) -> bool:
-        return self.cfg.prompt_format == "raw"
-
-    def frame(self, question: str) -> str:
-        """What the LM reads around one '#Question: ... \\n#Answer:' text: the backbone's chat template
-        (chat; bare when ``backbone.chat_template`` is off), or the raw text after the tokenizer's own BOS."""
-        assert self.backbone is not None
-        return self.backbone.raw(question) if self.raw else self.backbone.chat(question)
-
-    def framed_prefix(self, head: str) -> str:
-        """What every framed prompt whose question starts with ``head`` starts with (the constant start)."""
-        assert self.backbone is not None
-        return self.backbone.raw(head) if self.raw else self.backbone.chat_prefix(head)
-
-    @property
-    def instruction_head(self) -> str:
-        """The constant question start before the history (every prompt's, computed once where it can be)."""
-        return CTR_HISTORY[: CTR_HISTORY.index("{history}")].format(nouns=self.cfg.noun + "s")
-
-    def show_prompts(self, dataset: Any, user: int, seed: int = 0) -> list[dict[str, Any]]:
-        """What the LM reads for user index ``user`` (``llmrec prompts``): the user's last test CTR example
-        (else its last training one: the longest history) as the step-1 (LoRA) prompt, when the model has a
-        second step, and as the full prompt of step 2 and scoring; exact text of the token ids, token
-        counts, the label. (``seed``: no draw here; I-LLMRec's window draws use it.)"""
-        assert self.backbone is not None
-        for split in ("test", "train"):
-            rows = dataset.ctr(split)
-            rows = rows[rows["user_idx"] == user]
-            if len(rows):
-                break
-        else:
-            raise LlmrecError(f"user index {user} has no CTR example", hint="pick another user (--user)")
-        example = rows.iloc[-1]
-        history, target = np.asarray(example["history"], dtype=np.int64), int(example["target"])
-        shared = self.framed_prefix(self.instruction_head) if self.cfg.shared_prefix else ""
-        steps = [(1, "step 1 (LoRA training): text-only prompt", "")] if self.has_step2 else []
-        steps.append(
-            (2, f"{'step 2 and ' if self.has_step2 else 'training and '}scoring: full prompt", shared)
-        )
-        shown = []
-        for step, name, prefix in steps:
-            enc = self.prompts(np.array([user]), [history], np.array([target]), step)
-            row = self.backbone.show(enc["ids"][0], enc["mask"][0], head=prefix)
-            row.update(
-                history_items=min(len(history), self.cfg.history_len),
-                label="Yes" if example["label"] else "No",
-            )
-            shown.append({"name": f"{name} ({split} example)", **row})
-        return shown
-
-    def prefix_text(self, user: int, history: np.ndarray, step: int = 2) -> str:
-        """The text every candidate's prompt for this user starts with: everything before the target clause."""
-        sentinel = "\x00TARGET\x00"
-        h = np.asarray(history, dtype=np.int64)[-self.cfg.history_len :]
-        text = self._prompt_text(int(user), h, sentinel, "", step)
-        return text[: text.index(sentinel)]
 
     # ------------------------------------------------------------------ the modules at work
     def visual_tokens(self, items: torch.Tensor) -> torch.Tensor:
@@ -605,8 +425,18 @@ class HistLLM(FeatureBackedLLM):
                 out["[HIST]"] = self.encode_histories(batch["hist"][sel])
         return out
 
+    # ------------------------------------------------------------------ the Yes/No score
+    def answer_logit(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(n, S, d) hidden states of right-padded prompts and their (n, S) mask -> (n,) logit of P(Yes) at
+        each row's last real token: l_yes - l_no (softmax over the two answer tokens), or l_yes under
+        ``scoring=yes_logit``."""
+        assert self.backbone is not None
+        last = hidden[torch.arange(len(hidden), device=hidden.device), self.backbone.last_positions(mask)]
+        yes_no = self.backbone.token_logits(last, self.answer_ids).float()  # (n, 2)
+        return yes_no[:, 0] - yes_no[:, 1] if self.cfg.scoring == "softmax" else yes_no[:, 0]
+
     def answer_logits(self, batch: Batch) -> torch.Tensor:
-        """(B,) logit of P(Yes) at the answer position (the last real token of each prompt).
+        """(B,) logit of P(Yes) of a batch of prompts (:meth:`answer_logit`).
 
         The constant instruction before the history comes from its cached KV (``shared_prefix``) wherever it
         carries no gradient: in step 2 (LoRA frozen) and in scoring; step 1 trains LoRA, which it depends on."""
@@ -618,11 +448,7 @@ class HistLLM(FeatureBackedLLM):
             prefix = bb.constant_prefix(self.framed_prefix(self.instruction_head), [(ids, mask)])
         p = len(prefix) if prefix is not None else 0
         (hidden,) = bb.hidden_many([(ids, mask, self.inject(batch))], prefix)  # (B, T - P, d)
-        last = hidden[
-            torch.arange(len(ids), device=ids.device), Backbone.last_positions(mask[:, p:])
-        ]  # (B, d)
-        yes_no = self.backbone.token_logits(last, self.answer_ids).float()  # (B, 2)
-        return yes_no[:, 0] - yes_no[:, 1] if self.cfg.scoring == "softmax" else yes_no[:, 0]
+        return self.answer_logit(hidden, mask[:, p:])
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(
@@ -630,12 +456,59 @@ class HistLLM(FeatureBackedLLM):
         )  # Eq. 14
 
     # ------------------------------------------------------------------ training (Sec. 3.3)
+    def stages(self, dataset: Any) -> list[Stage]:
+        """Step 1 (with LoRA), then step 2 (when the full prompt has mappers or the history encoder)."""
+        cfg = self.cfg
+        if not cfg.backbone.lora and not self.has_step2:
+            raise ConfigError(f"{self.name}: nothing to train (LoRA off and no mappers or history encoder)")
+        return ([self.step1()] if cfg.backbone.lora else []) + ([self.step2()] if self.has_step2 else [])
+
+    def step1(self) -> Stage:
+        """LoRA on step 1's prompt (:meth:`prompt_parts`), early-stopped on that prompt's valid AUC; or
+        LoRA loaded from the run ``step1_from`` names."""
+        cfg = self.cfg
+        if cfg.step1_from:
+            return Stage("step1", load=functools.partial(self._load_step1, Path(cfg.step1_from)))
+        return Stage(
+            "step1",
+            trainable=self.step_parameters(1),
+            epochs=cfg.step1_epochs,
+            lr=cfg.step1_lr,
+            batches=functools.partial(self.train_batches, step=1),
+            loss=self.loss,
+            num_batches=self.num_train_batches,
+            validation=functools.partial(self.validation_metric, step=1),
+        )
+
+    def step2(self) -> Stage:
+        """The mappers and the history encoder, LoRA frozen, on the full prompt, early-stopped on its valid
+        AUC."""
+        return Stage(
+            "step2",
+            trainable=self.step_parameters(2),
+            epochs=self.cfg.epochs,
+            lr=self.cfg.lr,
+            batches=functools.partial(self.train_batches, step=2),
+            loss=self.loss,
+            num_batches=self.num_train_batches,
+            validation=functools.partial(self.validation_metric, step=2),
+        )
+
+    def step_parameters(self, step: int) -> frozenset[str]:
+        """What a step trains: 1 = LoRA, 2 = the mappers and the history encoder."""
+        if step == 1:
+            return frozenset(
+                n for n, _ in self.named_parameters() if n.startswith("backbone.") and "lora_" in n
+            )
+        modules = ("image_mapper.", "no_image", "cf_mapper.", "history_encoder.")
+        return frozenset(n for n, _ in self.named_parameters() if n.startswith(modules))
+
     def num_train_batches(self, dataset: Any) -> int:
         n = len(dataset.ctr("train"))
         return -(-min(n, self.cfg.train_examples or n) // self.cfg.batch_size)
 
     def train_batches(self, dataset: Any, rng: np.random.Generator, step: int = 2) -> Iterator[Batch]:
-        """Labelled CTR prompts of ``train_examples`` random training rows; ``step`` 1: the text-only prompt."""
+        """Labelled CTR prompts of ``step`` for ``train_examples`` random training rows."""
         df = dataset.ctr("train")
         rows = rng.permutation(len(df))[: self.cfg.train_examples]
         users, targets = df["user_idx"].to_numpy(np.int64), df["target"].to_numpy(np.int64)
@@ -647,61 +520,35 @@ class HistLLM(FeatureBackedLLM):
             yield batch
 
     def validation_metric(self, ds: Any, step: int = 2) -> tuple[str, float]:
-        """Early stopping on valid AUC over a fixed random subset of the valid CTR examples, of the prompt
-        that ``step`` trains (1: text-only)."""
-        from llmrec.eval.evaluator import evaluate_ctr
+        """Early stopping on the valid AUC of the prompt of ``step``, over a fixed random subset of the
+        valid CTR examples (``eval_examples``: the rows ``evaluate_ctr`` evaluates)."""
+        from llmrec.eval.evaluator import seeded_rows
+        from llmrec.eval.metrics import auc
 
-        scorer = (
-            self if step == 2 else SimpleNamespace(score_pairs=functools.partial(self.score_pairs, step=step))
-        )
-        metrics, _ = evaluate_ctr(scorer, ds, "valid", self.pair_batch_size, self.cfg.eval_examples)
-        return "valid_auc", metrics["auc"]
-
-    def stages(self, dataset: Any) -> list[Stage]:
-        """Step 1 (with LoRA): LoRA on the text-only prompt, or loaded from ``step1_from``; step 2 (when the
-        full prompt has mappers or the history encoder): those, with LoRA frozen, on the full prompt."""
-        cfg = self.cfg
-        if not cfg.backbone.lora and not self.has_step2:
-            raise ConfigError(f"{self.name}: nothing to train (LoRA off and no mappers or history encoder)")
-        out = []
-        if cfg.backbone.lora:
-            step1 = Stage(
-                "step1",
-                trainable=self.step_parameters(1),
-                epochs=cfg.step1_epochs,
-                lr=cfg.step1_lr,
-                batches=functools.partial(self.train_batches, step=1),
-                loss=self.loss,
-                num_batches=self.num_train_batches,
-                validation=functools.partial(self.validation_metric, step=1),
+        df = ds.ctr("valid")
+        df = df.iloc[seeded_rows(len(df), self.cfg.eval_examples)]
+        histories = [np.asarray(h, dtype=np.int64) for h in df["history"]]
+        logits = self.score_pairs(df["user_idx"].to_numpy(), histories, df["target"].to_numpy(np.int64), step)
+        if np.isnan(logits).any():
+            raise LlmrecError(
+                f"model '{self.name}' scored NaN on the valid split: its weights are not finite",
+                hint="train it again with a lower learning rate (-o lr=..., --restart)",
             )
-            if cfg.step1_from:
-                step1 = Stage("step1", load=functools.partial(self._load_step1, Path(cfg.step1_from)))
-            out.append(step1)
-        if self.has_step2:
-            out.append(
-                Stage(
-                    "step2",
-                    trainable=self.step_parameters(2),
-                    epochs=cfg.epochs,
-                    lr=cfg.lr,
-                    batches=self.train_batches,
-                    loss=self.loss,
-                    num_batches=self.num_train_batches,
-                )
-            )
-        return out
+        return "valid_auc", auc(df["label"].to_numpy(), logits)
 
     # ------------------------------------------------------------------ scoring
-    @torch.no_grad()
-    def score_pairs(
-        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, step: int = 2
-    ) -> np.ndarray:
-        """(B,) P(Yes) logits of the prompts (``step`` 1: the text-only prompt of LoRA training)."""
+    def _check_attached(self) -> None:
         if self.backbone is None:
             raise LlmrecError(
                 f"{self.name} is not attached to a dataset", hint="fit it or load a saved model"
             )
+
+    @torch.no_grad()
+    def score_pairs(
+        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, step: int = 2
+    ) -> np.ndarray:
+        """(B,) P(Yes) logits of the prompts of ``step`` (1: the text-only prompt of LoRA training)."""
+        self._check_attached()
         was_training = self.training
         self.eval()
         out = []
@@ -752,10 +599,8 @@ class HistLLM(FeatureBackedLLM):
         left per row). The prefix runs once with its placeholders ([HIST], [USERID], history [VISUAL]s);
         candidates then run in chunks of ``rank_batch_size`` after its KV cache, with theirs (target
         [VISUAL], [ITEMID]); the logit is read at each row's last real token, as in :meth:`answer_logits`."""
-        if self.backbone is None:
-            raise LlmrecError(
-                f"{self.name} is not attached to a dataset", hint="fit it or load a saved model"
-            )
+        self._check_attached()
+        assert self.backbone is not None
         candidates = np.asarray(candidates, dtype=np.int64)
         if not len(candidates):
             return np.zeros(0)
@@ -765,31 +610,29 @@ class HistLLM(FeatureBackedLLM):
         candidates = candidates[order]
         was_training = self.training
         self.eval()
-        c = len(candidates)
+        c, n = len(candidates), self.cfg.rank_batch_size
         batch = self.prompts(np.full(c, user), [history] * c, candidates)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         ids, mask = batch["ids"], batch["mask"]  # (C, T)
         prefix_ids = self.backbone.tokenizer(self.prefix_text(user, history), add_special_tokens=False)[
             "input_ids"
         ]
-        p = Backbone.common_prefix(prefix_ids, ids, mask)
+        p = self.backbone.common_prefix(prefix_ids, ids, mask)
         cols = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, T)
         first = torch.zeros_like(ids, dtype=torch.bool)
         first[0] = True
         cache = self.backbone.prefix_cache(ids[:1, :p], self.inject(batch, first & (cols < p)))
         out = []
-        for s in range(0, c, self.cfg.rank_batch_size):
+        for s in range(0, c, n):
             rows = torch.zeros_like(first)
-            rows[s : s + self.cfg.rank_batch_size] = True
-            sub_mask = mask[s : s + self.cfg.rank_batch_size, p:]  # (n, S) right-padded continuations
+            rows[s : s + n] = True
+            sub_mask = mask[s : s + n, p:]  # (n, S) right-padded continuations
             width = int(sub_mask.sum(1).max())
-            sub_ids, sub_mask = ids[s : s + self.cfg.rank_batch_size, p : p + width], sub_mask[:, :width]
+            sub_ids, sub_mask = ids[s : s + n, p : p + width], sub_mask[:, :width]
             hidden = self.backbone.hidden_after(
                 cache, sub_ids, sub_mask, self.inject(batch, rows & (cols >= p) & (cols < p + width))
             )  # (n, S, d)
-            last = hidden[torch.arange(len(sub_ids), device=ids.device), Backbone.last_positions(sub_mask)]
-            yes_no = self.backbone.token_logits(last, self.answer_ids).float()  # (n, 2)
-            out.append((yes_no[:, 0] - yes_no[:, 1] if self.cfg.scoring == "softmax" else yes_no[:, 0]).cpu())
+            out.append(self.answer_logit(hidden, sub_mask).cpu())
         self.train(was_training)
         logits = np.empty(c)
         logits[order] = torch.cat(out).numpy()
@@ -853,34 +696,3 @@ class HistLLM(FeatureBackedLLM):
                 "retrain it for numbers comparable with new runs",
                 directory,
             )
-
-
-def binary_codes(users: np.ndarray, items: np.ndarray, bits: int) -> tuple[list[str], list[str]]:
-    """BinLLM-style 0/1 text codes: signs of the first ``bits`` principal components of the MF vectors
-    (one PCA over users and items together, so codes of both sides live in one space)."""
-    from sklearn.decomposition import PCA
-
-    both = np.concatenate([users, items]).astype(np.float64)
-    k = min(bits, both.shape[1], both.shape[0])
-    proj = PCA(n_components=k, random_state=0).fit_transform(both)  # (U + I, k), centred
-    codes = ["".join("1" if x > 0 else "0" for x in row) for row in proj]
-    return codes[: len(users)], codes[len(users) :]
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tallrec": {"history": "inline", "ke": False, "image": False, "cf": "none"},
-    "tallrec_desc": {"history": "inline", "ke": True, "image": False, "cf": "none"},
-    "tallrec_image": {"history": "inline", "ke": False, "image": True, "cf": "none"},
-    "collm": {"history": "inline", "ke": False, "image": False, "cf": "tokens"},
-    "collm_image": {"history": "inline", "ke": False, "image": True, "cf": "tokens"},
-    "binllm": {"history": "inline", "ke": False, "image": False, "cf": "binary"},
-    "binllm_image": {"history": "inline", "ke": False, "image": True, "cf": "binary"},
-}
-for _name, _preset in PRESETS.items():
-    register_model(_name)(
-        type(
-            _name,
-            (HistLLM,),
-            {"preset": _preset, "__doc__": f"HistLLM preset: {_preset}", "__module__": __name__},
-        )
-    )
