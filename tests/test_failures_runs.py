@@ -125,7 +125,8 @@ def test_a_finished_run_with_damaged_weights_is_refused_untouched(trained_sasrec
 
 def test_out_onto_a_file_or_a_folder_that_is_not_a_run(synthetic_dataset, tmp_path, capsys):
     """--out never overwrites files it did not write as a run: a file, or a folder holding a
-    metrics.json or model/ without a run's config.json, is refused; --restart replaces only those."""
+    metrics.json or model/ without llmrec's marker or run config, is refused, with --restart too (it
+    deletes only what llmrec can prove it wrote: see test_failures_ownership.py)."""
     (tmp_path / "file").write_text("mine")
     assert _train(synthetic_dataset, tmp_path / "file") == 2
     assert "file: not a directory" in _one_error_line(capsys, "train")
@@ -134,14 +135,11 @@ def test_out_onto_a_file_or_a_folder_that_is_not_a_run(synthetic_dataset, tmp_pa
     (folder / "metrics.json").write_text('{"mine": 1}')
     (folder / "notes.txt").write_text("mine")
     before = _snapshot(folder)
-    assert _train(synthetic_dataset, folder) == 2
-    line = _one_error_line(capsys, "train")
-    assert "holds metrics.json, model but no config.json: not an llmrec run" in line and "--restart" in line
-    assert _snapshot(folder) == before
-    assert _train(synthetic_dataset, folder, "popularity", "--restart") == 0
-    assert (folder / "notes.txt").read_text() == "mine" and "mine" not in (
-        folder / "metrics.json"
-    ).read_text()
+    for extra in ([], ["--restart"]):
+        assert _train(synthetic_dataset, folder, "popularity", *extra) == 2
+        line = _one_error_line(capsys, "train")
+        assert "holds metrics.json, model/, notes.txt but is not an llmrec run" in line
+        assert _snapshot(folder) == before
 
 
 def test_another_dataset_is_refused_by_its_identity(synthetic_dataset, tmp_path, capsys):

@@ -622,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     prog = f"llmrec {args.command}"
+    from llmrec.utils import lock
+
+    lock.COMMAND = args.command  # a command refused by this one's lock is told which command holds it
     try:
         return args.fn(args)
     except LlmrecError as e:

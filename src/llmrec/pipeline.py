@@ -6,6 +6,7 @@ training loop are imported when a run starts."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -25,8 +26,9 @@ from llmrec.models.base import (
     model_config,
     read_model_record,
 )
-from llmrec.runs import RUN_FILES, Run, clear_partial_files, clear_run, default_run_name
+from llmrec.runs import RUN_FILES, Run, check_owned, clear_partial_files, clear_run, default_run_name
 from llmrec.utils.io import read_json
+from llmrec.utils.lock import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -239,15 +241,18 @@ def check_resume(run_dir: Path, cfg: TrainConfig, ds: Dataset, restart: bool = F
     """A run directory belongs to one model and configuration: training another model or configuration
     into one is refused, naming what differs (``restart`` clears what earlier runs wrote there and starts
     over). Returns whether the run's training already finished: the same command then evaluates the
-    saved model (a run killed during its evaluation resumes there) instead of training again."""
+    saved model (a run killed during its evaluation resumes there) instead of training again.
+
+    A folder llmrec cannot prove is its run (see :func:`llmrec.runs.check_owned`) is refused whatever
+    ``restart`` says: llmrec never deletes or overwrites files it did not write."""
     path = run_dir / "config.json"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise LlmrecError("not a directory", file=run_dir, hint="give --out a folder for the run")
+    owned = check_owned(run_dir)
     if not path.exists():
-        ours = sorted(p.name for pattern in RUN_FILES for p in run_dir.glob(pattern))
-        if ours and not restart:  # not a run (no config.json), yet llmrec would overwrite these
+        ours = sorted(p.name for pattern in RUN_FILES for p in run_dir.glob(pattern)) if owned else []
+        if ours and not restart:  # llmrec's run, yet without the config its files belong to
             raise LlmrecError(
-                f"holds {', '.join(ours[:4])} but no config.json: not an llmrec run",
+                f"holds llmrec's {', '.join(ours[:4])} but no config.json: a run interrupted as it started, "
+                "or damaged",
                 file=run_dir,
                 hint="use another --out, or --restart to delete those and start a run there",
             )
@@ -354,8 +359,30 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
         )
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg.model, cfg.data)
     [run_dir] = broadcast_object_list([run_dir])  # the main process's timestamp names the run everywhere
-    finished = check_resume(run_dir, cfg, ds, restart) if accelerator.is_main_process else False
-    [finished] = broadcast_object_list([finished])  # the main process decides for every process
+    with contextlib.ExitStack() as held:
+        refused: Exception | None = None
+        finished = False
+        if accelerator.is_main_process:  # it alone writes the run, holding its lock until the run is done
+            try:
+                held.enter_context(folder_lock(run_dir, "run directory", create=True))
+                finished = check_resume(run_dir, cfg, ds, restart)
+            except Exception as e:  # re-raised below, once every process knows
+                refused = e
+        # the main process decides for every process (a refusal too: the others stop with it, none waits)
+        [finished, message] = broadcast_object_list([finished, None if refused is None else str(refused)])
+        if refused is not None:
+            raise refused
+        if message is not None:
+            raise LlmrecError(message)
+        return _train_into(run_dir, cfg, ds, model, accelerator, finished)
+
+
+def _train_into(
+    run_dir: Path, cfg: TrainConfig, ds: Dataset, model: Recommender, accelerator: Any, finished: bool
+) -> Path:
+    """:func:`train` once the run directory is checked (and, in the main process, locked)."""
+    from llmrec import training
+
     if not accelerator.is_main_process:
         logging.getLogger("llmrec").setLevel(logging.WARNING)  # the main process logs the run
         if not finished:
@@ -444,10 +471,12 @@ def evaluate_run(
     ``overrides`` merged into its saved evaluation settings, optionally on a moved copy of its dataset."""
     run_dir = Path(run_dir)
     cfg = evaluation_config(run_dir, overrides, data)
-    ds = run_dataset(run_dir, data)
-    model = load_model(run_dir, device=device, dtype=dtype, data=ds)
-    with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
-        return evaluate_model(model, ds, cfg.eval, run)
+    with folder_lock(run_dir, "run directory"):  # one writer: a training or another evaluation waits
+        check_owned(run_dir)  # a folder of someone else's is refused before its files are read
+        ds = run_dataset(run_dir, data)
+        model = load_model(run_dir, device=device, dtype=dtype, data=ds)
+        with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
+            return evaluate_model(model, ds, cfg.eval, run)
 
 
 __all__ = ["TrainConfig", "EvalConfig", "train", "evaluate_run", "saved_config", "run_dataset"]

@@ -6,22 +6,33 @@ runs/<name>/metrics.json    {"train": training record, split: {metric: float}}: 
                             evaluation (the training record and that evaluation's metrics, nothing older)
 runs/<name>/log.txt         everything logged during the run
 runs/<name>/model/          the trained model (when there is one; its model.json marks a finished training)
+runs/<name>/.llmrec-run     written first, when llmrec creates or adopts the folder: "this is an llmrec run"
 
 A run directory belongs to one model and one configuration (see :func:`llmrec.pipeline.check_resume`).
+llmrec writes runs only into a new or empty folder or one it can prove is its own run (the marker, or a
+config.json with llmrec's ``_llmrec`` provenance block: runs of versions before the marker), and
+``--restart`` deletes only files of its own names there (:data:`RUN_FILES`; inside ``model/`` only
+:data:`MODEL_FILES`): a folder of someone else's is refused whatever the flags.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from llmrec import __version__
 from llmrec.config import to_dict
-from llmrec.utils.io import read_json, write_json_atomic
+from llmrec.errors import LlmrecError
+from llmrec.utils.io import PARTIAL_NAME, pid_alive, read_json, write_json_atomic
+from llmrec.utils.lock import INSIDE_LOCK
+
+log = logging.getLogger(__name__)
 
 
 class Run:
@@ -30,7 +41,7 @@ class Run:
     def __init__(self, root: str | Path, config: Any, dataset: dict[str, Any] | None = None) -> None:
         """``dataset``: how the run refers to its dataset (:func:`llmrec.data.dataset.dataset_ref`)."""
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        claim_run(self.root)  # never writes into a folder of someone else's
         self.config = config
         write_json_atomic(
             self.root / "config.json",
@@ -91,6 +102,7 @@ class Run:
 
 
 TRAINING_FILE = "training.json"
+RUN_MARKER = ".llmrec-run"  # "an llmrec run": written before anything else into a folder llmrec runs in
 
 # what llmrec writes into a run directory (``clear_run`` removes these and nothing else)
 RUN_FILES = (
@@ -111,28 +123,128 @@ RUN_FILES = (
     "ctr_rows.json",
     "ranking_users.json",
 )
+# what a saved model holds (Recommender.save: model.json, and each model's save_state); ``--restart``
+# deletes these from model/ and nothing else there
+MODEL_FILES = (
+    "model.json",
+    "model.safetensors",
+    "counts.npy",
+    "sources.json",
+    "feature.json",
+    "illmrec.safetensors",
+    "histllm.safetensors",
+)
 # what an atomic write of one of them leaves when the process is killed mid-write (utils.io.atomic_path)
 PARTIAL_FILES = tuple(f".{p}.*.partial" for p in RUN_FILES if p not in ("model", "tracking"))
+_FOLDERS = ("model", "tracking")
+
+
+def _has_provenance(path: Path) -> bool:
+    """Whether ``path`` is a run config.json llmrec wrote: a JSON object with its ``_llmrec`` block."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and isinstance(saved.get("_llmrec"), dict)
+
+
+def is_llmrec_run(root: str | Path) -> bool:
+    """Whether llmrec can prove ``root`` is its run: its marker, or (a run of a version before the marker)
+    a config.json with llmrec's provenance block."""
+    root = Path(root)
+    return (root / RUN_MARKER).is_file() or _has_provenance(root / "config.json")
+
+
+def _not_ours(name: str) -> bool:
+    """Whether a folder entry counts against a folder being new: anything but the marker (and the temp
+    file of a marker write cut short) and a lock llmrec took inside it (``utils.lock.INSIDE_LOCK``)."""
+    return name not in (RUN_MARKER, INSIDE_LOCK) and not name.startswith(f".{RUN_MARKER}.")
+
+
+def check_owned(root: str | Path) -> bool:
+    """Whether ``root`` holds an llmrec run (True) or is new: absent or empty (False). Anything else, a
+    file or a folder with files llmrec cannot prove it wrote, is refused with one line: llmrec never
+    writes into it, nor deletes from it (``--restart`` included)."""
+    root = Path(root)
+    if not root.exists() and not root.is_symlink():
+        return False
+    if not root.is_dir():
+        raise LlmrecError("not a directory", file=root, hint="give --out a folder for the run")
+    if is_llmrec_run(root):
+        return True
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if _not_ours(p.name))
+    if not found:
+        return False
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    raise LlmrecError(
+        f"holds {shown} but is not an llmrec run (no {RUN_MARKER}, no config.json written by llmrec); "
+        "llmrec writes runs only into new or empty folders and never deletes files it did not write "
+        "(--restart included)",
+        file=root,
+        hint="use another --out",
+    )
+
+
+def claim_run(root: str | Path) -> None:
+    """Create ``root`` (or adopt an older llmrec run there) and write its marker; a folder of someone
+    else's is refused (:func:`check_owned`)."""
+    root = Path(root)
+    check_owned(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / RUN_MARKER).is_file():
+        write_json_atomic(
+            root / RUN_MARKER,
+            {
+                "llmrec": __version__,
+                "created": dt.datetime.now().isoformat(timespec="seconds"),
+                "about": "an llmrec run directory; 'llmrec train --restart' deletes only llmrec's files here",
+            },
+        )
 
 
 def clear_run(root: str | Path) -> None:
-    """Delete what earlier llmrec runs wrote into ``root`` (``--restart``); other files stay untouched."""
-    import shutil
+    """Delete what earlier llmrec runs wrote into ``root`` (``--restart``); other files stay untouched.
 
+    Only a folder llmrec can prove is its run is cleared (another is refused, see :func:`check_owned`);
+    the marker stays. Inside ``model/`` only the files a saved model consists of (:data:`MODEL_FILES`) go:
+    a file of the user's there keeps the folder, with a warning naming it."""
+    root = Path(root)
+    if not check_owned(root):
+        return
+    claim_run(root)  # a run of a version before the marker: its config.json, the proof, is about to go
     for pattern in RUN_FILES + PARTIAL_FILES:
-        for path in Path(root).glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
+        for path in root.glob(pattern):
+            folder = path.is_dir() and not path.is_symlink()
+            if path.name == "model" and folder:
+                _clear_model(path)
+            elif path.name in _FOLDERS:  # the trackers' logs, written under it on llmrec's behalf
+                if folder:
+                    shutil.rmtree(path)
+                elif path.is_symlink():
+                    path.unlink()  # the link, never what it points to
+            elif path.is_symlink() or path.is_file():
                 path.unlink()
+
+
+def _clear_model(folder: Path) -> None:
+    for name in MODEL_FILES:
+        for path in (folder / name, *folder.glob(f".{name}.*.partial")):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+    kept = sorted(p.name for p in folder.iterdir())
+    if kept:
+        log.warning("--restart: kept %s in %s (not files llmrec writes there)", ", ".join(kept[:5]), folder)
+    else:
+        folder.rmdir()
 
 
 def clear_partial_files(root: str | Path) -> None:
     """Delete the temporary files of atomic writes a killed run left in ``root`` (a resumed run rewrites
-    them; nothing else is touched)."""
+    them; nothing else is touched, nor the temp file of a process still writing)."""
     for pattern in PARTIAL_FILES:
         for path in Path(root).glob(pattern):
-            if path.is_file():
+            match = PARTIAL_NAME.match(path.name)
+            if path.is_file() and not (match and pid_alive(int(match.group(1)))):
                 path.unlink()
 
 

@@ -47,6 +47,7 @@ import pandas as pd
 from llmrec.config import option
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import atomic_path, sha256_file, write_parquet_atomic
+from llmrec.utils.lock import folder_lock
 
 if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
@@ -471,9 +472,15 @@ def fetch_images(cfg: ImagesConfig) -> dict[str, Any]:
     ``dropped`` (items removed with ``missing='drop'``), ``n_items_after`` and ``failures`` (at most 10
     examples of item_id, url, status, error).
     """
+    assert cfg.data is not None  # checked by ImagesConfig
+    with folder_lock(cfg.data, "dataset"):  # one writer of the dataset (prepare, images, features) at a time
+        return _fetch_locked(cfg)
+
+
+def _fetch_locked(cfg: ImagesConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
-    assert cfg.data is not None  # checked by ImagesConfig
+    assert cfg.data is not None
     root = Path(cfg.data)
     ds = _open_dataset(root)
     items = ds.items

@@ -6,6 +6,8 @@ negatives and CTR examples. The tables are written into a temp folder inside the
 into place entry by entry at the end (meta.json removed first, written last, an "incomplete" marker in
 between): a failed run never damages the previous dataset, a run killed while moving leaves a folder that
 says "incomplete, re-run", and files in the output folder that are not llmrec's are never touched.
+One writer at a time: the folder's lock (:func:`llmrec.utils.lock.folder_lock`, a file beside it) is taken
+before anything else, so a second ``prepare`` into it is refused at once, naming the first one's process.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from llmrec.utils.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from llmrec.utils.lock import INSIDE_LOCK, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -515,7 +518,7 @@ def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
         raise LlmrecError("exists and is not a folder", file=out_dir, hint="choose another --out")
     if overwrite or not out_dir.is_dir() or is_dataset_dir(out_dir):
         return
-    found = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir())
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if p.name != INSIDE_LOCK)
     if found:
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise LlmrecError(
@@ -559,6 +562,13 @@ def write_dataset_with(
     its other files are kept either way. Returns the meta record as written.
     """
     out_dir = Path(out_dir)
+    with folder_lock(out_dir, "dataset", create=True):  # held by prepare already; here for other writers
+        return _write_dataset_locked(fill, out_dir, overwrite)
+
+
+def _write_dataset_locked(
+    fill: Callable[[Path], dict[str, Any]], out_dir: Path, overwrite: bool
+) -> dict[str, Any]:
     remove_stale_temp(out_dir)
     check_out_dir(out_dir, overwrite)
     created = not out_dir.exists()
@@ -611,8 +621,16 @@ def _move_into_place(new: Path, out: Path, keep_features: bool) -> None:
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
-    """Import, process and write a dataset; returns its meta record."""
+    """Import, process and write a dataset; returns its meta record.
+
+    The output folder's lock is held from the first look at it to the last move (another ``prepare``,
+    ``images`` or ``features`` on it is refused at once, naming this process)."""
     check_engine_options(cfg)
+    with folder_lock(cfg.out_dir, "dataset", create=True):
+        return _prepare_locked(cfg)
+
+
+def _prepare_locked(cfg: PrepareConfig) -> dict[str, Any]:
     remove_stale_temp(cfg.out_dir)
     check_out_dir(cfg.out_dir, cfg.overwrite)  # before the import, which may take long
     if cfg.overwrite and cfg.out_dir.is_dir() and not is_dataset_dir(cfg.out_dir):
@@ -687,6 +705,11 @@ def drop_items(data_dir: str | Path, item_ids: set[str] | list[str], reason: str
     Used by ``llmrec images --missing drop``: the new dataset replaces the old one atomically and its
     meta.json records the step. Returns the new meta record.
     """
+    with folder_lock(data_dir, "dataset"):  # read and rewritten by one writer
+        return _drop_items_locked(data_dir, item_ids, reason)
+
+
+def _drop_items_locked(data_dir: str | Path, item_ids: set[str] | list[str], reason: str) -> dict[str, Any]:
     from llmrec.config import from_dict
     from llmrec.data.dataset import Dataset
 

@@ -47,6 +47,7 @@ from llmrec.config import option, to_dict
 from llmrec.data.schema import make_interactions, make_items
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import partial_dir, replace_dir, write_json_atomic
+from llmrec.utils.lock import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -342,15 +343,25 @@ def generate_catalog(cfg: SyntheticConfig) -> Path:
 
     Returns the absolute catalog folder. Reuses a complete catalog written for the same config (and the
     same folder: image paths are absolute); replaces an older catalog of a different config; refuses to
-    touch a non-empty folder that is not a catalog.
+    touch a non-empty folder that is not a catalog. One process writes it at a time (a second one is
+    refused at once, naming the first).
     """
-    from tqdm.auto import tqdm
-
     out = Path(cfg.out).expanduser().resolve()
     config = {**to_dict(cfg), "out": str(out)}
     if _is_complete(out, config):
         log.info("synthetic catalog %s is up to date", out)
         return out
+    with folder_lock(
+        out, "synthetic catalog", create=True
+    ):  # one writer; the lock sits beside the folder it replaces
+        if _is_complete(out, config):  # written by the process that held the lock before
+            return out
+        return _generate_locked(cfg, out, config)
+
+
+def _generate_locked(cfg: SyntheticConfig, out: Path, config: dict[str, Any]) -> Path:
+    from tqdm.auto import tqdm
+
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "truth.json").exists())):
         raise LlmrecError(
             "exists and is not a synthetic catalog (no truth.json); refusing to overwrite it",

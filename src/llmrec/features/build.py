@@ -35,6 +35,7 @@ from llmrec.features.store import (
     stale_keys,
 )
 from llmrec.utils.io import sha256_file
+from llmrec.utils.lock import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,11 @@ def build_features(cfg: FeaturesConfig) -> dict[str, Any]:
 
     # a device torch cannot use here is one line, before any work
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
+    with folder_lock(cfg.data, "dataset"):  # one writer of the dataset (prepare, images, features) at a time
+        return _build_locked(cfg)
+
+
+def _build_locked(cfg: FeaturesConfig) -> dict[str, Any]:
     ds = Dataset(Path(cfg.data))
     if cfg.cf:
         return export_cf_features(ds, cfg.cf, cfg.cf_prefix)

@@ -40,6 +40,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.encoders import check_template, dataset_item_fields, item_fields, render_template
 from llmrec.utils.io import read_json, write_json_atomic, write_parquet_atomic
+from llmrec.utils.lock import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -365,11 +366,16 @@ NOTE_EVERY_S = 60.0  # seconds between progress lines in the log
 
 def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
     """Generate the texts that are missing or stale; return a summary (counts, seconds, items/s, paths)."""
-    from tqdm.auto import tqdm
-
     from llmrec.devices import resolve_device
 
     device = resolve_device(cfg.device)  # a device torch cannot use here is one line, before any work
+    with folder_lock(cfg.data, "dataset"):  # one writer of the dataset at a time
+        return _describe_locked(cfg, device)
+
+
+def _describe_locked(cfg: DescribeConfig, device: str) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     ds = Dataset(cfg.data)
     name = cfg.name or cfg.mode
     path, manifest_path = texts_paths(ds.root, name)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 # .<name>.<pid>.<8 random chars>.partial[<suffix>]: what atomic_path and partial_dir create
-_PARTIAL = re.compile(r"^\..*\.(\d+)\.[a-z0-9_]{8}\.partial(\.[^.]*)?$")
+PARTIAL_NAME = re.compile(r"^\..*\.(\d+)\.[a-z0-9_]{8}\.partial(\.[^.]*)?$")
 
 
 def umask() -> int:
@@ -55,7 +55,8 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``, on error delete it.
 
     ``suffix`` lets writers that insist on an extension (``np.save`` adds ``.npy``) keep it. The final
-    file is ``0666 & ~umask``, like any file the user creates.
+    file is ``0666 & ~umask``, like any file the user creates: the mode is set right before the rename,
+    since a writer may re-create the temp file with its own mode (``safetensors.save_file`` makes it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +66,8 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, 0o666 & ~umask())
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -88,7 +89,7 @@ def remove_stale_partials(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
-        match = _PARTIAL.match(path.name)
+        match = PARTIAL_NAME.match(path.name)
         if match is None or path.is_symlink() or pid_alive(int(match.group(1))):
             continue
         if path.is_dir():
