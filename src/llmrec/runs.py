@@ -12,6 +12,7 @@ A run directory belongs to one model and one configuration (see :func:`llmrec.pi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import platform
@@ -21,7 +22,24 @@ from typing import Any
 
 from llmrec import __version__
 from llmrec.config import to_dict
-from llmrec.utils.io import read_json, write_json_atomic
+from llmrec.utils.io import read_json, write_error, write_json_atomic
+
+
+class _RunLog(logging.FileHandler):
+    """The run's log.txt. A record it cannot write (a full disk) ends the command with the one line naming
+    the file, where logging would print a traceback on stderr for every record and go on."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        e = sys.exc_info()[1]
+        named = write_error(e, self.baseFilename) if e is not None else None
+        if named is None:
+            super().handleError(record)
+            return
+        logging.getLogger().removeHandler(self)
+        stream, self.stream = self.stream, None  # what it holds unwritten would fail again at close
+        with contextlib.suppress(OSError):
+            stream.close()
+        raise named from e
 
 
 class Run:
@@ -46,7 +64,7 @@ class Run:
                 },
             },
         )
-        self._handler = logging.FileHandler(self.root / "log.txt", encoding="utf-8")
+        self._handler = _RunLog(self.root / "log.txt", encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(self._handler)
         logging.getLogger().setLevel(min(logging.getLogger().level or logging.INFO, logging.INFO))
