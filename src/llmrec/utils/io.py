@@ -100,7 +100,8 @@ def write_error(e: BaseException, path: str | Path, temp: str | Path | None = No
     if not isinstance(e, Exception) or isinstance(e, LlmrecError):
         return None
     code = _disk_errno(e)
-    if isinstance(e, OSError) and e.filename is not None and not _inside(e.filename, temp):
+    names = [n for n in (e.filename, e.filename2) if n is not None] if isinstance(e, OSError) else []
+    if names and not any(_inside(n, temp) for n in names):  # (shutil.copyfile names source and temp)
         return None
     writer_failed = isinstance(e, OSError | RuntimeError) or type(e).__module__.startswith("safetensors")
     if code is None and writer_failed and _no_space_left(Path(temp or path)):
