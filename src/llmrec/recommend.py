@@ -192,17 +192,37 @@ def write_batch(
     out = Path(cfg.out)
     if out.is_dir():
         raise LlmrecError("is a folder", file=out, hint="--out names the Parquet file to write")
+    work = work_dir(out)
+    settings = batch_settings(model, users, cfg)
     if out.exists() and not cfg.overwrite:
+        if work.exists() and _written_with(out, settings):  # killed after the file, before the cleanup
+            shutil.rmtree(work, ignore_errors=True)
+            return {"out": str(out), "users": len(users), "rows": _parquet_rows(out), "resumed_users": len(users)}
         raise LlmrecError(
             "exists already", file=out, hint="add --overwrite to replace it, or choose another --out"
         )
-    work = work_dir(out)
     remove_stale_partials(out.parent)  # the final file's temp of a batch killed while assembling it
-    settings = batch_settings(model, users, cfg)
     with disk_errors(out, temp=work):  # a full disk names --out, not the chunk folder beside it
         done, rows = _write_batch(model, users, cfg, out, work, settings, progress)
     shutil.rmtree(work, ignore_errors=True)
     return {"out": str(out), "users": len(users), "rows": rows, "resumed_users": done}
+
+
+def _written_with(out: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``out`` is the complete file of a batch with these settings (its schema records them)."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(out).metadata or {}
+    except Exception:  # not a parquet file, or a damaged one: someone else's
+        return False
+    return metadata.get(b"llmrec") == json.dumps(settings).encode()
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.read_metadata(path).num_rows)
 
 
 def _write_batch(

@@ -256,8 +256,9 @@ def _publish(root: Path, name: str, manifest: dict[str, Any]) -> Feature:
     missing = np.load(p["partial_missing"])
     manifest["missing"] = int(missing.sum())
     manifest["missing_sha256"] = sha256_file(p["partial_missing"])
-    os.replace(p["partial"], p["values"])
-    os.replace(p["partial_missing"], p["missing"])
+    with disk_errors(p["values"]):
+        os.replace(p["partial"], p["values"])
+        os.replace(p["partial_missing"], p["missing"])
     write_json_atomic(p["manifest"], manifest)
     p["progress"].unlink(missing_ok=True)
     log.info(
