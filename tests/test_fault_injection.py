@@ -402,6 +402,39 @@ def test_recommend_batch_onto_a_full_disk_names_the_out_file_then_resumes(traine
     assert out.read_bytes() == (tmp_path / "reference.parquet").read_bytes() and _temps(disk) == []
 
 
+def test_images_onto_a_full_disk_stop_with_one_line_then_resume(tmp_path, tmpfs, capsys):
+    """Regression: a full disk failed the images one by one, each recorded as a bad image ('error: OSError:
+    [Errno 28] No space left on device'), and the command ended with exit 0. Now the first image that
+    cannot be stored stops the run with the line naming it; the next run resumes."""
+    from PIL import Image
+
+    from llmrec.data.images import load_manifest
+    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
+
+    items, inter = synthetic_tables()
+    items["image"] = [f"pics/{i}.png" for i in items["item_id"]]  # in the dataset folder: copied in
+    data = tmp_path / "data"
+    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=5), {}, {}, []), data)
+    (data / "pics").mkdir()
+    rng = np.random.default_rng(0)
+    for item in items["item_id"]:  # noise: about 12 KB each
+        pixels = rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(data / "pics" / f"{item}.png")
+    disk = tmpfs(data / "images")
+    filler = _fill(disk, leave=24576)  # room for an image and the manifest, not for 40 images
+    assert main(["images", "--data", str(data), "--workers", "1"]) == 2
+    line = one_error_line(capsys, "images")
+    assert f"{disk / 'files'}" in line and "No space left on device; free some disk space" in line, line
+    assert [p for p in disk.rglob("*") if _ATOMIC_TEMP.match(p.name)] == []
+    _visible_files_are_complete(disk)
+    if (disk / "manifest.parquet").exists():  # what finished is kept; no image is called bad for the disk
+        assert not load_manifest(data)["error"].fillna("").str.contains("No space left").any()
+    filler.unlink()
+    _resize(disk, "2m")
+    assert main(["images", "--data", str(data), "--workers", "1"]) == 0
+    assert set(load_manifest(data)["status"]) == {"ok"}
+
+
 # fills a 40 x 1024 feature through the store's memory map and says what it raised
 _FEATURE_CHILD = r"""
 import sys
@@ -647,3 +680,23 @@ def test_a_batch_killed_once_its_file_is_in_place_is_finished_by_the_same_comman
     chunks behind. Now it recognises its own finished file (by the settings it records) and cleans up."""
     cmd = _command("recommend", tmp_path, trained, monkeypatch)
     _killed_then_resumes(cmd, cmd.calls, "after", tmp_path)  # the last write: the output's rename
+
+
+def test_a_run_killed_while_writing_its_config_leaves_no_temp_after_the_rerun(trained, tmp_path):
+    """Regression (found by the fuzz campaign): killed before its config.json was in place, a run kept the
+    config's temp file for good: the same command, finding no config.json, never removed it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".config.json.4194999.abcdefgh.partial").write_text('{"model": ')  # what the kill left
+    assert main(["train", "popularity", "--data", str(trained.data), "--out", str(run)]) == 0
+    assert _temps(run) == []
+
+
+def test_a_run_killed_while_writing_a_plot_leaves_no_temp_after_the_rerun(trained, tmp_path):
+    """Regression (found by the fuzz campaign): the temp file of a plot (.training_curve.png.<pid>.<rand>
+    .partial.png: savefig wants its extension) was never removed by the resumed run."""
+    run = tmp_path / "run"
+    assert main(["train", "popularity", "--data", str(trained.data), "--out", str(run)]) == 0
+    (run / ".popularity_breakdown.png.4194999.abcdefgh.partial.png").write_bytes(b"\x89PNG")  # a kill's
+    assert main(["train", "popularity", "--data", str(trained.data), "--out", str(run)]) == 0
+    assert _temps(run) == []

@@ -129,8 +129,9 @@ RUN_FILES = (
     "ctr_rows.json",
     "ranking_users.json",
 )
-# what an atomic write of one of them leaves when the process is killed mid-write (utils.io.atomic_path)
-PARTIAL_FILES = tuple(f".{p}.*.partial" for p in RUN_FILES if p not in ("model", "tracking"))
+# what an atomic write of one of them leaves when the process is killed mid-write (utils.io.atomic_path;
+# a writer that insists on an extension gets it after ".partial": .training_curve.png.<pid>.<rand>.partial.png)
+PARTIAL_FILES = tuple(f".{p}.*.partial*" for p in RUN_FILES if p not in ("model", "tracking"))
 
 
 def clear_run(root: str | Path) -> None:
