@@ -589,6 +589,7 @@ def _os_error_line(e: OSError) -> str:
     where = ", ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     hints = {
         errno.ENOSPC: "free some disk space and re-run the same command (it resumes)",
+        errno.EDQUOT: "free some space within your disk quota and re-run the same command (it resumes)",
         errno.EACCES: "check the permissions of that path or choose another one",
         errno.EROFS: "choose a writable location",
         errno.ENOENT: "check the path",

@@ -258,6 +258,8 @@ def check_resume(run_dir: Path, cfg: TrainConfig, ds: Dataset, restart: bool = F
             )
         if restart:
             clear_run(run_dir)
+        elif run_dir.is_dir():  # killed while writing its config.json: that temp file
+            clear_partial_files(run_dir)
         return False
     if restart:
         clear_run(run_dir)

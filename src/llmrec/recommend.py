@@ -21,7 +21,13 @@ from llmrec.api import COLUMNS, Model
 from llmrec.config import ConfigError, option
 from llmrec.devices import DEVICE_HELP, DTYPES
 from llmrec.errors import LlmrecError
-from llmrec.utils.io import atomic_path, read_json, remove_stale_partials, write_json_atomic
+from llmrec.utils.io import (
+    atomic_path,
+    disk_errors,
+    read_json,
+    remove_stale_partials,
+    write_json_atomic,
+)
 
 
 @dataclass
@@ -182,21 +188,57 @@ def write_batch(
     model: Model, users: list[str], cfg: RecommendConfig, progress: bool = True
 ) -> dict[str, Any]:
     """Recommendations for ``users`` into ``cfg.out`` (resumable; atomic at the end); returns a summary."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
-
     assert cfg.out is not None
     out = Path(cfg.out)
     if out.is_dir():
         raise LlmrecError("is a folder", file=out, hint="--out names the Parquet file to write")
+    work = work_dir(out)
+    settings = batch_settings(model, users, cfg)
     if out.exists() and not cfg.overwrite:
+        if work.exists() and _written_with(out, settings):  # killed after the file, before the cleanup
+            shutil.rmtree(work, ignore_errors=True)
+            return {"out": str(out), "users": len(users), "rows": _parquet_rows(out), "resumed_users": len(users)}
         raise LlmrecError(
             "exists already", file=out, hint="add --overwrite to replace it, or choose another --out"
         )
-    work = work_dir(out)
     remove_stale_partials(out.parent)  # the final file's temp of a batch killed while assembling it
-    settings = batch_settings(model, users, cfg)
+    with disk_errors(out, temp=work):  # a full disk names --out, not the chunk folder beside it
+        done, rows = _write_batch(model, users, cfg, out, work, settings, progress)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"out": str(out), "users": len(users), "rows": rows, "resumed_users": done}
+
+
+def _written_with(out: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``out`` is the complete file of a batch with these settings (its schema records them)."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(out).metadata or {}
+    except Exception:  # not a parquet file, or a damaged one: someone else's
+        return False
+    return metadata.get(b"llmrec") == json.dumps(settings).encode()
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.read_metadata(path).num_rows)
+
+
+def _write_batch(
+    model: Model,
+    users: list[str],
+    cfg: RecommendConfig,
+    out: Path,
+    work: Path,
+    settings: dict[str, Any],
+    progress: bool,
+) -> tuple[int, int]:
+    """The chunks still missing in ``work``, then ``out`` from all of them -> (users resumed, rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
     _start_or_resume(work, settings, cfg.restart)
     chunks = [users[s : s + cfg.chunk_users] for s in range(0, len(users), cfg.chunk_users)]
     paths = [work / f"chunk-{i:06d}.parquet" for i in range(len(chunks))]
@@ -222,5 +264,4 @@ def write_batch(
             table = pq.read_table(path).select(list(COLUMNS)).cast(schema.remove_metadata())
             writer.write_table(table.replace_schema_metadata(schema.metadata))
             rows += table.num_rows
-    shutil.rmtree(work, ignore_errors=True)
-    return {"out": str(out), "users": len(users), "rows": rows, "resumed_users": done}
+    return done, rows

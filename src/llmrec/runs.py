@@ -17,6 +17,7 @@ config.json with llmrec's ``_llmrec`` provenance block: runs of versions before 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -29,10 +30,27 @@ from typing import Any
 from llmrec import __version__
 from llmrec.config import to_dict
 from llmrec.errors import LlmrecError
-from llmrec.utils.io import PARTIAL_NAME, pid_alive, read_json, write_json_atomic
+from llmrec.utils.io import PARTIAL_NAME, pid_alive, read_json, write_error, write_json_atomic
 from llmrec.utils.lock import INSIDE_LOCK
 
 log = logging.getLogger(__name__)
+
+
+class _RunLog(logging.FileHandler):
+    """The run's log.txt. A record it cannot write (a full disk) ends the command with the one line naming
+    the file, where logging would print a traceback on stderr for every record and go on."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        e = sys.exc_info()[1]
+        named = write_error(e, self.baseFilename) if e is not None else None
+        if named is None:
+            super().handleError(record)
+            return
+        logging.getLogger().removeHandler(self)
+        stream, self.stream = self.stream, None  # what it holds unwritten would fail again at close
+        with contextlib.suppress(OSError):
+            stream.close()
+        raise named from e
 
 
 class Run:
@@ -57,7 +75,7 @@ class Run:
                 },
             },
         )
-        self._handler = logging.FileHandler(self.root / "log.txt", encoding="utf-8")
+        self._handler = _RunLog(self.root / "log.txt", encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(self._handler)
         logging.getLogger().setLevel(min(logging.getLogger().level or logging.INFO, logging.INFO))
@@ -134,8 +152,9 @@ MODEL_FILES = (
     "illmrec.safetensors",
     "histllm.safetensors",
 )
-# what an atomic write of one of them leaves when the process is killed mid-write (utils.io.atomic_path)
-PARTIAL_FILES = tuple(f".{p}.*.partial" for p in RUN_FILES if p not in ("model", "tracking"))
+# what an atomic write of one of them leaves when the process is killed mid-write (utils.io.atomic_path;
+# a writer that insists on an extension gets it after ".partial": .training_curve.png.<pid>.<rand>.partial.png)
+PARTIAL_FILES = tuple(f".{p}.*.partial*" for p in RUN_FILES if p not in ("model", "tracking"))
 _FOLDERS = ("model", "tracking")
 
 

@@ -22,6 +22,7 @@ folder (removed at the end, or by the next run when killed).
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import sys
@@ -650,9 +651,33 @@ def _ctr_with_sampled_negatives(con: duckdb.DuckDBPyConnection, cfg: PrepareConf
     return record
 
 
+def out_of_memory(e: Exception, cfg: PrepareConfig) -> Exception:
+    """DuckDB's out-of-memory error as llmrec's line: the limit it ran under and what to change, or, when
+    it could not spill (the disk under the output folder is full), a disk-full error naming that folder."""
+    if "offload" in str(e) or "max_temp_directory_size" in str(e):
+        return OSError(
+            errno.ENOSPC,
+            "no space left on device for DuckDB's spill files (the data beyond its memory limit)",
+            str(cfg.out_dir),
+        )
+    limit = (
+        f"under --memory-limit {cfg.memory_limit}"
+        if cfg.memory_limit
+        else "at DuckDB's default limit (80% of the RAM)"
+    )
+    hint = (
+        "raise --memory-limit (e.g. 2GB), or use --engine pandas"
+        if cfg.memory_limit
+        else "give --threads 1, or free some memory and re-run"
+    )
+    return LlmrecError(f"DuckDB ran out of memory {limit} ({_first_line(e)})", hint=hint)
+
+
 def prepare_columnar(cfg: PrepareConfig, out: Path) -> dict[str, Any]:
     """Import, filter and split ``cfg``'s source with DuckDB, writing the dataset's entries into ``out``
     (a fresh temp folder); returns the meta record. DuckDB spills into ``out/.spill``."""
+    import duckdb
+
     con = connect(cfg.memory_limit, out / ".spill", cfg.threads)
     try:
         source = open_source(con, cfg)
@@ -662,6 +687,8 @@ def prepare_columnar(cfg: PrepareConfig, out: Path) -> dict[str, Any]:
             return finalize(con, cfg, source, counts_raw, filters, out)
         except LlmrecError as e:  # what filtering or splitting found: say which input it came from
             raise from_input(e, files) from None
+    except duckdb.OutOfMemoryException as e:  # every query runs in here: the one place to say it
+        raise out_of_memory(e, cfg) from e
     finally:
         con.close()
         shutil.rmtree(out / ".spill", ignore_errors=True)

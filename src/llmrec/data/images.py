@@ -46,7 +46,7 @@ import pandas as pd
 
 from llmrec.config import option
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.utils.io import atomic_path, sha256_file, write_parquet_atomic
+from llmrec.utils.io import DISK_ERRNOS, atomic_path, sha256_file, write_parquet_atomic
 from llmrec.utils.lock import folder_lock
 
 if TYPE_CHECKING:
@@ -243,6 +243,8 @@ def _download_once(url: str, files_dir: Path, cfg: ImagesConfig) -> tuple[Path, 
     except (ConnectionError, http.client.HTTPException) as e:
         raise _Failure("error", f"connection failed ({type(e).__name__}: {e})", retry=True) from None
     except OSError as e:
+        if _cannot_store(e, files_dir):  # a full disk is no bad image: it stops the run
+            raise
         raise _Failure("error", f"{type(e).__name__}: {e}") from None
     for stale in files_dir.glob(f"{target.stem}.*"):  # an earlier download of this URL with another type
         if stale != target and not stale.name.startswith("."):
@@ -282,7 +284,9 @@ def _run_job(job: _Job, root: Path, files_dir: Path, cfg: ImagesConfig) -> list[
             path, digest, width, height = _download(job.ref, files_dir, cfg)
     except _Failure as e:
         return [_row(i, job.ref, e.status, str(e)) for i in job.item_ids]
-    except Exception as e:  # one bad reference never stops the run
+    except Exception as e:  # one bad reference never stops the run; a full disk does
+        if _cannot_store(e, files_dir):
+            raise
         return [_row(i, job.ref, "error", f"{type(e).__name__}: {e}") for i in job.item_ids]
     rel = _relative(path, root)
     return [_row(i, job.ref, "ok", path=rel, sha256=digest, width=width, height=height) for i in job.item_ids]
@@ -323,6 +327,14 @@ def _resolve(path: Path) -> Path:
         return path.resolve()
     except (RuntimeError, OSError):
         return path.absolute()
+
+
+def _cannot_store(e: BaseException, files_dir: Path) -> bool:
+    """Whether ``e`` says that ``files_dir`` takes no file (full, over quota, not writable): then every
+    other image would fail the same way, so the run stops with that error (the next one resumes)."""
+    if not isinstance(e, OSError) or e.errno not in DISK_ERRNOS:
+        return False
+    return any(f is not None and _inside(Path(f), files_dir) for f in (e.filename, e.filename2))
 
 
 def _inside(path: Path, folder: Path) -> bool:

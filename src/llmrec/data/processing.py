@@ -34,6 +34,7 @@ from llmrec.data.importers import ImportSpec, get_importer
 from llmrec.data.schema import RawData
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import (
+    disk_errors,
     partial_dir,
     remove_stale_partials,
     sha256_file,
@@ -575,15 +576,17 @@ def _write_dataset_locked(
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = partial_dir(out_dir, "prepare")
     try:
-        meta = fill(tmp)
-        checksums = {
-            f"eval/{split}_negatives.npy": sha256_file(tmp / "eval" / f"{split}_negatives.npy")
-            for split in ("valid", "test")
-        }
-        meta = dict(meta, checksums=checksums, identity=content_identity(tmp))
-        write_json_atomic(tmp / "meta.json", meta)
-        new_ids = pd.read_parquet(tmp / "items.parquet", columns=["item_id"])["item_id"].tolist()
-        _move_into_place(tmp, out_dir, keep_features=_same_items(out_dir, new_ids))
+        # a full disk names the dataset folder (pyarrow and numpy name no file; the temp folder is ours)
+        with disk_errors(out_dir, temp=tmp):
+            meta = fill(tmp)
+            checksums = {
+                f"eval/{split}_negatives.npy": sha256_file(tmp / "eval" / f"{split}_negatives.npy")
+                for split in ("valid", "test")
+            }
+            meta = dict(meta, checksums=checksums, identity=content_identity(tmp))
+            write_json_atomic(tmp / "meta.json", meta)
+            new_ids = pd.read_parquet(tmp / "items.parquet", columns=["item_id"])["item_id"].tolist()
+            _move_into_place(tmp, out_dir, keep_features=_same_items(out_dir, new_ids))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:

@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw
 from llmrec.config import option, to_dict
 from llmrec.data.schema import make_interactions, make_items
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.utils.io import partial_dir, replace_dir, write_json_atomic
+from llmrec.utils.io import disk_errors, partial_dir, replace_dir, write_json_atomic
 from llmrec.utils.lock import folder_lock
 
 log = logging.getLogger(__name__)
@@ -410,17 +410,18 @@ def _generate_locked(cfg: SyntheticConfig, out: Path, config: dict[str, Any]) ->
 
     tmp = partial_dir(out.parent, out.name)  # follows the umask, names its process (stale ones are removable)
     try:
-        (tmp / "images").mkdir()
-        for k, row in enumerate(
-            tqdm(cat.itertuples(), total=len(cat), desc="synthetic images", disable=None)
-        ):
-            rng = np.random.default_rng([cfg.seed, 2, k])  # per item: pictures do not depend on n_users
-            img = draw_item(row.shape_name, COLOURS[row.colour_name], cfg.size, rng)
-            img.save(tmp / "images" / f"{row.item_id}.png", format="PNG", compress_level=6)
-        items.to_parquet(tmp / "items.parquet", index=False)
-        interactions.to_parquet(tmp / "interactions.parquet", index=False)
-        write_json_atomic(tmp / "truth.json", truth)  # written last: its presence marks a finished catalog
-        replace_dir(tmp, out)
+        with disk_errors(out, temp=tmp):  # PIL and pyarrow name no file on a full disk
+            (tmp / "images").mkdir()
+            for k, row in enumerate(
+                tqdm(cat.itertuples(), total=len(cat), desc="synthetic images", disable=None)
+            ):
+                rng = np.random.default_rng([cfg.seed, 2, k])  # per item: pictures do not depend on n_users
+                img = draw_item(row.shape_name, COLOURS[row.colour_name], cfg.size, rng)
+                img.save(tmp / "images" / f"{row.item_id}.png", format="PNG", compress_level=6)
+            items.to_parquet(tmp / "items.parquet", index=False)
+            interactions.to_parquet(tmp / "interactions.parquet", index=False)
+            write_json_atomic(tmp / "truth.json", truth)  # written last: it marks a finished catalog
+            replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

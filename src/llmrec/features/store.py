@@ -12,6 +12,7 @@ ever loads. Training reads the memory map once; it never re-runs an encoder or o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -24,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llmrec.errors import LlmrecError
-from llmrec.utils.io import read_json, sha256_file, write_json_atomic
+from llmrec.utils.io import disk_errors, read_json, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,11 @@ def compute_feature(
                 done = 0
     if done:
         log.info("resuming feature '%s' at row %d of %d", name, done, count)
+        with disk_errors(p["values"]):  # one an older version left sparse
+            _reserve(p["partial"])
+            _reserve(p["partial_missing"])
     else:
-        values = np.lib.format.open_memmap(p["partial"], mode="w+", dtype=dtype, shape=(count, dim))
-        missing = np.lib.format.open_memmap(p["partial_missing"], mode="w+", dtype=np.bool_, shape=(count,))
+        values, missing = _new_partials(p, count, dim, dtype)
     bar = tqdm(total=count, initial=done, desc=desc or f"feature {name}", unit=" rows", disable=None)
     while done < count:
         idx = np.arange(done, min(done + batch_size, count))
@@ -192,8 +195,13 @@ def save_feature(
     if values.ndim != 2:
         raise LlmrecError(f"a feature must be 2-D (count, dim), got shape {values.shape}", field=name)
     missing = np.zeros(len(values), dtype=bool) if missing is None else np.asarray(missing, dtype=bool)
-    np.save(p["partial"], values, allow_pickle=False)
-    np.save(p["partial_missing"], missing, allow_pickle=False)
+    try:
+        with disk_errors(p["values"]):  # numpy names neither the file nor, on a full disk, the errno
+            np.save(p["partial"], values, allow_pickle=False)
+            np.save(p["partial_missing"], missing, allow_pickle=False)
+    except BaseException:
+        _remove_partials(p)  # nothing to resume: the whole array is written at once
+        raise
     manifest = {
         "name": name,
         **spec,
@@ -204,6 +212,42 @@ def save_feature(
     return _publish(root, name, manifest)
 
 
+def _new_partials(p: dict[str, Path], count: int, dim: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh memory-mapped partial arrays (values, missing) with their disk space allocated up front."""
+    try:
+        with disk_errors(p["values"]):
+            values = np.lib.format.open_memmap(p["partial"], mode="w+", dtype=dtype, shape=(count, dim))
+            missing = np.lib.format.open_memmap(
+                p["partial_missing"], mode="w+", dtype=np.bool_, shape=(count,)
+            )
+            _reserve(p["partial"])
+            _reserve(p["partial_missing"])
+    except BaseException:
+        _remove_partials(p)
+        raise
+    return values, missing
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of the (sparse) file ``path`` now. A memory-mapped store into a sparse file on
+    a full disk kills the process with SIGBUS, no message at all; the allocation raises ENOSPC instead."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: as before
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system that cannot
+            raise
+    finally:
+        os.close(fd)
+
+
+def _remove_partials(p: dict[str, Path]) -> None:
+    for key in ("partial", "partial_missing"):
+        p[key].unlink(missing_ok=True)
+
+
 def _publish(root: Path, name: str, manifest: dict[str, Any]) -> Feature:
     """Rename the partial files into place and write the manifest last (it is what makes a feature valid)."""
     p = _paths(root, name)
@@ -212,8 +256,9 @@ def _publish(root: Path, name: str, manifest: dict[str, Any]) -> Feature:
     missing = np.load(p["partial_missing"])
     manifest["missing"] = int(missing.sum())
     manifest["missing_sha256"] = sha256_file(p["partial_missing"])
-    os.replace(p["partial"], p["values"])
-    os.replace(p["partial_missing"], p["missing"])
+    with disk_errors(p["values"]):
+        os.replace(p["partial"], p["values"])
+        os.replace(p["partial_missing"], p["missing"])
     write_json_atomic(p["manifest"], manifest)
     p["progress"].unlink(missing_ok=True)
     log.info(

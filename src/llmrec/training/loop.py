@@ -458,7 +458,9 @@ def _save_checkpoint(
     state: dict[str, Any],
     rng: np.random.Generator,
 ) -> None:
-    with atomic_path(ckpt) as tmp:
+    # through a Python file: on a full disk torch's own writer says only "unexpected pos", while a write
+    # of this file raises the OSError (errno and all) that atomic_path turns into a line naming ``ckpt``
+    with atomic_path(ckpt) as tmp, open(tmp, "wb") as f:
         torch.save(
             {
                 "model": model.checkpoint_state(),
@@ -471,7 +473,7 @@ def _save_checkpoint(
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": cuda_rng_states(),
             },
-            tmp,
+            f,
         )
 
 

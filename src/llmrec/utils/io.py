@@ -9,6 +9,7 @@ running one is still writing. Final files get the permissions the user's umask a
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -69,9 +70,106 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
+        named = write_error(e, path, tmp_path)  # before the unlink: a full disk must still look full
         tmp_path.unlink(missing_ok=True)
+        if named is not None:
+            raise named from e
         raise
+
+
+# What a write meets when its location cannot take it: disk full, over quota, file too large, not writable.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS)
+# how writers that are not Python (pyarrow, safetensors' Rust, torch's C++, numpy) spell them in their messages
+_ERRNO_TEXT = re.compile(r"(?:\berrno|\bos error|\bcode:)\s*(\d+)", re.IGNORECASE)
+_STRERRORS = {os.strerror(n).lower(): n for n in DISK_ERRNOS}
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile on a full disk
+
+
+def write_error(e: BaseException, path: str | Path, temp: str | Path | None = None) -> OSError | None:
+    """``e``, raised while writing ``path`` (through ``temp``, a temp file or folder), as an ``OSError`` that
+    names ``path`` when its cause is the location (see :data:`DISK_ERRNOS`); None for any other error.
+
+    Many writers hide the cause or the file: pyarrow raises ``OSError`` without a file name, safetensors
+    and torch a ``RuntimeError`` (torch's names neither errno nor file), numpy's ``tofile`` a short-write
+    ``OSError`` without errno. So the chain of ``e`` is searched for an errno, and where none is found a
+    target file system without free space (checked now, before the temp file is removed) counts as full.
+    An ``OSError`` that already names another file (an input, say) is left as it is.
+    """
+    from llmrec.errors import LlmrecError
+
+    if not isinstance(e, Exception) or isinstance(e, LlmrecError):
+        return None
+    code = _disk_errno(e)
+    names = [n for n in (e.filename, e.filename2) if n is not None] if isinstance(e, OSError) else []
+    if names and not any(_inside(n, temp) for n in names):  # (shutil.copyfile names source and temp)
+        return None
+    writer_failed = isinstance(e, OSError | RuntimeError) or type(e).__module__.startswith("safetensors")
+    if code is None and writer_failed and _no_space_left(Path(temp or path)):
+        code = errno.ENOSPC
+    if code is None:
+        return None
+    return OSError(code, os.strerror(code), str(path))
+
+
+def _disk_errno(e: BaseException) -> int | None:
+    """The :data:`DISK_ERRNOS` value that ``e`` or an exception it came from carries or spells out."""
+    seen: set[int] = set()
+    current: BaseException | None = e
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_ERRNOS:
+            return current.errno
+        text = str(current)
+        for match in _ERRNO_TEXT.finditer(text):
+            if int(match.group(1)) in DISK_ERRNOS:
+                return int(match.group(1))
+        lowered = text.lower()
+        for strerror, code in _STRERRORS.items():
+            if strerror in lowered:
+                return code
+        if _SHORT_WRITE.search(text):
+            return errno.ENOSPC
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _inside(name: Any, folder: str | Path | None) -> bool:
+    """Whether file ``name`` is the temp path ``folder`` or lies below it."""
+    if folder is None or not isinstance(name, str | os.PathLike):
+        return False
+    name, folder = Path(name), Path(folder)
+    return name == folder or folder in name.parents
+
+
+def _no_space_left(path: Path) -> bool:
+    """Whether the file system holding ``path`` (or its nearest existing folder) has no room for another
+    block or file: less than a twentieth of it, at most 1 MiB, free (root may also use the reserve)."""
+    for folder in (path, *path.parents):
+        try:
+            st = os.statvfs(folder)
+        except (OSError, AttributeError):  # not there (yet), or no statvfs (Windows)
+            continue
+        root = hasattr(os, "geteuid") and os.geteuid() == 0
+        free = (st.f_bfree if root else st.f_bavail) * st.f_frsize
+        files = st.f_ffree if root else st.f_favail
+        limit = min(1 << 20, st.f_blocks * st.f_frsize // 20)
+        return free <= limit or (st.f_files > 0 and files == 0)
+    return False
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | Path, temp: str | Path | None = None) -> Iterator[None]:
+    """Turn an error raised inside into an ``OSError`` naming ``path`` when the location is full or not
+    writable (:func:`write_error`), for writers that do not go through :func:`atomic_path` or write many
+    files into a temp folder ``temp`` (a file name inside it becomes ``path``, the place the user named)."""
+    try:
+        yield
+    except Exception as e:
+        named = write_error(e, path, temp)
+        if named is None:
+            raise
+        raise named from e
 
 
 def partial_dir(parent: Path, name: str) -> Path:
