@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fnmatch
 import json
 import logging
 import platform
@@ -176,8 +177,12 @@ def is_llmrec_run(root: str | Path) -> bool:
 
 def _not_ours(name: str) -> bool:
     """Whether a folder entry counts against a folder being new: anything but the marker (and the temp
-    file of a marker write cut short) and a lock llmrec took inside it (``utils.lock.INSIDE_LOCK``)."""
-    return name not in (RUN_MARKER, INSIDE_LOCK) and not name.startswith(f".{RUN_MARKER}.")
+    file of a marker write cut short), a lock llmrec took inside it (``utils.lock.INSIDE_LOCK``) and the
+    temp file of a run file's atomic write."""
+    if name in (RUN_MARKER, INSIDE_LOCK) or name.startswith(f".{RUN_MARKER}."):
+        return False
+    # the temp file of a run file's write that a kill cut short (before the marker existed, or of a config)
+    return not any(fnmatch.fnmatchcase(name, pattern) for pattern in PARTIAL_FILES)
 
 
 def check_owned(root: str | Path) -> bool:
