@@ -619,3 +619,18 @@ def test_overwrite_never_replaces_an_input_file_of_the_same_name(tmp_path, capsy
     line = _one_error_line(capsys)
     assert "interactions.parquet" in line and "--overwrite would replace" in line
     assert _snapshot(folder) == before
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "pandas"])
+def test_a_utf8_bom_is_accepted_and_gives_the_same_tables(tmp_path, engine):
+    """A CSV saved by a spreadsheet starts with a UTF-8 BOM: it is read as if it had none (same parquet
+    tables, byte for byte), on both engines (the documentation once said it was an error)."""
+    inter, items = _tables_csv(tmp_path / "raw")
+    bom_inter, bom_items = tmp_path / "raw" / "bom.csv", tmp_path / "raw" / "bom_items.csv"
+    bom_inter.write_bytes(b"\xef\xbb\xbf" + inter.read_bytes())
+    bom_items.write_bytes(b"\xef\xbb\xbf" + items.read_bytes())
+    assert _prepare(inter, items, tmp_path / "plain", "--engine", engine) == 0
+    assert _prepare(bom_inter, bom_items, tmp_path / "bom", "--engine", engine) == 0
+    for name in ("items.parquet", "interactions.parquet", "users.parquet", "sequences.parquet"):
+        plain = pd.read_parquet(tmp_path / "plain" / name)
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "bom" / name), plain)
