@@ -661,6 +661,7 @@ def test_killed_at_a_random_write_the_same_command_finishes_the_same(name, train
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(7200)  # train: about 25 write points, each failed twice and killed twice
 @pytest.mark.parametrize("name", COMMANDS)
 def test_fuzz_every_write_failing_and_killed(name, trained, tmp_path, monkeypatch, capsys):
     """The long campaign (pytest -m fuzz): every write point of each command, each fault."""
