@@ -123,7 +123,7 @@ def test_unavailable_representations_are_refused_before_training(
     ds = Dataset(synthetic_dataset)  # no images, no generated texts
     save_item_feature(ds, "text", 16, encoder="all-minilm-l6-v2")
     out = tmp_path / "sweep"
-    args = ["context-sweep", "--data", str(ds.root), "--out", str(out), "-o", f"backbone={{llm: {tiny_llm}}}"]
+    args = ["experiments", "context-sweep", "--data", str(ds.root), "--out", str(out), "-o", f"backbone={{llm: {tiny_llm}}}"]
     assert main([*args, "--representations", "attribute", "image", "-o", "features=[text]"]) == 2
     err = one_error_line(capsys, "context-sweep")
     assert "the 'image' representation needs item images and this dataset has none" in err
