@@ -65,7 +65,16 @@ def test_the_benchable_models_are_the_ones_trained_in_steps():
 def test_bench_times_every_model_family(name, contract_dataset, request, capsys, tmp_path):
     config, out = tmp_path / "bench.yaml", tmp_path / "bench.json"
     config.write_text(json.dumps({"options": _options(name, contract_dataset, request)}))  # YAML reads JSON
-    argv = ["experiments", "bench", "--data", str(contract_dataset.root), "--model", name, "--config", str(config)]
+    argv = [
+        "experiments",
+        "bench",
+        "--data",
+        str(contract_dataset.root),
+        "--model",
+        name,
+        "--config",
+        str(config),
+    ]
     assert main([*argv, "--steps", "1", "--threads", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(name) and "training" in printed and "evaluation" in printed

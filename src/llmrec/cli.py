@@ -400,8 +400,17 @@ class _OldFlag(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
         self.new = new
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:  # fmt: skip
-        print(f"{parser.prog}: {option_string} is now {self.new}; the old spelling goes in the next release", file=sys.stderr)  # fmt: skip
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: {option_string} is now {self.new}; the old spelling goes in the next release",
+            file=sys.stderr,
+        )
         setattr(namespace, self.dest, values)
 
 
@@ -413,7 +422,13 @@ class _ModelHelp(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
         self.model = model
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:  # fmt: skip
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         name = getattr(namespace, "model", None) or self.model
         if name:
             try:
@@ -431,7 +446,7 @@ def model_options_help(name: str) -> str:
     from llmrec.models.base import model_config
 
     cfg = model_config(name, {}, resolve=False)
-    head = f"model options of {name} (-o KEY=VALUE, repeatable; a nested option's key is dotted), each at its default:"
+    head = f"model options of {name} (-o KEY=VALUE, repeatable; nested keys dotted), each at its default:"
     return "\n".join([head, *option_lines(cfg)])
 
 
@@ -453,12 +468,13 @@ def _setup(spec: Command, p: argparse.ArgumentParser) -> None:
         add_arguments(p, cls, skip=skip, flags=FLAG_NAMES)
     if spec.torch:
         add_threads(p, threads_default)
-    for old, new in spec.old_flags:  # the positional's old flag, or a renamed flag
+    for old, new in spec.old_flags:  # a renamed flag (takes what the new one takes), or the positional's
         now = p._option_string_actions.get(new)
         p.add_argument(
             old,
             dest=now.dest if now else spec.positional,
             type=now.type if now else None,
+            nargs=now.nargs if now else None,
             action=_OldFlag,
             new=new,
             default=argparse.SUPPRESS,
@@ -544,7 +560,10 @@ def _add_command(sub: Any, spec: Command, only: str | None) -> None:
         help=spec.help,
         description=spec.help,
         add_help=not spec.model_options,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # the model options' list keeps its lines
+        formatter_class=argparse.RawDescriptionHelpFormatter
+        if spec.model_options
+        else argparse.HelpFormatter,
     )
     if spec.model_options:
         p.add_argument(
