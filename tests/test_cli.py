@@ -381,4 +381,4 @@ def test_threads_is_one_flag_applied_one_way(synthetic_dataset, tmp_path, monkey
     assert calls == [3, 2]
     capsys.readouterr()
     assert main(["recommend", str(run), "--user", "u1", "--threads", "0"]) == 2
-    assert "argument --threads: must be >= 1, got 0" in capsys.readouterr().err
+    assert "argument --threads: threads must be >= 1, got 0" in capsys.readouterr().err

@@ -359,13 +359,14 @@ def _run(spec: Command, args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- flags every command shares
 
 
-def _positive_int(text: str) -> int:
+def _threads(text: str) -> int:
+    """``--threads``' value, refused before anything runs when it is not a positive integer."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"threads must be >= 1, got {value}")
     return value
 
 
@@ -374,7 +375,7 @@ def add_threads(p: argparse.ArgumentParser, default: int | None = None) -> None:
     said = default if default else "torch's choice"
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_threads,
         default=argparse.SUPPRESS,
         metavar="N",
         help=f"torch CPU threads (default: {said}; >= 1)",
