@@ -28,7 +28,7 @@ for v in ${VARIANTS[*]}; do
         noimage) run noimage -o representation=title -o "features=[text]" -o text_feature=title_text -o ila=false ;;
         image-ila) run image-ila -o representation=image -o "features=[image]" -o ila=true ;;
         # the same wall-clock budget for the end-to-end stage as the 38 steps above, spent on one-pass training
-        # (issue 16; llmrec bench-training, synthetic setting: ILA on 2.94x, ILA off 1.37x faster per step
+        # (issue 16; llmrec experiments bench-training, synthetic setting: ILA on 2.94x, ILA off 1.37x faster per step
         # than before): 111 steps (3 epochs of 296 users) with ILA, 52 (2 epochs of 208 users) without
         image-onepass) run image-onepass -o representation=image -o "features=[image]" -o ila=false \
                            -o epochs=2 -o train_users=208 ;;

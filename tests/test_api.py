@@ -262,7 +262,7 @@ def test_batch_command_line_errors(runs, capsys, extra, message):
 
 def test_candidates_from_on_the_command_line(runs, capsys):
     argv = ["recommend", str(runs["popularity"]), "--user", "u2", "--k", "10", "--json"]
-    assert main([*argv, "--candidates-from", str(runs["sasrec"]), "--candidates", "4"]) == 0
+    assert main([*argv, "--candidates-from", str(runs["sasrec"]), "--num-candidates", "4"]) == 0
     import json
 
     got = json.loads(capsys.readouterr().out)

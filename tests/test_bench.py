@@ -65,7 +65,16 @@ def test_the_benchable_models_are_the_ones_trained_in_steps():
 def test_bench_times_every_model_family(name, contract_dataset, request, capsys, tmp_path):
     config, out = tmp_path / "bench.yaml", tmp_path / "bench.json"
     config.write_text(json.dumps({"options": _options(name, contract_dataset, request)}))  # YAML reads JSON
-    argv = ["bench", "--data", str(contract_dataset.root), "--model", name, "--config", str(config)]
+    argv = [
+        "experiments",
+        "bench",
+        "--data",
+        str(contract_dataset.root),
+        "--model",
+        name,
+        "--config",
+        str(config),
+    ]
     assert main([*argv, "--steps", "1", "--threads", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(name) and "training" in printed and "evaluation" in printed
@@ -83,7 +92,7 @@ def test_bench_times_every_model_family(name, contract_dataset, request, capsys,
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_bench_refuses_a_model_without_steps_in_one_line(name, synthetic_dataset, capsys):
-    assert main(["bench", "--data", str(synthetic_dataset), "--model", name]) == 2
+    assert main(["experiments", "bench", "--data", str(synthetic_dataset), "--model", name]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"'{name}'" in err
     assert all(n in err for n in benchable_models())  # what it can time instead

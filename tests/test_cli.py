@@ -219,3 +219,166 @@ def test_a_builtin_model_missing_from_the_list_is_refused():
     cls = type("Stray", (Recommender,), {"__module__": "llmrec.models.stray"})
     with pytest.raises(ValueError, match="'stray' .* is missing from BUILTIN_MODELS"):
         register_model("stray")(cls)
+
+
+# ----------------------------------------------------------------------------- the shape of the command line
+
+
+def _leaf(parser, path: str):
+    """The parser of ``llmrec <path>`` (``train``, ``experiments bench``)."""
+    import argparse
+
+    for word in path.split():
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return parser
+
+
+def test_help_lists_the_pipeline_and_the_experiments_apart(capsys):
+    from llmrec.cli import COMMANDS, EXPERIMENTS
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    pipeline, experiments = out.split("experiments (the papers' figures and benchmarks):")
+    for spec in COMMANDS:
+        where = experiments if spec.group == EXPERIMENTS else pipeline
+        assert f"    {spec.name} " in where, spec.name
+    assert "llmrec experiments COMMAND" in experiments
+    assert main(["experiments", "--help"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"    {s.name} " in listed for s in COMMANDS if s.group == EXPERIMENTS)
+    assert "    train " not in listed
+
+
+def test_an_experiment_under_its_old_name_runs_and_says_its_new_one(tmp_path, capsys):
+    """The old flat names (``llmrec bench``) still work for one release, with one line on stderr."""
+    assert main(["probe", "--help"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("usage: llmrec experiments probe")
+    (line,) = captured.err.strip().splitlines()
+    assert "llmrec probe: now spelled 'llmrec experiments probe'" in line
+    assert main(["bench", "--data", str(tmp_path / "nope")]) == 2
+    note, error = capsys.readouterr().err.strip().splitlines()
+    assert "'llmrec experiments bench'" in note and error.startswith("llmrec experiments bench: error: ")
+
+
+def test_no_help_says_a_default_twice(monkeypatch, capsys):
+    """Every command's --help states each default once, even where the help text names it in words."""
+    from llmrec.cli import COMMANDS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one option per line
+    for spec in COMMANDS:
+        assert main([*spec.path.split(), "--help"]) == 0
+        out = capsys.readouterr().out
+        twice = [line for line in out.splitlines() if line.count("(default:") > 1]
+        assert not twice, (spec.path, twice)
+        assert "--threads N" not in out or "torch CPU threads (default: " in out
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "run directory (default: runs/<model>-<dataset>-<timestamp>)\n" in out
+    assert "--threads N           torch CPU threads (default: torch's choice; >= 1)" in out
+
+
+def test_add_arguments_says_a_default_given_in_words_once():
+    import argparse
+    from dataclasses import dataclass
+
+    from llmrec.config import add_arguments, option
+
+    @dataclass
+    class C:
+        out: str | None = option(None, "where (default: beside the data)")
+        threads: int | None = option(None, "workers (default: all cores)", ge=1)
+        k: int = option(10, "how many", ge=1)
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, C)
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["out"] == "where (default: beside the data)"
+    assert helps["threads"] == "workers (default: all cores; >= 1)"
+    assert helps["k"] == "how many (default: 10; >= 1)"
+
+
+@pytest.mark.parametrize(
+    "model, lines",
+    [
+        (
+            "sasrec",
+            ["hidden=50", "(int, >= 1)  embedding / hidden size", "dropout=0.2", "(float, in [0, 1))"],
+        ),
+        (
+            "illmrec",
+            ["backbone.lora_r=8", "(int, >= 1)  LoRA rank", "recipe=llmrec", "({llmrec,paper,official})"],
+        ),
+    ],
+)
+def test_train_model_help_lists_the_model_options(model, lines, monkeypatch, capsys):
+    """``llmrec train MODEL --help`` lists every -o option of the model, from its config dataclass."""
+    import dataclasses
+
+    from llmrec.models.base import model_config
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert main(["train", model, "--help"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split(f"model options of {model} (-o KEY=VALUE")[1].splitlines()[1:]
+    for text in lines:
+        assert any(text in line for line in listed), text
+
+    def leaves(cfg) -> int:  # options, a nested config's counted one by one
+        values = [getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init]
+        return sum(leaves(v) if dataclasses.is_dataclass(v) else 1 for v in values)
+
+    assert len(listed) == leaves(model_config(model, {}, resolve=False))
+
+
+def test_train_help_without_a_model_names_the_models(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("sasrec", "illmrec", "popularity", "collm"))
+    assert "'llmrec train MODEL --help' lists a model's" in out
+    assert main(["train", "nosuch", "--help"]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
+
+
+def test_renamed_flags_keep_their_old_spelling_for_one_release(capsys):
+    """``--num-candidates`` (a count; ``candidates`` in the API and over HTTP are item ids) and probe's
+    positional run: the old spellings still parse, each with one line saying the new one."""
+    from llmrec.cli import build_parser
+
+    parser = build_parser("recommend")
+    args = parser.parse_args(["recommend", "r", "--user", "u1", "--num-candidates", "7"])
+    assert args.candidates == 7 and capsys.readouterr().err == ""
+    args = parser.parse_args(["recommend", "r", "--user", "u1", "--candidates", "5"])
+    assert args.candidates == 5
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--candidates is now --num-candidates" in line
+    parser = build_parser("probe")
+    assert parser.parse_args(["experiments", "probe", "runs/x"]).run == "runs/x"
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args(["experiments", "probe", "--run", "runs/y"]).run == "runs/y"
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--run is now a positional argument (llmrec experiments probe RUN)" in line
+
+
+def test_threads_is_one_flag_applied_one_way(synthetic_dataset, tmp_path, monkeypatch, capsys):
+    """Every command that runs torch has the same --threads, and the CLI sets torch's threads from it."""
+    import torch
+
+    from llmrec.cli import COMMANDS, build_parser
+
+    for spec in COMMANDS:
+        parser = _leaf(build_parser(spec.name), spec.path)
+        threads = [a for a in parser._actions if "--threads" in a.option_strings]
+        if spec.torch:
+            assert len(threads) == 1 and threads[0].help.startswith("torch CPU threads (default: "), spec
+    run = tmp_path / "pop"
+    assert main(["train", "popularity", "--data", str(synthetic_dataset), "--out", str(run)]) == 0
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert main(["recommend", str(run), "--user", "u1", "--threads", "3"]) == 0
+    assert main(["evaluate", str(run), "--threads", "2"]) == 0
+    assert calls == [3, 2]
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--user", "u1", "--threads", "0"]) == 2
+    assert "argument --threads: threads must be >= 1, got 0" in capsys.readouterr().err

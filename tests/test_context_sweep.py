@@ -123,13 +123,22 @@ def test_unavailable_representations_are_refused_before_training(
     ds = Dataset(synthetic_dataset)  # no images, no generated texts
     save_item_feature(ds, "text", 16, encoder="all-minilm-l6-v2")
     out = tmp_path / "sweep"
-    args = ["context-sweep", "--data", str(ds.root), "--out", str(out), "-o", f"backbone={{llm: {tiny_llm}}}"]
+    args = [
+        "experiments",
+        "context-sweep",
+        "--data",
+        str(ds.root),
+        "--out",
+        str(out),
+        "-o",
+        f"backbone={{llm: {tiny_llm}}}",
+    ]
     assert main([*args, "--representations", "attribute", "image", "-o", "features=[text]"]) == 2
-    err = one_error_line(capsys, "context-sweep")
+    err = one_error_line(capsys, "experiments context-sweep")
     assert "the 'image' representation needs item images and this dataset has none" in err
     save_item_feature(ds, "image", 8)
     assert main([*args, "--representations", "image", "summary", "-o", "features=[image]"]) == 2
-    err = one_error_line(capsys, "context-sweep")
+    err = one_error_line(capsys, "experiments context-sweep")
     assert "the 'summary' representation needs the generated item texts 'summary'" in err
     assert f"llmrec describe --data {ds.root} --mode summary" in err
     assert not out.exists()  # nothing trained, not even the representation that could run

@@ -19,6 +19,7 @@ SMALL = ["mapper_hidden=16", "encoder_dim=16"]
 
 def _args(ds, tiny_llm, out, *extra):
     return [
+        "experiments",
         "ctr-efficiency",
         "--data",
         str(ds.root),

@@ -15,6 +15,7 @@ def test_efficiency_tokens_and_times(synthetic_dataset, tiny_llm, tmp_path, caps
     build_features(FeaturesConfig(data=str(synthetic_dataset)))
     out = tmp_path / "eff"
     args = [
+        "experiments",
         "efficiency",
         "--data",
         str(synthetic_dataset),

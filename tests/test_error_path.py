@@ -86,7 +86,12 @@ def test_recommend_reads_its_config_file(synthetic_dataset, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv", [["bench", "--steps", "0"], ["demo", "--max-users", "0"], ["efficiency", "--users", "0"]]
+    "argv",
+    [
+        ["experiments", "bench", "--steps", "0"],
+        ["demo", "--max-users", "0"],
+        ["experiments", "efficiency", "--users", "0"],
+    ],
 )
 def test_experiment_options_out_of_range_are_refused_before_anything_runs(argv, tmp_path, capsys):
     assert main([*argv, "--data", str(tmp_path / "nope")]) == 2

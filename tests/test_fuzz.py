@@ -444,6 +444,11 @@ class OptionCase:
     damage: list[Damage] = field(default_factory=list)
     cwd: str | None = None
 
+    @property
+    def command(self) -> str:
+        """The command's words after ``llmrec`` (``train``, ``experiments bench``)."""
+        return " ".join(self.argv[:2]) if self.argv[0] == "experiments" else self.argv[0]
+
 
 def _generic_cases() -> list[OptionCase]:
     """For every command: an unknown option, a missing and a garbage --config file."""
@@ -456,8 +461,9 @@ def _generic_cases() -> list[OptionCase]:
         "recommend": ["{pop}", "--user", "u1"],
         "table": ["{pop}"],
     }
-    for name, *_ in COMMANDS:
-        base = [name, *needs.get(name, [])]
+    for spec in COMMANDS:
+        name = spec.name
+        base = [*spec.path.split(), *needs.get(name, [])]
         cases += [
             OptionCase(
                 f"{name}-unknown-option", [*base, "--no-such-option", "1"], names=("--no-such-option",)
@@ -557,8 +563,8 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("recommend-other-dataset-other-size", ["recommend", "{sas}", "--user", "u1", "--data", "{ds_small}"], names=("ds_small",)),
     OptionCase("recommend-other-dataset-same-size", ["recommend", "{sas}", "--user", "u1", "--data", "{ds_same}"], names=("ds_same",)),
     # bench-prepare: refused before anything is generated
-    OptionCase("bench-prepare-reviews-10", ["bench-prepare", "--reviews", "10", "--out", "{tmp}/b"], names=("reviews",)),
-    OptionCase("bench-prepare-unknown-path", ["bench-prepare", "--paths", "nope", "--out", "{tmp}/b"], names=("nope",)),
+    OptionCase("bench-prepare-reviews-10", ["experiments", "bench-prepare", "--reviews", "10", "--out", "{tmp}/b"], names=("reviews",)),
+    OptionCase("bench-prepare-unknown-path", ["experiments", "bench-prepare", "--paths", "nope", "--out", "{tmp}/b"], names=("nope",)),
     # table
     OptionCase("table-no-runs", ["table"], names=("runs",)),
     OptionCase("table-run-missing", ["table", "{missing}/run"], names=("run",)),
@@ -568,10 +574,10 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("table-corrupt-config", ["table", "{pop}"], names=("config.json",), damage=[("pop", "config.json", _garbage)]),
     OptionCase("table-unknown-split", ["table", "{pop}", "--split", "nosuch"], names=("nosuch", "metrics.json")),
     # probe
-    OptionCase("probe-run-missing", ["probe", "--run", "{missing}/run"], names=("run",)),
-    OptionCase("probe-run-without-user-states", ["probe", "--run", "{pop}"], names=("pop",)),
-    OptionCase("probe-folds-1", ["probe", "--run", "{pop}", "--folds", "1"], names=("folds",)),
-    OptionCase("probe-split-unknown", ["probe", "--run", "{pop}", "--split", "train"], names=("split",)),
+    OptionCase("probe-run-missing", ["experiments", "probe", "{missing}/run"], names=("run",)),
+    OptionCase("probe-run-without-user-states", ["experiments", "probe", "{pop}"], names=("pop",)),
+    OptionCase("probe-folds-1", ["experiments", "probe", "{pop}", "--folds", "1"], names=("folds",)),
+    OptionCase("probe-split-unknown", ["experiments", "probe", "{pop}", "--split", "train"], names=("split",)),
     # describe
     OptionCase("describe-llm-gguf-missing", ["describe", "--data", "{ds}", "--llm", "{missing}/model.gguf", "--limit", "1"], names=("model.gguf", "not found"), absent=("huggingface.co", "HTTP", "Repository")),
     OptionCase("describe-data-missing", ["describe", "--data", "{missing}/ds", "--llm", "{missing}/model.gguf"], names=("ds",)),
@@ -580,21 +586,21 @@ OPTION_CASES = _generic_cases() + [
     OptionCase("describe-mode-bad", ["describe", "--data", "{ds}", "--mode", "poem"], names=("--mode",)),
     OptionCase("describe-corrupt-items", ["describe", "--data", "{ds}", "--llm", "{missing}/model.gguf"], names=("items.parquet",), damage=[("ds", "items.parquet", _garbage)]),
     # experiments
-    OptionCase("efficiency-data-missing", ["efficiency", "--data", "{missing}/ds", "--llm", "{missing}/model.gguf"], names=("ds",)),
-    OptionCase("ctr-efficiency-data-missing", ["ctr-efficiency", "--data", "{missing}/ds", "--llm", "{missing}/model.gguf"], names=("ds",)),
-    OptionCase("history-sweep-data-missing", ["history-sweep", "--data", "{missing}/ds"], names=("ds",)),
-    OptionCase("history-sweep-unknown-model", ["history-sweep", "--data", "{ds}", "--models", "nosuchmodel", "--out", "{tmp}/hs"], names=("nosuchmodel",)),
-    OptionCase("context-sweep-data-missing", ["context-sweep", "--data", "{missing}/ds"], names=("ds",)),
-    OptionCase("context-sweep-budget-0", ["context-sweep", "--data", "{ds}", "--budgets", "0"], names=("--budgets",)),
-    OptionCase("context-sweep-unknown-representation", ["context-sweep", "--data", "{ds}", "--representations", "poem"], names=("poem",)),
-    OptionCase("context-sweep-sets-max-prompt-tokens", ["context-sweep", "--data", "{ds}", "-o", "max_prompt_tokens=64"], names=("max_prompt_tokens",)),
-    OptionCase("repr-grid-data-missing", ["repr-grid", "--data", "{missing}/ds"], names=("ds",)),
-    OptionCase("repr-grid-backbone-llm-option", ["repr-grid", "--data", "{ds}", "-o", "backbone.llm=x"], names=("backbone.llm", "--backbones")),
-    OptionCase("repr-grid-seeds-twice", ["repr-grid", "--data", "{ds}", "--seeds", "1", "1"], names=("--seeds",)),
-    OptionCase("bench-data-missing", ["bench", "--data", "{missing}/ds"], names=("ds",)),
-    OptionCase("bench-not-a-torch-model", ["bench", "--data", "{ds}", "--model", "popularity"], names=("popularity",)),
-    OptionCase("bench-steps-0", ["bench", "--data", "{ds}", "--steps", "0", "-o", "hidden=8"], names=("steps",)),
-    OptionCase("bench-unknown-model-option", ["bench", "--data", "{ds}", "-o", "bogus=1"], names=("bogus",)),
+    OptionCase("efficiency-data-missing", ["experiments", "efficiency", "--data", "{missing}/ds", "--llm", "{missing}/model.gguf"], names=("ds",)),
+    OptionCase("ctr-efficiency-data-missing", ["experiments", "ctr-efficiency", "--data", "{missing}/ds", "--llm", "{missing}/model.gguf"], names=("ds",)),
+    OptionCase("history-sweep-data-missing", ["experiments", "history-sweep", "--data", "{missing}/ds"], names=("ds",)),
+    OptionCase("history-sweep-unknown-model", ["experiments", "history-sweep", "--data", "{ds}", "--models", "nosuchmodel", "--out", "{tmp}/hs"], names=("nosuchmodel",)),
+    OptionCase("context-sweep-data-missing", ["experiments", "context-sweep", "--data", "{missing}/ds"], names=("ds",)),
+    OptionCase("context-sweep-budget-0", ["experiments", "context-sweep", "--data", "{ds}", "--budgets", "0"], names=("--budgets",)),
+    OptionCase("context-sweep-unknown-representation", ["experiments", "context-sweep", "--data", "{ds}", "--representations", "poem"], names=("poem",)),
+    OptionCase("context-sweep-sets-max-prompt-tokens", ["experiments", "context-sweep", "--data", "{ds}", "-o", "max_prompt_tokens=64"], names=("max_prompt_tokens",)),
+    OptionCase("repr-grid-data-missing", ["experiments", "repr-grid", "--data", "{missing}/ds"], names=("ds",)),
+    OptionCase("repr-grid-backbone-llm-option", ["experiments", "repr-grid", "--data", "{ds}", "-o", "backbone.llm=x"], names=("backbone.llm", "--backbones")),
+    OptionCase("repr-grid-seeds-twice", ["experiments", "repr-grid", "--data", "{ds}", "--seeds", "1", "1"], names=("--seeds",)),
+    OptionCase("bench-data-missing", ["experiments", "bench", "--data", "{missing}/ds"], names=("ds",)),
+    OptionCase("bench-not-a-torch-model", ["experiments", "bench", "--data", "{ds}", "--model", "popularity"], names=("popularity",)),
+    OptionCase("bench-steps-0", ["experiments", "bench", "--data", "{ds}", "--steps", "0", "-o", "hidden=8"], names=("steps",)),
+    OptionCase("bench-unknown-model-option", ["experiments", "bench", "--data", "{ds}", "-o", "bogus=1"], names=("bogus",)),
     OptionCase("demo-max-users-text", ["demo", "--max-users", "many"], names=("--max-users",)),
 ]  # fmt: skip
 
@@ -633,7 +639,7 @@ def test_wrong_option_is_one_line_and_touches_nothing(case: OptionCase, bases, t
     cwd = paths[case.cwd] if case.cwd else tmp_path
     r = run_cli([_fill(a, paths) for a in case.argv], cwd=cwd)
     assert_one_error_line(
-        r, case.argv[0], names=tuple(_fill(n, paths) for n in case.names), absent=case.absent
+        r, case.command, names=tuple(_fill(n, paths) for n in case.names), absent=case.absent
     )
     assert_unchanged(before, tmp_path)
     assert_unchanged(shared, bases["root"])
@@ -641,8 +647,8 @@ def test_wrong_option_is_one_line_and_touches_nothing(case: OptionCase, bases, t
 
 def test_every_command_has_option_cases():
     """The table above covers every command the CLI has."""
-    covered = {c.argv[0] for c in OPTION_CASES}
-    assert covered == {name for name, *_ in COMMANDS}
+    covered = {c.command for c in OPTION_CASES}
+    assert covered == {spec.path for spec in COMMANDS}
 
 
 # ----------------------------------------------------------------------------- what a failure leaves

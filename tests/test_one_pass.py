@@ -283,7 +283,20 @@ def test_bench_training_times_every_mode_side_by_side(ill_dataset, ctr_dataset, 
 
     out = tmp_path / "bench"
     common = ["--llm", tiny_llm, "--steps", "1", "--batch-size", "4", "--out", str(out)]
-    assert main(["bench-training", "--data", "", "--synthetic-data", str(ill_dataset.root), *common]) == 0
+    assert (
+        main(
+            [
+                "experiments",
+                "bench-training",
+                "--data",
+                "",
+                "--synthetic-data",
+                str(ill_dataset.root),
+                *common,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| synthetic | illmrec | one pass + cached prefix |" in printed
     result = json.loads((out / "bench_training.json").read_text())

@@ -46,7 +46,7 @@ def test_generated_files_parse_seeded_zipf_with_duplicates(tmp_path: Path):
 
 def test_bench_prepare_end_to_end_reuses_files(tmp_path: Path, capsys):
     out = tmp_path / "bench"
-    argv = ["bench-prepare", "--reviews", "3000", "--out", str(out), "--num-negatives", "10"]
+    argv = ["experiments", "bench-prepare", "--reviews", "3000", "--out", str(out), "--num-negatives", "10"]
     assert main(argv) == 0
     result = read_json(out / "bench_prepare_n3000_seed0.json")
     old, new = result["paths"]

@@ -47,6 +47,7 @@ def test_grid_runs_every_cell_once_and_tabulates(grid_dataset, tiny_llm, tmp_pat
     shutil.copytree(tiny_llm, other)
     out = tmp_path / "grid"
     argv = [
+        "experiments",
         "repr-grid",
         "--data",
         str(grid_dataset.root),

@@ -469,7 +469,18 @@ def test_bench_serve_runs_two_llmrec_serve_and_stops_them_with_sigterm(run, tmp_
     from llmrec.cli import main
 
     out = tmp_path / "bench"
-    argv = ["bench-serve", str(run), "--requests", "6", "--rounds", "2", "--concurrency", "1", "3"]
+    argv = [
+        "experiments",
+        "bench-serve",
+        str(run),
+        "--requests",
+        "6",
+        "--rounds",
+        "2",
+        "--concurrency",
+        "1",
+        "3",
+    ]
     assert main([*argv, "--warmup", "0", "--device", "cpu", "--threads", "1", "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| 3 | on | 6 |" in table and "| 3 | off | 6 |" in table

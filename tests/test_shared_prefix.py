@@ -156,7 +156,15 @@ def test_ctr_efficiency_times_ranking_on_a_saved_run(ctr_dataset, tiny_llm, tmp_
     model.attach(ctr_dataset)
     perturb_lora(model)
     model.save(tmp_path / "collm")
-    args = ["ctr-efficiency", "--data", str(ctr_dataset.root), "--lengths", "--run", str(tmp_path / "collm")]
+    args = [
+        "experiments",
+        "ctr-efficiency",
+        "--data",
+        str(ctr_dataset.root),
+        "--lengths",
+        "--run",
+        str(tmp_path / "collm"),
+    ]
     args += [
         "--rank-users",
         "1",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -268,25 +270,50 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per (scalar or list) field of ``cls``; values stay unset unless given on the command line."""
+def _help_with_default(help_text: str, default: Any, bounds: dict[str, float] | None) -> str:
+    """``help (default: D; range)``, said once: a help text that already names its default in words
+    (``"run directory (default: runs/<model>-...)"``) gets only the range added inside its parentheses."""
+    valid = _range_text(bounds) if bounds else ""
+    if "(default:" in help_text:
+        if not valid:
+            return help_text
+        if help_text.endswith(")"):
+            return f"{help_text[:-1]}; {valid})"
+        return f"{help_text} ({valid})"
+    said = f"default: {default}{'; ' + valid if valid else ''}"
+    return f"{help_text} ({said})" if help_text else said
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    flags: dict[str, str] | None = None,
+) -> None:
+    """Add one flag per (scalar or list) field of ``cls``; values stay unset unless given on the command line.
+
+    ``flags`` spells some fields' flags otherwise (``{"candidates": "--num-candidates"}``): the value
+    still lands in the field of that name, so config files keep the field's own key."""
     hints = typing.get_type_hints(cls)
+    spelt = {name: flag for name, flag in (flags or {}).items()}
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
         tp = hints[f.name]
-        help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
+        default = _field_default(f)
+        default = None if default is dataclasses.MISSING else default
         if dataclasses.is_dataclass(default):
             continue
-        valid = f"; {_range_text(f.metadata['bounds'])}" if f.metadata.get("bounds") else ""
-        help_text = f"{help_text} (default: {default}{valid})" if help_text else f"default: {default}{valid}"
+        help_text = _help_with_default(f.metadata.get("help", ""), default, f.metadata.get("bounds"))
+        for name, flag in spelt.items():  # a help text naming a renamed flag names it as it is spelt now
+            help_text = re.sub(rf"{re.escape(_flag(name))}(?![\w-])", flag, help_text)
+        flag = spelt.get(f.name, _flag(f.name))
         base = _strip_optional(tp)
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()  # as argparse names it, from the flag
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
+            del kw["metavar"]
         elif get_origin(base) is dict:
             kw["nargs"] = "*"
             kw["type"] = str
@@ -298,9 +325,59 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         elif get_origin(base) is Literal:
             kw["choices"] = list(get_args(base))
             kw["type"] = type(get_args(base)[0])
+            del kw["metavar"]  # argparse shows the choices
         else:
             kw["type"] = _parser_for(base)
-        parser.add_argument(_flag(f.name), **kw)
+        parser.add_argument(flag, **kw)
+
+
+def option_lines(cfg: Any) -> list[str]:
+    """One line per option of the config ``cfg`` (a dataclass instance) as ``-o KEY=VALUE`` takes it:
+    ``key=default  (type, range)  help``, a nested config's options dotted (``backbone.lora_r=8``).
+
+    What ``llmrec train MODEL --help`` lists: read from the dataclass itself, so it cannot drift from what
+    ``-o`` accepts; the defaults are those of ``cfg`` (a preset's or recipe's, where it has one)."""
+    rows = list(_option_rows(cfg, ""))
+    width = min(max((len(key) for key, _ in rows), default=0), 40)
+    return [f"  {key:<{width}}  {about}".rstrip() for key, about in rows]
+
+
+def _option_rows(cfg: Any, prefix: str) -> typing.Iterator[tuple[str, str]]:
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        value, name = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            yield from _option_rows(value, f"{name}.")
+            continue
+        bounds = f.metadata.get("bounds")
+        kind = _type_text(hints[f.name]) + (f", {_range_text(bounds)}" if bounds else "")
+        yield f"{name}={_value_text(value)}", f"({kind})  {f.metadata.get('help', '')}"
+
+
+def _type_text(tp: Any) -> str:
+    """An annotation as a user reads it: ``int | null``, ``{a,b}`` (one of), ``list[str]``, ``mapping``."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [_type_text(a) for a in args if a is not type(None)]
+        return " | ".join(kinds + (["null"] if type(None) in args else []))
+    if origin is Literal:
+        return "{" + ",".join(str(a) for a in args) + "}"
+    if origin in (list, tuple):
+        return f"list[{_type_text(args[0]) if args else 'any'}]"
+    if origin is dict:
+        return "mapping"
+    if tp is Path:
+        return "path"
+    return "any" if tp is Any else _type_name(tp)
+
+
+def _value_text(value: Any) -> str:
+    """A default as ``-o`` would take it (YAML): text as is, else JSON (``null``, ``true``, ``[5, 10]``)."""
+    if isinstance(value, str):
+        return value if value else '""'
+    return json.dumps(to_dict(value), default=str)
 
 
 def _strip_optional(tp: Any) -> Any:

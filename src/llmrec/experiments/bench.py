@@ -1,4 +1,5 @@
-"""``llmrec bench``: training and evaluation throughput of a model trained in steps, on a prepared dataset.
+"""``llmrec experiments bench``: training and evaluation throughput of a model trained in steps, on a
+prepared dataset.
 
 Training runs what ``llmrec train`` runs: the model prepared for the dataset (an LLM model attaches its
 backbone and features) and set up for each of its stages by the trainer's own code, then the trainer's
@@ -37,7 +38,9 @@ class BenchConfig:
     """What to time."""
 
     data: str = option("data/ml-100k", "prepared dataset directory")
-    model: str = option("sasrec", "a model trained in steps (llmrec bench --model NAME lists them if not)")
+    model: str = option(
+        "sasrec", "a model trained in steps (llmrec experiments bench --model NAME lists them if not)"
+    )
     options: dict[str, Any] = option(factory=dict, help="model options (KEY=VALUE)")
     steps: int = option(20, "timed training steps per stage", ge=1)
     eval_batch_size: int = option(256, "users (CTR-only models: examples) per scoring batch", ge=1)
@@ -47,7 +50,7 @@ class BenchConfig:
 
 
 def benchable_models() -> list[str]:
-    """The registered models trained in optimiser steps: the ones ``llmrec bench`` can time."""
+    """The registered models trained in optimiser steps: the ones ``llmrec experiments bench`` can time."""
     return [name for name in available_models() if get_model_class(name).trained_in_steps]
 
 
@@ -57,7 +60,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if not get_model_class(cfg.model).trained_in_steps:
         raise LlmrecError(
             f"model '{cfg.model}' is not trained in optimiser steps: nothing to time",
-            hint=f"llmrec bench times {', '.join(benchable_models())}",
+            hint=f"llmrec experiments bench times {', '.join(benchable_models())}",
         )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

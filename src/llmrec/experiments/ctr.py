@@ -1,4 +1,5 @@
-"""HistLLM's experiments as commands: ``llmrec ctr-efficiency`` (Fig. 5) and ``llmrec history-sweep`` (Fig. 4).
+"""HistLLM's experiments as commands: ``llmrec experiments ctr-efficiency`` (Fig. 5) and
+``llmrec experiments history-sweep`` (Fig. 4).
 
 ``ctr-efficiency`` compares HistLLM with UHEM against the same model with the KE descriptions (and image
 tokens) written inline (w/o UHEM), per dataset and history length, in one process (same backbone, batch,
@@ -19,8 +20,8 @@ threads, rows). Two views (``measure``):
 w/o UHEM is the paper's setting only with descriptions: a missing texts file (``description_texts``,
 default ``texts/from_title.parquet``) is an error naming it and the command that writes it, never a
 fallback to titles (``--options description_texts=null`` uses the items' own descriptions). On a dataset without
-an image feature the image tokens are fed a zero vector, as in ``llmrec efficiency``: a token costs the
-same whatever it holds.
+an image feature the image tokens are fed a zero vector, as in ``llmrec experiments efficiency``: a token
+costs the same whatever it holds.
 
 ``history-sweep`` trains and evaluates each model at each number of history items (TALLRec vs HistLLM in
 the paper) with the same options, resuming finished points, and writes AUC/UAUC per length.

@@ -1,4 +1,5 @@
-"""``llmrec efficiency``: token economy and inference time of item representations, side by side in one run.
+"""``llmrec experiments efficiency``: token economy and inference time of item representations, side by
+side in one run.
 
 For each representation (I-LLMRec Fig. 1a / Fig. 4): tokens per item and per prompt, and the time to
 score 100 users (one LLM forward per user + retrieval over the catalog) at history lengths 2..20, all

@@ -1,4 +1,5 @@
-"""I-LLMRec's experiments as commands: ``llmrec context-sweep`` (Fig. 5) and ``llmrec repr-grid`` (Fig. 6, App. G).
+"""I-LLMRec's experiments as commands: ``llmrec experiments context-sweep`` (Fig. 5) and
+``llmrec experiments repr-grid`` (Fig. 6, App. G).
 
 ``context-sweep`` trains and evaluates I-LLMRec once per (item representation, context budget). The budget
 is the model's ``max_prompt_tokens`` (a prompt longer than it loses its oldest history items), from 4,096
@@ -79,7 +80,7 @@ class PointSettings:
 
 @dataclass
 class ContextSweepConfig(PointSettings):
-    """``llmrec context-sweep``: which dataset, representations and budgets."""
+    """``llmrec experiments context-sweep``: which dataset, representations and budgets."""
 
     data: str = option("data/synth300", "prepared dataset directory")
     representations: list[str] = option(
@@ -102,7 +103,7 @@ class ContextSweepConfig(PointSettings):
 
 @dataclass
 class ReprGridConfig(PointSettings):
-    """``llmrec repr-grid``: which datasets, backbones, image encoders and representations."""
+    """``llmrec experiments repr-grid``: which datasets, backbones, image encoders and representations."""
 
     data: list[str] = option(factory=lambda: ["data/synth300"], help="prepared dataset directories")
     backbones: list[str] = option(

@@ -1,4 +1,5 @@
-"""``llmrec bench-prepare``: seconds and peak memory of ``llmrec prepare amazon2023`` at Amazon scale.
+"""``llmrec experiments bench-prepare``: seconds and peak memory of ``llmrec prepare amazon2023`` at
+Amazon scale.
 
 A seeded pair of files shaped like Amazon Reviews 2023 (``Bench.jsonl.gz``, ``meta_Bench.jsonl.gz``) with
 Zipf-distributed users and items is generated once per (reviews, seed) into ``<out>/data/`` and reused on

@@ -1,4 +1,4 @@
-"""``llmrec probe``: what does an LLM recommender's user state know? A linear-probe diagnostic.
+"""``llmrec experiments probe``: what does an LLM recommender's user state know? A linear-probe diagnostic.
 
 For every user of a split, the model's user representation (I-LLMRec: the last hidden state at [REC], as
 the IRE projectors see it) is computed from the evaluation prompt. A cross-validated logistic regression

@@ -1,5 +1,5 @@
-"""``llmrec bench-serve``: throughput and latency of ``llmrec serve`` with micro-batching on and off, side
-by side in one run.
+"""``llmrec experiments bench-serve``: throughput and latency of ``llmrec serve`` with micro-batching on
+and off, side by side in one run.
 
 Two servers (batching on, batching off) run as subprocesses on 127.0.0.1 on free ports, each loading the
 run once; a bounded load generator (asyncio, one raw keep-alive HTTP/1.1 connection per client) sends ``POST /recommend`` for random known users at each

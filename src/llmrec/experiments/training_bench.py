@@ -1,4 +1,5 @@
-"""``llmrec bench-training``: seconds per LLM training step, the ways one step can run, side by side.
+"""``llmrec experiments bench-training``: seconds per LLM training step, the ways one step can run, side
+by side.
 
 I-LLMRec with ILA runs two prompts per example that share their start (the chat template, the instruction,
 the history): as two passes (as before: each prompt whole, ILA through the LM's own loss over every
