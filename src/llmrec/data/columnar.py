@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from llmrec.data import plan
 from llmrec.data.importers import get_importer
-from llmrec.data.processing import (
-    PrepareConfig,
+from llmrec.data.schema import ITEM_COLUMNS, item_row
+from llmrec.data.steps import (
     ctr_examples,
     from_input,
     natural_order,
@@ -51,13 +51,13 @@ from llmrec.data.processing import (
     sample_negatives,
     split_record,
 )
-from llmrec.data.schema import ITEM_COLUMNS, item_row
 from llmrec.errors import LlmrecError
 
 if TYPE_CHECKING:
     import duckdb
 
     from llmrec.data.importers.amazon import ReviewsLayout
+    from llmrec.data.processing import PrepareConfig
 
 log = logging.getLogger(__name__)
 
