@@ -11,6 +11,7 @@ a package).
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -57,8 +58,9 @@ def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the ``llmrec`` modules it imports (see the module docstring for what counts)."""
+    """Module -> the ``llmrec`` modules it imports (see the module docstring for what counts; built once, read only)."""
     files = {_module_name(p): p for p in sorted((SRC / "llmrec").rglob("*.py"))}
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
