@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmrec import __version__
+from llmrec._version import __version__
 from llmrec.config import to_dict
 from llmrec.errors import LlmrecError
 from llmrec.utils.io import PARTIAL_NAME, pid_alive, read_json, write_error, write_json_atomic

@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from llmrec import __version__
+from llmrec._version import __version__
 from llmrec.config import ConfigError, check_ranges, option
 from llmrec.devices import DEVICE_HELP, DTYPES
 from llmrec.errors import LlmrecError

@@ -9,7 +9,7 @@ The same dataset as the pandas path (:func:`llmrec.data.processing.process`), by
    (or reads it, e.g. the Python-literal lines of the 2014 dumps);
 2. **filter**: the engine-neutral SQL of :mod:`llmrec.data.plan` (known items, first of duplicates,
    iterative k-core with one progress line per round);
-3. **index and split**: ids in :func:`~llmrec.data.processing.natural_order` (in Python: one row per user
+3. **index and split**: ids in :func:`~llmrec.data.steps.natural_order` (in Python: one row per user
    or item), chronological sequences, CTR examples as window functions (the last liked items before each
    rating), the global time split;
 4. **write**: each table streamed to parquet in the row groups ``DataFrame.to_parquet`` writes, with the
@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from llmrec.data import plan
 from llmrec.data.importers import get_importer
-from llmrec.data.processing import (
-    PrepareConfig,
+from llmrec.data.schema import ITEM_COLUMNS, item_row
+from llmrec.data.steps import (
     ctr_examples,
     from_input,
     natural_order,
@@ -51,13 +51,13 @@ from llmrec.data.processing import (
     sample_negatives,
     split_record,
 )
-from llmrec.data.schema import ITEM_COLUMNS, item_row
 from llmrec.errors import LlmrecError
 
 if TYPE_CHECKING:
     import duckdb
 
     from llmrec.data.importers.amazon import ReviewsLayout
+    from llmrec.data.processing import PrepareConfig
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +477,7 @@ def _one_chunk(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _index(con: duckdb.DuckDBPyConnection, kind: str) -> np.ndarray:
-    """Number the kept users or items in :func:`~llmrec.data.processing.natural_order` into table
+    """Number the kept users or items in :func:`~llmrec.data.steps.natural_order` into table
     ``<kind>_index`` (code, id, idx); returns the ids in index order."""
     codes = _first_seen(con, "kept", kind)
     ids = natural_order(codes.index.to_series())
@@ -589,7 +589,7 @@ def _write_interactions(
 
 
 def ctr_tables(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, out: Path) -> dict[str, Any] | None:
-    """CTR examples of :func:`llmrec.data.processing.ctr_examples` as window functions, written per split;
+    """CTR examples of :func:`llmrec.data.steps.ctr_examples` as window functions, written per split;
     returns their meta record (None for implicit feedback, which has no labels)."""
     has_label, has_rating = con.execute("SELECT COUNT(label) > 0, COUNT(rating) > 0 FROM inter").fetchall()[0]
     if cfg.ctr_sampled_negatives:  # seeded draws per example, in order: the pandas path's loop decides

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from llmrec.config import option
+from llmrec.data.schema import IMAGE_EXTS
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.utils.io import DISK_ERRNOS, atomic_path, sha256_file, write_parquet_atomic
 from llmrec.utils.lock import folder_lock
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.parquet"
 FILES = "files"
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")
 #: item_id, url (the reference used), path (relative to the dataset dir when inside it, else absolute; ""
 #: if none), sha256, status, error (message; "" when ok), width, height (0 when not decoded).
 MANIFEST_COLUMNS = ["item_id", "url", "path", "sha256", "status", "error", "width", "height"]

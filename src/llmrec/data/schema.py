@@ -21,6 +21,8 @@ from llmrec.errors import LlmrecError
 ITEM_COLUMNS = ["item_id", "title", "brand", "category", "description", "image", "extra"]
 INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating", "label"]
 TEXT_COLUMNS = ["title", "brand", "category", "description"]
+# Image file extensions, most preferred first: what an image folder may hold and what a download is saved as.
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import IO, Any
 import pandas as pd
 from tqdm import tqdm
 
-from llmrec.data.importers import ImportSpec, register_importer
-from llmrec.data.importers.table import READ_ERRORS, decode_error, require_path, unreadable_error
+from llmrec.data.importers.registry import ImportSpec, register_importer
+from llmrec.data.readers import READ_ERRORS, decode_error, require_path, unreadable_error
 from llmrec.data.schema import RawData, make_interactions, make_items, strip_html
 from llmrec.errors import LlmrecError
 

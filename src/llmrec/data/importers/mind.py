@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmrec.data.importers import ImportSpec, register_importer
-from llmrec.data.importers.table import image_files, located_error, reading_errors, scan_lines, text_lines
+from llmrec.data.importers.registry import ImportSpec, register_importer
+from llmrec.data.readers import image_files, located_error, reading_errors, scan_lines, text_lines
 from llmrec.data.schema import RawData, make_interactions, make_items
 from llmrec.errors import LlmrecError
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmrec.data.importers import ImportSpec, register_importer
-from llmrec.data.importers.table import (
+from llmrec.data.importers.registry import ImportSpec, register_importer
+from llmrec.data.readers import (
     READ_ERRORS,
     decode_error,
     is_number,

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llmrec.data.importers import ImportSpec, register_importer
-from llmrec.data.importers.table import (
+from llmrec.data.importers.registry import ImportSpec, register_importer
+from llmrec.data.readers import (
     READ_ERRORS,
     decode_error,
     find_bad_line,

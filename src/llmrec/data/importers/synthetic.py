@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from llmrec.config import from_dict
-from llmrec.data.importers import ImportSpec, register_importer
+from llmrec.data.importers.registry import ImportSpec, register_importer
 from llmrec.data.schema import RawData, make_interactions, make_items
 from llmrec.data.synthetic import SyntheticConfig, generate_catalog
 from llmrec.utils.io import read_json
