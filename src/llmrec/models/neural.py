@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -24,7 +24,10 @@ from torch import nn
 
 from llmrec.config import option
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.models.base import ModelConfig, Recommender
+from llmrec.models.base import ModelConfig, Placement, Recommender
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -209,13 +212,17 @@ class TorchRecommender(Recommender, nn.Module):
         self.train(was_training)
         return out.float().cpu().numpy()
 
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
-        """Torch models do not train themselves: :func:`llmrec.training.fit` runs their :meth:`stages`."""
-        raise TypeError(f"{self.name} is trained by llmrec.training.fit(model, dataset, run)")
+    def fit(self, dataset: Dataset, run: Any | None = None) -> None:
+        """Train through :func:`llmrec.training.fit`, which runs the model's :meth:`stages` (the same call as
+        for every model; the trainer never calls this for a model ``trained_in_steps``)."""
+        from llmrec.training import fit
 
-    def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
-        """CF features this model can give the LLM methods: {name: (kind 'item'|'user', (count, dim) array)}."""
-        return {}
+        fit(self, dataset, run)
+
+    @property
+    def placement(self) -> Placement:
+        """On its device option (resolved when built), trained with its ``mixed_precision``; no backbone."""
+        return Placement(device=self.cfg.device, mixed_precision=self.cfg.mixed_precision)
 
     # -- what the trainer keeps as "best" and checkpoints (models around a frozen LLM keep less)
     def checkpoint_state(self) -> dict[str, torch.Tensor]:

@@ -88,7 +88,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         self.source: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ building against a dataset
-    def _needs(self) -> dict[str, str]:
+    def feature_needs(self) -> dict[str, str]:
         """Feature-store names this configuration reads, by role."""
         cfg, need = self.cfg, {}
         if cfg.representation in ("image", "image_description") or "image" in cfg.features:
@@ -128,11 +128,13 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         self.to(self.cfg.device)
 
     def _load_features(self, ds: Dataset) -> dict[str, Any]:
-        """The item features this configuration reads (:meth:`_needs`), each a (N, d) buffer
+        """The item features this configuration reads (:meth:`feature_needs`), each a (N, d) buffer
         ``feat_<role>``; recorded (name, sha256) in ``self.source``."""
         self._dataset = ds
         self.source = {"features": {}}
-        return {role: self._load_feature(ds, role, name, "illmrec") for role, name in self._needs().items()}
+        return {
+            role: self._load_feature(ds, role, name, "illmrec") for role, name in self.feature_needs().items()
+        }
 
     def _load_feature(self, ds: Dataset, role: str, name: str, who: str) -> Any:
         f = load_item_feature(ds, name, self.n_items, who=who, option=f"{role}_feature")

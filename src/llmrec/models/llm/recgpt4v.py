@@ -34,7 +34,7 @@ import torch
 from llmrec.config import check_ranges, option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
-from llmrec.models.base import ModelConfig, Recommender, register_model
+from llmrec.models.base import ModelConfig, Placement, Recommender, register_model
 from llmrec.utils.io import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,11 @@ class RecGPT4V(Recommender):
     @property
     def trained_on(self) -> Dataset | None:
         return self._dataset
+
+    @property
+    def placement(self) -> Placement:
+        """On its device option, the VLM in its dtype; it trains nothing (no mixed precision)."""
+        return Placement(device=self.cfg.device, dtype=self.cfg.backbone.dtype)
 
     # ------------------------------------------------------------------ building against a dataset
     def attach(self, ds: Dataset) -> None:
