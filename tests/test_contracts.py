@@ -46,9 +46,7 @@ def side_doors(source: str, rel: str) -> list[str]:
             and node.args
             and names_model(node.args[0])
             and (rel, ast.unparse(node.args[0])) not in NOT_MODELS
-        ):
-            found.append((node.lineno, node.col_offset, ast.unparse(node)))
-        elif (
+        ) or (
             isinstance(node, ast.Attribute)
             and node.attr.startswith("_")
             and not node.attr.startswith("__")

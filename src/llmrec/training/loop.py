@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 
 
 def fit(
-    model: Recommender, ds: Any, run: Any | None = None, log_with: str = "none"
+    model: Recommender, ds: Dataset, run: Any | None = None, log_with: str = "none"
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``ds``: a TorchRecommender through the stages it declares, in order; any other
     Recommender by its own ``fit``. ``log_with`` names an experiment tracker (tensorboard, wandb, mlflow;
@@ -129,7 +129,7 @@ def fit(
 
 
 def prepare_training(
-    model: TorchRecommender, ds: Any, log_with: str = "none", tracking_dir: Path | None = None
+    model: TorchRecommender, ds: Dataset, log_with: str = "none", tracking_dir: Path | None = None
 ) -> tuple[Accelerator, torch.device, list[Stage]]:
     """What :func:`fit` does before the first stage: the accelerator (device, mixed precision, tracker
     ``log_with`` writing under ``tracking_dir``), the model prepared for ``ds`` (e.g. an LLM model attaches
@@ -161,7 +161,7 @@ def training_stage(model: TorchRecommender, stage: Stage) -> Iterator[None]:
 
 def train_stage(
     model: TorchRecommender,
-    ds: Any,
+    ds: Dataset,
     run: Any | None,
     stage: Stage,
     accelerator: Accelerator,
@@ -281,7 +281,7 @@ class TrainingStep:
     def __init__(
         self,
         model: TorchRecommender,
-        ds: Any,
+        ds: Dataset,
         stage: Stage,
         accelerator: Accelerator,
         device: torch.device,
@@ -356,7 +356,7 @@ class TrainingStep:
 
 def train_epoch(
     model: TorchRecommender,
-    ds: Any,
+    ds: Dataset,
     step: TrainingStep,
     rng: np.random.Generator,
     epoch: int,
@@ -399,7 +399,9 @@ def train_epoch(
     return {"epoch": epoch, "loss": total / max(steps, 1), "train_seconds": time.perf_counter() - t0}
 
 
-def _scheduler(model: TorchRecommender, ds: Any, stage: Stage, opt: Any, n: int) -> tuple[Any | None, str]:
+def _scheduler(
+    model: TorchRecommender, ds: Dataset, stage: Stage, opt: Any, n: int
+) -> tuple[Any | None, str]:
     """The stage's learning-rate scheduler (None for a constant learning rate) and how the log says it.
 
     It spans ``stage.epochs`` epochs of this process's steps: ``n`` processes share each epoch's batches,
@@ -547,7 +549,9 @@ def set_rng_states(cpu: torch.Tensor, cuda: list[torch.Tensor] | None) -> None:
         log.info("CUDA RNG states not restored: the checkpoint comes from a machine with other devices")
 
 
-def validate(model: TorchRecommender, ds: Any, stage: Stage | None = None) -> tuple[str, dict[str, float]]:
+def validate(
+    model: TorchRecommender, ds: Dataset | ValidationView, stage: Stage | None = None
+) -> tuple[str, dict[str, float]]:
     """(name of the early-stopping criterion, metrics to record) of one validation.
 
     The stage's ``validation(ds)``, or else the model's ``validation_metric(ds)``, when it returns a (name,
@@ -601,7 +605,7 @@ class ValidationView:
         return self.dataset.ctr(name)
 
 
-def _eval_subset(ds: Any, n: int | None) -> Any:
+def _eval_subset(ds: Dataset, n: int | None) -> Dataset | ValidationView:
     if n is None or n >= ds.n_users:
         return ds
     return ValidationView(ds, seeded_rows(ds.n_users, n))  # the same users at every validation

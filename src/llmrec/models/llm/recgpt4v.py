@@ -128,7 +128,7 @@ class RecGPT4V(Recommender):
             self.cfg.backbone.llm,
         )
 
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
+    def fit(self, dataset: Dataset, run: Any | None = None) -> None:
         """Nothing to learn (zero-shot): attach the VLM and the dataset."""
         self.attach(dataset)
 
@@ -178,7 +178,7 @@ class RecGPT4V(Recommender):
             self.summaries[key] = self.vlm.escape(" ".join(text.split()))
         return self.summaries[key]
 
-    def show_prompts(self, dataset: Any, user: int, seed: int = 0) -> list[dict[str, Any]]:
+    def show_prompts(self, dataset: Dataset, user: int, seed: int = 0) -> list[dict[str, Any]]:
         """What the VLM reads for user index ``user``'s test example (``llmrec prompts``): the summary
         request and the question, as chat-framed text with one image marker per picture, and their token
         counts with the processor's image tokens expanded (nothing is trained, so no answer is scored)."""
