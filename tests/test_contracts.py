@@ -92,3 +92,66 @@ def test_no_side_door_into_a_model(path: Path) -> None:
     assert side_doors(path.read_text(encoding="utf-8"), rel) == [], (
         "ask the model through its declared contract (llmrec.models.base.Recommender) instead"
     )
+
+
+# -- the declared capabilities that replaced the side doors
+
+
+def test_capabilities_are_declared_on_the_class() -> None:
+    from llmrec.models.base import get_model_class
+
+    assert get_model_class("illmrec").builds_prompts() and get_model_class("histllm").builds_prompts()
+    assert get_model_class("recgpt4v").builds_prompts()
+    assert not get_model_class("popularity").builds_prompts() and not get_model_class("mf").builds_prompts()
+    assert (
+        get_model_class("histllm").shared_prefix_ranking and not get_model_class("mf").shared_prefix_ranking
+    )
+
+
+def test_a_model_without_prompts_or_embeddings_says_so() -> None:
+    from llmrec.errors import ConfigError
+    from llmrec.models.base import Placement, build_model
+
+    model = build_model("popularity", {}, 3, 4)
+    with pytest.raises(ConfigError, match="model 'popularity' builds no LLM prompt to show"):
+        model.show_prompts(None, 0)  # type: ignore[arg-type]
+    assert model.export_embeddings() == {} and model.feature_needs() == {}
+    assert model.placement == Placement(device=None, dtype=None, mixed_precision="none")
+
+
+def test_placement_of_a_torch_model() -> None:
+    from llmrec.models.base import Placement, build_model
+
+    model = build_model("mf", {"mixed_precision": "bf16"}, 3, 4, device="cpu")
+    assert model.placement == Placement(device="cpu", dtype=None, mixed_precision="bf16")
+
+
+def test_a_torch_model_fits_like_any_model(synthetic_dataset) -> None:
+    """``model.fit(ds)`` is the same call for every model (a torch model runs its stages through the
+    trainer) instead of a TypeError telling the caller to use another function."""
+    from llmrec.data.dataset import Dataset
+    from llmrec.models.base import build_model
+
+    ds = Dataset(synthetic_dataset)
+    model = build_model("mf", {"epochs": 1, "validate": False}, ds.n_users, ds.n_items, device="cpu")
+    before = model.export_embeddings()["item"][1].copy()
+    model.fit(ds)
+    assert not (model.export_embeddings()["item"][1] == before).all()
+
+
+def test_validation_sees_a_declared_view_of_the_dataset(synthetic_dataset) -> None:
+    """The trainer's validation subset is an explicit view (what validation reads), not a proxy that
+    forwards any attribute to the dataset."""
+    from llmrec.data.dataset import Dataset
+    from llmrec.training.loop import ValidationView, _eval_subset
+
+    ds = Dataset(synthetic_dataset)
+    view = _eval_subset(ds, 5)
+    assert isinstance(view, ValidationView) and not hasattr(ValidationView, "__getattr__")
+    assert len(view.split("valid").users) == 5 and view.negatives("valid").shape[0] == 5
+    assert (view.n_users, view.n_items) == (ds.n_users, ds.n_items)
+    assert (view.item_popularity == ds.item_popularity).all() and len(view.ctr("valid")) == len(
+        ds.ctr("valid")
+    )
+    with pytest.raises(AttributeError):
+        view.root  # noqa: B018 - not something validation reads
