@@ -107,13 +107,13 @@ class Model:
 
     @property
     def device(self) -> str:
-        return str(getattr(self.model.cfg, "device", "cpu"))
+        return self.model.placement.device or "cpu"
 
     @property
     def needs_user_id(self) -> bool:
         """Whether the model scores a user by its id (MF, VBPR, CoLLM/BinLLM/HistLLM's CF part): an ad-hoc
         history of an unknown user then cannot be scored."""
-        return bool(getattr(self.model, "needs_user_id", False))
+        return self.model.needs_user_id
 
     def info(self) -> dict[str, Any]:
         """What is loaded: model, run, dataset, device, sizes, retriever."""

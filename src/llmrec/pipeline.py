@@ -296,7 +296,7 @@ def show_prompts(cfg: TrainConfig, user: str | None = None) -> dict[str, Any]:
     one user of ``cfg.data`` (external id; default: the first user), with token counts."""
     ds = Dataset(cfg.data)
     model = build_model(cfg.model, cfg.options, ds.n_users, ds.n_items, cfg.device, cfg.dtype)
-    if not hasattr(model, "show_prompts"):
+    if not model.builds_prompts():
         raise ConfigError(
             f"model '{cfg.model}' builds no LLM prompt to show", hint="use an LLM model: illmrec"
         )
@@ -392,13 +392,8 @@ def _train_into(
         accelerator.wait_for_everyone()
         return run_dir
     if finished:  # loaded before anything is written: a damaged model is refused with the run untouched
-        backbone = getattr(model.cfg, "backbone", None)  # placed as this command says (--device ...)
-        model = load_model(
-            run_dir / "model",
-            device=getattr(model.cfg, "device", None),
-            dtype=backbone.dtype if backbone is not None else None,
-            data=ds,
-        )
+        placed = model.placement  # as this command says (--device ...)
+        model = load_model(run_dir / "model", device=placed.device, dtype=placed.dtype, data=ds)
     with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
         if finished:
             log.info("%s: training finished earlier (model in %s): evaluating it", run_dir, run.model_dir)
@@ -409,7 +404,7 @@ def _train_into(
                 ds.root,
                 ds.n_users,
                 ds.n_items,
-                getattr(model.cfg, "device", "cpu"),
+                model.placement.device or "cpu",
             )
             t0 = time.perf_counter()
             training.fit(model, ds, run, log_with=cfg.log_with)

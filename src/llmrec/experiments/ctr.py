@@ -40,7 +40,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import numpy as np
 
@@ -458,12 +458,13 @@ def time_ranking(cfg: CtrEfficiencyConfig, ds: Dataset, image_feature: str) -> d
     from llmrec.models.llm.base import FeatureBackedLLM
 
     if cfg.run:
-        model = load_model(cfg.run, device=cfg.device)
-        if not (isinstance(model, FeatureBackedLLM) and model.shared_prefix_ranking):
+        loaded = load_model(cfg.run, device=cfg.device)
+        if not loaded.shared_prefix_ranking:
             raise ConfigError(
-                f"--run {cfg.run} is a {model.name} run: ranking is timed for HistLLM-family runs "
+                f"--run {cfg.run} is a {loaded.name} run: ranking is timed for HistLLM-family runs "
                 "(histllm, tallrec, collm, binllm...)"
             )
+        model = cast(FeatureBackedLLM, loaded)  # shared_prefix_ranking: a HistLLM-family model
         ds = model.trained_on  # the dataset load_model attached it to
     else:
         model = _variant(ds, cfg, "uhem", 5, image_feature)

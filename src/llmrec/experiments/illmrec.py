@@ -218,7 +218,7 @@ def check_available(ds: Dataset, options: dict[str, Any]) -> None:
                 + ("" if name == mode else f" --name {name}"),
             )
         load_texts(ds.root, name)  # complete and of these items, else its own one-line error
-    for role, name in model._needs().items():  # the model's own list of the features it reads
+    for role, name in model.feature_needs().items():  # the model's own list of the features it reads
         load_item_feature(ds, name, ds.n_items, who=f"I-LLMRec ({rep})", option=f"{role}_feature")
 
 

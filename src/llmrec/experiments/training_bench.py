@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
 
+    from llmrec.data.dataset import Dataset
     from llmrec.models.neural import Stage
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def run_training_bench(cfg: TrainingBenchConfig) -> dict[str, Any]:
     return result
 
 
-def _time_case(case: str, setting: str, ds: Any, cfg: TrainingBenchConfig) -> dict[str, Any]:
+def _time_case(case: str, setting: str, ds: Dataset, cfg: TrainingBenchConfig) -> dict[str, Any]:
     import torch
 
     from llmrec.models.base import build_model
@@ -165,7 +166,7 @@ def _time_modes(
     case: str,
     label: str,
     model: Any,
-    ds: Any,
+    ds: Dataset,
     cfg: TrainingBenchConfig,
     stage: Stage,
     accelerator: Accelerator,

@@ -291,7 +291,7 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
     run_dir = Path(run_dir)
     _check_run_dataset(run_dir, ds)
     model = load_model(run_dir, device="cpu", data=ds)
-    exported = model.export_embeddings() if hasattr(model, "export_embeddings") else {}
+    exported = model.export_embeddings()
     if not exported:
         raise LlmrecError(
             f"model '{model.name}' has no embeddings to export",

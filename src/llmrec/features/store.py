@@ -19,13 +19,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from llmrec.errors import LlmrecError
 from llmrec.utils.io import disk_errors, read_json, sha256_file, write_json_atomic
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +351,7 @@ def _read_array(path: Path, what: str, hint: str, mmap_mode: Any = None) -> np.n
 
 
 def load_item_feature(
-    ds: Any, name: str, n_items: int, who: str = "this model", option: str = "feature"
+    ds: Dataset, name: str, n_items: int, who: str = "this model", option: str = "feature"
 ) -> Feature:
     """The item feature ``name`` of the prepared dataset ``ds``: checksum and row order verified, and
     never stale: a feature computed from other item texts / image files (or CF embeddings exported from a
@@ -392,7 +395,7 @@ def scaled_item_values(feature: Feature) -> tuple[np.ndarray, np.ndarray]:
     return values, present
 
 
-def check_trained_feature(ds: Any, name: str, trained_sha256: str, feature: Feature) -> None:
+def check_trained_feature(ds: Dataset, name: str, trained_sha256: str, feature: Feature) -> None:
     """Refuse to load a model onto an item feature that changed since the model was trained on it."""
     if feature.manifest["sha256"] != trained_sha256:
         raise LlmrecError(

@@ -13,13 +13,16 @@ import logging
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from llmrec.assets import DEFAULT_LLM, local_model_path, unloadable
 from llmrec.errors import ConfigError, LlmrecError
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +218,7 @@ class ItemPictures:
     processor expands it into, and the VLM's own embeddings at those tokens (kept in a least-recently-used
     cache of at most ``cache_values`` numbers: the VLM is frozen, they never change)."""
 
-    def __init__(self, dataset: Any, who: str, cache_values: int = 2**28) -> None:
+    def __init__(self, dataset: Dataset, who: str, cache_values: int = 2**28) -> None:
         from llmrec.data.images import image_paths
 
         self.paths = image_paths(dataset)

@@ -40,6 +40,16 @@ class ModelConfig:
         check_ranges(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a model runs, as its options resolved it: what a finished run is reloaded with (``llmrec train``
+    resuming at the evaluation), what the service reports, and what accelerate trains a torch model with."""
+
+    device: str | None  # the device option, resolved ("cpu", "cuda:0", ...); None: a numpy model, on the CPU
+    dtype: str | None = None  # the backbone's weights dtype (an LLM model); None: no backbone
+    mixed_precision: str = "none"  # autocast of training steps (a torch model's option); none otherwise
+
+
 class Recommender(abc.ABC):
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
@@ -54,6 +64,10 @@ class Recommender(abc.ABC):
     pair_batch_size: int = 1024
     #: whether loading a saved model needs its dataset (models that read item texts/features from it)
     needs_dataset: ClassVar[bool] = False
+    #: whether ``score(..., shared_prefix=True|False)`` ranks a user's candidates either after one shared
+    #: prompt prefix (its KV cache serving every candidate) or with one prompt per (user, candidate) pair, to
+    #: the same logits (``llmrec ctr-efficiency`` times both)
+    shared_prefix_ranking: ClassVar[bool] = False
     #: whether scores depend on the user index (a learned user embedding): an ad-hoc history of a user the
     #: model never saw cannot be scored, and the API says so instead of using user 0's embedding
     needs_user_id: ClassVar[bool] = False
@@ -62,8 +76,8 @@ class Recommender(abc.ABC):
         self.cfg, self.n_users, self.n_items = cfg, n_users, n_items
 
     @abc.abstractmethod
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
-        """Learn from ``dataset`` (a :class:`llmrec.data.dataset.Dataset`); log to ``run`` when given.
+    def fit(self, dataset: Dataset, run: Any | None = None) -> None:
+        """Learn from ``dataset``; log to ``run`` when given.
 
         Models without torch weights (popularity, random) learn here; a torch model declares its training
         stages instead and :func:`llmrec.training.fit` (which calls this for the others) runs them."""
@@ -130,6 +144,36 @@ class Recommender(abc.ABC):
     def has_user_representations(cls) -> bool:
         """Whether :meth:`user_representations` gives user states (the model class overrides it)."""
         return cls.user_representations is not Recommender.user_representations
+
+    def show_prompts(self, dataset: Dataset, user: int, seed: int = 0) -> list[dict[str, Any]]:
+        """The prompts the model builds for user index ``user`` of ``dataset`` (attached), with token counts
+        (``llmrec prompts``). Only a model that overrides this builds any (:meth:`builds_prompts`)."""
+        raise ConfigError(
+            f"model '{self.name}' builds no LLM prompt to show", hint="use an LLM model: illmrec"
+        )
+
+    @classmethod
+    def builds_prompts(cls) -> bool:
+        """Whether :meth:`show_prompts` shows prompts (the model class overrides it: the LLM models)."""
+        return cls.show_prompts is not Recommender.show_prompts
+
+    def attach(self, ds: Dataset) -> None:  # noqa: B027 (optional hook: only models around an LLM attach)
+        """Load what scoring reads from ``ds`` (a backbone, item texts and features) without training."""
+
+    def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
+        """CF features this model can give the LLM methods: {name: (kind 'item'|'user', (count, dim) array)};
+        empty for a model without learned embeddings (``llmrec features --from-run`` refuses it)."""
+        return {}
+
+    def feature_needs(self) -> dict[str, str]:
+        """Feature-store names this configuration reads, by role (a sweep checks them before training);
+        empty for a model that reads no stored feature."""
+        return {}
+
+    @property
+    def placement(self) -> Placement:
+        """Where the model runs (a numpy model: on the CPU, with no device option and no backbone)."""
+        return Placement(device=None)
 
 
 _MODELS: dict[str, type[Recommender]] = {}

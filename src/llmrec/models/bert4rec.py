@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from llmrec.config import option
 from llmrec.models.base import register_model
 from llmrec.models.neural import Batch, NeuralConfig, left_pad, trainable_users
 from llmrec.models.sequential import SequentialRecommender, check_heads
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 
 @dataclasses.dataclass
@@ -125,7 +128,7 @@ class BERT4Rec(SequentialRecommender):
         return F.gelu(self.out_proj(h)) @ self.item_rows().T + self.out_bias
 
     # -- training: cloze task over the last max_len training items of each user
-    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         seqs = dataset.train_sequences
         users = trainable_users(dataset)
         rng.shuffle(users)

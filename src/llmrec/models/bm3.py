@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from llmrec.models.base import register_model
 from llmrec.models.graph import FeatureGraphRecommender, check_features, features_option
 from llmrec.models.mf import training_pairs
 from llmrec.models.neural import Batch, NeuralConfig, minibatches
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 
 @dataclasses.dataclass
@@ -87,7 +90,7 @@ class BM3(FeatureGraphRecommender):
         return out
 
     # -- training: observed pairs only, no negatives
-    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         users, items = training_pairs(dataset.train_sequences, self.n_items)
         yield from minibatches(rng, self.cfg.batch_size, users=users, pos=items)
 

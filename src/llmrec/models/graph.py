@@ -154,7 +154,7 @@ class FeatureGraphRecommender(TorchRecommender):
         self._dataset = dataset
         self.to(self.cfg.device)
 
-    def prepare(self, dataset: Any) -> None:
+    def prepare(self, dataset: Dataset) -> None:
         self.attach(dataset)
 
     def light_gcn(self, layers: int) -> torch.Tensor:
@@ -170,7 +170,7 @@ class FeatureGraphRecommender(TorchRecommender):
         return torch.stack(outputs).mean(0)
 
     # -- training: batches of the observed (user, item) pairs
-    def num_train_batches(self, dataset: Any) -> int:
+    def num_train_batches(self, dataset: Dataset) -> int:
         return -(-len(training_pairs(dataset.train_sequences, self.n_items)[0]) // self.cfg.batch_size)
 
     @property

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from llmrec.config import option
 from llmrec.models.base import register_model
 from llmrec.models.neural import Batch, NeuralConfig, next_item_batches
 from llmrec.models.sequential import SequentialRecommender
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 
 @dataclasses.dataclass
@@ -76,7 +79,7 @@ class GRU4Rec(SequentialRecommender):
         return self.dense(out)  # (B, L, d)
 
     # -- training: every position predicts the next item
-    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         negatives = self.cfg.loss == "bpr"
         return next_item_batches(dataset, rng, self.cfg.batch_size, self.cfg.max_len, self.n_items, negatives)
 

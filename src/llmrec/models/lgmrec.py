@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -211,7 +210,7 @@ class LGMRec(FeatureGraphRecommender):
         return users, items, glob
 
     # -- training: BPR against one unseen item, plus the hypergraph InfoNCE
-    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         users, pos = training_pairs(dataset.train_sequences, self.n_items)
         neg = sample_unseen(rng, users, self.n_items, seen_keys(users, pos, self.n_items))
         yield from minibatches(rng, self.cfg.batch_size, users=users, pos=pos, neg=neg)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from llmrec.config import option
 from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
 from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, minibatches, sample_unseen, seen_keys
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 
 @dataclasses.dataclass
@@ -110,14 +113,14 @@ class MF(TorchRecommender):
         return self.cfg.reg * sq.mean()
 
     # -- training
-    def num_train_batches(self, dataset: Any) -> int:
+    def num_train_batches(self, dataset: Dataset) -> int:
         if self.cfg.objective == "ctr":
             n = len(dataset.ctr("train"))
         else:
             n = len(training_pairs(dataset.train_sequences, self.n_items)[0])
         return -(-n // self.cfg.batch_size)
 
-    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         if self.cfg.objective == "ctr":
             df = dataset.ctr("train")
             columns = {

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -24,7 +24,10 @@ from torch import nn
 
 from llmrec.config import option
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.models.base import ModelConfig, Recommender
+from llmrec.models.base import ModelConfig, Placement, Recommender
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -158,21 +161,21 @@ class TorchRecommender(Recommender, nn.Module):
 
     # -- what the trainer needs
     @abc.abstractmethod
-    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         """One epoch of training batches (tensors on CPU; the trainer moves them)."""
 
     @abc.abstractmethod
     def loss(self, batch: Batch) -> torch.Tensor:
         """Scalar training loss of a batch."""
 
-    def num_train_batches(self, dataset: Any) -> int | None:
+    def num_train_batches(self, dataset: Dataset) -> int | None:
         """Batches per epoch, for the progress bar and a learning-rate schedule (None if unknown)."""
         return None
 
-    def prepare(self, dataset: Any) -> None:  # noqa: B027 (optional hook: most models need nothing)
+    def prepare(self, dataset: Dataset) -> None:  # noqa: B027 (optional hook: most models need nothing)
         """Called by the trainer before the stages: build what needs the dataset (features, a backbone)."""
 
-    def stages(self, dataset: Any) -> list[Stage]:
+    def stages(self, dataset: Dataset) -> list[Stage]:
         """The parts of training, in order (called after :meth:`prepare`). By default one stage: every
         parameter that requires a gradient, ``epochs`` epochs of ``train_batches`` at ``lr``."""
         return [
@@ -189,7 +192,8 @@ class TorchRecommender(Recommender, nn.Module):
 
     def validation_metric(self, dataset: Any) -> tuple[str, float] | None:
         """The early-stopping criterion as (name, value), higher is better, e.g. valid AUC of a CTR model;
-        None: the trainer's valid NDCG@10 of the frozen ranking candidates."""
+        None: the trainer's valid NDCG@10 of the frozen ranking candidates. ``dataset``: the dataset, or
+        the trainer's :class:`~llmrec.training.loop.ValidationView` of it (``ctr``, ``split``, sizes)."""
         return None
 
     # -- scoring
@@ -209,13 +213,17 @@ class TorchRecommender(Recommender, nn.Module):
         self.train(was_training)
         return out.float().cpu().numpy()
 
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
-        """Torch models do not train themselves: :func:`llmrec.training.fit` runs their :meth:`stages`."""
-        raise TypeError(f"{self.name} is trained by llmrec.training.fit(model, dataset, run)")
+    def fit(self, dataset: Dataset, run: Any | None = None) -> None:
+        """Train through :func:`llmrec.training.fit`, which runs the model's :meth:`stages` (the same call as
+        for every model; the trainer never calls this for a model ``trained_in_steps``)."""
+        from llmrec.training import fit
 
-    def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
-        """CF features this model can give the LLM methods: {name: (kind 'item'|'user', (count, dim) array)}."""
-        return {}
+        fit(self, dataset, run)
+
+    @property
+    def placement(self) -> Placement:
+        """On its device option (resolved when built), trained with its ``mixed_precision``; no backbone."""
+        return Placement(device=self.cfg.device, mixed_precision=self.cfg.mixed_precision)
 
     # -- what the trainer keeps as "best" and checkpoints (models around a frozen LLM keep less)
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
@@ -233,7 +241,7 @@ class TorchRecommender(Recommender, nn.Module):
         with atomic_path(directory / "model.safetensors") as tmp:  # a killed save leaves no half file
             save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
 
-    def load_state(self, directory: Path, dataset: Any = None) -> None:
+    def load_state(self, directory: Path, dataset: Dataset | None = None) -> None:
         path = directory / "model.safetensors"
         state = read_weights(path)
         check_weights(path, state, self.state_dict())
@@ -346,12 +354,12 @@ def negatives_for_user(
     )
 
 
-def trainable_users(dataset: Any, min_len: int = 2) -> np.ndarray:
+def trainable_users(dataset: Dataset, min_len: int = 2) -> np.ndarray:
     """Users whose training sequence has at least ``min_len`` items (one input and one target)."""
     return np.array([u for u, s in enumerate(dataset.train_sequences) if len(s) >= min_len], dtype=np.int64)
 
 
-def sequence_batch_count(dataset: Any, batch_size: int) -> int:
+def sequence_batch_count(dataset: Dataset, batch_size: int) -> int:
     """Batches per epoch when every trainable user contributes one sequence."""
     return -(-len(trainable_users(dataset)) // batch_size)
 
@@ -366,7 +374,7 @@ def minibatches(rng: np.random.Generator, batch_size: int, **columns: np.ndarray
 
 
 def next_item_batches(
-    dataset: Any, rng: np.random.Generator, batch_size: int, max_len: int, n_items: int, negatives: bool
+    dataset: Dataset, rng: np.random.Generator, batch_size: int, max_len: int, n_items: int, negatives: bool
 ) -> Iterator[Batch]:
     """One epoch of next-item batches, one (shuffled) user per row, rows = item index + 1, 0 = padding.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,12 +13,15 @@ from llmrec.errors import LlmrecError
 from llmrec.models.base import ModelConfig, Recommender, register_model
 from llmrec.utils.io import write_npy_atomic
 
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
+
 
 @register_model("popularity")
 class Popularity(Recommender):
     """Score = number of training interactions of the item (the same ranking for every user)."""
 
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
+    def fit(self, dataset: Dataset, run: Any | None = None) -> None:
         self.counts = dataset.item_popularity.astype(np.float64)  # (N,)
 
     def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
@@ -27,7 +30,7 @@ class Popularity(Recommender):
     def save_state(self, directory: Path) -> None:
         write_npy_atomic(directory / "counts.npy", self.counts)
 
-    def load_state(self, directory: Path, dataset: Any = None) -> None:
+    def load_state(self, directory: Path, dataset: Dataset | None = None) -> None:
         path = directory / "counts.npy"
         hint = "the saved model is damaged; train it again (llmrec train ... --restart)"
         if not path.exists():
@@ -56,7 +59,7 @@ class Random(Recommender):
 
     config_cls = RandomConfig
 
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
+    def fit(self, dataset: Dataset, run: Any | None = None) -> None:
         """Nothing to learn."""
 
     def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from llmrec.config import option
 from llmrec.models.base import register_model
 from llmrec.models.neural import Batch, NeuralConfig, next_item_batches
 from llmrec.models.sequential import SequentialRecommender, check_heads
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 
 @dataclasses.dataclass
@@ -95,7 +98,7 @@ class SASRec(SequentialRecommender):
         return self.last_norm(x)
 
     # -- training: every position predicts the next item against one sampled negative
-    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         return next_item_batches(
             dataset, rng, self.cfg.batch_size, self.cfg.max_len, self.n_items, negatives=True
         )

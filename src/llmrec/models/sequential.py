@@ -9,7 +9,7 @@ count and the export of the item embeddings in dataset order; each model keeps i
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from torch import nn
 
 from llmrec.errors import ConfigError
 from llmrec.models.neural import TorchRecommender, left_pad, sequence_batch_count
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 
 def check_heads(hidden: int, heads: int) -> None:
@@ -36,7 +39,7 @@ class SequentialRecommender(TorchRecommender):
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         """(B, L) item rows (0 = padding, left-padded) -> (B, L, d) states in the item-embedding space."""
 
-    def num_train_batches(self, dataset: Any) -> int:
+    def num_train_batches(self, dataset: Dataset) -> int:
         return sequence_batch_count(dataset, self.cfg.batch_size)
 
     # -- scoring: the state after the last real item (the last column) against every item

@@ -74,7 +74,7 @@ class VBPR(MF):
         self.proj = nn.Linear(values.shape[1], self.cfg.visual_dim, bias=False)  # E
         self.beta_visual = nn.Parameter(torch.zeros(values.shape[1]))  # beta'
 
-    def prepare(self, dataset: Any) -> None:
+    def prepare(self, dataset: Dataset) -> None:
         """Attach the dataset's item feature (E and beta' are sized by it) before training."""
         feature = load_item_feature(dataset, self.cfg.feature, self.n_items, who="vbpr")
         self.attach_feature(feature)

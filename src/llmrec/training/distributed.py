@@ -29,7 +29,8 @@ from accelerate.utils import (
 
 from llmrec.config import flatten, to_dict
 from llmrec.errors import ConfigError
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender
+from llmrec.models.base import Recommender
+from llmrec.models.neural import Batch, TorchRecommender
 
 _PRECISION = {"none": "no", "bf16": "bf16", "fp16": "fp16"}
 # how long a process waits for the others: at the end of ``llmrec train`` the other processes wait
@@ -43,7 +44,9 @@ _TRACKERS = {
 }
 
 
-def accelerator_for(model: Any, log_with: str = "none", tracking_dir: Path | None = None) -> Accelerator:
+def accelerator_for(
+    model: Recommender, log_with: str = "none", tracking_dir: Path | None = None
+) -> Accelerator:
     """The Accelerator that trains ``model``: on its ``device`` and with its ``mixed_precision`` (CPU and
     full precision for models without these options), and with the experiment tracker ``log_with``
     (none, or one of ``_TRACKERS``; local ones write under ``tracking_dir``).
@@ -53,10 +56,8 @@ def accelerator_for(model: Any, log_with: str = "none", tracking_dir: Path | Non
     GPU (``llmrec train`` does). A process on its own gets a fresh accelerate state at every call:
     accelerate keeps one device and precision per process, and one process may train several models.
     """
-    cfg = model.cfg
-    device, precision = (
-        (cfg.device, cfg.mixed_precision) if isinstance(cfg, NeuralConfig) else ("cpu", "none")
-    )
+    placed = model.placement  # a model that fits itself (numpy, zero-shot) gets a CPU accelerator
+    device, precision = (placed.device, placed.mixed_precision) if model.trained_in_steps else ("cpu", "none")
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` was told
     if launched not in ("no", _PRECISION[precision]):
         raise ConfigError(

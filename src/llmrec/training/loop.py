@@ -52,7 +52,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -75,18 +75,24 @@ from llmrec.training.distributed import (
 )
 from llmrec.utils.io import atomic_path
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from llmrec.data.dataset import Dataset, Split, SplitData
+
 log = logging.getLogger(__name__)
 
 
 def fit(
-    model: Recommender, ds: Any, run: Any | None = None, log_with: str = "none"
+    model: Recommender, ds: Dataset, run: Any | None = None, log_with: str = "none"
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``ds``: a TorchRecommender through the stages it declares, in order; any other
     Recommender by its own ``fit``. ``log_with`` names an experiment tracker (tensorboard, wandb, mlflow;
     none). Returns the history (a record per epoch) of the last stage trained."""
-    if not isinstance(model, TorchRecommender):
+    if not model.trained_in_steps:
         model.fit(ds, run)
         return []
+    model = cast(TorchRecommender, model)  # trained_in_steps: the torch models
     if log_with != "none" and run is None:
         raise ConfigError(
             f"log_with={log_with} needs a run directory (the trackers write under <run>/tracking)"
@@ -123,7 +129,7 @@ def fit(
 
 
 def prepare_training(
-    model: TorchRecommender, ds: Any, log_with: str = "none", tracking_dir: Path | None = None
+    model: TorchRecommender, ds: Dataset, log_with: str = "none", tracking_dir: Path | None = None
 ) -> tuple[Accelerator, torch.device, list[Stage]]:
     """What :func:`fit` does before the first stage: the accelerator (device, mixed precision, tracker
     ``log_with`` writing under ``tracking_dir``), the model prepared for ``ds`` (e.g. an LLM model attaches
@@ -155,7 +161,7 @@ def training_stage(model: TorchRecommender, stage: Stage) -> Iterator[None]:
 
 def train_stage(
     model: TorchRecommender,
-    ds: Any,
+    ds: Dataset,
     run: Any | None,
     stage: Stage,
     accelerator: Accelerator,
@@ -275,7 +281,7 @@ class TrainingStep:
     def __init__(
         self,
         model: TorchRecommender,
-        ds: Any,
+        ds: Dataset,
         stage: Stage,
         accelerator: Accelerator,
         device: torch.device,
@@ -350,7 +356,7 @@ class TrainingStep:
 
 def train_epoch(
     model: TorchRecommender,
-    ds: Any,
+    ds: Dataset,
     step: TrainingStep,
     rng: np.random.Generator,
     epoch: int,
@@ -393,7 +399,9 @@ def train_epoch(
     return {"epoch": epoch, "loss": total / max(steps, 1), "train_seconds": time.perf_counter() - t0}
 
 
-def _scheduler(model: TorchRecommender, ds: Any, stage: Stage, opt: Any, n: int) -> tuple[Any | None, str]:
+def _scheduler(
+    model: TorchRecommender, ds: Dataset, stage: Stage, opt: Any, n: int
+) -> tuple[Any | None, str]:
     """The stage's learning-rate scheduler (None for a constant learning rate) and how the log says it.
 
     It spans ``stage.epochs`` epochs of this process's steps: ``n`` processes share each epoch's batches,
@@ -541,7 +549,9 @@ def set_rng_states(cpu: torch.Tensor, cuda: list[torch.Tensor] | None) -> None:
         log.info("CUDA RNG states not restored: the checkpoint comes from a machine with other devices")
 
 
-def validate(model: TorchRecommender, ds: Any, stage: Stage | None = None) -> tuple[str, dict[str, float]]:
+def validate(
+    model: TorchRecommender, ds: Dataset | ValidationView, stage: Stage | None = None
+) -> tuple[str, dict[str, float]]:
     """(name of the early-stopping criterion, metrics to record) of one validation.
 
     The stage's ``validation(ds)``, or else the model's ``validation_metric(ds)``, when it returns a (name,
@@ -557,30 +567,45 @@ def validate(model: TorchRecommender, ds: Any, stage: Stage | None = None) -> tu
     return "valid_ndcg@10", {"valid_hit@10": metrics["hit@10"], "valid_ndcg@10": metrics["ndcg@10"]}
 
 
-class _Subset:
-    """A view of a dataset whose evaluation splits hold a fixed subset of users (faster validation)."""
+class ValidationView:
+    """What validation reads of a dataset, with the ranking splits of a fixed subset of users (faster
+    validation): the ranking evaluation reads ``split``/``negatives`` (of those users) and
+    ``item_popularity``; a model's own criterion (``validation_metric``) reads ``ctr`` (all its rows: the
+    criterion picks its own subset) and the sizes."""
 
-    def __init__(self, ds: Any, users: np.ndarray) -> None:
-        self._ds, self._users = ds, users
+    def __init__(self, ds: Dataset, users: np.ndarray) -> None:
+        self.dataset, self.users = ds, users
 
-    def split(self, name: str) -> Any:
+    @property
+    def n_users(self) -> int:
+        return self.dataset.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.dataset.n_items
+
+    @property
+    def item_popularity(self) -> np.ndarray:
+        return self.dataset.item_popularity
+
+    def split(self, name: Split) -> SplitData:
         from llmrec.data.dataset import SplitData
 
-        full = self._ds.split(name)
+        full = self.dataset.split(name)
         return SplitData(
-            users=full.users[self._users],
-            histories=[full.histories[u] for u in self._users],
-            targets=full.targets[self._users],
+            users=full.users[self.users],
+            histories=[full.histories[u] for u in self.users],
+            targets=full.targets[self.users],
         )
 
-    def negatives(self, name: str) -> np.ndarray:
-        return self._ds.negatives(name)[self._users]
+    def negatives(self, name: Split) -> np.ndarray:
+        return self.dataset.negatives(name)[self.users]
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ds, name)
+    def ctr(self, name: Split) -> pd.DataFrame:
+        return self.dataset.ctr(name)
 
 
-def _eval_subset(ds: Any, n: int | None) -> Any:
+def _eval_subset(ds: Dataset, n: int | None) -> Dataset | ValidationView:
     if n is None or n >= ds.n_users:
         return ds
-    return _Subset(ds, seeded_rows(ds.n_users, n))  # the same users at every validation
+    return ValidationView(ds, seeded_rows(ds.n_users, n))  # the same users at every validation

@@ -11,6 +11,7 @@ import torch
 
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
+from llmrec.models.base import Placement
 from llmrec.models.neural import TorchRecommender, check_weights, read_weights
 from llmrec.utils.io import atomic_path, read_json, write_json_atomic
 
@@ -23,10 +24,6 @@ class FeatureBackedLLM(TorchRecommender):
     weights_name: ClassVar[str] = ""
     #: entries older versions saved with the weights that are no longer weights (dropped on loading)
     legacy_weights: ClassVar[tuple[str, ...]] = ()
-    #: whether ``score(..., shared_prefix=True|False)`` ranks a user's candidates either after one shared
-    #: prompt prefix (its KV cache serving every candidate) or with one prompt per (user, candidate) pair, to
-    #: the same logits (``llmrec ctr-efficiency`` times both)
-    shared_prefix_ranking: ClassVar[bool] = False
     needs_dataset = True
     source: dict[str, Any]
     _dataset: Dataset | None = None
@@ -39,6 +36,15 @@ class FeatureBackedLLM(TorchRecommender):
     def trained_on(self) -> Dataset | None:
         """The dataset ``attach`` attached (None before): the model reads its texts and features."""
         return self._dataset
+
+    @property
+    def placement(self) -> Placement:
+        """On its device option, its backbone LM in the backbone's dtype (resolved for that device)."""
+        return Placement(
+            device=self.cfg.device,
+            dtype=self.cfg.backbone.dtype,  # type: ignore[attr-defined] (every LLM model's config has one)
+            mixed_precision=self.cfg.mixed_precision,
+        )
 
     def prepare(self, dataset: Dataset) -> None:
         """Before training: attach the backbone and features of ``dataset``."""

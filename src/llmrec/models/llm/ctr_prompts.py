@@ -234,7 +234,7 @@ class CtrPrompts:
         """The constant question start before the history (every prompt's, computed once where it can be)."""
         return CTR_HISTORY[: CTR_HISTORY.index("{history}")].format(nouns=self.cfg.noun + "s")
 
-    def show_prompts(self, dataset: Any, user: int, seed: int = 0) -> list[dict[str, Any]]:
+    def show_prompts(self, dataset: Dataset, user: int, seed: int = 0) -> list[dict[str, Any]]:
         """What the LM reads for user index ``user`` (``llmrec prompts``): the user's last test CTR example
         (else its last training one: the longest history) as the step-1 (LoRA) prompt, when the model has a
         second step, and as the full prompt of step 2 and scoring; exact text of the token ids, token

@@ -456,7 +456,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         )  # Eq. 14
 
     # ------------------------------------------------------------------ training (Sec. 3.3)
-    def stages(self, dataset: Any) -> list[Stage]:
+    def stages(self, dataset: Dataset) -> list[Stage]:
         """Step 1 (with LoRA), then step 2 (when the full prompt has mappers or the history encoder)."""
         cfg = self.cfg
         if not cfg.backbone.lora and not self.has_step2:
@@ -503,11 +503,11 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         modules = ("image_mapper.", "no_image", "cf_mapper.", "history_encoder.")
         return frozenset(n for n, _ in self.named_parameters() if n.startswith(modules))
 
-    def num_train_batches(self, dataset: Any) -> int:
+    def num_train_batches(self, dataset: Dataset) -> int:
         n = len(dataset.ctr("train"))
         return -(-min(n, self.cfg.train_examples or n) // self.cfg.batch_size)
 
-    def train_batches(self, dataset: Any, rng: np.random.Generator, step: int = 2) -> Iterator[Batch]:
+    def train_batches(self, dataset: Dataset, rng: np.random.Generator, step: int = 2) -> Iterator[Batch]:
         """Labelled CTR prompts of ``step`` for ``train_examples`` random training rows."""
         df = dataset.ctr("train")
         rows = rng.permutation(len(df))[: self.cfg.train_examples]

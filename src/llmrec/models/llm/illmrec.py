@@ -88,7 +88,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         self.source: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ building against a dataset
-    def _needs(self) -> dict[str, str]:
+    def feature_needs(self) -> dict[str, str]:
         """Feature-store names this configuration reads, by role."""
         cfg, need = self.cfg, {}
         if cfg.representation in ("image", "image_description") or "image" in cfg.features:
@@ -128,11 +128,13 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         self.to(self.cfg.device)
 
     def _load_features(self, ds: Dataset) -> dict[str, Any]:
-        """The item features this configuration reads (:meth:`_needs`), each a (N, d) buffer
+        """The item features this configuration reads (:meth:`feature_needs`), each a (N, d) buffer
         ``feat_<role>``; recorded (name, sha256) in ``self.source``."""
         self._dataset = ds
         self.source = {"features": {}}
-        return {role: self._load_feature(ds, role, name, "illmrec") for role, name in self._needs().items()}
+        return {
+            role: self._load_feature(ds, role, name, "illmrec") for role, name in self.feature_needs().items()
+        }
 
     def _load_feature(self, ds: Dataset, role: str, name: str, who: str) -> Any:
         f = load_item_feature(ds, name, self.n_items, who=who, option=f"{role}_feature")
@@ -371,7 +373,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             "cf": torch.tensor(cf, dtype=torch.long),
         }
 
-    def show_prompts(self, dataset: Any, user: int, seed: int = 0) -> list[dict[str, Any]]:
+    def show_prompts(self, dataset: Dataset, user: int, seed: int = 0) -> list[dict[str, Any]]:
         """What the LM reads for user index ``user`` (``llmrec prompts``): a training window's IRE prompt and ILA
         question and answer (drawn with ``seed``) and the user's test prompt, each as the exact text of the
         token ids the model builds (BOS, template and placeholders as they are) with its token counts."""
@@ -408,11 +410,11 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         return shown
 
     # ------------------------------------------------------------------ training
-    def num_train_users(self, dataset: Any) -> int:
+    def num_train_users(self, dataset: Dataset) -> int:
         """Users per epoch: ``train_users`` random ones (the projectors-alone stage draws them once), or all."""
         return len(trainable_users(dataset)[: self.cfg.train_users])
 
-    def num_train_batches(self, dataset: Any) -> int:
+    def num_train_batches(self, dataset: Dataset) -> int:
         return -(-self.num_train_users(dataset) // self.cfg.batch_size)
 
     def sample_window(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -439,7 +441,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             return draws + (draws >= np.asarray(targets)[:, None])  # uniform over every item but the target
         return np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in users])
 
-    def train_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         """IRE prompts of random training windows (and their ILA prompts when ``ila``), a user per example."""
         seqs = dataset.train_sequences
         users = trainable_users(dataset)
@@ -629,7 +631,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         return torch.cat(list(self._state_chunks(histories))).float().cpu().numpy()
 
     # ------------------------------------------------------------------ training stages and persistence
-    def stages(self, dataset: Any) -> list[Stage]:
+    def stages(self, dataset: Dataset) -> list[Stage]:
         """end2end: ILA + IRE for ``epochs``, then (``head_epochs``) the projectors alone; two_stage: ILA alone
         for ``stage1_epochs``, then the projectors alone for ``epochs`` (Appendix H). ``stage1_from`` takes
         the first stage's weights from a saved model instead of training them."""

@@ -14,13 +14,16 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from llmrec.errors import LlmrecError
 from llmrec.models.neural import Batch, Stage, trainable_users
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +51,11 @@ class ProjectorsAlone:
             context=self._projectors_alone,
         )
 
-    def num_cached_batches(self, dataset: Any) -> int:
+    def num_cached_batches(self, dataset: Dataset) -> int:
         """Batches per epoch of the projectors alone (``head_windows`` cached windows per user)."""
         return -(-self.num_train_users(dataset) * self.cfg.head_windows // self.cfg.head_batch_size)
 
-    def cached_batches(self, dataset: Any, rng: np.random.Generator) -> Iterator[Batch]:
+    def cached_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         """Projectors alone: every cached window once, in random order, each with a fresh random negative.
 
         The windows' [REC] states are computed at the first call (see ``_cache_windows``)."""
@@ -75,7 +78,7 @@ class ProjectorsAlone:
             }
 
     @torch.no_grad()
-    def _cache_windows(self, dataset: Any) -> dict[str, torch.Tensor]:
+    def _cache_windows(self, dataset: Dataset) -> dict[str, torch.Tensor]:
         """[REC] states of ``head_windows`` random windows per training user, through the LLM once.
 
         The windows come from their own seeded rng, so a resumed run caches the same ones."""

@@ -34,7 +34,7 @@ import torch
 from llmrec.config import check_ranges, option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
-from llmrec.models.base import ModelConfig, Recommender, register_model
+from llmrec.models.base import ModelConfig, Placement, Recommender, register_model
 from llmrec.utils.io import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,11 @@ class RecGPT4V(Recommender):
     def trained_on(self) -> Dataset | None:
         return self._dataset
 
+    @property
+    def placement(self) -> Placement:
+        """On its device option, the VLM in its dtype; it trains nothing (no mixed precision)."""
+        return Placement(device=self.cfg.device, dtype=self.cfg.backbone.dtype)
+
     # ------------------------------------------------------------------ building against a dataset
     def attach(self, ds: Dataset) -> None:
         """Load the VLM; read the dataset's titles and image files (a dataset without images is refused)."""
@@ -123,7 +128,7 @@ class RecGPT4V(Recommender):
             self.cfg.backbone.llm,
         )
 
-    def fit(self, dataset: Any, run: Any | None = None) -> None:
+    def fit(self, dataset: Dataset, run: Any | None = None) -> None:
         """Nothing to learn (zero-shot): attach the VLM and the dataset."""
         self.attach(dataset)
 
@@ -173,7 +178,7 @@ class RecGPT4V(Recommender):
             self.summaries[key] = self.vlm.escape(" ".join(text.split()))
         return self.summaries[key]
 
-    def show_prompts(self, dataset: Any, user: int, seed: int = 0) -> list[dict[str, Any]]:
+    def show_prompts(self, dataset: Dataset, user: int, seed: int = 0) -> list[dict[str, Any]]:
         """What the VLM reads for user index ``user``'s test example (``llmrec prompts``): the summary
         request and the question, as chat-framed text with one image marker per picture, and their token
         counts with the processor's image tokens expanded (nothing is trained, so no answer is scored)."""
