@@ -176,7 +176,7 @@ def test_ranking_refuses_a_run_of_another_family(synthetic_dataset, tmp_path, ca
     run = tmp_path / "pop"
     assert main(["train", "popularity", "--data", str(synthetic_dataset), "--out", str(run)]) == 0
     capsys.readouterr()
-    args = ["ctr-efficiency", "--data", str(synthetic_dataset), "--lengths", "--run", str(run)]
+    args = ["experiments", "ctr-efficiency", "--data", str(synthetic_dataset), "--lengths", "--run", str(run)]
     assert main([*args, "--out", str(tmp_path / "e")]) == 2
-    line = one_error_line(capsys, "ctr-efficiency")
+    line = one_error_line(capsys, "experiments ctr-efficiency")
     assert "is a popularity run: ranking is timed for HistLLM-family runs" in line

@@ -197,7 +197,12 @@ def write_batch(
     if out.exists() and not cfg.overwrite:
         if work.exists() and _written_with(out, settings):  # killed after the file, before the cleanup
             shutil.rmtree(work, ignore_errors=True)
-            return {"out": str(out), "users": len(users), "rows": _parquet_rows(out), "resumed_users": len(users)}
+            return {
+                "out": str(out),
+                "users": len(users),
+                "rows": _parquet_rows(out),
+                "resumed_users": len(users),
+            }
         raise LlmrecError(
             "exists already", file=out, hint="add --overwrite to replace it, or choose another --out"
         )
