@@ -329,7 +329,7 @@ def test_train_model_help_lists_the_model_options(model, lines, monkeypatch, cap
         values = [getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init]
         return sum(leaves(v) if dataclasses.is_dataclass(v) else 1 for v in values)
 
-    assert len(listed) == leaves(model_config(model, {}, resolve=False))
+    assert len(listed) == leaves(model_config(model, {}))
 
 
 def test_train_help_without_a_model_names_the_models(capsys):

@@ -12,6 +12,7 @@ and an access ``X._name`` of a private attribute where ``X`` names a model, are 
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -110,30 +111,34 @@ def test_capabilities_are_declared_on_the_class() -> None:
 
 def test_a_model_without_prompts_or_embeddings_says_so() -> None:
     from llmrec.errors import ConfigError
-    from llmrec.models.base import Placement, build_model
+    from llmrec.models.base import build_model
+    from llmrec.placement import Placement
 
     model = build_model("popularity", {}, 3, 4)
     with pytest.raises(ConfigError, match="model 'popularity' builds no LLM prompt to show"):
         model.show_prompts(None, 0)  # type: ignore[arg-type]
     assert model.export_embeddings() == {} and model.feature_needs() == {}
-    assert model.placement == Placement(device=None, dtype=None, mixed_precision="none")
+    assert model.placement == Placement(device="cpu", dtype=None) and model.mixed_precision == "none"
 
 
 def test_placement_of_a_torch_model() -> None:
-    from llmrec.models.base import Placement, build_model
+    from llmrec.models.base import build_model, placement_for
+    from llmrec.placement import Placement
 
-    model = build_model("mf", {"mixed_precision": "bf16"}, 3, 4, device="cpu")
-    assert model.placement == Placement(device="cpu", dtype=None, mixed_precision="bf16")
+    model = build_model("mf", {"mixed_precision": "bf16"}, 3, 4, placement_for("mf", "cpu"))
+    assert model.placement == Placement(device="cpu", dtype=None) and model.mixed_precision == "bf16"
+    assert "device" not in dataclasses.asdict(model.cfg)  # where it runs is the command's, not an option
 
 
 def test_a_torch_model_fits_like_any_model(synthetic_dataset) -> None:
     """``model.fit(ds)`` is the same call for every model (a torch model runs its stages through the
     trainer) instead of a TypeError telling the caller to use another function."""
     from llmrec.data.dataset import Dataset
-    from llmrec.models.base import build_model
+    from llmrec.models.base import build_model, placement_for
 
     ds = Dataset(synthetic_dataset)
-    model = build_model("mf", {"epochs": 1, "validate": False}, ds.n_users, ds.n_items, device="cpu")
+    cpu = placement_for("mf", "cpu")
+    model = build_model("mf", {"epochs": 1, "validate": False}, ds.n_users, ds.n_items, cpu)
     before = model.export_embeddings()["item"][1].copy()
     model.fit(ds)
     assert not (model.export_embeddings()["item"][1] == before).all()

@@ -196,7 +196,7 @@ def test_every_numeric_option_of_every_model_has_a_range_that_is_enforced(name):
         for value in _outside(bounds, tp):
             leaf = dotted.rsplit(".", 1)[-1]
             with pytest.raises(ConfigError, match=rf"{leaf} must be .*got {value}"):
-                model_config(name, {dotted: value}, device="cpu")
+                model_config(name, {dotted: value})
 
 
 @pytest.mark.parametrize(

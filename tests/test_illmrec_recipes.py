@@ -94,7 +94,7 @@ def test_official_framing_shares_only_the_bos_between_ire_and_ila(ill_dataset, t
 
 
 def test_recipes_set_defaults_and_any_option_overrides(tiny_llm):
-    official = model_config("illmrec", {"recipe": "official"}, resolve=False)
+    official = model_config("illmrec", {"recipe": "official"})
     expected = {
         "prompt_format": "official",
         "ila_values": "official",
@@ -112,10 +112,10 @@ def test_recipes_set_defaults_and_any_option_overrides(tiny_llm):
     }
     assert {k: getattr(official, k) for k in expected} == expected
     assert official.backbone.train_embeddings
-    paper = model_config("illmrec", {"recipe": "paper"}, resolve=False)
+    paper = model_config("illmrec", {"recipe": "paper"})
     assert (paper.lr, paper.batch_size, paper.adaptor_activation) == (1e-3, 32, "relu")
     assert not paper.backbone.train_embeddings and paper.prompt_format == "official"
-    ours = model_config("illmrec", {}, resolve=False)
+    ours = model_config("illmrec", {})
     assert (ours.recipe, ours.prompt_format, ours.lr, ours.scaled_scores) == ("llmrec", "chat", 1e-3, True)
     assert not ours.backbone.train_embeddings
     # an option beside the recipe wins; a nested one merges into the recipe's group
@@ -123,9 +123,9 @@ def test_recipes_set_defaults_and_any_option_overrides(tiny_llm):
         "illmrec", {"recipe": "official", "lr": 1e-4, "backbone": {"llm": tiny_llm}}, resolve=False
     )
     assert mixed.lr == 1e-4 and mixed.backbone.train_embeddings and mixed.backbone.llm == tiny_llm
-    assert model_config("illmrec", {"recipe": "official", "backbone.train_embeddings": False}, resolve=False)
+    assert model_config("illmrec", {"recipe": "official", "backbone.train_embeddings": False})
     with pytest.raises(ConfigError, match="recipe 'offical' is not one of"):
-        model_config("illmrec", {"recipe": "offical"}, resolve=False)
+        model_config("illmrec", {"recipe": "offical"})
 
 
 def test_print_config_shows_the_recipe_values(synthetic_dataset, capsys):

@@ -1,4 +1,4 @@
-"""Runs that are right wherever they run: overrides merge, one device option, relocatable runs, refused
+"""Runs that are right wherever they run: overrides merge, one placement per command, relocatable runs, refused
 resumes of a changed configuration, strict weight loading."""
 
 import json
@@ -15,8 +15,9 @@ from llmrec.config import from_dict, merge
 from llmrec.data.processing import ProcessConfig, finalize, write_dataset
 from llmrec.devices import resolve_device, resolve_dtype
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.models.base import load_model, model_config
+from llmrec.models.base import build_model, load_model, model_config, placement_for
 from llmrec.models.llm.histllm import HistLLMConfig
+from llmrec.placement import Placement
 
 TALLREC = [
     "-o", "train_examples=16", "-o", "eval_examples=16", "-o", "step1_epochs=1", "-o", "epochs=1",
@@ -37,11 +38,11 @@ def _train_tallrec(data, out, tiny_llm, *extra):
 
 @pytest.mark.parametrize("name", ["histllm", "tallrec", "collm", "binllm"])
 def test_a_backbone_override_keeps_lora_on(name):
-    """Regression: `-o "backbone={dtype: bfloat16}"` replaced the backbone config and turned LoRA off."""
-    cfg = model_config(name, {"backbone": {"dtype": "bfloat16"}}, device="cpu")
-    assert cfg.backbone.lora is True and cfg.backbone.dtype == "bfloat16"
-    assert from_dict(HistLLMConfig, {"backbone": {"dtype": "bfloat16"}}).backbone.lora is True
-    dotted = model_config(name, {"backbone.dtype": "bfloat16", "backbone.lora_r": 4})
+    """Regression: `-o "backbone={lora_r: 4}"` replaced the backbone config and turned LoRA off."""
+    cfg = model_config(name, {"backbone": {"lora_r": 4}})
+    assert cfg.backbone.lora is True and cfg.backbone.lora_r == 4
+    assert from_dict(HistLLMConfig, {"backbone": {"lora_r": 4}}).backbone.lora is True
+    dotted = model_config(name, {"backbone.lora_alpha": 8, "backbone.lora_r": 4})
     assert dotted.backbone.lora is True and dotted.backbone.lora_r == 4
 
 
@@ -49,27 +50,20 @@ def test_merge_at_every_depth_and_dotted_keys():
     assert merge({"a": {"b": 1, "c": {"d": 2}}}, {"a.c.e": 3, "a": {"b": 4}}) == {
         "a": {"b": 4, "c": {"d": 2, "e": 3}}
     }
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['dtipe'\]; valid keys are .*'dtype'"):
-        model_config("histllm", {"backbone.dtipe": "bfloat16"})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lora_rr'\]; valid keys are .*'lora_r'"):
+        model_config("histllm", {"backbone.lora_rr": 4})
 
 
 def test_file_and_flags_merge_into_the_printed_config(tmp_path, capsys, synthetic_dataset):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("options:\n  backbone:\n    lora_r: 4\n  history_len: 3\neval:\n  ks: [1, 5]\n")
     args = ["train", "histllm", "--data", str(synthetic_dataset), "--config", str(cfg)]
-    assert (
-        main([*args, "-o", "backbone.dtype=bfloat16", "-o", "backbone={lora_alpha: 8}", "--print-config"])
-        == 0
-    )
+    assert main([*args, "--dtype", "bfloat16", "-o", "backbone={lora_alpha: 8}", "--print-config"]) == 0
     printed = json.loads(capsys.readouterr().out)
     backbone = printed["options"]["backbone"]
-    assert (backbone["lora"], backbone["lora_r"], backbone["lora_alpha"], backbone["dtype"]) == (
-        True,
-        4,
-        8,
-        "bfloat16",
-    )
-    assert printed["options"]["history_len"] == 3 and printed["options"]["device"] == "cpu"
+    assert (backbone["lora"], backbone["lora_r"], backbone["lora_alpha"]) == (True, 4, 8)
+    assert printed["options"]["history_len"] == 3 and printed["device"] == resolve_device("auto")
+    assert printed["dtype"] == "bfloat16" and "dtype" not in backbone and "device" not in printed["options"]
     assert printed["eval"]["ks"] == [1, 5] and printed["eval"]["splits"] == ["valid", "test"]
     assert not (tmp_path / "runs").exists()  # printing trains nothing
 
@@ -120,27 +114,40 @@ def test_device_and_dtype_resolution():
         with pytest.raises(ConfigError, match="no CUDA GPU here"):
             resolve_device("cuda:0")
     with pytest.raises(ConfigError, match="has none"):
-        model_config("sasrec", {}, dtype="bfloat16")
+        placement_for("sasrec", dtype="bfloat16")
     with pytest.raises(ConfigError, match="no device option"):
-        model_config("popularity", {}, device="cuda")
+        placement_for("popularity", device="cuda")
 
 
-def test_device_option_reaches_every_model():
-    """Regression: `-o device=...` did nothing for the LLM models (the backbone's own device won)."""
+def test_the_command_placement_reaches_every_model():
+    """Regression: `-o device=...` did nothing for the LLM models (the backbone's own device won). Now the
+    command's placement is the one place a device is said: the model keeps it, its config never holds it."""
     for name in ("sasrec", "illmrec", "histllm", "collm"):
-        assert model_config(name, {"device": "cpu"}).device == "cpu"
-        assert model_config(name, {}, device="cpu").device == "cpu"
-    assert model_config("illmrec", {}).backbone.dtype == resolve_dtype("auto", resolve_device("auto"))
+        model = build_model(name, {}, 3, 4, placement_for(name, "cpu"))
+        assert model.placement.device == "cpu" and "device" not in model_config(name, {}).__dataclass_fields__
+        with pytest.raises(ConfigError, match="give --device instead of -o device"):
+            model_config(name, {"device": "cpu"})
+    with pytest.raises(ConfigError, match="give --dtype instead of -o backbone.dtype"):
+        model_config("illmrec", {"backbone.dtype": "bfloat16"})
+    assert placement_for("illmrec").dtype == resolve_dtype("auto", resolve_device("auto"))
+    assert placement_for("mf") == Placement(resolve_device("auto"), None)
 
 
 def test_gpu_recipe_on_cpu_keeps_lora_and_trains(tmp_path, tiny_llm, synthetic_dataset):
     """The README's GPU recipe with --device cpu --dtype bfloat16: LoRA on, trained, saved in bf16 terms."""
     run = tmp_path / "run"
     assert _train_tallrec(synthetic_dataset, run, tiny_llm, "--device", "cpu", "--dtype", "bfloat16") == 0
-    saved = json.loads((run / "model" / "model.json").read_text())["config"]
-    assert saved["device"] == "cpu" and saved["backbone"]["dtype"] == "bfloat16" and saved["backbone"]["lora"]
+    record = json.loads((run / "model" / "model.json").read_text())
+    saved = record["config"]
+    assert "device" not in saved and "dtype" not in saved["backbone"] and saved["backbone"]["lora"]
     lora = {k: v for k, v in load_file(run / "model" / "histllm.safetensors").items() if "lora_B" in k}
     assert lora and all(v.abs().sum() > 0 for v in lora.values())  # lora_B starts at zero: it was trained
+    # a model.json of an older version, which held the device and dtype in the config, still loads
+    saved.update(device="cuda:3")
+    saved["backbone"].update(dtype="bfloat16", device=None)
+    (run / "model" / "model.json").write_text(json.dumps(record))
+    loaded = load_model(run, device="cpu")
+    assert loaded.placement == Placement("cpu", "float32") and loaded.backbone.dtype == torch.float32
 
 
 def test_a_run_loads_in_another_precision_with_close_scores(tmp_path, tiny_llm, synthetic_dataset):
@@ -238,13 +245,13 @@ def test_missing_or_unexpected_weights_are_an_error(tmp_path, synthetic_dataset,
 
 
 def test_a_model_built_from_its_config_class_runs_on_auto(synthetic_dataset):
-    """A config built directly in Python keeps device 'auto': the model resolves it (the trainer and the
-    backbone never see 'auto')."""
+    """A model built directly in Python from its config class runs where the placement's default says
+    (the CPU), and trains there."""
     from llmrec.data.dataset import Dataset
     from llmrec.models.sasrec import SASRec, SASRecConfig
     from llmrec.training import fit
 
     ds = Dataset(synthetic_dataset)
     model = SASRec(SASRecConfig(hidden=8, max_len=6, epochs=1), ds.n_users, ds.n_items)
-    assert model.cfg.device == resolve_device("auto")
+    assert model.placement == Placement("cpu")
     fit(model, ds)

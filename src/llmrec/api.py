@@ -107,7 +107,7 @@ class Model:
 
     @property
     def device(self) -> str:
-        return self.model.placement.device or "cpu"
+        return self.model.placement.device
 
     @property
     def needs_user_id(self) -> bool:

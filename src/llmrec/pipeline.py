@@ -16,16 +16,18 @@ from typing import Any, Literal
 
 from llmrec.config import ConfigError, check_ranges, flatten, from_dict, merge, option, to_dict
 from llmrec.data.dataset import Dataset, dataset_ref, locate_dataset
-from llmrec.devices import DEVICE_HELP
 from llmrec.errors import LlmrecError
 from llmrec.models.base import (
     Recommender,
     build_model,
+    drop_legacy_keys,
     get_model_class,
     load_model,
     model_config,
+    placement_for,
     read_model_record,
 )
+from llmrec.placement import DtypeName, Placement, device_option, dtype_option
 from llmrec.runs import RUN_FILES, Run, check_owned, clear_partial_files, clear_run, default_run_name
 from llmrec.utils.io import read_json
 from llmrec.utils.lock import folder_lock
@@ -71,10 +73,8 @@ class TrainConfig:
     out: str | None = option(None, "run directory (default: runs/<model>-<dataset>-<timestamp>)")
     seed: int = option(42, "global seed (numpy, torch)", ge=0, le=2**32 - 1)
     threads: int | None = option(None, "torch CPU threads (default: torch's choice)", ge=1)
-    device: str | None = option(None, f"{DEVICE_HELP}; sets the model option 'device' (default: auto)")
-    dtype: str | None = option(
-        None, "LLM backbone weights: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
-    )
+    device: str = device_option()
+    dtype: DtypeName = dtype_option()
     log_with: Literal["none", "tensorboard", "wandb", "mlflow"] = option(
         "none",
         "experiment tracker for the training curves (through accelerate; local ones write in <run>/tracking)",
@@ -90,12 +90,16 @@ class TrainConfig:
         check_ranges(self)
 
     def resolved(self) -> dict[str, Any]:
-        """This config with every model option at its value (defaults, preset, file, flags; device and
-        dtype resolved for this machine): what ``--print-config`` prints."""
+        """This config with every model option at its value (defaults, preset, file, flags) and the device
+        and dtype resolved for this machine: what ``--print-config`` prints."""
         out = to_dict(self)
-        out["options"] = to_dict(model_config(self.model, self.options, self.device, self.dtype))
-        out.pop("device"), out.pop("dtype")  # resolved into the options
+        out["options"] = to_dict(model_config(self.model, self.options))
+        out.update(self.placement().to_dict())
         return out
+
+    def placement(self) -> Placement:
+        """Where this command runs the model (``--device``, ``--dtype``)."""
+        return placement_for(self.model, self.device, self.dtype)
 
 
 # what may differ when a run resumes: where it runs, how it is evaluated, where it is written
@@ -106,18 +110,17 @@ _RESUMABLE_CHANGES = (
     "dtype",
     "eval",
     "data",
-    "options.device",
-    "options.backbone.dtype",
 )
 
 
-def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+def config_changes(saved: dict[str, Any], cfg: TrainConfig, path: Path = Path("config.json")) -> list[str]:
     """Dotted keys whose values differ between a run's saved config and ``cfg`` (models' options compared
     after resolving their defaults, so an explicit default equals an omitted one)."""
 
     def comparable(d: dict[str, Any]) -> dict[str, Any]:
         d = dict(d)
-        d["options"] = to_dict(model_config(d["model"], d.get("options") or {}, resolve=False))
+        options = drop_legacy_keys(d.get("options") or {}, path)
+        d["options"] = to_dict(model_config(d["model"], options))
         return flatten(d)
 
     before = comparable({k: v for k, v in saved.items() if not k.startswith("_")})
@@ -273,7 +276,7 @@ def check_resume(run_dir: Path, cfg: TrainConfig, ds: Dataset, restart: bool = F
             hint=_RESTART_HINT,
         )
     try:
-        changed = config_changes(saved, cfg)
+        changed = config_changes(saved, cfg, run_dir / "config.json")
     except LlmrecError as e:  # e.g. a model or option this version no longer has
         changed = [f"(unreadable: {e})"]
     identity = ((saved.get("_llmrec") or {}).get("dataset") or {}).get("identity")
@@ -295,7 +298,7 @@ def show_prompts(cfg: TrainConfig, user: str | None = None) -> dict[str, Any]:
     """``llmrec prompts``: the prompts model ``cfg.model`` (configured as ``cfg`` would train it) builds for
     one user of ``cfg.data`` (external id; default: the first user), with token counts."""
     ds = Dataset(cfg.data)
-    model = build_model(cfg.model, cfg.options, ds.n_users, ds.n_items, cfg.device, cfg.dtype)
+    model = build_model(cfg.model, cfg.options, ds.n_users, ds.n_items, cfg.placement())
     if not model.builds_prompts():
         raise ConfigError(
             f"model '{cfg.model}' builds no LLM prompt to show", hint="use an LLM model: illmrec"
@@ -347,7 +350,7 @@ def train(cfg: TrainConfig, restart: bool = False) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, cfg.options, ds.n_users, ds.n_items, cfg.device, cfg.dtype)
+    model = build_model(cfg.model, cfg.options, ds.n_users, ds.n_items, cfg.placement())
     # joins the other processes before the model loads onto a GPU
     accelerator = training.accelerator_for(model)
     if (
@@ -404,7 +407,7 @@ def _train_into(
                 ds.root,
                 ds.n_users,
                 ds.n_items,
-                model.placement.device or "cpu",
+                model.placement.device,
             )
             t0 = time.perf_counter()
             training.fit(model, ds, run, log_with=cfg.log_with)

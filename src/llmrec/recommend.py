@@ -19,8 +19,8 @@ from typing import Any
 
 from llmrec.api import COLUMNS, Model
 from llmrec.config import ConfigError, option
-from llmrec.devices import DEVICE_HELP, DTYPES
 from llmrec.errors import LlmrecError
+from llmrec.placement import DtypeName, device_option, dtype_option
 from llmrec.utils.io import (
     atomic_path,
     disk_errors,
@@ -54,10 +54,8 @@ class RecommendConfig:
     restart: bool = option(False, "discard an interrupted batch for --out made with other settings")
     data: str | None = option(None, "the run's dataset moved: its new folder (checksum verified)")
     json: bool = option(False, "print JSON")
-    device: str = option("auto", DEVICE_HELP)
-    dtype: str = option(
-        "auto", "LLM backbone weights: " + " | ".join(DTYPES) + " (auto: bf16 on CUDA, fp32 on CPU)"
-    )
+    device: str = device_option()
+    dtype: DtypeName = dtype_option()
 
     def __post_init__(self) -> None:
         if not self.run:
@@ -75,8 +73,6 @@ class RecommendConfig:
             raise ConfigError("--out is for batches: add --all-users or --users-file")
         if self.out and Path(self.out).suffix != ".parquet":
             raise ConfigError(f"--out must name a .parquet file, got {self.out!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
     @property
     def batch(self) -> bool:

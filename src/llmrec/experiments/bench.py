@@ -94,7 +94,7 @@ def time_training(model: Any, ds: Dataset, steps: int, seed: int) -> list[dict[s
     from llmrec.training.loop import TrainingStep, prepare_training, training_stage
 
     accelerator, device, stages = prepare_training(model, ds)
-    where = model.cfg.device  # the device as configured: the one training runs on in one process
+    where = model.placement.device  # the device as configured: the one training runs on in one process
     model.train()
     out = []
     for stage in stages:
@@ -143,7 +143,7 @@ def time_training(model: Any, ds: Dataset, steps: int, seed: int) -> list[dict[s
 def time_evaluation(model: Any, ds: Dataset, batch_size: int) -> dict[str, float]:
     """Ranking models: users per second scoring target + frozen negatives, and the whole catalog; a
     CTR-only model: labelled test examples per second (what ``llmrec train`` evaluates either by)."""
-    where = model.cfg.device
+    where = model.placement.device
     if "ranking" not in model.tasks:
         df = ds.ctr("test")
         users, targets = df["user_idx"].to_numpy(), df["target"].to_numpy().astype(np.int64)

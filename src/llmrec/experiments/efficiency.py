@@ -25,6 +25,7 @@ from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError
 from llmrec.features.store import ids_checksum, save_feature
 from llmrec.llm.prompts import REPRESENTATIONS, ire_prompt
+from llmrec.placement import DtypeName, device_option, dtype_option
 from llmrec.utils.io import write_json_atomic, write_text_atomic
 from llmrec.utils.timing import clock
 
@@ -57,10 +58,8 @@ class EfficiencyConfig:
     )
     summary_texts: str | None = option(None, "generated summaries for the 'summary' representation")
     threads: int | None = option(None, "torch CPU threads", ge=1)
-    dtype: str = option(
-        "auto", "LM dtype: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16"
-    )
-    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: DtypeName = dtype_option()
+    device: str = device_option()
     out: str = option("runs/efficiency", "output folder: efficiency.json, efficiency.md, efficiency.png")
 
     def __post_init__(self) -> None:
@@ -72,11 +71,10 @@ class EfficiencyConfig:
 
 
 def _model(ds: Dataset, cfg: EfficiencyConfig, representation: str, image_feature: str) -> Any:
-    from llmrec.models.base import build_model
+    from llmrec.models.base import build_model, placement_for
 
     options = {
-        "device": cfg.device,
-        "backbone": {"llm": cfg.llm, "dtype": cfg.dtype},
+        "backbone": {"llm": cfg.llm},
         "representation": representation,
         "features": ["text"],
         "text_feature": cfg.text_feature,
@@ -89,7 +87,8 @@ def _model(ds: Dataset, cfg: EfficiencyConfig, representation: str, image_featur
         "description_texts": cfg.description_texts,
         "summary_texts": cfg.summary_texts or "summary",
     }
-    model = build_model("illmrec", options, ds.n_users, ds.n_items)
+    placement = placement_for("illmrec", cfg.device, cfg.dtype)
+    model = build_model("illmrec", options, ds.n_users, ds.n_items, placement)
     model.attach(ds)
     return model.eval()
 

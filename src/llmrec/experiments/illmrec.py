@@ -37,6 +37,7 @@ from llmrec.assets import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM
 from llmrec.config import check_ranges, merge, option, to_dict, unflatten
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
+from llmrec.placement import DtypeName, device_option, dtype_option
 from llmrec.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from llmrec.utils.markdown import markdown_table
 
@@ -67,8 +68,8 @@ class PointSettings:
     )
     full_ranking: bool = option(True, "also rank the whole catalog (full_hit@10, full_ndcg@10)")
     threads: int | None = option(None, "torch CPU threads", ge=1)
-    device: str | None = option(None, "auto | cpu | cuda | cuda:N | mps (None: auto)")
-    dtype: str | None = option(None, "LLM weights: auto, float32, bfloat16, float16")
+    device: str = device_option()
+    dtype: DtypeName = dtype_option()
     restart: bool = option(False, "delete what llmrec wrote in every point's run and train it again")
 
     def __post_init__(self) -> None:
@@ -222,7 +223,7 @@ def check_available(ds: Dataset, options: dict[str, Any]) -> None:
         load_item_feature(ds, name, ds.n_items, who=f"I-LLMRec ({rep})", option=f"{role}_feature")
 
 
-def ensure_image_feature(ds: Dataset, encoder: str, device: str | None = None) -> str:
+def ensure_image_feature(ds: Dataset, encoder: str, device: str = "auto") -> str:
     """The name of ``encoder``'s image feature of ``ds``, computed now when missing; a feature of that
     name from another encoder is refused rather than overwritten."""
     from llmrec.features.build import FeaturesConfig, build_features
@@ -240,7 +241,6 @@ def ensure_image_feature(ds: Dataset, encoder: str, device: str | None = None) -
             )
         return name
     log.info("computing the image feature '%s' of %s with %s", name, ds.root, encoder)
-    feature_device = "cpu" if device in (None, "auto") else device
     build_features(
         FeaturesConfig(
             data=str(ds.root),
@@ -248,7 +248,7 @@ def ensure_image_feature(ds: Dataset, encoder: str, device: str | None = None) -
             image=True,
             image_encoder=encoder,
             image_name=name,
-            device=feature_device,
+            device=device,
         )
     )
     return name
@@ -326,11 +326,13 @@ def prompt_lengths(
     import torch
 
     from llmrec.eval.evaluator import seeded_rows
-    from llmrec.models.base import build_model
+    from llmrec.models.base import build_model, placement_for
 
     if s.threads:
         torch.set_num_threads(s.threads)
-    model = build_model("illmrec", options, ds.n_users, ds.n_items, s.device, s.dtype)
+    model = build_model(
+        "illmrec", options, ds.n_users, ds.n_items, placement_for("illmrec", s.device, s.dtype)
+    )
     model.attach(ds)
     split = ds.split("test")
     rows = seeded_rows(len(split.users), s.ranking_users)

@@ -58,9 +58,7 @@ def _model(cfg: ProbeConfig, train_cfg: Any, ds: Dataset) -> Any:
     if not cfg.untrained:
         return load_model(cfg.run, data=ds)
     torch.manual_seed(cfg.seed)
-    model = build_model(
-        train_cfg.model, train_cfg.options, ds.n_users, ds.n_items, train_cfg.device, train_cfg.dtype
-    )
+    model = build_model(train_cfg.model, train_cfg.options, ds.n_users, ds.n_items, train_cfg.placement())
     model.attach(ds)
     return model
 

@@ -34,6 +34,7 @@ from llmrec.features.store import (
     save_feature,
     stale_keys,
 )
+from llmrec.placement import device_option
 from llmrec.utils.io import sha256_file
 from llmrec.utils.lock import folder_lock
 
@@ -62,7 +63,7 @@ class FeaturesConfig:
     text_name: str = option("text", "feature name for the text feature")
     image_name: str = option("image", "feature name for the image feature")
     batch_size: int = option(64, "items per encoder batch")
-    device: str = option("cpu", "torch device for the encoders: auto | cpu | cuda | cuda:N | mps")
+    device: str = device_option()
     force: bool = option(False, "recompute even if an up-to-date feature exists")
     cf: str | None = option(
         None, "export a trained run's CF embeddings (e.g. runs/sasrec) instead of text/image"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from llmrec.errors import ConfigError
 from llmrec.llm.budget import TokenBudget, context_length
 from llmrec.llm.kv_cache import PrefixSharing, SharedPrefix, positions
 from llmrec.llm.prompts import PLACEHOLDERS
+from llmrec.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass
 class BackboneConfig:
-    """Which causal LM, in which precision, frozen or with LoRA."""
+    """Which causal LM, frozen or with LoRA (its device and weights dtype are the command's placement)."""
 
     llm: str = option(DEFAULT_LLM, "causal LM: offline alias, local folder, hub id or .gguf file")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
-        "auto", "LM weights dtype (also --dtype); auto: bfloat16 on CUDA, float32 elsewhere (fastest on CPU)"
-    )
     lora: bool = option(False, "train LoRA adapters (peft); otherwise the LM is frozen")
     lora_r: int = option(8, "LoRA rank", ge=1)
     lora_alpha: int = option(16, "LoRA alpha", ge=1)
@@ -64,17 +62,20 @@ class BackboneConfig:
 
 
 class Backbone(PrefixSharing, TokenBudget, nn.Module):
-    """A causal LM plus its tokenizer, with placeholder-token embedding injection, on ``device`` (the
-    model's one device option) in ``cfg.dtype`` (``auto`` resolved for that device). Its shared-prefix
+    """A causal LM plus its tokenizer, with placeholder-token embedding injection, on the model's placement
+    (its device, the weights in its dtype). Its shared-prefix
     methods (``constant_prefix``, ``hidden_many``, ...) are :class:`~llmrec.llm.kv_cache.PrefixSharing`'s,
     its token counting and context check :class:`~llmrec.llm.budget.TokenBudget`'s."""
 
-    def __init__(self, cfg: BackboneConfig, device: str = "cpu", vision: bool = False) -> None:
+    def __init__(self, cfg: BackboneConfig, placement: Placement | None = None, vision: bool = False) -> None:
         from llmrec.llm.vlm import text_config
 
         super().__init__()
         self.cfg = cfg
-        model = self._load(device, vision)  # sets the tokenizer (and a VLM's processor and image token)
+        placement = placement or Placement(dtype="float32")
+        model = self._load(
+            _DTYPES[placement.dtype or "float32"], vision
+        )  # sets the tokenizer (and a VLM's processor and image token)
         self._prefixes: dict[str, SharedPrefix] = {}  # constant prompt starts, by text (kv_cache)
         self._told_fallback = False
         self._chat_heads: dict[str, str] = {}  # chat_prefix's answers
@@ -84,7 +85,7 @@ class Backbone(PrefixSharing, TokenBudget, nn.Module):
             self.token_ids[self.image_token] = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.context_length = context_length(text_config(model.config), self.tokenizer)
         hidden_size = int(text_config(model.config).hidden_size)
-        self.model = self._make_trainable(model).to(device)
+        self.model = self._make_trainable(model).to(placement.device)
         self.hidden_size = hidden_size
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
@@ -96,16 +97,14 @@ class Backbone(PrefixSharing, TokenBudget, nn.Module):
             "on" if cfg.lora else "off",
         )
 
-    def _load(self, device: str, vision: bool) -> Any:
-        """The LM in ``cfg.dtype`` (resolved for ``device``) and its tokenizer (``self.tokenizer``), which
+    def _load(self, dtype: torch.dtype, vision: bool) -> Any:
+        """The LM in ``dtype`` and its tokenizer (``self.tokenizer``), which
         learns the placeholders as special tokens and pads on the right.
 
         vision: an image-text-to-text model (UniMP); its own image token is one more placeholder, filled
         with its vision tower's embeddings by the caller; its processor frames the chat."""
-        from llmrec.devices import resolve_dtype
         from llmrec.llm.vlm import load_vlm
 
-        dtype = _DTYPES[resolve_dtype(self.cfg.dtype, device)]
         self.processor: Any = None
         self.image_token: str | None = None
         if vision:

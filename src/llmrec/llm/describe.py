@@ -39,6 +39,7 @@ from llmrec.config import option, to_dict
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.encoders import check_template, dataset_item_fields, item_fields, render_template
+from llmrec.placement import device_option
 from llmrec.utils.io import read_json, write_json_atomic, write_parquet_atomic
 from llmrec.utils.lock import folder_lock
 
@@ -98,7 +99,7 @@ class DescribeConfig:
     )
     max_new_tokens: int = option(48, "most tokens generated per item (greedy decoding)")
     batch_size: int = option(16, "prompts per generate() call")
-    device: str = option("cpu", "torch device for the LM: auto | cpu | cuda | cuda:N | mps")
+    device: str = device_option()
     chat: bool = option(True, "wrap the prompt in the tokenizer's chat template when it has one")
     limit: int | None = option(None, "describe only the first N items (quick runs)")
     force: bool = option(False, "regenerate every item even if a cached text matches")

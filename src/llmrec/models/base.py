@@ -25,6 +25,7 @@ import numpy as np
 
 from llmrec.config import ConfigError, check_ranges, from_dict, merge, to_dict
 from llmrec.errors import LlmrecError
+from llmrec.placement import Placement
 from llmrec.utils.io import read_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -38,16 +39,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class Placement:
-    """Where a model runs, as its options resolved it: what a finished run is reloaded with (``llmrec train``
-    resuming at the evaluation), what the service reports, and what accelerate trains a torch model with."""
-
-    device: str | None  # the device option, resolved ("cpu", "cuda:0", ...); None: a numpy model, on the CPU
-    dtype: str | None = None  # the backbone's weights dtype (an LLM model); None: no backbone
-    mixed_precision: str = "none"  # autocast of training steps (a torch model's option); none otherwise
 
 
 class Recommender(abc.ABC):
@@ -71,9 +62,17 @@ class Recommender(abc.ABC):
     #: whether scores depend on the user index (a learned user embedding): an ad-hoc history of a user the
     #: model never saw cannot be scored, and the API says so instead of using user 0's embedding
     needs_user_id: ClassVar[bool] = False
+    #: whether the model runs on a torch device (``--device``); a numpy model runs on the CPU
+    on_device: ClassVar[bool] = False
+    #: whether the model is built around an LLM backbone, whose weights' dtype the placement sets (``--dtype``)
+    has_backbone: ClassVar[bool] = False
 
-    def __init__(self, cfg: ModelConfig, n_users: int, n_items: int) -> None:
+    def __init__(
+        self, cfg: ModelConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        """``placement``: where the command runs the model (:func:`placement_for`); default: the CPU."""
         self.cfg, self.n_users, self.n_items = cfg, n_users, n_items
+        self.placement = placement or Placement()
 
     @abc.abstractmethod
     def fit(self, dataset: Dataset, run: Any | None = None) -> None:
@@ -171,9 +170,9 @@ class Recommender(abc.ABC):
         return {}
 
     @property
-    def placement(self) -> Placement:
-        """Where the model runs (a numpy model: on the CPU, with no device option and no backbone)."""
-        return Placement(device=None)
+    def mixed_precision(self) -> str:
+        """Autocast of the training steps (none, bf16, fp16): a torch model's training option."""
+        return "none"
 
 
 _MODELS: dict[str, type[Recommender]] = {}
@@ -246,21 +245,13 @@ def get_model_class(name: str) -> type[Recommender]:
     return _MODELS[name]
 
 
-def model_config(
-    name: str,
-    options: dict[str, Any],
-    device: str | None = None,
-    dtype: str | None = None,
-    resolve: bool = True,
-) -> ModelConfig:
+def model_config(name: str, options: dict[str, Any]) -> ModelConfig:
     """The fully resolved config of model ``name``: its preset, its recipe's defaults (models with
-    ``recipes``), then ``options`` merged in at every depth
-    (unknown keys are an error), with ``device`` and the backbone ``dtype`` resolved for this machine
-    (``resolve=False`` leaves them as given, e.g. ``auto``).
-
-    ``device``/``dtype`` override the options' own (``--device``/``--dtype`` of the CLI)."""
+    ``recipes``), then ``options`` merged in at every depth (unknown keys are an error). Where the model
+    runs is not an option: the command's placement (:func:`placement_for`) says it."""
     cls = get_model_class(name)
     options = merge(cls.preset, options)  # a registered preset of another model fixes some defaults
+    _refuse_placement_options(name, options)
     if cls.recipes:  # the recipe's defaults, then every option given
         recipe = options.get("recipe", cls.config_cls.recipe)  # type: ignore[attr-defined]
         if recipe not in cls.recipes:
@@ -268,37 +259,42 @@ def model_config(
                 f"model '{name}' options: recipe {recipe!r} is not one of {sorted(cls.recipes)}"
             )
         options = merge(cls.recipes[recipe], options)
-    cfg = from_dict(cls.config_cls, options, where=f"model '{name}' options")
-    if resolve:
-        place(cfg, device, dtype, name)
-    return cfg
+    return from_dict(cls.config_cls, options, where=f"model '{name}' options")
 
 
-def place(cfg: ModelConfig, device: str | None, dtype: str | None, name: str) -> None:
-    """Resolve (and override) the device and backbone dtype of ``cfg`` in place."""
-    from llmrec.devices import resolve_device, resolve_dtype
+def _refuse_placement_options(name: str, options: dict[str, Any]) -> None:
+    """``device`` and ``backbone.dtype`` were model options before the command placed models: said so."""
+    backbone = options.get("backbone")
+    for given, flag in (
+        ("device" in options, "--device"),
+        ("backbone.dtype" in options or (isinstance(backbone, dict) and "dtype" in backbone), "--dtype"),
+    ):
+        if given:
+            raise ConfigError(
+                f"model '{name}' options: {flag[2:]} is where the command places the model, not a model "
+                f"option; give {flag} instead of -o {'device' if flag == '--device' else 'backbone.dtype'}"
+            )
 
-    if hasattr(cfg, "device"):
-        cfg.device = resolve_device(device or cfg.device)  # type: ignore[attr-defined]
-    elif device not in (None, "auto", "cpu"):
+
+def placement_for(name: str, device: str | None = None, dtype: str | None = None) -> Placement:
+    """Where model ``name`` runs here, from a command's ``--device``/``--dtype`` (None: ``auto``); a flag
+    that does not apply to the model (a device for a numpy model, a dtype without an LLM) is an error."""
+    cls = get_model_class(name)
+    if not cls.on_device and device not in (None, "auto", "cpu"):
         raise ConfigError(f"model '{name}' has no device option: it runs on the CPU (numpy); drop --device")
-    backbone = getattr(cfg, "backbone", None)
-    if backbone is not None:
-        backbone.dtype = resolve_dtype(dtype or backbone.dtype, cfg.device)  # type: ignore[attr-defined]
-    elif dtype not in (None, "auto"):
+    if not cls.has_backbone and dtype not in (None, "auto"):
         raise ConfigError(f"--dtype applies to LLM backbones and model '{name}' has none; drop it")
+    return Placement.resolve(device if cls.on_device else "cpu", dtype, backbone=cls.has_backbone)
 
 
 def build_model(
-    name: str,
-    options: dict[str, Any],
-    n_users: int,
-    n_items: int,
-    device: str | None = None,
-    dtype: str | None = None,
+    name: str, options: dict[str, Any], n_users: int, n_items: int, placement: Placement | None = None
 ) -> Recommender:
-    """Instantiate a registered model from a dict of its options (see :func:`model_config`)."""
-    return get_model_class(name)(model_config(name, options, device, dtype), n_users, n_items)
+    """Instantiate a registered model from a dict of its options (see :func:`model_config`), placed as
+    ``placement`` says (default: :func:`placement_for` the model with ``auto`` device and dtype)."""
+    return get_model_class(name)(
+        model_config(name, options), n_users, n_items, placement or placement_for(name)
+    )
 
 
 def model_dir(path: str | Path) -> Path:
@@ -351,12 +347,18 @@ def read_model_record(directory: Path) -> dict[str, Any]:
     return info
 
 
-# keys older versions saved that the current configs no longer have, at their value of no effect
-# (backbone.device: the model's one device option replaced it; rec_norm: an I-LLMRec BatchNorm, removed)
-_LEGACY_KEYS: dict[str, dict[str, Any]] = {"backbone": {"device": None}, "": {"rec_norm": False}}
+# keys older versions saved that the current configs no longer have, at their value of no effect (None:
+# any value; device and backbone.dtype: where the model ran, now the command's placement; rec_norm: an
+# I-LLMRec BatchNorm, removed)
+_LEGACY_KEYS: dict[str, dict[str, Any]] = {
+    "backbone": {"device": None, "dtype": None},
+    "": {"rec_norm": False, "device": None},
+}
 
 
-def _drop_legacy_keys(config: dict[str, Any], path: Path) -> dict[str, Any]:
+def drop_legacy_keys(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A saved model config without the keys of older versions (:data:`_LEGACY_KEYS`); one set to a value
+    this version cannot honour is an error naming ``path``."""
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for group, keys in _LEGACY_KEYS.items():
         node = config.get(group) if group else config
@@ -390,14 +392,15 @@ def load_model(
 
     directory = model_dir(path)
     info = read_model_record(directory)
-    config = _drop_legacy_keys(info["config"], directory / "model.json")
+    config = drop_legacy_keys(info["config"], directory / "model.json")
     try:  # a model or option this version does not know, a value out of range
-        model_config(info["model"], config, resolve=False)
+        model_config(info["model"], config)
     except LlmrecError as e:
         raise LlmrecError(
             f"cannot rebuild the saved model ({e})", file=directory / "model.json", hint=_RETRAIN
         ) from None
-    model = build_model(info["model"], config, info["n_users"], info["n_items"], device, dtype)
+    placement = placement_for(info["model"], device, dtype)
+    model = build_model(info["model"], config, info["n_users"], info["n_items"], placement)
     ref = info.get("dataset")
     if ref is None and (directory / "sources.json").exists():  # saved before model.json recorded it
         ref = read_json(directory / "sources.json").get("dataset")

@@ -37,6 +37,7 @@ from llmrec.config import option
 from llmrec.models.base import register_model
 from llmrec.models.neural import Batch, NeuralConfig, left_pad, trainable_users
 from llmrec.models.sequential import SequentialRecommender, check_heads
+from llmrec.placement import Placement
 
 if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
@@ -94,8 +95,10 @@ class BERT4Rec(SequentialRecommender):
     config_cls = BERT4RecConfig
     cfg: BERT4RecConfig
 
-    def __init__(self, cfg: BERT4RecConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
+    def __init__(
+        self, cfg: BERT4RecConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        super().__init__(cfg, n_users, n_items, placement)
         d = cfg.hidden
         self.mask_row = n_items + 1
         self.item_emb = nn.Embedding(n_items + 2, d, padding_idx=0)  # 0 padding, 1..N items, N+1 [MASK]

@@ -39,6 +39,7 @@ from llmrec.models.base import register_model
 from llmrec.models.graph import FeatureGraphRecommender, check_features, features_option
 from llmrec.models.mf import training_pairs
 from llmrec.models.neural import Batch, NeuralConfig, minibatches
+from llmrec.placement import Placement
 
 if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
@@ -64,8 +65,10 @@ class BM3(FeatureGraphRecommender):
     config_cls = BM3Config
     cfg: BM3Config
 
-    def __init__(self, cfg: BM3Config, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)  # the ID embeddings
+    def __init__(
+        self, cfg: BM3Config, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        super().__init__(cfg, n_users, n_items, placement)  # the ID embeddings
         self.predictor = nn.Linear(cfg.dim, cfg.dim)
         nn.init.xavier_normal_(self.predictor.weight)
         self.projections = nn.ModuleDict()  # feature name -> Linear(F -> dim), created by attach()

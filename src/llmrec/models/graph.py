@@ -24,6 +24,7 @@ from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import check_trained_feature, load_item_feature, scaled_item_values
 from llmrec.models.mf import training_pairs
 from llmrec.models.neural import TorchRecommender
+from llmrec.placement import Placement
 from llmrec.utils.io import read_json, write_json_atomic
 
 
@@ -107,8 +108,8 @@ class FeatureGraphRecommender(TorchRecommender):
     needs_user_id = True  # a user is their node in the graph
     needs_dataset = True  # the graph and the features come from the dataset
 
-    def __init__(self, cfg: Any, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
+    def __init__(self, cfg: Any, n_users: int, n_items: int, placement: Placement | None = None) -> None:
+        super().__init__(cfg, n_users, n_items, placement)
         self.missing_vectors = nn.ParameterDict()  # feature name -> the learned vector of an item without it
         self.sources: list[dict[str, Any]] = []
         self._dataset: Dataset | None = None
@@ -152,7 +153,7 @@ class FeatureGraphRecommender(TorchRecommender):
                 self.missing_vectors[name] = nn.Parameter(torch.zeros(self.cfg.dim))
             self.sources.append({"feature": name, "sha256": feature.manifest["sha256"]})
         self._dataset = dataset
-        self.to(self.cfg.device)
+        self.to(self.placement.device)
 
     def prepare(self, dataset: Dataset) -> None:
         self.attach(dataset)

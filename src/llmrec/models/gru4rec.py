@@ -37,6 +37,7 @@ from llmrec.config import option
 from llmrec.models.base import register_model
 from llmrec.models.neural import Batch, NeuralConfig, next_item_batches
 from llmrec.models.sequential import SequentialRecommender
+from llmrec.placement import Placement
 
 if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
@@ -59,8 +60,10 @@ class GRU4Rec(SequentialRecommender):
     config_cls = GRU4RecConfig
     cfg: GRU4RecConfig
 
-    def __init__(self, cfg: GRU4RecConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
+    def __init__(
+        self, cfg: GRU4RecConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        super().__init__(cfg, n_users, n_items, placement)
         self.item_emb = nn.Embedding(n_items + 1, cfg.embedding, padding_idx=0)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         # no biases: with zero inputs (padding) the zero initial state stays exactly zero

@@ -67,6 +67,7 @@ from llmrec.models.graph import (
 )
 from llmrec.models.mf import training_pairs
 from llmrec.models.neural import Batch, NeuralConfig, minibatches, sample_unseen, seen_keys
+from llmrec.placement import Placement
 
 
 @dataclasses.dataclass
@@ -136,8 +137,10 @@ class LGMRec(FeatureGraphRecommender):
     config_cls = LGMRecConfig
     cfg: LGMRecConfig
 
-    def __init__(self, cfg: LGMRecConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)  # the ID embeddings
+    def __init__(
+        self, cfg: LGMRecConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        super().__init__(cfg, n_users, n_items, placement)  # the ID embeddings
         # per feature, created by attach() (their sizes come from the store): W_m, V_m, the missing vector
         self.projections = nn.ModuleDict()  # name -> Linear(F -> dim, no bias)
         self.hyperedges = nn.ModuleDict()  # name -> Linear(F -> n_hyper, no bias)

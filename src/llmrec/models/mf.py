@@ -36,6 +36,7 @@ from llmrec.config import option
 from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
 from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, minibatches, sample_unseen, seen_keys
+from llmrec.placement import Placement
 
 if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
@@ -72,8 +73,8 @@ class MF(TorchRecommender):
     config_cls = MFConfig
     cfg: MFConfig
 
-    def __init__(self, cfg: MFConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
+    def __init__(self, cfg: MFConfig, n_users: int, n_items: int, placement: Placement | None = None) -> None:
+        super().__init__(cfg, n_users, n_items, placement)
         self.user_emb = nn.Embedding(n_users, cfg.dim)
         self.item_emb = nn.Embedding(n_items, cfg.dim)
         nn.init.normal_(self.user_emb.weight, std=0.1)

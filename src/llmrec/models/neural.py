@@ -78,11 +78,6 @@ class NeuralConfig(ModelConfig):
     patience: int = option(20, "stop after this many validations without a better validation metric", ge=1)
     eval_every: int = option(1, "epochs between validations", ge=1)
     eval_users: int | None = option(None, "validate on a fixed random subset of users (None = all)", ge=1)
-    device: str = option(
-        "auto",
-        "auto | cpu | cuda | cuda:N | mps (auto: cuda when available; also --device; under accelerate "
-        "launch: cpu, or each process's own GPU)",
-    )
     mirror_gradient: bool = option(
         False,
         "Mirror Gradient (Zhong et al., WWW 2024): every mg_interval-th batch a descent step on mg_alpha1 x loss, "
@@ -151,13 +146,13 @@ class TorchRecommender(Recommender, nn.Module):
     #: AdamW (weight decay decoupled from the gradient) instead of Adam, unless the option ``optimizer`` says
     decoupled_weight_decay: ClassVar[bool] = False
     trained_in_steps = True
+    on_device = True
 
-    def __init__(self, cfg: NeuralConfig, n_users: int, n_items: int) -> None:
-        from llmrec.devices import resolve_device
-
+    def __init__(
+        self, cfg: NeuralConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
         nn.Module.__init__(self)
-        Recommender.__init__(self, cfg, n_users, n_items)
-        cfg.device = resolve_device(cfg.device)  # "auto" -> where it runs here, however the config was built
+        Recommender.__init__(self, cfg, n_users, n_items, placement)
 
     # -- what the trainer needs
     @abc.abstractmethod
@@ -221,9 +216,9 @@ class TorchRecommender(Recommender, nn.Module):
         fit(self, dataset, run)
 
     @property
-    def placement(self) -> Placement:
-        """On its device option (resolved when built), trained with its ``mixed_precision``; no backbone."""
-        return Placement(device=self.cfg.device, mixed_precision=self.cfg.mixed_precision)
+    def mixed_precision(self) -> str:
+        """Autocast of the training steps: the option ``mixed_precision``."""
+        return self.cfg.mixed_precision
 
     # -- what the trainer keeps as "best" and checkpoints (models around a frozen LLM keep less)
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
@@ -246,7 +241,7 @@ class TorchRecommender(Recommender, nn.Module):
         state = read_weights(path)
         check_weights(path, state, self.state_dict())
         self.load_state_dict(state)
-        self.to(self.cfg.device)
+        self.to(self.placement.device)
         self.eval()  # a loaded model is for scoring; fit() switches back to training mode
 
 

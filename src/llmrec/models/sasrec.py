@@ -22,6 +22,7 @@ from llmrec.config import option
 from llmrec.models.base import register_model
 from llmrec.models.neural import Batch, NeuralConfig, next_item_batches
 from llmrec.models.sequential import SequentialRecommender, check_heads
+from llmrec.placement import Placement
 
 if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
@@ -61,8 +62,10 @@ class SASRec(SequentialRecommender):
     config_cls = SASRecConfig
     cfg: SASRecConfig
 
-    def __init__(self, cfg: SASRecConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
+    def __init__(
+        self, cfg: SASRecConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        super().__init__(cfg, n_users, n_items, placement)
         d = cfg.hidden
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len + 1, d, padding_idx=0)

@@ -35,6 +35,7 @@ from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import Feature, check_trained_feature, load_item_feature, scaled_item_values
 from llmrec.models.base import register_model
 from llmrec.models.mf import MF, MFConfig
+from llmrec.placement import Placement
 from llmrec.utils.io import read_json, write_json_atomic
 
 
@@ -56,8 +57,10 @@ class VBPR(MF):
     needs_dataset = True
     cfg: VBPRConfig
 
-    def __init__(self, cfg: VBPRConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
+    def __init__(
+        self, cfg: VBPRConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        super().__init__(cfg, n_users, n_items, placement)
         self.user_visual = nn.Embedding(n_users, cfg.visual_dim)  # theta_u
         nn.init.normal_(self.user_visual.weight, std=0.1)
         self.missing_visual = nn.Parameter(torch.zeros(cfg.visual_dim))  # m, stands in for E f_i

@@ -47,8 +47,8 @@ _TRACKERS = {
 def accelerator_for(
     model: Recommender, log_with: str = "none", tracking_dir: Path | None = None
 ) -> Accelerator:
-    """The Accelerator that trains ``model``: on its ``device`` and with its ``mixed_precision`` (CPU and
-    full precision for models without these options), and with the experiment tracker ``log_with``
+    """The Accelerator that trains ``model``: on its placement's device and with its ``mixed_precision``
+    (CPU and full precision for a model that trains nothing in steps), and with the experiment tracker ``log_with``
     (none, or one of ``_TRACKERS``; local ones write under ``tracking_dir``).
 
     Under ``accelerate launch`` or ``torchrun`` the first call joins the other processes and makes this
@@ -56,8 +56,10 @@ def accelerator_for(
     GPU (``llmrec train`` does). A process on its own gets a fresh accelerate state at every call:
     accelerate keeps one device and precision per process, and one process may train several models.
     """
-    placed = model.placement  # a model that fits itself (numpy, zero-shot) gets a CPU accelerator
-    device, precision = (placed.device, placed.mixed_precision) if model.trained_in_steps else ("cpu", "none")
+    # a model that fits itself (numpy, zero-shot) gets a CPU accelerator
+    device, precision = (
+        (model.placement.device, model.mixed_precision) if model.trained_in_steps else ("cpu", "none")
+    )
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` was told
     if launched not in ("no", _PRECISION[precision]):
         raise ConfigError(
@@ -80,7 +82,7 @@ def accelerator_for(
         project_dir=tracking_dir,
     )
     if precision == "fp16" and accelerator.device.type == "cpu":
-        raise ConfigError("mixed_precision=fp16 needs a GPU (-o device=cuda); on the CPU use bf16")
+        raise ConfigError("mixed_precision=fp16 needs a GPU (--device cuda); on the CPU use bf16")
     return accelerator
 
 

@@ -142,8 +142,8 @@ def prepare_training(
     for stage in stages:  # a misspelt name would silently train nothing
         if unknown := stage.trainable - names:
             raise ValueError(f"{model.name} stage {stage.name}: no parameters named {sorted(unknown)[:3]}")
-    # alone, the device as configured (e.g. cuda:1); launched, the one the launcher gave this process
-    device = torch.device(model.cfg.device) if accelerator.num_processes == 1 else accelerator.device
+    # the command's placement: alone, the device it asked for (e.g. cuda:1); launched, this process's own
+    device = torch.device(model.placement.device)
     model.to(device)
     return accelerator, device, stages
 

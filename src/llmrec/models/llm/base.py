@@ -11,7 +11,6 @@ import torch
 
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
-from llmrec.models.base import Placement
 from llmrec.models.neural import TorchRecommender, check_weights, read_weights
 from llmrec.utils.io import atomic_path, read_json, write_json_atomic
 
@@ -25,6 +24,7 @@ class FeatureBackedLLM(TorchRecommender):
     #: entries older versions saved with the weights that are no longer weights (dropped on loading)
     legacy_weights: ClassVar[tuple[str, ...]] = ()
     needs_dataset = True
+    has_backbone = True  # its LM's weights in the placement's dtype
     source: dict[str, Any]
     _dataset: Dataset | None = None
 
@@ -36,15 +36,6 @@ class FeatureBackedLLM(TorchRecommender):
     def trained_on(self) -> Dataset | None:
         """The dataset ``attach`` attached (None before): the model reads its texts and features."""
         return self._dataset
-
-    @property
-    def placement(self) -> Placement:
-        """On its device option, its backbone LM in the backbone's dtype (resolved for that device)."""
-        return Placement(
-            device=self.cfg.device,
-            dtype=self.cfg.backbone.dtype,  # type: ignore[attr-defined] (every LLM model's config has one)
-            mixed_precision=self.cfg.mixed_precision,
-        )
 
     def prepare(self, dataset: Dataset) -> None:
         """Before training: attach the backbone and features of ``dataset``."""

@@ -67,6 +67,7 @@ from llmrec.models.base import register_model
 from llmrec.models.llm.base import FeatureBackedLLM
 from llmrec.models.llm.ctr_prompts import CtrPrompts, binary_codes, cut_texts, item_descriptions
 from llmrec.models.neural import Batch, NeuralConfig, Stage
+from llmrec.placement import Placement
 from llmrec.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -221,8 +222,10 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
     decoupled_weight_decay = True  # AdamW
     shared_prefix_ranking = True  # score(..., shared_prefix=): see rank_logits
 
-    def __init__(self, cfg: HistLLMConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
+    def __init__(
+        self, cfg: HistLLMConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        super().__init__(cfg, n_users, n_items, placement)
         self.backbone: Backbone | None = None  # built by attach(): it needs the dataset
         self.source: dict[str, Any] = {}
         self.no_image: nn.Parameter | None = None  # VMA's token for image-less items (missing_image=learned)
@@ -244,7 +247,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         cfg = self.cfg
         self.source, self._dataset = {"features": {}}, ds
         self.use_image = self._image_wanted(ds)
-        self.backbone = Backbone(cfg.backbone, cfg.device)
+        self.backbone = Backbone(cfg.backbone, self.placement)
         d = self.backbone.hidden_size
         if self.use_image:
             self._attach_image(ds, d)
@@ -264,7 +267,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
             self.frame(CTR_PLAIN.format(history="", nouns="", noun="", target="")) if self.raw else None
         )
         self.answer_ids = [self.backbone.answer_token_id(w, answer_at) for w in ("Yes", "No")]
-        self.to(cfg.device)
+        self.to(self.placement.device)
 
     def _image_wanted(self, ds: Dataset) -> bool:
         """VMA on: as configured, or (``image`` None) when the dataset has the image feature."""

@@ -58,6 +58,7 @@ from llmrec.models.llm.illmrec_config import RECIPES, ILLMRecConfig
 from llmrec.models.llm.projectors import mlp_adaptor, projector
 from llmrec.models.llm.projectors_alone import ProjectorsAlone
 from llmrec.models.neural import Batch, Stage, negatives_for_user, trainable_users
+from llmrec.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,10 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
     )
     cfg: ILLMRecConfig
 
-    def __init__(self, cfg: ILLMRecConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
+    def __init__(
+        self, cfg: ILLMRecConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        super().__init__(cfg, n_users, n_items, placement)
         if cfg.representation not in self.representations:
             raise ConfigError(
                 f"{self.name}: representation must be one of {self.representations}, got {cfg.representation!r}",
@@ -125,7 +128,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         self._lengths: dict[str, np.ndarray] = {}
         # what training may change (the projectors-alone stage freezes some of it for a while)
         self._trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        self.to(self.cfg.device)
+        self.to(self.placement.device)
 
     def _load_features(self, ds: Dataset) -> dict[str, Any]:
         """The item features this configuration reads (:meth:`feature_needs`), each a (N, d) buffer
@@ -166,7 +169,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
 
     def load_backbone(self) -> Backbone:
         """The LLM: a causal LM (hook)."""
-        return Backbone(self.cfg.backbone, self.cfg.device)
+        return Backbone(self.cfg.backbone, self.placement.device)
 
     def _build_modules(self, feats: dict[str, Any], has_image: np.ndarray) -> None:
         """The adaptors, the [REC] vector, the user and item projectors per feature type (and the fallback

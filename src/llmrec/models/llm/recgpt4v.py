@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,15 +49,12 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclasses.dataclass
 class VLMConfig:
-    """Which vision-language model, in which precision (always frozen)."""
+    """Which vision-language model (always frozen; its weights' dtype is the command's placement)."""
 
     llm: str | None = option(
         None,
         "the VLM: local folder or hub id of any transformers image-text-to-text model (required; the HistLLM "
         "paper used DeepSeek-VL2)",
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
-        "auto", "weights dtype (also --dtype); auto: bfloat16 on CUDA, float32 elsewhere"
     )
 
     def __post_init__(self) -> None:
@@ -71,7 +68,6 @@ class RecGPT4VConfig(ModelConfig):
     max_new_tokens: int = option(128, "tokens of the generated preference summary (greedy)", ge=1)
     max_title_chars: int = option(200, "cut titles longer than this", ge=1)
     noun: str = option("movie", "what the prompts call an item ('movie' in HistLLM's movie data)")
-    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps (also --device)")
 
 
 def _title(text: Any, limit: int) -> str:
@@ -86,10 +82,13 @@ class RecGPT4V(Recommender):
     config_cls = RecGPT4VConfig
     needs_dataset = True
     pair_batch_size = 16  # CTR rows per evaluation call (one VLM forward each)
+    on_device = has_backbone = True  # the VLM, on the placement's device in its dtype
     cfg: RecGPT4VConfig
 
-    def __init__(self, cfg: RecGPT4VConfig, n_users: int, n_items: int) -> None:
-        super().__init__(cfg, n_users, n_items)
+    def __init__(
+        self, cfg: RecGPT4VConfig, n_users: int, n_items: int, placement: Placement | None = None
+    ) -> None:
+        super().__init__(cfg, n_users, n_items, placement)
         self.vlm: Any = None  # a VisionLanguageModel, built by attach()
         self._dataset: Dataset | None = None
         self.summaries: dict[tuple[int, ...], str] = {}  # history items -> generated summary
@@ -99,23 +98,17 @@ class RecGPT4V(Recommender):
     def trained_on(self) -> Dataset | None:
         return self._dataset
 
-    @property
-    def placement(self) -> Placement:
-        """On its device option, the VLM in its dtype; it trains nothing (no mixed precision)."""
-        return Placement(device=self.cfg.device, dtype=self.cfg.backbone.dtype)
-
     # ------------------------------------------------------------------ building against a dataset
     def attach(self, ds: Dataset) -> None:
         """Load the VLM; read the dataset's titles and image files (a dataset without images is refused)."""
-        from llmrec.devices import resolve_device, resolve_dtype
         from llmrec.features.build import source_keys
         from llmrec.features.store import ids_checksum
         from llmrec.llm.vlm import ItemPictures, VisionLanguageModel
 
         paths = ItemPictures(ds, self.name).paths  # a dataset without any picture is refused
-        device = resolve_device(self.cfg.device)
-        dtype = _DTYPES[resolve_dtype(self.cfg.backbone.dtype, device)]
-        self.vlm = VisionLanguageModel(self.cfg.backbone.llm, device, dtype)
+        self.vlm = VisionLanguageModel(
+            self.cfg.backbone.llm, self.placement.device, _DTYPES[self.placement.dtype or "float32"]
+        )
         self._dataset, self._paths = ds, paths
         self.titles = [self.vlm.escape(_title(t, self.cfg.max_title_chars)) for t in ds.items["title"]]
         self.source = {"images_sha256": ids_checksum(source_keys(list(paths)))}

@@ -43,7 +43,7 @@ class UniMP(ILLMRec):
 
     def load_backbone(self) -> Backbone:
         """The VLM, whose vision tower and processor read the pictures."""
-        backbone = Backbone(self.cfg.backbone, self.cfg.device, vision=True)
+        backbone = Backbone(self.cfg.backbone, self.placement, vision=True)
         self._pictures.bind(backbone.model, backbone.processor)
         return backbone
 
