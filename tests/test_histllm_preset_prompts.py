@@ -269,8 +269,7 @@ def test_print_config_shows_the_recipe_and_an_option_wins_over_it(example_datase
 
 
 def test_only_the_most_recent_history_len_items_are_shown(example_dataset, tiny_llm):
-    model = attached("tallrec", example_dataset, tiny_llm, chat_template=False)
-    model.cfg.history_len = 2
+    model = attached("tallrec", example_dataset, tiny_llm, chat_template=False, history_len=2)
     text = model.prompt_text(USER, np.array(HISTORY), TARGET)
     assert text == TALLREC.replace('"Heat (1995)", ', "")
 

@@ -212,8 +212,8 @@ def test_prompts_keep_to_max_prompt_tokens_exactly(ill_dataset, tiny_llm, repres
     full = int(m.build_ire([hist])["mask"].sum())
     empty = int(m.build_ire([hist[:0]])["mask"].sum())
     for budget in range(empty, full + 2, 3):
-        m.cfg.max_prompt_tokens = budget
-        ids, mask = (m.build_ire([hist])[k][0] for k in ("ids", "mask"))
+        with m.switched(max_prompt_tokens=budget):
+            ids, mask = (m.build_ire([hist])[k][0] for k in ("ids", "mask"))
         assert int(mask.sum()) <= budget
         kept = m.backbone.tokenizer.decode(ids[mask.bool()]).count("{Title: ")
         longer = m.frame(ire_prompt(m._prompt_parts(hist[12 - kept - 1 :])[0]), "ire")

@@ -89,8 +89,8 @@ def test_official_framing_shares_only_the_bos_between_ire_and_ila(ill_dataset, t
     assert m.prompt_head(["ire", "ila"]) == "<|im_start|>"
     batch = next(m.train_batches(ill_dataset, np.random.default_rng(0)))
     loss = m.loss(batch)  # one pass + the cached BOS: same loss as whole prompts, one by one
-    m.cfg.one_pass, m.cfg.shared_prefix = False, False
-    assert torch.allclose(loss, m.loss(batch), atol=1e-5)
+    with m.switched(one_pass=False, shared_prefix=False):
+        assert torch.allclose(loss, m.loss(batch), atol=1e-5)
 
 
 def test_recipes_set_defaults_and_any_option_overrides(tiny_llm):

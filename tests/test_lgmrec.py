@@ -86,7 +86,8 @@ def lgm_dataset(image_feature_dataset):
 def test_hyperedge_dependencies_by_hand(lgm_dataset):
     ds = lgm_dataset
     torch.manual_seed(0)
-    model = build_model("lgmrec", {"dim": 8, "n_hyper": 3, "features": ["image"]}, ds.n_users, ds.n_items)
+    options = {"dim": 8, "n_hyper": 3, "features": ["image"], "keep_rate": 1.0}  # keep_rate: training only
+    model = build_model("lgmrec", options, ds.n_users, ds.n_items)
     model.prepare(ds)
     model.eval()
     users, items = model.dependencies("image")
@@ -107,7 +108,6 @@ def test_hyperedge_dependencies_by_hand(lgm_dataset):
     np.testing.assert_allclose(items[[0, 5]].detach().numpy(), 1 / 3, rtol=1e-6)  # no image: uniform
     # training: a Gumbel-softmax (rows still sum to 1 without the dropout), different on every call
     model.train()
-    model.cfg.keep_rate = 1.0
     first, second = model.dependencies("image")[1], model.dependencies("image")[1]
     torch.testing.assert_close(first.sum(1), torch.ones(ds.n_items))
     assert not torch.allclose(first, second)

@@ -77,8 +77,8 @@ def test_one_pass_equals_two_passes(ill_dataset, tiny_llm, lora, representation)
     assert float(want[1][used].abs().max()) > 0  # gradients reach the history's tokens
     for one_pass in (True, False):
         for shared_prefix in (True, False):
-            model.cfg.one_pass, model.cfg.shared_prefix = one_pass, shared_prefix
-            assert_same(loss_and_grads(model, model.loss, batch), want)
+            with model.switched(one_pass=one_pass, shared_prefix=shared_prefix):
+                assert_same(loss_and_grads(model, model.loss, batch), want)
 
 
 def test_the_packed_row_shares_the_history_and_caches_the_prefix(ill_dataset, tiny_llm):
@@ -101,10 +101,10 @@ def test_the_packed_row_shares_the_history_and_caches_the_prefix(ill_dataset, ti
     assert packed < int((ire + ila).max()) - 2 * p  # the history is not repeated
     assert step2["inputs_embeds"].shape == step1["inputs_embeds"].shape
     seen.clear()
-    model.cfg.one_pass = False  # the two-pass path: one forward per prompt, after the same cached prefix
     hook = decoder.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs), with_kwargs=True)
-    try:
-        model.loss(batch)
+    try:  # the two-pass path: one forward per prompt, after the same cached prefix
+        with model.switched(one_pass=False):
+            model.loss(batch)
     finally:
         hook.remove()
     assert [c["inputs_embeds"].shape[1] for c in seen] == [
@@ -212,10 +212,10 @@ def test_scores_of_a_trained_model_do_not_change(ill_dataset, tiny_llm):
     users = torch.arange(6)
     hist = [np.asarray(ill_dataset.train_sequences[u]) for u in range(6)]
     with torch.no_grad():
-        model.cfg.shared_prefix = True
-        cached = model.score_all_tensor(users, hist)
-        model.cfg.shared_prefix = False
-        whole = model.score_all_tensor(users, hist)
+        with model.switched(shared_prefix=True):
+            cached = model.score_all_tensor(users, hist)
+        with model.switched(shared_prefix=False):
+            whole = model.score_all_tensor(users, hist)
     torch.testing.assert_close(cached, whole, atol=1e-5, rtol=0)
 
 
@@ -241,8 +241,10 @@ ctr_dataset = test_histllm.ctr_dataset  # fixture
     ],
 )
 def test_histllm_step2_with_a_cached_prefix_equals_the_whole_prompt(ctr_dataset, tiny_llm, options):
-    model = test_histllm.make("histllm", ctr_dataset, tiny_llm, **options)
-    model.cfg.backbone.lora_dropout = 0.0
+    backbone = {"llm": tiny_llm, "lora": True, "lora_dropout": 0.0}
+    torch.manual_seed(0)  # as test_histllm.make builds it, without LoRA's dropout
+    opts = {**test_histllm.TINY, **options, "backbone": backbone}
+    model = build_model("histllm", opts, ctr_dataset.n_users, ctr_dataset.n_items)
     model.attach(ctr_dataset)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a step-1 LoRA that is not the identity
@@ -254,10 +256,10 @@ def test_histllm_step2_with_a_cached_prefix_equals_the_whole_prompt(ctr_dataset,
         p.requires_grad_(name in step2)
     batch = next(model.train_batches(ctr_dataset, np.random.default_rng(0)))
     model.train()
-    model.cfg.shared_prefix = False
-    want = loss_and_grads(model, model.loss, batch)
-    model.cfg.shared_prefix = True
-    got = loss_and_grads(model, model.loss, batch)
+    with model.switched(shared_prefix=False):
+        want = loss_and_grads(model, model.loss, batch)
+    with model.switched(shared_prefix=True):
+        got = loss_and_grads(model, model.loss, batch)
     (prefix,) = model.backbone.prefixes
     assert "#Question: A user has given high ratings to the following movies:" in (
         model.backbone.tokenizer.decode(prefix.ids)

@@ -72,8 +72,7 @@ def illmrec(ds, tiny_llm, **options):
 
 
 def all_scores(model, users, hist, shared):
-    model.cfg.shared_prefix = shared
-    with torch.no_grad():
+    with model.switched(shared_prefix=shared), torch.no_grad():
         return model.score_all_tensor(torch.as_tensor(users), hist).numpy()
 
 

@@ -82,8 +82,8 @@ def _model(ds: Dataset, cfg: EfficiencyConfig, representation: str, image_featur
         "ila": False,
         "shared_prefix": False,  # the representations' table times whole prompts (the paper's Fig. 1a / 4)
         "score_batch_size": cfg.batch_size,
-        "max_prompt_tokens": 10**6,  # time the whole history (trimmed only to fit the LM's context)
-        "max_description_chars": 10**6,
+        "max_prompt_tokens": None,  # time the whole history (trimmed only to fit the LM's context)
+        "max_description_chars": None,
         "description_texts": cfg.description_texts,
         "summary_texts": cfg.summary_texts or "summary",
     }
@@ -139,15 +139,15 @@ def run_efficiency(cfg: EfficiencyConfig) -> dict[str, Any]:
             users, histories = _windows(seqs, L, cfg.users)
             if not users:
                 continue
-            model.cfg.test_history = L
             prompts = [model.backbone.chat(ire_prompt([texts[i] for i in h])) for h in histories]
             result["prompt_tokens"][rep][L] = float(
                 np.mean([model.backbone.count_tokens(p) for p in prompts])
             )
-            model.score_all(np.array(users[:2]), histories[:2])  # warm-up
-            t0 = clock(model.device)
-            model.score_all(np.array(users), histories)
-            result["time_per_100_users"][rep][L] = (clock(model.device) - t0) * 100 / len(users)
+            with model.switched(test_history=L):
+                model.score_all(np.array(users[:2]), histories[:2])  # warm-up
+                t0 = clock(model.device)
+                model.score_all(np.array(users), histories)
+                result["time_per_100_users"][rep][L] = (clock(model.device) - t0) * 100 / len(users)
             log.info(
                 "%s, %d items: %.1f prompt tokens, %.2f s per 100 users",
                 rep,
@@ -174,23 +174,22 @@ def _time_shared_prefix(model: Any, seqs: list[np.ndarray], cfg: EfficiencyConfi
     """Per history length: the constant prefix's tokens and share of the prompt, and the scoring time with
     and without it, the two timed alternately (best of two each) on the same users in this process."""
     out: dict[int, Any] = {}
-    before = model.cfg.shared_prefix
     for L in cfg.prefix_lengths:
         users, histories = _windows(seqs, L, cfg.users)
         if not users:
             continue
-        model.cfg.test_history = L
-        batch = model.build_ire(histories)
-        times: dict[bool, list[float]] = {True: [], False: []}
-        for shared in (True, False):  # warm-up (and the prefix's KV, computed once)
-            model.cfg.shared_prefix = shared
-            model.score_all(np.array(users[:2]), histories[:2])
-        for _ in range(2):
-            for shared in (False, True):
-                model.cfg.shared_prefix = shared
-                t0 = clock(model.device)
-                model.score_all(np.array(users), histories)
-                times[shared].append((clock(model.device) - t0) * 100 / len(users))
+        with model.switched(test_history=L):
+            batch = model.build_ire(histories)
+            times: dict[bool, list[float]] = {True: [], False: []}
+            for shared in (True, False):  # warm-up (and the prefix's KV, computed once)
+                with model.switched(shared_prefix=shared):
+                    model.score_all(np.array(users[:2]), histories[:2])
+            for _ in range(2):
+                for shared in (False, True):
+                    with model.switched(shared_prefix=shared):
+                        t0 = clock(model.device)
+                        model.score_all(np.array(users), histories)
+                        times[shared].append((clock(model.device) - t0) * 100 / len(users))
         prefix = len(model.backbone.prefixes[0]) if model.backbone.prefixes else 0
         tokens = float(batch["mask"].sum(1).float().mean())
         out[L] = {
@@ -202,7 +201,6 @@ def _time_shared_prefix(model: Any, seqs: list[np.ndarray], cfg: EfficiencyConfi
             "speedup": min(times[False]) / min(times[True]),
         }
         log.info("shared constant prefix, %d items: %s", L, out[L])
-    model.cfg.shared_prefix = before
     return out
 
 

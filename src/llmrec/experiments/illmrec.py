@@ -318,8 +318,8 @@ def point_metrics(root: Path) -> dict[str, Any]:
 
 
 def prompt_lengths(
-    ds: Dataset, s: PointSettings, options: dict[str, Any], budgets: list[int]
-) -> dict[int, dict[str, float]]:
+    ds: Dataset, s: PointSettings, options: dict[str, Any], budgets: list[int | None]
+) -> dict[int | None, dict[str, float]]:
     """The test prompts the evaluation builds (the same seeded users), under each budget: their tokens (mean,
     max) and history items kept (mean), the items they could hold, and the share of prompts the budget cut.
     The prompts do not depend on the weights, so an untrained model of the same options builds them."""
@@ -340,14 +340,14 @@ def prompt_lengths(
     tokenizer = model.backbone.tokenizer
     out = {}
     for budget in budgets:
-        model.cfg.max_prompt_tokens = budget  # read at every prompt build; nothing cached depends on it
         tokens, kept = [], []
-        for start in range(0, len(histories), 64):
-            enc = model.build_ire(histories[start : start + 64])
-            for ids, mask in zip(enc["ids"], enc["mask"]):
-                tokens.append(int(mask.sum()))
-                text = tokenizer.decode(ids[mask.bool()], skip_special_tokens=False)
-                kept.append(text.count("{Title: "))  # one per item: data text holds no braces
+        with model.switched(max_prompt_tokens=budget):  # read at every prompt build; nothing cached on it
+            for start in range(0, len(histories), 64):
+                enc = model.build_ire(histories[start : start + 64])
+                for ids, mask in zip(enc["ids"], enc["mask"]):
+                    tokens.append(int(mask.sum()))
+                    text = tokenizer.decode(ids[mask.bool()], skip_special_tokens=False)
+                    kept.append(text.count("{Title: "))  # one per item: data text holds no braces
         available = np.array([len(h) for h in histories])
         out[budget] = {
             "prompt_tokens_mean": float(np.mean(tokens)),
@@ -561,10 +561,11 @@ def run_repr_grid(cfg: ReprGridConfig) -> dict[str, Any]:
     return result
 
 
-def _resolved_budget(options: dict[str, Any]) -> int:
+def _resolved_budget(options: dict[str, Any]) -> int | None:
+    """The point's ``max_prompt_tokens`` (None: no budget but the LM's context)."""
     from llmrec.models.base import model_config
 
-    return int(model_config("illmrec", options).max_prompt_tokens or 2**31 - 1)
+    return model_config("illmrec", options).max_prompt_tokens
 
 
 def plot_repr_grid(points: list[dict[str, Any]], path: Path, metric: str = "ndcg@10") -> None:

@@ -195,11 +195,10 @@ def _time_modes(
     )
 
     def step(mode: str, batch: dict[str, Any]) -> float:
-        for k, v in modes[mode][0].items():
-            setattr(model.cfg, k, v)
-        t0 = clock(model.placement.device)
-        steps[mode](batch)
-        return clock(model.placement.device) - t0
+        with model.switched(**modes[mode][0]):
+            t0 = clock(model.placement.device)
+            steps[mode](batch)
+            return clock(model.placement.device) - t0
 
     model.train()
     times: dict[str, list[float]] = {m: [] for m in modes}

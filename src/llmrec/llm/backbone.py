@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackboneConfig:
     """Which causal LM, frozen or with LoRA (its device and weights dtype are the command's placement)."""
 

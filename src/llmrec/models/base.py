@@ -14,10 +14,11 @@ catalog is expensive override them. ``save``/``load`` round-trip a trained model
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import difflib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,10 +33,14 @@ if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Options shared by every model (subclasses add their own fields, with their valid ranges as
-    ``option(..., ge=1)``; a subclass's ``__post_init__`` calls this one's first)."""
+    ``option(..., ge=1)``; a subclass's ``__post_init__`` calls this one's first).
+
+    Frozen, as every model config (``@dataclasses.dataclass(frozen=True)``): a model's config is what was
+    asked when it was built and what model.json saves; a caller that switches an option for a while (the
+    shared prompt prefix, a prompt budget) does it through :meth:`Recommender.switched`."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -66,6 +71,9 @@ class Recommender(abc.ABC):
     on_device: ClassVar[bool] = False
     #: whether the model is built around an LLM backbone, whose weights' dtype the placement sets (``--dtype``)
     has_backbone: ClassVar[bool] = False
+    #: options a caller may switch for a while (:meth:`switched`) without rebuilding the model: ones that
+    #: change how it computes, never what it learned (e.g. the shared prompt prefix, a prompt budget)
+    switchable: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, cfg: ModelConfig, n_users: int, n_items: int, placement: Placement | None = None
@@ -73,6 +81,27 @@ class Recommender(abc.ABC):
         """``placement``: where the command runs the model (:func:`placement_for`); default: the CPU."""
         self.cfg, self.n_users, self.n_items = cfg, n_users, n_items
         self.placement = placement or Placement()
+        self._switched: ModelConfig | None = None
+
+    @property
+    def opts(self) -> Any:
+        """The options the model computes with now: its config, with what :meth:`switched` switched."""
+        return self._switched or self.cfg
+
+    @contextlib.contextmanager
+    def switched(self, **values: Any) -> Iterator[None]:
+        """Within the block, compute with the :attr:`switchable` options ``values`` (checked as the config
+        checks them); the config itself, what the model was built with and saves, does not change."""
+        if unknown := sorted(set(values) - set(self.switchable)):
+            raise ConfigError(
+                f"model '{self.name}' cannot switch {unknown} while built; switchable: {list(self.switchable)}"
+            )
+        before = self._switched
+        self._switched = dataclasses.replace(self.opts, **values)
+        try:
+            yield
+        finally:
+            self._switched = before
 
     @abc.abstractmethod
     def fit(self, dataset: Dataset, run: Any | None = None) -> None:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class BERT4RecConfig(NeuralConfig):
     hidden: int = option(64, "embedding / hidden size (feed-forward is 4x)", ge=1)
     layers: int = option(2, "Transformer layers", ge=1)

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class BM3Config(NeuralConfig):
     batch_size: int = option(2048, "observed (user, item) pairs per step", ge=1)
     dim: int = option(64, "embedding size of users, items and projected features", ge=1)

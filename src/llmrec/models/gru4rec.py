@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class GRU4RecConfig(NeuralConfig):
     embedding: int = option(64, "item embedding size", ge=1)
     hidden: int = option(64, "GRU hidden size", ge=1)

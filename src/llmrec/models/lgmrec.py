@@ -70,7 +70,7 @@ from llmrec.models.neural import Batch, NeuralConfig, minibatches, sample_unseen
 from llmrec.placement import Placement
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class LGMRecConfig(NeuralConfig):
     batch_size: int = option(2048, "BPR (user, item, negative) triples per step", ge=1)
     dim: int = option(64, "size of the ID embeddings and of the projected features", ge=1)

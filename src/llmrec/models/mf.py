@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MFConfig(NeuralConfig):
     batch_size: int = option(1024, "training examples per step", ge=1)
     dim: int = option(64, "embedding size (CoLLM / HistLLM's CTR embeddings: 256)", ge=1)

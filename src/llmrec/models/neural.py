@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class NeuralConfig(ModelConfig):
     """Training options shared by every torch model.
 

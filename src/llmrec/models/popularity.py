@@ -48,7 +48,7 @@ class Popularity(Recommender):
         self.counts = counts.astype(np.float64)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RandomConfig(ModelConfig):
     seed: int = option(0, "seed of the random scores", ge=0)
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from llmrec.data.dataset import Dataset
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SASRecConfig(NeuralConfig):
     hidden: int = option(50, "embedding / hidden size", ge=1)
     blocks: int = option(2, "self-attention blocks", ge=1)

@@ -39,7 +39,7 @@ from llmrec.placement import Placement
 from llmrec.utils.io import read_json, write_json_atomic
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class VBPRConfig(MFConfig):
     feature: str = option("image", "item feature used as f_i (any name in the store, e.g. text on MovieLens)")
     visual_dim: int = option(32, "size of theta_u and of the projected feature E f_i", ge=1)

@@ -249,7 +249,7 @@ class CtrPrompts:
             raise LlmrecError(f"user index {user} has no CTR example", hint="pick another user (--user)")
         example = rows.iloc[-1]
         history, target = np.asarray(example["history"], dtype=np.int64), int(example["target"])
-        shared = self.framed_prefix(self.instruction_head) if self.cfg.shared_prefix else ""
+        shared = self.framed_prefix(self.instruction_head) if self.opts.shared_prefix else ""
         steps = [(1, "step 1 (LoRA training): text-only prompt", "")] if self.has_step2 else []
         steps.append(
             (2, f"{'step 2 and ' if self.has_step2 else 'training and '}scoring: full prompt", shared)

@@ -83,7 +83,7 @@ def _lora_backbone() -> BackboneConfig:
     return BackboneConfig(lora=True)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class HistLLMConfig(NeuralConfig):
     recipe: Literal["llmrec", "paper"] = option(
         "llmrec",
@@ -217,6 +217,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
     recipes = RECIPES
     weights_name = "histllm"
     legacy_weights = ("step_done",)  # the step-1 flag of models saved before the trainer ran the stages
+    switchable = ("shared_prefix",)  # the instruction's cached KV on or off: the same logits either way
     cfg: HistLLMConfig
     tasks = ("ctr",)
     decoupled_weight_decay = True  # AdamW
@@ -447,7 +448,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         assert bb is not None
         ids, mask = batch["ids"], batch["mask"]
         prefix = None
-        if self.cfg.shared_prefix:
+        if self.opts.shared_prefix:
             prefix = bb.constant_prefix(self.framed_prefix(self.instruction_head), [(ids, mask)])
         p = len(prefix) if prefix is not None else 0
         (hidden,) = bb.hidden_many([(ids, mask, self.inject(batch))], prefix)  # (B, T - P, d)
@@ -575,7 +576,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         candidates; without it, one full prompt per (user, candidate) pair. Both give the same logits."""
         candidates = np.asarray(candidates, dtype=np.int64)
         b, c = candidates.shape
-        if not (self.cfg.shared_prefix if shared_prefix is None else shared_prefix):
+        if not (self.opts.shared_prefix if shared_prefix is None else shared_prefix):
             flat = self.score_pairs(
                 np.repeat(np.asarray(users), c),
                 [h for h in histories for _ in range(c)],
@@ -685,9 +686,13 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         }
 
     def before_attach(self, source: dict[str, Any]) -> None:
-        self.cfg.image = bool(source.get("image", self.cfg.image))
-        # a model saved before the option existed mapped the zero feature of an image-less item
-        self.cfg.missing_image = source.get("missing_image", "zero")
+        """The model as it was saved: whether it showed images and (a model saved before the option
+        existed: the zero feature) how it shows an item without one."""
+        self.cfg = dataclasses.replace(
+            self.cfg,
+            image=bool(source.get("image", self.cfg.image)),
+            missing_image=source.get("missing_image", "zero"),
+        )
 
     def load_state(self, directory: Path, dataset: Dataset | None) -> None:
         super().load_state(directory, dataset)

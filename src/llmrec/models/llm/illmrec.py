@@ -76,6 +76,8 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
     representation_hint: ClassVar[str] = (
         "representation=vlm (a VLM's own image tokens) is 'llmrec train unimp'"
     )
+    #: how prompts are computed and how much history they hold: switched by the efficiency figures
+    switchable = ("shared_prefix", "one_pass", "max_prompt_tokens", "test_history")
     cfg: ILLMRecConfig
 
     def __init__(
@@ -302,7 +304,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         """The most tokens a prompt may have: ``max_prompt_tokens`` and the LM's context less the answer."""
         assert self.backbone is not None
         return token_budget.prompt_limit(
-            self.cfg.max_prompt_tokens, self.backbone.context_length, answer_tokens
+            self.opts.max_prompt_tokens, self.backbone.context_length, answer_tokens
         )
 
     def _budget(self, overhead_text: str, answer_tokens: int = 0) -> int:
@@ -383,12 +385,12 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         assert self.backbone is not None
         rng = np.random.default_rng(seed)
         history, target = self.sample_window(dataset.train_sequences[user], rng)
-        test = np.asarray(dataset.split("test").histories[user])[-self.cfg.test_history :]
+        test = np.asarray(dataset.split("test").histories[user])[-self.opts.test_history :]
         # the constant start is computed once where it carries no gradient (training: the LM frozen); in
         # training with ILA it is what the IRE and ILA prompts share
         lm_trains = self.cfg.backbone.lora or self.cfg.backbone.train_embeddings
         training = (
-            [] if lm_trains or not self.cfg.shared_prefix else ["ire", "ila"] if self.cfg.ila else ["ire"]
+            [] if lm_trains or not self.opts.shared_prefix else ["ire", "ila"] if self.cfg.ila else ["ire"]
         )
         shown = []
         for name, kinds, enc in (
@@ -400,7 +402,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             ),
             (
                 "evaluation: IRE prompt (test)",
-                ["ire"] if self.cfg.shared_prefix else [],
+                ["ire"] if self.opts.shared_prefix else [],
                 self.build_ire([test]),
             ),
         ):
@@ -521,10 +523,10 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             [len(batch[f"{x}_ids"]) if x == "ire" else 0 for x in parts],
         )
         prompts = [(batch[f"{x}_ids"], batch[f"{x}_mask"], inj) for x, inj in zip(parts, inject)]
-        prefix, head = None, self.prompt_head(parts) if self.cfg.shared_prefix else ""
+        prefix, head = None, self.prompt_head(parts) if self.opts.shared_prefix else ""
         if head:
             prefix = self.backbone.constant_prefix(head, [(ids, mask) for ids, mask, _ in prompts])
-        hidden = self.backbone.hidden_many(prompts, prefix, one_pass=self.cfg.one_pass)
+        hidden = self.backbone.hidden_many(prompts, prefix, one_pass=self.opts.one_pass)
         return hidden, len(prefix) if prefix is not None else 0
 
     def raw_states(
@@ -608,7 +610,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         cache = self._state_cache
         for s in range(0, len(histories), self.cfg.score_batch_size):
             chunk = [
-                np.asarray(h)[-self.cfg.test_history :] for h in histories[s : s + self.cfg.score_batch_size]
+                np.asarray(h)[-self.opts.test_history :] for h in histories[s : s + self.cfg.score_batch_size]
             ]
             keys = [tuple(h.tolist()) for h in chunk]
             if cache is not None and all(k in cache for k in keys):

@@ -32,7 +32,7 @@ from llmrec.models.neural import NeuralConfig
 FEATURE_TYPES = ("image", "cf", "text")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ILLMRecConfig(NeuralConfig):
     recipe: Literal["llmrec", "paper", "official"] = option(
         "llmrec",
@@ -128,8 +128,8 @@ class ILLMRecConfig(NeuralConfig):
     max_history_tokens: int | None = option(
         None, "also cap the item list at this many tokens (official code: 3,850; None: no own cap)", ge=1
     )
-    max_description_chars: int = option(
-        1200, "cut descriptions longer than this in prompts and ILA answers", ge=0
+    max_description_chars: int | None = option(
+        1200, "cut descriptions longer than this in prompts and ILA answers (None: no cut)", ge=1
     )
     description_texts: str | None = option(None, "use generated texts (llmrec describe NAME) as descriptions")
     summary_texts: str = option(

@@ -47,7 +47,7 @@ QUESTION = 'Will the user enjoy the {noun} titled "{title}"? Answer with "Yes" o
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class VLMConfig:
     """Which vision-language model (always frozen; its weights' dtype is the command's placement)."""
 
@@ -61,7 +61,7 @@ class VLMConfig:
         check_ranges(self)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RecGPT4VConfig(ModelConfig):
     backbone: VLMConfig = option(factory=VLMConfig, help="the frozen vision-language model")
     history_len: int = option(5, "history items shown (the most recent; HistLLM's movie setting)", ge=1)
