@@ -13,7 +13,6 @@ ever loads. Training reads the memory map once; it never re-runs an encoder or o
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llmrec.errors import LlmrecError
+from llmrec.features.sources import ids_checksum, stale_reason
 from llmrec.utils.io import disk_errors, read_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
@@ -48,11 +48,6 @@ class Feature:
     @property
     def dim(self) -> int:
         return int(self.values.shape[1])
-
-
-def ids_checksum(ids: Sequence[str]) -> str:
-    """Fingerprint of the row order a feature was computed for (item or user ids)."""
-    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
 
 
 def _paths(root: Path, name: str) -> dict[str, Path]:
@@ -356,7 +351,6 @@ def load_item_feature(
     """The item feature ``name`` of the prepared dataset ``ds``: checksum and row order verified, and
     never stale: a feature computed from other item texts / image files (or CF embeddings exported from a
     run on another version of the dataset) is an error."""
-    from llmrec.features.build import stale_reason
 
     if not (ds.features_dir / f"{name}.json").exists():
         raise LlmrecError(

@@ -14,7 +14,7 @@ import datetime
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -29,8 +29,10 @@ from accelerate.utils import (
 
 from llmrec.config import flatten, to_dict
 from llmrec.errors import ConfigError
-from llmrec.models.base import Recommender
-from llmrec.models.neural import Batch, TorchRecommender
+
+if TYPE_CHECKING:  # models by their contract: types only (models.neural's fit calls the trainer)
+    from llmrec.models.base import Recommender
+    from llmrec.models.neural import Batch, TorchRecommender
 
 _PRECISION = {"none": "no", "bf16": "bf16", "fp16": "fp16"}
 # how long a process waits for the others: at the end of ``llmrec train`` the other processes wait

@@ -62,8 +62,6 @@ from tqdm.auto import tqdm
 
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.eval.evaluator import evaluate_ranking, seeded_rows
-from llmrec.models.base import Recommender
-from llmrec.models.neural import Batch, Stage, TorchRecommender
 from llmrec.training.distributed import (
     accelerator_for,
     average_gradients,
@@ -75,10 +73,12 @@ from llmrec.training.distributed import (
 )
 from llmrec.utils.io import atomic_path
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the trainer knows models by their declared contract: types only, no import at run time
     import pandas as pd
 
     from llmrec.data.dataset import Dataset, Split, SplitData
+    from llmrec.models.base import Recommender
+    from llmrec.models.neural import Batch, Stage, TorchRecommender
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def fit(
     if not model.trained_in_steps:
         model.fit(ds, run)
         return []
-    model = cast(TorchRecommender, model)  # trained_in_steps: the torch models
+    model = cast("TorchRecommender", model)  # trained_in_steps: the torch models
     if log_with != "none" and run is None:
         raise ConfigError(
             f"log_with={log_with} needs a run directory (the trackers write under <run>/tracking)"

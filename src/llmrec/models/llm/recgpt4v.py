@@ -101,8 +101,7 @@ class RecGPT4V(Recommender):
     # ------------------------------------------------------------------ building against a dataset
     def attach(self, ds: Dataset) -> None:
         """Load the VLM; read the dataset's titles and image files (a dataset without images is refused)."""
-        from llmrec.features.build import source_keys
-        from llmrec.features.store import ids_checksum
+        from llmrec.features.sources import ids_checksum, source_keys
         from llmrec.llm.vlm import ItemPictures, VisionLanguageModel
 
         paths = ItemPictures(ds, self.name).paths  # a dataset without any picture is refused
