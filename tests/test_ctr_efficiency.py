@@ -180,3 +180,70 @@ def test_ranking_refuses_a_run_of_another_family(synthetic_dataset, tmp_path, ca
     assert main([*args, "--out", str(tmp_path / "e")]) == 2
     line = one_error_line(capsys, "experiments ctr-efficiency")
     assert "is a popularity run: ranking is timed for HistLLM-family runs" in line
+
+
+def test_both_views_time_the_trainers_step(ctr_dataset, tiny_llm, tmp_path, monkeypatch):
+    """Every training step of both views is llmrec train's own (TrainingStep, on step 2), and the trained
+    view records the losses that step returned: one untimed warm-up step per variant, then the budget."""
+    from llmrec.experiments.ctr import CtrEfficiencyConfig, run_ctr_efficiency
+    from llmrec.training.loop import TrainingStep
+
+    calls = []
+    original = TrainingStep.__call__
+
+    def counted(self, batch, step=0, epoch=1):
+        loss = original(self, batch, step, epoch)
+        calls.append((self.stage.name, self.model.cfg.history, loss.item()))
+        return loss
+
+    monkeypatch.setattr(TrainingStep, "__call__", counted)
+    cfg = CtrEfficiencyConfig(
+        data=[str(ctr_dataset.root)],
+        llm=tiny_llm,
+        lengths=[2],
+        measure="both",
+        train_steps=2,
+        batch_size=4,
+        test_rows=4,
+        examples=4,
+        options={"mapper_hidden": 16, "encoder_dim": 16, "description_texts": None},
+        ranking=False,
+        out=str(tmp_path / "e"),
+    )
+    r = run_ctr_efficiency(cfg)
+    assert {stage for stage, _, _ in calls} == {"step2"}
+    trained, throughput = calls[:6], calls[6:]
+    # warm-ups, then the variants alternating, the order flipping every step
+    assert [h for _, h, _ in trained] == ["uhem", "inline", "uhem", "inline", "inline", "uhem"]
+    assert [h for _, h, _ in throughput] == ["uhem"] * 3 + ["inline"] * 3  # warm-up + 2 timed each
+    for history in ("uhem", "inline"):
+        timed = [loss for _, h, loss in trained[2:] if h == history]
+        assert r["trained"][0]["variants"][history]["train_losses"] == timed
+
+
+def test_the_warm_up_sets_weights_optimiser_and_schedule_back(synthetic_dataset):
+    """The trained view's untimed warm-up is a whole trainer step, undone: the timed steps start from the
+    stage's start as if there had been no warm-up."""
+    import numpy as np
+
+    from llmrec.data.dataset import Dataset
+    from llmrec.experiments.ctr import _warm_up
+    from llmrec.models.base import build_model
+    from llmrec.training.loop import TrainingStep, prepare_training, training_stage
+
+    ds = Dataset(synthetic_dataset)
+    options = {"hidden": 8, "max_len": 8, "blocks": 1, "batch_size": 8, "epochs": 2, "validate": False}
+    model = build_model("sasrec", {**options, "lr_schedule": "linear"}, ds.n_users, ds.n_items)
+    accelerator, device, (stage,) = prepare_training(model, ds)
+    with training_stage(model, stage):
+        step = TrainingStep(model, ds, stage, accelerator, device)
+        batch = next(stage.batches(ds, np.random.default_rng(0)))
+        weights = model.checkpoint_state()
+        model.train()
+        _warm_up(step, batch)
+        assert all(torch.equal(model.checkpoint_state()[k], v) for k, v in weights.items())
+        assert not step.opt.state  # Adam's moments: none yet
+        assert step.scheduler.last_epoch == 0 and step.opt.param_groups[0]["lr"] == stage.lr  # the peak
+        step(batch)  # what the warm-up undid: a step changes the weights and decays the learning rate
+        assert not all(torch.equal(model.checkpoint_state()[k], v) for k, v in weights.items())
+        assert step.opt.state and step.opt.param_groups[0]["lr"] < stage.lr

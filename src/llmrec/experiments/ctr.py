@@ -6,16 +6,24 @@ tokens) written inline (w/o UHEM), per dataset and history length, in one proces
 threads, rows). Two views (``measure``):
 
 - ``trained`` (default), what the paper's Fig. 5 measures: the total wall time of step 2 (LoRA frozen;
-  the mappers and, with UHEM, the history encoder train) for a fixed budget, ``train_steps`` AdamW steps of
+  the mappers and, with UHEM, the history encoder train) for a fixed budget, ``train_steps`` steps of
   ``batch_size`` examples on the same seeded training rows for both variants, then the time the TRAINED
   models take to score the same test rows (``test_rows``; 0 = the whole test split, as the paper). The
   two variants alternate step by step and chunk by chunk (the order flips every time), so a load on the
-  machine slows both alike. Each variant gets one untimed warm-up forward/backward and one untimed
-  scoring call first. Step 1 (LoRA) is not timed, as in the paper; its LoRA is as initialised unless
-  ``--options step1_from=RUN`` loads a trained one (both variants share it).
+  machine slows both alike. Each variant gets one untimed warm-up step (after which its weights, optimiser
+  and schedule are set back to the stage's start) and one untimed scoring call first. Step 1 (LoRA) is
+  not timed, as in the paper; its LoRA is as initialised unless ``--options step1_from=RUN`` loads a
+  trained one (both variants share it).
 - ``throughput``: mean prompt tokens, inference time per 100 examples and step-2 training time per 100
   examples of UNTRAINED models (speed does not depend on the weights' values) on the first ``examples``
   test rows with at least that many history items, items' texts uncut (``max_text_tokens`` = 10^4).
+
+A training step, in both views, is the one ``llmrec train`` takes
+(:class:`~llmrec.training.loop.TrainingStep`: the batch moved to the device, the loss under the model's
+``mixed_precision`` autocast, backward, ``max_grad_norm`` clipping, the stage's optimiser, AdamW for
+HistLLM, and its ``lr_schedule``), on a model prepared and set up for step 2 by the trainer's own code
+(:func:`~llmrec.training.loop.prepare_training`, :func:`~llmrec.training.loop.training_stage`); the
+histllm options in ``--options`` configure it as they would configure training.
 
 w/o UHEM is the paper's setting only with descriptions: a missing texts file (``description_texts``,
 default ``texts/from_title.parquet``) is an error naming it and the command that writes it, never a
@@ -36,6 +44,7 @@ Their tables and plots: :mod:`llmrec.experiments.ctr_report`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -46,6 +55,10 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+    from accelerate import Accelerator
+
+    from llmrec.models.neural import Stage
+    from llmrec.training.loop import TrainingStep
 
 from llmrec.assets import DEFAULT_LLM
 from llmrec.config import option
@@ -149,8 +162,10 @@ def check_descriptions(ds: Dataset, options: dict[str, Any]) -> None:
 def _variant(
     ds: Dataset, cfg: CtrEfficiencyConfig, history: str, length: int, image_feature: str, uncut: bool = True
 ) -> Any:
-    """HistLLM with KE descriptions and CF tokens (when exported), its history as UHEM or inline;
-    ``uncut``: items' texts kept whole (the throughput view) rather than cut to ``max_text_tokens``."""
+    """HistLLM with KE descriptions and CF tokens (when exported), its history as UHEM or inline, built
+    but not yet attached to ``ds`` (:func:`~llmrec.training.loop.prepare_training` attaches what it trains,
+    ``attach`` what only scores); ``uncut``: items' texts kept whole (the throughput view) rather than cut to
+    ``max_text_tokens``."""
     from llmrec.models.base import build_model
 
     check_descriptions(ds, cfg.options)
@@ -168,9 +183,7 @@ def _variant(
         **cfg.options,
         "history": history,
     }
-    model = build_model("histllm", options, ds.n_users, ds.n_items)
-    model.attach(ds)
-    return model
+    return build_model("histllm", options, ds.n_users, ds.n_items)
 
 
 def run_ctr_efficiency(cfg: CtrEfficiencyConfig) -> dict[str, Any]:
@@ -243,22 +256,22 @@ class _Columns(NamedTuple):
         )
 
     def batch(self, model: Any, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """The labelled prompts of ``rows``, on the model's device."""
+        """The labelled prompts of ``rows`` on the CPU, as a stage's batches are (the trainer's step moves
+        them to the device)."""
         import torch
 
         batch = model.prompts(self.users[rows], [self.histories[i] for i in rows], self.targets[rows])
         batch["labels"] = torch.from_numpy(self.labels[rows].astype(np.float32))
-        return {k: v.to(model.device) for k, v in batch.items()}
+        return batch
 
 
 @dataclass
 class _Trained:
-    """One variant of the trained view: its model, the stage it trains (step 2), its optimiser, and what it
-    did (seconds, losses, the rows it consumed)."""
+    """One variant of the trained view: its model, the trainer's step of its step-2 stage (its optimiser and
+    schedule), and what it did (seconds, losses, the rows it consumed)."""
 
     model: Any
-    stage: Any
-    opt: Any
+    step: TrainingStep
     train_s: float = 0.0
     test_s: float = 0.0
     losses: list[float] = field(default_factory=list)
@@ -269,24 +282,50 @@ class _Trained:
 
 
 def _trained_variant(
-    cfg: CtrEfficiencyConfig, ds: Dataset, history: str, length: int, image_feature: str
+    cfg: CtrEfficiencyConfig,
+    ds: Dataset,
+    history: str,
+    length: int,
+    image_feature: str,
+    stages: contextlib.ExitStack,
 ) -> _Trained:
-    """A variant ready for step 2: built from the seed, step 1 loaded when ``step1_from`` names a run (the
-    same LoRA for both variants), only its last stage's parameters trainable, its optimiser."""
+    """A variant ready for step 2, as ``llmrec train`` readies it: built from the seed and prepared by the
+    trainer, step 1 loaded when ``step1_from`` names a run (the same LoRA for both variants), then step 2
+    entered (held in ``stages``: only its parameters trainable, its context held) and the trainer's step
+    built for it (its optimiser and schedule)."""
     import torch
 
-    from llmrec.training.loop import make_optimizer
+    from llmrec.training.loop import TrainingStep, prepare_training, training_stage
 
     torch.manual_seed(cfg.seed)
     model = _variant(ds, cfg, history, length, image_feature, uncut=False)
-    step1, *rest = model.stages(ds)
+    # every call gives a fresh accelerate state: both variants have the same device and mixed precision
+    accelerator, device, (step1, *rest) = prepare_training(model, ds)
     if step1.load is not None:  # -o step1_from=RUN: a trained LoRA, the same for both variants
         step1.load()
     stage = rest[-1] if rest else step1
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in stage.trainable)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return _Trained(model, stage, make_optimizer(model, params, stage.lr))
+    stages.enter_context(training_stage(model, stage))
+    return _Trained(model, TrainingStep(model, ds, stage, accelerator, device))
+
+
+def _warm_up(step: TrainingStep, batch: dict[str, torch.Tensor]) -> None:
+    """One untimed step of ``step`` on ``batch``, after which the weights, the optimiser, the schedule and
+    the fp16 loss scale are set back to where they were (as a run resumed at the stage's start has them):
+    the timed steps start from the same state with or without the warm-up."""
+    model, opt, scheduler, scaler = step.model, step.opt, step.scheduler, step.accelerator.scaler
+    saved = (
+        model.checkpoint_state(),
+        opt.state_dict(),
+        scheduler.state_dict() if scheduler is not None else None,
+        scaler.state_dict() if scaler is not None else None,
+    )
+    step(batch)
+    model.load_checkpoint_state(saved[0])
+    opt.load_state_dict(saved[1])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved[2])
+    if scaler is not None:
+        scaler.load_state_dict(saved[3])
 
 
 def measure_trained(cfg: CtrEfficiencyConfig, ds: Dataset, length: int, image_feature: str) -> dict[str, Any]:
@@ -302,14 +341,16 @@ def measure_trained(cfg: CtrEfficiencyConfig, ds: Dataset, length: int, image_fe
     )  # a budget beyond the split goes round it again
     test = test.iloc[seeded_rows(len(test), cfg.test_rows or None, cfg.seed)].reset_index(drop=True)
     tr, te = _Columns.of(train), _Columns.of(test)
-    variants = {history: _trained_variant(cfg, ds, history, length, image_feature) for history in VARIANTS}
-    for v in variants.values():  # warm-up, untimed: one forward/backward without a step, one scoring call
-        if cfg.train_steps:
-            v.model.train()
-            v.stage.loss(tr.batch(v.model, order[: cfg.batch_size])).backward()
-            v.opt.zero_grad(set_to_none=True)
-        v.model.score_pairs(te.users[:2], te.histories[:2], te.targets[:2])
-    _train_alternately(cfg, variants, tr, order, f"{_name(ds)} @{length}")
+    with contextlib.ExitStack() as stages:  # both variants in step 2 while they train
+        variants = {
+            history: _trained_variant(cfg, ds, history, length, image_feature, stages) for history in VARIANTS
+        }
+        for v in variants.values():  # warm-up, untimed: one step (then set back), one scoring call
+            if cfg.train_steps:
+                v.model.train()
+                _warm_up(v.step, tr.batch(v.model, order[: cfg.batch_size]))
+            v.model.score_pairs(te.users[:2], te.histories[:2], te.targets[:2])
+        _train_alternately(cfg, variants, tr, order, f"{_name(ds)} @{length}")
     scores = _score_alternately(cfg, variants, te)
     point = _trained_point(cfg, variants, te, scores)
     point = {
@@ -333,27 +374,24 @@ def measure_trained(cfg: CtrEfficiencyConfig, ds: Dataset, length: int, image_fe
 def _train_alternately(
     cfg: CtrEfficiencyConfig, variants: dict[str, _Trained], tr: _Columns, order: np.ndarray, where: str
 ) -> None:
-    """``train_steps`` AdamW steps of each variant on the same rows, the variants alternating step by step
-    (the order flips every step); building the prompts is part of a timed step."""
-    for step in range(cfg.train_steps):
-        r = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        for history in VARIANTS if step % 2 == 0 else VARIANTS[::-1]:
+    """``train_steps`` trainer steps of each variant on the same rows, the variants alternating step by step
+    (the order flips every step); building the prompts is part of a timed step, as in training."""
+    for i in range(cfg.train_steps):
+        r = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        for history in VARIANTS if i % 2 == 0 else VARIANTS[::-1]:
             v = variants[history]
             v.model.train()
             t0 = clock(v.model.device)
             batch = tr.batch(v.model, r)
-            loss = v.stage.loss(batch)
-            v.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            v.opt.step()
+            loss = v.step(batch, i)
             v.train_s += clock(v.model.device) - t0
-            v.losses.append(float(loss.detach()))
-            v.train_users.append(batch["users"].cpu().numpy())
-            v.train_targets.append(batch["targets"].cpu().numpy())
+            v.losses.append(loss.item())
+            v.train_users.append(batch["users"].numpy())
+            v.train_targets.append(batch["targets"].numpy())
         log.info(
             "%s: step-2 step %d/%d done (%s)",
             where,
-            step + 1,
+            i + 1,
             cfg.train_steps,
             ", ".join(f"{h} {variants[h].train_s:.1f} s" for h in VARIANTS),
         )
@@ -432,9 +470,12 @@ def measure_throughput(
     users, targets = rows["user_idx"].to_numpy(np.int64), rows["target"].to_numpy(np.int64)
     histories = [np.asarray(h)[-length:] for h in rows["history"]]
     labels = torch.from_numpy(rows["label"].to_numpy(np.float32))
+    from llmrec.training.loop import prepare_training
+
     points = []
     for history in VARIANTS:
         model = _variant(ds, cfg, history, length, image_feature)
+        accelerator, device, stages = prepare_training(model, ds)  # attached and placed as llmrec train does
         point = {"data": _name(ds), "history_items": length, "uhem": history == "uhem", "examples": len(rows)}
         batch = model.prompts(users, histories, targets)
         point["prompt_tokens"] = float(batch["mask"].sum(1).float().mean())
@@ -443,7 +484,10 @@ def measure_throughput(
         model.score_pairs(users, histories, targets)
         point["inference_s_per_100"] = (clock(model.device) - t0) * 100 / len(rows)
         if cfg.train_steps:
-            point["train_s_per_100"] = _time_step2(model, users, histories, targets, labels, cfg)
+            step2 = stages[-1]  # LoRA frozen: the mappers and the history encoder train
+            point["train_s_per_100"] = _time_step2(
+                model, ds, step2, accelerator, device, users, histories, targets, labels, cfg
+            )
         points.append(point)
         log.info("%s", point)
         del model
@@ -468,6 +512,7 @@ def time_ranking(cfg: CtrEfficiencyConfig, ds: Dataset, image_feature: str) -> d
         ds = model.trained_on  # the dataset load_model attached it to
     else:
         model = _variant(ds, cfg, "uhem", 5, image_feature)
+        model.attach(ds)
     model.eval()
     df = ds.ctr("test").drop_duplicates("user_idx")
     df = df[df["history"].map(len) > 0]
@@ -511,33 +556,34 @@ def time_ranking(cfg: CtrEfficiencyConfig, ds: Dataset, image_feature: str) -> d
 
 
 def _time_step2(
-    model: Any, users: np.ndarray, histories: list, targets: np.ndarray, labels: torch.Tensor, cfg: Any
+    model: Any,
+    ds: Dataset,
+    stage: Stage,
+    accelerator: Accelerator,
+    device: torch.device,
+    users: np.ndarray,
+    histories: list,
+    targets: np.ndarray,
+    labels: torch.Tensor,
+    cfg: Any,
 ) -> float:
-    """Seconds per 100 examples of step-2 training (LoRA frozen; mappers and encoder learn)."""
-    import torch
+    """Seconds per 100 examples of the trainer's step-2 step (LoRA frozen; mappers and encoder learn) on
+    prompts built beforehand (the throughput view times the step alone)."""
+    from llmrec.training.loop import TrainingStep, training_stage
 
     model.train()
-    trainable = model.step_parameters(2)  # what the declared step-2 stage trains
-    params = [p for n, p in model.named_parameters() if n in trainable]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=1e-4)
     b, n, spent = cfg.batch_size, 0, 0.0
-    for step in range(cfg.train_steps + 1):  # the first step is a warm-up
-        s = (step * b) % max(len(targets) - b + 1, 1)
-        batch = model.prompts(users[s : s + b], histories[s : s + b], targets[s : s + b])
-        batch["labels"] = labels[s : s + b]
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        t0 = clock(model.device)
-        loss = model.loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step:
-            spent += clock(model.device) - t0
-            n += len(batch["labels"])
+    with training_stage(model, stage):  # its parameters trainable, its context held, as in training
+        step = TrainingStep(model, ds, stage, accelerator, device)
+        for i in range(cfg.train_steps + 1):  # the first step is a warm-up
+            s = (i * b) % max(len(targets) - b + 1, 1)
+            batch = model.prompts(users[s : s + b], histories[s : s + b], targets[s : s + b])
+            batch["labels"] = labels[s : s + b]
+            t0 = clock(model.device)
+            step(batch, i)
+            if i:
+                spent += clock(model.device) - t0
+                n += len(batch["labels"])
     model.eval()
     return spent * 100 / max(n, 1)
 

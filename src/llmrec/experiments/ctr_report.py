@@ -29,8 +29,9 @@ def format_trained(r: dict[str, Any]) -> list[str]:
         return []
     p0 = r["trained"][0]
     lines = [
-        f"Step-2 training: {p0['train_steps']} AdamW steps of {p0['batch_size']} examples per variant on the "
-        "same seeded training rows (LoRA frozen; prompt building, forward, backward, step); test inference "
+        f"Step-2 training: {p0['train_steps']} steps of {p0['batch_size']} examples per variant on the "
+        "same seeded training rows (LoRA frozen; prompt building, then llmrec train's own step: autocast, "
+        "forward, backward, clipping, AdamW, schedule); test inference "
         f"of the trained models on the same {p0['test_rows']} seeded test rows; the variants alternate step by "
         "step and batch by batch in one process (warm-up excluded).",
         "",
