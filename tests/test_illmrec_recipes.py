@@ -119,9 +119,7 @@ def test_recipes_set_defaults_and_any_option_overrides(tiny_llm):
     assert (ours.recipe, ours.prompt_format, ours.lr, ours.scaled_scores) == ("llmrec", "chat", 1e-3, True)
     assert not ours.backbone.train_embeddings
     # an option beside the recipe wins; a nested one merges into the recipe's group
-    mixed = model_config(
-        "illmrec", {"recipe": "official", "lr": 1e-4, "backbone": {"llm": tiny_llm}}, resolve=False
-    )
+    mixed = model_config("illmrec", {"recipe": "official", "lr": 1e-4, "backbone": {"llm": tiny_llm}})
     assert mixed.lr == 1e-4 and mixed.backbone.train_embeddings and mixed.backbone.llm == tiny_llm
     assert model_config("illmrec", {"recipe": "official", "backbone.train_embeddings": False})
     with pytest.raises(ConfigError, match="recipe 'offical' is not one of"):

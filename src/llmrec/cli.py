@@ -434,7 +434,7 @@ def model_options_help(name: str) -> str:
     from llmrec.config import option_lines
     from llmrec.models.base import model_config
 
-    cfg = model_config(name, {}, resolve=False)
+    cfg = model_config(name, {})
     head = f"model options of {name} (-o KEY=VALUE, repeatable; nested keys dotted), each at its default:"
     return "\n".join([head, *option_lines(cfg)])
 

@@ -16,7 +16,7 @@ threads, rows). Two views (``measure``):
   trained one (both variants share it).
 - ``throughput``: mean prompt tokens, inference time per 100 examples and step-2 training time per 100
   examples of UNTRAINED models (speed does not depend on the weights' values) on the first ``examples``
-  test rows with at least that many history items, items' texts uncut (``max_text_tokens`` = 10^4).
+  test rows with at least that many history items, items' texts uncut (``max_text_tokens`` None).
 
 A training step, in both views, is the one ``llmrec train`` takes
 (:class:`~llmrec.training.loop.TrainingStep`: the batch moved to the device, the loss under the model's
@@ -72,6 +72,7 @@ from llmrec.experiments.ctr_report import (
     plot_history_sweep,
     plot_trained_efficiency,
 )
+from llmrec.placement import device_option
 from llmrec.utils.io import read_json, write_json_atomic, write_text_atomic
 from llmrec.utils.timing import clock
 
@@ -113,7 +114,7 @@ class CtrEfficiencyConfig:
     )
     options: dict[str, Any] = option(factory=dict, help="extra histllm options for both variants")
     threads: int | None = option(None, "torch CPU threads", ge=1)
-    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
+    device: str = device_option()
     ranking: bool = option(
         True, "also time ranking with the shared prompt prefix vs one prompt per (user, candidate)"
     )
@@ -166,24 +167,23 @@ def _variant(
     but not yet attached to ``ds`` (:func:`~llmrec.training.loop.prepare_training` attaches what it trains,
     ``attach`` what only scores); ``uncut``: items' texts kept whole (the throughput view) rather than cut to
     ``max_text_tokens``."""
-    from llmrec.models.base import build_model
+    from llmrec.models.base import build_model, placement_for
 
     check_descriptions(ds, cfg.options)
     options = {
-        "device": cfg.device,
         "backbone": {"llm": cfg.llm, "lora": True},
         "cf": "tokens" if (ds.features_dir / "mf_user.json").exists() else "none",
         "image": True,
         "image_feature": image_feature,
         "ke": True,
         "history_len": length,
-        **({"max_text_tokens": 10**4} if uncut else {}),  # throughput: time the whole description
+        **({"max_text_tokens": None} if uncut else {}),  # throughput: time the whole description
         "score_batch_size": cfg.batch_size,
         "batch_size": cfg.batch_size,
         **cfg.options,
         "history": history,
     }
-    return build_model("histllm", options, ds.n_users, ds.n_items)
+    return build_model("histllm", options, ds.n_users, ds.n_items, placement_for("histllm", cfg.device))
 
 
 def run_ctr_efficiency(cfg: CtrEfficiencyConfig) -> dict[str, Any]:

@@ -45,14 +45,18 @@ class PromptParts:
     codes: bool  # BinLLM's 0/1 text codes of the user and the target (text: in both steps)
 
 
-def cut_texts(tok: Any, texts: list[str], n: int) -> tuple[list[str], list[list[int]]]:
+def cut_texts(tok: Any, texts: list[str], n: int | None) -> tuple[list[str], list[list[int]]]:
     """Each item's text as every prompt shows it, computed once per item: placeholder strings escaped,
-    cut to its first ``n`` tokens of the tokenizer ``tok`` (decoded back); and those tokens, UHEM's input.
-    The inline history and target (w/o UHEM, the TALLRec-style presets) thus hold what UHEM encodes."""
+    cut to its first ``n`` tokens of the tokenizer ``tok`` (decoded back; None: whole); and those tokens,
+    UHEM's input. The inline history and target (w/o UHEM, the TALLRec-style presets) thus hold what UHEM
+    encodes."""
     texts = [escape_placeholders(t) for t in texts]
-    ids = tok(texts, add_special_tokens=False, truncation=True, max_length=n + 1)["input_ids"]
+    cutting = {} if n is None else {"truncation": True, "max_length": n + 1}
+    ids = tok(texts, add_special_tokens=False, **cutting)["input_ids"]
     cut = [
-        t if len(i) <= n else tok.decode(i[:n], clean_up_tokenization_spaces=False).rstrip("\ufffd")
+        t
+        if n is None or len(i) <= n
+        else tok.decode(i[:n], clean_up_tokenization_spaces=False).rstrip("\ufffd")
         for t, i in zip(texts, ids)
     ]  # a cut inside a multi-byte character decodes to U+FFFD: dropped
     return cut, [i[:n] for i in ids]

@@ -114,7 +114,9 @@ class HistLLMConfig(NeuralConfig):
     history_len: int = option(
         5, "most recent liked items per example (paper: 5 movies, 10 netflix/news)", ge=1
     )
-    max_text_tokens: int = option(48, "tokens of each item's title/description kept (UHEM and inline)", ge=1)
+    max_text_tokens: int | None = option(
+        48, "tokens of each item's title/description kept (UHEM and inline; None: whole texts)", ge=1
+    )
     description_texts: str | None = option(
         "from_title", "KE texts (llmrec describe --mode from_title); None = the items' own descriptions"
     )

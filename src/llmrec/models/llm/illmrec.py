@@ -171,7 +171,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
 
     def load_backbone(self) -> Backbone:
         """The LLM: a causal LM (hook)."""
-        return Backbone(self.cfg.backbone, self.placement.device)
+        return Backbone(self.cfg.backbone, self.placement)
 
     def _build_modules(self, feats: dict[str, Any], has_image: np.ndarray) -> None:
         """The adaptors, the [REC] vector, the user and item projectors per feature type (and the fallback
