@@ -490,20 +490,11 @@ def fetch_images(cfg: ImagesConfig) -> dict[str, Any]:
 
 
 def _fetch_locked(cfg: ImagesConfig) -> dict[str, Any]:
-    from tqdm import tqdm
-
     assert cfg.data is not None
     root = Path(cfg.data)
     ds = _open_dataset(root)
     items = ds.items
-    local: dict[str, Path] = {}
-    if cfg.image_dir:
-        image_dir = Path(cfg.image_dir)
-        if not image_dir.is_dir():
-            raise LlmrecError(
-                "image folder not found", file=image_dir, hint="pass an existing folder to --image-dir"
-            )
-        local = _index_image_dir(image_dir)
+    local = _local_images(cfg.image_dir)
     images_dir = ds.images_dir
     files_dir = images_dir / FILES
     files_dir.mkdir(parents=True, exist_ok=True)
@@ -511,7 +502,6 @@ def _fetch_locked(cfg: ImagesConfig) -> dict[str, Any]:
     # temp files of writes cut short by a kill (atomic_path names them .<name>.<random>.partial)
     for leftover in [*files_dir.glob(".*.partial"), *images_dir.glob(f".{MANIFEST}.*.partial")]:
         leftover.unlink(missing_ok=True)
-
     previous: dict[str, dict[str, Any]] = {}
     if manifest_path.exists():
         try:
@@ -519,12 +509,67 @@ def _fetch_locked(cfg: ImagesConfig) -> dict[str, Any]:
         except LlmrecError as e:
             log.warning("ignoring the old manifest and starting over: %s", e)
 
-    # Current items first, in item order; rows of items no longer in the dataset stay after them as a record.
     item_ids = items["item_id"].astype(str).tolist()
+    rows, todo, skipped = _plan(item_ids, items["image"].tolist(), previous, root, local)
+    log.info(
+        "%d items: %d kept from an earlier run, %d references to fetch or check",
+        len(item_ids),
+        skipped,
+        len(todo),
+    )
+    _run_jobs(todo, rows, item_ids, root, files_dir, manifest_path, cfg)
+
+    current = [rows[i] for i in item_ids]
+    counts = dict(sorted(Counter(r["status"] for r in current).items()))
+    bad = [r for r in current if r["status"] != "ok"]
+    summary: dict[str, Any] = {
+        "counts": counts,
+        "n_items": len(item_ids),
+        "skipped": skipped,
+        "dropped": 0,
+        "n_items_after": len(item_ids),
+        "failures": [{k: r[k] for k in ("item_id", "url", "status", "error")} for r in bad[:10]],
+        "manifest": str(manifest_path),
+    }
+    log.info("images: %s", counts)
+    if cfg.missing == "drop" and bad:
+        from llmrec.data.processing import drop_items
+
+        meta = drop_items(root, [r["item_id"] for r in bad], reason="image missing or unreadable")
+        summary["dropped"] = len(bad)
+        summary["n_items_after"] = int(meta["counts"]["items"])
+        log.info(
+            "dropped %d items without a usable image; %d items remain", len(bad), summary["n_items_after"]
+        )
+    return summary
+
+
+def _local_images(image_dir: str | None) -> dict[str, Path]:
+    """The ``--image-dir`` files by item id (none without the option)."""
+    if not image_dir:
+        return {}
+    folder = Path(image_dir)
+    if not folder.is_dir():
+        raise LlmrecError(
+            "image folder not found", file=folder, hint="pass an existing folder to --image-dir"
+        )
+    return _index_image_dir(folder)
+
+
+def _plan(
+    item_ids: list[str],
+    images: list[Any],
+    previous: dict[str, dict[str, Any]],
+    root: Path,
+    local: dict[str, Path],
+) -> tuple[dict[str, dict[str, Any]], list[_Job], int]:
+    """Each item's manifest row as far as known before fetching, the jobs still to run (one per distinct
+    reference), and how many items an earlier run's row still covers."""
+    # Current items first, in item order; rows of items no longer in the dataset stay after them as a record.
     rows: dict[str, dict[str, Any]] = {}
     jobs: dict[tuple[str, str], _Job] = {}
     skipped = 0
-    for item_id, image in zip(item_ids, items["image"].tolist()):
+    for item_id, image in zip(item_ids, images):
         kind, ref = _reference(item_id, image if isinstance(image, str) else "", root, local)
         old = previous.get(item_id)
         if kind == "none":
@@ -537,14 +582,23 @@ def _fetch_locked(cfg: ImagesConfig) -> dict[str, Any]:
             jobs.setdefault((kind, ref), _Job(kind, ref, [])).item_ids.append(item_id)  # type: ignore[arg-type]
     for item_id, old in previous.items():
         rows.setdefault(item_id, old)
+    return rows, list(jobs.values()), skipped
 
-    todo = list(jobs.values())
-    log.info(
-        "%d items: %d kept from an earlier run, %d references to fetch or check",
-        len(item_ids),
-        skipped,
-        len(todo),
-    )
+
+def _run_jobs(
+    todo: list[_Job],
+    rows: dict[str, dict[str, Any]],
+    item_ids: list[str],
+    root: Path,
+    files_dir: Path,
+    manifest_path: Path,
+    cfg: ImagesConfig,
+) -> None:
+    """Run the jobs on ``cfg.workers`` threads, each finished item's row into ``rows``, with a manifest
+    checkpoint every :data:`CHECKPOINT_EVERY` items and a last one at the end, or when interrupted or a
+    job crashed (so the next run resumes)."""
+    from tqdm import tqdm
+
     pending = {i for j in todo for i in j.item_ids}
     done = Counter(rows[i]["status"] for i in item_ids if i not in pending)
     bar = tqdm(
@@ -580,30 +634,6 @@ def _fetch_locked(cfg: ImagesConfig) -> dict[str, Any]:
         bar.close()
     executor.shutdown(wait=True)
     _write_manifest(manifest_path, rows)
-
-    current = [rows[i] for i in item_ids]
-    counts = dict(sorted(Counter(r["status"] for r in current).items()))
-    bad = [r for r in current if r["status"] != "ok"]
-    summary: dict[str, Any] = {
-        "counts": counts,
-        "n_items": len(item_ids),
-        "skipped": skipped,
-        "dropped": 0,
-        "n_items_after": len(item_ids),
-        "failures": [{k: r[k] for k in ("item_id", "url", "status", "error")} for r in bad[:10]],
-        "manifest": str(manifest_path),
-    }
-    log.info("images: %s", counts)
-    if cfg.missing == "drop" and bad:
-        from llmrec.data.processing import drop_items
-
-        meta = drop_items(root, [r["item_id"] for r in bad], reason="image missing or unreadable")
-        summary["dropped"] = len(bad)
-        summary["n_items_after"] = int(meta["counts"]["items"])
-        log.info(
-            "dropped %d items without a usable image; %d items remain", len(bad), summary["n_items_after"]
-        )
-    return summary
 
 
 def image_paths(dataset: Dataset | str | Path) -> list[Path | None]:

@@ -56,12 +56,8 @@ MF_CTR: dict[str, object] = {"objective": "ctr", "dim": 256, "epochs": 400, "pat
 def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     import torch
 
-    from llmrec.data.dataset import Dataset
     from llmrec.data.processing import PrepareConfig, prepare
-    from llmrec.features.build import FeaturesConfig, build_features, export_cf_features
-    from llmrec.pipeline import EvalConfig, TrainConfig, train
-    from llmrec.plots import plot_popularity_breakdown
-    from llmrec.report import TableConfig, make_table
+    from llmrec.features.build import FeaturesConfig, build_features
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -83,18 +79,46 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
         print(f"   {name}: {m['count']:,} x {m['dim']} ({m['encoder']})")
 
     if cfg.llm:
-        print("== 3/5 default LLM: SmolLM2-135M-Instruct from its GGUF (converted once, then cached)")
-        from llmrec.assets import load_causal_lm
+        _llm_demo()
+    results = _next_item_demo(cfg)
+    if cfg.llm:
+        results.update(_ctr_demo(cfg))
+    print(
+        f"demo finished in {time.perf_counter() - t0:.0f}s; results in {cfg.runs}/results.md, results.csv and popularity_breakdown.png"
+    )
+    print(
+        f"serve one of these runs over HTTP (docs at http://127.0.0.1:8000/docs): llmrec serve {cfg.runs}/sasrec\n"
+        f"or in Python: llmrec.load('{cfg.runs}/sasrec').recommend(user_ids=['1'], k=10)"
+    )
+    return results
 
-        t1 = time.perf_counter()
-        model, tok = load_causal_lm()
-        ids = tok("The capital of France is", return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
-        print(
-            f"   loaded in {time.perf_counter() - t1:.1f}s; 'The capital of France is' ->{tok.decode(out[0, ids['input_ids'].shape[1] :])!r}"
-        )
-        del model
+
+def _llm_demo() -> None:
+    """Step 3: the default LLM loads (converted from its GGUF on first use) and generates."""
+    import torch
+
+    print("== 3/5 default LLM: SmolLM2-135M-Instruct from its GGUF (converted once, then cached)")
+    from llmrec.assets import load_causal_lm
+
+    t1 = time.perf_counter()
+    model, tok = load_causal_lm()
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
+    print(
+        f"   loaded in {time.perf_counter() - t1:.1f}s; 'The capital of France is' ->{tok.decode(out[0, ids['input_ids'].shape[1] :])!r}"
+    )
+    del model
+
+
+def _next_item_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
+    """Step 4: the next-item models (I-LLMRec too with the LLM), their results table and the
+    popularity-breakdown plot."""
+    from llmrec.data.dataset import Dataset
+    from llmrec.features.build import export_cf_features
+    from llmrec.pipeline import EvalConfig, TrainConfig, train
+    from llmrec.plots import plot_popularity_breakdown
+    from llmrec.report import TableConfig, make_table
 
     steps = 5 if cfg.llm else 4
     print(f"== 4/{steps} train and evaluate next-item models")
@@ -127,15 +151,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
     )
     plot_popularity_breakdown(breakdowns, Path(cfg.runs) / "popularity_breakdown.png")
     print(table)
-    if cfg.llm:
-        results.update(_ctr_demo(cfg))
-    print(
-        f"demo finished in {time.perf_counter() - t0:.0f}s; results in {cfg.runs}/results.md, results.csv and popularity_breakdown.png"
-    )
-    print(
-        f"serve one of these runs over HTTP (docs at http://127.0.0.1:8000/docs): llmrec serve {cfg.runs}/sasrec\n"
-        f"or in Python: llmrec.load('{cfg.runs}/sasrec').recommend(user_ids=['1'], k=10)"
-    )
     return results
 
 

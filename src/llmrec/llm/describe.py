@@ -397,6 +397,57 @@ def _describe_locked(cfg: DescribeConfig, device: str) -> dict[str, Any]:
     keys = [prompt_key(p, cfg.llm, cfg.generation) for p in prompts]
     ids = items["item_id"].tolist()
 
+    done, stale = _reusable_rows(cfg, path, ids, keys, sources)
+    selected = range(len(ids) if cfg.limit is None else min(cfg.limit, len(ids)))
+    todo = [j for j in selected if ids[j] not in done]
+    reused = len(selected) - len(todo)
+    # longest first: less padding per batch, and an out-of-memory error shows up at once
+    if todo:
+        lengths = tokenizer(_pick(prompts, todo), add_special_tokens=not chat)["input_ids"]
+        todo = [j for _, j in sorted(zip(map(len, lengths), todo), key=lambda t: -t[0])]
+    texts = _TextsFiles(path, manifest_path, cfg, name, chat, ids)
+
+    log.info("describe '%s': %d items to generate, %d cached", name, len(todo), reused)
+    t0 = last_note = time.perf_counter()
+    generated = 0  # counted here: a disabled bar (not a terminal) counts nothing
+    with tqdm(total=len(todo), desc=f"describe {name}", unit="item", disable=None) as bar:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start : start + cfg.batch_size]
+            raw = generate_texts(model, tokenizer, _pick(prompts, batch), cfg.max_new_tokens, chat)
+            for j, text in zip(batch, raw):
+                fallback = fields[j].get("title") or ids[j]
+                done[ids[j]] = (clean_text(text, fallback), keys[j], sources[j])
+            texts.checkpoint(done)
+            bar.update(len(batch))
+            generated += len(batch)
+            if (
+                time.perf_counter() - last_note > NOTE_EVERY_S
+            ):  # the log (and a non-terminal) still sees progress
+                rate = generated / (time.perf_counter() - t0)
+                log.info("describe '%s': %d/%d items, %.2f items/s", name, generated, len(todo), rate)
+                last_note = time.perf_counter()
+    if not todo and (stale or not path.exists() or not texts.manifest_is_current(done)):
+        texts.checkpoint(
+            done
+        )  # nothing generated, but stale rows were dropped or the files are new or behind
+    seconds = time.perf_counter() - t0
+    return {
+        "name": name,
+        "path": str(path),
+        "items": len(selected),
+        "generated": len(todo),
+        "cached": reused,
+        "seconds": round(seconds, 3),
+        "items_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
+        "complete": len(done) == len(ids),
+    }
+
+
+def _reusable_rows(
+    cfg: DescribeConfig, path: Path, ids: list[str], keys: list[str], sources: list[str]
+) -> tuple[dict[str, tuple[str, str, str]], int]:
+    """The texts of an earlier run still valid for this config, item_id -> (text, key, source), and how many
+    stale rows are dropped (with --force every row is: 1 if a table exists)."""
     # rows still valid for this config (any item, also beyond --limit) are kept; stale ones are dropped
     done: dict[str, tuple[str, str, str]] = {}  # item_id -> (text, key, source)
     if not cfg.force:
@@ -410,16 +461,22 @@ def _describe_locked(cfg: DescribeConfig, device: str) -> dict[str, Any]:
         stale = len(old) - len(done)
     else:
         stale = int(path.exists())
-    selected = range(len(ids) if cfg.limit is None else min(cfg.limit, len(ids)))
-    todo = [j for j in selected if ids[j] not in done]
-    reused = len(selected) - len(todo)
-    # longest first: less padding per batch, and an out-of-memory error shows up at once
-    if todo:
-        lengths = tokenizer(_pick(prompts, todo), add_special_tokens=not chat)["input_ids"]
-        todo = [j for _, j in sorted(zip(map(len, lengths), todo), key=lambda t: -t[0])]
+    return done, stale
 
-    def checkpoint() -> None:
-        order = [i for i in ids if i in done]
+
+@dataclass
+class _TextsFiles:
+    """The texts table and its manifest, as one run of ``llmrec describe`` writes them after each batch."""
+
+    path: Path
+    manifest_path: Path
+    cfg: DescribeConfig
+    name: str
+    chat: bool  # the prompts went through the tokenizer's chat template
+    ids: list[str]  # every item of the dataset, in item order
+
+    def checkpoint(self, done: dict[str, tuple[str, str, str]]) -> None:
+        order = [i for i in self.ids if i in done]
         table = pd.DataFrame(
             {
                 "item_id": order,
@@ -428,62 +485,30 @@ def _describe_locked(cfg: DescribeConfig, device: str) -> dict[str, Any]:
                 "source_sha256": [done[i][2] for i in order],
             }
         )
-        write_parquet_atomic(table, path)
-        write_json_atomic(manifest_path, manifest(len(order)))
+        write_parquet_atomic(table, self.path)
+        write_json_atomic(self.manifest_path, self.manifest(len(order)))
 
-    def manifest(count: int) -> dict[str, Any]:
+    def manifest(self, count: int) -> dict[str, Any]:
+        cfg = self.cfg
         return {
-            "name": name,
+            "name": self.name,
             "llm": cfg.llm,
             "mode": cfg.mode,
             "prompt_template": cfg.template,
-            "chat_template": chat,
+            "chat_template": self.chat,
             "generation": {**cfg.generation, "decoding": "greedy", "num_beams": 1},
             "count": count,
-            "n_items": len(ids),
-            "complete": count == len(ids),
+            "n_items": len(self.ids),
+            "complete": count == len(self.ids),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": to_dict(cfg),
         }
 
-    def manifest_is_current() -> bool:
+    def manifest_is_current(self, done: dict[str, tuple[str, str, str]]) -> bool:
         """The manifest on disk describes the table (a kill between the two writes leaves an older one)."""
         try:
-            on_disk = json.loads(manifest_path.read_text(encoding="utf-8"))
+            on_disk = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        want = json.loads(json.dumps(manifest(len(done)), default=str))
+        want = json.loads(json.dumps(self.manifest(len(done)), default=str))
         return isinstance(on_disk, dict) and {**on_disk, "created": None} == {**want, "created": None}
-
-    log.info("describe '%s': %d items to generate, %d cached", name, len(todo), reused)
-    t0 = last_note = time.perf_counter()
-    generated = 0  # counted here: a disabled bar (not a terminal) counts nothing
-    with tqdm(total=len(todo), desc=f"describe {name}", unit="item", disable=None) as bar:
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start : start + cfg.batch_size]
-            raw = generate_texts(model, tokenizer, _pick(prompts, batch), cfg.max_new_tokens, chat)
-            for j, text in zip(batch, raw):
-                fallback = fields[j].get("title") or ids[j]
-                done[ids[j]] = (clean_text(text, fallback), keys[j], sources[j])
-            checkpoint()
-            bar.update(len(batch))
-            generated += len(batch)
-            if (
-                time.perf_counter() - last_note > NOTE_EVERY_S
-            ):  # the log (and a non-terminal) still sees progress
-                rate = generated / (time.perf_counter() - t0)
-                log.info("describe '%s': %d/%d items, %.2f items/s", name, generated, len(todo), rate)
-                last_note = time.perf_counter()
-    if not todo and (stale or not path.exists() or not manifest_is_current()):
-        checkpoint()  # nothing generated, but stale rows were dropped or the files are new or behind
-    seconds = time.perf_counter() - t0
-    return {
-        "name": name,
-        "path": str(path),
-        "items": len(selected),
-        "generated": len(todo),
-        "cached": reused,
-        "seconds": round(seconds, 3),
-        "items_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
-        "complete": len(done) == len(ids),
-    }

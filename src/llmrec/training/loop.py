@@ -178,6 +178,49 @@ def train_stage(
     opt, scheduler = step.opt, step.scheduler
     rng = np.random.default_rng(torch.initial_seed() % 2**32)  # the same on every process
     name = f"{model.name}{' ' + stage.name if named else ''}"
+    _log_stage_start(name, model, stage, step, n)
+    state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": []}
+    best_weights = model.checkpoint_state() if cfg.validate else None  # None: the last weights are kept
+    ckpt = run.root / f"checkpoint{'-' + stage.name if named else ''}.pt" if run is not None else None
+    if ckpt is not None and ckpt.exists():  # every process resumes from the main process's checkpoint
+        best_weights, state = _resume(ckpt, model, opt, scheduler, accelerator, rng)
+    if n > 1:  # as DistributedDataParallel does: every process starts from the main process's weights
+        broadcast_from_main(step.params + float_buffers(model))
+    eval_ds = _eval_subset(ds, cfg.eval_users) if cfg.validate else None
+    while state["epoch"] < stage.epochs and state["bad"] < cfg.patience:
+        epoch = state["epoch"] + 1
+        record = train_epoch(model, ds, step, rng, epoch, state["best"])
+        if not cfg.validate:
+            log.info("epoch %d: loss %.4f", epoch, record["loss"])
+        elif epoch % cfg.eval_every == 0 or epoch == stage.epochs:
+            improved = _validate_epoch(model, eval_ds, stage, n, epoch, record, state)
+            if improved:
+                best_weights = model.checkpoint_state()
+        state["epoch"] = epoch
+        state["history"].append(record)
+        prefix = f"{stage.name}/" if named else ""
+        accelerator.log({prefix + k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+        if ckpt is not None and main:
+            _save_checkpoint(ckpt, model, opt, scheduler, accelerator, best_weights, state, rng)
+    criterion = state.get("metric", "valid_ndcg@10")
+    if state["bad"] >= cfg.patience:
+        log.info(
+            "early stop at epoch %d: no better %s for %d validations", state["epoch"], criterion, cfg.patience
+        )
+    if best_weights is not None:
+        model.load_checkpoint_state(best_weights)
+    else:
+        log.info("%s: the weights of the last epoch (%d) are kept: validate=false", name, state["epoch"])
+    if run is not None and main:
+        _write_stage_record(run, model, stage.name if named else None, state, validated=cfg.validate)
+        assert ckpt is not None
+        ckpt.unlink(missing_ok=True)  # the stage is done: nothing to resume
+    return state["history"]
+
+
+def _log_stage_start(name: str, model: TorchRecommender, stage: Stage, step: TrainingStep, n: int) -> None:
+    """What the stage trains and how: its trainable parameters, optimizer, schedule and stopping rule."""
+    cfg = model.cfg
     log.info(
         "%s: %s trainable parameters%s",
         name,
@@ -200,59 +243,39 @@ def train_stage(
         if cfg.validate
         else f"{stage.epochs} epochs without validation (the last weights are kept)",
     )
-    state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": []}
-    best_weights = model.checkpoint_state() if cfg.validate else None  # None: the last weights are kept
-    ckpt = run.root / f"checkpoint{'-' + stage.name if named else ''}.pt" if run is not None else None
-    if ckpt is not None and ckpt.exists():  # every process resumes from the main process's checkpoint
-        best_weights, state = _resume(ckpt, model, opt, scheduler, accelerator, rng)
-    if n > 1:  # as DistributedDataParallel does: every process starts from the main process's weights
-        broadcast_from_main(step.params + float_buffers(model))
-    eval_ds = _eval_subset(ds, cfg.eval_users) if cfg.validate else None
-    while state["epoch"] < stage.epochs and state["bad"] < cfg.patience:
-        epoch = state["epoch"] + 1
-        record = train_epoch(model, ds, step, rng, epoch, state["best"])
-        if not cfg.validate:
-            log.info("epoch %d: loss %.4f", epoch, record["loss"])
-        elif epoch % cfg.eval_every == 0 or epoch == stage.epochs:
-            criterion, metrics = validate(model, eval_ds, stage)
-            if n > 1:  # the processes decide on the same numbers even if their kernels differ in the last bit
-                criterion, metrics = broadcast_object_list([criterion, metrics])
-            record.update(metrics)
-            state["metric"] = criterion
-            if metrics[criterion] > state["best"]:
-                state.update(best=metrics[criterion], best_epoch=epoch, bad=0)
-                best_weights = model.checkpoint_state()
-            else:
-                state["bad"] += 1
-            log.info(
-                "epoch %d: loss %.4f, %s (best %s %.4f at epoch %d)",
-                epoch,
-                record["loss"],
-                ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-                criterion,
-                state["best"],
-                state["best_epoch"],
-            )
-        state["epoch"] = epoch
-        state["history"].append(record)
-        prefix = f"{stage.name}/" if named else ""
-        accelerator.log({prefix + k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-        if ckpt is not None and main:
-            _save_checkpoint(ckpt, model, opt, scheduler, accelerator, best_weights, state, rng)
-    criterion = state.get("metric", "valid_ndcg@10")
-    if state["bad"] >= cfg.patience:
-        log.info(
-            "early stop at epoch %d: no better %s for %d validations", state["epoch"], criterion, cfg.patience
-        )
-    if best_weights is not None:
-        model.load_checkpoint_state(best_weights)
+
+
+def _validate_epoch(
+    model: TorchRecommender,
+    eval_ds: Dataset | ValidationView,
+    stage: Stage,
+    n: int,
+    epoch: int,
+    record: dict[str, float],
+    state: dict[str, Any],
+) -> bool:
+    """Validate after ``epoch``: its metrics go into ``record``, the criterion, best value and count of
+    validations without progress into ``state``; True when this epoch is the best so far."""
+    criterion, metrics = validate(model, eval_ds, stage)
+    if n > 1:  # the processes decide on the same numbers even if their kernels differ in the last bit
+        criterion, metrics = broadcast_object_list([criterion, metrics])
+    record.update(metrics)
+    state["metric"] = criterion
+    improved = metrics[criterion] > state["best"]
+    if improved:
+        state.update(best=metrics[criterion], best_epoch=epoch, bad=0)
     else:
-        log.info("%s: the weights of the last epoch (%d) are kept: validate=false", name, state["epoch"])
-    if run is not None and main:
-        _write_stage_record(run, model, stage.name if named else None, state, validated=cfg.validate)
-        assert ckpt is not None
-        ckpt.unlink(missing_ok=True)  # the stage is done: nothing to resume
-    return state["history"]
+        state["bad"] += 1
+    log.info(
+        "epoch %d: loss %.4f, %s (best %s %.4f at epoch %d)",
+        epoch,
+        record["loss"],
+        ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        criterion,
+        state["best"],
+        state["best_epoch"],
+    )
+    return improved
 
 
 def make_optimizer(

@@ -118,14 +118,7 @@ def folder_lock(folder: str | Path, what: str = "folder", create: bool = False) 
             return
         path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except OSError as e:
-            # a folder the user may write in a parent they may not: its lock goes inside it
-            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and path != inside and resolved.is_dir():
-                path = inside
-                continue
-            raise
+        fd, path = _open_lock_file(path, inside, resolved)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -142,13 +135,46 @@ def folder_lock(folder: str | Path, what: str = "folder", create: bool = False) 
             return
         # the previous holder may have removed the file between our open and our lock: then we locked a
         # file nobody else will open, so take the one now at that path instead
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
+        if _still_at(fd, path):
             break
         os.close(fd)
+    _write_note(fd, folder)
+    with _held_guard:
+        _held[path] = 1
+    try:
+        yield path
+    finally:
+        with _held_guard:
+            del _held[path]
+        with contextlib.suppress(OSError):
+            path.unlink()  # still locked: whoever opened it meanwhile sees another file there and retries
+        os.close(fd)
+
+
+def _open_lock_file(path: Path, inside: Path, folder: Path) -> tuple[int, Path]:
+    """The lock file at ``path`` opened (created if missing), and where it is: ``inside`` the folder when
+    the folder's parent cannot be written."""
+    while True:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666), path
+        except OSError as e:
+            # a folder the user may write in a parent they may not: its lock goes inside it
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and path != inside and folder.is_dir():
+                path = inside
+                continue
+            raise
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the one at ``path`` (not removed or replaced since)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _write_note(fd: int, folder: str | Path) -> None:
+    """Who holds the lock, into the lock file: what a refused command names (see :func:`holder`)."""
     try:
         record = {
             "pid": os.getpid(),
@@ -160,16 +186,6 @@ def folder_lock(folder: str | Path, what: str = "folder", create: bool = False) 
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
     except OSError:  # the lock holds without its note; a refused command then says "pid unknown"
         pass
-    with _held_guard:
-        _held[path] = 1
-    try:
-        yield path
-    finally:
-        with _held_guard:
-            del _held[path]
-        with contextlib.suppress(OSError):
-            path.unlink()  # still locked: whoever opened it meanwhile sees another file there and retries
-        os.close(fd)
 
 
 __all__ = ["folder_lock", "lock_file", "holder", "LOCK_SUFFIX", "INSIDE_LOCK"]

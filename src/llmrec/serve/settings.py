@@ -1,0 +1,72 @@
+"""The options of ``llmrec serve``: how the service batches and what it accepts (:class:`ServeSettings`,
+all that :func:`llmrec.serve.create_app` needs), and which run it serves where (:class:`ServeConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from llmrec.config import ConfigError, check_ranges, option
+from llmrec.devices import DEVICE_HELP, DTYPES
+
+
+@dataclass
+class ServeSettings:
+    """How the service batches and what it accepts (the part of ``llmrec serve``'s options that
+    :func:`create_app` uses)."""
+
+    max_batch: int = option(32, "most queued requests answered by one model call", ge=1)
+    max_wait_ms: float = option(5.0, "longest the first request of a batch waits for others (ms)", ge=0)
+    queue_size: int = option(
+        256, "most requests waiting for the model; one more is answered 503 with Retry-After", ge=1
+    )
+    max_history: int = option(1000, "longest ad-hoc history accepted (item ids)", ge=1)
+    batching: bool = option(True, "micro-batching (--no-batching: one request per model call, to compare)")
+    max_headers: int = option(
+        100,
+        "most header fields a request may send; one more is answered 431 (Request Header Fields Too Large)",
+        ge=1,
+    )
+    max_header_bytes: int = option(
+        16 * 1024,
+        "most bytes of header names and values a request may send; more is answered 431 and the server stops "
+        "reading a request head that grows past it (plus 8 KiB for the request line)",
+        ge=1,
+    )
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    @property
+    def batch_limit(self) -> int:
+        """The most requests one model call answers: max_batch, or 1 without batching."""
+        return self.max_batch if self.batching else 1
+
+
+@dataclass
+class ServeConfig(ServeSettings):
+    """``llmrec serve``: which run, where it listens, how it batches."""
+
+    run: str = option("", "run directory of a trained model")
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = option(8000, "TCP port (0: any free one)", ge=0, le=65535)
+    device: str = option("auto", DEVICE_HELP)
+    dtype: str = option("auto", "LLM backbone weights: " + " | ".join(DTYPES) + " (auto: bf16 on CUDA)")
+    data: str | None = option(None, "the run's dataset moved: its new folder (checksum verified)")
+    candidates_from: str | None = option(
+        None, "a run on the same dataset whose top items per request this model re-ranks"
+    )
+    candidates: int = option(100, "how many items --candidates-from retrieves per request", ge=1)
+    threads: int | None = option(None, "torch CPU threads (default: torch's choice)", ge=1)
+    access_log: bool = option(False, "log every request (costs throughput)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.run:
+            raise ConfigError("run: the run directory of a trained model is required")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+
+    def settings(self) -> ServeSettings:
+        names = [f.name for f in dataclasses.fields(ServeSettings)]
+        return ServeSettings(**{n: getattr(self, n) for n in names})
