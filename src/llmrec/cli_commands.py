@@ -186,29 +186,23 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     overrides = merge(given, {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__})
     if args.print_config:
         cfg = evaluation_config(args.run, overrides, args.data)
-        cfg.device, cfg.dtype = args.device, args.dtype
+        cfg.device, cfg.dtype = args.device or "auto", args.dtype or "auto"
         print(json.dumps({**cfg.resolved(), "eval": to_dict(cfg.eval)}, indent=2))
         return 0
     use_threads(getattr(args, "threads", None))
-    evaluate_run(args.run, overrides, args.data, device=args.device, dtype=args.dtype)
+    evaluate_run(args.run, overrides, args.data, device=args.device or "auto", dtype=args.dtype or "auto")
     _print_metrics(args.run)
     return 0
 
 
 def _setup_evaluate(p: argparse.ArgumentParser) -> None:
-    from llmrec.devices import DEVICE_HELP, DTYPES
     from llmrec.pipeline import EvalConfig
+    from llmrec.placement import PlacementOptions
 
     p.add_argument("run", help="run directory written by 'llmrec train'")
     p.add_argument("--data", default=None, help="the run's dataset moved: its new folder (checksum verified)")
     add_arguments(p, EvalConfig)
-    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=DTYPES,
-        help="LLM backbone weights (auto: bf16 on CUDA, fp32 on CPU)",
-    )
+    add_arguments(p, PlacementOptions)
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
 
 

@@ -62,4 +62,13 @@ def dtype_option(default: str | None = "auto") -> Any:
     return option(default, DTYPE_HELP)
 
 
-__all__ = ["Placement", "DTYPES", "DtypeName", "device_option", "dtype_option"]
+@dataclasses.dataclass
+class PlacementOptions:
+    """``--device`` and ``--dtype`` of a command that takes nothing else from a config (``llmrec evaluate``);
+    the other commands' configs declare the same two fields with :func:`device_option` / :func:`dtype_option`."""
+
+    device: str = device_option()
+    dtype: DtypeName = dtype_option()
+
+
+__all__ = ["Placement", "PlacementOptions", "DTYPES", "DtypeName", "device_option", "dtype_option"]

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from llmrec.config import ConfigError, check_ranges, option
-from llmrec.devices import DEVICE_HELP, DTYPES
+from llmrec.placement import DtypeName, device_option, dtype_option
 
 
 @dataclass
@@ -50,8 +50,8 @@ class ServeConfig(ServeSettings):
     run: str = option("", "run directory of a trained model")
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = option(8000, "TCP port (0: any free one)", ge=0, le=65535)
-    device: str = option("auto", DEVICE_HELP)
-    dtype: str = option("auto", "LLM backbone weights: " + " | ".join(DTYPES) + " (auto: bf16 on CUDA)")
+    device: str = device_option()
+    dtype: DtypeName = dtype_option()
     data: str | None = option(None, "the run's dataset moved: its new folder (checksum verified)")
     candidates_from: str | None = option(
         None, "a run on the same dataset whose top items per request this model re-ranks"
@@ -64,8 +64,6 @@ class ServeConfig(ServeSettings):
         super().__post_init__()
         if not self.run:
             raise ConfigError("run: the run directory of a trained model is required")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
     def settings(self) -> ServeSettings:
         names = [f.name for f in dataclasses.fields(ServeSettings)]

@@ -30,7 +30,7 @@ from llmrec.llm.prompts import CTR_HISTORY, ctr_item, ctr_prompt, ctr_target, es
 
 if TYPE_CHECKING:
     from llmrec.llm.backbone import Backbone
-    from llmrec.models.llm.histllm import HistLLMConfig
+    from llmrec.models.llm.histllm_config import HistLLMConfig
 
 
 @dataclasses.dataclass(frozen=True)
