@@ -23,6 +23,7 @@ CONTRACT = {
     "llmrec.api": "the Python API, by its module",
     "llmrec.config": "typed options",
     "llmrec.errors": "errors that say what to do",
+    "llmrec.placement": "where a command runs its model: Placement and the --device / --dtype options",
     "llmrec.models.base": "the registry (build_model, load_model, model_config...) and the Recommender contract",
     "llmrec.models.neural": "the torch models' contract the trainer relies on (TorchRecommender, Stage)",
     "llmrec.models.llm.base": "the LLM models' contract (FeatureBackedLLM: attach, trained_on)",
@@ -46,7 +47,6 @@ STAGES = {
     "llmrec.llm.describe": "llmrec describe's texts (the descriptions w/o UHEM writes inline)",
     "llmrec.llm.prompts": "the item representations the I-LLMRec efficiency figure times",
     "llmrec.assets": "the default models' names, the demo's offline LM check",
-    "llmrec.devices": "the device and dtype options' vocabulary (serve-bench)",
 }
 
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from llmrec.config import ConfigError, check_ranges, option
-from llmrec.devices import DEVICE_HELP, DTYPES
 from llmrec.errors import LlmrecError
+from llmrec.placement import DtypeName, device_option, dtype_option
 from llmrec.utils.io import write_json_atomic, write_text_atomic
 from llmrec.utils.markdown import markdown_table
 
@@ -53,8 +53,8 @@ class BenchServeConfig:
     max_wait_ms: float = option(5.0, "the batching server's --max-wait-ms", ge=0)
     queue_size: int = option(256, "both servers' --queue-size", ge=1)
     threads: int | None = option(None, "torch CPU threads of each server", ge=1)
-    device: str = option("auto", DEVICE_HELP)
-    dtype: str = option("auto", "LLM backbone weights: " + " | ".join(DTYPES))
+    device: str = device_option()
+    dtype: DtypeName = dtype_option()
     data: str | None = option(None, "the run's dataset moved: its new folder")
     startup_timeout: float = option(600.0, "longest a server may take to load the run (s)", gt=0)
     seed: int = option(0, "seed of the random user ids")
