@@ -184,13 +184,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     given = load_file(args.config) if args.config else {}
     overrides = merge(given, {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__})
+    # --device / --dtype: unset unless given (PlacementOptions' defaults are auto)
+    device, dtype = getattr(args, "device", None) or "auto", getattr(args, "dtype", None) or "auto"
     if args.print_config:
         cfg = evaluation_config(args.run, overrides, args.data)
-        cfg.device, cfg.dtype = args.device or "auto", args.dtype or "auto"
+        cfg.device, cfg.dtype = device, dtype
         print(json.dumps({**cfg.resolved(), "eval": to_dict(cfg.eval)}, indent=2))
         return 0
     use_threads(getattr(args, "threads", None))
-    evaluate_run(args.run, overrides, args.data, device=args.device or "auto", dtype=args.dtype or "auto")
+    evaluate_run(args.run, overrides, args.data, device=device, dtype=dtype)
     _print_metrics(args.run)
     return 0
 
