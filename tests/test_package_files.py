@@ -18,3 +18,24 @@ def test_license_is_the_apache_2_text_pyproject_names():
     assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+
+
+def test_citation_cff_parses_and_cites_both_papers():
+    import yaml
+
+    from llmrec import __version__
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert {"cff-version", "message", "title", "authors"} <= cff.keys()  # CFF 1.2.0's required keys
+    assert cff["cff-version"] == "1.2.0" and cff["authors"]
+    assert cff["version"] == __version__ and cff["license"] == "Apache-2.0"
+    refs = {ref["url"].rsplit("/", 1)[-1]: ref for ref in cff["references"]}
+    assert refs.keys() == {"2503.06238", "2504.10150"}
+    for arxiv_id, ref in refs.items():
+        assert {"type", "title", "authors"} <= ref.keys() and ref["doi"] == f"10.48550/arXiv.{arxiv_id}"
+    assert refs["2503.06238"]["title"] == (
+        "Image is All You Need: Towards Efficient and Effective Large Language Model-Based Recommender Systems"
+    )
+    assert refs["2504.10150"]["title"].startswith("HistLLM: A Unified Framework for LLM-Based Multimodal")
+    assert refs["2503.06238"]["authors"][0] == {"given-names": "Kibum", "family-names": "Kim"}
+    assert refs["2504.10150"]["authors"][0] == {"given-names": "Chen", "family-names": "Zhang"}
