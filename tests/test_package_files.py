@@ -3,6 +3,9 @@ the command line reports and the typing marker."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,29 @@ def test_citation_cff_parses_and_cites_both_papers():
     assert refs["2504.10150"]["title"].startswith("HistLLM: A Unified Framework for LLM-Based Multimodal")
     assert refs["2503.06238"]["authors"][0] == {"given-names": "Kibum", "family-names": "Kim"}
     assert refs["2504.10150"]["authors"][0] == {"given-names": "Chen", "family-names": "Zhang"}
+
+
+def test_llmrec_version_prints_the_package_version_without_importing_torch():
+    from llmrec import __version__
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run(
+        [sys.executable, "-m", "llmrec", "--version"], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout == f"llmrec {__version__}\n" and done.stderr == ""
+    code = (
+        "import sys\n"
+        "from llmrec.cli import main\n"
+        "assert main(['--version']) == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.splitlines() == [f"llmrec {__version__}", "False"]
+
+
+def test_pyproject_version_is_the_package_version():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from llmrec import __version__
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["version"] == __version__
