@@ -4,8 +4,10 @@ the command line reports and the typing marker."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,29 @@ def test_pyproject_version_is_the_package_version():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["version"] == __version__
+
+
+def test_py_typed_marks_the_package():
+    assert (ROOT / "src" / "llmrec" / "py.typed").is_file()
+
+
+def test_the_wheel_ships_py_typed_and_the_license(tmp_path):
+    """Build the wheel from a copy of the tree with the venv's setuptools (no network) and read it."""
+    pytest.importorskip("setuptools")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(
+        ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    code = "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))"
+    built = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "dist")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wheel = tmp_path / "dist" / built.stdout.strip().splitlines()[-1]
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "llmrec/py.typed" in names and "llmrec/__init__.py" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
