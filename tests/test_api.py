@@ -57,6 +57,21 @@ def test_import_llmrec_is_fast_and_loads_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+def test_dir_llmrec_is_the_public_api_each_name_documented():
+    """``dir(llmrec)`` (tab completion) lists ``__all__`` and nothing of the module's own machinery
+    (``Any``, ``_API``, ...), without importing the API; each name resolves and has its own docstring."""
+    code = "import sys, llmrec; print(dir(llmrec)); assert 'llmrec.api' not in sys.modules"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True)
+    expected = ["Model", "QueryError", "TrainedRun", "__version__", "evaluate", "load", "prepare", "train"]
+    assert out.stdout.strip() == repr(expected) and sorted(llmrec.__all__) == expected
+    assert dir(llmrec) == expected  # here llmrec.api is imported: its submodule attribute stays out too
+    for name in expected:
+        value = getattr(llmrec, name)
+        if name != "__version__":
+            assert value.__module__ == "llmrec.api" and value.__doc__, name
+
+
 def test_recommend_equals_the_models_own_top_k(runs):
     model = llmrec.load(runs["sasrec"], device="cpu")
     users = ["u1", "u7", "u3"]

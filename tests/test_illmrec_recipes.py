@@ -1,6 +1,7 @@
 """I-LLMRec as the paper and as the official code (issue 13): recipes, prompt framing, the trained input-embedding
-matrix, ILA values from feature bullets, and ``llmrec prompts``. Expected strings are written out from the
-official code's description (reference-notes), not produced by the code under test."""
+matrix, ILA values from feature bullets, and ``llmrec prompts``. Expected strings are written out by hand from
+what the official I-LLMRec code (github.com/rlqja1107/torch-I-LLMRec) does, not produced by the code under
+test."""
 
 import json
 

@@ -28,3 +28,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'llmrec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (what tab completion offers), without importing it; not this module's helpers."""
+    return sorted(__all__)

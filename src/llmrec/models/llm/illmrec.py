@@ -3,7 +3,8 @@
 Read top to bottom: building against a dataset (features, the LLM, the modules: adaptor M, the [REC]
 vector, user/item projectors per feature type); how a history becomes a prompt within the context budget;
 training windows; the LLM pass and the two losses (ILA, Eq. 3; IRE, Eq. 5-6; combined as Eq. 7);
-retrieval over the whole catalog (Eq. 8); the training stages. Facts from the official code (reference-notes):
+retrieval over the whole catalog (Eq. 8); the training stages. Facts from the official code
+(github.com/rlqja1107/torch-I-LLMRec, linked from the paper's abstract):
 adaptor Linear(d_img, 512) -> LayerNorm -> GELU -> Linear(512, d_llm); projectors Linear(in, 2 d_s) ->
 LayerNorm -> ReLU -> Linear(2 d_s, d_s) with d_s = 512; [REC] xavier-initialised; IRE = BCE(target) +
 BCE(one random negative) per feature type, averaged over the types; training histories are random

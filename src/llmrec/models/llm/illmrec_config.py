@@ -180,8 +180,9 @@ class ILLMRecConfig(NeuralConfig):
             raise ConfigError("stage1_from skips the first stage: give head_epochs (or training=two_stage)")
 
 
-#: the official code's choices (reference-notes): HF Trainer defaults (AdamW, lr 5e-5, linear decay,
-#: clipping 1.0), 8 fixed epochs without validation, batch 8 per device, the input-embedding matrix trained
+#: the official I-LLMRec code's choices (github.com/rlqja1107/torch-I-LLMRec, linked from the paper): HF
+#: Trainer defaults (AdamW, lr 5e-5, linear decay, clipping 1.0), 8 fixed epochs without validation, batch 8
+#: per device, the input-embedding matrix trained
 OFFICIAL: dict[str, Any] = {
     "backbone": {"train_embeddings": True},
     "prompt_format": "official",

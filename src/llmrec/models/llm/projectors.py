@@ -1,6 +1,7 @@
-"""The small networks I-LLMRec puts around the frozen LLM (official code, reference-notes): the adaptor M
-that maps an item feature into the LM's input space, and the IRE projectors that map the [REC] state and
-each item feature into the shared recommendation space."""
+"""The small networks I-LLMRec puts around the frozen LLM, as the official code
+(github.com/rlqja1107/torch-I-LLMRec) builds them: the adaptor M that maps an item feature into the LM's
+input space, and the IRE projectors that map the [REC] state and each item feature into the shared
+recommendation space."""
 
 from __future__ import annotations
 

@@ -1,0 +1,98 @@
+"""The files a release ships beside the code: the licence the metadata names, the citation, the version
+the command line reports and the typing marker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_license_is_the_apache_2_text_pyproject_names():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("Copyright ") and "the llmrec authors" in text.splitlines()[0]
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+
+
+def test_citation_cff_parses_and_cites_both_papers():
+    import yaml
+
+    from llmrec import __version__
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert {"cff-version", "message", "title", "authors"} <= cff.keys()  # CFF 1.2.0's required keys
+    assert cff["cff-version"] == "1.2.0" and cff["authors"]
+    assert cff["version"] == __version__ and cff["license"] == "Apache-2.0"
+    refs = {ref["url"].rsplit("/", 1)[-1]: ref for ref in cff["references"]}
+    assert refs.keys() == {"2503.06238", "2504.10150"}
+    for arxiv_id, ref in refs.items():
+        assert {"type", "title", "authors"} <= ref.keys() and ref["doi"] == f"10.48550/arXiv.{arxiv_id}"
+    assert refs["2503.06238"]["title"] == (
+        "Image is All You Need: Towards Efficient and Effective Large Language Model-Based Recommender Systems"
+    )
+    assert refs["2504.10150"]["title"].startswith("HistLLM: A Unified Framework for LLM-Based Multimodal")
+    assert refs["2503.06238"]["authors"][0] == {"given-names": "Kibum", "family-names": "Kim"}
+    assert refs["2504.10150"]["authors"][0] == {"given-names": "Chen", "family-names": "Zhang"}
+
+
+def test_llmrec_version_prints_the_package_version_without_importing_torch():
+    from llmrec import __version__
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run(
+        [sys.executable, "-m", "llmrec", "--version"], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout == f"llmrec {__version__}\n" and done.stderr == ""
+    code = (
+        "import sys\n"
+        "from llmrec.cli import main\n"
+        "assert main(['--version']) == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.splitlines() == [f"llmrec {__version__}", "False"]
+
+
+def test_pyproject_version_is_the_package_version():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from llmrec import __version__
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["version"] == __version__
+
+
+def test_py_typed_marks_the_package():
+    assert (ROOT / "src" / "llmrec" / "py.typed").is_file()
+
+
+def test_the_wheel_ships_py_typed_and_the_license(tmp_path):
+    """Build the wheel from a copy of the tree with the venv's setuptools (no network) and read it."""
+    pytest.importorskip("setuptools")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(
+        ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    code = "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))"
+    built = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "dist")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wheel = tmp_path / "dist" / built.stdout.strip().splitlines()[-1]
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "llmrec/py.typed" in names and "llmrec/__init__.py" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
