@@ -41,7 +41,7 @@ class LastTitleConfig(NeuralConfig):
     score_batch_size: int = option(64, "prompts per LLM forward when scoring", ge=1)
     epochs: int = option(20, "maximum training epochs", ge=1)
     batch_size: int = option(16, "training examples per step", ge=1)
-    lr: float = option(1e-2, "learning rate of the projection", gt=0)
+    lr: float = option(5e-2, "learning rate of the projection", gt=0)
 
 
 @register_model("last_title")
@@ -65,7 +65,8 @@ class LastTitle(FeatureBackedLLM):
         with torch.no_grad():
             n = self.cfg.max_title_tokens
             items = torch.cat([self.states(c, max_length=n) for c in self.chunks(self.titles)])  # (N, d)
-        self.register_buffer("item_states", items, persistent=False)  # recomputed on loading
+        # unit-length title states, recomputed on loading (not saved)
+        self.register_buffer("item_states", F.normalize(items, dim=-1), persistent=False)
 
     def chunks(self, texts: list[str]) -> Iterator[list[str]]:
         size = self.cfg.score_batch_size
@@ -95,9 +96,10 @@ class LastTitle(FeatureBackedLLM):
 
     # -- scoring: one prompt per user, every item at once
     def scores(self, prompt_states: torch.Tensor) -> torch.Tensor:
-        """(B, N) item scores from (B, d) prompt states."""
-        user = self.proj(prompt_states)  # (B, d)
-        return user @ self.item_states.T * user.shape[-1] ** -0.5  # (B, N)
+        """(B, N) item scores from (B, d) prompt states: unit-length states (whatever the LM's scale), so the
+        projection alone sets how sharp the scores are."""
+        user = self.proj(F.normalize(prompt_states, dim=-1))  # (B, d)
+        return user @ self.item_states.T  # (B, N)
 
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         last = np.array([h[-1] for h in histories], dtype=np.int64)

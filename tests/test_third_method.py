@@ -30,8 +30,8 @@ contract_dataset = test_model_contract.contract_dataset  # fixture: the contract
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "adding-a-model.md"
 METHOD = ROOT / "tests" / "last_title.py"
-TINY = {"epochs": 40, "lr": 0.02, "eval_every": 5}  # learns the synthetic walk in ~3 s on one CPU thread
-RUN = {"epochs": 5, "lr": 0.02, "eval_every": 5}  # the end-to-end path: learning is the contract test's
+TINY = {"epochs": 40, "eval_every": 5}  # learns the synthetic walk in ~3 s on one CPU thread
+RUN = {"epochs": 5, "eval_every": 5}  # the end-to-end path: learning is the contract test's
 
 
 @pytest.fixture(scope="module")
