@@ -11,16 +11,19 @@ import torch
 
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
+from llmrec.llm.backbone import Backbone
 from llmrec.models.neural import TorchRecommender, check_weights, read_weights
 from llmrec.utils.io import atomic_path, read_json, write_json_atomic
 
 
 class FeatureBackedLLM(TorchRecommender):
-    """A subclass provides ``attach(ds)`` (which fills ``self.source["features"]`` with each feature's name and
-    sha256) and ``checkpoint_state``; its weights file is ``<weights_name>.safetensors`` beside sources.json.
-    The dataset itself is recorded in model.json (see :meth:`Recommender.save`)."""
+    """A subclass provides ``attach(ds)`` (which loads its LM with :meth:`load_backbone`, builds its modules and
+    fills ``self.source["features"]`` with each feature's name and sha256) and ``checkpoint_state``; its
+    weights file is ``<weights_name>.safetensors`` beside sources.json. The dataset itself is recorded in
+    model.json (see :meth:`Recommender.save`). Where the model runs is its :attr:`placement`: the trainer and
+    :meth:`load_state` move the whole model there after ``attach``, so a subclass names no device."""
 
-    weights_name: ClassVar[str] = ""
+    weights_name: ClassVar[str] = "model"
     #: entries older versions saved with the weights that are no longer weights (dropped on loading)
     legacy_weights: ClassVar[tuple[str, ...]] = ()
     needs_dataset = True
@@ -36,6 +39,11 @@ class FeatureBackedLLM(TorchRecommender):
     def trained_on(self) -> Dataset | None:
         """The dataset ``attach`` attached (None before): the model reads its texts and features."""
         return self._dataset
+
+    def load_backbone(self) -> Backbone:
+        """The LM of the config's ``backbone`` option, loaded where the model runs (its placement: device
+        and weights dtype): what ``attach`` builds its modules around."""
+        return Backbone(self.cfg.backbone, self.placement)  # type: ignore[attr-defined]
 
     def prepare(self, dataset: Dataset) -> None:
         """Before training: attach the backbone and features of ``dataset``."""
@@ -88,4 +96,5 @@ class FeatureBackedLLM(TorchRecommender):
         state = {k: v for k, v in read_weights(path).items() if k not in self.legacy_weights}
         check_weights(path, state, self.checkpoint_state())
         self.load_checkpoint_state(state)
+        self.to(self.placement.device)  # the modules attach built, with the LM (as the trainer does)
         self.eval()

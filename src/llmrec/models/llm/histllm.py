@@ -155,7 +155,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         cfg = self.cfg
         self.source, self._dataset = {"features": {}}, ds
         self.use_image = self._image_wanted(ds)
-        self.backbone = Backbone(cfg.backbone, self.placement)
+        self.backbone = self.load_backbone()
         d = self.backbone.hidden_size
         if self.use_image:
             self._attach_image(ds, d)

@@ -170,10 +170,6 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         """(N,) the items whose picture the prompts show: those with an image feature (hook)."""
         return has_image
 
-    def load_backbone(self) -> Backbone:
-        """The LLM: a causal LM (hook)."""
-        return Backbone(self.cfg.backbone, self.placement)
-
     def _build_modules(self, feats: dict[str, Any], has_image: np.ndarray) -> None:
         """The adaptors, the [REC] vector, the user and item projectors per feature type (and the fallback
         projector of image-less items), in this order (the order their random initial values are drawn)."""
