@@ -21,7 +21,8 @@ import llmrec
 import test_model_contract
 from conftest import synthetic_tables
 from llmrec.cli import main
-from llmrec.models.base import Placement, available_models, build_model, get_model_class
+from llmrec.models.base import available_models, build_model, get_model_class, placement_for
+from llmrec.placement import Placement
 from llmrec.serve import create_app
 from test_model_contract import check_contract
 
@@ -51,8 +52,8 @@ def test_registered_with_declared_capabilities(registered):
     cls = get_model_class("last_title")
     assert cls is registered.LastTitle and "last_title" in available_models()
     assert not cls.builds_prompts() and not cls.has_user_representations() and cls.trained_in_steps
-    model = build_model("last_title", {}, 3, 4, device="cpu")
-    assert model.placement == Placement(device="cpu", dtype="float32", mixed_precision="none")
+    model = build_model("last_title", {}, 3, 4, placement_for("last_title", "cpu"))
+    assert model.placement == Placement(device="cpu", dtype="float32") and model.mixed_precision == "none"
     assert model.export_embeddings() == {} and model.feature_needs() == {}
 
 
