@@ -435,6 +435,33 @@ def test_images_onto_a_full_disk_stop_with_one_line_then_resume(tmp_path, tmpfs,
     assert set(load_manifest(data)["status"]) == {"ok"}
 
 
+def test_a_manifest_that_cannot_be_saved_while_stopping_hides_not_what_stopped_the_run(
+    tmp_path, capsys, monkeypatch
+):
+    """Regression (seen under load): a full disk stopped an image's write, then the manifest saved on the
+    way out failed on the same disk, and the line named the manifest instead of the image's folder."""
+    from llmrec.data import images
+    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
+
+    items, inter = synthetic_tables()
+    items["image"] = [f"pics/{i}.png" for i in items["item_id"]]
+    data = tmp_path / "data"
+    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=5), {}, {}, []), data)
+
+    def first(*args, **kwargs):
+        raise llmrec.errors.LlmrecError("the image's write failed", file=data / "images" / "files")
+
+    def manifest(*args, **kwargs):
+        raise llmrec.errors.LlmrecError(
+            "the manifest's write failed", file=data / "images" / "manifest.parquet"
+        )
+
+    monkeypatch.setattr(images, "_run_job", first)
+    monkeypatch.setattr(images, "_write_manifest", manifest)
+    assert main(["images", "--data", str(data), "--workers", "1"]) == 2
+    assert "the image's write failed" in one_error_line(capsys, "images")
+
+
 # fills a 40 x 1024 feature through the store's memory map and says what it raised
 _FEATURE_CHILD = r"""
 import sys

@@ -26,6 +26,7 @@ run goes on, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -61,17 +62,8 @@ FILES = "files"
 #: if none), sha256, status, error (message; "" when ok), width, height (0 when not decoded).
 MANIFEST_COLUMNS = ["item_id", "url", "path", "sha256", "status", "error", "width", "height"]
 #: Statuses besides ``http_<code>`` (e.g. ``http_404``) for an HTTP error answer.
-STATUSES = (
-    "ok",
-    "no_reference",
-    "missing_file",
-    "unreadable",
-    "timeout",
-    "error",
-    "too_large",
-    "corrupt",
-    "too_small",
-)
+_RESOLVED = ("ok", "no_reference", "missing_file", "unreadable")  # what resolving the reference can give
+STATUSES = (*_RESOLVED, "timeout", "error", "too_large", "corrupt", "too_small")  # and fetching, checking
 CHECKPOINT_EVERY = 200  # completed items between manifest checkpoints
 _CHUNK = 1 << 16
 _TOTAL_TIMEOUTS = 10  # a download may take at most this many `timeout`s in all (guards slow-drip servers)
@@ -628,7 +620,9 @@ def _run_jobs(
                 since_checkpoint = 0
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
-        _write_manifest(manifest_path, rows)  # keep what finished, so the next run resumes
+        # it may fail too (the full disk that stopped the run): the line names what stopped it first
+        with contextlib.suppress(Exception):
+            _write_manifest(manifest_path, rows)  # keep what finished, so the next run resumes
         raise
     finally:
         bar.close()
