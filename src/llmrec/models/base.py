@@ -292,16 +292,17 @@ def model_config(name: str, options: dict[str, Any]) -> ModelConfig:
 
 
 def _refuse_placement_options(name: str, options: dict[str, Any]) -> None:
-    """``device`` and ``backbone.dtype`` were model options before the command placed models: said so."""
+    """``device`` and ``backbone.dtype`` were model options before the command placed models: said so.
+    ``options`` is merged (dotted keys already nested)."""
     backbone = options.get("backbone")
-    for given, flag in (
-        ("device" in options, "--device"),
-        ("backbone.dtype" in options or (isinstance(backbone, dict) and "dtype" in backbone), "--dtype"),
+    for given, option, flag in (
+        ("device" in options, "device", "--device"),
+        (isinstance(backbone, dict) and "dtype" in backbone, "backbone.dtype", "--dtype"),
     ):
         if given:
             raise ConfigError(
                 f"model '{name}' options: {flag[2:]} is where the command places the model, not a model "
-                f"option; give {flag} instead of -o {'device' if flag == '--device' else 'backbone.dtype'}"
+                f"option; give {flag} instead of -o {option}"
             )
 
 
