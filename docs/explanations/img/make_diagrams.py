@@ -24,7 +24,9 @@ DATA = "#ffffff"  # inputs and outputs
 
 def box(ax, x, y, w, h, text, color=DATA, bold=False):
     ax.add_patch(
-        FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", fc=color, ec="#333333", lw=1)
+        FancyBboxPatch(
+            (x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", fc=color, ec="#333333", lw=1
+        )
     )
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontweight="bold" if bold else "normal")
 
@@ -32,7 +34,14 @@ def box(ax, x, y, w, h, text, color=DATA, bold=False):
 def arrow(ax, start, end, text=None):
     ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color="#333333", lw=1))
     if text:
-        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, text, ha="center", fontsize=8, color="#444444")
+        ax.text(
+            (start[0] + end[0]) / 2,
+            (start[1] + end[1]) / 2 + 0.12,
+            text,
+            ha="center",
+            fontsize=8,
+            color="#444444",
+        )
 
 
 def legend(ax, x, y):
@@ -76,9 +85,20 @@ def illmrec() -> None:
     arrow(ax, (9.75, 1.8), (9.75, 2.4))
     arrow(ax, (9.75, 3.35), (9.75, 4.0))
     # ILA branch
-    box(ax, 3.2, 4.3, 4.6, 0.9, "ILA: the same history + a question about the\nnext item -> answer text (loss on answer tokens)")
+    box(
+        ax,
+        3.2,
+        4.3,
+        4.6,
+        0.9,
+        "ILA: the same history + a question about the\nnext item -> answer text (loss on answer tokens)",
+    )
     arrow(ax, (5.5, 4.3), (5.5, 3.8))
-    ax.text(0.2, 0.25, "training loss = IRE (BCE, one negative per feature type) + ILA (next-token loss on the answer)")
+    ax.text(
+        0.2,
+        0.25,
+        "training loss = IRE (BCE, one negative per feature type) + ILA (next-token loss on the answer)",
+    )
     legend(ax, 9.2, 5.4)
     fig.savefig(HERE / "illmrec.svg", metadata={"Date": None}, bbox_inches="tight")
     plt.close(fig)
@@ -113,7 +133,9 @@ def histllm() -> None:
     arrow(ax, (5.4, 2.6), (5.4, 1.9))
     box(ax, 8.0, 0.95, 3.0, 0.9, 'P(Yes) from the "Yes" / "No"\nlogits -> BCE, AUC / UAUC')
     arrow(ax, (7.4, 1.4), (8.0, 1.4))
-    ax.text(0.2, 0.25, "step 1: LoRA on the text-only prompt; step 2: LoRA frozen, the encoder and mappers train")
+    ax.text(
+        0.2, 0.25, "step 1: LoRA on the text-only prompt; step 2: LoRA frozen, the encoder and mappers train"
+    )
     legend(ax, 9.2, 5.75)
     fig.savefig(HERE / "histllm.svg", metadata={"Date": None}, bbox_inches="tight")
     plt.close(fig)
