@@ -303,6 +303,17 @@ def test_the_readme_walkthrough_runs_as_printed(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Star Wars" in proc.stdout and "English Patient" in proc.stdout
     assert isinstance(Model, type)
+    # The fast part of the demo against its documented numbers: a drift of the environment shows here the
+    # day it happens (the walkthrough's comments and the README's results table, to the printed digit).
+    printed = [float(line) for line in proc.stdout.splitlines() if re.fullmatch(r"0\.\d+", line.strip())]
+    documented = [
+        float(n) for n in re.findall(r'metrics\["test"\]\["hit@10"\]\)  # (0\.\d{4})', readme_walkthrough())
+    ]
+    assert len(printed) == len(documented) == 2
+    assert [round(p, 4) for p in printed] == documented, "the walkthrough's hit@10 drifted from the README"
+    table = (ROOT / "README.md").read_text().split("<!-- demo-results -->", 1)[1]
+    popularity = re.search(r"^\| popularity \|(.*)\|$", table, re.M).group(1).split("|")
+    assert f"{printed[1]:.4f}" == popularity[2].strip(), "popularity's hit@10 is the results table's"
 
 
 def test_llm_presets_with_cf_need_a_user_id():

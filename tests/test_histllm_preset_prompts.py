@@ -2,7 +2,7 @@
 
 The expected texts below are written out by hand from HistLLM's Appendix A.1 (Fig. 6-8) and A.3
 (Fig. 11-12), with the example's titles, descriptions and codes in the placeholders; they are not produced
-by llmrec. Where the appendix leaves a choice open (our choices, listed in the README under "What the paper
+by llmrec. Where the appendix leaves a choice open (our choices, listed in docs/explanations/histllm.md under "What the paper
 does not fix"): titles in double quotes and items joined by ", " (CoLLM's public code), descriptions
 unquoted and joined the same way, and HistLLM's own prompt (Fig. 3 prints none). "\\n#Answer:" is a
 backslash and an "n", as printed (and as in CoLLM's prompt files). A registered preset without a pin

@@ -4,6 +4,7 @@ the command line reports and the typing marker."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,23 @@ def test_the_wheel_ships_py_typed_and_the_license(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "llmrec/py.typed" in names and "llmrec/__init__.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+def test_the_readme_is_a_front_door_of_at_most_300_lines():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 300
+    for needed in ("make demo", "make test", "2503.06238", "2504.10150", "docs/results/index.md", "LICENSE"):
+        assert needed in text, needed
+
+
+def test_the_changelog_keeps_a_changelog_and_names_this_version():
+    from llmrec import __version__
+
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text.startswith("# Changelog") and "## [Unreleased]" in text
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})$", text, re.M)
+    assert released and released[0][0] == __version__, "the newest release section is this version"
+    assert [v for v, _ in released] == sorted(
+        (v for v, _ in released), key=lambda v: tuple(map(int, v.split("."))), reverse=True
+    )
+    assert f"[{__version__}]: " in text

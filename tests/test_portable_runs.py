@@ -134,7 +134,7 @@ def test_the_command_placement_reaches_every_model():
 
 
 def test_gpu_recipe_on_cpu_keeps_lora_and_trains(tmp_path, tiny_llm, synthetic_dataset):
-    """The README's GPU recipe with --device cpu --dtype bfloat16: LoRA on, trained, saved in bf16 terms."""
+    """The GPU recipe of docs/how-to/devices.md with --device cpu --dtype bfloat16: LoRA on, trained, saved in bf16 terms."""
     run = tmp_path / "run"
     assert _train_tallrec(synthetic_dataset, run, tiny_llm, "--device", "cpu", "--dtype", "bfloat16") == 0
     record = json.loads((run / "model" / "model.json").read_text())

@@ -320,7 +320,7 @@ def test_bad_values_are_one_line_config_errors(options, message):
 
 
 def test_the_readme_recipe_parses_from_the_command_line(synthetic_dataset, capsys):
-    """The official I-LLMRec code's HuggingFace Trainer defaults, as the README spells them."""
+    """The official I-LLMRec code's HuggingFace Trainer defaults, as docs/explanations/recipes.md spells them."""
     from llmrec.cli import main
 
     recipe = [

@@ -4,7 +4,7 @@ Each function returns one ``SELECT`` over named tables, written in the subset of
 read alike (``IN`` subqueries, ``GROUP BY ... HAVING``, ``ROW_NUMBER()``/``COUNT(*)`` windows; no dialect
 functions, no quoted names; where NULLs sort is spelled out, as the engines' defaults differ: DuckDB puts them
 last, Spark first). llmrec runs them on DuckDB (:mod:`llmrec.data.columnar`); on a cluster the same text runs
-through ``spark.sql`` over temporary views (README, "Beyond one machine"). The driver of a plan binds each
+through ``spark.sql`` over temporary views (docs/how-to/spark.md). The driver of a plan binds each
 result to a name (``CREATE TEMP TABLE name AS ...`` in DuckDB, ``createOrReplaceTempView`` in Spark) and
 repeats :func:`kcore_round` until a round removes nothing. ``tests/test_plan_engines.py`` checks that the text
 is engine-neutral, that it computes what the pandas path computes, and (where pyspark is installed) that Spark

@@ -30,7 +30,7 @@ class DemoConfig:
     llm: bool = option(True, "load (and on first use convert) the default LLM and check that it generates")
 
 
-# Quick presets: minutes on 2 CPU cores. The README's full runs use the models' defaults.
+# Quick presets: minutes on 2 CPU cores. The full runs of the results pages use the models' defaults.
 DEMO_MODELS: dict[str, dict[str, object]] = {
     "popularity": {},
     "random": {},
@@ -47,7 +47,7 @@ ILLMREC_QUICK: dict[str, object] = {
 
 # HistLLM vs TALLRec on the CTR task (like = rating >= 4), quick presets: HistLLM reuses TALLRec's LoRA as
 # its step 1 (the paper's step 1 is TALLRec training). KE is off here: generating the ~20-word descriptions
-# of 1,349 movies takes ~15 minutes on this CPU (llmrec describe; the README's full runs use them).
+# of 1,349 movies takes ~15 minutes on this CPU (llmrec describe; the full runs of the results pages use them).
 CTR_QUICK: dict[str, object] = {"train_examples": 128, "eval_examples": 100, "step1_epochs": 1, "epochs": 1}
 CTR_TEST_ROWS = 300
 MF_CTR: dict[str, object] = {"objective": "ctr", "dim": 256, "epochs": 400, "patience": 10}

@@ -13,7 +13,7 @@ from llmrec.models.neural import NeuralConfig
 
 #: ``recipe``: named defaults. paper = the prompt framing the paper and CoLLM's code (``prompt_template:
 #: '{}'``) use: the raw appendix text, no chat template; every other value the paper fixes is already the
-#: default, and what it leaves open stays ours (README: "What the paper does not fix")
+#: default, and what it leaves open stays ours (docs/explanations/histllm.md: "What the paper does not fix")
 RECIPES: dict[str, dict[str, Any]] = {"llmrec": {}, "paper": {"prompt_format": "raw"}}
 
 
@@ -26,7 +26,7 @@ class HistLLMConfig(NeuralConfig):
     recipe: Literal["llmrec", "paper"] = option(
         "llmrec",
         "defaults for the options below: llmrec, or paper (raw prompts as the paper and CoLLM's code feed "
-        "them); an option given beside it overrides its value (README: HistLLM's framing)",
+        "them); an option given beside it overrides its value (docs: explanations/histllm.md, framing)",
     )
     prompt_format: Literal["chat", "raw"] = option(
         "chat",

@@ -37,7 +37,7 @@ class ILLMRecConfig(NeuralConfig):
     recipe: Literal["llmrec", "paper", "official"] = option(
         "llmrec",
         "defaults for every option below: llmrec (CPU-friendly), paper (the paper's text) or official (the "
-        "official code); an option given beside it overrides its value (README: I-LLMRec recipes)",
+        "official code); an option given beside it overrides its value (docs: explanations/recipes.md)",
     )
     backbone: BackboneConfig = option(factory=BackboneConfig, help="the LLM (frozen unless backbone.lora)")
     representation: Representation = option(
