@@ -135,6 +135,11 @@ def _value(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
     return formatter._format_args(action, default)
 
 
+def _slug(path: str) -> str:
+    """The anchor of a command's heading (``llmrec experiments bench`` -> ``llmrec-experiments-bench``)."""
+    return path.replace(" ", "-")
+
+
 def _hidden_note(action: argparse.Action, top: argparse.ArgumentParser) -> str:
     new = getattr(action, "new", None)
     if new:
@@ -173,7 +178,10 @@ def _command_section(
     rows, hidden, commands = [], [], []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            commands += [[code(f"{path} {a.dest}"), cell(a.help or "")] for a in action._get_subactions()]
+            commands += [
+                [f"[{code(f'{path} {a.dest}')}](#{_slug(f'{path} {a.dest}')})", cell(a.help or "")]
+                for a in action._get_subactions()
+            ]
             continue
         name = ", ".join(action.option_strings) or (action.metavar or action.dest)
         if action.help == argparse.SUPPRESS:
@@ -212,16 +220,10 @@ def cli_option_strings() -> tuple[list[str], list[str]]:
 # ----------------------------------------------------------------------------- model options
 
 
-def _type_text(tp: Any) -> str:
-    from llmrec.config import _type_text as text
-
-    return text(tp)
-
-
 def option_rows(cfg: Any, prefix: str = "") -> Iterator[dict[str, str]]:
     """One row per option of the config instance ``cfg`` as ``-o KEY=VALUE`` (or a keyword) takes it:
     key (nested options dotted), default, type, range, help."""
-    from llmrec.config import _range_text, _value_text
+    from llmrec.config import _range_text, _type_text, _value_text  # what `train MODEL --help` prints
 
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
