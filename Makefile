@@ -16,3 +16,13 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+
+# The documentation site (mkdocs.yml, docs/): built offline and strict (a warning, a broken link or a public
+# name without a docstring fails it) into site/; docs-serve rebuilds it on every edit at http://127.0.0.1:8000
+.PHONY: docs docs-serve
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve

@@ -1,6 +1,7 @@
-"""The code examples of the contributor's guides run as written: the importer of docs/adding-a-dataset.md
-prepares a dataset, and the endpoint of docs/adding-an-endpoint.md answers on the service's app. (The
-method of docs/adding-a-model.md is tests/last_title.py, run by tests/test_third_method.py.)
+"""The code examples of the contributor's guides run as written: the importer of
+docs/contributing/adding-a-dataset.md prepares a dataset, and the endpoint of
+docs/contributing/adding-an-endpoint.md answers on the service's app. (The method of
+docs/contributing/adding-a-model.md is tests/last_title.py, run by tests/test_third_method.py.)
 
 Each example is the fenced block after an ``<!-- example: NAME -->`` line, executed as a module of that
 name. What an example registers is removed again afterwards: other tests list the registered importers."""
@@ -18,15 +19,15 @@ import llmrec
 from llmrec.data.importers import ImportSpec
 from llmrec.errors import LlmrecError
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "contributing"
 
 
 def example(doc: str, name: str) -> types.ModuleType:
-    """The block marked ``<!-- example: name -->`` in ``docs/<doc>``, executed as a module."""
+    """The block marked ``<!-- example: name -->`` in ``docs/contributing/<doc>``, executed as a module."""
     found = re.findall(rf"<!-- example: {name} -->\n```python\n(.*?)```\n", (DOCS / doc).read_text(), re.S)
-    assert len(found) == 1, f"docs/{doc}: one example '{name}' expected, found {len(found)}"
+    assert len(found) == 1, f"docs/contributing/{doc}: one example '{name}' expected, found {len(found)}"
     module = types.ModuleType(name)
-    exec(compile(found[0], f"docs/{doc}:{name}", "exec"), module.__dict__)
+    exec(compile(found[0], f"docs/contributing/{doc}:{name}", "exec"), module.__dict__)
     return module
 
 

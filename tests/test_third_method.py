@@ -1,6 +1,7 @@
-"""A third LLM method, written only against the documented model contract (docs/adding-a-model.md), works
-end to end with nothing changed in llmrec: it passes the model contract suite, ``llmrec train NAME`` finds
-and trains it, it evaluates, ``llmrec.load`` recommends with it and the service answers with it.
+"""A third LLM method, written only against the documented model contract
+(docs/contributing/adding-a-model.md), works end to end with nothing changed in llmrec: it passes the model
+contract suite, ``llmrec train NAME`` finds and trains it, it evaluates, ``llmrec.load`` recommends with it
+and the service answers with it.
 
 Its code is ``tests/last_title.py``: the guide shows that file verbatim, and a test here checks it does.
 The module is imported when the tests run, not when they are collected: other test files parametrise over
@@ -29,7 +30,7 @@ from test_model_contract import check_contract
 contract_dataset = test_model_contract.contract_dataset  # fixture: the contract suite's synthetic dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-GUIDE = ROOT / "docs" / "adding-a-model.md"
+GUIDE = ROOT / "docs" / "contributing" / "adding-a-model.md"
 METHOD = ROOT / "tests" / "last_title.py"
 TINY = {"epochs": 40, "eval_every": 5}  # learns the synthetic walk in ~3 s on one CPU thread
 RUN = {"epochs": 5, "eval_every": 5}  # the end-to-end path: learning is the contract test's
@@ -45,7 +46,9 @@ def registered():
 
 def test_the_guide_shows_the_method_file_verbatim():
     blocks = re.findall(r"<!-- tests/last_title\.py -->\n```python\n(.*?)```\n", GUIDE.read_text(), re.S)
-    assert blocks == [METHOD.read_text()], "docs/adding-a-model.md must hold tests/last_title.py verbatim"
+    assert blocks == [METHOD.read_text()], (
+        "docs/contributing/adding-a-model.md must hold tests/last_title.py verbatim"
+    )
 
 
 def test_registered_with_declared_capabilities(registered):

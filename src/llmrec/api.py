@@ -45,7 +45,21 @@ COLUMNS = ("user", "rank", "item_id", "title", "score")
 
 class QueryError(LlmrecError):
     """A query the model cannot answer as asked (unknown id, empty history, k out of range...): the
-    caller's input, named by ``field``. ``status`` is the HTTP status the service answers with."""
+    caller's input, named by ``field``. ``status`` is the HTTP status the service answers with.
+
+    Attributes:
+        field: the input at fault (``"user_id"``, ``"history"``, ``"candidates"``, ``"k"``...).
+        status: 404 for an unknown user or item id, 422 for any other bad input.
+        message: the message without the field and hint that ``str(error)`` adds.
+
+    Example:
+        ```python
+        try:
+            model.recommend(user_ids=["no-such-user"])
+        except llmrec.QueryError as e:
+            print(e.field, e.status)  # user_id 404
+        ```
+    """
 
     def __init__(self, message: str, *, field: str, status: int = 422, hint: str | None = None) -> None:
         super().__init__(message, field=field, hint=hint)
@@ -74,7 +88,23 @@ def check_k(k: Any, field: str = "k") -> int:
 
 
 class Model:
-    """A trained run, loaded once, answering queries in batches (see the module docstring)."""
+    """A trained run, loaded once, answering queries in batches: what ``load()`` returns.
+
+    Everything a query reads (catalog, users' histories) is read when the model is loaded, so a loaded
+    ``Model`` never goes back to its dataset folder. ``recommend()`` and ``rank()`` are the notebook
+    calls; ``query()`` and ``answer()`` are the batched core under them, under
+    ``llmrec recommend --all-users`` and under the service's micro-batches: many queries, one model call
+    per kind of query (the whole catalog, or candidate lists of one length). Calls are thread-safe (one
+    model call at a time).
+
+    Example:
+        ```python
+        model = llmrec.load("runs/nb/sasrec")
+        model.recommend(user_ids=["1", "2"], k=10)
+        model.recommend(histories=[["50", "172", "181"]], k=5)
+        model.rank(["50", "181", "100"], user_ids=["1"])
+        ```
+    """
 
     def __init__(
         self,
@@ -103,10 +133,12 @@ class Model:
     # ------------------------------------------------------------------ what it is
     @property
     def name(self) -> str:
+        """The registered name of the model (``"sasrec"``, ``"illmrec"``...)."""
         return self.model.name
 
     @property
     def device(self) -> str:
+        """The device the model runs on (``"cpu"``, ``"cuda:0"``...), as resolved when it was loaded."""
         return self.model.placement.device
 
     @property
@@ -292,7 +324,21 @@ class Model:
         ids: a DataFrame with columns user, rank, item_id, title, score (``user`` is None for an ad-hoc
         history; ``query`` numbers the inputs in order). ``user_ids=None`` and ``histories=None``: every
         user of the dataset. ``candidates``: one list of item ids for every query, or one list per query;
-        only those are ranked (history items among them are dropped when ``exclude_history``)."""
+        only those are ranked (history items among them are dropped when ``exclude_history``).
+
+        Args:
+            user_ids: ids of users of the run's dataset (not with ``histories``).
+            histories: ad-hoc histories, each a list of item ids, oldest first (not with ``user_ids``).
+            k: how many items per query (an integer >= 1).
+            exclude_history: leave out the items already in the user's history.
+            candidates: item ids to rank instead of the whole catalog: one list for all, or one per query.
+
+        Returns:
+            One row per recommended item: ``query, user, rank, item_id, title, score``, best first.
+
+        Raises:
+            QueryError: an unknown id (status 404) or any other input the model cannot answer (422).
+        """
         import pandas as pd
 
         if user_ids is not None and histories is not None:
@@ -329,7 +375,11 @@ class Model:
         histories: Sequence[Sequence[str]] | None = None,
     ) -> pd.DataFrame:
         """Every candidate item scored for each user (or history) and ranked, history items included
-        (``candidates``: one list for all, or one list each)."""
+        (``candidates``: one list for all, or one list each).
+
+        Returns:
+            The same columns as ``recommend()``, with every candidate of every query.
+        """
         if candidates is None:
             raise QueryError("is required: the item ids to rank", field="candidates")
         every = len(self.item_ids)  # no more candidates than items: k = the catalog keeps them all
@@ -360,10 +410,27 @@ def load(
     retriever: str | Path | TrainedRun | Model | None = None,
     retrieve: int = 100,
 ) -> Model:
-    """A trained run (its folder, or what :func:`train` returned) loaded on ``device`` in ``dtype``, ready
+    """A trained run (its folder, or what ``train()`` returned) loaded on ``device`` in ``dtype``, ready
     to answer queries. ``data``: the run's dataset moved to another folder (its checksum is verified).
     ``retriever``: another run on the same dataset whose top-``retrieve`` items per user are re-ranked
-    (e.g. SASRec's top-100 re-ranked by HistLLM)."""
+    (e.g. SASRec's top-100 re-ranked by HistLLM).
+
+    Args:
+        run: the run folder, or the ``TrainedRun`` that ``train()`` returned.
+        device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+        dtype: the LLM backbone's dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        data: where the run's dataset is now, if it moved since training.
+        retriever: a run (or loaded ``Model``) whose top-``retrieve`` items are re-ranked.
+        retrieve: how many of the retriever's items each query re-ranks.
+
+    Returns:
+        The loaded model.
+
+    Example:
+        ```python
+        model = llmrec.load("runs/histllm", retriever="runs/sasrec", retrieve=100)
+        ```
+    """
     from llmrec.models.base import load_model, model_dir
     from llmrec.pipeline import run_dataset
 
@@ -378,12 +445,19 @@ def load(
 
 @dataclasses.dataclass
 class TrainedRun:
-    """A finished training run: its folder and the metrics its evaluation wrote."""
+    """A finished training run, as ``train()`` returns it: its folder and the metrics its evaluation
+    wrote. It can be passed wherever a run folder is expected (it is path-like).
+
+    Attributes:
+        dir: the run folder (config.json, model weights, metrics.json, logs).
+        metrics: per split (``valid``, ``test``), each metric's value, e.g. ``metrics["test"]["hit@10"]``.
+    """
 
     dir: Path
     metrics: dict[str, dict[str, float]]
 
     def load(self, device: str = "auto", dtype: str = "auto", **kwargs: Any) -> Model:
+        """This run, loaded to answer queries: ``llmrec.load(run.dir, ...)`` (see ``load()``)."""
         return load(self.dir, device=device, dtype=dtype, **kwargs)
 
     def __fspath__(self) -> str:
@@ -392,7 +466,22 @@ class TrainedRun:
 
 def prepare(dataset: str = "ml-100k", out: str | Path | None = None, **options: Any) -> Dataset:
     """Import and process a dataset (``llmrec prepare``'s options as keywords, over the source's own defaults
-    such as the paper's history length, as on the command line); returns it."""
+    such as the paper's history length, as on the command line); returns it.
+
+    Args:
+        dataset: an importer name (``ml-100k``, ``amazon2023``, ``table``...).
+        out: the dataset folder to write (default: ``data/<dataset>``).
+        **options: the options of ``llmrec prepare`` (see "prepare's options" below), e.g.
+            ``kcore=5, max_users=500``; an unknown key is an error.
+
+    Returns:
+        The prepared dataset (pass it to ``train()`` as ``data``).
+
+    Example:
+        ```python
+        ds = llmrec.prepare("ml-100k", out="data/ml-100k")
+        ```
+    """
     from llmrec.config import from_dict
     from llmrec.data.dataset import Dataset
     from llmrec.data.importers import importer_defaults
@@ -423,7 +512,26 @@ def train(
 ) -> TrainedRun:
     """Train and evaluate ``model`` on ``data`` into ``out`` (``llmrec train``: ``options`` are the model's
     ``-o`` options; ``settings`` the command's other flags, e.g. ``seed``, ``device``, ``eval={"ks": [10]}``).
-    The same call on a finished run evaluates it again; an interrupted one resumes."""
+    The same call on a finished run evaluates it again; an interrupted one resumes.
+
+    Args:
+        model: a registered model name (``sasrec``, ``illmrec``, ``histllm``...).
+        data: a prepared dataset, or its folder.
+        out: the run folder (default: ``runs/<model>-<dataset>-<timestamp>``).
+        options: the model's options, as ``-o KEY=VALUE`` takes them (nested ones dotted or as
+            mappings); an unknown key or a value out of range is an error.
+        restart: start again from scratch in an existing run folder instead of resuming it.
+        **settings: the other settings of ``llmrec train`` (see "train's settings" below).
+
+    Returns:
+        The finished run: its folder and metrics.
+
+    Example:
+        ```python
+        run = llmrec.train("sasrec", data=ds, out="runs/nb/sasrec", options={"epochs": 5})
+        run.metrics["test"]["hit@10"]
+        ```
+    """
     from llmrec.config import from_dict
     from llmrec.data.dataset import Dataset
     from llmrec.pipeline import TrainConfig
@@ -450,7 +558,18 @@ def evaluate(
     **eval_options: Any,
 ) -> dict[str, dict[str, float]]:
     """Evaluate a trained run again (``llmrec evaluate``; ``eval_options`` e.g. ``ks=[1, 10]``), on any
-    device; returns the metrics per split (also written to the run's metrics.json)."""
+    device; returns the metrics per split (also written to the run's metrics.json).
+
+    Args:
+        run: the run folder, or what ``train()`` returned.
+        data: where the run's dataset is now, if it moved since training.
+        device: where to run the model (as for ``load()``).
+        dtype: the LLM backbone's dtype (as for ``load()``).
+        **eval_options: the evaluation settings (see "evaluation settings" below).
+
+    Returns:
+        Per split, each metric's value, e.g. ``{"valid": {"hit@10": ...}, "test": {"hit@10": ...}}``.
+    """
     from llmrec.pipeline import evaluate_run
 
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
