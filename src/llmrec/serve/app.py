@@ -220,7 +220,7 @@ def _add_routes(app: FastAPI, model: Model, settings: ServeSettings, state: dict
         q = query(body.user_id, body.history, len(body.candidates), False, body.candidates)
         return answered(await state["batcher"].submit(q), start)
 
-    @app.get("/items/{item_id}", responses={404: _ERRORS[404]})
+    @app.get("/items/{item_id}", responses={404: _ERRORS[404], 422: _ERRORS[422]})
     async def item(item_id: str) -> dict[str, Any]:
         """An item's row of the catalog."""
         return model.item(item_id)
