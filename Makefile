@@ -16,3 +16,8 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+
+# The wheel in a fresh venv from the registries alone (minutes): build, install, assets, a tiny pipeline.
+.PHONY: wheel-test
+wheel-test: install
+	LLMREC_WHEEL_TEST=1 $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/test_wheel.py
