@@ -26,3 +26,8 @@ docs: install
 
 docs-serve: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+# The wheel in a fresh venv from the registries alone (minutes): build, install, assets, a tiny pipeline.
+.PHONY: wheel-test
+wheel-test: install
+	LLMREC_WHEEL_TEST=1 $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/test_wheel.py

