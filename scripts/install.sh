@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs llmrec and everything it needs into ./.venv from requirements.lock, the exact versions behind the
-# documented numbers (make demo, make test; idempotent: a second run takes about a second).
+# documented numbers (make demo, make test; idempotent: a second run takes a second or two).
 #   - torch: the lock's version (torch==2.13.0; here the CPU build). A torch already in the venv is kept, so
 #     GPU users install the build for their CUDA first:
 #       python3 -m venv .venv && .venv/bin/pip install torch --index-url <your CUDA index>
@@ -26,7 +26,7 @@ PIP="$VENV/bin/python -m pip"
 stamp="$VENV/.llmrec-install"
 want="$(cat "$LOCK" pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1) $PWD"
 if [ -z "${FORCE:-}" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-  "$VENV/bin/python" -c "import llmrec, torch" 2>/dev/null; then
+  "$VENV/bin/python" -c "import importlib.util as u, llmrec; assert u.find_spec('torch')" 2>/dev/null; then
   echo "llmrec is installed in $VENV from $LOCK (FORCE=1 bash scripts/install.sh reinstalls)"
   exit 0
 fi
