@@ -69,7 +69,9 @@ def test_bench_serve_without_httpx_names_the_serve_extra(monkeypatch, tmp_path):
 def _ml100k(tmp_path: Path, **options):
     from llmrec.data.processing import PrepareConfig
 
-    return PrepareConfig(dataset="ml-100k", out=str(tmp_path / "ds"), max_users=20, num_negatives=5, **options)
+    return PrepareConfig(
+        dataset="ml-100k", out=str(tmp_path / "ds"), max_users=20, num_negatives=5, **options
+    )
 
 
 def test_prepare_without_duckdb_falls_back_to_pandas_with_a_note(monkeypatch, tmp_path, caplog):
@@ -81,15 +83,22 @@ def test_prepare_without_duckdb_falls_back_to_pandas_with_a_note(monkeypatch, tm
     with caplog.at_level(logging.WARNING, logger="llmrec.data.processing"):
         meta = prepare(_ml100k(tmp_path))
     assert meta["config"]["engine"] == "pandas" and meta["counts"]["users"] == 20
-    assert "DuckDB is not installed (pip install 'llmrec[duckdb]'): preparing with --engine pandas" in caplog.text
+    assert (
+        "DuckDB is not installed (pip install 'llmrec[duckdb]'): preparing with --engine pandas"
+        in caplog.text
+    )
 
 
 @pytest.mark.parametrize("option", [{"memory_limit": "1GB"}, {"threads": 1}])
-def test_prepare_with_duckdb_options_without_duckdb_is_refused_naming_the_extra(monkeypatch, tmp_path, option):
+def test_prepare_with_duckdb_options_without_duckdb_is_refused_naming_the_extra(
+    monkeypatch, tmp_path, option
+):
     from llmrec.data.processing import prepare
 
     _missing(monkeypatch, "duckdb")
-    with pytest.raises(MissingExtra, match=r"--engine duckdb with --memory-limit or --threads needs the duckdb"):
+    with pytest.raises(
+        MissingExtra, match=r"--engine duckdb with --memory-limit or --threads needs the duckdb"
+    ):
         prepare(_ml100k(tmp_path, **option))
     assert not (tmp_path / "ds").exists()
 
@@ -102,7 +111,9 @@ def test_bench_prepare_without_duckdb_names_the_extra(monkeypatch, tmp_path):
         run_prepare_bench(PrepareBenchConfig(out=str(tmp_path)))
 
 
-@pytest.mark.parametrize(("log_with", "extra"), [("tensorboard", "tracking"), ("wandb", "wandb"), ("mlflow", "mlflow")])
+@pytest.mark.parametrize(
+    ("log_with", "extra"), [("tensorboard", "tracking"), ("wandb", "wandb"), ("mlflow", "mlflow")]
+)
 def test_a_tracker_without_its_package_names_its_extra(monkeypatch, tmp_path, log_with, extra):
     from llmrec.models.base import build_model
     from llmrec.training import distributed
@@ -111,7 +122,9 @@ def test_a_tracker_without_its_package_names_its_extra(monkeypatch, tmp_path, lo
     assert named == extra
     monkeypatch.setitem(distributed._TRACKERS, log_with, (lambda: False, extra))
     model = build_model("sasrec", {"epochs": 1, "hidden": 8, "max_len": 5}, 10, 10)
-    with pytest.raises(MissingExtra, match=rf"--log-with {log_with} needs the {extra} extra.*'llmrec\[{extra}\]'"):
+    with pytest.raises(
+        MissingExtra, match=rf"--log-with {log_with} needs the {extra} extra.*'llmrec\[{extra}\]'"
+    ):
         distributed.accelerator_for(model, log_with, tmp_path)
 
 
@@ -218,9 +231,11 @@ def test_the_lock_leaves_out_cuda_only_packages():
 
 def test_the_install_script_installs_from_the_lock():
     script = (ROOT / "scripts" / "install.sh").read_text(encoding="utf-8")
-    assert 'LOCK=requirements.lock' in script and '-r "$tmp/lock.txt"' in script
+    assert "LOCK=requirements.lock" in script and '-r "$tmp/lock.txt"' in script
     assert "--no-deps --no-build-isolation -e ." in script
-    assert re.search(r"^lock:\n\tbash scripts/lock.sh$", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M)
+    assert re.search(
+        r"^lock:\n\tbash scripts/lock.sh$", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M
+    )
 
 
 # ----------------------------------------------------------------------------- the metadata
