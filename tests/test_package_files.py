@@ -80,7 +80,8 @@ def test_py_typed_marks_the_package():
 def test_the_wheel_ships_py_typed_and_the_license(tmp_path):
     """Build the wheel from a copy of the tree with the venv's setuptools (no network) and read it."""
     pytest.importorskip("setuptools")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "LICENSE", "docs/pypi-description.md"):  # the last: the long description
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(
         ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")

@@ -158,8 +158,12 @@ def test_trackers_that_cannot_run_are_config_errors(synthetic_dataset, tmp_path,
     from llmrec.training import accelerator_for, fit
 
     model = build_model("sasrec", OPTS, 30, 40)
-    monkeypatch.setitem(llmrec.training.distributed._TRACKERS, "wandb", (lambda: False, "pip install wandb"))
-    with pytest.raises(ConfigError, match="log_with=wandb needs its package.*: pip install wandb"):
+    from llmrec.extras import MissingExtra
+
+    monkeypatch.setitem(llmrec.training.distributed._TRACKERS, "wandb", (lambda: False, "wandb"))
+    with pytest.raises(
+        MissingExtra, match=r"--log-with wandb needs the wandb extra.*pip install 'llmrec\[wandb\]'"
+    ):
         accelerator_for(model, "wandb", tmp_path)
     with pytest.raises(ConfigError, match="unknown tracker log_with='neptune'"):
         accelerator_for(model, "neptune", tmp_path)

@@ -4,4 +4,4 @@
 folders, the server) imports it from here, not from the package, so it does not import the API it sits under.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

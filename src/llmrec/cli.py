@@ -357,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     70 an unexpected error (one line naming a crash log with the traceback; ``--debug`` prints it inline),
     130 interrupted."""
     argv = _new_spelling(sys.argv[1:] if argv is None else list(argv))
-    parser = build_parser(only=_command_in(argv))
+    try:  # a command's options import its module: one of an extra not installed is named in one line
+        parser = build_parser(only=_command_in(argv))
+    except LlmrecError as e:
+        print(f"llmrec: error: {e}", file=sys.stderr)
+        return 2
     try:
         args, unknown = parser.parse_known_args(argv)
     except SystemExit as e:  # --help, --version, or argparse's one error line already printed

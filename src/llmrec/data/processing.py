@@ -13,6 +13,7 @@ before anything else, so a second ``prepare`` into it is refused at once, naming
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import logging
 import os
@@ -428,6 +429,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     The output folder's lock is held from the first look at it to the last move (another ``prepare``,
     ``images`` or ``features`` on it is refused at once, naming this process)."""
     check_engine_options(cfg)
+    cfg = with_engine_installed(cfg)
     with folder_lock(cfg.out_dir, "dataset", create=True):
         return _prepare_locked(cfg)
 
@@ -461,6 +463,23 @@ def check_engine_options(cfg: PrepareConfig) -> None:
     for flag, value in (("--memory-limit", cfg.memory_limit), ("--threads", cfg.threads)):
         if value is not None:
             raise ConfigError(f"{flag} applies to the duckdb engine only; drop it or use --engine duckdb")
+
+
+def with_engine_installed(cfg: PrepareConfig) -> PrepareConfig:
+    """``cfg``, or ``cfg`` with ``engine="pandas"`` where DuckDB (the duckdb extra) is not installed: both
+    engines write the same files, so a core install prepares with pandas (in memory) after a logged note.
+    The duckdb engine's own options (--memory-limit, --threads) ask for DuckDB: with them it is refused."""
+    from llmrec.extras import MissingExtra, available
+
+    if cfg.engine != "duckdb" or available("duckdb"):
+        return cfg
+    if cfg.memory_limit is not None or cfg.threads is not None:
+        raise MissingExtra("--engine duckdb with --memory-limit or --threads", "duckdb", "duckdb")
+    log.warning(
+        "DuckDB is not installed (pip install 'llmrec[duckdb]'): preparing with --engine pandas, "
+        "which holds the data in memory and writes the same files"
+    )
+    return dataclasses.replace(cfg, engine="pandas")
 
 
 def _check_inputs_survive(cfg: PrepareConfig) -> None:

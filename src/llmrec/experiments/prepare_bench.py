@@ -314,6 +314,9 @@ def time_child(argv: list[str], log_path: Path) -> tuple[float, int, int]:
 
 
 def run_prepare_bench(cfg: PrepareBenchConfig) -> dict[str, Any]:
+    from llmrec.extras import require
+
+    require("duckdb", "llmrec experiments bench-prepare")  # it times the duckdb engine against pandas
     out = Path(cfg.out)
     reviews, meta, generation = generated_files(cfg)
     result: dict[str, Any] = {

@@ -262,6 +262,10 @@ def run_bench_serve(cfg: BenchServeConfig) -> dict[str, Any]:
     """Measure every (concurrency, batching) point; write bench_serve.{json,md,png} into the out folder."""
     from tqdm import tqdm
 
+    from llmrec.extras import require
+
+    require("serve", "llmrec experiments bench-serve", ("httpx", "fastapi", "uvicorn", "httptools"))
+
     from llmrec.pipeline import run_dataset
     from llmrec.utils.io import read_json
 

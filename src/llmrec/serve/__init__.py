@@ -24,6 +24,11 @@ request heads and JSON bodies), ``schemas.py`` (request and response bodies), ``
 routes and error answers), ``batcher.py`` (the queue and its worker), ``server.py`` (uvicorn).
 """
 
+from llmrec.extras import require
+
+# fastapi, uvicorn, httptools come with the serve extra: without them one line says so, not a traceback
+require("serve", "llmrec serve")
+
 from llmrec.serve.app import create_app
 from llmrec.serve.batcher import Batcher, Overloaded
 from llmrec.serve.limits import (

@@ -29,6 +29,7 @@ from accelerate.utils import (
 
 from llmrec.config import flatten, to_dict
 from llmrec.errors import ConfigError
+from llmrec.extras import EXTRAS, MissingExtra
 
 if TYPE_CHECKING:  # models by their contract: types only (models.neural's fit calls the trainer)
     from llmrec.models.base import Recommender
@@ -38,11 +39,11 @@ _PRECISION = {"none": "no", "bf16": "bf16", "fp16": "fp16"}
 # how long a process waits for the others: at the end of ``llmrec train`` the other processes wait
 # while the main one evaluates, which can take hours for an LLM
 _PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=24)
-# log_with -> (whether its package is installed, what to install)
+# log_with -> (whether its package is installed, the extra that brings it)
 _TRACKERS = {
-    "tensorboard": (is_tensorboard_available, "pip install tensorboardX (or tensorboard)"),
-    "wandb": (is_wandb_available, "pip install wandb"),
-    "mlflow": (is_mlflow_available, "pip install mlflow"),
+    "tensorboard": (is_tensorboard_available, "tracking"),  # tensorboardX (or tensorboard)
+    "wandb": (is_wandb_available, "wandb"),
+    "mlflow": (is_mlflow_available, "mlflow"),  # mlflow-skinny (or mlflow)
 }
 
 
@@ -71,9 +72,8 @@ def accelerator_for(
     if log_with != "none" and log_with not in _TRACKERS:
         raise ConfigError(f"unknown tracker log_with={log_with!r}; use one of none, {', '.join(_TRACKERS)}")
     if log_with != "none" and not _TRACKERS[log_with][0]():
-        raise ConfigError(
-            f"log_with={log_with} needs its package, which is not installed: {_TRACKERS[log_with][1]}"
-        )
+        extra = _TRACKERS[log_with][1]
+        raise MissingExtra(f"--log-with {log_with}", extra, EXTRAS[extra][0])
     if not torch.distributed.is_initialized():
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
