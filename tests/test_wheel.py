@@ -60,8 +60,9 @@ def test_the_wheel_in_a_fresh_environment(tmp_path: Path):
     # the sources a wheel is built from, copied so that the build leaves nothing in the checkout
     src = tmp_path / "src"
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "docs/pypi-description.md"):
         if (ROOT / name).exists():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
     dist = tmp_path / "dist"
     build_s = _timed(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", dist, src, cwd=tmp_path)
