@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -129,25 +130,29 @@ def environment() -> dict[str, str]:
 
 
 def run_bash(code: str, cwd: Path, env: dict[str, str], where: str) -> str:
-    """Run one shell block; any process it leaves behind (a server it forgot) is killed with it."""
-    proc = subprocess.Popen(
-        ["bash", "-c", "set -euo pipefail\n" + code],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=BLOCK_TIMEOUT_S)
-    finally:
+    """Run one shell block; any process it leaves behind (a server it forgot) is killed with it. The output
+    goes to a file, not a pipe: a process left in the background would hold a pipe open."""
+    with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as out:
+        log = Path(out.name)
+        proc = subprocess.Popen(
+            ["bash", "-c", "set -euo pipefail\n" + code],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == 0, f"{where} failed (exit {proc.returncode}):\n{code}\n--- output ---\n{out[-4000:]}"
-    return out
+            proc.wait(timeout=BLOCK_TIMEOUT_S)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    text = log.read_text()
+    log.unlink()
+    assert proc.returncode == 0, f"{where} failed (exit {proc.returncode}):\n{code}\n--- output ---\n{text[-4000:]}"
+    return text
 
 
 DRIVER = r"""
