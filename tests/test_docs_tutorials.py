@@ -17,14 +17,17 @@ tutorial runs those commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +73,6 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
     "illmrec-on-gpu.md": {},
     "histllm-and-ctr.md": {
         PREPARE_ML100K: COPY_ML100K,
-        "llmrec prompts tallrec": f"llmrec prompts tallrec {TINY}",
         "llmrec train tallrec": f"llmrec train tallrec {TINY}",
         "llmrec train histllm": f"llmrec train histllm {TINY}",
     },
@@ -129,81 +131,102 @@ def environment() -> dict[str, str]:
     )
 
 
-def run_bash(code: str, cwd: Path, env: dict[str, str], where: str) -> str:
-    """Run one shell block; any process it leaves behind (a server it forgot) is killed with it. The output
-    goes to a file, not a pipe: a process left in the background would hold a pipe open."""
-    with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as out:
-        log = Path(out.name)
-        proc = subprocess.Popen(
-            ["bash", "-c", "set -euo pipefail\n" + code],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=BLOCK_TIMEOUT_S)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    text = log.read_text()
-    log.unlink()
-    assert proc.returncode == 0, f"{where} failed (exit {proc.returncode}):\n{code}\n--- output ---\n{text[-4000:]}"
-    return text
-
-
-DRIVER = r"""
+DONE = "@@BLOCK-DONE@@"
+PY_DRIVER = f"""
 import json, sys, traceback
-scope = {"__name__": "__main__"}
+scope = {{"__name__": "__main__"}}
 for line in sys.stdin:
-    code = json.loads(line)
     ok = True
     try:
-        exec(compile(code, "<tutorial block>", "exec"), scope)
+        exec(compile(json.loads(line), "<tutorial block>", "exec"), scope)
     except BaseException:
         traceback.print_exc()
         ok = False
     sys.stdout.flush(); sys.stderr.flush()
-    print("\x00BLOCK-DONE", ok, flush=True)
+    print("{DONE}", ok, flush=True)
 """
 
 
-class PythonSession:
-    """One Python process that runs blocks one after another in the same namespace."""
+class Session:
+    """One long-lived shell or Python process that runs a tutorial's blocks one after another, keeping its
+    state (the working directory, background jobs such as a server, Python variables) as a reader's terminal
+    or notebook does. Output is read by a thread, so a hung block times out instead of hanging the test."""
 
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, kind: str, cwd: Path, env: dict[str, str]) -> None:
+        self.kind, self.cwd = kind, cwd
+        argv = (
+            ["bash", "--noprofile", "--norc"] if kind == "bash" else [sys.executable, "-u", "-c", PY_DRIVER]
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", DRIVER],
+            argv,
             cwd=cwd,
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # the whole group (servers a block started) is killed at close()
         )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        if kind == "bash":
+            self._send("set -euo pipefail\n")
 
-    def run(self, code: str, where: str) -> str:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps(code) + "\n")
-        self.proc.stdin.flush()
-        lines = []
+    def _read(self) -> None:
+        assert self.proc.stdout
         for line in self.proc.stdout:
-            if line.startswith("\x00BLOCK-DONE"):
-                assert line.split()[1] == "True", f"{where} failed:\n{code}\n--- output ---\n{''.join(lines)[-4000:]}"
-                return "".join(lines)
-            lines.append(line)
-        raise AssertionError(f"{where}: the Python process ended:\n{''.join(lines)[-4000:]}")
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _send(self, text: str) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def run(self, code: str, where: str, timeout: float = BLOCK_TIMEOUT_S) -> str:
+        if self.kind == "bash":
+            script = self.cwd.parent / f"{self.cwd.name}-block-{time.monotonic_ns()}.sh"
+            script.write_text(code)
+            self._send(f"source {script}\necho '{DONE} True'\n")
+        else:
+            self._send(json.dumps(code) + "\n")
+        out: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                line = ""
+                if self.proc.poll() is not None and self.lines.empty():
+                    line = None
+                elif time.monotonic() > deadline:
+                    raise AssertionError(  # noqa: B904 (the timeout is the error, not the empty queue)
+                        f"{where} timed out after {timeout:.0f} s:\n{code}\n{''.join(out)[-4000:]}"
+                    )
+            if line is None:
+                raise AssertionError(
+                    f"{where} failed (the session ended):\n{code}\n--- output ---\n{''.join(out)[-4000:]}"
+                )
+            if line.startswith(DONE):
+                assert line.split()[1] == "True", (
+                    f"{where} failed:\n{code}\n--- output ---\n{''.join(out)[-4000:]}"
+                )
+                return "".join(out)
+            out.append(line)
 
     def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+def run_bash(code: str, cwd: Path, env: dict[str, str], where: str) -> str:
+    """One shell block in a session of its own."""
+    session = Session("bash", cwd, env)
+    try:
+        return session.run(code, where)
+    finally:
+        session.close()
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +248,7 @@ def run_tutorial(page: str, tmp_path: Path, values: dict[str, str]) -> list[str]
     whole = "\n".join(code for _, code, _ in blocks)
     for text in subs:
         assert text in whole, f"{page}: the substitution for {text!r} no longer matches any block"
-    session = None
+    sessions: dict[str, Session] = {}
     outputs = []
     try:
         for i, (lang, code, reason) in enumerate(blocks, 1):
@@ -234,14 +257,12 @@ def run_tutorial(page: str, tmp_path: Path, values: dict[str, str]) -> list[str]
                 continue
             for text, replacement in subs.items():
                 code = code.replace(text, replacement.format(**values))
-            where = f"{page} block {i} ({lang})"
-            if lang == "python":
-                session = session or PythonSession(tmp_path, env)
-                outputs.append(session.run(code, where))
-            else:
-                outputs.append(run_bash(code, tmp_path, env, where))
+            kind = "python" if lang == "python" else "bash"
+            if kind not in sessions:
+                sessions[kind] = Session(kind, tmp_path, env)
+            outputs.append(sessions[kind].run(code, f"{page} block {i} ({lang})"))
     finally:
-        if session is not None:
+        for session in sessions.values():
             session.close()
     return outputs
 
@@ -287,15 +308,21 @@ def test_service_in_production(tmp_path, ml100k):
 
 
 def test_a_failing_block_names_its_page_and_block(tmp_path):
-    """The harness itself: a shell block that fails is reported with its output; a stray server is killed."""
-    with pytest.raises(AssertionError, match="demo block 1 failed"):
-        run_bash("sleep 60 &\necho before\nfalse\n", tmp_path, environment(), "demo block 1")
-    session = PythonSession(tmp_path, environment())
+    """The harness itself: state carries from block to block, a failing block is reported with its output,
+    and a background server does not hold the test up."""
+    shell = Session("bash", tmp_path, environment())
     try:
-        assert session.run("x = 41", "p1") == ""
-        assert session.run("print(x + 1)", "p2").strip() == "42"
-        with pytest.raises(AssertionError, match="p3 failed"):
-            session.run("raise ValueError('no')", "p3")
+        assert shell.run("sleep 60 &\ncd /\nx=41", "b1") == ""
+        assert shell.run("echo $((x + 1)) $PWD", "b2").split() == ["42", "/"]
+        with pytest.raises(AssertionError, match="b3 failed"):
+            shell.run("echo before\nfalse\n", "b3")
     finally:
-        session.close()
-
+        shell.close()
+    python = Session("python", tmp_path, environment())
+    try:
+        assert python.run("x = 41", "p1") == ""
+        assert python.run("print(x + 1)", "p2").strip() == "42"
+        with pytest.raises(AssertionError, match="p3 failed"):
+            python.run("raise ValueError('no')", "p3")
+    finally:
+        python.close()
