@@ -53,6 +53,39 @@ COPY_ML100K = "mkdir -p data && cp -r {ml100k} data/ml-100k"
 COPY_SASREC = "mkdir -p runs && cp -r {sasrec} runs/sasrec"
 TINY = '-o "backbone.llm={tiny_llm}"'
 
+# The Amazon download replaced by generated files in the same layout (reviews + metadata JSON lines, image
+# URLs that are never fetched) and a local picture per product for 'llmrec images --image-dir'.
+FAKE_AMAZON = """python - <<'EOF'
+import json, random
+from pathlib import Path
+from PIL import Image
+random.seed(0)
+raw = Path("raw")
+(raw / "images").mkdir(parents=True, exist_ok=True)
+asins = [f"B{i:09d}" for i in range(150)]
+with open(raw / "meta_All_Beauty.jsonl", "w") as f:
+    for i, asin in enumerate(asins):
+        images = [{"thumb": None, "large": f"https://example.invalid/{asin}.jpg", "variant": "MAIN", "hi_res": None}]
+        record = {"parent_asin": asin, "title": f"Lipstick {i}", "store": f"Brand {i % 7}",
+                  "categories": ["Beauty", "Makeup"], "description": [f"Shade number {i}."],
+                  "features": ["Long lasting"], "images": images, "main_category": "All Beauty"}
+        f.write(json.dumps(record) + "\\n")
+        Image.new("RGB", (64, 64), (i % 256, (7 * i) % 256, (13 * i) % 256)).save(raw / "images" / f"{asin}.png")
+with open(raw / "All_Beauty.jsonl", "w") as f:
+    for u in range(200):
+        for t, asin in enumerate(random.sample(asins, 8)):
+            review = {"rating": float(random.randint(1, 5)), "title": "ok", "text": "fine", "images": [],
+                      "asin": asin, "parent_asin": asin, "user_id": f"U{u:05d}",
+                      "timestamp": 1600000000000 + 86400000 * t + u, "helpful_vote": 0, "verified_purchase": True}
+            f.write(json.dumps(review) + "\\n")
+EOF"""
+WGET_AMAZON = (
+    "wget -P raw https://huggingface.co/datasets/McAuley-Lab/Amazon-Reviews-2023/resolve/main/raw/"
+    "review_categories/All_Beauty.jsonl\n"
+    "wget -P raw https://huggingface.co/datasets/McAuley-Lab/Amazon-Reviews-2023/resolve/main/raw/"
+    "meta_categories/meta_All_Beauty.jsonl"
+)
+
 SUBSTITUTIONS: dict[str, dict[str, str]] = {
     "first-recommendations.md": {
         # the installation is the environment the tests run in
@@ -70,7 +103,15 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
         "--port 8000": "--port {port}",
         "localhost:8000": "localhost:{port}",
     },
-    "illmrec-on-gpu.md": {},
+    "illmrec-on-gpu.md": {
+        WGET_AMAZON: FAKE_AMAZON,
+        "llmrec images --data data/beauty --workers 32": "llmrec images --data data/beauty --image-dir raw/images",
+        "google/siglip-base-patch16-224": "efficientnet-lite0",
+        "--device cuda": "--device cpu",
+        "--out runs/beauty-sasrec": "--out runs/beauty-sasrec -o epochs=3",
+        "-o recipe=official -o backbone.llm": "-o recipe=official -o epochs=1 -o backbone.llm",
+        "princeton-nlp/Sheared-LLaMA-2.7B": "{tiny_llm}",
+    },
     "histllm-and-ctr.md": {
         PREPARE_ML100K: COPY_ML100K,
         "llmrec train tallrec": f"llmrec train tallrec {TINY}",
@@ -239,6 +280,13 @@ def ml100k(tmp_path_factory) -> dict[str, str]:
     return {"ml100k": str(work / "data" / "ml-100k"), "sasrec": str(work / "runs" / "sasrec")}
 
 
+def fill(text: str, values: dict[str, str]) -> str:
+    """The placeholders {name} of a substitution filled in (the text may hold other braces)."""
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", value)
+    return text
+
+
 def run_tutorial(page: str, tmp_path: Path, values: dict[str, str]) -> list[str]:
     """Run every block of ``page`` with its substitutions; returns each block's output."""
     values = {"port": str(free_port()), "venv": str(Path(sys.executable).parent), **values}
@@ -256,7 +304,7 @@ def run_tutorial(page: str, tmp_path: Path, values: dict[str, str]) -> list[str]
             if code is None or reason is not None:
                 continue
             for text, replacement in subs.items():
-                code = code.replace(text, replacement.format(**values))
+                code = code.replace(text, fill(replacement, values))
             kind = "python" if lang == "python" else "bash"
             if kind not in sessions:
                 sessions[kind] = Session(kind, tmp_path, env)
