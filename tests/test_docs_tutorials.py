@@ -42,7 +42,7 @@ PAGES = [
     "service-in-production.md",
 ]
 NOT_RUN_LIMIT = 3
-BLOCK_TIMEOUT_S = 600
+BLOCK_TIMEOUT_S = 240  # under pytest-timeout's 600 s, so a hung block is reported with its output
 
 # the first tutorial's commands that the module fixture runs once (their output is then copied in)
 PREPARE_ML100K = "llmrec prepare ml-100k"
