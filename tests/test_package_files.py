@@ -118,3 +118,11 @@ def test_the_changelog_keeps_a_changelog_and_names_this_version():
         (v for v, _ in released), key=lambda v: tuple(map(int, v.split("."))), reverse=True
     )
     assert f"[{__version__}]: " in text
+
+
+def test_the_readmes_relative_links_resolve():
+    """The README is read on the repository's page, outside the site's strict build: its links are checked here."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = {t.split("#", 1)[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t}
+    assert "docs/results/index.md" in targets
+    assert [t for t in sorted(targets) if t and not (ROOT / t).exists()] == []
