@@ -11,7 +11,7 @@ demo: install
 	$(VENV)/bin/llmrec demo
 
 test: install
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # requirements.lock from pyproject.toml, keeping its versions (UPGRADE=1: the newest; see scripts/lock.sh)
 lock:

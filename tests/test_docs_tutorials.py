@@ -327,6 +327,7 @@ def test_every_tutorial_page_exists_and_marks_few_blocks_not_run():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ml100k-tutorials")  # one worker prepares MovieLens once (--dist loadgroup)
 def test_first_recommendations(tmp_path, ml100k):
     out = run_tutorial("first-recommendations.md", tmp_path, ml100k)
     text = "\n".join(out)
@@ -346,6 +347,7 @@ def test_illmrec_on_gpu(tmp_path, tiny_llm):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ml100k-tutorials")  # one worker prepares MovieLens once (--dist loadgroup)
 def test_histllm_and_ctr(tmp_path, ml100k, tiny_llm):
     run_tutorial("histllm-and-ctr.md", tmp_path, {**ml100k, "tiny_llm": tiny_llm})
     metrics = json.loads((tmp_path / "runs" / "histllm" / "metrics.json").read_text())
@@ -353,6 +355,7 @@ def test_histllm_and_ctr(tmp_path, ml100k, tiny_llm):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ml100k-tutorials")  # one worker prepares MovieLens once (--dist loadgroup)
 def test_service_in_production(tmp_path, ml100k):
     run_tutorial("service-in-production.md", tmp_path, ml100k)
 
@@ -365,7 +368,7 @@ def test_a_failing_block_names_its_page_and_block(tmp_path):
         assert shell.run("sleep 60 &\ncd /\nx=41", "b1") == ""
         assert shell.run("echo $((x + 1)) $PWD", "b2").split() == ["42", "/"]
         # output without a final newline (curl's JSON) still ends its block (it once hung the service page)
-        assert shell.run("printf '{\"status\":\"ok\"}'", "b2b") == '{"status":"ok"}'
+        assert shell.run('printf \'{"status":"ok"}\'', "b2b") == '{"status":"ok"}'
         with pytest.raises(AssertionError, match="b3 failed"):
             shell.run("echo before\nfalse\n", "b3")
     finally:
