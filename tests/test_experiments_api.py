@@ -23,6 +23,7 @@ CONTRACT = {
     "llmrec.api": "the Python API, by its module",
     "llmrec.config": "typed options",
     "llmrec.errors": "errors that say what to do",
+    "llmrec.extras": "require(extra, what): a missing optional package as one line naming its extra",
     "llmrec.placement": "where a command runs its model: Placement and the --device / --dtype options",
     "llmrec.models.base": "the registry (build_model, load_model, model_config...) and the Recommender contract",
     "llmrec.models.neural": "the torch models' contract the trainer relies on (TorchRecommender, Stage)",

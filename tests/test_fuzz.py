@@ -460,6 +460,7 @@ def _generic_cases() -> list[OptionCase]:
         "evaluate": ["{pop}"],
         "recommend": ["{pop}", "--user", "u1"],
         "table": ["{pop}"],
+        "assets": ["list"],
     }
     for spec in COMMANDS:
         name = spec.name
