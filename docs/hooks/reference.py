@@ -18,13 +18,11 @@ lists every ``results/*.md`` page under "Results". The tests call these function
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import os
 import re
 import sys
 import types
-import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -221,26 +219,10 @@ def cli_option_strings() -> tuple[list[str], list[str]]:
 
 
 def option_rows(cfg: Any, prefix: str = "") -> Iterator[dict[str, str]]:
-    """One row per option of the config instance ``cfg`` as ``-o KEY=VALUE`` (or a keyword) takes it:
-    key (nested options dotted), default, type, range, help."""
-    from llmrec.config import _range_text, _type_text, _value_text  # what `train MODEL --help` prints
+    """The config's options as ``train MODEL --help`` prints them (llmrec.config.option_rows)."""
+    from llmrec.config import option_rows as rows
 
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        if not f.init:
-            continue
-        value, key = getattr(cfg, f.name), prefix + f.name
-        if dataclasses.is_dataclass(value):
-            yield from option_rows(value, f"{key}.")
-            continue
-        bounds = f.metadata.get("bounds")
-        yield {
-            "key": key,
-            "default": _value_text(value),
-            "type": _type_text(hints[f.name]),
-            "range": _range_text(bounds) if bounds else "",
-            "help": f.metadata.get("help", ""),
-        }
+    return rows(cfg, prefix)
 
 
 def options_table(cfg: Any) -> str:

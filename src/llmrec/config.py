@@ -342,18 +342,32 @@ def option_lines(cfg: Any) -> list[str]:
     return [f"  {key:<{width}}  {about}".rstrip() for key, about in rows]
 
 
-def _option_rows(cfg: Any, prefix: str) -> typing.Iterator[tuple[str, str]]:
+def option_rows(cfg: Any, prefix: str = "") -> typing.Iterator[dict[str, str]]:
+    """One row per option of the config instance ``cfg`` as ``-o KEY=VALUE`` (or a keyword) takes it: key
+    (nested options dotted), default, type, range and help, as text (``train MODEL --help`` and the options
+    reference of the documentation print these)."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         if not f.init:
             continue
-        value, name = getattr(cfg, f.name), prefix + f.name
+        value, key = getattr(cfg, f.name), prefix + f.name
         if dataclasses.is_dataclass(value):
-            yield from _option_rows(value, f"{name}.")
+            yield from option_rows(value, f"{key}.")
             continue
         bounds = f.metadata.get("bounds")
-        kind = _type_text(hints[f.name]) + (f", {_range_text(bounds)}" if bounds else "")
-        yield f"{name}={_value_text(value)}", f"({kind})  {f.metadata.get('help', '')}"
+        yield {
+            "key": key,
+            "default": _value_text(value),
+            "type": _type_text(hints[f.name]),
+            "range": _range_text(bounds) if bounds else "",
+            "help": f.metadata.get("help", ""),
+        }
+
+
+def _option_rows(cfg: Any, prefix: str) -> typing.Iterator[tuple[str, str]]:
+    for row in option_rows(cfg, prefix):
+        kind = row["type"] + (f", {row['range']}" if row["range"] else "")
+        yield f"{row['key']}={row['default']}", f"({kind})  {row['help']}"
 
 
 def _type_text(tp: Any) -> str:
