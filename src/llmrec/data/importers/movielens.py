@@ -29,10 +29,12 @@ from llmrec.errors import LlmrecError
 # ml-1m's items by "Title (Year)" and its users as "1m_<UserID>".
 _ATOMIC_ASSETS = {"ml-100k": "movielens", "ml-1m": "ml-1m"}
 _ATOMIC_PACKAGES = {name: asset(a).packages[0] for name, a in _ATOMIC_ASSETS.items()}  # (package, version)
+# the asset that ships each package (recbole -> movielens), for the install hints
+_ASSET_OF_PACKAGE = {_ATOMIC_PACKAGES[name][0]: a for name, a in _ATOMIC_ASSETS.items()}
 
 
 def _install_hint(package: str) -> str:
-    name = next(_ATOMIC_ASSETS[n] for n, (p, _) in _ATOMIC_PACKAGES.items() if p == package)
+    name = _ASSET_OF_PACKAGE[package]
     return f"{install_hint(name)} (or: pip install --no-deps {' '.join(asset(name).requirements)})"
 
 
