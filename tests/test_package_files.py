@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from build_backend import run_build_hook
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,15 +92,7 @@ def test_the_wheel_ships_py_typed_and_the_license(tmp_path):
     shutil.copytree(
         ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
-    code = "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))"
-    built = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "dist")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    wheel = tmp_path / "dist" / built.stdout.strip().splitlines()[-1]
+    wheel = run_build_hook(tmp_path, "build_wheel", tmp_path / "dist")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "llmrec/py.typed" in names and "llmrec/__init__.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
