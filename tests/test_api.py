@@ -316,6 +316,19 @@ def test_the_readme_walkthrough_runs_as_printed(tmp_path):
     assert f"{printed[1]:.4f}" == popularity[2].strip(), "popularity's hit@10 is the results table's"
 
 
+def test_the_demo_runs_on_two_threads_whatever_the_machine(monkeypatch, capsys):
+    """The thread count moves the last digits of float sums (SASRec's test hit@10 is 0.6394 on 1 thread, 0.6384
+    on 2 with the same versions): the demo's default is a fixed 2, not torch's default of one per core."""
+    import torch
+
+    from llmrec.experiments.demo import DemoConfig
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)  # a big machine: the default must not follow it
+    assert DemoConfig().threads == 2
+    assert main(["demo", "--help"]) == 0
+    assert "torch CPU threads (default: 2; >= 1)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_llm_presets_with_cf_need_a_user_id():
     """CoLLM / BinLLM / HistLLM read the user's MF vector by index: an ad-hoc history is refused for them."""
     from llmrec.models.base import build_model
