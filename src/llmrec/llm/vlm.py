@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from llmrec.assets import DEFAULT_LLM, local_model_path, unloadable
+from llmrec.assets import LLM_ALIASES, local_model_path, unloadable
 from llmrec.errors import ConfigError, LlmrecError
 
 if TYPE_CHECKING:
@@ -40,9 +40,9 @@ def load_vlm(name: str | None, dtype: torch.dtype = torch.float32) -> tuple[Any,
 
     if not name:
         raise ConfigError("no vision-language model given", hint=_HINT)
-    if name == DEFAULT_LLM:
+    if name in LLM_ALIASES:
         raise ConfigError(
-            f"the default backbone '{name}' is a text-only LM, not a vision-language model", hint=_HINT
+            f"the offline backbone '{name}' is a text-only LM, not a vision-language model", hint=_HINT
         )
     local_model_path(name, "vision-language model")
     t0 = time.perf_counter()
