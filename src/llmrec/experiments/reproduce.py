@@ -591,18 +591,8 @@ def format_plan(setting: Setting, steps: list[Step], cfg: ReproduceConfig) -> st
     return "\n".join(out)
 
 
-def run_reproduce(cfg: ReproduceConfig) -> str:
-    """List the settings, print a dry run, or run every step of a setting that is not current."""
-    if cfg.list:
-        return format_settings()
-    if not cfg.name:
-        raise ConfigError("name a setting", hint="'llmrec reproduce --list' names them")
-    setting = load_setting(cfg.name, cfg.swap)
-    steps = plan(setting, cfg)
-    if cfg.dry_run:
-        return format_plan(setting, steps, cfg)
-    if not cfg.data_root:
-        raise ConfigError("--data-root is required to run", hint="the folder holding each dataset's raw files")
+def execute(steps: list[Step]) -> tuple[int, int]:
+    """Run every step that is not current, in order, printing progress; (steps run, steps skipped)."""
     done = skipped = 0
     for i, step in enumerate(steps, 1):
         reason = step.current()
@@ -615,8 +605,34 @@ def run_reproduce(cfg: ReproduceConfig) -> str:
         step.action()
         print(f"[{i}/{len(steps)}] {step.label}: done in {time.perf_counter() - t0:.1f}s", flush=True)
         done += 1
+    return done, skipped
+
+
+def run_reproduce(cfg: ReproduceConfig) -> str:
+    """List the settings, print a dry run, or run every step of a setting that is not current."""
+    if cfg.list:
+        return format_settings()
+    if not cfg.name:
+        raise ConfigError("name a setting", hint="'llmrec reproduce --list' names them")
+    setting = load_setting(cfg.name, cfg.swap)
+    steps = plan(setting, cfg)
+    if cfg.dry_run:
+        return format_plan(setting, steps, cfg)
+    if not cfg.data_root:
+        raise ConfigError("--data-root is required to run", hint="the folder holding each dataset's raw files")
+    done, skipped = execute(steps)
     runs = Path(cfg.out) / "runs" / setting.name
     return f"{setting.name}: {done} steps run, {skipped} skipped; compare: llmrec table {runs}/*/* --vs-paper"
 
 
-__all__ = ["ReproduceConfig", "Row", "Setting", "Step", "available_settings", "load_setting", "plan", "run_reproduce"]
+__all__ = [
+    "ReproduceConfig",
+    "Row",
+    "Setting",
+    "Step",
+    "available_settings",
+    "execute",
+    "load_setting",
+    "plan",
+    "run_reproduce",
+]
