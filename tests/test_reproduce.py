@@ -77,10 +77,25 @@ def test_dry_run_prints_the_whole_plan_without_network(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    argv = ["reproduce", "illmrec-table1-sports", "--dry-run", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]
+    argv = [
+        "reproduce",
+        "illmrec-table1-sports",
+        "--dry-run",
+        "--data-root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    for step in ("prepare", "images", "features siglip", "features mpnet", "describe summary", "CF run sasrec"):
+    for step in (
+        "prepare",
+        "images",
+        "features siglip",
+        "features mpnet",
+        "describe summary",
+        "CF run sasrec",
+    ):
         assert f"amazon-sports: {step}: to run" in out
     assert "train illmrec (illmrec)" in out and "evaluate illmrec" in out
     assert "llmrec prepare amazon2018" in out and "Sports_and_Outdoors_5.json.gz: MISSING" in out
@@ -94,8 +109,12 @@ def test_estimate_formula_by_hand():
 
     s = Shape(hidden=4, layers=2, heads=2, kv_heads=1, ffn=8, vocab=10, tied=False)
     assert s.params == 10 * 4 * 2 + 2 * (2 * 16 + 2 * 4 * 2 + 3 * 4 * 8)  # 80 + 2 * 144 = 368
-    e = estimate(s, batch=2, tokens=3, train_examples=5, epochs=2, eval_examples=7, trainable=10, tflops=1e-12)
-    assert e["train_memory_gib"] * GIB == pytest.approx(368 * 2 + 10 * 16 + 34 * 2 * 3 * 4 * 2 + 2 * 3 * 10 * 4)
+    e = estimate(
+        s, batch=2, tokens=3, train_examples=5, epochs=2, eval_examples=7, trainable=10, tflops=1e-12
+    )
+    assert e["train_memory_gib"] * GIB == pytest.approx(
+        368 * 2 + 10 * 16 + 34 * 2 * 3 * 4 * 2 + 2 * 3 * 10 * 4
+    )
     assert e["train_hours"] * 3600 == pytest.approx(6 * 368 * 3 * 5 * 2)
     assert e["eval_hours"] * 3600 == pytest.approx(2 * 368 * 3 * 7)
 
@@ -112,7 +131,12 @@ def _amazon2018_files(folder: Path, users: int = 24, items: int = 16) -> None:
     with gzip.open(folder / "Sports_and_Outdoors_5.json.gz", "wt") as f:
         for u in range(users):
             for t, i in enumerate(rng.choice(items, size=7, replace=False)):
-                rec = {"overall": 5.0, "reviewerID": f"U{u}", "asin": f"A{i}", "unixReviewTime": 1_500_000_000 + t}
+                rec = {
+                    "overall": 5.0,
+                    "reviewerID": f"U{u}",
+                    "asin": f"A{i}",
+                    "unixReviewTime": 1_500_000_000 + t,
+                }
                 f.write(json.dumps(rec) + "\n")
     with gzip.open(folder / "meta_Sports_and_Outdoors.json.gz", "wt") as f:
         for i in range(items):
@@ -140,7 +164,11 @@ def test_illmrec_setting_end_to_end_tiny_then_resumes_and_refuses_a_change(tmp_p
         "sentence-transformers/all-mpnet-base-v2": "all-minilm-l6-v2",
     }
     cfg = ReproduceConfig(
-        name="illmrec-table1-sports", data_root=str(tmp_path / "raw"), out=str(tmp_path / "o"), only=["illmrec"], device="cpu"
+        name="illmrec-table1-sports",
+        data_root=str(tmp_path / "raw"),
+        out=str(tmp_path / "o"),
+        only=["illmrec"],
+        device="cpu",
     )
 
     def tiny(setting):  # the paper's epochs and generation lengths, cut to seconds
@@ -181,5 +209,7 @@ def test_table_vs_paper_from_the_setting_name(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| histllm-table3 netflix | no-vma | auc | 0.7000 | 0.6695 | +0.0305 |" in out
     assert "| histllm-table3 netflix | no-vma | uauc | 0.6000 | 0.6564 | -0.0564 |" in out
-    with pytest.raises(SystemExit):  # a run that says nothing, without --paper: one line, exit 2
-        main(["table", str(tmp_path / "histllm-table3" / "netflix" / "no-vma"), "--vs-paper", "--paper", "nope"])
+    assert main(["table", str(run), "--vs-paper"]) != 0  # the run does not say which setting: one line
+    assert "--paper NAME" in capsys.readouterr().err
+    assert main(["table", str(run), "--vs-paper", "--paper", "nope"]) != 0
+    assert "no shipped setting 'nope'" in capsys.readouterr().err

@@ -32,7 +32,9 @@ from llmrec.errors import ConfigError, LlmrecError
 log = logging.getLogger(__name__)
 
 PAPERS = Path(__file__).parent / "papers"
-RECORD = "reproduce.json"  # written into each run: which setting, row and dataset made it, and the paper's numbers
+RECORD = (
+    "reproduce.json"  # written into each run: which setting, row and dataset made it, and the paper's numbers
+)
 
 
 @dataclass
@@ -45,10 +47,13 @@ class ReproduceConfig:
     dry_run: bool = option(False, "print every step, what is missing and an estimate; run nothing")
     list: bool = option(False, "list the shipped settings and exit")
     swap: dict[str, str] = option(
-        factory=dict, help="replace a model or encoder everywhere, e.g. princeton-nlp/Sheared-LLaMA-2.7B=/models/x"
+        factory=dict,
+        help="replace a model or encoder everywhere, e.g. princeton-nlp/Sheared-LLaMA-2.7B=/models/x",
     )
     device: str = option("auto", "device of every step that runs a model (auto: cuda when available)")
-    only: builtins.list[str] = option(factory=builtins.list, help="run only these rows (and the steps they need)")
+    only: builtins.list[str] = option(
+        factory=builtins.list, help="run only these rows (and the steps they need)"
+    )
     datasets: builtins.list[str] = option(factory=builtins.list, help="only these datasets of the setting")
     tflops: float = option(200.0, "effective 16-bit TFLOP/s the time estimate assumes")
 
@@ -91,7 +96,8 @@ def _read(name: str) -> dict[str, Any]:
     path = PAPERS / (name if name.endswith(".yaml") else f"{name}.yaml")
     if not path.is_file():
         raise ConfigError(
-            f"no shipped setting {name!r}", hint="'llmrec reproduce --list' names them: " + ", ".join(available_settings())
+            f"no shipped setting {name!r}",
+            hint="'llmrec reproduce --list' names them: " + ", ".join(available_settings()),
         )
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
@@ -111,7 +117,9 @@ def load_setting(name: str, swap: dict[str, str] | None = None) -> Setting:
     datasets = {}
     for ds in data.get("datasets") or []:
         if ds not in all_datasets:
-            raise ConfigError(f"setting {name!r}: unknown dataset {ds!r}", hint=f"one of {sorted(all_datasets)}")
+            raise ConfigError(
+                f"setting {name!r}: unknown dataset {ds!r}", hint=f"one of {sorted(all_datasets)}"
+            )
         spec = copy.deepcopy(all_datasets[ds])
         spec["features"] = list(spec.get("features") or []) + list(data.get("features") or [])
         datasets[ds] = spec
@@ -124,7 +132,9 @@ def load_setting(name: str, swap: dict[str, str] | None = None) -> Setting:
             runs[row_name] = Row(row_name, row["model"], options, row.get("note", ""))
         for key, values in sweep.items():
             for v in values:
-                runs[f"{row_name}-{v}"] = Row(f"{row_name}-{v}", row["model"], {**options, key: v}, row.get("note", ""))
+                runs[f"{row_name}-{v}"] = Row(
+                    f"{row_name}-{v}", row["model"], {**options, key: v}, row.get("note", "")
+                )
     setting = Setting(
         name=name,
         paper=data.get("paper", ""),
@@ -235,14 +245,16 @@ def plan(setting: Setting, cfg: ReproduceConfig) -> list[Step]:
     out = Path(cfg.out)
     rows = {n: r for n, r in setting.runs.items() if not cfg.only or n in cfg.only}
     if cfg.only and not rows:
-        raise ConfigError(f"--only {cfg.only}: no such row", hint=f"rows of {setting.name}: {sorted(setting.runs)}")
+        raise ConfigError(
+            f"--only {cfg.only}: no such row", hint=f"rows of {setting.name}: {sorted(setting.runs)}"
+        )
     for ds_name, ds in setting.datasets.items():
         if cfg.datasets and ds_name not in cfg.datasets:
             continue
         data = out / "data" / ds_name
         steps += _data_steps(ds_name, ds, root / ds["folder"], data, cfg)
         run_root = out / "runs" / setting.name / ds_name
-        for name, row in rows.items():
+        for row in rows.values():
             steps += _row_steps(setting, ds_name, ds, row, data, run_root, cfg)
     return steps
 
@@ -256,7 +268,11 @@ def _data_steps(name: str, ds: dict[str, Any], raw: Path, data: Path, cfg: Repro
     import llmrec
 
     prep = _prepare_config(ds, raw, data)
-    files = [f"raw file {p}: " + ("present" if Path(p).exists() else "MISSING") for k, p in prep.items() if k in ("path", "meta_path", "image_dir")]
+    files = [
+        f"raw file {p}: " + ("present" if Path(p).exists() else "MISSING")
+        for k, p in prep.items()
+        if k in ("path", "meta_path", "image_dir")
+    ]
     steps = [
         Step(
             f"{name}: prepare",
@@ -287,7 +303,9 @@ def _data_steps(name: str, ds: dict[str, Any], raw: Path, data: Path, cfg: Repro
                 "llmrec features " + _flags(fc),
                 fc,
                 lambda fc=fc: _features_current(fc),
-                lambda fc=fc: _call("llmrec.features.build:build_features", "llmrec.features.build:FeaturesConfig", fc),
+                lambda fc=fc: _call(
+                    "llmrec.features.build:build_features", "llmrec.features.build:FeaturesConfig", fc
+                ),
                 _need_model(encoder, "encoder") if encoder else [],
             )
         )
@@ -299,14 +317,22 @@ def _data_steps(name: str, ds: dict[str, Any], raw: Path, data: Path, cfg: Repro
                 "llmrec describe " + _flags(dc),
                 dc,
                 lambda dc=dc: _described(dc),
-                lambda dc=dc: _call("llmrec.llm.describe:run_describe", "llmrec.llm.describe:DescribeConfig", dc),
+                lambda dc=dc: _call(
+                    "llmrec.llm.describe:run_describe", "llmrec.llm.describe:DescribeConfig", dc
+                ),
                 _need_model(dc.get("llm"), "describing LLM"),
             )
         )
     cf = ds.get("cf")
     if cf:
         run = data.parent.parent / "runs" / "cf" / f"{name}-{cf['model']}"
-        train = {"model": cf["model"], "data": str(data), "out": str(run), "options": cf.get("options") or {}, "device": cfg.device}
+        train = {
+            "model": cf["model"],
+            "data": str(data),
+            "out": str(run),
+            "options": cf.get("options") or {},
+            "device": cfg.device,
+        }
         steps.append(_train_step(f"{name}: CF run {cf['model']}", train, None, []))
         export = {"data": str(data), "cf": str(run), "cf_prefix": cf.get("prefix")}
         steps.append(
@@ -315,14 +341,22 @@ def _data_steps(name: str, ds: dict[str, Any], raw: Path, data: Path, cfg: Repro
                 "llmrec features " + _flags(export),
                 export,
                 lambda: _exported(data, run, cf.get("prefix") or cf["model"]),
-                lambda: _call("llmrec.features.build:build_features", "llmrec.features.build:FeaturesConfig", export),
+                lambda: _call(
+                    "llmrec.features.build:build_features", "llmrec.features.build:FeaturesConfig", export
+                ),
             )
         )
     return steps
 
 
 def _row_steps(
-    setting: Setting, ds_name: str, ds: dict[str, Any], row: Row, data: Path, run_root: Path, cfg: ReproduceConfig
+    setting: Setting,
+    ds_name: str,
+    ds: dict[str, Any],
+    row: Row,
+    data: Path,
+    run_root: Path,
+    cfg: ReproduceConfig,
 ) -> list[Step]:
     run = run_root / row.name
 
@@ -334,7 +368,14 @@ def _row_steps(
         return value
 
     options = fill(row.options)
-    train = {"model": row.model, "data": str(data), "out": str(run), "options": options, "device": cfg.device, "eval": setting.eval}
+    train = {
+        "model": row.model,
+        "data": str(data),
+        "out": str(run),
+        "options": options,
+        "device": cfg.device,
+        "eval": setting.eval,
+    }
     record = {
         "setting": setting.name,
         "paper": setting.paper,
@@ -344,7 +385,9 @@ def _row_steps(
         "metrics": setting.metrics,
         "reported": (setting.reported.get(ds_name) or {}).get(row.name),
     }
-    needs = _need_model((options.get("backbone") or {}).get("llm"), "backbone") if "backbone" in options else []
+    needs = (
+        _need_model((options.get("backbone") or {}).get("llm"), "backbone") if "backbone" in options else []
+    )
     label = f"{ds_name}: train {row.name} ({row.model})" + (f" [{row.note}]" if row.note else "")
     step = _train_step(label, train, record, needs)
     step.estimate = _estimate(row.model, options, ds, cfg)
@@ -376,7 +419,13 @@ def _train_step(label: str, train: dict[str, Any], record: dict[str, Any] | None
         import llmrec
 
         given = dict(train)
-        run = llmrec.train(given.pop("model"), data=given.pop("data"), out=given.pop("out"), options=given.pop("options"), **given)
+        run = llmrec.train(
+            given.pop("model"),
+            data=given.pop("data"),
+            out=given.pop("out"),
+            options=given.pop("options"),
+            **given,
+        )
         if record is not None:
             from llmrec.utils.io import write_json_atomic
 
@@ -400,7 +449,11 @@ def _prepared(prep: dict[str, Any]) -> str | None:
         return None
     want = from_dict(PrepareConfig, {**importer_defaults(prep["dataset"]), **prep})
     saved = Dataset(out).meta.get("config") or {}
-    keys = [k for k in PrepareConfig.__dataclass_fields__ if k not in ("out", "overwrite", "engine", "memory_limit", "threads")]
+    keys = [
+        k
+        for k in PrepareConfig.__dataclass_fields__
+        if k not in ("out", "overwrite", "engine", "memory_limit", "threads")
+    ]
     changed = [k for k in keys if k in saved and _plain(saved[k]) != _plain(getattr(want, k))]
     if changed:
         raise LlmrecError(
@@ -492,10 +545,21 @@ def _call_evaluate(run: Path, eval_options: dict[str, Any], device: str) -> Any:
 
 # ----------------------------------------------------------------------------- estimates
 
-_ITEM_TOKENS = {"image": 25, "cf": 25, "title": 20, "attribute": 45, "summary": 120, "description": 300, "image_description": 320, "vlm": 600}
+_ITEM_TOKENS = {
+    "image": 25,
+    "cf": 25,
+    "title": 20,
+    "attribute": 45,
+    "summary": 120,
+    "description": 300,
+    "image_description": 320,
+    "vlm": 600,
+}
 
 
-def _estimate(model: str, options: dict[str, Any], ds: dict[str, Any], cfg: ReproduceConfig) -> dict[str, float] | None:
+def _estimate(
+    model: str, options: dict[str, Any], ds: dict[str, Any], cfg: ReproduceConfig
+) -> dict[str, float] | None:
     """The formula's estimate for one LLM row (None for a model without an LLM backbone)."""
     from llmrec.config import to_dict
     from llmrec.experiments.estimate import backbone_shape, estimate, lora_params
@@ -511,7 +575,9 @@ def _estimate(model: str, options: dict[str, Any], ds: dict[str, Any], cfg: Repr
     trainable = lora_params(shape, backbone.get("lora_r", 8)) if backbone.get("lora") else 0
     if "representation" in resolved:  # I-LLMRec's frame: one IRE (+ one ILA) prompt per user and epoch
         per_item = _ITEM_TOKENS.get(resolved["representation"], 25)
-        items = min(hist * per_item, resolved.get("max_history_tokens") or hist * per_item)  # the item list's cap
+        items = min(
+            hist * per_item, resolved.get("max_history_tokens") or hist * per_item
+        )  # the item list's cap
         tokens = (80 + items) * (2 if resolved.get("ila") else 1)  # the IRE prompt, and ILA's
         examples, evals, epochs = stats.get("users", 0), stats.get("users", 0), resolved.get("epochs", 1)
         trainable += 3 * 1024 * 1024 + 512 * shape.hidden  # adaptor and the six projectors (about 3M)
@@ -534,7 +600,13 @@ def _estimate(model: str, options: dict[str, Any], ds: dict[str, Any], cfg: Repr
         checkpointing=bool(backbone.get("gradient_checkpointing")),
         tflops=cfg.tflops,
     )
-    return {**out, "tokens": tokens, "batch": resolved.get("batch_size", 8), "epochs": epochs, "examples": examples}
+    return {
+        **out,
+        "tokens": tokens,
+        "batch": resolved.get("batch_size", 8),
+        "epochs": epochs,
+        "examples": examples,
+    }
 
 
 # ----------------------------------------------------------------------------- the command
@@ -551,7 +623,9 @@ def format_settings() -> str:
 
 def format_plan(setting: Setting, steps: list[Step], cfg: ReproduceConfig) -> str:
     """The dry run: every step's status, command and configuration, what is missing, the estimates."""
-    out = [f"{setting.name}: {setting.paper} {setting.source}, {len(steps)} steps (dry run: nothing is run or downloaded)"]
+    out = [
+        f"{setting.name}: {setting.paper} {setting.source}, {len(steps)} steps (dry run: nothing is run or downloaded)"
+    ]
     missing: list[str] = []
     total = {"train_hours": 0.0, "eval_hours": 0.0, "train_memory_gib": 0.0}
     for i, step in enumerate(steps, 1):
@@ -619,7 +693,9 @@ def run_reproduce(cfg: ReproduceConfig) -> str:
     if cfg.dry_run:
         return format_plan(setting, steps, cfg)
     if not cfg.data_root:
-        raise ConfigError("--data-root is required to run", hint="the folder holding each dataset's raw files")
+        raise ConfigError(
+            "--data-root is required to run", hint="the folder holding each dataset's raw files"
+        )
     done, skipped = execute(steps)
     runs = Path(cfg.out) / "runs" / setting.name
     return f"{setting.name}: {done} steps run, {skipped} skipped; compare: llmrec table {runs}/*/* --vs-paper"
