@@ -118,4 +118,76 @@ def lora_params(shape: Shape, r: int, targets: int = 2) -> int:
     return shape.layers * targets * r * 2 * shape.hidden
 
 
-__all__ = ["KNOWN_SHAPES", "DEFAULT_TFLOPS", "Shape", "backbone_shape", "estimate", "lora_params"]
+_ITEM_TOKENS = {
+    "image": 25,
+    "cf": 25,
+    "title": 20,
+    "attribute": 45,
+    "summary": 120,
+    "description": 300,
+    "image_description": 320,
+    "vlm": 600,
+}
+
+
+def row_estimate(
+    model: str, options: dict[str, Any], ds: dict[str, Any], tflops: float = DEFAULT_TFLOPS
+) -> dict[str, Any] | None:
+    """The formula's estimate for one paper row (None for a model without a known LLM backbone): prompt
+    tokens from the representation and the dataset's history length, examples from the paper's counts."""
+    from llmrec.config import to_dict
+    from llmrec.models.base import model_config
+
+    resolved = to_dict(model_config(model, options))
+    backbone = resolved.get("backbone") or {}
+    shape = backbone_shape(backbone.get("llm"))
+    if shape is None:
+        return None
+    stats = ds.get("stats") or {}
+    hist = (ds.get("estimate") or {}).get("history_items", 10)
+    trainable = lora_params(shape, backbone.get("lora_r", 8)) if backbone.get("lora") else 0
+    if "representation" in resolved:  # I-LLMRec's frame: one IRE (+ one ILA) prompt per user and epoch
+        per_item = _ITEM_TOKENS.get(resolved["representation"], 25)
+        items = min(
+            hist * per_item, resolved.get("max_history_tokens") or hist * per_item
+        )  # the item list's cap
+        tokens = (80 + items) * (2 if resolved.get("ila") else 1)  # the IRE prompt, and ILA's
+        examples, evals, epochs = stats.get("users", 0), stats.get("users", 0), resolved.get("epochs", 1)
+        trainable += 3 * 1024 * 1024 + 512 * shape.hidden  # adaptor and the six projectors (about 3M)
+        if backbone.get("train_embeddings"):
+            trainable += shape.vocab * shape.hidden
+    else:  # the CTR family: one Yes/No prompt per example
+        history = hist if resolved.get("history") != "uhem" else 1
+        tokens = 90 + history * (60 if resolved.get("ke") else 20)
+        examples, evals = stats.get("train", 0), stats.get("test", 0)
+        epochs = resolved.get("epochs", 1) + resolved.get("step1_epochs", 0)
+        trainable += 2 * 512 * shape.hidden
+    out = estimate(
+        shape,
+        batch=resolved.get("batch_size", 8),
+        tokens=tokens,
+        train_examples=examples,
+        epochs=epochs,
+        eval_examples=evals,
+        trainable=trainable,
+        checkpointing=bool(backbone.get("gradient_checkpointing")),
+        tflops=tflops,
+    )
+    return {
+        **out,
+        "tokens": tokens,
+        "batch": resolved.get("batch_size", 8),
+        "epochs": epochs,
+        "examples": examples,
+    }
+
+
+__all__ = [
+    "KNOWN_SHAPES",
+    "DEFAULT_TFLOPS",
+    "Shape",
+    "backbone_shape",
+    "estimate",
+    "lora_params",
+    "row_estimate",
+]

@@ -323,29 +323,35 @@ def _data_steps(name: str, ds: dict[str, Any], raw: Path, data: Path, cfg: Repro
                 _need_model(dc.get("llm"), "describing LLM"),
             )
         )
-    cf = ds.get("cf")
-    if cf:
-        run = data.parent.parent / "runs" / "cf" / f"{name}-{cf['model']}"
-        train = {
-            "model": cf["model"],
-            "data": str(data),
-            "out": str(run),
-            "options": cf.get("options") or {},
-            "device": cfg.device,
-        }
-        steps.append(_train_step(f"{name}: CF run {cf['model']}", train, None, []))
-        export = {"data": str(data), "cf": str(run), "cf_prefix": cf.get("prefix")}
-        steps.append(
-            Step(
-                f"{name}: features --cf {cf['model']}",
-                "llmrec features " + _flags(export),
-                export,
-                lambda: _exported(data, run, cf.get("prefix") or cf["model"]),
-                lambda: _call(
-                    "llmrec.features.build:build_features", "llmrec.features.build:FeaturesConfig", export
-                ),
-            )
+    return steps + _cf_steps(name, ds.get("cf"), data, cfg)
+
+
+def _cf_steps(name: str, cf: dict[str, Any] | None, data: Path, cfg: ReproduceConfig) -> list[Step]:
+    """The CF run whose embeddings the models read (SASRec for I-LLMRec, MF for HistLLM), then its export."""
+    if not cf:
+        return []
+    steps: list[Step] = []
+    run = data.parent.parent / "runs" / "cf" / f"{name}-{cf['model']}"
+    train = {
+        "model": cf["model"],
+        "data": str(data),
+        "out": str(run),
+        "options": cf.get("options") or {},
+        "device": cfg.device,
+    }
+    steps.append(_train_step(f"{name}: CF run {cf['model']}", train, None, []))
+    export = {"data": str(data), "cf": str(run), "cf_prefix": cf.get("prefix")}
+    steps.append(
+        Step(
+            f"{name}: features --cf {cf['model']}",
+            "llmrec features " + _flags(export),
+            export,
+            lambda: _exported(data, run, cf.get("prefix") or cf["model"]),
+            lambda: _call(
+                "llmrec.features.build:build_features", "llmrec.features.build:FeaturesConfig", export
+            ),
         )
+    )
     return steps
 
 
@@ -390,7 +396,9 @@ def _row_steps(
     )
     label = f"{ds_name}: train {row.name} ({row.model})" + (f" [{row.note}]" if row.note else "")
     step = _train_step(label, train, record, needs)
-    step.estimate = _estimate(row.model, options, ds, cfg)
+    from llmrec.experiments.estimate import row_estimate
+
+    step.estimate = row_estimate(row.model, options, ds, cfg.tflops)
     evaluate = Step(
         f"{ds_name}: evaluate {row.name}",
         f"llmrec evaluate {run} " + _flags(setting.eval),
@@ -531,10 +539,15 @@ def _evaluated(run: Path, setting: Setting) -> str | None:
 
 
 def _call(run: str, config: str, values: dict[str, Any]) -> Any:
-    from llmrec.cli_commands import _load
+    import importlib
+
     from llmrec.config import from_dict
 
-    return _load(run)(from_dict(_load(config), dict(values)))
+    def load(path: str) -> Any:  # "module:name", as the command table names a command's function and config
+        module, _, name = path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    return load(run)(from_dict(load(config), dict(values)))
 
 
 def _call_evaluate(run: Path, eval_options: dict[str, Any], device: str) -> Any:
@@ -544,70 +557,6 @@ def _call_evaluate(run: Path, eval_options: dict[str, Any], device: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- estimates
-
-_ITEM_TOKENS = {
-    "image": 25,
-    "cf": 25,
-    "title": 20,
-    "attribute": 45,
-    "summary": 120,
-    "description": 300,
-    "image_description": 320,
-    "vlm": 600,
-}
-
-
-def _estimate(
-    model: str, options: dict[str, Any], ds: dict[str, Any], cfg: ReproduceConfig
-) -> dict[str, float] | None:
-    """The formula's estimate for one LLM row (None for a model without an LLM backbone)."""
-    from llmrec.config import to_dict
-    from llmrec.experiments.estimate import backbone_shape, estimate, lora_params
-    from llmrec.models.base import model_config
-
-    resolved = to_dict(model_config(model, options))
-    backbone = resolved.get("backbone") or {}
-    shape = backbone_shape(backbone.get("llm"))
-    if shape is None:
-        return None
-    stats = ds.get("stats") or {}
-    hist = (ds.get("estimate") or {}).get("history_items", 10)
-    trainable = lora_params(shape, backbone.get("lora_r", 8)) if backbone.get("lora") else 0
-    if "representation" in resolved:  # I-LLMRec's frame: one IRE (+ one ILA) prompt per user and epoch
-        per_item = _ITEM_TOKENS.get(resolved["representation"], 25)
-        items = min(
-            hist * per_item, resolved.get("max_history_tokens") or hist * per_item
-        )  # the item list's cap
-        tokens = (80 + items) * (2 if resolved.get("ila") else 1)  # the IRE prompt, and ILA's
-        examples, evals, epochs = stats.get("users", 0), stats.get("users", 0), resolved.get("epochs", 1)
-        trainable += 3 * 1024 * 1024 + 512 * shape.hidden  # adaptor and the six projectors (about 3M)
-        if backbone.get("train_embeddings"):
-            trainable += shape.vocab * shape.hidden
-    else:  # the CTR family: one Yes/No prompt per example
-        history = hist if resolved.get("history") != "uhem" else 1
-        tokens = 90 + history * (60 if resolved.get("ke") else 20)
-        examples, evals = stats.get("train", 0), stats.get("test", 0)
-        epochs = resolved.get("epochs", 1) + resolved.get("step1_epochs", 0)
-        trainable += 2 * 512 * shape.hidden
-    out = estimate(
-        shape,
-        batch=resolved.get("batch_size", 8),
-        tokens=tokens,
-        train_examples=examples,
-        epochs=epochs,
-        eval_examples=evals,
-        trainable=trainable,
-        checkpointing=bool(backbone.get("gradient_checkpointing")),
-        tflops=cfg.tflops,
-    )
-    return {
-        **out,
-        "tokens": tokens,
-        "batch": resolved.get("batch_size", 8),
-        "epochs": epochs,
-        "examples": examples,
-    }
-
 
 # ----------------------------------------------------------------------------- the command
 
