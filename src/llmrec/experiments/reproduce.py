@@ -284,46 +284,44 @@ def _data_steps(name: str, ds: dict[str, Any], raw: Path, data: Path, cfg: Repro
         )
     ]
     images = {"data": str(data), **(ds.get("images") or {})}
-    steps.append(
-        Step(
-            f"{name}: images",
-            "llmrec images " + _flags(images),
-            images,
-            lambda: "manifest written" if (data / "images" / "manifest.parquet").exists() else None,
-            lambda: _call("llmrec.data.images:fetch_images", "llmrec.data.images:ImagesConfig", images),
-        )
-    )
+    steps.append(_command_step(f"{name}: images", "images", images, _images_fetched))
     for f in ds.get("features") or []:
         fc = {"data": str(data), "device": cfg.device, **f}
         label = fc.get("image_name", "image") if fc.get("image") else fc.get("text_name", "text")
         encoder = fc.get("image_encoder") if fc.get("image") else fc.get("text_encoder")
-        steps.append(
-            Step(
-                f"{name}: features {label}",
-                "llmrec features " + _flags(fc),
-                fc,
-                lambda fc=fc: _features_current(fc),
-                lambda fc=fc: _call(
-                    "llmrec.features.build:build_features", "llmrec.features.build:FeaturesConfig", fc
-                ),
-                _need_model(encoder, "encoder") if encoder else [],
-            )
-        )
+        needs = _need_model(encoder, "encoder") if encoder else []
+        steps.append(_command_step(f"{name}: features {label}", "features", fc, _features_current, needs))
     for d in ds.get("describe") or []:
         dc = {"data": str(data), "device": cfg.device, **d}
-        steps.append(
-            Step(
-                f"{name}: describe {dc.get('name') or dc['mode']}",
-                "llmrec describe " + _flags(dc),
-                dc,
-                lambda dc=dc: _described(dc),
-                lambda dc=dc: _call(
-                    "llmrec.llm.describe:run_describe", "llmrec.llm.describe:DescribeConfig", dc
-                ),
-                _need_model(dc.get("llm"), "describing LLM"),
-            )
-        )
+        needs = _need_model(dc.get("llm"), "describing LLM")
+        label = f"{name}: describe {dc.get('name') or dc['mode']}"
+        steps.append(_command_step(label, "describe", dc, _described, needs))
     return steps + _cf_steps(name, ds.get("cf"), data, cfg)
+
+
+_COMMANDS = {  # command -> its function and config, as llmrec's command table names them
+    "features": ("llmrec.features.build:build_features", "llmrec.features.build:FeaturesConfig"),
+    "describe": ("llmrec.llm.describe:run_describe", "llmrec.llm.describe:DescribeConfig"),
+    "images": ("llmrec.data.images:fetch_images", "llmrec.data.images:ImagesConfig"),
+}
+
+
+def _command_step(
+    label: str,
+    command: str,
+    config: dict[str, Any],
+    current: Callable[[dict[str, Any]], str | None],
+    needs: list[str] | None = None,
+) -> Step:
+    """A step that runs ``llmrec <command>`` with ``config`` through the command's own function."""
+    return Step(
+        label,
+        f"llmrec {command} " + _flags(config),
+        config,
+        lambda: current(config),
+        lambda: _call(*_COMMANDS[command], config),
+        needs or [],
+    )
 
 
 def _cf_steps(name: str, cf: dict[str, Any] | None, data: Path, cfg: ReproduceConfig) -> list[Step]:
@@ -340,18 +338,9 @@ def _cf_steps(name: str, cf: dict[str, Any] | None, data: Path, cfg: ReproduceCo
         "device": cfg.device,
     }
     steps.append(_train_step(f"{name}: CF run {cf['model']}", train, None, []))
-    export = {"data": str(data), "cf": str(run), "cf_prefix": cf.get("prefix")}
-    steps.append(
-        Step(
-            f"{name}: features --cf {cf['model']}",
-            "llmrec features " + _flags(export),
-            export,
-            lambda: _exported(data, run, cf.get("prefix") or cf["model"]),
-            lambda: _call(
-                "llmrec.features.build:build_features", "llmrec.features.build:FeaturesConfig", export
-            ),
-        )
-    )
+    export = {"data": str(data), "cf": str(run), "cf_prefix": cf.get("prefix") or cf["model"]}
+    label = f"{name}: features --cf {cf['model']}"
+    steps.append(_command_step(label, "features", export, _exported))
     return steps
 
 
@@ -497,8 +486,13 @@ def _described(dc: dict[str, Any]) -> str | None:
     return "every item described by this LLM"
 
 
-def _exported(data: Path, run: Path, prefix: str) -> str | None:
-    manifest = data / "features" / f"{prefix}_item.json"
+def _images_fetched(images: dict[str, Any]) -> str | None:
+    return "manifest written" if (Path(images["data"]) / "images" / "manifest.parquet").exists() else None
+
+
+def _exported(export: dict[str, Any]) -> str | None:
+    data, run = Path(export["data"]), Path(export["cf"])
+    manifest = data / "features" / f"{export['cf_prefix']}_item.json"
     if not manifest.exists() or not (run / "metrics.json").exists():
         return None
     saved = json.loads(manifest.read_text())
