@@ -37,6 +37,12 @@ class TableConfig:
         None,
         "multi-seed runs: the metric of the paired t-test against the first one (default: the first shown)",
     )
+    vs_paper: bool = option(
+        False, "reproduced vs the paper's reported numbers, with the difference (runs of 'llmrec reproduce')"
+    )
+    paper: str | None = option(
+        None, "with --vs-paper: the shipped setting the runs reproduce (default: what each run recorded)"
+    )
 
 
 def read_metrics(run: str | Path) -> dict[str, dict[str, float]]:
@@ -211,9 +217,66 @@ def check_compare(cfg: TableConfig, groups: list[bool]) -> None:
         )
 
 
+def paper_record(run: Path, paper: str | None = None) -> dict:
+    """Which paper setting, dataset and row a run reproduces, and the paper's numbers for it: the
+    ``reproduce.json`` that ``llmrec reproduce`` wrote, or (``paper``) that setting's row named like the run
+    folder, on the dataset named like its parent folder."""
+    if paper is None:
+        path = run / "reproduce.json"
+        if not path.exists():
+            raise LlmrecError(
+                "the run does not say which paper setting it reproduces (no reproduce.json)",
+                file=run,
+                hint="name the setting: --paper NAME ('llmrec reproduce --list')",
+            )
+        return read_json(path)
+    from llmrec.experiments.reproduce import load_setting
+
+    setting = load_setting(paper)
+    dataset = run.parent.name if run.parent.name in setting.datasets else next(iter(setting.datasets))
+    return {
+        "setting": paper,
+        "dataset": dataset,
+        "row": run.name,
+        "metrics": setting.metrics,
+        "reported": (setting.reported.get(dataset) or {}).get(run.name),
+    }
+
+
+def vs_paper_table(cfg: TableConfig) -> str:
+    """One line per run and metric: reproduced, reported, and reproduced minus reported."""
+    rows = []
+    for run in map(Path, cfg.runs):
+        record = paper_record(run, cfg.paper)
+        values = _split_metrics(run, cfg.split)
+        reported = record.get("reported") or {}
+        for m in record.get("metrics") or sorted(reported):
+            ours, theirs = values.get(m), reported.get(m)
+            diff = None if ours is None or theirs is None else ours - theirs
+            rows.append(
+                [
+                    f"{record['setting']} {record['dataset']}",
+                    record["row"],
+                    m,
+                    _cell(ours, None, 4),
+                    _cell(theirs, None, 4),
+                    "-" if diff is None else f"{diff:+.4f}",
+                ]
+            )
+    cols = ["setting", "row", "metric", "reproduced", "reported", "difference"]
+    return "\n".join(markdown_table(cols, "---rrr", rows))
+
+
 def make_table(cfg: TableConfig) -> str:
+    """The table of ``cfg.runs`` as Markdown (also written to ``cfg.out``); ``cfg.vs_paper``: against the
+    paper's numbers."""
     if not cfg.runs:
         raise LlmrecError("no run directories given", hint="llmrec table runs/a runs/b ...")
+    if cfg.vs_paper or cfg.paper:
+        md = vs_paper_table(cfg)
+        if cfg.out:
+            write_text_atomic(Path(cfg.out).with_suffix(".md"), md + "\n")
+        return md
     df = collect(cfg.runs, cfg.split, cfg.metrics)
     groups = [seed_runs(r) is not None for r in cfg.runs]
     if cfg.compare is not None:

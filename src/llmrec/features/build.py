@@ -250,6 +250,24 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
     return out
 
 
+def features_to_compute(cfg: FeaturesConfig) -> list[str]:
+    """The names of the text/image features ``cfg`` asks for that are missing or stale (``llmrec
+    reproduce`` skips the step when there are none); nothing is loaded or computed."""
+    from llmrec.data.images import image_paths
+
+    ds = Dataset(Path(cfg.data))
+    root, todo = ds.features_dir, []
+    if cfg.text:
+        spec = _text_spec(ds, cfg, item_texts(ds, cfg.template))
+        if cfg.force or not is_current(root, cfg.text_name, spec):
+            todo.append(cfg.text_name)
+    if cfg.image:
+        spec = _image_spec(ds, cfg, image_paths(ds))
+        if cfg.force or not is_current(root, cfg.image_name, spec):
+            todo.append(cfg.image_name)
+    return todo
+
+
 def build_features(cfg: FeaturesConfig) -> dict[str, Any]:
     """Compute the requested features; return their manifests by name."""
     from llmrec.devices import resolve_device

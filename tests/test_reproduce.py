@@ -1,0 +1,215 @@
+"""``llmrec reproduce`` and ``llmrec table --vs-paper``: every shipped paper setting resolves, the dry run
+prints the whole plan offline, and a setting runs end to end at tiny scale (tiny local models swapped in,
+small raw files in the published layout), resumes by skipping what is done and refuses a changed setting."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmrec.cli import main
+from llmrec.errors import LlmrecError
+from llmrec.experiments.reproduce import (
+    ReproduceConfig,
+    available_settings,
+    execute,
+    load_setting,
+    plan,
+)
+
+PAPER_MODELS = {
+    "princeton-nlp/Sheared-LLaMA-2.7B",
+    "lmsys/vicuna-7b-v1.5",
+    "google/siglip-so400m-patch14-384",
+    "sentence-transformers/all-mpnet-base-v2",
+    "facebook/dino-vits16",
+}
+
+
+def test_every_table_and_figure_of_both_papers_is_shipped():
+    names = set(available_settings())
+    for cat in ("sports", "grocery", "art", "phone"):
+        assert f"illmrec-table1-{cat}" in names
+    for ds in ("movie", "netflix", "news"):
+        assert f"histllm-table2-{ds}" in names
+    expected = {"illmrec-table2", "illmrec-table3", "illmrec-table4", "illmrec-appendix-g", "illmrec-table7"}
+    expected |= {"illmrec-fig4", "illmrec-fig5", "illmrec-fig6", "histllm-table3", "histllm-table4"}
+    expected |= {"histllm-fig4", "histllm-fig5"}
+    assert expected <= names
+
+
+@pytest.mark.parametrize("name", available_settings())
+def test_setting_resolves_and_every_run_validates(name, tmp_path):
+    setting = load_setting(name)
+    steps = plan(setting, ReproduceConfig(name=name, data_root=str(tmp_path), out=str(tmp_path / "o")))
+    trains = [s for s in steps if " train " in s.label]
+    assert len(trains) == len(setting.runs) * len(setting.datasets)  # each validated by plan()
+    from llmrec.models.base import model_config
+
+    for row in setting.runs.values():  # LLM rows let the recipe set the paper's values
+        if hasattr(model_config(row.model, {}), "recipe"):
+            assert row.options.get("recipe") == "paper"
+    for dataset, rows in setting.reported.items():  # the paper's numbers belong to rows that exist
+        assert dataset in setting.datasets
+        assert set(rows) <= set(setting.runs)
+        assert all(set(m) == set(setting.metrics) for m in rows.values())
+    used = json.dumps([s.config for s in steps])
+    assert any(m in used for m in PAPER_MODELS)
+
+
+def test_reported_numbers_are_the_papers():
+    t1 = load_setting("illmrec-table1-sports").reported["amazon-sports"]
+    assert t1["illmrec"] == {"hit@5": 0.4570, "ndcg@5": 0.3711, "hit@10": 0.5689, "ndcg@10": 0.4071}
+    assert load_setting("illmrec-table1-grocery").reported["amazon-grocery"]["vbpr"]["ndcg@10"] == 0.263
+    t2 = load_setting("histllm-table2-news").reported["news"]
+    assert t2["histllm-transformer"] == {"auc": 0.6641, "uauc": 0.6868}
+    assert load_setting("histllm-table3").reported["netflix"]["no-vma"] == {"auc": 0.6695, "uauc": 0.6564}
+
+
+def test_dry_run_prints_the_whole_plan_without_network(tmp_path, capsys, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the dry run opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = [
+        "reproduce",
+        "illmrec-table1-sports",
+        "--dry-run",
+        "--data-root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for step in (
+        "prepare",
+        "images",
+        "features siglip",
+        "features mpnet",
+        "describe summary",
+        "CF run sasrec",
+    ):
+        assert f"amazon-sports: {step}: to run" in out
+    assert "train illmrec (illmrec)" in out and "evaluate illmrec" in out
+    assert "llmrec prepare amazon2018" in out and "Sports_and_Outdoors_5.json.gz: MISSING" in out
+    assert "backbone princeton-nlp/Sheared-LLaMA-2.7B: MISSING" in out
+    assert "estimate: 2.70B parameters" in out and "GiB training" in out
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_estimate_formula_by_hand():
+    from llmrec.experiments.estimate import GIB, Shape, estimate
+
+    s = Shape(hidden=4, layers=2, heads=2, kv_heads=1, ffn=8, vocab=10, tied=False)
+    assert s.params == 10 * 4 * 2 + 2 * (2 * 16 + 2 * 4 * 2 + 3 * 4 * 8)  # 80 + 2 * 144 = 368
+    e = estimate(
+        s, batch=2, tokens=3, train_examples=5, epochs=2, eval_examples=7, trainable=10, tflops=1e-12
+    )
+    assert e["train_memory_gib"] * GIB == pytest.approx(
+        368 * 2 + 10 * 16 + 34 * 2 * 3 * 4 * 2 + 2 * 3 * 10 * 4
+    )
+    assert e["train_hours"] * 3600 == pytest.approx(6 * 368 * 3 * 5 * 2)
+    assert e["eval_hours"] * 3600 == pytest.approx(2 * 368 * 3 * 7)
+
+
+# ----------------------------------------------------------------------------- end to end, tiny
+
+
+def _amazon2018_files(folder: Path, users: int = 24, items: int = 16) -> None:
+    """Reviews and metadata in the Amazon 2018 layout (gzipped JSON lines), pictures as file:// URLs."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with gzip.open(folder / "Sports_and_Outdoors_5.json.gz", "wt") as f:
+        for u in range(users):
+            for t, i in enumerate(rng.choice(items, size=7, replace=False)):
+                rec = {
+                    "overall": 5.0,
+                    "reviewerID": f"U{u}",
+                    "asin": f"A{i}",
+                    "unixReviewTime": 1_500_000_000 + t,
+                }
+                f.write(json.dumps(rec) + "\n")
+    with gzip.open(folder / "meta_Sports_and_Outdoors.json.gz", "wt") as f:
+        for i in range(items):
+            picture = folder / "pictures" / f"A{i}.png"
+            picture.parent.mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(picture)
+            rec = {
+                "asin": f"A{i}",
+                "title": f"Item {i}",
+                "brand": f"Brand {i % 3}",
+                "category": ["Sports", f"Kind {i % 4}"],
+                "description": [f"A thing number {i}."],
+                "feature": [f"Bullet {i}"],
+                "imageURLHighRes": [picture.as_uri()],
+            }
+            f.write(json.dumps(rec) + "\n")
+
+
+@pytest.mark.slow
+def test_illmrec_setting_end_to_end_tiny_then_resumes_and_refuses_a_change(tmp_path, tiny_llm, capsys):
+    _amazon2018_files(tmp_path / "raw" / "amazon-sports")
+    swap = {
+        "princeton-nlp/Sheared-LLaMA-2.7B": tiny_llm,
+        "google/siglip-so400m-patch14-384": "efficientnet-lite0",
+        "sentence-transformers/all-mpnet-base-v2": "all-minilm-l6-v2",
+    }
+    cfg = ReproduceConfig(
+        name="illmrec-table1-sports",
+        data_root=str(tmp_path / "raw"),
+        out=str(tmp_path / "o"),
+        only=["illmrec"],
+        device="cpu",
+    )
+
+    def tiny(setting):  # the paper's epochs and generation lengths, cut to seconds
+        ds = setting.datasets["amazon-sports"]
+        ds["describe"][0]["max_new_tokens"] = 4
+        ds["prepare"]["num_negatives"] = 5  # of 16 items
+        ds["cf"]["options"].update(epochs=1)
+        setting.runs["illmrec"].options.update(epochs=1, batch_size=8, max_history_tokens=200)
+        return setting
+
+    steps = plan(tiny(load_setting(cfg.name, swap)), cfg)
+    assert execute(steps) == (len(steps) - 1, 1)  # the evaluation ran with the training
+    run = tmp_path / "o" / "runs" / "illmrec-table1-sports" / "amazon-sports" / "illmrec"
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert {"hit@5", "ndcg@5", "hit@10", "ndcg@10"} <= set(metrics)
+    assert json.loads((run / "reproduce.json").read_text())["reported"]["hit@5"] == 0.4570
+
+    capsys.readouterr()
+    assert execute(plan(tiny(load_setting(cfg.name, swap)), cfg)) == (0, len(steps))  # all current: skipped
+    assert "skipped (trained with this configuration)" in capsys.readouterr().out
+
+    changed = tiny(load_setting(cfg.name, swap))
+    changed.runs["illmrec"].options["lr"] = 0.5
+    with pytest.raises(LlmrecError, match="another configuration"):
+        execute(plan(changed, cfg))
+
+    assert main(["table", str(run), "--vs-paper"]) == 0
+    table = capsys.readouterr().out
+    assert "| illmrec-table1-sports amazon-sports | illmrec | hit@5 |" in table
+    assert f"{metrics['hit@5'] - 0.4570:+.4f}" in table
+
+
+def test_table_vs_paper_from_the_setting_name(tmp_path, capsys):
+    run = tmp_path / "histllm-table3" / "netflix" / "no-vma"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"test": {"auc": 0.7, "uauc": 0.6}}))
+    assert main(["table", str(run), "--vs-paper", "--paper", "histllm-table3"]) == 0
+    out = capsys.readouterr().out
+    assert "| histllm-table3 netflix | no-vma | auc | 0.7000 | 0.6695 | +0.0305 |" in out
+    assert "| histllm-table3 netflix | no-vma | uauc | 0.6000 | 0.6564 | -0.0564 |" in out
+    assert main(["table", str(run), "--vs-paper"]) != 0  # the run does not say which setting: one line
+    assert "--paper NAME" in capsys.readouterr().err
+    assert main(["table", str(run), "--vs-paper", "--paper", "nope"]) != 0
+    assert "no shipped setting 'nope'" in capsys.readouterr().err
