@@ -12,25 +12,11 @@ import torch
 
 import test_illmrec
 from llmrec.assets import DEFAULT_LLM
-from test_illmrec_recipes import BRAND_QUESTIONS, ILA
+from test_illmrec_recipes import BRAND_QUESTIONS, HEAD, ILA, IRE, ITEMS, TAIL, VICUNA
 
 ill_dataset = test_illmrec.ill_dataset  # fixture
 _model = test_illmrec._model
 
-HEAD = (
-    "Your job is to recommend a suitable next item based on a user's interacted items. This user has "
-    "chronologically interacted with following items: ["
-)
-ITEMS = "{Title: Item 3, Visual representation: [VISUAL]}, {Title: Item 4, Visual representation: [VISUAL]}"
-TAIL = "], where each interacted item's information is contained in curly brackets (i.e.,{}). "
-IRE = (
-    "Please conduct an analysis of user preferences based on the interacted items, and then generate a "
-    "recommendation token for the next item to be consumed: [REC]"
-)
-VICUNA = (
-    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-    "detailed, and polite answers to the user's questions."
-)
 CORPUS = [HEAD, TAIL, IRE, VICUNA, "USER: ASSISTANT: The brand of the next item to be consumed is Title Item"]
 
 
