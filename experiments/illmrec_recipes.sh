@@ -6,7 +6,10 @@
 #   llmrec-e2e  the llmrec recipe's defaults, 3 epochs x 296 users, end to end only
 #   official  8 fixed epochs x 111 users, batch 8 (111 steps), AdamW lr 5e-5 linear decay, clipping 1.0, the
 #             embedding matrix trained, official prompts/windows/negatives/ILA values, no validation
-#   paper     8 fixed epochs x 111 users, batch 32 (32 steps), lr 1e-3, frozen LLM, ReLU adaptor, else official
+#   paper     8 fixed epochs x 111 users, batch 32 (32 steps), lr 1e-3, frozen LLM, ReLU adaptor, IRE summed over
+#             the feature types (Eq. 7; one type here: the same as the mean), else official
+# Under both official recipes the prompts are tokenised as tokenizer(text); bf16 modules and fp16 scoring apply
+# only where the LM is in half precision (a GPU): on the CPU these runs are fp32 throughout.
 # Dataset-specific settings shared by all three, as in illmrec_synthetic.sh: windows of 2..4 items and a 4-item
 # test history (the catalog's rule needs only the last items).
 set -euo pipefail

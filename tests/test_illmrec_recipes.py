@@ -61,18 +61,18 @@ def test_official_framing_pins_ire_and_ila_text_and_ids(ill_dataset, tiny_llm):
     history, target = np.array([3, 4]), np.array([5])
     ire = m.build_ire([history])
     text, _ = _texts(m, ire)
-    assert text == "<|im_start|>" + HEAD + ITEMS + TAIL + IRE  # BOS, raw text, no chat template
+    # raw text, no chat template, tokenised as tokenizer(text): this tokenizer adds no BOS, so there is none
+    assert text == HEAD + ITEMS + TAIL + IRE
     ids = ire["ids"][0][ire["mask"][0].bool()].tolist()
-    assert ids[0] == tok.bos_token_id
-    assert ids[1:] == tok(HEAD + ITEMS + TAIL + IRE, add_special_tokens=False)["input_ids"]
+    assert ids == tok(HEAD + ITEMS + TAIL + IRE)["input_ids"] and tok.bos_token_id not in ids
     ila = m.build_ila([history], target, np.random.default_rng(0))
     question, answer = _texts(m, ila)
-    start = "<|im_start|>" + VICUNA + " USER: " + HEAD + ITEMS + TAIL + ILA
+    start = VICUNA + " USER: " + HEAD + ITEMS + TAIL + ILA
     assert question.startswith(start) and question.endswith(" ASSISTANT:")
     assert question[len(start) : -len(" ASSISTANT:")] in BRAND_QUESTIONS
     assert answer == " The brand of the next item to be consumed is 'brand2'<|im_end|>"  # item 5: brand 5 % 3
-    q_ids = ila["ids"][0][ila["mask"][0].bool()][ila["labels"][0][: ila["mask"][0].sum()] == -100].tolist()
-    assert q_ids[0] == tok.bos_token_id and q_ids.count(tok.bos_token_id) == 1
+    ids = ila["ids"][0][ila["mask"][0].bool()].tolist()
+    assert ids == tok(question + answer)["input_ids"]  # one call (tests/test_illmrec_tokenisation.py: LLaMA)
 
 
 def test_chat_framing_is_the_backbone_template_without_an_extra_bos(ill_dataset, tiny_llm):
@@ -83,13 +83,13 @@ def test_chat_framing_is_the_backbone_template_without_an_extra_bos(ill_dataset,
     assert question.endswith("<|im_end|>\n<|im_start|>assistant\n") and not answer.startswith(" ")
 
 
-def test_official_framing_shares_only_the_bos_between_ire_and_ila(ill_dataset, tiny_llm):
+def test_official_framing_shares_no_text_between_ire_and_ila(ill_dataset, tiny_llm):
     m = _model(ill_dataset, tiny_llm, prompt_format="official")
-    assert m.prompt_head(["ire"]) == "<|im_start|>" + HEAD
-    assert m.prompt_head(["ila"]) == "<|im_start|>" + VICUNA + " USER: " + HEAD
-    assert m.prompt_head(["ire", "ila"]) == "<|im_start|>"
+    assert m.prompt_head(["ire"]) == HEAD
+    assert m.prompt_head(["ila"]) == VICUNA + " USER: " + HEAD
+    assert m.prompt_head(["ire", "ila"]) == ""  # (a tokenizer's own BOS is shared by the tree pass)
     batch = next(m.train_batches(ill_dataset, np.random.default_rng(0)))
-    loss = m.loss(batch)  # one pass + the cached BOS: same loss as whole prompts, one by one
+    loss = m.loss(batch)  # one pass: same loss as whole prompts, one by one
     with m.switched(one_pass=False, shared_prefix=False):
         assert torch.allclose(loss, m.loss(batch), atol=1e-5)
 
@@ -241,12 +241,11 @@ def test_prompts_command_prints_each_prompt_with_token_counts(ill_dataset, tiny_
         "evaluation: IRE prompt (test)",
     ]
     ire, ila, test = shown["prompts"]
-    assert ire["text"].startswith("<|im_start|>" + HEAD) and ire["text"].endswith(IRE)
-    assert ila["text"].startswith("<|im_start|>" + VICUNA) and ila["answer"].endswith("<|im_end|>")
+    assert ire["text"].startswith(HEAD) and ire["text"].endswith(IRE)  # this tokenizer adds no BOS
+    assert ila["text"].startswith(VICUNA) and ila["answer"].endswith("<|im_end|>")
     assert test["history_items"] == 10 and ire["answer_tokens"] == 0 < ila["answer_tokens"]
-    assert (
-        ire["constant_prefix_tokens"] == 1 and test["constant_prefix_tokens"] > 1
-    )  # training shares the BOS
+    # in training the IRE and ILA prompts share no text; at test the instruction is computed once
+    assert ire["constant_prefix_tokens"] == 0 and test["constant_prefix_tokens"] > 1
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "=== training: IRE prompt (" in out and "<|im_start|>user" in out and "--- answer (" in out

@@ -205,16 +205,24 @@ class Backbone(PrefixSharing, TokenBudget, nn.Module):
             self._chat_heads[head] = text[: text.index(sentinel)]
         return self._chat_heads[head]
 
-    def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Right-padded ids and mask; placeholders are single tokens. No BOS/EOS is added beyond the template's."""
+    def tokenize(
+        self, texts: list[str], max_length: int | None = None, special_tokens: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Right-padded ids and mask; placeholders are single tokens. No BOS/EOS is added beyond the template's,
+        unless ``special_tokens``: then each row is what ``tokenizer(text)`` gives, with the tokenizer's own
+        special tokens (LLaMA's BOS), as code that calls the tokenizer plainly builds its prompts."""
         return self.tokenizer(
             texts,
             return_tensors="pt",
             padding=True,
-            add_special_tokens=False,
+            add_special_tokens=special_tokens,
             truncation=max_length is not None,
             max_length=max_length,
         )
+
+    def encode(self, text: str, special_tokens: bool = False) -> list[int]:
+        """The ids of one text (with the tokenizer's own special tokens when ``special_tokens``)."""
+        return list(self.tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
 
     def embed(self, input_ids: torch.Tensor, inject: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, d) input embeddings with placeholder positions replaced.
@@ -349,17 +357,21 @@ class Backbone(PrefixSharing, TokenBudget, nn.Module):
         return hidden[mask]  # (B, d)
 
     def show(
-        self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None, head: str = ""
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        head: str = "",
+        special_tokens: bool = False,
     ) -> dict[str, Any]:
         """One tokenised prompt row (T,) as a person should see it (``llmrec prompts``): the exact text of its
         ids (special tokens and placeholders kept), the scored answer apart (``labels`` != -100), token
-        counts, and how many leading tokens the constant start ``head`` covers (computed once)."""
+        counts, and how many leading tokens the constant start ``head`` covers (computed once; tokenised
+        with the tokenizer's own special tokens when ``special_tokens``, as the prompts were)."""
         ids = ids[mask.bool()]
         scored = labels[: len(ids)] != -100 if labels is not None else torch.zeros(len(ids), dtype=torch.bool)
         shared = self.common_prefix(
-            self.tokenizer(head, add_special_tokens=False)["input_ids"] if head else [],
-            ids[None],
-            mask[None, : len(ids)],
+            self.encode(head, special_tokens) if head else [], ids[None], mask[None, : len(ids)]
         )
         decode = functools.partial(self.tokenizer.decode, skip_special_tokens=False)
         return {

@@ -34,7 +34,7 @@ log = logging.getLogger("llmrec.llm.backbone")
 class SharedPrefix:
     """The KV cache of a prompt start many prompts share: its token ids and the key it was computed under."""
 
-    key: tuple[Any, ...]  # (text, device, dtype, LoRA weight versions)
+    key: tuple[Any, ...]  # (text, special tokens, device, dtype, LoRA weight versions)
     ids: list[int]
     cache: Any = field(repr=False)  # a transformers DynamicCache of one row
 
@@ -58,7 +58,7 @@ class PrefixSharing:
     model: Any  # the (peft-wrapped) causal LM
     tokenizer: Any
     cfg: Any  # the BackboneConfig
-    _prefixes: dict[str, SharedPrefix]  # constant prompt starts, by text
+    _prefixes: dict[str, SharedPrefix]  # constant prompt starts, by text (and special tokens)
     _told_fallback: bool  # whether the one-pass fallback was logged
 
     if TYPE_CHECKING:  # what Backbone provides
@@ -88,10 +88,12 @@ class PrefixSharing:
         return list(self._prefixes.values())
 
     def constant_prefix(
-        self, text: str, batches: list[tuple[torch.Tensor, torch.Tensor]]
+        self, text: str, batches: list[tuple[torch.Tensor, torch.Tensor]], special_tokens: bool = False
     ) -> SharedPrefix | None:
         """The cached KV of the prompt start ``text`` (placeholder-free: a system prompt, an instruction) when
         every row of every (ids, mask) in ``batches`` starts with its tokens, else None (run whole prompts).
+        ``special_tokens``: the prompts were tokenised with the tokenizer's own special tokens, so ``text``
+        is too (its BOS, if the tokenizer adds one, is then part of the prefix, once).
 
         Computed once per text, device, dtype and trained LM weights (LoRA, a trained embedding matrix: any
         optimiser step changes them) and only where it cannot carry gradient: None while gradients are on
@@ -109,16 +111,17 @@ class PrefixSharing:
         versions = tuple(  # bumped by every optimiser step
             p._version for n, p in self.model.named_parameters() if "lora_" in n or p is trained
         )
-        key = (text, self.device, self.dtype, versions)
-        prefix = self._prefixes.get(text)
+        key = (text, special_tokens, self.device, self.dtype, versions)
+        name = ("\x00special\x00" if special_tokens else "") + text
+        prefix = self._prefixes.get(name)
         if prefix is None or prefix.key != key:
-            text_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            text_ids = list(self.tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
             ids, mask = batches[0]
             n = self.common_prefix(text_ids, ids, mask)
             if n == 0:
                 return None
             prefix = SharedPrefix(key, text_ids[:n], self.prefix_cache(ids[:1, :n]))
-            self._prefixes[text] = prefix
+            self._prefixes[name] = prefix
         if any(self.common_prefix(prefix.ids, ids, mask) < len(prefix) for ids, mask in batches):
             return None  # a token boundary differs in this batch: the unshared path is exact
         return prefix

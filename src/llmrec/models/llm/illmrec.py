@@ -63,7 +63,8 @@ from llmrec.placement import Placement
 
 log = logging.getLogger(__name__)
 
-ILA_ANSWER_TOKENS = 96  # ILA answers are cut to this many tokens (+ EOS)
+ILA_ANSWER_TOKENS = 96  # chat framing: ILA answers are cut to this many tokens, then the EOS (never cut)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @register_model("illmrec")
@@ -92,6 +93,9 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             )
         self.backbone: Backbone | None = None  # built by attach(): it needs the dataset's feature sizes
         self.source: dict[str, Any] = {}
+        # while scored in ``eval_dtype``: the trained weights as trained (what a save writes, what training
+        # continues from)
+        self._as_trained: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ building against a dataset
     def feature_needs(self) -> dict[str, str]:
@@ -125,6 +129,8 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
                 context,
             )
         self._build_modules(feats, has_image)
+        if self.cfg.trainable_dtype == "backbone":  # as the official code: pure bf16 on a GPU
+            self._cast_modules(self.backbone.dtype)
         self._texts = self._item_texts(ds, shown)
         self._has_bullets = any(t.features for t in self._texts)
         self._rendered: dict[str, list[str]] = {}
@@ -187,6 +193,19 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             # image-less items are retrieved through their text feature, with a projector of its own
             self.item_proj["image_fallback"] = projector(feats["text"].dim, cfg.d_shared)
 
+    def _cast_modules(self, dtype: torch.dtype) -> None:
+        """Adaptors, projectors and [REC] (every module but the LM) in ``dtype``; the feature tables stay
+        float32 and are cast where they enter a module (:attr:`module_dtype`)."""
+        for name, child in self.named_children():
+            if name != "backbone":
+                child.to(dtype)
+        self.rec.data = self.rec.data.to(dtype)
+
+    @property
+    def module_dtype(self) -> torch.dtype:
+        """The dtype of the adaptors, projectors and [REC] (``trainable_dtype``; ``eval_dtype`` while scored)."""
+        return self.rec.dtype
+
     def build_adaptors(self, feats: dict[str, Any], d: int) -> None:
         """The adaptor M of the image feature into the LM's input space (d), and the [CF] token's (hook)."""
         cfg = self.cfg
@@ -238,13 +257,26 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
     # ------------------------------------------------------------------ prompts
     def frame(self, text: str, kind: Literal["ire", "ila"]) -> str:
         """The prompt the LM reads around the IRE prompt or ILA question ``text`` (``prompt_format``): the
-        backbone's chat template, or the official code's raw text after the tokenizer's BOS (IRE) and
-        Vicuna-v1 conversation (ILA; the answer follows after a space)."""
+        backbone's chat template, or the official code's raw text (IRE) and Vicuna-v1 conversation (ILA; the
+        answer follows after a space), which the tokenizer then frames with its own special tokens (see
+        :attr:`special_tokens`)."""
         assert self.backbone is not None
         if self.cfg.prompt_format == "chat":
             return self.backbone.chat(text)
-        bos = self.backbone.tokenizer.bos_token or ""
-        return bos + (text if kind == "ire" else vicuna_question(text))
+        return text if kind == "ire" else vicuna_question(text)
+
+    @property
+    def special_tokens(self) -> bool:
+        """Whether prompts are tokenised with the tokenizer's own special tokens: under the official framing,
+        ``tokenizer(text)`` as the official code calls it (LLaMA's BOS, added by the tokenizer; a BOS
+        prepended as a string instead changes the first word of a SentencePiece/Metaspace tokenizer); the chat
+        framing's template writes its special tokens itself."""
+        return self.cfg.prompt_format == "official"
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of the framed prompt ``text`` as the model tokenises it (special tokens included)."""
+        assert self.backbone is not None
+        return len(self.backbone.encode(text, self.special_tokens))
 
     def prompt_head(self, kinds: list[str]) -> str:
         """The constant start every prompt of ``kinds`` ("ire", "ila") has, up to the history's first item:
@@ -290,10 +322,9 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         :meth:`fit_history` (``budget`` tokens of items), then corrected by counting the prompt itself (an
         item is added back only within ``max_history_tokens``)."""
         assert self.backbone is not None
-        backbone = self.backbone
 
         def fits(items: np.ndarray) -> bool:
-            return backbone.count_tokens(self.frame(ire_prompt(self._prompt_parts(items)[0]), "ire")) <= limit
+            return self.count_tokens(self.frame(ire_prompt(self._prompt_parts(items)[0]), "ire")) <= limit
 
         return token_budget.fit_prompt(history, self.rendered()[1], budget, fits, self.cfg.max_history_tokens)
 
@@ -309,7 +340,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         at most ``max_history_tokens``."""
         assert self.backbone is not None
         limit = self._limit(answer_tokens)
-        fixed = self.backbone.count_tokens(overhead_text)
+        fixed = self.count_tokens(overhead_text)
         return token_budget.history_budget(limit, fixed, self.cfg.max_history_tokens)
 
     def _check_context(self, mask: torch.Tensor) -> None:
@@ -331,7 +362,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             prompts.append(self.frame(ire_prompt(rendered), "ire"))
             visual += v
             cf += c
-        enc = self.backbone.tokenize(prompts)
+        enc = self.backbone.tokenize(prompts, special_tokens=self.special_tokens)
         self._check_context(enc["attention_mask"])
         return {
             "ids": enc["input_ids"],
@@ -343,24 +374,39 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
     def build_ila(
         self, histories: list[np.ndarray], targets: np.ndarray, rng: np.random.Generator
     ) -> dict[str, torch.Tensor]:
-        """ILA examples: a random property question about the target; labels only on the answer (+ EOS)."""
+        """ILA examples: a random property question about the target; labels only on the answer and its EOS.
+
+        Official framing: question, answer and EOS are one text tokenised in one call (``tokenizer(text)``,
+        as the official code), the labels masking the question's own token count, and the answer is never
+        cut (the history makes room for it). Chat framing: the answer is tokenised apart, cut to
+        ``ILA_ANSWER_TOKENS``, then its EOS (always kept)."""
         assert self.backbone is not None
         tok = self.backbone.tokenizer
-        budget = (
-            self._budget(self.frame(ila_question([], "description", 0), "ila"), ILA_ANSWER_TOKENS + 1) - 64
-        )
-        space = " " if self.cfg.prompt_format == "official" else ""  # "ASSISTANT: <answer>"
+        eos = tok.eos_token or ""
         ids, labels, visual, cf = [], [], [], []
         for h, t in zip(histories, targets):
-            rendered, v, c = self._prompt_parts(self.fit_history(h, budget))
             field = self.cfg.ila_fields[int(rng.integers(len(self.cfg.ila_fields)))]
-            question = self.frame(ila_question(rendered, field, int(rng.integers(5))), "ila")
+            template = int(rng.integers(5))
             value = self.ila_value(self._texts[int(t)], field, rng)
-            answer = space + ila_answer(field, value, self.cfg.max_description_chars) + (tok.eos_token or "")
-            q = tok(question, add_special_tokens=False)["input_ids"]
-            a = tok(answer, add_special_tokens=False)["input_ids"][:ILA_ANSWER_TOKENS]
-            ids.append(q + a)
-            labels.append([-100] * len(q) + a)
+            answer = ila_answer(field, value, self.cfg.max_description_chars)
+            if self.special_tokens:
+                answer_ids: list[int] = []  # counted in the whole text below
+                reserve = len(self.backbone.encode(" " + answer + eos))
+            else:
+                answer_ids = self.backbone.encode(answer)[:ILA_ANSWER_TOKENS]
+                answer_ids += [tok.eos_token_id] if tok.eos_token_id is not None else []
+                reserve = ILA_ANSWER_TOKENS + 1
+            budget = self._budget(self.frame(ila_question([], "description", 0), "ila"), reserve) - 64
+            rendered, v, c = self._prompt_parts(self.fit_history(h, budget))
+            question = self.frame(ila_question(rendered, field, template), "ila")
+            if self.special_tokens:  # "... ASSISTANT: <answer></s>" in one call
+                row = self.backbone.encode(question + " " + answer + eos, special_tokens=True)
+                asked = len(self.backbone.encode(question, special_tokens=True))
+            else:
+                row = self.backbone.encode(question) + answer_ids
+                asked = len(row) - len(answer_ids)
+            ids.append(row)
+            labels.append([-100] * asked + row[asked:])
             visual += v
             cf += c
         width = max(map(len, ids))
@@ -405,7 +451,11 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         ):
             head = self.prompt_head(kinds) if kinds else ""
             row = self.backbone.show(
-                enc["ids"][0], enc["mask"][0], enc["labels"][0] if "labels" in enc else None, head
+                enc["ids"][0],
+                enc["mask"][0],
+                enc["labels"][0] if "labels" in enc else None,
+                head,
+                self.special_tokens,
             )
             row["history_items"] = row["text"].count("{Title: ")  # data text holds no braces
             shown.append({"name": name, **row})
@@ -502,7 +552,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         if not len(items):
             return
         unique, where = torch.unique(items, return_inverse=True)
-        values = getattr(self, adaptor)(getattr(self, table)[unique])[where]  # (n, d)
+        values = getattr(self, adaptor)(getattr(self, table)[unique].to(self.module_dtype))[where]  # (n, d)
         for inj, part in zip(out, values.split([len(x) for x in lists])):
             if len(part):
                 inj[name] = part
@@ -522,7 +572,9 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         prompts = [(batch[f"{x}_ids"], batch[f"{x}_mask"], inj) for x, inj in zip(parts, inject)]
         prefix, head = None, self.prompt_head(parts) if self.opts.shared_prefix else ""
         if head:
-            prefix = self.backbone.constant_prefix(head, [(ids, mask) for ids, mask, _ in prompts])
+            prefix = self.backbone.constant_prefix(
+                head, [(ids, mask) for ids, mask, _ in prompts], self.special_tokens
+            )
         hidden = self.backbone.hidden_many(prompts, prefix, one_pass=self.opts.one_pass)
         return hidden, len(prefix) if prefix is not None else 0
 
@@ -550,19 +602,21 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
     def read_state(self, raw: torch.Tensor) -> torch.Tensor:
         """(B, d) the [REC] state standardised with the fixed statistics of the projectors-alone stage
         (the identity until that stage sets them)."""
-        return (raw - self.state_mean) / self.state_std
+        return ((raw - self.state_mean) / self.state_std).to(self.module_dtype)
 
     def item_vectors(self, feature: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """(n, d_s) projected item representations o_i for one feature type (all items when ``items`` is None)."""
         idx = items if items is not None else torch.arange(self.n_items, device=self.rec.device)
-        proj = self.item_proj[feature](getattr(self, f"feat_{feature}")[idx])  # (n, d_s)
+        dtype = self.module_dtype
+        proj = self.item_proj[feature](getattr(self, f"feat_{feature}")[idx].to(dtype))  # (n, d_s)
         if feature == "image" and "image_fallback" in self.item_proj:
-            fallback = self.item_proj["image_fallback"](self.feat_text[idx])  # (n, d_s)
+            fallback = self.item_proj["image_fallback"](self.feat_text[idx].to(dtype))  # (n, d_s)
             proj = torch.where(self.has_image[idx].unsqueeze(-1), proj, fallback)
         return proj
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        """End to end (Eq. 7): IRE, plus ILA when ``ila`` (both prompts in one LLM pass, see :meth:`llm`)."""
+        """End to end (Eq. 7): IRE (over the feature types as ``ire_reduction`` says), plus ILA when ``ila``
+        (both prompts in one LLM pass, see :meth:`llm`)."""
         assert self.backbone is not None
         if not self.cfg.ila or "ire_state" in batch:
             return self.ire_loss(batch)
@@ -572,8 +626,9 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
 
     def ire_loss(self, batch: Batch, raw_state: torch.Tensor | None = None) -> torch.Tensor:
         """IRE (Eq. 5-6): BCE of the target and of one random negative per feature type, averaged over the
-        types; from the batch's prompts, from their [REC] states ``raw_state``, or from the cached states
-        (projectors alone)."""
+        types (the official code) or summed (``ire_reduction=sum``: Eq. 7's sum over the types); from the
+        batch's prompts, from their [REC] states ``raw_state``, or from the cached states (projectors alone).
+        The logits come in the modules' dtype; the BCE is taken in float32."""
         if "ire_state" in batch:  # projectors alone: the state was cached
             raw_state = batch["ire_state"]
         elif raw_state is None:
@@ -585,13 +640,13 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         for i, t in enumerate(self.cfg.features):
             o_u = self.user_proj[t](h)  # (B, d_s)
             negative = batch["negative"] if batch["negative"].dim() == 1 else batch["negative"][:, i]  # (B,)
-            pos = (o_u * self.item_vectors(t, batch["target"])).sum(-1) * self.score_scale  # (B,)
-            neg = (o_u * self.item_vectors(t, negative)).sum(-1) * self.score_scale  # (B,)
+            pos = (o_u * self.item_vectors(t, batch["target"])).sum(-1).float() * self.score_scale  # (B,)
+            neg = (o_u * self.item_vectors(t, negative)).sum(-1).float() * self.score_scale  # (B,)
             ire.append(
                 F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
                 + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
             )
-        return torch.stack(ire).mean()
+        return torch.stack(ire).sum() if self.cfg.ire_reduction == "sum" else torch.stack(ire).mean()
 
     def ila_loss(self, batch: Batch) -> torch.Tensor:
         """ILA (Eq. 3): next-token loss of the answer about the target item's property."""
@@ -617,6 +672,53 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             if cache is not None:  # projectors alone: the prompt's state cannot change
                 cache.update(zip(keys, raw.detach().cpu()))
             yield self.read_state(raw)
+
+    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        """Scores of a model in eval mode (evaluated, recommending, serving) in ``eval_dtype``; validation
+        while training (the model in training mode) scores as trained."""
+        if not self.training:
+            self.to_eval_dtype()
+        return super().score_all(users, histories)
+
+    def scoring_dtype(self) -> torch.dtype | None:
+        """The dtype ``eval_dtype`` asks for here, or None (as trained: ``train``, or a half dtype on the
+        CPU, where half-precision products are many times slower than float32)."""
+        name = self.cfg.eval_dtype
+        if name == "train" or self.backbone is None:
+            return None
+        if name != "float32" and self.backbone.device.type == "cpu":
+            if not getattr(self, "_told_cpu_eval", False):
+                log.info("eval_dtype=%s is not applied on the CPU: scoring as trained", name)
+                self._told_cpu_eval = True
+            return None
+        return _DTYPES[name]
+
+    def to_eval_dtype(self) -> None:
+        """The LM and every module in :meth:`scoring_dtype` for scoring (a no-op when they are in it already);
+        the weights as trained are kept aside (:meth:`checkpoint_state` returns them; training mode brings
+        them back)."""
+        dtype = self.scoring_dtype()
+        assert self.backbone is not None
+        if dtype is None or (self.module_dtype == dtype and self.backbone.dtype == dtype):
+            return
+        if self._as_trained is None:
+            self._as_trained = self.checkpoint_state()
+            self._trained_dtypes = (self.backbone.dtype, self.module_dtype)
+        log.info("scoring in %s", str(dtype).removeprefix("torch."))
+        self.backbone.model.to(dtype)
+        self._cast_modules(dtype)
+
+    def train(self, mode: bool = True) -> ILLMRec:
+        """Training mode; a model scored in ``eval_dtype`` gets its dtypes and its trained weights back
+        first (exactly; the frozen LM as cast back from the scoring dtype)."""
+        if mode and self._as_trained is not None:
+            lm, modules = self._trained_dtypes
+            assert self.backbone is not None
+            self.backbone.model.to(lm)
+            self._cast_modules(modules)
+            state, self._as_trained = self._as_trained, None
+            self.load_state_dict(state, strict=False)
+        return super().train(mode)
 
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         items = {t: self.item_vectors(t) for t in self.cfg.features}  # (N, d_s) each
@@ -667,7 +769,10 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         return [first, self.head_stage(projectors, head_epochs)]
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
-        """Only what training changes (adaptors, projectors, [REC], LoRA): never the frozen LLM."""
+        """Only what training changes (adaptors, projectors, [REC], LoRA): never the frozen LLM. In the
+        dtypes they trained in, also while the model is scored in ``eval_dtype``."""
+        if self._as_trained is not None:
+            return {k: v.clone() for k, v in self._as_trained.items()}
         buffers = {n for n, _ in self.named_buffers() if n.startswith("state_")}  # statistics
         trainable = self._trainable | buffers
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable}

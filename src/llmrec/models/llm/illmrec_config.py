@@ -10,7 +10,9 @@ retrieval).
 
 Where the paper's text, the official code and llmrec's CPU-friendly defaults differ, ``recipe`` (paper /
 official / llmrec, :data:`RECIPES`) sets every such option at once: prompt framing (``prompt_format``: the
-chat template, or the official BOS + raw IRE text and Vicuna-v1 ILA conversation), the trained input-embedding
+chat template, or the official raw IRE text and Vicuna-v1 ILA conversation, tokenised as ``tokenizer(text)``
+with the tokenizer's own special tokens), precision (``trainable_dtype``, ``eval_dtype``), the IRE loss over
+feature types (``ire_reduction``: the paper's Eq. 7 sums, the official code averages), the trained input-embedding
 matrix (``backbone.train_embeddings``), the optimiser and schedule, fixed epochs without validation, window
 and negative samplers, ILA values from feature bullets, and the small constants; an option given beside it
 still wins.
@@ -66,7 +68,9 @@ class ILLMRecConfig(NeuralConfig):
     prompt_format: PromptFormat = option(
         "chat",
         "chat: both prompts in the backbone's chat template (when it has one); official: the IRE prompt as raw "
-        "text after the tokenizer's BOS, ILA as a Vicuna-v1 conversation, as the official code",
+        "text, ILA as a Vicuna-v1 conversation (question, answer and EOS tokenised in one call, never cut), each "
+        "tokenised as tokenizer(text) with the tokenizer's own special tokens (its BOS, if it adds one), as the "
+        "official code",
     )
     training: Literal["end2end", "two_stage"] = option(
         "end2end",
@@ -91,6 +95,23 @@ class ILLMRecConfig(NeuralConfig):
         None,
         "skip the first stage: start from a saved I-LLMRec model of the same configuration (its model/ "
         "folder) and train the projectors alone",
+    )
+    trainable_dtype: Literal["float32", "backbone"] = option(
+        "float32",
+        "dtype of what trains (adaptors, projectors, [REC]): float32, or backbone: the LM's weights dtype "
+        "(bf16 on a GPU; float32 on the CPU unless --dtype says otherwise), pure, as the official code trains them",
+    )
+    eval_dtype: Literal["train", "float16", "bfloat16", "float32"] = option(
+        "train",
+        "dtype of the LM and every module when a trained model is scored (evaluate, recommend, serve, the test "
+        "metrics after training; validation during training runs as trained): train: as trained; official "
+        "code: float16. A half dtype is not applied on the CPU (half-precision products are many times slower "
+        "there): scoring stays as trained",
+    )
+    ire_reduction: Literal["mean", "sum"] = option(
+        "mean",
+        "IRE losses over the feature types: mean (the official code) or sum (the paper's Eq. 7, which weighs "
+        "IRE against ILA by the number of feature types)",
     )
     adaptor_hidden: int = option(512, "hidden size of the 2-layer MLP adaptor", ge=1)
     adaptor_ln_eps: float = option(1e-5, "epsilon of the adaptor's LayerNorm (official code: 1e-8)", gt=0)
@@ -194,6 +215,9 @@ OFFICIAL: dict[str, Any] = {
     "scaled_scores": False,
     "max_prompt_tokens": None,
     "max_history_tokens": 3850,
+    "trainable_dtype": "backbone",
+    "eval_dtype": "float16",
+    "ire_reduction": "mean",
     "optimizer": "adamw",
     "adam_betas": [0.9, 0.999],
     "lr": 5e-5,
@@ -204,12 +228,19 @@ OFFICIAL: dict[str, Any] = {
     "batch_size": 8,
 }
 #: ``recipe``: named defaults. paper = what the paper's text states (frozen LLM, lr 1e-3, batch 32, a ReLU
-#: adaptor, plain dot products) and the official code wherever the text says nothing
+#: adaptor, plain dot products, the IRE losses summed over the feature types as Eq. 7 writes them) and the
+#: official code wherever the text says nothing (its prompts and tokenisation, bf16 training, fp16 evaluation)
 RECIPES: dict[str, dict[str, Any]] = {
     "llmrec": {},
     "official": OFFICIAL,
     "paper": merge(
         OFFICIAL,
-        {"backbone": {"train_embeddings": False}, "lr": 1e-3, "batch_size": 32, "adaptor_activation": "relu"},
+        {
+            "backbone": {"train_embeddings": False},
+            "lr": 1e-3,
+            "batch_size": 32,
+            "adaptor_activation": "relu",
+            "ire_reduction": "sum",
+        },
     ),
 }
