@@ -73,14 +73,68 @@ PACKAGES = (
     "httpx",
 )
 
-_WORDS = (
-    "soft light warm quick bright dark calm bold fresh classic modern simple rich smooth strong clean deep "
-    "sharp gentle heavy wild quiet cool round small large long short"
-).split()
-_NOUNS = (
-    "shoe bag lamp chair table phone case cable watch ring shirt coat bottle brush towel pillow blanket "
-    "speaker camera lens guitar ball racket glove helmet jacket"
-).split()
+_WORDS = tuple(
+    [
+        "soft",
+        "light",
+        "warm",
+        "quick",
+        "bright",
+        "dark",
+        "calm",
+        "bold",
+        "fresh",
+        "classic",
+        "modern",
+        "simple",
+        "rich",
+        "smooth",
+        "strong",
+        "clean",
+        "deep",
+        "sharp",
+        "gentle",
+        "heavy",
+        "wild",
+        "quiet",
+        "cool",
+        "round",
+        "small",
+        "large",
+        "long",
+        "short",
+    ]
+)
+_NOUNS = tuple(
+    [
+        "shoe",
+        "bag",
+        "lamp",
+        "chair",
+        "table",
+        "phone",
+        "case",
+        "cable",
+        "watch",
+        "ring",
+        "shirt",
+        "coat",
+        "bottle",
+        "brush",
+        "towel",
+        "pillow",
+        "blanket",
+        "speaker",
+        "camera",
+        "lens",
+        "guitar",
+        "ball",
+        "racket",
+        "glove",
+        "helmet",
+        "jacket",
+    ]
+)
 
 
 def synthetic_catalog(
