@@ -37,13 +37,13 @@ from llmrec.training import loop
 
 LR = 1e-3
 MODELS = {  # tiny options; the last stage runs 2 epochs, so a run can be interrupted after its first
-    "tallrec": {"train_examples": 16, "eval_examples": 16, "step1_epochs": 2, "step1_lr": LR},
+    "tallrec": {"train_examples": 16, "eval_examples": 8, "step1_epochs": 2, "step1_lr": LR},
     "histllm": {
         "mapper_hidden": 16,
         "encoder_dim": 16,
         "description_texts": None,
         "train_examples": 16,
-        "eval_examples": 16,
+        "eval_examples": 8,
         "step1_epochs": 1,
         "epochs": 2,
         "lr": LR,
@@ -54,14 +54,14 @@ MODELS = {  # tiny options; the last stage runs 2 epochs, so a run can be interr
         "batch_size": 8,
         "epochs": 2,
         "head_epochs": 0,
-        "eval_users": 8,
+        "eval_users": 4,
         "lr": LR,
     },
 }
 # I-LLMRec's adaptor, projectors and [REC] in the backbone's dtype (bf16), as the official code trains them,
 # once ILLMRecConfig has the option; until then they train in fp32 beside the bf16 LM
 ILLMREC_BF16 = {"trainable_dtype": "backbone"}
-EVAL = {"splits": ["test"], "ks": [5], "ranking_users": 8, "ctr_examples": 24, "full_ranking": False}
+EVAL = {"splits": ["test"], "ks": [5], "ranking_users": 6, "ctr_examples": 16, "full_ranking": False}
 BF16_SCORES = 0.3  # atol of bf16 vs fp32 scores (see the module docstring)
 
 
@@ -79,8 +79,9 @@ class Killed(Exception):
 
 def _train(name, catalog, lm, out, device):
     options = {**_options(name), "backbone": {"llm": lm, "lora_dropout": 0.0}}
+    evaluation = {**EVAL, "ctr": name != "illmrec"}  # I-LLMRec: its ranking only
     return llmrec.train(
-        name, data=catalog, out=out, options=options, device=device, dtype="bfloat16", eval=EVAL
+        name, data=catalog, out=out, options=options, device=device, dtype="bfloat16", eval=evaluation
     )
 
 
@@ -106,7 +107,20 @@ def reference_runs(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+# on the CPU one model (HistLLM: two stages, so a finished stage's weights and a checkpoint) keeps the suite
+# short; test_every_model_of_the_check_takes_its_options checks the other models' options there
+RESUME_CASES = [pytest.param("cpu", "histllm", id="cpu-histllm")] + [
+    pytest.param("cuda", name, id=f"cuda-{name}", marks=pytest.mark.gpu) for name in MODELS
+]
+
+
+def test_every_model_of_the_check_takes_its_options(tiny_lm):
+    for name in MODELS:
+        cfg = model_config(name, {**_options(name), "backbone": {"llm": tiny_lm, "lora_dropout": 0.0}})
+        assert cfg.backbone.llm == tiny_lm
+
+
+@pytest.mark.parametrize(("device", "name"), RESUME_CASES, indirect=["device"])
 def test_train_bf16_resume_and_evaluate_on_cpu(
     name, device, catalog, tiny_lm, reference_runs, tmp_path, monkeypatch, figures
 ):
@@ -245,7 +259,7 @@ def test_serve_a_run_on_the_device(device, catalog, tiny_lm, reference_runs, fig
 
     from llmrec.serve import create_app
 
-    run = reference_runs("tallrec", catalog, tiny_lm, device)
+    run = reference_runs("histllm", catalog, tiny_lm, device)
     model = llmrec.load(run, device=device, dtype="bfloat16")
     cands = ["i001", "i004", "i009", "i020"]
     with TestClient(create_app(model), raise_server_exceptions=False) as client:

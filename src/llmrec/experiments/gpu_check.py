@@ -73,68 +73,15 @@ PACKAGES = (
     "httpx",
 )
 
-_WORDS = tuple(
-    [
-        "soft",
-        "light",
-        "warm",
-        "quick",
-        "bright",
-        "dark",
-        "calm",
-        "bold",
-        "fresh",
-        "classic",
-        "modern",
-        "simple",
-        "rich",
-        "smooth",
-        "strong",
-        "clean",
-        "deep",
-        "sharp",
-        "gentle",
-        "heavy",
-        "wild",
-        "quiet",
-        "cool",
-        "round",
-        "small",
-        "large",
-        "long",
-        "short",
-    ]
-)
-_NOUNS = tuple(
-    [
-        "shoe",
-        "bag",
-        "lamp",
-        "chair",
-        "table",
-        "phone",
-        "case",
-        "cable",
-        "watch",
-        "ring",
-        "shirt",
-        "coat",
-        "bottle",
-        "brush",
-        "towel",
-        "pillow",
-        "blanket",
-        "speaker",
-        "camera",
-        "lens",
-        "guitar",
-        "ball",
-        "racket",
-        "glove",
-        "helmet",
-        "jacket",
-    ]
-)
+# the synthetic catalog's words (titles, descriptions)
+# fmt: off
+_WORDS = ("soft", "light", "warm", "quick", "bright", "dark", "calm", "bold", "fresh", "classic", "modern",
+    "simple", "rich", "smooth", "strong", "clean", "deep", "sharp", "gentle", "heavy", "wild", "quiet",
+    "cool", "round", "small", "large", "long", "short",)
+_NOUNS = ("shoe", "bag", "lamp", "chair", "table", "phone", "case", "cable", "watch", "ring", "shirt",
+    "coat", "bottle", "brush", "towel", "pillow", "blanket", "speaker", "camera", "lens", "guitar", "ball",
+    "racket", "glove", "helmet", "jacket",)
+# fmt: on
 
 
 def synthetic_catalog(
@@ -253,7 +200,7 @@ def random_llm(folder: str | Path, shape: str, data: str | Path, device: str = "
     ``data``'s words, saved as a folder that ``backbone.llm`` takes; built on ``device`` in bfloat16 for
     the large shape (2.7B weights: 5.4 GB on disk), in float32 for the tiny one."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     folder = Path(folder)
     dims = SHAPES[shape]
@@ -267,13 +214,8 @@ def random_llm(folder: str | Path, shape: str, data: str | Path, device: str = "
     )
     dtype = torch.float32 if shape == "tiny" else torch.bfloat16
     torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(previous)
+    with torch.device(device):  # initialised where it is built: 2.7B weights in seconds on a GPU
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model
