@@ -219,6 +219,8 @@ def random_llm(folder: str | Path, shape: str, data: str | Path, device: str = "
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the timed commands load the model again from the folder
     return str(folder)
 
 
