@@ -281,7 +281,7 @@ def run_gpu_timing(cfg: GpuTimingConfig) -> dict[str, Any]:
         )
         bench = TrainingBenchConfig(
             data="", synthetic_data=str(data), cases=["illmrec"], llm=llm, batch_size=cfg.batch_size,
-            steps=cfg.train_steps, threads=None, out=str(out / "bench-training"),
+            steps=cfg.train_steps, threads=None, out=str(out),
         )  # fmt: skip
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
