@@ -97,6 +97,8 @@ def synthetic_catalog(
     ``description_words`` words, and random item features ``image`` (1152-d, SigLIP's width), ``text``
     (768-d, all-mpnet-base-v2's), ``sasrec_item`` (50-d) and ``mf_item``/``mf_user`` (8-d): every feature the
     I-LLMRec and HistLLM-family defaults read."""
+    import pandas as pd
+
     from llmrec.data.dataset import Dataset
     from llmrec.data.processing import ProcessConfig, finalize, write_dataset
     from llmrec.data.schema import make_interactions, make_items
@@ -117,18 +119,17 @@ def synthetic_catalog(
                 "description": text,
             }
         )
-    rows = []
-    for u in range(users):
-        start = int(rng.integers(0, items))
-        for t in range(per_user):
-            rows.append(
-                {
-                    "user_id": f"u{u}",
-                    "item_id": f"i{(start + t) % items:03d}",
-                    "timestamp": 1000 + 10 * t + u,
-                    "rating": 5.0 if t % 2 == 0 else 2.0,
-                }
-            )
+    step = np.tile(np.arange(per_user), users)  # each user's t-th interaction
+    user = np.repeat(np.arange(users), per_user)
+    start = rng.integers(0, items, size=users)[user]
+    rows = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in user],
+            "item_id": [f"i{i:03d}" for i in (start + step) % items],
+            "timestamp": 1000 + 10 * step + user,
+            "rating": np.where(step % 2 == 0, 5.0, 2.0),
+        }
+    )
     out = Path(out)
     cfg = ProcessConfig(kcore=0, num_negatives=10, seed=3)
     write_dataset(
