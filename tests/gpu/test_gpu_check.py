@@ -35,6 +35,7 @@ from llmrec.models.base import build_model, model_config
 from llmrec.placement import Placement
 from llmrec.training import loop
 
+pytestmark = pytest.mark.xdist_group("gpu-check")  # one worker builds the catalog and the LM once (loadgroup)
 LR = 1e-3
 MODELS = {  # tiny options; the last stage runs 2 epochs, so a run can be interrupted after its first
     "tallrec": {"train_examples": 16, "eval_examples": 8, "step1_epochs": 2, "step1_lr": LR},
