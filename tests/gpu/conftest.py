@@ -35,11 +35,12 @@ def device(request) -> str:
     return request.param
 
 
-@pytest.fixture(autouse=True)
-def _part_device(request) -> None:
-    """The device of each part, for the report."""
-    if "device" in request.fixturenames:
-        request.node.user_properties.append(("device", request.node.callspec.params["device"]))
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The device of each part, for the report (before its fixtures: a skipped part is reported too)."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "device" in callspec.params:
+        item.user_properties.append(("device", callspec.params["device"]))
 
 
 @pytest.fixture
@@ -76,20 +77,25 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         entry["figures"] = props["figures"]
     if report.skipped:
         entry["outcome"] = "skipped"
-        entry["reason"] = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        entry["reason"] = reason.removeprefix("Skipped: ")
     elif report.failed:
         entry["outcome"] = "failed"
         entry["reason"] = report.longreprtext.strip().splitlines()[-1][:300] if report.longreprtext else ""
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The report of each device that ran: always for ``cuda`` (a check of which every part was skipped,
+    e.g. without a GPU, ends with exit status 5, not as a success), for the CPU when asked."""
     out = os.environ.get("LLMREC_GPU_CHECK_OUT")
     for device, parts in _PARTS.items():
         ran = any(p["outcome"] != "skipped" for p in parts.values())
-        if ran and (device == "cuda" or out):
+        if device == "cuda" or (out and ran):
             folder = Path(out or "runs/gpu-check") / ("" if device == "cuda" else device)
             summary = write_report(folder, device, parts, time.monotonic() - _START)
             _SUMMARIES.append(f"{summary}\n\nwritten to {folder / 'gpu-check.json'}")
+            if not ran and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

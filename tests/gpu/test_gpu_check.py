@@ -360,10 +360,21 @@ def test_the_report_names_each_part_device_and_versions(tmp_path):
     }
     summary = write_report(tmp_path, "cpu", parts, 12.0)
     report = json.loads((tmp_path / "gpu-check.json").read_text())
-    assert report["passed"] is False and report["parts"] == parts and report["device"] == "cpu"
+    assert (
+        report["passed"] is False
+        and report["verdict"] == "failed"
+        and report["parts"] == parts
+        and report["device"] == "cpu"
+    )
     assert report["versions"]["torch"] == torch.__version__ and "python" in report["versions"]
     assert (
         summary.startswith("llmrec GPU check on cpu (") and "FAILED, 1 passed, 1 failed, 1 skipped" in summary
     )
     assert "| serve | skipped | 0.0 | fastapi is not installed |" in summary
     assert (tmp_path / "gpu-check.md").read_text() == summary + "\n"
+    skipped = {"serve": parts["serve"]}
+    assert (
+        "on cpu (" in write_report(tmp_path, "cpu", skipped, 1.0)
+        and "NOT RUN, 0 passed" in (tmp_path / "gpu-check.md").read_text()
+    )
+    assert json.loads((tmp_path / "gpu-check.json").read_text())["verdict"] == "not run"

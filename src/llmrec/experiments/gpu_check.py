@@ -385,11 +385,13 @@ def device_name(device: str) -> str:
 def write_report(out: str | Path, device: str, parts: dict[str, dict[str, Any]], seconds: float) -> str:
     """``<out>/gpu-check.json`` (each part's outcome and figures, the device, the versions) and
     ``gpu-check.md``; returns the one summary printed at the end of the check."""
-    failed = [p for p, r in parts.items() if r["outcome"] == "failed"]
+    outcomes = {r["outcome"] for r in parts.values()}
+    verdict = "failed" if "failed" in outcomes else "passed" if "passed" in outcomes else "not run"
     report = {
         "device": device,
         "device_name": device_name(device),
-        "passed": not failed,
+        "verdict": verdict,  # passed: no part failed and at least one ran; not run: every part skipped
+        "passed": verdict == "passed",
         "seconds": seconds,
         "parts": parts,
         "versions": versions(),
@@ -408,7 +410,7 @@ def format_report(report: dict[str, Any]) -> str:
     }
     lines = [
         f"llmrec GPU check on {report['device']} ({report['device_name']}): "
-        + ("PASSED" if report["passed"] else "FAILED")
+        + report["verdict"].upper()
         + f", {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
         f"in {report['seconds']:.0f} s",
         "",
