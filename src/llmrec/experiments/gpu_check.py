@@ -107,9 +107,7 @@ def synthetic_catalog(
     rng = np.random.default_rng(seed)
     records = []
     for i in range(items):
-        words = rng.choice(_WORDS, size=description_words)
-        nouns = rng.choice(_NOUNS, size=description_words)
-        text = " ".join(f"{w} {n}" if k % 2 else w for k, (w, n) in enumerate(zip(words, nouns)))
+        text = " ".join(rng.choice(_WORDS + _NOUNS, size=description_words))
         records.append(
             {
                 "item_id": f"i{i:03d}",
