@@ -16,8 +16,8 @@ Tolerances (each stated where it is checked):
   orders); bf16 (8 significant bits, ~20 roundings on the way) 2e-2 and 1e-1.
 - shared prefix vs whole prompts: fp32 scores within 1e-4 (tests/test_shared_prefix.py), bf16 within 0.3
   with the same order (correlation > 0.99), as tests/test_portable_runs.py argues for bf16.
-- a run trained on the device, scored on the CPU in fp32 vs on the device in bf16: within 0.3, correlation
-  > 0.99 (the same argument).
+- a run trained on the device, scored on the CPU in fp32 vs on the device in bf16: within 0.5, correlation
+  > 0.99 (the same argument; on the CPU, bf16 vs fp32, the three models' runs differed by 0.03 to 0.25).
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ MODELS = {  # tiny options; the last stage runs 2 epochs, so a run can be interr
 # once ILLMRecConfig has the option; until then they train in fp32 beside the bf16 LM
 ILLMREC_BF16 = {"trainable_dtype": "backbone"}
 EVAL = {"splits": ["test"], "ks": [5], "ranking_users": 6, "ctr_examples": 16, "full_ranking": False}
-BF16_SCORES = 0.3  # atol of bf16 vs fp32 scores (see the module docstring)
+BF16_SCORES = 0.3  # atol of bf16 scores against the reference path's (see the module docstring)
+# atol of a run's bf16 scores against its fp32 scores: on the CPU the three models gave 0.03 to 0.25
+CPU_VS_DEVICE = 0.5
 
 
 def _options(name: str) -> dict:
@@ -191,7 +193,7 @@ def test_train_bf16_resume_and_evaluate_on_cpu(
     cands = [f"i{i:03d}" for i in range(0, 40, 4)]
     a, b = (_scores(m, cands, ["u1", "u5"]) for m in (cpu, here))
     figures["max_score_diff_cpu_fp32_vs_device_bf16"] = float(np.abs(a - b).max())
-    np.testing.assert_allclose(b, a, atol=BF16_SCORES)
+    np.testing.assert_allclose(b, a, atol=CPU_VS_DEVICE)
     assert np.corrcoef(a, b)[0, 1] > 0.99
 
 
