@@ -35,3 +35,13 @@ docs-serve: install
 .PHONY: wheel-test
 wheel-test: install
 	LLMREC_WHEEL_TEST=1 $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/test_wheel.py
+
+# The GPU check (docs/how-to/gpu-check.md): on a machine with one CUDA GPU, from this folder alone and without
+# network (random-weight models, a tokenizer trained on the spot); at most ~8 minutes on an H100. Its CPU parts
+# run in `make test`. The figures and each part's outcome: $(GPU_CHECK_OUT)/gpu-check.json and .md.
+GPU_CHECK_OUT ?= runs/gpu-check
+PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+.PHONY: gpu-check
+gpu-check:
+	LLMREC_GPU_CHECK_OUT=$(GPU_CHECK_OUT) PYTHONPATH=src HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m gpu -q -rs \
+		-p no:cacheprovider tests/gpu

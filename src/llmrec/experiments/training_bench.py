@@ -136,7 +136,7 @@ def run_training_bench(cfg: TrainingBenchConfig) -> dict[str, Any]:
         ds = Dataset(data)
         for case in cfg.cases:
             log.info("timing %s at the %s setting (%s)", case, setting, data)
-            result["cases"].append({"setting": setting, "data": data, **_time_case(case, setting, ds, cfg)})
+            result["cases"].append({"setting": setting, "data": data, **time_case(case, setting, ds, cfg)})
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "bench_training.json", result)
@@ -145,16 +145,26 @@ def run_training_bench(cfg: TrainingBenchConfig) -> dict[str, Any]:
     return result
 
 
-def _time_case(case: str, setting: str, ds: Dataset, cfg: TrainingBenchConfig) -> dict[str, Any]:
+def time_case(
+    case: str,
+    setting: str,
+    ds: Dataset,
+    cfg: TrainingBenchConfig,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> dict[str, Any]:
+    """Every mode of ``case`` (:data:`CASES`) at ``setting`` (:data:`SETTINGS`) on ``ds``, with the model
+    placed on ``device`` in ``dtype`` (None: ``auto``, as ``llmrec train``) -> the case's options and the
+    figures of each mode."""
     import torch
 
-    from llmrec.models.base import build_model
+    from llmrec.models.base import build_model, placement_for
     from llmrec.training.loop import prepare_training, training_stage
 
     name, options = SETTINGS[setting][case]
     options = {**options, "batch_size": cfg.batch_size, "backbone": {"llm": cfg.llm}}
     torch.manual_seed(cfg.seed)
-    model = build_model(name, options, ds.n_users, ds.n_items)
+    model = build_model(name, options, ds.n_users, ds.n_items, placement_for(name, device, dtype))
     accelerator, device, stages = prepare_training(model, ds)  # as llmrec train prepares it
     stage = next(s for s in stages if s.name in ("end2end", "step2"))  # what the LLM trains in
     with training_stage(model, stage):  # its parameters trainable, its context held, as in training
