@@ -213,3 +213,30 @@ def test_table_vs_paper_from_the_setting_name(tmp_path, capsys):
     assert "--paper NAME" in capsys.readouterr().err
     assert main(["table", str(run), "--vs-paper", "--paper", "nope"]) != 0
     assert "no shipped setting 'nope'" in capsys.readouterr().err
+
+
+def test_row_estimate_runs_the_ire_and_ila_history_once_with_one_pass():
+    from llmrec.experiments.estimate import GIB, KNOWN_SHAPES, Shape, row_estimate
+
+    ds = {"stats": {"users": 1000}, "estimate": {"history_items": 10}}
+    base = {"recipe": "paper", "backbone": {"llm": "princeton-nlp/Sheared-LLaMA-2.7B"}, "batch_size": 4}
+    e = row_estimate("illmrec", base, ds)  # image items: 10 x 25 = 250 tokens between a 50-token frame
+    ire, ila = 50 + 250 + 30, 50 + 250 + 40 + 97  # 330: + instruction, [REC]; 437: + question, answer
+    assert e["tokens"] == 50 + 250 + 30 + 40 + 97 == 467  # one packed row: the history once (not 2 x 330)
+    assert e["layout"] == "IRE 330 + ILA 437 tokens, one packed row of 467"
+    s = Shape(**KNOWN_SHAPES["princeton-nlp/Sheared-LLaMA-2.7B"])
+    n, d, L, V, P = s.params, 2560, 32, 32000, e["trainable"]
+    acts, head = 34 * 4 * 467 * d * L, 4 * 97 * V * 4  # bf16: b / 2 = 1; the LM head on ILA's answer only
+    assert e["train_memory_gib"] * GIB == pytest.approx(2 * n + 16 * P + acts + head)
+    kv, layer, last = 2 * L * 4 * ire * d * 2, 34 * 4 * ire * d, 4 * V * 4  # evaluation: the IRE prompt
+    assert e["eval_memory_gib"] * GIB == pytest.approx(2 * n + kv + layer + last)
+    assert e["train_hours"] * 3600 * 200e12 == pytest.approx(6 * n * 467 * 1000 * 8)
+    assert e["eval_hours"] * 3600 * 200e12 == pytest.approx(2 * n * ire * 1000)
+
+    two = row_estimate("illmrec", {**base, "one_pass": False}, ds)  # both passes held until one backward
+    assert (
+        two["tokens"] == ire + ila == 767 and two["layout"] == "IRE 330 + ILA 437 tokens in two passes (767)"
+    )
+    alone = row_estimate("illmrec", {**base, "ila": False}, ds)
+    assert alone["tokens"] == ire and alone["layout"] == "330 tokens"  # IRE alone: no LM head either
+    assert alone["train_memory_gib"] * GIB == pytest.approx(2 * n + 16 * P + 34 * 4 * ire * d * L)

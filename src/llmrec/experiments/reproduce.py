@@ -590,7 +590,7 @@ def format_plan(setting: Setting, steps: list[Step], cfg: ReproduceConfig) -> st
             e = step.estimate
             out.append(
                 f"    estimate: {e['params'] / 1e9:.2f}B parameters, {e['trainable'] / 1e6:.1f}M trained; batch {e['batch']} x "
-                f"{e['tokens']} tokens; GPU memory ~{e['train_memory_gib']:.1f} GiB training, "
+                f"{e['layout']}; GPU memory ~{e['train_memory_gib']:.1f} GiB training, "
                 f"~{e['eval_memory_gib']:.1f} GiB evaluation; ~{e['train_hours']:.2f} h training "
                 f"({e['epochs']} epochs x {e['examples']:,} examples), ~{e['eval_hours']:.3f} h evaluation "
                 f"at {cfg.tflops:g} TFLOP/s"
