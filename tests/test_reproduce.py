@@ -240,3 +240,78 @@ def test_row_estimate_runs_the_ire_and_ila_history_once_with_one_pass():
     alone = row_estimate("illmrec", {**base, "ila": False}, ds)
     assert alone["tokens"] == ire and alone["layout"] == "330 tokens"  # IRE alone: no LM head either
     assert alone["train_memory_gib"] * GIB == pytest.approx(2 * n + 16 * P + 34 * 4 * ire * d * L)
+
+
+def _mind_files(folder: Path, users: int = 12) -> None:
+    """MIND in its published layout (MINDsmall_train/ and MINDsmall_dev/ with news.tsv and behaviors.tsv),
+    three impressions a user, one picture per news article in images/."""
+    from PIL import Image
+
+    from test_importers_histllm import NEWS, write_tsv
+
+    rng = np.random.default_rng(0)
+    extra = [
+        [f"N{i}", "news", "newsus", f"Story {i}", f"About {i}.", f"https://x/{i}.html", "[]", "[]"]
+        for i in range(9, 25)
+    ]
+    news = [row[0] for row in NEWS + extra]
+    behaviors: dict[str, list[list[str]]] = {"MINDsmall_train": [], "MINDsmall_dev": []}
+    for u in range(users):
+        for k, (split, day) in enumerate(
+            (("MINDsmall_train", 11), ("MINDsmall_train", 12), ("MINDsmall_dev", 15))
+        ):
+            shown = rng.choice(news, size=4, replace=False)
+            clicks = [f"{n}-{int(j == 0 or rng.random() < 0.3)}" for j, n in enumerate(shown)]
+            history = " ".join(rng.choice(news, size=2, replace=False))
+            when = f"11/{day}/2019 {1 + u % 11}:0{k}:00 AM"
+            behaviors[split].append(
+                [str(len(behaviors[split]) + 1), f"U{u}", when, history, " ".join(clicks)]
+            )
+    for split, rows in behaviors.items():
+        write_tsv(folder / split / "news.tsv", NEWS + extra)
+        write_tsv(folder / split / "behaviors.tsv", rows)
+    (folder / "images").mkdir()
+    for n in news:
+        picture = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(picture).save(folder / "images" / f"{n}.png")
+
+
+@pytest.mark.slow
+def test_histllm_setting_end_to_end_tiny_then_resumes(tmp_path, tiny_llm, capsys):
+    _mind_files(tmp_path / "raw" / "mind")
+    swap = {"lmsys/vicuna-7b-v1.5": tiny_llm, "facebook/dino-vits16": "efficientnet-lite0"}
+    cfg = ReproduceConfig(
+        name="histllm-table2-news",
+        data_root=str(tmp_path / "raw"),
+        out=str(tmp_path / "o"),
+        only=["tallrec", "histllm-gru"],
+        device="cpu",
+    )
+
+    def tiny(setting):  # the paper's sizes and epochs, cut to seconds
+        ds = setting.datasets["news"]
+        ds["describe"][0]["max_new_tokens"] = 4
+        ds["prepare"].update(kcore=0, num_negatives=1)
+        ds["cf"]["options"].update(epochs=1, dim=8)
+        small = dict(epochs=1, step1_epochs=1, train_examples=32, encoder_dim=16, mapper_hidden=16)
+        for row in ("tallrec", "histllm-gru"):
+            setting.runs[row].options.update(small)
+        return setting
+
+    steps = plan(tiny(load_setting(cfg.name, swap)), cfg)
+    labels = [s.label for s in steps]
+    assert "news: describe from_title" in labels and "news: CF run mf" in labels
+    assert "news: train tallrec (tallrec)" in labels and "news: train histllm-gru (histllm)" in labels
+    assert not any("binllm" in label for label in labels)
+    run, skipped = execute(steps)
+    assert run + skipped == len(steps) and run >= len(steps) - 2  # evaluations may come with the training
+    runs = tmp_path / "o" / "runs" / "histllm-table2-news" / "news"
+    for row, reported in (("tallrec", 0.5849), ("histllm-gru", 0.6614)):
+        assert {"auc", "uauc"} <= set(json.loads((runs / row / "metrics.json").read_text())["test"])
+        assert json.loads((runs / row / "reproduce.json").read_text())["reported"]["auc"] == reported
+    config = json.loads((runs / "histllm-gru" / "config.json").read_text())
+    assert str(runs / "tallrec") in json.dumps(config)  # step 1 from the tallrec row's LoRA
+
+    capsys.readouterr()
+    assert execute(plan(tiny(load_setting(cfg.name, swap)), cfg)) == (0, len(steps))  # all current: skipped
+    assert "skipped (trained with this configuration)" in capsys.readouterr().out
