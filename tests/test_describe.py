@@ -85,11 +85,12 @@ MOVIES = [
 @pytest.fixture
 def counting(monkeypatch):
     """Count `model.generate` calls (and prompts) made by run_describe; optionally fail on call N."""
-    state = {"calls": [], "fail_on": None}
+    state = {"calls": [], "fail_on": None, "dtypes": []}
     real_load = describe.load_causal_lm
 
-    def load(name, device=None):
-        model, tok = real_load(name, device=device)
+    def load(name, dtype=None, device=None):
+        model, tok = real_load(name, dtype=dtype, device=device)
+        state["dtypes"].append(model.dtype)
         real_generate = model.generate
 
         def generate(**kw):
@@ -178,6 +179,7 @@ def test_config_is_validated():
         {"limit": 0},
         {"name": "../x"},
         {"prompt": "no field"},
+        {"dtype": "fp8"},
     ):
         with pytest.raises(ConfigError):
             DescribeConfig(**bad)
@@ -185,6 +187,21 @@ def test_config_is_validated():
         from_dict(DescribeConfig, {"mode": "summarise"})
     with pytest.raises(ConfigError):
         from_dict(DescribeConfig, {"max_tokens": 3})
+
+
+def test_dtype_auto_is_bfloat16_on_a_gpu_that_supports_it_float32_on_the_cpu():
+    from llmrec.experiments.reproduce import available_settings, load_setting
+    from llmrec.llm.describe import describe_dtype
+
+    assert DescribeConfig().dtype == "auto"
+    assert describe_dtype("auto", "cpu") == "float32"
+    assert describe_dtype("auto", "cuda", bf16_supported=True) == "bfloat16"
+    assert describe_dtype("auto", "cuda:1", bf16_supported=False) == "float16"  # e.g. a V100 or T4
+    assert describe_dtype("float16", "cpu") == "float16" and describe_dtype("float32", "cuda") == "float32"
+    for name in available_settings():  # the paper settings' describe steps leave it to auto
+        for ds in load_setting(name).datasets.values():
+            for step in ds.get("describe") or []:
+                assert from_dict(DescribeConfig, step).dtype == "auto", (name, step)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -250,9 +267,15 @@ def test_run_batched_equals_unbatched_and_cache(tmp_path, tiny_llm, counting):
         "num_beams": 1,
     }
     assert manifest["count"] == 4 and manifest["complete"] and manifest["created"]
+    assert manifest["dtype"] == "float32" and set(counting["dtypes"]) == {torch.float32}  # auto on the CPU
     table = pd.read_parquet(data / "texts" / "from_title.parquet")
     assert list(table.columns) == ["item_id", "text", "prompt_sha256", "source_sha256"]
     assert table["prompt_sha256"].str.len().eq(64).all()
+
+    low = DescribeConfig(data=str(data), llm=tiny_llm, max_new_tokens=8, batch_size=3, dtype="bfloat16")
+    assert run_describe(low)["generated"] == 4  # reduced precision changes the text: every key changed
+    assert counting["dtypes"][-1] == torch.bfloat16
+    assert json.loads((data / "texts" / "from_title.json").read_text())["dtype"] == "bfloat16"
 
     changed = run_describe(DescribeConfig(data=str(data), llm=tiny_llm, max_new_tokens=5, batch_size=3))
     assert changed["generated"] == 4  # new generation parameters: every key changed

@@ -1,5 +1,5 @@
 """The files a release ships beside the code: the licence the metadata names, the citation, the version
-the command line reports and the typing marker."""
+the command line reports, the typing marker and the package's data files (the papers' settings)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_py_typed_marks_the_package():
     assert (ROOT / "src" / "llmrec" / "py.typed").is_file()
 
 
-def test_the_wheel_ships_py_typed_and_the_license(tmp_path):
+def test_the_wheel_ships_py_typed_the_license_and_every_data_file(tmp_path):
     """Build the wheel from a copy of the tree with the venv's setuptools (no network) and read it."""
     # looked up, not imported: in a worker that already imported the stdlib distutils, importing setuptools
     # fails its own distutils check (seen under pytest-xdist in a clean clone)
@@ -96,6 +96,17 @@ def test_the_wheel_ships_py_typed_and_the_license(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "llmrec/py.typed" in names and "llmrec/__init__.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    # every data file of the package, the papers' settings (llmrec reproduce) among them
+    data = {
+        p.relative_to(ROOT / "src").as_posix()
+        for p in (ROOT / "src" / "llmrec").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc")
+    }
+    assert {
+        "llmrec/experiments/papers/_datasets.yaml",
+        "llmrec/experiments/papers/histllm-table2-news.yaml",
+    } <= data
+    assert not data - names, f"missing from the wheel: {sorted(data - names)}"
 
 
 def test_the_readme_is_a_front_door_of_at_most_300_lines():

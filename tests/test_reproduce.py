@@ -213,3 +213,133 @@ def test_table_vs_paper_from_the_setting_name(tmp_path, capsys):
     assert "--paper NAME" in capsys.readouterr().err
     assert main(["table", str(run), "--vs-paper", "--paper", "nope"]) != 0
     assert "no shipped setting 'nope'" in capsys.readouterr().err
+
+
+def test_row_estimate_runs_the_ire_and_ila_history_once_with_one_pass():
+    from llmrec.experiments.estimate import GIB, KNOWN_SHAPES, Shape, row_estimate
+
+    ds = {"stats": {"users": 1000}, "estimate": {"history_items": 10}}
+    base = {"recipe": "paper", "backbone": {"llm": "princeton-nlp/Sheared-LLaMA-2.7B"}, "batch_size": 4}
+    e = row_estimate("illmrec", base, ds)  # image items: 10 x 25 = 250 tokens between a 50-token frame
+    ire, ila = 50 + 250 + 30, 50 + 250 + 40 + 97  # 330: + instruction, [REC]; 437: + question, answer
+    assert e["tokens"] == 50 + 250 + 30 + 40 + 97 == 467  # one packed row: the history once (not 2 x 330)
+    assert e["layout"] == "IRE 330 + ILA 437 tokens, one packed row of 467"
+    s = Shape(**KNOWN_SHAPES["princeton-nlp/Sheared-LLaMA-2.7B"])
+    n, d, L, V, P = s.params, 2560, 32, 32000, e["trainable"]
+    acts, head = 34 * 4 * 467 * d * L, 4 * 97 * V * 4  # bf16: b / 2 = 1; the LM head on ILA's answer only
+    assert e["train_memory_gib"] * GIB == pytest.approx(2 * n + 16 * P + acts + head)
+    kv, layer, last = 2 * L * 4 * ire * d * 2, 34 * 4 * ire * d, 4 * V * 4  # evaluation: the IRE prompt
+    assert e["eval_memory_gib"] * GIB == pytest.approx(2 * n + kv + layer + last)
+    assert e["train_hours"] * 3600 * 200e12 == pytest.approx(6 * n * 467 * 1000 * 8)
+    assert e["eval_hours"] * 3600 * 200e12 == pytest.approx(2 * n * ire * 1000)
+
+    two = row_estimate("illmrec", {**base, "one_pass": False}, ds)  # both passes held until one backward
+    assert (
+        two["tokens"] == ire + ila == 767 and two["layout"] == "IRE 330 + ILA 437 tokens in two passes (767)"
+    )
+    alone = row_estimate("illmrec", {**base, "ila": False}, ds)
+    assert alone["tokens"] == ire and alone["layout"] == "330 tokens"  # IRE alone: no LM head either
+    assert alone["train_memory_gib"] * GIB == pytest.approx(2 * n + 16 * P + 34 * 4 * ire * d * L)
+
+
+def _mind_files(folder: Path, users: int = 12) -> None:
+    """MIND in its published layout (MINDsmall_train/ and MINDsmall_dev/ with news.tsv and behaviors.tsv),
+    three impressions a user, one picture per news article in images/."""
+    from PIL import Image
+
+    from test_importers_histllm import NEWS, write_tsv
+
+    rng = np.random.default_rng(0)
+    extra = [
+        [f"N{i}", "news", "newsus", f"Story {i}", f"About {i}.", f"https://x/{i}.html", "[]", "[]"]
+        for i in range(9, 25)
+    ]
+    news = [row[0] for row in NEWS + extra]
+    behaviors: dict[str, list[list[str]]] = {"MINDsmall_train": [], "MINDsmall_dev": []}
+    for u in range(users):
+        for k, (split, day) in enumerate(
+            (("MINDsmall_train", 11), ("MINDsmall_train", 12), ("MINDsmall_dev", 15))
+        ):
+            shown = rng.choice(news, size=4, replace=False)
+            clicks = [f"{n}-{int(j == 0 or rng.random() < 0.3)}" for j, n in enumerate(shown)]
+            history = " ".join(rng.choice(news, size=2, replace=False))
+            when = f"11/{day}/2019 {1 + u % 11}:0{k}:00 AM"
+            behaviors[split].append(
+                [str(len(behaviors[split]) + 1), f"U{u}", when, history, " ".join(clicks)]
+            )
+    for split, rows in behaviors.items():
+        write_tsv(folder / split / "news.tsv", NEWS + extra)
+        write_tsv(folder / split / "behaviors.tsv", rows)
+    (folder / "images").mkdir()
+    for n in news:
+        picture = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(picture).save(folder / "images" / f"{n}.png")
+
+
+@pytest.mark.slow
+def test_histllm_setting_end_to_end_tiny_then_resumes(tmp_path, tiny_llm, capsys):
+    _mind_files(tmp_path / "raw" / "mind")
+    swap = {"lmsys/vicuna-7b-v1.5": tiny_llm, "facebook/dino-vits16": "efficientnet-lite0"}
+    cfg = ReproduceConfig(
+        name="histllm-table2-news",
+        data_root=str(tmp_path / "raw"),
+        out=str(tmp_path / "o"),
+        only=["tallrec", "histllm-gru"],
+        device="cpu",
+    )
+
+    def tiny(setting):  # the paper's sizes and epochs, cut to seconds
+        ds = setting.datasets["news"]
+        ds["describe"][0]["max_new_tokens"] = 4
+        ds["prepare"].update(kcore=0, num_negatives=1)
+        ds["cf"]["options"].update(epochs=1, dim=8)
+        small = dict(epochs=1, step1_epochs=1, train_examples=32, encoder_dim=16, mapper_hidden=16)
+        for row in ("tallrec", "histllm-gru"):
+            setting.runs[row].options.update(small)
+        return setting
+
+    steps = plan(tiny(load_setting(cfg.name, swap)), cfg)
+    labels = [s.label for s in steps]
+    assert "news: describe from_title" in labels and "news: CF run mf" in labels
+    assert "news: train tallrec (tallrec)" in labels and "news: train histllm-gru (histllm)" in labels
+    assert not any("binllm" in label for label in labels)
+    run, skipped = execute(steps)
+    assert run + skipped == len(steps) and run >= len(steps) - 2  # evaluations may come with the training
+    runs = tmp_path / "o" / "runs" / "histllm-table2-news" / "news"
+    for row, reported in (("tallrec", 0.5849), ("histllm-gru", 0.6614)):
+        assert {"auc", "uauc"} <= set(json.loads((runs / row / "metrics.json").read_text())["test"])
+        assert json.loads((runs / row / "reproduce.json").read_text())["reported"]["auc"] == reported
+    config = json.loads((runs / "histllm-gru" / "config.json").read_text())
+    assert str(runs / "tallrec") in json.dumps(config)  # step 1 from the tallrec row's LoRA
+
+    capsys.readouterr()
+    assert execute(plan(tiny(load_setting(cfg.name, swap)), cfg)) == (0, len(steps))  # all current: skipped
+    assert "skipped (trained with this configuration)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_model_checks_know_llmrecs_offline_assets(installed, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from llmrec import assets
+    from llmrec.experiments.reproduce import format_plan
+
+    pins = {dist: pin for a in assets.ASSETS for dist, pin in a.packages}
+    monkeypatch.setattr(assets, "installed_version", lambda dist: pins[dist] if installed else None)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # an empty cache
+    setting = load_setting("illmrec-table1-sports")
+    cfg = ReproduceConfig(name=setting.name, data_root=str(tmp_path), out=str(tmp_path / "o"), dry_run=True)
+    out = format_plan(setting, plan(setting, cfg), cfg)
+    mpnet = "encoder sentence-transformers/all-mpnet-base-v2: "  # the hub id that the mpnet asset holds
+    if installed:
+        assert mpnet + "installed (llmrec asset mpnet)" in out
+    else:
+        hint = "MISSING ('llmrec assets install mpnet' installs it offline; otherwise downloaded from the Hugging Face hub"
+        assert mpnet + hint in out
+    from llmrec.experiments.reproduce import _need_model
+
+    (line,) = _need_model("all-mpnet-base-v2", "encoder")  # the short name: the asset is the only way
+    assert line.endswith(
+        "installed (llmrec asset mpnet)" if installed else "MISSING (run 'llmrec assets install mpnet')"
+    )
+    assert "MISSING (downloaded from the Hugging Face hub" in _need_model("org/unknown-model", "backbone")[0]

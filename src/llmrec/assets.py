@@ -398,6 +398,23 @@ _TEXT_ENCODER_HUB_IDS = {
 }
 
 
+_ALIAS_ASSETS = {
+    DEFAULT_LLM: "smollm2",
+    "gemma3-270m": "gemma3",
+    "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder",
+    DEFAULT_TEXT_ENCODER: "minilm",
+    "all-mpnet-base-v2": "mpnet",
+    DEFAULT_IMAGE_ENCODER: "efficientnet",
+}
+
+
+def offline_asset(name: str) -> str | None:
+    """The offline asset that provides model ``name`` (a short name, or the hub id of a model an asset holds
+    a copy of), or None."""
+    hub = _TEXT_ENCODER_HUB_IDS.get(name.lower())
+    return hub[0] if hub is not None else _ALIAS_ASSETS.get(name)
+
+
 def resolve_text_encoder(name: str) -> str:
     """Alias -> local folder (the hub id of an installed offline encoder too); a local path is checked to
     exist; anything else is a hub id."""

@@ -7,9 +7,14 @@ length T, weights in b bytes (2 for bf16/fp16):
     trainable    P * 16        (fp32 weight, its gradient, AdamW's two moments: 4 + 4 + 8 bytes)
     activations  34 * B * T * d * L * b / 2    (Korthikanti et al. 2022, attention scores not stored: SDPA)
                  2 * B * T * d * L * b / 2 + 34 * B * T * d * b / 2 with gradient checkpointing
-    logits       B * T * V * 4  (the LM head's output in fp32)
+    logits       B * T_head * V * 4  (the LM head's output in fp32, only where a label is scored: T_head)
 
-Time: 6 * N * tokens for training (forward + backward), 2 * N * tokens for inference, at a stated effective
+T is what one training example runs through the LLM before its one backward: I-LLMRec's IRE and ILA prompts
+share their history, so with ``one_pass`` they run as one packed row (the history once, each prompt's own
+end as a branch), without it as two passes whose activations are both held until the backward (their sum).
+Evaluation reads the IRE prompt alone.
+
+Time: 6 * N * T for training (forward + backward), 2 * N * T_eval for inference, at a stated effective
 throughput (FLOP/s). Both are estimates from shapes only: no model is loaded and nothing is downloaded.
 """
 
@@ -91,23 +96,31 @@ def estimate(
     bytes_per_weight: int = 2,
     checkpointing: bool = False,
     tflops: float = DEFAULT_TFLOPS,
+    eval_tokens: int | None = None,
+    head_tokens: int | None = None,
 ) -> dict[str, float]:
     """GPU memory (GiB) of training and of inference, and hours of training and evaluation, by the formula
-    of the module docstring. ``tokens``: prompt length per example; ``trainable``: trained parameters."""
+    of the module docstring. ``tokens``: what one training example runs through the LLM before its backward;
+    ``eval_tokens``: the prompt length at evaluation (default ``tokens``); ``head_tokens``: positions per
+    example where the LM head runs in training (default ``tokens``); ``trainable``: trained parameters."""
     n, d, L, b = shape.params, shape.hidden, shape.layers, bytes_per_weight
+    t_eval = tokens if eval_tokens is None else eval_tokens
+    t_head = tokens if head_tokens is None else head_tokens
     weights = n * b
     optimizer = trainable * 16
     per_layer = 34 * batch * tokens * d * b / 2
     acts = (2 * batch * tokens * d * b / 2) * L + per_layer if checkpointing else per_layer * L
-    logits = batch * tokens * shape.vocab * 4
-    kv = 2 * L * batch * tokens * (d * shape.kv_heads // shape.heads) * b
+    logits = batch * t_head * shape.vocab * 4
+    eval_layer = 34 * batch * t_eval * d * b / 2
+    eval_logits = batch * shape.vocab * 4  # at most one position per prompt: the next token's
+    kv = 2 * L * batch * t_eval * (d * shape.kv_heads // shape.heads) * b
     train_flops = 6 * n * tokens * train_examples * epochs
-    eval_flops = 2 * n * tokens * eval_examples
+    eval_flops = 2 * n * t_eval * eval_examples
     return {
         "params": n,
         "trainable": trainable,
         "train_memory_gib": (weights + optimizer + acts + logits) / GIB,
-        "eval_memory_gib": (weights + kv + logits + per_layer) / GIB,
+        "eval_memory_gib": (weights + kv + eval_logits + eval_layer) / GIB,
         "train_hours": train_flops / (tflops * 1e12) / 3600,
         "eval_hours": eval_flops / (tflops * 1e12) / 3600,
     }
@@ -128,6 +141,25 @@ _ITEM_TOKENS = {
     "image_description": 320,
     "vlm": 600,
 }
+
+
+# I-LLMRec's prompts around their item list (tokens, LLaMA-like tokenizers): the history prompt's start and end
+# that IRE and ILA share, the IRE instruction ending in [REC], ILA's instruction and question, and its answer
+# (at most 96 tokens and the EOS)
+_HISTORY_FRAME, _IRE_END, _ILA_QUESTION, _ILA_ANSWER = 50, 30, 40, 97
+
+
+def illmrec_tokens(items: int, ila: bool, one_pass: bool) -> tuple[int, dict[str, int]]:
+    """What one I-LLMRec training example runs through the LLM before its backward, for an item list of
+    ``items`` tokens, and its prompts' lengths: the IRE prompt alone; with ILA, one packed row holding the
+    shared history once and each prompt's own end (``one_pass``), or two passes whose activations are both
+    held until the one backward (their sum)."""
+    ire = _HISTORY_FRAME + items + _IRE_END
+    if not ila:
+        return ire, {"ire": ire}
+    ila_prompt = _HISTORY_FRAME + items + _ILA_QUESTION + _ILA_ANSWER
+    packed = _HISTORY_FRAME + items + _IRE_END + _ILA_QUESTION + _ILA_ANSWER
+    return (packed if one_pass else ire + ila_prompt), {"ire": ire, "ila": ila_prompt, "answer": _ILA_ANSWER}
 
 
 def row_estimate(
@@ -151,7 +183,8 @@ def row_estimate(
         items = min(
             hist * per_item, resolved.get("max_history_tokens") or hist * per_item
         )  # the item list's cap
-        tokens = (80 + items) * (2 if resolved.get("ila") else 1)  # the IRE prompt, and ILA's
+        tokens, prompts = illmrec_tokens(items, bool(resolved.get("ila")), bool(resolved.get("one_pass")))
+        eval_tokens, head = prompts["ire"], prompts.get("answer", 0)  # the LM head: ILA's answer only
         examples, evals, epochs = stats.get("users", 0), stats.get("users", 0), resolved.get("epochs", 1)
         trainable += 3 * 1024 * 1024 + 512 * shape.hidden  # adaptor and the six projectors (about 3M)
         if backbone.get("train_embeddings"):
@@ -159,6 +192,7 @@ def row_estimate(
     else:  # the CTR family: one Yes/No prompt per example
         history = hist if resolved.get("history") != "uhem" else 1
         tokens = 90 + history * (60 if resolved.get("ke") else 20)
+        eval_tokens, prompts, head = tokens, {}, 0  # the LM head: a Yes/No pair of rows, not counted
         examples, evals = stats.get("train", 0), stats.get("test", 0)
         epochs = resolved.get("epochs", 1) + resolved.get("step1_epochs", 0)
         trainable += 2 * 512 * shape.hidden
@@ -172,14 +206,27 @@ def row_estimate(
         trainable=trainable,
         checkpointing=bool(backbone.get("gradient_checkpointing")),
         tflops=tflops,
+        eval_tokens=eval_tokens,
+        head_tokens=head,
     )
     return {
         **out,
         "tokens": tokens,
+        "layout": _layout(tokens, prompts),
         "batch": resolved.get("batch_size", 8),
         "epochs": epochs,
         "examples": examples,
     }
+
+
+def _layout(tokens: int, prompts: dict[str, int]) -> str:
+    """How the training tokens arise, for the dry run: "IRE 330 + ILA 437 tokens, one packed row of 467"."""
+    if "ila" not in prompts:
+        return f"{tokens} tokens"
+    both = f"IRE {prompts['ire']} + ILA {prompts['ila']} tokens"
+    if tokens < prompts["ire"] + prompts["ila"]:
+        return f"{both}, one packed row of {tokens}"
+    return f"{both} in two passes ({tokens})"
 
 
 __all__ = [
@@ -188,6 +235,7 @@ __all__ = [
     "Shape",
     "backbone_shape",
     "estimate",
+    "illmrec_tokens",
     "lora_params",
     "row_estimate",
 ]

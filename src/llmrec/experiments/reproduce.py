@@ -212,14 +212,17 @@ def _options(options: dict[str, Any], prefix: str = "") -> str:
 
 
 def model_status(name: str | None) -> str | None:
-    """Where a model or encoder is (a local folder, the HF cache, an llmrec offline asset) or None when it is
-    still missing here; nothing is downloaded."""
+    """Where a model or encoder is (a local folder, an installed llmrec offline asset, the HF cache) or None
+    when it is still missing here; nothing is downloaded."""
     if not name:
         return "none"
     if Path(name).exists():
         return f"local {name}"
-    if "/" not in name:
-        return "llmrec offline asset"
+    from llmrec.assets import asset, asset_status, offline_asset
+
+    kit = offline_asset(name)
+    if kit is not None and asset_status(asset(kit)) == "present":
+        return f"installed (llmrec asset {kit})"
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -233,8 +236,19 @@ def model_status(name: str | None) -> str | None:
 
 
 def _need_model(name: str | None, what: str) -> list[str]:
+    from llmrec.assets import offline_asset
+
     where = model_status(name)
-    return [f"{what} {name}: " + (where or "MISSING (downloaded from the Hugging Face hub on first use)")]
+    if where is None:
+        kit = offline_asset(name or "")
+        hub = "downloaded from the Hugging Face hub on first use"
+        if kit is None:
+            where = f"MISSING ({hub})"
+        elif "/" in (name or ""):
+            where = f"MISSING ('llmrec assets install {kit}' installs it offline; otherwise {hub})"
+        else:
+            where = f"MISSING (run 'llmrec assets install {kit}')"
+    return [f"{what} {name}: {where}"]
 
 
 def plan(setting: Setting, cfg: ReproduceConfig) -> list[Step]:
@@ -590,7 +604,7 @@ def format_plan(setting: Setting, steps: list[Step], cfg: ReproduceConfig) -> st
             e = step.estimate
             out.append(
                 f"    estimate: {e['params'] / 1e9:.2f}B parameters, {e['trainable'] / 1e6:.1f}M trained; batch {e['batch']} x "
-                f"{e['tokens']} tokens; GPU memory ~{e['train_memory_gib']:.1f} GiB training, "
+                f"{e['layout']}; GPU memory ~{e['train_memory_gib']:.1f} GiB training, "
                 f"~{e['eval_memory_gib']:.1f} GiB evaluation; ~{e['train_hours']:.2f} h training "
                 f"({e['epochs']} epochs x {e['examples']:,} examples), ~{e['eval_hours']:.3f} h evaluation "
                 f"at {cfg.tflops:g} TFLOP/s"

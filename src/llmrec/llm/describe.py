@@ -12,12 +12,15 @@ Output, in the dataset directory::
 
     texts/<name>.parquet   item_id, text, prompt_sha256, source_sha256 (dataset item order; only generated
                            items; source_sha256 = sha256 of the filled prompt before any chat wrapping)
-    texts/<name>.json      manifest: llm, mode, prompt template, chat wrapping, generation settings (greedy,
-                           max new tokens), count, created
+    texts/<name>.json      manifest: llm, its weights' dtype, mode, prompt template, chat wrapping, generation
+                           settings (greedy, max new tokens), count, created
 
-Every row is keyed by sha256(exact prompt string, llm, generation parameters): a re-run generates only
-the items whose key changed or that have no row yet, and the table is rewritten atomically after every
-batch, so an interrupted run resumes where it stopped.
+The LM's weights load in ``dtype``: auto is bfloat16 on a CUDA GPU that supports it (float16 on one that does
+not), float32 on the CPU.
+
+Every row is keyed by sha256(exact prompt string, llm, generation parameters, and the dtype unless float32):
+a re-run generates only the items whose key changed or that have no row yet, and the table is rewritten
+atomically after every batch, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from llmrec.config import option, to_dict
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.encoders import check_template, dataset_item_fields, item_fields, render_template
-from llmrec.placement import device_option
+from llmrec.placement import device_option, dtype_option
 from llmrec.utils.io import read_json, write_json_atomic, write_parquet_atomic
 from llmrec.utils.lock import folder_lock
 
@@ -100,6 +103,7 @@ class DescribeConfig:
     max_new_tokens: int = option(48, "most tokens generated per item (greedy decoding)")
     batch_size: int = option(16, "prompts per generate() call")
     device: str = device_option()
+    dtype: str = dtype_option()
     chat: bool = option(True, "wrap the prompt in the tokenizer's chat template when it has one")
     limit: int | None = option(None, "describe only the first N items (quick runs)")
     force: bool = option(False, "regenerate every item even if a cached text matches")
@@ -117,6 +121,10 @@ class DescribeConfig:
             raise ConfigError("with_genres applies to --mode from_title with its built-in prompt")
         if self.prompt is not None and "{" not in self.prompt:
             raise ConfigError("prompt: a custom template needs at least one {field} placeholder")
+        from llmrec.devices import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         self.name = self.name or self.mode
         if not _NAME.match(self.name):
             raise ConfigError(
@@ -365,16 +373,34 @@ def _pick(values: list[str], index: list[int]) -> list[str]:
 NOTE_EVERY_S = 60.0  # seconds between progress lines in the log
 
 
+def describe_dtype(spec: str, device: str, bf16_supported: bool | None = None) -> str:
+    """The describing LM's weights dtype on ``device``: ``auto`` is bfloat16 on a CUDA GPU that supports it
+    (``bf16_supported``; asked of torch when None), float16 on an older one, float32 elsewhere (on a CPU
+    without bf16 matrix units fp32 is the faster); an explicit dtype is kept."""
+    from llmrec.devices import resolve_dtype
+
+    dtype = resolve_dtype(spec, device)
+    if spec == "auto" and dtype == "bfloat16":
+        if bf16_supported is None:
+            import torch
+
+            bf16_supported = torch.cuda.is_bf16_supported()
+        return "bfloat16" if bf16_supported else "float16"
+    return dtype
+
+
 def run_describe(cfg: DescribeConfig) -> dict[str, Any]:
     """Generate the texts that are missing or stale; return a summary (counts, seconds, items/s, paths)."""
     from llmrec.devices import resolve_device
 
     device = resolve_device(cfg.device)  # a device torch cannot use here is one line, before any work
+    dtype = describe_dtype(cfg.dtype, device)
     with folder_lock(cfg.data, "dataset"):  # one writer of the dataset at a time
-        return _describe_locked(cfg, device)
+        return _describe_locked(cfg, device, dtype)
 
 
-def _describe_locked(cfg: DescribeConfig, device: str) -> dict[str, Any]:
+def _describe_locked(cfg: DescribeConfig, device: str, dtype: str) -> dict[str, Any]:
+    import torch
     from tqdm.auto import tqdm
 
     ds = Dataset(cfg.data)
@@ -387,14 +413,16 @@ def _describe_locked(cfg: DescribeConfig, device: str) -> dict[str, Any]:
     fields = _item_prompt_fields(ds, cfg.description_texts, name)
     check_template(cfg.template, set().union(*(f.keys() for f in fields)) if fields else set())
 
-    model, tokenizer = load_causal_lm(cfg.llm, device=device)
+    model, tokenizer = load_causal_lm(cfg.llm, dtype=getattr(torch, dtype), device=device)
     model.eval()
     prepare_tokenizer(tokenizer)
     chat = bool(cfg.chat and getattr(tokenizer, "chat_template", None))
     filled = [render_prompt(cfg.template, f) for f in fields]
     sources = [source_key(p) for p in filled]
     prompts = [wrap_chat(tokenizer, p, chat) for p in filled]
-    keys = [prompt_key(p, cfg.llm, cfg.generation) for p in prompts]
+    # reduced precision changes the text: such rows are keyed by it too (fp32 keys as they always were)
+    generation = cfg.generation if dtype == "float32" else {**cfg.generation, "dtype": dtype}
+    keys = [prompt_key(p, cfg.llm, generation) for p in prompts]
     ids = items["item_id"].tolist()
 
     done, stale = _reusable_rows(cfg, path, ids, keys, sources)
@@ -405,7 +433,7 @@ def _describe_locked(cfg: DescribeConfig, device: str) -> dict[str, Any]:
     if todo:
         lengths = tokenizer(_pick(prompts, todo), add_special_tokens=not chat)["input_ids"]
         todo = [j for _, j in sorted(zip(map(len, lengths), todo), key=lambda t: -t[0])]
-    texts = _TextsFiles(path, manifest_path, cfg, name, chat, ids)
+    texts = _TextsFiles(path, manifest_path, cfg, name, chat, ids, dtype)
 
     log.info("describe '%s': %d items to generate, %d cached", name, len(todo), reused)
     t0 = last_note = time.perf_counter()
@@ -474,6 +502,7 @@ class _TextsFiles:
     name: str
     chat: bool  # the prompts went through the tokenizer's chat template
     ids: list[str]  # every item of the dataset, in item order
+    dtype: str  # the LM's weights, as resolved on this device
 
     def checkpoint(self, done: dict[str, tuple[str, str, str]]) -> None:
         order = [i for i in self.ids if i in done]
@@ -493,6 +522,7 @@ class _TextsFiles:
         return {
             "name": self.name,
             "llm": cfg.llm,
+            "dtype": self.dtype,
             "mode": cfg.mode,
             "prompt_template": cfg.template,
             "chat_template": self.chat,
