@@ -145,7 +145,8 @@ _ITEM_TOKENS = {
 
 # I-LLMRec's prompts around their item list (tokens, LLaMA-like tokenizers): the history prompt's start and end
 # that IRE and ILA share, the IRE instruction ending in [REC], ILA's instruction and question, and its answer
-# (at most 96 tokens and the EOS)
+# (llmrec's framing cuts answers at 96 tokens + EOS; the official framing, which the paper settings use, cuts
+# none, but its answers are one feature bullet or a short field: 97 is an upper estimate there)
 _HISTORY_FRAME, _IRE_END, _ILA_QUESTION, _ILA_ANSWER = 50, 30, 40, 97
 
 
