@@ -57,7 +57,7 @@ def test_trials_are_runs_with_a_best_config_table_and_plot(synthetic_dataset, tm
     runs = sorted((out / "trials").iterdir())
     assert [r.name for r in runs] == ["trial-000", "trial-001", "trial-002"]
     for run in runs:  # an ordinary run: config, metrics, log, model
-        assert {"config.json", "metrics.json", "train.log", "model"} <= {p.name for p in run.iterdir()}
+        assert {"config.json", "metrics.json", "log.txt", "model"} <= {p.name for p in run.iterdir()}
     # the first trial is the model's defaults (lr 0.001 and reg 1e-4 lie in the space)
     assert trial_params(out)[0]["lr"] == pytest.approx(1e-3) and trial_params(out)[0]["reg"] == 1e-4
     table = (out / "trials.md").read_text().splitlines()
@@ -82,32 +82,34 @@ def test_resumed_study_continues_to_n_with_the_draws_of_an_uninterrupted_one(
 ):
     space = space_file(tmp_path, {"lr": {"low": 1e-3, "high": 5e-2, "log": True}})
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    tune(synthetic_dataset, whole, space, trials=4, defaults_first=False, startup_trials=2)
-    tune(synthetic_dataset, parts, space, trials=2, defaults_first=False, startup_trials=2)
-    # a kill in the middle of the third trial: it is run again in its own run folder
-    import llmrec.pipeline
+    tune(synthetic_dataset, whole, space, trials=3, defaults_first=False, startup_trials=1)
+    tune(synthetic_dataset, parts, space, trials=1, defaults_first=False, startup_trials=1)
+    # a kill in the middle of the second trial, after its epoch 2 was checkpointed
+    import llmrec.training.loop as loop
 
-    real_train = llmrec.pipeline.train
+    real_epoch, calls = loop.train_epoch, []
 
-    def interrupted(cfg, restart=False):
-        raise KeyboardInterrupt
+    def killed_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(llmrec.pipeline, "train", interrupted)
+    monkeypatch.setattr(loop, "train_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        tune(synthetic_dataset, parts, space, trials=4, defaults_first=False, startup_trials=2)
-    monkeypatch.setattr(llmrec.pipeline, "train", real_train)
-    summary = tune(synthetic_dataset, parts, space, trials=4, defaults_first=False, startup_trials=2)
-    assert summary["states"] == {"complete": 4, "fail": 1}
-    rows = (parts / "trials.csv").read_text().splitlines()
-    assert any(",fail," in r and "trials/trial-002" in r for r in rows)  # the retry took over trial-002's run
-    assert sorted(p.name for p in (parts / "trials").iterdir()) == [
-        f"trial-00{i}" for i in range(4) if i != 3
-    ] + ["trial-004"]
+        tune(synthetic_dataset, parts, space, trials=3, defaults_first=False, startup_trials=1)
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    assert (parts / "trials" / "trial-001" / "checkpoint.pt").exists()
+    summary = tune(synthetic_dataset, parts, space, trials=3, defaults_first=False, startup_trials=1)
+    assert summary["states"] == {"complete": 3, "fail": 1}
+    # the retry (trial 2) took over trial 1's run, which resumed from its checkpoint
+    assert "resumed from" in (parts / "trials" / "trial-001" / "log.txt").read_text()
+    assert sorted(p.name for p in (parts / "trials").iterdir()) == ["trial-000", "trial-001", "trial-003"]
     lrs = lambda out: sorted(o["lr"] for o in trial_params(out))  # noqa: E731
     assert lrs(parts) == pytest.approx(lrs(whole))
     # the study is done: the same command trains nothing more
     assert (
-        tune(synthetic_dataset, parts, space, trials=4, defaults_first=False, startup_trials=2)["trials"] == 5
+        tune(synthetic_dataset, parts, space, trials=3, defaults_first=False, startup_trials=1)["trials"] == 4
     )
 
 
@@ -129,7 +131,10 @@ def test_a_changed_space_or_seed_is_refused_not_resumed(synthetic_dataset, tmp_p
         ({"lr": {"low": 0.1, "high": 0.01}}, "params.lr: low 0.1 is above high 0.01"),
         ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "params.lr: a log range needs low > 0"),
         ({"lr": {"min": 0.1, "high": 0.2}}, "params.lr: unknown key 'min'"),
-        ({"dim": {"choices": [16, -1]}}, "params.dim: model 'mf' options: dim"),
+        (
+            {"objective": {"choices": ["bpr", "nope"]}},
+            "params.objective: model 'mf' options.objective: 'nope' is not one of",
+        ),
         ({"lr": [0.1, 0.2]}, "params.lr: give {low: L, high: H} or {choices: [...]}"),
     ],
 )
@@ -143,18 +148,20 @@ def test_a_bad_space_file_is_one_line_naming_file_and_key(synthetic_dataset, tmp
 
 
 def test_a_trial_below_the_median_is_pruned_saved_and_evaluated(synthetic_dataset, tmp_path):
-    # a constructed case: lr 1e-7 leaves MF at its random start, lr 0.05 learns the walk in 2 epochs
-    space = space_file(tmp_path, {"lr": {"choices": [0.05, 1e-7]}}, fixed={**FAST, "epochs": 6})
+    # a constructed case: the first trial (the defaults, reg 1e-4) learns the walk at lr 0.05; any other
+    # choice of reg is so strong that MF stays at its random start, below the first trial at every epoch
+    fixed = {**FAST, "lr": 0.05, "epochs": 6}
+    space = space_file(tmp_path, {"reg": {"choices": [1e-4, 50.0, 60.0, 70.0]}}, fixed=fixed)
     out = tmp_path / "tune"
-    summary = tune(
-        synthetic_dataset, out, space, trials=4, startup_trials=1, warmup_epochs=0, defaults_first=False
-    )
+    summary = tune(synthetic_dataset, out, space, trials=3, startup_trials=1, warmup_epochs=0)
     rows = [r.split(",") for r in (out / "trials.csv").read_text().splitlines()]
     head, rows = rows[0], rows[1:]
-    state, lr, epochs = head.index("state"), head.index("lr"), head.index("epochs")
+    state, reg, epochs = head.index("state"), head.index("reg"), head.index("epochs")
     pruned = [r for r in rows if r[state] == "pruned"]
     assert summary["states"].get("pruned", 0) == len(pruned) >= 1
-    assert all(float(r[lr]) == 1e-7 and int(r[epochs]) == 2 for r in pruned)  # stopped at the first report
+    assert all(
+        float(r[reg]) >= 50 and int(float(r[epochs])) == 2 for r in pruned
+    )  # stopped at the first report
     for r in pruned:  # stopped as an early stop: the run is saved and evaluated
         run = out / r[-1]
         assert (run / "model" / "model.json").exists() and "test" in json.loads(

@@ -14,7 +14,7 @@ The tune folder (``--out``, default ``runs/tune-<model>-<dataset>``) holds:
   ``tune.json`` (the study's settings and summary).
 
 The objective is the run's validation metric (``--metric``, on the frozen validation candidates, all users).
-Sampling is TPE, seeded: each trial's sampler is seeded with ``seed + trials so far``, so a resumed study
+Sampling is TPE, seeded: each trial's sampler is seeded with ``seed + trials done``, so a resumed study
 draws what an uninterrupted one would have drawn. The first ``startup_trials`` trials are drawn at random
 (the first is the model's defaults when the space contains them) and are never pruned; later a trial whose
 validation metric at an epoch is below the median of the finished trials' at that epoch is pruned (Optuna's
@@ -242,9 +242,9 @@ def _optimize(
     )
     try:
         while _done(study) < cfg.trials:
-            # one sampler per trial, seeded by the count of trials so far: a resumed study draws the same
+            # one sampler per trial, seeded by the count of trials done: a resumed study draws the same
             study.sampler = optuna.samplers.TPESampler(
-                seed=cfg.seed + len(study.trials), n_startup_trials=cfg.startup_trials
+                seed=cfg.seed + _done(study), n_startup_trials=cfg.startup_trials
             )
             study.pruner = pruner
             study.optimize(
