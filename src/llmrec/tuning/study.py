@@ -129,7 +129,8 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
             defaults = _defaults(cfg.model, space, base) if cfg.defaults_first else None
             if defaults is not None:
                 study.enqueue_trial(defaults, user_attrs={"defaults": True})
-        _retry_interrupted(optuna, study)
+        if _done(study) < cfg.trials:
+            _retry_interrupted(optuna, study)
         _optimize(optuna, study, cfg, space, base, folder)
         summary = write_results(study, cfg, space, folder)
     if cfg.seeds:
