@@ -439,6 +439,9 @@ def plot_trials(rows: list[dict[str, Any]], metric: str, path: Path, title: str 
             xs.append(r["trial"])
             ys.append(best)
     ax.step(xs, ys, where="post", label="best so far")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
     ax.set_xlabel("trial")
     ax.set_ylabel(f"valid {metric}")
     ax.set_title(title)
