@@ -75,6 +75,14 @@ def test_trials_are_runs_with_a_best_config_table_and_plot(synthetic_dataset, tm
     # llmrec table reads a trial as any run
     assert main(["table", str(runs[0])]) == 0
     assert "trial-000" in capsys.readouterr().out
+    # --seeds: the finished study trains its best configuration per seed (no new trial)
+    from llmrec.tuning.study import format_tune
+
+    again = tune(synthetic_dataset, out, space, trials=3, seeds=[0])
+    assert again["trials"] == 3 and (out / "best-seeds" / "seed-0" / "metrics.json").exists()
+    seeded = json.loads((out / "best-seeds" / "seed-0" / "config.json").read_text())
+    assert seeded["seed"] == 0 and seeded["options"]["lr"] == pytest.approx(best["params"]["lr"])
+    assert "| best-seeds | mf |" in format_tune(again)
 
 
 def test_resumed_study_continues_to_n_with_the_draws_of_an_uninterrupted_one(
