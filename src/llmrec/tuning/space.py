@@ -119,10 +119,8 @@ def load_space(model: str, path: str | Path | None = None) -> SearchSpace:
         fixed, params = dict(base.get("fixed") or {}), dict(base.get("params") or {})
         sources.append(str(shipped))
     if user is not None:
-        for name, given in (user.get("fixed") or {}).items():
-            fixed.pop(name, None) if given is None else fixed.__setitem__(name, given)
-        for name, given in (user.get("params") or {}).items():
-            params.pop(name, None) if given is None else params.__setitem__(name, given)
+        fixed = _extended(fixed, user.get("fixed"))
+        params = _extended(params, user.get("params"))
         sources.append(str(path))
     where = str(path) if path is not None else str(shipped)
     parsed = tuple(_param(name, spec, where) for name, spec in params.items())
@@ -131,6 +129,12 @@ def load_space(model: str, path: str | Path | None = None) -> SearchSpace:
     if not parsed:
         raise ConfigError(f"{where}: params is empty: nothing to search")
     return SearchSpace(fixed=fixed, params=parsed, sources=tuple(sources))
+
+
+def _extended(shipped: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """``shipped`` with ``given``'s entries replacing or adding theirs; a ``null`` entry removes its name."""
+    out = {**shipped, **(given or {})}
+    return {name: value for name, value in out.items() if value is not None}
 
 
 def _read(path: Path) -> dict[str, Any]:
