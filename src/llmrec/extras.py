@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "wandb": ("wandb",),
     "mlflow": ("mlflow",),
     "spark": ("pyspark",),
+    "tune": ("optuna",),
     "docs": ("mkdocs", "material", "mkdocstrings"),
 }
 

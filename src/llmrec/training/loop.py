@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -81,6 +82,23 @@ if TYPE_CHECKING:  # the trainer knows models by their declared contract: types 
     from llmrec.models.neural import Batch, Stage, TorchRecommender
 
 log = logging.getLogger(__name__)
+
+# (stage name, epoch, the epoch's record) -> True to stop the stage: see watch_validation
+ValidationWatcher = Callable[[str, int, dict[str, float]], bool]
+_watcher: contextvars.ContextVar[ValidationWatcher | None] = contextvars.ContextVar("watcher", default=None)
+
+
+@contextlib.contextmanager
+def watch_validation(watcher: ValidationWatcher) -> Iterator[None]:
+    """While held, ``watcher(stage, epoch, record)`` is called after every validation of every stage
+    :func:`fit` trains (``record``: the epoch's loss and validation metrics); when it returns True the stage
+    stops there as an early stop does (the best weights so far are kept, the run is saved and evaluated).
+    ``llmrec tune`` reports each validation to Optuna and stops a pruned trial through it."""
+    token = _watcher.set(watcher)
+    try:
+        yield
+    finally:
+        _watcher.reset(token)
 
 
 def fit(
@@ -196,6 +214,16 @@ def train_stage(
             improved = _validate_epoch(model, eval_ds, stage, n, epoch, record, state)
             if improved:
                 best_weights = model.checkpoint_state()
+            watcher = _watcher.get()
+            if watcher is not None and watcher(stage.name, epoch, record):
+                log.info(
+                    "%s: stopped at epoch %d by the validation watcher (e.g. a pruned tuning trial)",
+                    name,
+                    epoch,
+                )
+                state["epoch"] = epoch
+                state["history"].append(record)
+                break
         state["epoch"] = epoch
         state["history"].append(record)
         prefix = f"{stage.name}/" if named else ""
