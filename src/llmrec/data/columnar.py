@@ -601,17 +601,12 @@ def ctr_tables(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, out: Path) ->
     else:
         label = f"CAST(CASE WHEN rating >= {float(cfg.like_threshold)!r} THEN 1 ELSE 0 END AS TINYINT)"
         liked = f"rating >= {float(cfg.like_threshold)!r}"
-    # n_liked = liked rows before the row (row order), distinct for liked rows; n_before = the likes the row's
-    # history may hold: n_liked, or (ctr_history_before = time) the likes of strictly earlier times. The
-    # history holds the liked rows whose n_liked lies in [n_before - L, n_before - 1]: exactly the last L
-    # liked items before the row (a per-row frame over n_liked; its offsets are >= 1 as n_liked >= n_before).
+    # n_liked = liked rows before the row; n_before = the likes its history may hold: n_liked, or (by time) those
+    # of strictly earlier times. The history: liked rows with n_liked in [n_before - L, n_before - 1].
     length = int(cfg.ctr_history_len)
-    n_before = (
-        "COALESCE(SUM(CASE WHEN liked THEN 1 ELSE 0 END) OVER (PARTITION BY user_idx ORDER BY ts "
-        "RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)"  # integer times: 1 PRECEDING = earlier
-        if cfg.ctr_history_before == "time"
-        else "n_liked"
-    )
+    count = "SUM(CASE WHEN liked THEN 1 ELSE 0 END) OVER (PARTITION BY user_idx"  # a window, closed below
+    by_time = f"COALESCE({count} ORDER BY ts RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)"
+    n_before = by_time if cfg.ctr_history_before == "time" else "n_liked"
     _bind(
         con,
         "ctr_rows",
@@ -622,8 +617,8 @@ def ctr_tables(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, out: Path) ->
         f"RANGE BETWEEN n_liked - n_before + {length} PRECEDING AND n_liked - n_before + 1 PRECEDING), "
         "[]::INTEGER[]) AS history "
         f"FROM (SELECT *, {n_before} AS n_before FROM ("
-        "SELECT *, COALESCE(SUM(CASE WHEN liked THEN 1 ELSE 0 END) OVER (PARTITION BY user_idx "
-        "ORDER BY seq_pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS n_liked FROM ("
+        f"SELECT *, COALESCE({count} ORDER BY seq_pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) "
+        "AS n_liked FROM ("
         f"SELECT user_idx, item_idx, ts, seq_pos, {label} AS label, COALESCE({liked}, false) AS liked "
         f"FROM inter) labelled) counted) anchored) examples WHERE n_before >= {int(cfg.ctr_min_history)}",
     )
