@@ -7,10 +7,10 @@ import torch
 
 from llmrec.data.dataset import Dataset
 from llmrec.errors import LlmrecError
-from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import build_model, model_config
 from llmrec.models.llm.ctr_presets import PRESETS
 from llmrec.training import fit
+from test_histllm_preset_prompts import example_dataset  # noqa: F401 (a fixture)
 
 TINY = {
     "mapper_hidden": 16,
@@ -26,19 +26,12 @@ FAMILY = sorted({*PRESETS, "histllm"})
 
 
 @pytest.fixture
-def news_dataset(synthetic_dataset):
-    """The synthetic dataset as if its importer called an item a news article and it was prepared with
-    7 history items (the ctr tables' histories are shorter: only the length read back matters here)."""
-    ds = Dataset(synthetic_dataset)
-    ds.meta["source"]["item_noun"] = "news article"
-    ds.meta["config"]["ctr_history_len"] = 7
-    rng = np.random.default_rng(0)
-    items = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
-    users = {"kind": "user", "encoder": "test", "ids_sha256": ids_checksum(ds.users["user_id"].tolist())}
-    save_feature(ds.features_dir, "image", rng.normal(size=(ds.n_items, 6)).astype(np.float32), items)
-    save_feature(ds.features_dir, "mf_item", rng.normal(size=(ds.n_items, 8)).astype(np.float32), items)
-    save_feature(ds.features_dir, "mf_user", rng.normal(size=(ds.n_users, 8)).astype(np.float32), users)
-    return ds
+def news_dataset(example_dataset):  # noqa: F811 (the imported fixture)
+    """The example dataset (image and MF features) as if its importer called an item a news article and it
+    was prepared with 7 history items (only the length read back matters here, not the stored histories)."""
+    example_dataset.meta["source"]["item_noun"] = "news article"
+    example_dataset.meta["config"]["ctr_history_len"] = 7
+    return example_dataset
 
 
 def make(name, ds, tiny_llm, **options):
