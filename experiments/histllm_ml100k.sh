@@ -7,14 +7,17 @@
 #   bash experiments/histllm_ml100k.sh [chat|paper]
 #
 # chat (default): llmrec's framing, every prompt in the backbone's chat template -> runs/ml100k-ctr;
-# paper: -o recipe=paper, the raw '#Question: ... \n#Answer:' text as the paper feeds it -> runs/ml100k-ctr-paper.
+# paper: -o recipe=paper, the raw '#Question: ... \n#Answer:' text as the paper feeds it -> runs/ml100k-ctr-paper;
+# BinLLM's LoRA then starts from this framing's TALLRec run (lora_start=tallrec, its authors' configuration).
+# The budget below is the script's own under both framings (recipe=paper would take every training row and the
+# dataset's history length, 10 on ML-100K): 512 rows per step, 5 history items.
 # ONLY="tallrec collm" runs just those rows (the names below); the table then lists the rows that exist.
 set -euo pipefail
 FRAMING=${1:-chat}
 THREADS=${THREADS:-1}
 DATA=${DATA:-data/ml-100k}
 COMMON=(--data "$DATA" --splits test --ctr-examples 600 --threads "$THREADS"
-        -o train_examples=512 -o eval_examples=200 -o step1_epochs=1 -o epochs=1)
+        -o train_examples=512 -o eval_examples=200 -o step1_epochs=1 -o epochs=1 -o history_len=5)
 case "$FRAMING" in
     chat) OUT=${OUT:-runs/ml100k-ctr} ;;
     paper) OUT=${OUT:-runs/ml100k-ctr-paper}; COMMON+=(-o recipe=paper) ;;
@@ -38,7 +41,10 @@ run histllm-transformer histllm -o encoder=transformer "${STEP1[@]}"
 run histllm-wo-uhem histllm -o history=inline "${STEP1[@]}"
 run histllm-wo-ke histllm -o ke=false "${STEP1[@]}"
 run tallrec-desc tallrec_desc
-run binllm binllm
+case "$FRAMING" in  # paper: BinLLM's LoRA starts from TALLRec's (recipe=paper's lora_start=tallrec)
+    paper) run binllm binllm "${STEP1[@]}" ;;
+    *) run binllm binllm ;;
+esac
 for cf in mf-ctr sasrec; do  # the CF models on the very same 600 test rows (same seed -> same rows)
     if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $cf "* ]]; then continue; fi
     if [ ! -f "$OUT/$cf/metrics.json" ] && [ -d "runs/$cf-ml100k" ]; then

@@ -141,6 +141,7 @@ def test_amazon2018_reviews_and_meta(amazon2018_dir: Path):
     assert raw.source == {
         "name": "amazon2018",
         "files": [str(amazon2018_dir / "Toys_5.json.gz"), str(amazon2018_dir / "meta_Toys.json.gz")],
+        "item_noun": "product",
     }
 
 

@@ -53,7 +53,7 @@ def check_canonical(raw) -> None:
 def test_the_three_importers_are_registered_with_the_papers_history_lengths():
     assert importer_defaults("movies") == {"ctr_history_len": 5}
     assert importer_defaults("netflix") == {"ctr_history_len": 10}
-    assert importer_defaults("mind") == {"ctr_history_len": 10}
+    assert importer_defaults("mind") == {"ctr_history_len": 10, "ctr_history_before": "time"}
     assert importer_defaults("ml-100k") == {} and importer_defaults("no-such-source") == {}
     importer_defaults("movies")["ctr_history_len"] = 99  # a copy: the registry is untouched
     assert importer_defaults("movies") == {"ctr_history_len": 5}
@@ -122,30 +122,27 @@ def test_mind_impressions_become_click_labels_and_history_comes_first(mind_dir):
     check_canonical(raw)
     t1, t3 = utc("11/11/2019 9:05:58 AM"), utc("11/12/2019 10:00:00 AM")
     t_dev = utc("11/15/2019 8:55:22 AM")
-    # history N1, N2 one second apart just before U1's first impression; not-clicked news before the click
+    # history N1, N2 one second apart just before U1's first impression; each impression in the order shown
     assert sorted(rows_of(raw.interactions, "U1"), key=lambda r: r[1]) == [
         ("N1", t1 - 2, 1.0),
         ("N2", t1 - 1, 1.0),
+        ("N3", t1, 1.0),
         ("N4", t1, 0.0),
         ("N5", t1, 0.0),
-        ("N3", t1, 1.0),
-        ("N4", t3, 0.0),
         ("N6", t3, 1.0),
+        ("N4", t3, 0.0),
         ("N7", t_dev - 1, 1.0),  # listed first in the dev history: placed before that impression
-        ("N6", t_dev, 0.0),
         ("N5", t_dev, 1.0),
+        ("N6", t_dev, 0.0),
     ]
-    # within an impression the order is kept as written (processing keeps it for equal times)
-    u1 = raw.interactions.loc[raw.interactions["user_id"] == "U1"]
-    first = u1.loc[u1["timestamp"] == t1, "item_id"].tolist()
-    assert first == ["N4", "N5", "N3"]
     t2 = utc("11/11/2019 3:00:00 PM")
     assert rows_of(raw.interactions, "U2") == [
         ("N3", t2, 0.0),
-        ("N8", t2, 0.0),
         ("N4", t2, 1.0),
         ("N5", t2, 1.0),
+        ("N8", t2, 0.0),
     ]
+    assert raw.source["item_noun"] == "news article"
     assert "U9" not in set(raw.interactions["user_id"])
     assert raw.interactions["rating"].isna().all()
     assert raw.source["history_clicks"] == 3 and raw.source["impression_rows"] == 11
@@ -207,10 +204,9 @@ def test_mind_prepare_end_to_end_uses_history_and_length_10(mind_dir, tmp_path, 
         ("N3", 1): ["N1", "N2"],
     }
     assert set(ctr["label"]) == {0, 1}
-    # U2 has no history: its not-clicked rows have none and are dropped (--ctr-min-history 1); of its two
-    # clicks in one impression, the second sees the first (rows of one time keep their order)
-    u2 = ctr.loc[ctr["user"] == "U2"]
-    assert [(r.target_id, r.label, r.hist) for r in u2.itertuples()] == [("N5", 1, ["N4"])]
+    # U2 has no history before its one impression: none of its rows has one, all are dropped
+    # (--ctr-min-history 1); its second click never sees its first (clicks of one impression)
+    assert "U2" not in set(ctr["user"])
 
 
 def test_mind_malformed_lines_are_one_line_errors(mind_dir):
@@ -564,3 +560,53 @@ def test_netflix_malformed_titles_are_one_line_errors(netflix_dir):
     titles.unlink()
     with pytest.raises(LlmrecError, match="no movie_titles.csv"):
         get_importer("netflix")(ImportSpec(path=str(netflix_dir)))
+
+
+def random_mind(root: Path, users: int = 12, seed: int = 0) -> Path:
+    """A MIND folder in the published layout: ``users`` users with 4 to 8 impressions each (2 to 4 news
+    shown, 1 or 2 clicked), a MIND history of 0 to 3 news; 30 news."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    news = [[f"N{i}", "news", "newsus", f"Title {i}", f"Abstract {i}.", "", "[]", "[]"] for i in range(30)]
+    lines, impression = [], 0
+    for u in range(users):
+        history = " ".join(f"N{i}" for i in rng.choice(30, int(rng.integers(0, 4)), replace=False))
+        for k in range(int(rng.integers(4, 9))):
+            shown = rng.choice(30, int(rng.integers(2, 5)), replace=False)
+            clicked = set(rng.choice(shown, int(rng.integers(1, min(2, len(shown) - 1) + 1)), replace=False))
+            tokens = " ".join(f"N{i}-{int(i in clicked)}" for i in shown)
+            when = f"11/{10 + k}/2019 {1 + u % 12}:{10 + u:02d}:00 PM"
+            impression += 1
+            lines.append([str(impression), f"U{u}", when, history, tokens])
+    write_tsv(root / "news.tsv", news)
+    write_tsv(root / "behaviors.tsv", lines)
+    return root
+
+
+@pytest.mark.parametrize("engine", ["pandas", "duckdb"])
+def test_mind_histories_hold_only_clicks_of_earlier_impressions(tmp_path, engine):
+    """Clicks of one impression never enter each other's histories: every row of an impression gets the same
+    history, of clicks strictly before its time (on a MIND file where the second click of an impression used
+    to see the first; pandas and duckdb engines)."""
+    if engine == "duckdb":
+        pytest.importorskip("duckdb")
+    root = random_mind(tmp_path / "MIND")
+    out = tmp_path / f"mind-{engine}"
+    args = ["prepare", "mind", "--path", str(root), "--out", str(out), "--engine", engine, "--kcore", "0"]
+    assert main([*args, "--num-negatives", "1"]) == 0
+    ds = Dataset(out)
+    ctr = pd.concat([ds.ctr(s) for s in ("train", "valid", "test")], ignore_index=True)
+    inter = ds.interactions
+    clicked_at = {
+        (int(u), int(i)): int(t)
+        for u, i, t, y in zip(inter["user_idx"], inter["item_idx"], inter["timestamp"], inter["label"])
+        if y == 1
+    }
+    histories = ctr.groupby(["user_idx", "timestamp"])["history"].agg(lambda h: {tuple(x) for x in h})
+    two_clicks = ctr.groupby(["user_idx", "timestamp"])["label"].sum() >= 2
+    assert two_clicks.sum() >= 5  # impressions where the leak would show
+    assert (histories.map(len) > 1).sum() == 0  # every row of an impression: one history
+    for u, t, hist in zip(ctr["user_idx"], ctr["timestamp"], ctr["history"]):
+        assert all(clicked_at[(int(u), int(i))] < t for i in hist)
+    assert ds.meta["config"]["ctr_history_before"] == "time"  # the source's default, recorded

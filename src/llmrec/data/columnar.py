@@ -175,7 +175,7 @@ def _json_lines_source(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, layou
     import duckdb
 
     reviews, meta = layout.paths(cfg)
-    record = {"name": layout.name, "files": [str(reviews), str(meta)]}
+    record = layout.source_record(reviews, meta)
     t0 = time.perf_counter()
     try:
         odd = _read_reviews(con, reviews, layout)
@@ -601,20 +601,26 @@ def ctr_tables(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, out: Path) ->
     else:
         label = f"CAST(CASE WHEN rating >= {float(cfg.like_threshold)!r} THEN 1 ELSE 0 END AS TINYINT)"
         liked = f"rating >= {float(cfg.like_threshold)!r}"
-    # n_liked = liked items strictly before the row; the history holds the liked rows whose own n_liked
-    # lies in [n_liked - L, n_liked - 1]: exactly the last L liked items before the row, in order.
+    # n_liked = liked rows before the row; n_before = the likes its history may hold: n_liked, or (by time) those
+    # of strictly earlier times. The history: liked rows with n_liked in [n_before - L, n_before - 1].
+    length = int(cfg.ctr_history_len)
+    count = "SUM(CASE WHEN liked THEN 1 ELSE 0 END) OVER (PARTITION BY user_idx"  # a window, closed below
+    by_time = f"COALESCE({count} ORDER BY ts RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)"
+    n_before = by_time if cfg.ctr_history_before == "time" else "n_liked"
     _bind(
         con,
         "ctr_rows",
         "SELECT user_idx, target, label, timestamp, history, "
         "ROW_NUMBER() OVER (ORDER BY timestamp, user_idx, target, seq_pos) AS g FROM ("
-        "SELECT user_idx, item_idx AS target, label, ts AS timestamp, seq_pos, n_liked, "
+        "SELECT user_idx, item_idx AS target, label, ts AS timestamp, seq_pos, n_before, "
         "COALESCE(LIST(item_idx) FILTER (WHERE liked) OVER (PARTITION BY user_idx ORDER BY n_liked "
-        f"RANGE BETWEEN {int(cfg.ctr_history_len)} PRECEDING AND 1 PRECEDING), []::INTEGER[]) AS history "
-        "FROM (SELECT *, COALESCE(SUM(CASE WHEN liked THEN 1 ELSE 0 END) OVER (PARTITION BY user_idx "
-        "ORDER BY seq_pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS n_liked FROM ("
+        f"RANGE BETWEEN n_liked - n_before + {length} PRECEDING AND n_liked - n_before + 1 PRECEDING), "
+        "[]::INTEGER[]) AS history "
+        f"FROM (SELECT *, {n_before} AS n_before FROM ("
+        f"SELECT *, COALESCE({count} ORDER BY seq_pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) "
+        "AS n_liked FROM ("
         f"SELECT user_idx, item_idx, ts, seq_pos, {label} AS label, COALESCE({liked}, false) AS liked "
-        f"FROM inter) labelled) counted) examples WHERE n_liked >= {int(cfg.ctr_min_history)}",
+        f"FROM inter) labelled) counted) anchored) examples WHERE n_before >= {int(cfg.ctr_min_history)}",
     )
     n = con.execute("SELECT COUNT(*) FROM ctr_rows").fetchall()[0][0]
     a = int(round(cfg.ctr_split[0] * n))

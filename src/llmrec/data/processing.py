@@ -74,6 +74,12 @@ class ProcessConfig:
     seed: int = option(42, "seed for user subsampling and evaluation negatives")
     like_threshold: float = option(4.0, "CTR: rating >= threshold is a positive (label 1)")
     ctr_history_len: int = option(10, "CTR: at most this many most recent liked items before the target")
+    ctr_history_before: Literal["row", "time"] = option(
+        "row",
+        "CTR: a history holds the liked items of the user's earlier rows (row), or only those of strictly "
+        "earlier times (time: rows of one time, such as the news shown in one MIND impression, never enter "
+        "each other's histories; the mind importer's default)",
+    )
     ctr_min_history: int = option(1, "CTR: drop examples whose history is shorter")
     ctr_sampled_negatives: int = option(
         0, "CTR: add this many sampled unseen items (label 0) per example, for all-positive sources"

@@ -8,6 +8,7 @@ call the same code here.
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -145,7 +146,8 @@ def _unseen(rng: np.random.Generator, n_items: int, num: int, seen: set[int]) ->
 
 
 def ctr_examples(inter: pd.DataFrame, cfg: ProcessConfig) -> pd.DataFrame | None:
-    """Labelled (user, history, target, label) rows; history = last liked items strictly before the target.
+    """Labelled (user, history, target, label) rows; history = last liked items strictly before the target:
+    of the user's earlier rows, or (``ctr_history_before`` = time) of strictly earlier times.
 
     Uses the ``label`` column where the source has one, else ``rating >= like_threshold``; returns None
     for implicit-feedback sources (no rating, no label).
@@ -169,12 +171,16 @@ def ctr_examples(inter: pd.DataFrame, cfg: ProcessConfig) -> pd.DataFrame | None
     rng = np.random.default_rng(cfg.seed)
     n_items = int(items.max()) + 1 if len(items) else 0
     seen = inter.groupby("user_idx")["item_idx"].agg(set).to_dict() if cfg.ctr_sampled_negatives else {}
+    by_time = cfg.ctr_history_before == "time"
     liked: list[int] = []
+    liked_times: list[int] = []  # the time of each liked item (non-decreasing: rows are chronological)
     for i in range(len(inter)):
         if i == 0 or users[i] != users[i - 1]:
-            liked = []
-        if len(liked) >= cfg.ctr_min_history:
-            history = np.asarray(liked[-cfg.ctr_history_len :], dtype=np.int32)
+            liked, liked_times = [], []
+        # by time: only the likes of strictly earlier times (rows of one impression never see each other)
+        before = bisect.bisect_left(liked_times, times[i]) if by_time else len(liked)
+        if before >= cfg.ctr_min_history:
+            history = np.asarray(liked[max(before - cfg.ctr_history_len, 0) : before], dtype=np.int32)
             sampled = _unseen(rng, n_items, cfg.ctr_sampled_negatives, seen.get(users[i], set()))
             for target, y in [(items[i], int(labels[i]))] + [(c, 0) for c in sampled]:
                 rows["user_idx"].append(users[i])
@@ -184,6 +190,7 @@ def ctr_examples(inter: pd.DataFrame, cfg: ProcessConfig) -> pd.DataFrame | None
                 rows["history"].append(history)
         if labels[i] == 1:
             liked.append(int(items[i]))
+            liked_times.append(int(times[i]))
     df = pd.DataFrame(rows)
     df["user_idx"] = df["user_idx"].astype("int32")
     df["target"] = df["target"].astype("int32")

@@ -4,6 +4,9 @@ Each importer registers itself under a name with :func:`register_importer`; ``ll
 looks it up with :func:`get_importer`. Importers only read and normalise: filtering, k-core and
 splitting happen once, for every source, in :mod:`llmrec.data.processing`.
 
+An importer may also record in its source record (meta.json's "source") what its prompts call an item
+(``"item_noun": "news article"``); :func:`item_noun` reads it back.
+
 An importer may register processing defaults for its source (``defaults={"ctr_history_len": 5}``: the
 history length the source's paper uses); ``llmrec prepare`` applies them below the config file and the
 flags, so a value the user gives always wins. :func:`importer_defaults` returns them.
@@ -44,6 +47,17 @@ def importer_defaults(name: str) -> dict[str, Any]:
     return dict(_DEFAULTS.get(name, {}))
 
 
+#: what the prompts call an item of a dataset whose source records no noun (prepared by an llmrec that did not
+#: store one, or by an importer without one: table, synthetic); the papers' movie data
+DEFAULT_ITEM_NOUN = "movie"
+
+
+def item_noun(meta: dict[str, Any]) -> str:
+    """What prompts call an item of the dataset whose meta.json is ``meta``: its importer's ``item_noun``
+    (movie, news article, product), else :data:`DEFAULT_ITEM_NOUN`."""
+    return str((meta.get("source") or {}).get("item_noun") or DEFAULT_ITEM_NOUN)
+
+
 def available_importers() -> list[str]:
     _load_builtins()
     return sorted(_IMPORTERS)
@@ -59,10 +73,12 @@ def get_importer(name: str) -> Importer:
 
 
 __all__ = [
+    "DEFAULT_ITEM_NOUN",
     "ImportSpec",
     "Importer",
     "available_importers",
     "get_importer",
     "importer_defaults",
+    "item_noun",
     "register_importer",
 ]

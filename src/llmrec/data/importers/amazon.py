@@ -380,13 +380,15 @@ class ReviewsLayout:
     def read_meta(self, meta: Path) -> pd.DataFrame:
         return read_meta(meta, self.to_item, id_key=self.meta_id_keys[0], review_key=self.user_key)
 
+    def source_record(self, reviews: Path, meta: Path) -> dict[str, Any]:
+        """meta.json's "source" (both engines): name, files, and the prompts' word for an item."""
+        return {"name": self.name, "files": [str(reviews), str(meta)], "item_noun": "product"}
+
     def read(self, spec: ImportSpec) -> RawData:
         reviews, meta = self.paths(spec)
         interactions = self.read_reviews(reviews)
         return RawData(
-            items=self.read_meta(meta),
-            interactions=interactions,
-            source={"name": self.name, "files": [str(reviews), str(meta)]},
+            items=self.read_meta(meta), interactions=interactions, source=self.source_record(reviews, meta)
         )
 
 

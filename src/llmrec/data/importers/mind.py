@@ -10,9 +10,10 @@ Layout (tab-separated, no header; MIND's README):
 What becomes what:
 
 - Every shown news of an impression is one interaction at the impression's time with ``label`` 1 (clicked)
-  or 0 (not clicked): real CTR rows. Within an impression the not-clicked rows come first, so that no
-  example of an impression sees that impression's own click in its history (``llmrec prepare`` builds a
-  CTR history from the liked rows before each row, and rows of one time keep the source order).
+  or 0 (not clicked), in the order shown: real CTR rows. A CTR history holds only clicks of strictly
+  earlier times (``llmrec prepare``'s ``--ctr-history-before time``, this source's default), so every row
+  of an impression gets the same history and no click of an impression enters the history of another row
+  of it (which would tell the clicked rows apart from the rest: a leak of the label).
 - The history column becomes the user's earlier clicks: each news id listed there is one label-1
   interaction, emitted once per user, placed just before the first impression (in time) whose history
   lists it, one second apart in the listed order (MIND gives them no time). So the CTR history of a user's
@@ -204,16 +205,12 @@ def read_behaviors(path: Path) -> pd.DataFrame | None:
 
 
 def impression_rows(behaviors: pd.DataFrame) -> pd.DataFrame:
-    """One row per shown news: user_id, item_id, timestamp, label; within an impression the not-clicked
-    news first (each group in the order shown)."""
-    shown = behaviors[["user_id", "timestamp"]].assign(
-        impression=np.arange(len(behaviors)), token=behaviors["impressions"].str.split()
-    )
+    """One row per shown news: user_id, item_id, timestamp, label, in the order shown."""
+    shown = behaviors[["user_id", "timestamp"]].assign(token=behaviors["impressions"].str.split())
     shown = shown.explode("token", ignore_index=True)
     parts = shown["token"].str.rpartition("-")
     shown["item_id"] = parts[0]
     shown["label"] = parts[2].astype("float64")
-    shown = shown.sort_values(["impression", "label"], kind="stable")
     return shown[["user_id", "item_id", "timestamp", "label"]].reset_index(drop=True)
 
 
@@ -239,11 +236,12 @@ def history_rows(behaviors: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- the importer
 
 
-@register_importer("mind", defaults={"ctr_history_len": 10})
+@register_importer("mind", defaults={"ctr_history_len": 10, "ctr_history_before": "time"})
 def import_mind(spec: ImportSpec) -> RawData:
     """MIND from ``spec.path``: a folder with ``news.tsv`` + ``behaviors.tsv``, or one whose sub-folders (train,
     dev) each hold both; all are read together. See the module docstring for labels, history and images.
-    The CTR history length defaults to 10 (HistLLM's news setting)."""
+    The CTR history length defaults to 10 (HistLLM's news setting), histories to the clicks of earlier times;
+    the prompts call an item a news article."""
     if not spec.path:
         raise LlmrecError("no MIND folder given", hint=_LAYOUT_HINT)
     root = Path(spec.path).expanduser()
@@ -282,6 +280,7 @@ def import_mind(spec: ImportSpec) -> RawData:
     source = {
         "name": "mind",
         "files": files,
+        "item_noun": "news article",
         "history": "each history news id: one label-1 interaction before the first impression listing it",
         "history_clicks": len(hist),
         "impression_rows": len(shown),

@@ -139,7 +139,7 @@ def import_atomic_movielens(folder: Path, name: str, genre_column: str, user_pre
         items=items,
         interactions=interactions,
         users=users,
-        source={"name": name, "files": [str(f) for f in files]},
+        source={"name": name, "files": [str(f) for f in files], "item_noun": "movie"},
     )
 
 
@@ -309,7 +309,10 @@ def _import_ml1m_grouplens(spec: ImportSpec) -> RawData:
     interactions = _rating_interactions(ratings, ("UserID", "MovieID", "Timestamp", "Rating"), files[0])
     items = _movie_items(movies["MovieID"], movies["Title"], movies["Genres"], folder / "movies.dat")
     return RawData(
-        items=items, interactions=interactions, users=users, source={"name": "ml-1m", "files": files}
+        items=items,
+        interactions=interactions,
+        users=users,
+        source={"name": "ml-1m", "files": files, "item_noun": "movie"},
     )
 
 
@@ -337,4 +340,8 @@ def import_ml_latest(spec: ImportSpec) -> RawData:
     files = [str(folder / "ratings.csv"), str(folder / "movies.csv")]
     interactions = _rating_interactions(ratings, ("userId", "movieId", "timestamp", "rating"), files[0])
     items = _movie_items(movies["movieId"], movies["title"], movies["genres"], folder / "movies.csv")
-    return RawData(items=items, interactions=interactions, source={"name": "ml-latest", "files": files})
+    return RawData(
+        items=items,
+        interactions=interactions,
+        source={"name": "ml-latest", "files": files, "item_noun": "movie"},
+    )

@@ -296,6 +296,7 @@ def import_movies(spec: ImportSpec) -> RawData:
         interactions=interactions,
         source={
             "name": "movies",
+            "item_noun": "movie",
             "files": [str(ratings_path), str(meta_path), str(links_path)],
             "ratings_without_tmdb_id": int(unmapped.sum()),
             "metadata_records_skipped": len(skipped),

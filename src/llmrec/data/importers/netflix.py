@@ -239,4 +239,8 @@ def import_netflix(spec: ImportSpec) -> RawData:
     titles["image"] = [str(posters[i]) if i in posters else "" for i in titles["item_id"]]
     items = make_items(titles, source=str(titles_path))
     files = [str(rating_files[0]), str(titles_path), *map(str, rating_files[1:])]
-    return RawData(items=items, interactions=interactions, source={"name": "netflix", "files": files})
+    return RawData(
+        items=items,
+        interactions=interactions,
+        source={"name": "netflix", "files": files, "item_noun": "movie"},
+    )

@@ -19,7 +19,10 @@ histllm            uhem      yes    auto    tokens   Fig. 3: [HIST] + target des
 (``histllm`` itself is the class's own defaults, registered in :mod:`llmrec.models.llm.histllm`.) A preset
 without non-text placeholders (tallrec, tallrec_desc, binllm) trains in one LoRA step on its own prompt;
 the others share step 1 (TALLRec's titles prompt, or BinLLM's with its codes), so ``-o step1_from=RUN``
-reuses a trained TALLRec (or BinLLM) run's LoRA.
+reuses a trained TALLRec (or BinLLM) run's LoRA. Under ``recipe=paper`` BinLLM's LoRA starts from TALLRec's
+(``lora_start=tallrec``: trained first on the titles prompt, or taken from the TALLRec run ``step1_from``
+names), as its authors' configuration does; ``-o lora_start=scratch`` is the one-step variant, llmrec's
+default.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from llmrec.models.base import register_model
 from llmrec.models.llm.histllm import HistLLM
+from llmrec.models.llm.histllm_config import RECIPES
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tallrec": {"history": "inline", "ke": False, "image": False, "cf": "none"},
@@ -38,11 +42,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "binllm": {"history": "inline", "ke": False, "image": False, "cf": "binary"},
     "binllm_image": {"history": "inline", "ke": False, "image": True, "cf": "binary"},
 }
+#: BinLLM's recipes: under paper its LoRA starts from TALLRec's, as its authors' configuration does
+#: (``hash_CF_ml.yaml``: ``ckpt: ... # tallrec``); llmrec's default trains it from scratch in one step
+BINLLM_RECIPES: dict[str, dict[str, Any]] = {
+    **RECIPES,
+    "paper": {**RECIPES["paper"], "lora_start": "tallrec"},
+}
+
 for _name, _preset in PRESETS.items():
-    register_model(_name)(
-        type(
-            _name,
-            (HistLLM,),
-            {"preset": _preset, "__doc__": f"HistLLM preset: {_preset}", "__module__": __name__},
-        )
-    )
+    _attrs = {"preset": _preset, "__doc__": f"HistLLM preset: {_preset}", "__module__": __name__}
+    if _preset["cf"] == "binary":
+        _attrs["recipes"] = BINLLM_RECIPES
+    register_model(_name)(type(_name, (HistLLM,), _attrs))

@@ -105,6 +105,21 @@ class CtrPrompts:
     user_codes: list[str]  # BinLLM's code of every user (cf=binary)
     item_codes: list[str]  # BinLLM's code of every item (cf=binary)
 
+    # ------------------------------------------------------------------ what the dataset decides
+    @property
+    def history_len(self) -> int:
+        """History items a prompt shows: the option, or (None) the dataset's, filled in by ``attach``."""
+        if self.cfg.history_len is None:
+            raise LlmrecError("history_len is the dataset's: attach the model to a dataset first")
+        return self.cfg.history_len
+
+    @property
+    def noun(self) -> str:
+        """What the prompts call an item: the option, or (None) the dataset's, filled in by ``attach``."""
+        if self.cfg.noun is None:
+            raise LlmrecError("the item noun is the dataset's: attach the model to a dataset first")
+        return self.cfg.noun
+
     # ------------------------------------------------------------------ what each step shows
     @property
     def has_step2(self) -> bool:
@@ -113,8 +128,11 @@ class CtrPrompts:
 
     def prompt_parts(self, step: int = 2) -> PromptParts:
         """What the prompt of ``step`` shows: 2 (step 2 and scoring) the full prompt; 1 (LoRA training) its
-        text-only part (titles; BinLLM keeps its codes), or the full prompt when there is no step 2."""
+        text-only part (titles; BinLLM keeps its codes), or the full prompt when there is no step 2; 0
+        TALLRec's titles prompt (where ``lora_start=tallrec`` starts LoRA)."""
         cfg = self.cfg
+        if step == 0:
+            return PromptParts(descriptions=False, image=False, uhem=False, cf_tokens=False, codes=False)
         full = step == 2 or not self.has_step2
         return PromptParts(
             descriptions=full and cfg.ke,
@@ -124,9 +142,16 @@ class CtrPrompts:
             codes=cfg.cf == "binary",
         )
 
-    def step1_signature(self) -> dict[str, Any]:
-        """What a step-1 LoRA was trained on: runs with equal signatures can share it (step1_from)."""
-        cfg, step1 = self.cfg, self.prompt_parts(1)
+    @property
+    def starts_from_tallrec(self) -> bool:
+        """Whether step 1's LoRA first learns TALLRec's titles prompt (``lora_start=tallrec``, where step 1's
+        own prompt is not that one: BinLLM's codes)."""
+        return self.cfg.lora_start == "tallrec" and self.prompt_parts(1) != self.prompt_parts(0)
+
+    def step1_signature(self, step: int = 1) -> dict[str, Any]:
+        """What a step-1 LoRA was trained on: runs with equal signatures can share it (step1_from). ``step``
+        0: the signature of a TALLRec run's LoRA with these settings (where ``lora_start=tallrec`` starts)."""
+        cfg, step1 = self.cfg, self.prompt_parts(step)
         ke = step1.descriptions  # a two-step model's step 1 reads titles
         desc = "<DESCRIPTION>" if ke else None
         codes = ("<USER_CODE>", "<ITEM_CODE>") if step1.codes else (None, None)
@@ -137,12 +162,14 @@ class CtrPrompts:
             # only a raw-framed LoRA says so: signatures of chat-framed runs saved before the option still match
             **({"prompt_format": "raw"} if cfg.prompt_format == "raw" else {}),
             "ke": ke,
-            "cf": "binary" if cfg.cf == "binary" else "none",
-            "binary_bits": cfg.binary_bits if cfg.cf == "binary" else None,
-            "noun": cfg.noun,
-            "history_len": cfg.history_len,
+            "cf": "binary" if step1.codes else "none",
+            "binary_bits": cfg.binary_bits if step1.codes else None,
+            "noun": self.noun,
+            "history_len": self.history_len,
             # the step-1 prompt's wording, data stood in for: a LoRA trained on other words is not reused
-            "prompt": ctr_prompt([ctr_item("<TITLE>", desc)], ctr_target("<TITLE>", desc), cfg.noun, *codes),
+            "prompt": ctr_prompt([ctr_item("<TITLE>", desc)], ctr_target("<TITLE>", desc), self.noun, *codes),
+            # only a LoRA that began as TALLRec's says so: signatures of runs saved before the option still match
+            **({"lora_start": "tallrec"} if step == 1 and self.starts_from_tallrec else {}),
         }
 
     # ------------------------------------------------------------------ the prompt of a CTR example
@@ -155,7 +182,7 @@ class CtrPrompts:
         cfg, parts = self.cfg, self.prompt_parts(step)
         texts, visual, hist_items = [], [], []
         for b, (h, t) in enumerate(zip(histories, targets)):
-            h = np.asarray(h, dtype=np.int64)[-cfg.history_len :]
+            h = np.asarray(h, dtype=np.int64)[-self.history_len :]
             t = int(t)
             if parts.uhem:
                 hist_items.append(torch.from_numpy(h))
@@ -166,7 +193,7 @@ class CtrPrompts:
         enc = self.backbone.tokenize(texts)
         self.backbone.check_context(
             enc["attention_mask"],
-            hint=f"lower history_len ({cfg.history_len}) or max_text_tokens ({cfg.max_text_tokens})",
+            hint=f"lower history_len ({self.history_len}) or max_text_tokens ({cfg.max_text_tokens})",
         )
         out = {
             "ids": enc["input_ids"],
@@ -186,7 +213,7 @@ class CtrPrompts:
         return self._prompt_text(int(user), history, int(target), self.prompt_parts(step))
 
     def _prompt_text(self, user: int, history: np.ndarray, target: int, parts: PromptParts) -> str:
-        h = np.asarray(history, dtype=np.int64)[-self.cfg.history_len :]
+        h = np.asarray(history, dtype=np.int64)[-self.history_len :]
         clause = ctr_target(self.titles[target], self._description(target, parts), parts.image)
         code = self.item_codes[target] if parts.codes else ""
         return self._framed(user, h, clause, code, parts)
@@ -208,12 +235,12 @@ class CtrPrompts:
             user_feature, item_feature = "[USERID]", "[ITEMID]"
         elif parts.codes:
             user_feature, item_feature = self.user_codes[user], item_code
-        return self.frame(ctr_prompt(items, target, self.cfg.noun, user_feature, item_feature))
+        return self.frame(ctr_prompt(items, target, self.noun, user_feature, item_feature))
 
     def prefix_text(self, user: int, history: np.ndarray) -> str:
         """The text every candidate's prompt for this user starts with: everything before the target clause."""
         sentinel = "\x00TARGET\x00"
-        h = np.asarray(history, dtype=np.int64)[-self.cfg.history_len :]
+        h = np.asarray(history, dtype=np.int64)[-self.history_len :]
         text = self._framed(int(user), h, sentinel, "", self.prompt_parts())
         return text[: text.index(sentinel)]
 
@@ -236,7 +263,7 @@ class CtrPrompts:
     @property
     def instruction_head(self) -> str:
         """The constant question start before the history (every prompt's, computed once where it can be)."""
-        return CTR_HISTORY[: CTR_HISTORY.index("{history}")].format(nouns=self.cfg.noun + "s")
+        return CTR_HISTORY[: CTR_HISTORY.index("{history}")].format(nouns=self.noun + "s")
 
     def show_prompts(self, dataset: Dataset, user: int, seed: int = 0) -> list[dict[str, Any]]:
         """What the LM reads for user index ``user`` (``llmrec prompts``): the user's last test CTR example
@@ -263,7 +290,7 @@ class CtrPrompts:
             enc = self.prompts(np.array([user]), [history], np.array([target]), step)
             row = self.backbone.show(enc["ids"][0], enc["mask"][0], head=prefix)
             row.update(
-                history_items=min(len(history), self.cfg.history_len),
+                history_items=min(len(history), self.history_len),
                 label="Yes" if example["label"] else "No",
             )
             shown.append({"name": f"{name} ({split} example)", **row})

@@ -12,7 +12,10 @@ One class serves every method of the paper's Table 2 that fine-tunes an LLM, thr
 Framing (``prompt_format``): llmrec wraps each question in the backbone's chat template and reads the answer
 after the assistant header (``chat``, the default); ``recipe=paper`` feeds the raw "#Question: ... \\n#Answer:"
 text as the paper and CoLLM's code do (after the tokenizer's own BOS, if it adds one) and reads the answer as
-the next token after "#Answer:" (``raw``). The Yes/No head is the same under both.
+the next token after "#Answer:" (``raw``). The Yes/No head is the same under both. ``recipe=paper`` also
+takes the history length from the dataset (``history_len``: 5 movies, 10 Netflix and MIND, as the importers
+store it) and trains on every row each epoch (``train_examples``); the prompts' item noun is always the
+dataset's (``noun``: movie, news article, ...; :meth:`HistLLM.settings_from`).
 
 HistLLM's ablations are the same switches: w/o UHEM ``-o history=inline`` (descriptions and images
 inline, as in Fig. 1), w/o KE ``-o ke=false`` (titles instead of descriptions), w/o VMA ``-o image=false``.
@@ -36,6 +39,8 @@ prompt — TALLRec's titles prompt (Fig. 6), or BinLLM's with its codes — and 
 trains the mappers and the history encoder on the full prompt. A preset without non-text placeholders
 (tallrec, tallrec_desc, binllm) is one LoRA step on its own prompt. Since every two-step method shares
 step 1, ``-o step1_from=RUN`` reuses a trained TALLRec (or BinLLM) run's LoRA instead of retraining it.
+BinLLM's authors start its LoRA from a trained TALLRec: ``lora_start=tallrec`` (its ``recipe=paper``) first
+trains LoRA on TALLRec's prompt, or loads it from the TALLRec run ``step1_from`` names, then on BinLLM's.
 AdamW, weight decay 1e-3, BCE on the answer logit, early stopping on the valid AUC of the step's own prompt.
 What each step's prompt shows is declared once (:class:`PromptParts`, :meth:`HistLLM.prompt_parts`); the
 steps are declared as stages (:meth:`HistLLM.step1`, :meth:`HistLLM.step2`) and run by
@@ -58,6 +63,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 from llmrec.data.dataset import Dataset
+from llmrec.data.importers import DEFAULT_ITEM_NOUN, item_noun
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.store import load_feature, load_item_feature
 from llmrec.llm.backbone import Backbone
@@ -152,7 +158,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
     def attach(self, ds: Dataset) -> None:
         """Load the backbone, item texts, features; create the mappers and the history encoder (in this
         order: their initial weights are drawn in it)."""
-        cfg = self.cfg
+        cfg = self.cfg = self.settings_from(ds)
         self.source, self._dataset = {"features": {}}, ds
         self.use_image = self._image_wanted(ds)
         self.backbone = self.load_backbone()
@@ -176,6 +182,17 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         )
         self.answer_ids = [self.backbone.answer_token_id(w, answer_at) for w in ("Yes", "No")]
         self.to(self.placement.device)
+
+    def settings_from(self, ds: Dataset) -> HistLLMConfig:
+        """The config with what it leaves to the dataset (None) filled in: ``history_len`` = the history
+        length the dataset was prepared with, ``noun`` = what its importer calls an item (what model.json then
+        records)."""
+        cfg = self.cfg
+        history_len = cfg.history_len or int(ds.meta["config"]["ctr_history_len"])
+        noun = cfg.noun or item_noun(ds.meta)
+        if cfg.noun is None and noun == DEFAULT_ITEM_NOUN:
+            log.info("the prompts call an item %r (the dataset records no noun of its own)", noun)
+        return dataclasses.replace(cfg, history_len=history_len, noun=noun)
 
     def _image_wanted(self, ds: Dataset) -> bool:
         """VMA on: as configured, or (``image`` None) when the dataset has the image feature."""
@@ -248,7 +265,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
             cfg.encoder_layers or (1 if cfg.encoder == "gru" else 2),
             cfg.encoder_heads,
             cfg.encoder_dropout,
-            max_len=per_item * max(cfg.history_len, 1),
+            max_len=per_item * max(self.history_len, 1),
         )
 
     def _register_feature(self, role: str, feat: Any) -> None:
@@ -372,23 +389,40 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         cfg = self.cfg
         if not cfg.backbone.lora and not self.has_step2:
             raise ConfigError(f"{self.name}: nothing to train (LoRA off and no mappers or history encoder)")
-        return ([self.step1()] if cfg.backbone.lora else []) + ([self.step2()] if self.has_step2 else [])
+        return (self.lora_stages() if cfg.backbone.lora else []) + ([self.step2()] if self.has_step2 else [])
 
-    def step1(self) -> Stage:
-        """LoRA on step 1's prompt (:meth:`prompt_parts`), early-stopped on that prompt's valid AUC; or
-        LoRA loaded from the run ``step1_from`` names."""
+    def lora_stages(self) -> list[Stage]:
+        """Step 1: LoRA trained on step 1's prompt, or loaded from the run ``step1_from`` names when that
+        run's step 1 is this one's. With ``lora_start=tallrec`` (BinLLM's authors' configuration) LoRA first
+        learns TALLRec's titles prompt (stage ``tallrec``; or is loaded from the TALLRec run ``step1_from``
+        names), then step 1 trains it on the model's own prompt."""
+        source = Path(self.cfg.step1_from) if self.cfg.step1_from else None
+        if source is not None and (
+            not self.starts_from_tallrec or self._saved_step1(source) == self.step1_signature()
+        ):
+            return [Stage("step1", load=functools.partial(self._load_step1, source, 1))]
+        if not self.starts_from_tallrec:
+            return [self.lora_stage("step1", 1)]
+        if source is None:
+            return [self.lora_stage("tallrec", 0), self.lora_stage("step1", 1)]
+        return [
+            Stage("tallrec", load=functools.partial(self._load_step1, source, 0)),
+            self.lora_stage("step1", 1),
+        ]
+
+    def lora_stage(self, name: str, step: int) -> Stage:
+        """LoRA trained on the prompt of ``step`` (:meth:`prompt_parts`; 0 = TALLRec's), early-stopped on
+        that prompt's valid AUC."""
         cfg = self.cfg
-        if cfg.step1_from:
-            return Stage("step1", load=functools.partial(self._load_step1, Path(cfg.step1_from)))
         return Stage(
-            "step1",
+            name,
             trainable=self.step_parameters(1),
             epochs=cfg.step1_epochs,
             lr=cfg.step1_lr,
-            batches=functools.partial(self.train_batches, step=1),
+            batches=functools.partial(self.train_batches, step=step),
             loss=self.loss,
             num_batches=self.num_train_batches,
-            validation=functools.partial(self.validation_metric, step=1),
+            validation=functools.partial(self.validation_metric, step=step),
         )
 
     def step2(self) -> Stage:
@@ -571,18 +605,31 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
             )
         self.load_checkpoint_state(state)
 
-    def _load_step1(self, source: Path) -> None:
-        """Step 1 from another run (a run or its model folder): same step-1 signature required."""
-        folder = source / "model" if (source / "model" / "model.json").exists() else source
-        info = read_json(folder / "sources.json")
-        if info.get("step1") != self.step1_signature():
+    @staticmethod
+    def _model_folder(source: Path) -> Path:
+        return source / "model" if (source / "model" / "model.json").exists() else source
+
+    def _saved_step1(self, source: Path) -> dict[str, Any] | None:
+        """The step-1 signature another run (a run or its model folder) recorded."""
+        info = read_json(self._model_folder(source) / "sources.json")
+        return info.get("step1")
+
+    def _load_step1(self, source: Path, step: int = 1) -> None:
+        """LoRA from another run (a run or its model folder) whose step-1 signature is this model's step 1
+        (``step`` 1: reused as it is) or TALLRec's with these settings (0: where ``lora_start=tallrec``
+        starts)."""
+        folder = self._model_folder(source)
+        if self._saved_step1(source) != self.step1_signature(step):
+            want = "TALLRec run's" if step == 0 else "step-1"
             raise LlmrecError(
-                "its step-1 prompt or LoRA settings differ from this model's",
+                f"its step-1 prompt or LoRA settings differ from this model's {want}",
                 file=folder / "sources.json",
-                hint="train step 1 here (drop step1_from) or point at a TALLRec/BinLLM run with these settings",
+                hint="train step 1 here (drop step1_from) or point at a TALLRec"
+                + ("" if step == 0 else "/BinLLM")
+                + " run with these settings (backbone, LoRA, framing, noun, history_len)",
             )
         self._load_lora(folder / "histllm.safetensors")
-        log.info("step 1 LoRA reused from %s", folder)
+        log.info("step 1 LoRA %s from %s", "starts" if step == 0 else "reused", folder)
 
     def sources_record(self) -> dict[str, Any]:
         return {

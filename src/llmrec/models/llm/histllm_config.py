@@ -12,9 +12,14 @@ from llmrec.llm.backbone import BackboneConfig
 from llmrec.models.neural import NeuralConfig
 
 #: ``recipe``: named defaults. paper = the prompt framing the paper and CoLLM's code (``prompt_template:
-#: '{}'``) use: the raw appendix text, no chat template; every other value the paper fixes is already the
-#: default, and what it leaves open stays ours (docs/explanations/histllm.md: "What the paper does not fix")
-RECIPES: dict[str, dict[str, Any]] = {"llmrec": {}, "paper": {"prompt_format": "raw"}}
+#: '{}'``) use (the raw appendix text, no chat template), the dataset's history length (the paper's: 5 movies,
+#: 10 Netflix and MIND, as the importers store it) and every training row in every epoch; BinLLM's presets add
+#: their authors' LoRA start (:mod:`llmrec.models.llm.ctr_presets`). What the paper leaves open stays ours
+#: (docs/explanations/histllm.md: "What the paper does not fix")
+RECIPES: dict[str, dict[str, Any]] = {
+    "llmrec": {},
+    "paper": {"prompt_format": "raw", "history_len": None, "train_examples": None},
+}
 
 
 def _lora_backbone() -> BackboneConfig:
@@ -26,7 +31,8 @@ class HistLLMConfig(NeuralConfig):
     recipe: Literal["llmrec", "paper"] = option(
         "llmrec",
         "defaults for the options below: llmrec, or paper (raw prompts as the paper and CoLLM's code feed "
-        "them); an option given beside it overrides its value (docs: explanations/histllm.md, framing)",
+        "them, the dataset's history length, every training row each epoch; BinLLM: LoRA from TALLRec's); an "
+        "option given beside it overrides its value (docs: explanations/histllm.md, framing)",
     )
     prompt_format: Literal["chat", "raw"] = option(
         "chat",
@@ -49,8 +55,11 @@ class HistLLMConfig(NeuralConfig):
     encoder_heads: int = option(4, "Transformer encoder heads (must divide encoder_dim)", ge=1)
     encoder_dropout: float = option(0.1, "history encoder dropout", ge=0, lt=1)
     mapper_hidden: int = option(512, "hidden width of the visual and CF mapping MLPs", ge=1)
-    history_len: int = option(
-        5, "most recent liked items per example (paper: 5 movies, 10 netflix/news)", ge=1
+    history_len: int | None = option(
+        5,
+        "most recent liked items per example; None = the dataset's (its prepare's --ctr-history-len: 5 for "
+        "movies, 10 for netflix and mind, the paper's; recipe=paper)",
+        ge=1,
     )
     max_text_tokens: int | None = option(
         48, "tokens of each item's title/description kept (UHEM and inline; None: whole texts)", ge=1
@@ -58,7 +67,12 @@ class HistLLMConfig(NeuralConfig):
     description_texts: str | None = option(
         "from_title", "KE texts (llmrec describe --mode from_title); None = the items' own descriptions"
     )
-    noun: str = option("movie", "what the prompt calls an item ('movie' in the papers)")
+    noun: str | None = option(
+        None,
+        "what the prompts call an item; None = the dataset's, stored by its importer (movie; news article "
+        "for mind; product for amazon), or 'movie' for a dataset whose importer stored none (table, "
+        "synthetic, or prepared before llmrec stored it)",
+    )
     image_feature: str = option("image", "feature-store name of the image feature (VMA)")
     missing_image: Literal["learned", "zero"] = option(
         "learned",
@@ -76,7 +90,16 @@ class HistLLMConfig(NeuralConfig):
     )
     step1_lr: float = option(1e-3, "learning rate of step 1", gt=0)
     step1_from: str | None = option(
-        None, "reuse the step-1 LoRA of a trained run with the same step-1 prompt"
+        None,
+        "reuse the step-1 LoRA of a trained run with the same step-1 prompt; with lora_start=tallrec, the "
+        "TALLRec run whose LoRA step 1 starts from",
+    )
+    lora_start: Literal["scratch", "tallrec"] = option(
+        "scratch",
+        "where step 1's LoRA starts when its prompt is not TALLRec's (BinLLM's codes): scratch (a fresh LoRA, "
+        "one step), or tallrec (first trained on TALLRec's titles prompt, or taken from the TALLRec run "
+        "step1_from names, then trained on this model's prompt: BinLLM's authors' configuration, "
+        "recipe=paper's for binllm)",
     )
     train_examples: int | None = option(
         2048, "CTR training examples per epoch (a fresh random subset each epoch; None = all)", ge=1
