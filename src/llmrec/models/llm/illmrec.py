@@ -56,6 +56,8 @@ from llmrec.llm.prompts import (
 from llmrec.models.base import register_model
 from llmrec.models.llm.base import FeatureBackedLLM
 from llmrec.models.llm.illmrec_config import RECIPES, ILLMRecConfig
+from llmrec.models.llm.illmrec_show import shown_prompts
+from llmrec.models.llm.precision import TrainablePrecision
 from llmrec.models.llm.projectors import mlp_adaptor, projector
 from llmrec.models.llm.projectors_alone import ProjectorsAlone
 from llmrec.models.neural import Batch, Stage, negatives_for_user, trainable_users
@@ -64,11 +66,10 @@ from llmrec.placement import Placement
 log = logging.getLogger(__name__)
 
 ILA_ANSWER_TOKENS = 96  # chat framing: ILA answers are cut to this many tokens, then the EOS (never cut)
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @register_model("illmrec")
-class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
+class ILLMRec(TrainablePrecision, ProjectorsAlone, FeatureBackedLLM):
     config_cls = ILLMRecConfig
     recipes = RECIPES
     weights_name = "illmrec"
@@ -93,9 +94,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             )
         self.backbone: Backbone | None = None  # built by attach(): it needs the dataset's feature sizes
         self.source: dict[str, Any] = {}
-        # while scored in ``eval_dtype``: the trained weights as trained (what a save writes, what training
-        # continues from)
-        self._as_trained: dict[str, torch.Tensor] | None = None
+        self._as_trained: dict[str, torch.Tensor] | None = None  # see TrainablePrecision
 
     # ------------------------------------------------------------------ building against a dataset
     def feature_needs(self) -> dict[str, str]:
@@ -192,19 +191,6 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         if "image" in cfg.features and not has_image.all():
             # image-less items are retrieved through their text feature, with a projector of its own
             self.item_proj["image_fallback"] = projector(feats["text"].dim, cfg.d_shared)
-
-    def _cast_modules(self, dtype: torch.dtype) -> None:
-        """Adaptors, projectors and [REC] (every module but the LM) in ``dtype``; the feature tables stay
-        float32 and are cast where they enter a module (:attr:`module_dtype`)."""
-        for name, child in self.named_children():
-            if name != "backbone":
-                child.to(dtype)
-        self.rec.data = self.rec.data.to(dtype)
-
-    @property
-    def module_dtype(self) -> torch.dtype:
-        """The dtype of the adaptors, projectors and [REC] (``trainable_dtype``; ``eval_dtype`` while scored)."""
-        return self.rec.dtype
 
     def build_adaptors(self, feats: dict[str, Any], d: int) -> None:
         """The adaptor M of the image feature into the LM's input space (d), and the [CF] token's (hook)."""
@@ -425,41 +411,7 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
         """What the LM reads for user index ``user`` (``llmrec prompts``): a training window's IRE prompt and ILA
         question and answer (drawn with ``seed``) and the user's test prompt, each as the exact text of the
         token ids the model builds (BOS, template and placeholders as they are) with its token counts."""
-        assert self.backbone is not None
-        rng = np.random.default_rng(seed)
-        history, target = self.sample_window(dataset.train_sequences[user], rng)
-        test = np.asarray(dataset.split("test").histories[user])[-self.opts.test_history :]
-        # the constant start is computed once where it carries no gradient (training: the LM frozen); in
-        # training with ILA it is what the IRE and ILA prompts share
-        lm_trains = self.cfg.backbone.lora or self.cfg.backbone.train_embeddings
-        training = (
-            [] if lm_trains or not self.opts.shared_prefix else ["ire", "ila"] if self.cfg.ila else ["ire"]
-        )
-        shown = []
-        for name, kinds, enc in (
-            ("training: IRE prompt", training, self.build_ire([history])),
-            (
-                "training: ILA question and answer",
-                training,
-                self.build_ila([history], np.array([target]), rng),
-            ),
-            (
-                "evaluation: IRE prompt (test)",
-                ["ire"] if self.opts.shared_prefix else [],
-                self.build_ire([test]),
-            ),
-        ):
-            head = self.prompt_head(kinds) if kinds else ""
-            row = self.backbone.show(
-                enc["ids"][0],
-                enc["mask"][0],
-                enc["labels"][0] if "labels" in enc else None,
-                head,
-                self.special_tokens,
-            )
-            row["history_items"] = row["text"].count("{Title: ")  # data text holds no braces
-            shown.append({"name": name, **row})
-        return shown
+        return shown_prompts(self, dataset, user, seed)
 
     # ------------------------------------------------------------------ training
     def num_train_users(self, dataset: Dataset) -> int:
@@ -672,53 +624,6 @@ class ILLMRec(ProjectorsAlone, FeatureBackedLLM):
             if cache is not None:  # projectors alone: the prompt's state cannot change
                 cache.update(zip(keys, raw.detach().cpu()))
             yield self.read_state(raw)
-
-    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
-        """Scores of a model in eval mode (evaluated, recommending, serving) in ``eval_dtype``; validation
-        while training (the model in training mode) scores as trained."""
-        if not self.training:
-            self.to_eval_dtype()
-        return super().score_all(users, histories)
-
-    def scoring_dtype(self) -> torch.dtype | None:
-        """The dtype ``eval_dtype`` asks for here, or None (as trained: ``train``, or a half dtype on the
-        CPU, where half-precision products are many times slower than float32)."""
-        name = self.cfg.eval_dtype
-        if name == "train" or self.backbone is None:
-            return None
-        if name != "float32" and self.backbone.device.type == "cpu":
-            if not getattr(self, "_told_cpu_eval", False):
-                log.info("eval_dtype=%s is not applied on the CPU: scoring as trained", name)
-                self._told_cpu_eval = True
-            return None
-        return _DTYPES[name]
-
-    def to_eval_dtype(self) -> None:
-        """The LM and every module in :meth:`scoring_dtype` for scoring (a no-op when they are in it already);
-        the weights as trained are kept aside (:meth:`checkpoint_state` returns them; training mode brings
-        them back)."""
-        dtype = self.scoring_dtype()
-        assert self.backbone is not None
-        if dtype is None or (self.module_dtype == dtype and self.backbone.dtype == dtype):
-            return
-        if self._as_trained is None:
-            self._as_trained = self.checkpoint_state()
-            self._trained_dtypes = (self.backbone.dtype, self.module_dtype)
-        log.info("scoring in %s", str(dtype).removeprefix("torch."))
-        self.backbone.model.to(dtype)
-        self._cast_modules(dtype)
-
-    def train(self, mode: bool = True) -> ILLMRec:
-        """Training mode; a model scored in ``eval_dtype`` gets its dtypes and its trained weights back
-        first (exactly; the frozen LM as cast back from the scoring dtype)."""
-        if mode and self._as_trained is not None:
-            lm, modules = self._trained_dtypes
-            assert self.backbone is not None
-            self.backbone.model.to(lm)
-            self._cast_modules(modules)
-            state, self._as_trained = self._as_trained, None
-            self.load_state_dict(state, strict=False)
-        return super().train(mode)
 
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         items = {t: self.item_vectors(t) for t in self.cfg.features}  # (N, d_s) each
