@@ -149,8 +149,8 @@ def test_trained_view_loads_a_trained_step1_into_both_variants(ctr_dataset, tiny
     loaded = []
     original = HistLLM._load_step1
 
-    def load(self, source):
-        original(self, source)
+    def load(self, source, *step):
+        original(self, source, *step)
         lora = {k: v for k, v in tallrec.checkpoint_state().items() if "lora_" in k}
         loaded.append(all(torch.equal(self.checkpoint_state()[k], v) for k, v in lora.items()))
 

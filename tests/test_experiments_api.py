@@ -48,6 +48,8 @@ STAGES = {
     "llmrec.llm.describe": "llmrec describe's texts (the descriptions w/o UHEM writes inline)",
     "llmrec.llm.prompts": "the item representations the I-LLMRec efficiency figure times",
     "llmrec.assets": "the default models' names, the demo's offline LM check",
+    "llmrec.data.schema": "the item and interaction tables' schema (the GPU check writes its catalog in it)",
+    "llmrec.data.importers": "each source's processing defaults (reproduce checks a prepared dataset against them)",
 }
 
 
