@@ -341,6 +341,21 @@ def test_train_help_without_a_model_names_the_models(capsys):
     assert "unknown model 'nosuch'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command, how",
+    [
+        (["tune"], "llmrec tune MODEL --help"),  # regression: said 'llmrec tune --model NAME --help'
+        (["train"], "llmrec train MODEL --help"),
+        (["experiments", "bench"], "llmrec experiments bench --model NAME --help"),
+    ],
+)
+def test_help_hint_names_the_model_as_the_command_takes_it(command, how, monkeypatch, capsys):
+    """The hint to a model's options says MODEL where the model is positional, --model NAME where a flag."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert main([*command, "--help"]) == 0
+    assert f"'{how}' lists a model's" in capsys.readouterr().out
+
+
 def test_renamed_flags_keep_their_old_spelling_for_one_release(capsys):
     """``--num-candidates`` (a count; ``candidates`` in the API and over HTTP are item ids) and probe's
     positional run: the old spellings still parse, each with one line saying the new one."""

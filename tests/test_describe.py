@@ -309,6 +309,27 @@ def test_texts_of_the_earlier_ke_prompt_are_stale(tmp_path, tiny_llm, counting):
     assert len(load_texts(data, "from_title")) == 4
 
 
+def test_ke_prompt_says_the_datasets_item_noun(tmp_path, tiny_llm):
+    """Regression: Fig. 9's prompt said "movie" on every dataset; it says the importer's stored noun (MIND:
+    "news article"), and "movie" where a dataset records none."""
+    data = items_dataset(tmp_path / "news", MOVIES[:1])
+    meta = json.loads((data / "meta.json").read_text())
+    meta["source"]["item_noun"] = "news article"
+    (data / "meta.json").write_text(json.dumps(meta))
+    run_describe(DescribeConfig(data=str(data), llm=tiny_llm, max_new_tokens=4))
+    table = pd.read_parquet(data / "texts" / "from_title.parquet")
+    news = (
+        "#Question: Generate a concise news article description for the title Toy Story (1995) with around 20 "
+        "words, highlighting the main theme and unique elements. \\n#Answer:"
+    )
+    assert table["source_sha256"].tolist() == [describe.source_key(news)]
+    assert load_texts(data, "from_title") == table["text"].tolist()  # the sources check renders it alike
+    movies = items_dataset(tmp_path / "movies", MOVIES[:1])
+    run_describe(DescribeConfig(data=str(movies), llm=tiny_llm, max_new_tokens=4))
+    table = pd.read_parquet(movies / "texts" / "from_title.parquet")
+    assert table["source_sha256"].tolist() == [describe.source_key(news.replace("news article", "movie"))]
+
+
 def test_interrupted_run_resumes(synthetic_dataset, tiny_llm, counting):
     cfg = DescribeConfig(data=str(synthetic_dataset), llm=tiny_llm, max_new_tokens=6, batch_size=16)
     counting["fail_on"] = 2

@@ -208,7 +208,7 @@ def test_a_step1_lora_is_not_shared_across_framings(example_dataset, tiny_llm):
 
 def test_raw_framing_keeps_the_tokenizers_bos(example_dataset, tiny_llm):
     """A tokenizer that puts a BOS before every text (LLaMA's <s>, as in CoLLM's code) keeps it under the raw
-    framing, once; the constant start (shared prefix) then begins with it too."""
+    framing, once, added by the tokenizer (never written into the text: test_ctr_tokenisation.py)."""
     from tokenizers.processors import TemplateProcessing
 
     model = attached("histllm", example_dataset, tiny_llm, recipe="paper")
@@ -217,11 +217,10 @@ def test_raw_framing_keeps_the_tokenizers_bos(example_dataset, tiny_llm):
     tok._tokenizer.post_processor = TemplateProcessing(
         single=f"{bos} $A", special_tokens=[(bos, tok.bos_token_id)]
     )
-    model.backbone._lead = None  # asked afresh of the changed tokenizer
-    assert model.prompt_text(USER, np.array(HISTORY), TARGET) == bos + HISTLLM
+    assert model.prompt_text(USER, np.array(HISTORY), TARGET) == HISTLLM
     batch = model.prompts(np.array([USER]), [np.array(HISTORY)], np.array([TARGET]))
     assert int((batch["ids"][0] == tok.bos_token_id).sum()) == 1 and batch["ids"][0, 0] == tok.bos_token_id
-    assert model.framed_prefix(model.instruction_head) == bos + model.instruction_head
+    assert model.framed_prefix(model.instruction_head) == model.instruction_head
 
 
 @pytest.mark.parametrize("framing", ["chat", "recipe=paper"])
@@ -321,16 +320,17 @@ def test_prompt_token_counts_with_the_default_llm():
     backbone = Backbone(BackboneConfig())
     counts = {
         name: tuple(
-            len(backbone.tokenize([frame(full)])["input_ids"][0]) for frame in (backbone.chat, backbone.raw)
+            len(backbone.tokenize([frame(full)], special_tokens=raw)["input_ids"][0])
+            for frame, raw in ((backbone.chat, False), (str, True))
         )
         for name, (full, _) in EXPECTED.items()
     }
     assert counts == SMOLLM2_TOKENS
-    assert backbone.raw("x") == "x"  # no BOS: SmolLM2's tokenizer puts none before a text
+    assert backbone.encode("x", True) == backbone.encode("x")  # no BOS: SmolLM2's tokenizer puts none
     # the answer: "Yes" after the chat template's assistant header, " Yes" after the raw "#Answer:"
     tokens = backbone.tokenizer.convert_ids_to_tokens
     assert tokens([backbone.answer_token_id("Yes")]) == ["Yes"]
-    assert tokens([backbone.answer_token_id("Yes", backbone.raw(TALLREC))]) == ["\u0120Yes"]
+    assert tokens([backbone.answer_token_id("Yes", TALLREC)]) == ["\u0120Yes"]
 
 
 @pytest.mark.parametrize("framing", ["chat", "recipe=paper"])

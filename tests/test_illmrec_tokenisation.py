@@ -20,27 +20,27 @@ _model = test_illmrec._model
 CORPUS = [HEAD, TAIL, IRE, VICUNA, "USER: ASSISTANT: The brand of the next item to be consumed is Title Item"]
 
 
-def _vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _vocab(corpus: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A small BPE vocabulary over Metaspace words (SentencePiece's '▁'), <unk> <s> </s> first (LLaMA's ids)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     tok.train_from_iterator(
-        CORPUS * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"])
+        corpus * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"])
     )
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     return model["vocab"], merges
 
 
-def _tokenizer(kind: str):
+def _tokenizer(kind: str, corpus: list[str]):
     """legacy / non-legacy: transformers' LlamaTokenizer (Metaspace pre-tokenizer, prepend scheme 'always' /
     'first'); llama2: a tokenizer.json as LLaMA-2's (Prepend + Replace normaliser, no pre-tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, processors
     from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
-    vocab, merges = _vocab()
+    vocab, merges = _vocab(corpus)
     if kind == "llama2":
         backend = Tokenizer(
             models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True)
@@ -61,13 +61,12 @@ def _tokenizer(kind: str):
     )
 
 
-@pytest.fixture(scope="module", params=["legacy", "non-legacy", "llama2"])
-def llama_llm(request, tmp_path_factory):
-    """A random 2-layer LLaMA (hidden 32) with a LLaMA-style tokenizer that adds a BOS, saved as a folder."""
+def llama_folder(folder, kind: str, corpus: list[str]) -> str:
+    """A random 2-layer LLaMA (hidden 32) with a LLaMA-style tokenizer of ``kind`` (legacy, non-legacy,
+    llama2) over ``corpus`` that adds a BOS, saved in ``folder``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp(f"llama-{request.param}")
-    tok = _tokenizer(request.param)
+    tok = _tokenizer(kind, corpus)
     cfg = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,
@@ -81,6 +80,12 @@ def llama_llm(request, tmp_path_factory):
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module", params=["legacy", "non-legacy", "llama2"])
+def llama_llm(request, tmp_path_factory):
+    """I-LLMRec's prompts' words under each LLaMA-style tokenizer."""
+    return llama_folder(tmp_path_factory.mktemp(f"llama-{request.param}"), request.param, CORPUS)
 
 
 def _row(enc, i=0) -> list[int]:

@@ -343,3 +343,34 @@ def test_model_checks_know_llmrecs_offline_assets(installed, tmp_path, monkeypat
         "installed (llmrec asset mpnet)" if installed else "MISSING (run 'llmrec assets install mpnet')"
     )
     assert "MISSING (downloaded from the Hugging Face hub" in _need_model("org/unknown-model", "backbone")[0]
+
+
+def test_a_dataset_prepared_before_a_key_existed_is_stale_where_the_setting_asks_for_it(tmp_path):
+    """Regression: keys missing from an old meta.json were skipped, so a MIND dataset prepared before
+    ``ctr_history_before`` existed (its histories leak the impression's own clicks) passed as current. A
+    missing key the importer or the setting sets is a change; one neither asks for is not."""
+    from llmrec.config import from_dict, to_dict
+    from llmrec.data.importers import importer_defaults
+    from llmrec.data.processing import PrepareConfig
+
+    cfg = ReproduceConfig(
+        name="histllm-table2-news", data_root=str(tmp_path / "raw"), out=str(tmp_path / "o")
+    )
+    (prepare,) = [s for s in plan(load_setting(cfg.name), cfg) if s.label.endswith(": prepare")]
+    prep = prepare.config
+    assert prep["dataset"] == "mind" and "ctr_history_before" in importer_defaults("mind")
+    out = Path(prep["out"])
+    out.mkdir(parents=True)
+    config = to_dict(from_dict(PrepareConfig, {**importer_defaults("mind"), **prep}))
+
+    def prepared_with(config):
+        (out / "meta.json").write_text(json.dumps({"counts": {}, "config": config}))
+        return prepare.current()
+
+    assert prepared_with(config) == "prepared with this configuration"
+    with pytest.raises(LlmrecError, match=r"another configuration \(ctr_history_before\)"):
+        prepared_with({k: v for k, v in config.items() if k != "ctr_history_before"})
+    unasked = next(k for k in config if k not in prep and k not in importer_defaults("mind") and k != "out")
+    assert (
+        prepared_with({k: v for k, v in config.items() if k != unasked}) == "prepared with this configuration"
+    )

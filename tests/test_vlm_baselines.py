@@ -107,6 +107,29 @@ def test_recgpt4v_prompts_hold_the_titles_and_one_image_per_picture(image_datase
     assert np.isfinite(model.score_pairs(np.zeros(2), [history, history], np.array([17, 6]))).all()
 
 
+def test_recgpt4v_prompts_say_the_datasets_item_noun(image_dataset, tiny_vlm, tmp_path):
+    """Regression: the prompts said "movie" on every dataset; the noun is the dataset's (MIND: "news
+    article"), recorded in model.json, "movie" where a dataset records none, and an option still wins."""
+    model, _ = _recgpt4v(image_dataset, tiny_vlm)
+    assert model.cfg.noun == "movie"  # the synthetic dataset records no noun
+    meta_path = image_dataset / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["source"]["item_noun"] = "news article"
+    meta_path.write_text(json.dumps(meta))
+    model, ds = _recgpt4v(image_dataset, tiny_vlm)
+    history = np.array([2, 4])
+    assert model.vlm.chat(model.summary_parts(history)).count("news articles") == 2
+    question = model.vlm.chat(model.question_parts(history, "", 6))
+    assert (
+        "The candidate news article:" in question
+        and "Will the user enjoy the news article titled" in question
+    )
+    assert "movie" not in question
+    model.save(tmp_path / "model", ds)
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["config"]["noun"] == "news article"
+    assert _recgpt4v(image_dataset, tiny_vlm, noun="story")[0].cfg.noun == "story"
+
+
 def test_llmrec_prompts_shows_both_recgpt4v_steps(image_dataset, tiny_vlm, capsys):
     args = ["prompts", "recgpt4v", "--data", str(image_dataset), "-o", f"backbone.llm={tiny_vlm}", *RECGPT4V]
     assert main(args) == 0

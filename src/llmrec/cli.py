@@ -263,7 +263,8 @@ def _add_command(sub: Any, spec: Command, only: str | None) -> None:
             "-h", "--help", action=_ModelHelp, model=spec.model, help="show this help message and exit"
         )
         if not spec.model:  # the model is an argument: named before --help, its options are listed
-            how = f"{p.prog} --model NAME --help" if spec.config else f"{p.prog} MODEL --help"
+            named = spec.config and spec.positional != "model"  # a --model flag, else the positional MODEL
+            how = f"{p.prog} --model NAME --help" if named else f"{p.prog} MODEL --help"
             p.epilog = f"model options (-o KEY=VALUE): '{how}' lists a model's, with defaults and ranges"
     p.add_argument("--config", help="YAML/JSON file with options (flags override it)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -458,14 +458,23 @@ def _prepared(prep: dict[str, Any]) -> str | None:
     out = Path(prep["out"])
     if not is_dataset_dir(out):
         return None
-    want = from_dict(PrepareConfig, {**importer_defaults(prep["dataset"]), **prep})
+    defaults = importer_defaults(prep["dataset"])
+    want = from_dict(PrepareConfig, {**defaults, **prep})
     saved = Dataset(out).meta.get("config") or {}
     keys = [
         k
         for k in PrepareConfig.__dataclass_fields__
         if k not in ("out", "overwrite", "engine", "memory_limit", "threads")
     ]
-    changed = [k for k in keys if k in saved and _plain(saved[k]) != _plain(getattr(want, k))]
+    # a key missing from meta.json was added to llmrec after this dataset was prepared: that is current only
+    # where neither the setting nor the importer asks for a value of it (MIND's ctr_history_before: its
+    # histories leaked the impression's own clicks before the key existed)
+    asked = set(prep) | set(defaults)
+    changed = [
+        k
+        for k in keys
+        if (k in saved and _plain(saved[k]) != _plain(getattr(want, k))) or (k not in saved and k in asked)
+    ]
     if changed:
         raise LlmrecError(
             f"the dataset was prepared with another configuration ({', '.join(changed)})",

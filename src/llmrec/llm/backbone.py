@@ -79,7 +79,6 @@ class Backbone(PrefixSharing, TokenBudget, nn.Module):
         self._prefixes: dict[str, SharedPrefix] = {}  # constant prompt starts, by text (kv_cache)
         self._told_fallback = False
         self._chat_heads: dict[str, str] = {}  # chat_prefix's answers
-        self._lead: str | None = None  # raw's answer: the special tokens the tokenizer puts before a text
         self.token_ids = {p: self.tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
         if self.image_token is not None:
             self.token_ids[self.image_token] = self.tokenizer.convert_tokens_to_ids(self.image_token)
@@ -182,19 +181,6 @@ class Backbone(PrefixSharing, TokenBudget, nn.Module):
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
         return text
-
-    def raw(self, text: str) -> str:
-        """``text`` with no chat template, after whatever special tokens the tokenizer itself puts before a
-        text (LLaMA's BOS ``<s>``; nothing for SmolLM2 or GPT-2, whose tokenizers add none): the string
-        that, tokenised without special tokens as :meth:`tokenize` does, gives the ids the tokenizer would."""
-        if self._lead is None:
-            tok = self.tokenizer
-            probe = "#Question"
-            full = tok(probe, add_special_tokens=True)["input_ids"]
-            bare = tok(probe, add_special_tokens=False)["input_ids"]
-            k = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), 0)
-            self._lead = tok.decode(full[:k], skip_special_tokens=False) if k else ""
-        return self._lead + text
 
     def chat_prefix(self, head: str) -> str:
         """What every chat-wrapped prompt whose text starts with ``head`` starts with: the template's start

@@ -5,7 +5,8 @@ Two modes, each with its paper's prompt:
 summary     I-LLMRec Appendix B (Figure 8), the TRSR-style summary of an item's attributes and description.
 from_title  HistLLM Appendix A.2 (Figure 9), the knowledge-enhancement (KE) prompt: a ~20-word description
             written from the title alone, for catalogs without descriptions (MovieLens). The prompt is
-            Figure 9's exactly; the title carries its year as "Title (1995)" like the paper's examples.
+            Figure 9's exactly, with the dataset's item noun ("movie" as printed; "news article" on MIND);
+            the title carries its year as "Title (1995)" like the paper's examples.
             ``with_genres`` (ours, off by default) adds a " Genres: ..." segment for items that have genres.
 
 Output, in the dataset directory::
@@ -40,6 +41,7 @@ import pandas as pd
 from llmrec.assets import DEFAULT_LLM, load_causal_lm
 from llmrec.config import option, to_dict
 from llmrec.data.dataset import Dataset
+from llmrec.data.importers import DEFAULT_ITEM_NOUN, item_noun
 from llmrec.errors import ConfigError, LlmrecError
 from llmrec.features.encoders import check_template, dataset_item_fields, item_fields, render_template
 from llmrec.placement import device_option, dtype_option
@@ -62,11 +64,12 @@ SUMMARY_PROMPT = (
     "Answer:"
 )
 
-# HistLLM Appendix A.2, Figure 9, character for character. {title_year} is "Title (year)" as in the paper's
-# examples (the title alone when the item has no year). "\\n#Answer:" is a backslash and an "n", as printed:
-# the same reading as the CTR prompts of A.1/A.3 (llm/prompts.py).
+# HistLLM Appendix A.2, Figure 9, character for character, with the dataset's item noun in {noun} ("movie"
+# on movie data, as printed; "news article" on MIND: importers.item_noun). {title_year} is "Title (year)" as
+# in the paper's examples (the title alone when the item has no year). "\\n#Answer:" is a backslash and an
+# "n", as printed: the same reading as the CTR prompts of A.1/A.3 (llm/prompts.py).
 FROM_TITLE_PROMPT = (
-    "#Question: Generate a concise movie description for the title {title_year} with around 20 words, "
+    "#Question: Generate a concise {noun} description for the title {title_year} with around 20 words, "
     "highlighting the main theme and unique elements. \\n#Answer:"
 )
 # ours, only with ``with_genres``: Fig. 9 with a " Genres: ..." segment, which vanishes for an item without genres
@@ -146,12 +149,14 @@ class DescribeConfig:
 # ----------------------------------------------------------------------------- prompts
 
 
-def prompt_fields(row: pd.Series | dict[str, Any]) -> dict[str, str]:
-    """:func:`item_fields` plus ``title_year`` ("Toy Story (1995)") and ``genres`` (extra genres, else category)."""
-    return _with_prompt_fields(item_fields(row))
+def prompt_fields(row: pd.Series | dict[str, Any], noun: str = DEFAULT_ITEM_NOUN) -> dict[str, str]:
+    """:func:`item_fields` plus ``title_year`` ("Toy Story (1995)"), ``genres`` (extra genres, else category)
+    and ``noun`` (what the dataset calls an item: :func:`~llmrec.data.importers.item_noun`)."""
+    return _with_prompt_fields(item_fields(row), noun)
 
 
-def _with_prompt_fields(fields: dict[str, str]) -> dict[str, str]:
+def _with_prompt_fields(fields: dict[str, str], noun: str) -> dict[str, str]:
+    fields.setdefault("noun", noun)
     title = fields.get("title", "").strip()
     year = fields.get("year", "").strip().removesuffix(".0")
     if year.lower() in ("nan", "none", "<na>"):
@@ -290,7 +295,8 @@ def source_key(prompt: str) -> str:
 def _item_prompt_fields(ds: Dataset, description_texts: str | None, name: str) -> list[dict[str, str]]:
     """Every item's prompt fields in item order; ``description`` replaced by earlier generated texts."""
     items = ds.items.assign(item_id=ds.items["item_id"].astype(str))
-    fields = [_with_prompt_fields(f) for f in dataset_item_fields(items, ds.root / "items.parquet")]
+    noun = item_noun(ds.meta)
+    fields = [_with_prompt_fields(f, noun) for f in dataset_item_fields(items, ds.root / "items.parquet")]
     if description_texts is not None:
         if description_texts == name:
             raise ConfigError(f"description_texts {name!r} would read the texts this run is writing")

@@ -190,7 +190,7 @@ class CtrPrompts:
                 visual += h.tolist()
             visual += [t] if parts.image else []
             texts.append(self._prompt_text(int(users[b]), h, t, parts))
-        enc = self.backbone.tokenize(texts)
+        enc = self.backbone.tokenize(texts, special_tokens=self.special_tokens)
         self.backbone.check_context(
             enc["attention_mask"],
             hint=f"lower history_len ({self.history_len}) or max_text_tokens ({cfg.max_text_tokens})",
@@ -249,16 +249,26 @@ class CtrPrompts:
     def raw(self) -> bool:
         return self.cfg.prompt_format == "raw"
 
+    @property
+    def special_tokens(self) -> bool:
+        """Whether prompts are tokenised with the tokenizer's own special tokens: under the raw framing,
+        ``tokenizer(text)`` as CoLLM's code builds its ids (LLaMA's BOS, added by the tokenizer; a BOS
+        written into the text instead changes the first word of a SentencePiece/Metaspace tokenizer); the chat
+        framing's template writes its special tokens itself."""
+        return self.raw
+
     def frame(self, question: str) -> str:
         """What the LM reads around one '#Question: ... \\n#Answer:' text: the backbone's chat template
-        (chat; bare when ``backbone.chat_template`` is off), or the raw text after the tokenizer's own BOS."""
+        (chat; bare when ``backbone.chat_template`` is off), or the raw text, which the tokenizer then
+        frames with its own special tokens (:attr:`special_tokens`)."""
         assert self.backbone is not None
-        return self.backbone.raw(question) if self.raw else self.backbone.chat(question)
+        return question if self.raw else self.backbone.chat(question)
 
     def framed_prefix(self, head: str) -> str:
-        """What every framed prompt whose question starts with ``head`` starts with (the constant start)."""
+        """What every framed prompt whose question starts with ``head`` starts with (the constant start;
+        tokenised with :attr:`special_tokens`, as the prompts are)."""
         assert self.backbone is not None
-        return self.backbone.raw(head) if self.raw else self.backbone.chat_prefix(head)
+        return head if self.raw else self.backbone.chat_prefix(head)
 
     @property
     def instruction_head(self) -> str:
@@ -288,7 +298,9 @@ class CtrPrompts:
         shown = []
         for step, name, prefix in steps:
             enc = self.prompts(np.array([user]), [history], np.array([target]), step)
-            row = self.backbone.show(enc["ids"][0], enc["mask"][0], head=prefix)
+            row = self.backbone.show(
+                enc["ids"][0], enc["mask"][0], head=prefix, special_tokens=self.special_tokens
+            )
             row.update(
                 history_items=min(len(history), self.history_len),
                 label="Yes" if example["label"] else "No",

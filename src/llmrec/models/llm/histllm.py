@@ -11,11 +11,11 @@ One class serves every method of the paper's Table 2 that fine-tunes an LLM, thr
 
 Framing (``prompt_format``): llmrec wraps each question in the backbone's chat template and reads the answer
 after the assistant header (``chat``, the default); ``recipe=paper`` feeds the raw "#Question: ... \\n#Answer:"
-text as the paper and CoLLM's code do (after the tokenizer's own BOS, if it adds one) and reads the answer as
-the next token after "#Answer:" (``raw``). The Yes/No head is the same under both. ``recipe=paper`` also
-takes the history length from the dataset (``history_len``: 5 movies, 10 Netflix and MIND, as the importers
-store it) and trains on every row each epoch (``train_examples``); the prompts' item noun is always the
-dataset's (``noun``: movie, news article, ...; :meth:`HistLLM.settings_from`).
+text as the paper and CoLLM's code do (tokenised as ``tokenizer(text)``, with its own BOS if it adds one) and
+reads the answer as the next token after "#Answer:" (``raw``). The Yes/No head is the same under both.
+``recipe=paper`` also takes the history length from the dataset (``history_len``: 5 movies, 10 Netflix and
+MIND, as the importers store it) and trains on every row each epoch (``train_examples``); the prompts' item
+noun is always the dataset's (``noun``: movie, news article, ...; :meth:`HistLLM.settings_from`).
 
 HistLLM's ablations are the same switches: w/o UHEM ``-o history=inline`` (descriptions and images
 inline, as in Fig. 1), w/o KE ``-o ke=false`` (titles instead of descriptions), w/o VMA ``-o image=false``.
@@ -373,7 +373,9 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         ids, mask = batch["ids"], batch["mask"]
         prefix = None
         if self.opts.shared_prefix:
-            prefix = bb.constant_prefix(self.framed_prefix(self.instruction_head), [(ids, mask)])
+            prefix = bb.constant_prefix(
+                self.framed_prefix(self.instruction_head), [(ids, mask)], self.special_tokens
+            )
         p = len(prefix) if prefix is not None else 0
         (hidden,) = bb.hidden_many([(ids, mask, self.inject(batch))], prefix)  # (B, T - P, d)
         return self.answer_logit(hidden, mask[:, p:])
@@ -559,9 +561,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
         batch = self.prompts(np.full(c, user), [history] * c, candidates)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         ids, mask = batch["ids"], batch["mask"]  # (C, T)
-        prefix_ids = self.backbone.tokenizer(self.prefix_text(user, history), add_special_tokens=False)[
-            "input_ids"
-        ]
+        prefix_ids = self.backbone.encode(self.prefix_text(user, history), self.special_tokens)
         p = self.backbone.common_prefix(prefix_ids, ids, mask)
         cols = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, T)
         first = torch.zeros_like(ids, dtype=torch.bool)

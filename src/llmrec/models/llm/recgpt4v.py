@@ -33,6 +33,7 @@ import torch
 
 from llmrec.config import check_ranges, option
 from llmrec.data.dataset import Dataset
+from llmrec.data.importers import item_noun
 from llmrec.errors import LlmrecError
 from llmrec.models.base import ModelConfig, Placement, Recommender, register_model
 from llmrec.utils.io import read_json, write_json_atomic
@@ -67,7 +68,11 @@ class RecGPT4VConfig(ModelConfig):
     history_len: int = option(5, "history items shown (the most recent; HistLLM's movie setting)", ge=1)
     max_new_tokens: int = option(128, "tokens of the generated preference summary (greedy)", ge=1)
     max_title_chars: int = option(200, "cut titles longer than this", ge=1)
-    noun: str = option("movie", "what the prompts call an item ('movie' in HistLLM's movie data)")
+    noun: str | None = option(
+        None,
+        "what the prompts call an item; None = the dataset's, stored by its importer (movie; news article "
+        "for mind), or 'movie' for a dataset whose importer stored none",
+    )
 
 
 def _title(text: Any, limit: int) -> str:
@@ -105,6 +110,8 @@ class RecGPT4V(Recommender):
         from llmrec.llm.vlm import ItemPictures, VisionLanguageModel
 
         paths = ItemPictures(ds, self.name).paths  # a dataset without any picture is refused
+        if self.cfg.noun is None:  # the dataset's, as the HistLLM family's; model.json then records it
+            self.cfg = dataclasses.replace(self.cfg, noun=item_noun(ds.meta))
         self.vlm = VisionLanguageModel(
             self.cfg.backbone.llm, self.placement.device, _DTYPES[self.placement.dtype or "float32"]
         )
@@ -131,6 +138,13 @@ class RecGPT4V(Recommender):
         return open_image(self._paths[item])
 
     # ------------------------------------------------------------------ prompts
+    @property
+    def noun(self) -> str:
+        """What the prompts call an item: the option, or (None) the dataset's, filled in by ``attach``."""
+        if self.cfg.noun is None:
+            raise LlmrecError("the item noun is the dataset's: attach the model to a dataset first")
+        return self.cfg.noun
+
     def item_parts(self, item: int, number: int | None = None) -> list[Any]:
         """One item as prompt parts: its title, then its picture (or "(no image)")."""
         head = f"{number}. " if number is not None else ""
@@ -141,7 +155,7 @@ class RecGPT4V(Recommender):
 
     def summary_parts(self, history: np.ndarray) -> list[Any]:
         """Step 1, Visual-Summary Thought: the history items' titles and pictures, then the request."""
-        nouns = self.cfg.noun + "s"
+        nouns = self.noun + "s"
         parts: list[Any] = [f"A user has given high ratings to the following {nouns}:\n"]
         for k, item in enumerate(history, 1):
             parts += self.item_parts(int(item), k)
@@ -149,16 +163,16 @@ class RecGPT4V(Recommender):
 
     def question_parts(self, history: np.ndarray, summary: str, target: int) -> list[Any]:
         """Step 2: history titles and the summary as context, the target's title and picture, the question."""
-        nouns = self.cfg.noun + "s"
+        nouns = self.noun + "s"
         titles = ", ".join(f'"{self.titles[int(i)]}"' for i in history) or "none yet"
         parts: list[Any] = [f"A user has given high ratings to the following {nouns}: {titles}.\n"]
         if summary:
             parts.append(
                 f"A summary of the user's preferences, from the pictures of those {nouns}: {summary}\n"
             )
-        parts.append(f"The candidate {self.cfg.noun}:\n")
+        parts.append(f"The candidate {self.noun}:\n")
         parts += self.item_parts(int(target))
-        return parts + [QUESTION.format(noun=self.cfg.noun, title=self.titles[int(target)])]
+        return parts + [QUESTION.format(noun=self.noun, title=self.titles[int(target)])]
 
     def summary(self, history: np.ndarray) -> str:
         """The generated summary of ``history`` (its last ``history_len`` items), cached by those items."""
