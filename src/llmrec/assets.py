@@ -300,23 +300,23 @@ def joined(c: Chunked) -> Path:
     """The file ``c`` describes, joined once from its installed chunks under ``cache_dir()/assets`` and checked
     (size, and sha256 where published); later calls return it at once. A joined file of the wrong size is
     joined again; a chunk set that does not add up is a one-line error naming the reinstall."""
+    from llmrec.utils.io import atomic_path
+
     target = cache_dir() / "assets" / c.file
     if target.is_file() and target.stat().st_size == c.size:
         return target
     parts = [_chunk_path(dist, inner, c.asset) for dist, inner in c.chunks]
-    if sum(p.stat().st_size for p in parts) != c.size:
+    size = sum(p.stat().st_size for p in parts)
+    if size != c.size:
         raise LlmrecError(
-            f"the chunks of asset '{c.asset}' add up to {sum(p.stat().st_size for p in parts):,} bytes, "
-            f"not {c.size:,}",
+            f"the chunks of asset '{c.asset}' add up to {size:,} bytes, not {c.size:,}",
             file=parts[0].parent,
             hint=_reinstall_hint(c.asset),
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     digest = hashlib.sha256()
     log.info("joining %d chunks of '%s' into %s (one time)", len(parts), c.asset, target)
-    try:
-        with partial.open("wb") as out:
+    with atomic_path(target) as tmp:  # a failed join leaves nothing behind
+        with tmp.open("wb") as out:
             for part in parts:
                 with part.open("rb") as f:
                     while block := f.read(1 << 22):
@@ -328,9 +328,6 @@ def joined(c: Chunked) -> Path:
                 f"not the published {c.sha256[:12]}...",
                 hint=_reinstall_hint(c.asset),
             )
-        partial.replace(target)
-    finally:
-        partial.unlink(missing_ok=True)
     return target
 
 
@@ -349,13 +346,14 @@ def mpnet_path() -> Path:
     unzipped once under ``cache_dir()/models`` (the weights' size checked; the zip is then removed)."""
     import zipfile
 
+    from llmrec.utils.io import partial_dir, replace_dir
+
     folder = cache_dir() / "models" / "all-mpnet-base-v2"
     weights = folder / "model.safetensors"
     if weights.is_file() and weights.stat().st_size == _MPNET_WEIGHTS and (folder / ".complete").exists():
         return folder
     archive = joined(MPNET_ZIP)
-    partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = partial_dir(folder.parent, folder.name)
     try:
         with zipfile.ZipFile(archive) as z:
             z.extractall(partial)
@@ -368,8 +366,7 @@ def mpnet_path() -> Path:
                 hint=_reinstall_hint("mpnet"),
             )
         (inner / ".complete").write_text("all-mpnet-base-v2\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        inner.rename(folder)
+        replace_dir(inner, folder)
     except zipfile.BadZipFile as e:
         raise LlmrecError(
             f"the joined mpnet zip is damaged ({e})", file=archive, hint=_reinstall_hint("mpnet")
@@ -392,9 +389,9 @@ TEXT_ENCODER_ALIASES: dict[str, Any] = {
     DEFAULT_TEXT_ENCODER: minilm_path,
     "all-mpnet-base-v2": mpnet_path,
 }
-_TEXT_ENCODER_HUB_IDS = {
-    "sentence-transformers/all-minilm-l6-v2": ("minilm", DEFAULT_TEXT_ENCODER),
-    "sentence-transformers/all-mpnet-base-v2": ("mpnet", "all-mpnet-base-v2"),
+_TEXT_ENCODER_HUB_IDS = {  # hub id (lower case) -> the short name of the offline copy
+    "sentence-transformers/all-minilm-l6-v2": DEFAULT_TEXT_ENCODER,
+    "sentence-transformers/all-mpnet-base-v2": "all-mpnet-base-v2",
 }
 
 
@@ -411,8 +408,7 @@ _ALIAS_ASSETS = {
 def offline_asset(name: str) -> str | None:
     """The offline asset that provides model ``name`` (a short name, or the hub id of a model an asset holds
     a copy of), or None."""
-    hub = _TEXT_ENCODER_HUB_IDS.get(name.lower())
-    return hub[0] if hub is not None else _ALIAS_ASSETS.get(name)
+    return _ALIAS_ASSETS.get(_TEXT_ENCODER_HUB_IDS.get(name.lower(), name))
 
 
 def resolve_text_encoder(name: str) -> str:
@@ -420,9 +416,9 @@ def resolve_text_encoder(name: str) -> str:
     exist; anything else is a hub id."""
     if name in TEXT_ENCODER_ALIASES:
         return str(TEXT_ENCODER_ALIASES[name]())
-    hub = _TEXT_ENCODER_HUB_IDS.get(name.lower())
-    if hub is not None and not _missing(asset(hub[0])):
-        return str(TEXT_ENCODER_ALIASES[hub[1]]())
+    alias = _TEXT_ENCODER_HUB_IDS.get(name.lower())
+    if alias is not None and not _missing(asset(_ALIAS_ASSETS[alias])):
+        return str(TEXT_ENCODER_ALIASES[alias]())
     local = local_model_path(name, "text encoder")
     return str(local) if local is not None else name
 
