@@ -7,14 +7,13 @@ here, not imported: a command imports only its own module when it runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmrec.config import add_arguments, resolve
+from llmrec.config import add_arguments, load_object, resolve
 
 # ----------------------------------------------------------------------------- what the commands print
 
@@ -335,10 +334,7 @@ COMMANDS: list[Command] = [
 FLAG_NAMES = {"candidates": "--num-candidates"}
 
 
-def _load(path: str) -> Any:
-    """``"package.module:name"`` -> that object (the command's module is imported only now)."""
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+_load = load_object  # "package.module:name" -> that object (the command's module is imported only now)
 
 
 def use_threads(threads: int | None) -> None:

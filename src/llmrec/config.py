@@ -195,6 +195,15 @@ def _field_default(f: dataclasses.Field) -> Any:
     return f.default
 
 
+def load_object(path: str) -> Any:
+    """``"package.module:name"`` -> that object (its module imported only now): how the command table names
+    a command's function and config class."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
     """Build the dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
 

@@ -556,15 +556,11 @@ def _evaluated(run: Path, setting: Setting) -> str | None:
 
 
 def _call(run: str, config: str, values: dict[str, Any]) -> Any:
-    import importlib
+    """The command function ``run`` ("module:name", as the command table names it) on its config ``config``
+    built from ``values``."""
+    from llmrec.config import from_dict, load_object
 
-    from llmrec.config import from_dict
-
-    def load(path: str) -> Any:  # "module:name", as the command table names a command's function and config
-        module, _, name = path.partition(":")
-        return getattr(importlib.import_module(module), name)
-
-    return load(run)(from_dict(load(config), dict(values)))
+    return load_object(run)(from_dict(load_object(config), dict(values)))
 
 
 def _call_evaluate(run: Path, eval_options: dict[str, Any], device: str) -> Any:

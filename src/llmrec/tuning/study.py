@@ -372,7 +372,7 @@ def write_results(study: Any, cfg: TuneConfig, space: SearchSpace, folder: Path)
             }
         )
     table = pd.DataFrame(rows)
-    table.to_csv(folder / "trials.csv", index=False)
+    write_text_atomic(folder / "trials.csv", table.to_csv(index=False))
 
     def cell(v: Any) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
