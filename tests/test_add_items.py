@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -39,15 +37,24 @@ def world(tmp_path_factory, tiny_llm):
 
     root = tmp_path_factory.mktemp("add-items")
     items, inter = synthetic_tables()
-    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=10, seed=3), {}, {}, []), root / "ds")
+    write_dataset(
+        finalize(items, inter, ProcessConfig(kcore=0, num_negatives=10, seed=3), {}, {}, []), root / "ds"
+    )
     add_item_images(root / "ds", missing=())
     vit = _tiny_vit(root / "vit", pooler=True)
     build_features(FeaturesConfig(data=str(root / "ds"), text=False, image=True, image_encoder=vit))
-    opts = {**ILLMREC, "backbone": {"llm": tiny_llm}, "features": ["image"], "representation": "image", "ila": False}
+    opts = {
+        **ILLMREC,
+        "backbone": {"llm": tiny_llm},
+        "features": ["image"],
+        "representation": "image",
+        "ila": False,
+        "validate": False,
+    }
     runs = {"root": root, "pictures": root / "ds-pictures", "vit": vit}
     for name, options in (
         ("illmrec", opts),
-        ("vbpr", {"dim": 8, "visual_dim": 8, "epochs": 2, "feature": "image"}),
+        ("vbpr", {"dim": 8, "visual_dim": 8, "epochs": 2, "feature": "image", "validate": False}),
         ("popularity", {}),
     ):
         runs[name] = llmrec.train(name, data=root / "ds", out=root / name, options=options, **NO_EVAL).dir
@@ -112,7 +119,10 @@ def test_cli_adds_from_a_csv_and_refuses_duplicates_missing_columns_and_id_model
     assert llmrec.load(run).item("n2")["title"] == "Second"  # no image: the model's fallback
     for text, expected in (
         ("item_id,title,image\nn3,A,\nn3,B,\n", r"new.csv, row 2: item id 'n3' again \(first in row 1\)"),
-        ("item_id,title,image\nn1,A,\n", r"new.csv, row 1, field 'item_id': item id 'n1' is in the run's catalog"),
+        (
+            "item_id,title,image\nn1,A,\n",
+            r"new.csv, row 1, field 'item_id': item id 'n1' is in the run's catalog",
+        ),
         ("item_id,title,image\ni001,A,\n", r"row 1, field 'item_id': item id 'i001' is in the run's catalog"),
         ("item_id,image\nn4,\n", r"new.csv, field 'title': no 'title' column, which the run needs"),
         ("item_id,title\nn4,A\n", r"new.csv, field 'image': no 'image' column"),
@@ -172,24 +182,28 @@ def test_concurrent_queries_see_the_old_or_the_new_catalog(world):
     assert not errors and len(model.item_ids) == 52
 
 
-# a child that SIGKILLs itself at the Nth call of a function whose first argument contains a given text:
-# a real kill -9 at an exact point of 'llmrec add-items'
-_KILLER = """
-import os, signal, sys, shutil
-import numpy as np
-owner, name, text, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-owner = {"os": os, "np": np, "shutil": shutil}[owner]
-real, calls = getattr(owner, name), [0]
-def killer(first, *args, **kwargs):
-    if text in str(first):
-        calls[0] += 1
-        if calls[0] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-    return real(first, *args, **kwargs)
-setattr(owner, name, killer)
-from llmrec.cli import main
-sys.exit(main(sys.argv[5:]))
-"""
+def _killed_at(point: tuple[str, str, str, int], argv: list[str]) -> int:
+    """Run ``llmrec ARGV`` in a forked child that SIGKILLs itself at the Nth call of a function whose first
+    argument contains a given text (a real kill -9 at an exact point); the child's wait status."""
+    owner_name, name, text, n = point
+    owner = {"os": os, "np": np, "shutil": shutil}[owner_name]
+    pid = os.fork()
+    if pid == 0:  # the child: patch, run, never return into pytest
+        real, calls = getattr(owner, name), [0]
+
+        def killer(first, *args, **kwargs):
+            if text in str(first):
+                calls[0] += 1
+                if calls[0] == n:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real(first, *args, **kwargs)
+
+        setattr(owner, name, killer)
+        try:
+            os._exit(main(argv))
+        finally:
+            os._exit(70)
+    return os.waitpid(pid, 0)[1]
 
 
 @pytest.mark.parametrize(
@@ -197,7 +211,10 @@ sys.exit(main(sys.argv[5:]))
     [
         (("np", "save", "features", 1), "old"),  # writing the new generation
         (("os", "rename", ".partial", 1), "old"),  # the finished generation not yet renamed in
-        (("os", "replace", "manifest.json", 1), "old"),  # renamed in, just before the manifest's rename (the commit)
+        (
+            ("os", "replace", "manifest.json", 1),
+            "old",
+        ),  # renamed in, just before the manifest's rename (the commit)
         (("shutil", "rmtree", "gen-000001", 1), "new"),  # committed, the old generation not yet removed
     ],
     ids=["writing", "before-rename", "committing", "cleaning"],
@@ -207,10 +224,9 @@ def test_kill_during_add_items_leaves_a_loadable_run(world, tmp_path, point, kep
     (tmp_path / "first.csv").write_text("item_id,title,image\nk1,First,\n")
     (tmp_path / "second.csv").write_text("item_id,title,image\nk2,Second,\n")
     assert main(["add-items", str(run), "--items", str(tmp_path / "first.csv")]) == 0
-    env = {**os.environ, "PYTHONPATH": str(Path(llmrec.__file__).parent.parent), "OMP_NUM_THREADS": "1"}
     argv = ["add-items", str(run), "--items", str(tmp_path / "second.csv")]
-    child = subprocess.run([sys.executable, "-c", _KILLER, *map(str, point), *argv], env=env, capture_output=True)
-    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    status = _killed_at(point, argv)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
     ids = llmrec.load(run).item_ids
     assert ids[40:] == (["k1"] if kept == "old" else ["k1", "k2"])
     if kept == "old":  # the same command again adds it, and leaves nothing behind

@@ -22,12 +22,14 @@ generations no manifest names. A ``catalog/`` folder llmrec did not write is ref
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,7 +146,9 @@ def _manifest(folder: Path) -> dict[str, Any] | None:
         or not isinstance(manifest.get("features"), dict)
     ):
         raise LlmrecError(
-            "not a catalog manifest llmrec wrote", file=path, hint="move catalog/ away to drop the added items"
+            "not a catalog manifest llmrec wrote",
+            file=path,
+            hint="move catalog/ away to drop the added items",
         )
     return manifest
 
@@ -170,7 +174,9 @@ def _write(run: Path, added: Added, identity: str) -> dict[str, Any]:
         (tmp / "features").mkdir()
         features = {}
         for name, values in added.values.items():
-            np.save(tmp / "features" / f"{name}.npy", np.asarray(values, dtype=np.float32), allow_pickle=False)
+            np.save(
+                tmp / "features" / f"{name}.npy", np.asarray(values, dtype=np.float32), allow_pickle=False
+            )
             np.save(tmp / "features" / f"{name}.missing.npy", added.missing[name], allow_pickle=False)
             features[name] = {
                 "dim": int(values.shape[1]),
@@ -321,10 +327,11 @@ def encode_items(
     for name, manifest in _feature_sources(model).items():
         encoder_name = str(manifest["encoder"])
         try:
-            if manifest["modality"] == "text":
-                encoder: Any = load_text_encoder(encoder_name, device)
-            else:
-                encoder = load_image_encoder(encoder_name, device)
+            with _no_progress_bars():
+                if manifest["modality"] == "text":
+                    encoder: Any = load_text_encoder(encoder_name, device)
+                else:
+                    encoder = load_image_encoder(encoder_name, device)
         except LlmrecError as e:
             raise LlmrecError(
                 f"the run's feature '{name}' was computed with the {manifest['modality']} encoder "
@@ -355,6 +362,20 @@ def encode_items(
         vals[gone] = 0.0
         values[name], missing[name] = vals, gone
     return values, missing
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while an encoder loads (the command prints one line)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _encode_images(
@@ -456,7 +477,9 @@ def grow(model: Model, added: Added) -> None:
     if not fresh.any():
         return
     rows = added.items.loc[fresh].reset_index(drop=True)
-    part = Added(rows, {n: v[fresh] for n, v in added.values.items()}, {n: m[fresh] for n, m in added.missing.items()})
+    part = Added(
+        rows, {n: v[fresh] for n, v in added.values.items()}, {n: m[fresh] for n, m in added.missing.items()}
+    )
     features = part.role_features(model.model.feature_needs())
     ids = rows["item_id"].astype(str).tolist()
     catalog = pd.concat([model._catalog, rows], ignore_index=True)
@@ -515,10 +538,12 @@ def run_add_items(cfg: AddItemsConfig) -> dict[str, Any]:
 
 
 def _device(model: Model) -> str:
+    """Where the encoders of new items run: the model's device (a numpy model's: the CPU)."""
     return model.device if model.model.on_device else "cpu"
 
 
 def format_add_items(result: dict[str, Any]) -> str:
+    """The line ``llmrec add-items`` prints: how many items were added, the first ids, the catalog's size."""
     shown = ", ".join(result["added"][:5]) + (" ..." if len(result["added"]) > 5 else "")
     return (
         f"added {len(result['added']):,} items to {result['run']} ({shown}); the catalog has "
