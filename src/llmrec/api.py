@@ -207,9 +207,9 @@ class Model:
         Raises:
             LlmrecError: an ID model, a duplicate id, a missing column or an encoder not available here.
         """
-        from llmrec.catalog import _device, add_items
+        from llmrec.catalog import add_items, encoder_device
 
-        return add_items(self, items, image_dir, device=_device(self))
+        return add_items(self, items, image_dir, device=encoder_device(self))
 
     # ------------------------------------------------------------------ queries
     def query(

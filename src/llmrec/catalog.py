@@ -36,9 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llmrec.config import ConfigError, option
 from llmrec.errors import LlmrecError
-from llmrec.placement import DtypeName, device_option, dtype_option
 from llmrec.utils.io import (
     partial_dir,
     read_json,
@@ -506,46 +504,6 @@ def attach_catalog(model: Model) -> None:
     grow(model, added)
 
 
-# ----------------------------------------------------------------------------- the command
-
-
-@dataclass
-class AddItemsConfig:
-    """``llmrec add-items``: which run, which new items, where their pictures are."""
-
-    run: str = option("", "run directory of a trained model")
-    items: str = option("", "CSV (or Parquet) of the new items: item_id, title, text columns, image")
-    image_dir: str | None = option(None, "folder that relative paths of the image column are in")
-    data: str | None = option(None, "the run's dataset moved: its new folder (checksum verified)")
-    device: str = device_option()
-    dtype: DtypeName = dtype_option()
-
-    def __post_init__(self) -> None:
-        if not self.run:
-            raise ConfigError("run: the run directory of a trained model is required")
-        if not self.items:
-            raise ConfigError("items: give --items FILE.csv with the new items")
-
-
-def run_add_items(cfg: AddItemsConfig) -> dict[str, Any]:
-    """Load the run, add the file's items, say what was added and how big the catalog is now."""
-    from llmrec.api import load
-
-    model = load(cfg.run, device=cfg.device, dtype=cfg.dtype, data=cfg.data)
-    refuse_id_model(model)  # before reading the file: an ID model takes no item at all
-    added = add_items(model, read_items_file(cfg.items), cfg.image_dir, cfg.items, _device(model))
-    return {"run": str(model.run), "added": added, "items": len(model.item_ids)}
-
-
-def _device(model: Model) -> str:
+def encoder_device(model: Model) -> str:
     """Where the encoders of new items run: the model's device (a numpy model's: the CPU)."""
     return model.device if model.model.on_device else "cpu"
-
-
-def format_add_items(result: dict[str, Any]) -> str:
-    """The line ``llmrec add-items`` prints: how many items were added, the first ids, the catalog's size."""
-    shown = ", ".join(result["added"][:5]) + (" ..." if len(result["added"]) > 5 else "")
-    return (
-        f"added {len(result['added']):,} items to {result['run']} ({shown}); the catalog has "
-        f"{result['items']:,} items"
-    )
