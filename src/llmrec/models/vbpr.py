@@ -113,6 +113,8 @@ class VBPR(MF):
             "features": torch.cat([self.features, f]),  # (N + M, F)
             "missing": torch.cat([self.missing, torch.from_numpy(missing).to(self.missing.device)]),
         }
+        if hasattr(self, "unseen"):  # the items never trained on (prepare --cold-items): these too
+            grown["unseen"] = torch.cat([self.unseen, self.unseen.new_ones(len(values))])
         zeros = self.item_emb.weight.new_zeros(len(values), self.item_emb.weight.shape[1])
         weight = torch.cat([self.item_emb.weight.detach(), zeros])  # (N + M, d)
         bias = None if self.item_bias is None else torch.cat([self.item_bias.detach(), zeros[:, 0]])

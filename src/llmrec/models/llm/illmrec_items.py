@@ -73,6 +73,8 @@ class AddedItems:
         grown["has_image"] = torch.cat(
             [self.has_image, torch.from_numpy(has_image).to(self.has_image.device)]
         )
+        if hasattr(self, "unseen"):  # the items never trained on (prepare --cold-items): these too
+            grown["unseen"] = torch.cat([self.unseen, self.unseen.new_ones(len(texts))])
         descriptions = texts["description"].fillna("").astype(str).tolist()
         new_texts = item_texts(texts.fillna(""), descriptions, [""] * len(texts), has_image)
         rendered, lengths = dict(self._rendered), dict(self._lengths)
