@@ -294,6 +294,7 @@ class Command:
     model: str = ""  # the model those options belong to, where the command fixes it
     torch: bool = False  # runs torch in this process: --threads
     old_flags: tuple[tuple[str, str], ...] = ()  # (old spelling, new one): hidden for one release
+    env_prefix: str = ""  # environment variables <prefix><FIELD> set options (between --config and flags)
 
     @property
     def path(self) -> str:
@@ -311,7 +312,7 @@ COMMANDS: list[Command] = [
     Command("train", EVERYDAY, "train a model, save it and evaluate it into a run directory", _run_train, setup=_setup_train, model_options=True, torch=True),
     Command("evaluate", EVERYDAY, "re-evaluate a saved run (metrics.json is rewritten)", _run_evaluate, setup=_setup_evaluate, torch=True),
     Command("recommend", EVERYDAY, "top-k catalog items for a user id or an ad-hoc history of item ids", _run_recommend, "llmrec.recommend:RecommendConfig", positional="run", torch=True, old_flags=_CANDIDATES),
-    Command("serve", EVERYDAY, "answer recommendation requests over HTTP (FastAPI), micro-batched", "llmrec.serve:serve", "llmrec.serve:ServeConfig", positional="run", torch=True, old_flags=_CANDIDATES),
+    Command("serve", EVERYDAY, "answer recommendation requests over HTTP (FastAPI), micro-batched", "llmrec.serve:serve", "llmrec.serve:ServeConfig", positional="run", torch=True, old_flags=_CANDIDATES, env_prefix="LLMREC_SERVE_"),
     Command("table", EVERYDAY, "metrics of several runs side by side (Markdown; --out also writes CSV)", "llmrec.report:make_table", "llmrec.report:TableConfig", show=_as_is, positional="runs"),
     Command("tune", EVERYDAY, "search a model's options with Optuna (TPE, pruning); every trial an ordinary run", "llmrec.tuning.study:run_tune", "llmrec.tuning.study:TuneConfig", show=_formatted("llmrec.tuning.study:format_tune"), written="{cfg.folder}/trials.md, trials.csv, trials.png, best.yaml, best.json, tune.json", positional="model", model_options=True, torch=True),
     Command("prompts", EVERYDAY, "the exact prompts (training, ILA, evaluation) an LLM model builds for a user, with token counts", _run_prompts, setup=_setup_prompts, model_options=True, torch=True),

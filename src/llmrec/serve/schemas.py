@@ -45,6 +45,9 @@ class Recommendations(BaseModel):
     items: list[ScoredItem] = Field(description="best first")
     model: str
     took_ms: float = Field(description="time spent in the service, queueing included")
+    recommendation_id: str = Field(
+        description="this answer's id: send it back with later feedback (a click, a purchase) to join them"
+    )
 
 
 class ErrorBody(BaseModel):
