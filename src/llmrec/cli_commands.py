@@ -220,7 +220,7 @@ def _run_recommend(args: argparse.Namespace) -> int:
         print(f"written {summary['out']}: {summary['rows']:,} rows for {summary['users']:,} users{resumed}")
         return 0
     who = {"user_ids": [cfg.user]} if cfg.user is not None else {"histories": [cfg.items]}
-    table = model.recommend(**who, k=cfg.k, exclude_history=cfg.exclude_history)
+    table = model.recommend(**who, k=cfg.k, exclude_history=cfg.exclude_history, **cfg.rules())
     recs = table[["rank", "item_id", "title", "score"]].to_dict("records")
     if cfg.json:
         print(json.dumps(recs, indent=2))
