@@ -33,6 +33,12 @@ class ServeSettings:
         "reading a request head that grows past it (plus 8 KiB for the request line)",
         ge=1,
     )
+    add_items: bool = option(
+        False,
+        "accept POST /items: new items encoded with the run's encoders and added to its catalog (off by "
+        "default: an add changes every client's recommendations and writes to the run folder)",
+    )
+    image_dir: str | None = option(None, "the folder POST /items's image paths are relative to")
 
     def __post_init__(self) -> None:
         check_ranges(self)
