@@ -194,6 +194,26 @@ class Model:
             out[str(key)] = value
         return out
 
+    def add_items(self, items: pd.DataFrame, image_dir: str | Path | None = None) -> list[str]:
+        """Add new items to the run without retraining: their features computed with the encoders the
+        run's were, kept in the run's ``catalog/`` (committed atomically: a kill leaves the old catalog),
+        and recommendable at once (thread-safe: a concurrent query sees the old or the new catalog).
+
+        Args:
+            items: one row per item: ``item_id``, ``title``, the text columns the run's features read,
+                ``image`` (a local path, relative to ``image_dir``, or a URL; empty: no image).
+            image_dir: the folder relative image paths are in (default: the working directory).
+
+        Returns:
+            The added item ids, in order.
+
+        Raises:
+            LlmrecError: an ID model, a duplicate id, a missing column or an encoder not available here.
+        """
+        from llmrec.catalog import _device, add_items
+
+        return add_items(self, items, image_dir, device=_device(self))
+
     # ------------------------------------------------------------------ queries
     def query(
         self,
@@ -476,9 +496,15 @@ def load(
     model_dir(folder)  # not a run at all: say so before looking for its dataset
     ds = run_dataset(folder, data)
     model = load_model(folder, device=device, dtype=dtype, data=ds)
+    from llmrec.catalog import attach_catalog
+
     if retriever is not None and not isinstance(retriever, Model):
         retriever = load(retriever, device=device, dtype=dtype)
-    return Model(model, ds, folder, retriever, retrieve)
+    loaded = Model(model, ds, folder, retrieve=retrieve)
+    attach_catalog(loaded)  # the items added to the run after training
+    if retriever is not None:
+        loaded.set_retriever(retriever, retrieve)
+    return loaded
 
 
 @dataclasses.dataclass
