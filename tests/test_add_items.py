@@ -39,11 +39,19 @@ def world(tmp_path_factory, tiny_llm):
 
     root = tmp_path_factory.mktemp("add-items")
     items, inter = synthetic_tables()
-    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=10, seed=3), {}, {}, []), root / "ds")
+    write_dataset(
+        finalize(items, inter, ProcessConfig(kcore=0, num_negatives=10, seed=3), {}, {}, []), root / "ds"
+    )
     add_item_images(root / "ds", missing=())
     vit = _tiny_vit(root / "vit", pooler=True)
     build_features(FeaturesConfig(data=str(root / "ds"), text=False, image=True, image_encoder=vit))
-    opts = {**ILLMREC, "backbone": {"llm": tiny_llm}, "features": ["image"], "representation": "image", "ila": False}
+    opts = {
+        **ILLMREC,
+        "backbone": {"llm": tiny_llm},
+        "features": ["image"],
+        "representation": "image",
+        "ila": False,
+    }
     runs = {"root": root, "pictures": root / "ds-pictures", "vit": vit}
     for name, options in (
         ("illmrec", opts),
@@ -112,7 +120,10 @@ def test_cli_adds_from_a_csv_and_refuses_duplicates_missing_columns_and_id_model
     assert llmrec.load(run).item("n2")["title"] == "Second"  # no image: the model's fallback
     for text, expected in (
         ("item_id,title,image\nn3,A,\nn3,B,\n", r"new.csv, row 2: item id 'n3' again \(first in row 1\)"),
-        ("item_id,title,image\nn1,A,\n", r"new.csv, row 1, field 'item_id': item id 'n1' is in the run's catalog"),
+        (
+            "item_id,title,image\nn1,A,\n",
+            r"new.csv, row 1, field 'item_id': item id 'n1' is in the run's catalog",
+        ),
         ("item_id,title,image\ni001,A,\n", r"row 1, field 'item_id': item id 'i001' is in the run's catalog"),
         ("item_id,image\nn4,\n", r"new.csv, field 'title': no 'title' column, which the run needs"),
         ("item_id,title\nn4,A\n", r"new.csv, field 'image': no 'image' column"),
@@ -197,7 +208,10 @@ sys.exit(main(sys.argv[5:]))
     [
         (("np", "save", "features", 1), "old"),  # writing the new generation
         (("os", "rename", ".partial", 1), "old"),  # the finished generation not yet renamed in
-        (("os", "replace", "manifest.json", 1), "old"),  # renamed in, just before the manifest's rename (the commit)
+        (
+            ("os", "replace", "manifest.json", 1),
+            "old",
+        ),  # renamed in, just before the manifest's rename (the commit)
         (("shutil", "rmtree", "gen-000001", 1), "new"),  # committed, the old generation not yet removed
     ],
     ids=["writing", "before-rename", "committing", "cleaning"],
@@ -209,7 +223,9 @@ def test_kill_during_add_items_leaves_a_loadable_run(world, tmp_path, point, kep
     assert main(["add-items", str(run), "--items", str(tmp_path / "first.csv")]) == 0
     env = {**os.environ, "PYTHONPATH": str(Path(llmrec.__file__).parent.parent), "OMP_NUM_THREADS": "1"}
     argv = ["add-items", str(run), "--items", str(tmp_path / "second.csv")]
-    child = subprocess.run([sys.executable, "-c", _KILLER, *map(str, point), *argv], env=env, capture_output=True)
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLER, *map(str, point), *argv], env=env, capture_output=True
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
     ids = llmrec.load(run).item_ids
     assert ids[40:] == (["k1"] if kept == "old" else ["k1", "k2"])
