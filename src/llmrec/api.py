@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmrec.errors import LlmrecError
-from llmrec.filters import ItemAttributes, mask_scores, without_items
+from llmrec.filters import ItemAttributes, RuleError, mask_scores, without_items
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -285,7 +285,10 @@ class Model:
         attributes = self._attributes
         if attributes is None or attributes.catalog is not self._catalog:  # first rule, or a grown catalog
             attributes = self._attributes = ItemAttributes(self._catalog)
-        allowed = attributes.mask(include, exclude)
+        try:
+            allowed = attributes.mask(include, exclude)
+        except RuleError as e:
+            raise QueryError(e.message, field=str(e.field), hint=e.hint) from None
         if exclude_items is not None:
             if isinstance(exclude_items, str):
                 raise QueryError("must be a list of item ids, not one string", field="exclude_items")

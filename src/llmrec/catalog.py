@@ -144,7 +144,9 @@ def _manifest(folder: Path) -> dict[str, Any] | None:
         or not isinstance(manifest.get("features"), dict)
     ):
         raise LlmrecError(
-            "not a catalog manifest llmrec wrote", file=path, hint="move catalog/ away to drop the added items"
+            "not a catalog manifest llmrec wrote",
+            file=path,
+            hint="move catalog/ away to drop the added items",
         )
     return manifest
 
@@ -170,7 +172,9 @@ def _write(run: Path, added: Added, identity: str) -> dict[str, Any]:
         (tmp / "features").mkdir()
         features = {}
         for name, values in added.values.items():
-            np.save(tmp / "features" / f"{name}.npy", np.asarray(values, dtype=np.float32), allow_pickle=False)
+            np.save(
+                tmp / "features" / f"{name}.npy", np.asarray(values, dtype=np.float32), allow_pickle=False
+            )
             np.save(tmp / "features" / f"{name}.missing.npy", added.missing[name], allow_pickle=False)
             features[name] = {
                 "dim": int(values.shape[1]),
@@ -456,7 +460,9 @@ def grow(model: Model, added: Added) -> None:
     if not fresh.any():
         return
     rows = added.items.loc[fresh].reset_index(drop=True)
-    part = Added(rows, {n: v[fresh] for n, v in added.values.items()}, {n: m[fresh] for n, m in added.missing.items()})
+    part = Added(
+        rows, {n: v[fresh] for n, v in added.values.items()}, {n: m[fresh] for n, m in added.missing.items()}
+    )
     features = part.role_features(model.model.feature_needs())
     ids = rows["item_id"].astype(str).tolist()
     catalog = pd.concat([model._catalog, rows], ignore_index=True)

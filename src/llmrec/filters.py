@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llmrec.errors import LlmrecError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -48,10 +50,17 @@ _CACHED_MASKS = 64  # distinct rule sets whose masks an ItemAttributes keeps  # 
 Key = tuple[str, Any]  # ("s", casefolded text) | ("n", float) | ("b", bool)
 
 
-def _error(message: str, field: str, hint: str | None = None) -> Exception:
-    from llmrec.api import QueryError  # api imports this module: the error class is looked up when raised
+class RuleError(LlmrecError):
+    """A rule that cannot be applied (an unknown column, a value of the wrong kind), naming the field
+    (``include.year``): ``Model.allowed`` raises it again as a :class:`~llmrec.api.QueryError` (422)."""
 
-    return QueryError(message, field=field, hint=hint)
+    def __init__(self, message: str, *, field: str, hint: str | None = None) -> None:
+        super().__init__(message, field=field, hint=hint)
+        self.message = message
+
+
+def _error(message: str, field: str, hint: str | None = None) -> RuleError:
+    return RuleError(message, field=field, hint=hint)
 
 
 def _cell_keys(value: Any) -> set[Key]:

@@ -70,7 +70,9 @@ class AddedItems:
             grown[f"feat_{role}"] = torch.cat([old, torch.from_numpy(values).to(old)])  # (N + M, d)
             if role == "image":
                 has_image = ~missing
-        grown["has_image"] = torch.cat([self.has_image, torch.from_numpy(has_image).to(self.has_image.device)])
+        grown["has_image"] = torch.cat(
+            [self.has_image, torch.from_numpy(has_image).to(self.has_image.device)]
+        )
         descriptions = texts["description"].fillna("").astype(str).tolist()
         new_texts = item_texts(texts.fillna(""), descriptions, [""] * len(texts), has_image)
         rendered, lengths = dict(self._rendered), dict(self._lengths)
