@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import llmrec
-from conftest import add_item_images, synthetic_tables
+from conftest import pictured_dataset
 from llmrec.serve import ServeSettings, create_app
 from test_serve import running
 
@@ -27,22 +27,12 @@ NO_EVAL = {"eval": {"ctr": False, "full_ranking": False, "splits": ["test"]}}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
-    from llmrec.features.build import FeaturesConfig, build_features
-    from test_features_build import _tiny_vit
-
     root = tmp_path_factory.mktemp("serve-items")
-    items, inter = synthetic_tables()
-    write_dataset(
-        finalize(items, inter, ProcessConfig(kcore=0, num_negatives=5, seed=3), {}, {}, []), root / "ds"
-    )
-    add_item_images(root / "ds", missing=())
-    vit = _tiny_vit(root / "vit", pooler=True)
-    build_features(FeaturesConfig(data=str(root / "ds"), text=False, image=True, image_encoder=vit))
-    out = {"root": root, "pictures": root / "ds-pictures"}
+    ds, pictures, _ = pictured_dataset(root)
+    out = {"root": root, "pictures": pictures}
     vbpr = {"dim": 8, "visual_dim": 8, "epochs": 1, "feature": "image"}
     for name, options in (("vbpr", vbpr), ("popularity", {})):
-        out[name] = llmrec.train(name, data=root / "ds", out=root / name, options=options, **NO_EVAL).dir
+        out[name] = llmrec.train(name, data=ds, out=root / name, options=options, **NO_EVAL).dir
     return out
 
 
