@@ -220,7 +220,7 @@ def _run_recommend(args: argparse.Namespace) -> int:
         print(f"written {summary['out']}: {summary['rows']:,} rows for {summary['users']:,} users{resumed}")
         return 0
     who = {"user_ids": [cfg.user]} if cfg.user is not None else {"histories": [cfg.items]}
-    table = model.recommend(**who, k=cfg.k, exclude_history=cfg.exclude_history)
+    table = model.recommend(**who, k=cfg.k, exclude_history=cfg.exclude_history, **cfg.rules())
     recs = table[["rank", "item_id", "title", "score"]].to_dict("records")
     if cfg.json:
         print(json.dumps(recs, indent=2))
@@ -312,6 +312,7 @@ COMMANDS: list[Command] = [
     Command("train", EVERYDAY, "train a model, save it and evaluate it into a run directory", _run_train, setup=_setup_train, model_options=True, torch=True),
     Command("evaluate", EVERYDAY, "re-evaluate a saved run (metrics.json is rewritten)", _run_evaluate, setup=_setup_evaluate, torch=True),
     Command("recommend", EVERYDAY, "top-k catalog items for a user id or an ad-hoc history of item ids", _run_recommend, "llmrec.recommend:RecommendConfig", positional="run", torch=True, old_flags=_CANDIDATES),
+    Command("add-items", EVERYDAY, "add new items (their pictures, texts) to a trained run without retraining", "llmrec.catalog:run_add_items", "llmrec.catalog:AddItemsConfig", show=_formatted("llmrec.catalog:format_add_items"), written="{cfg.run}/catalog/", positional="run", torch=True),
     Command("serve", EVERYDAY, "answer recommendation requests over HTTP (FastAPI), micro-batched", "llmrec.serve:serve", "llmrec.serve:ServeConfig", positional="run", torch=True, old_flags=_CANDIDATES, env_prefix="LLMREC_SERVE_"),
     Command("table", EVERYDAY, "metrics of several runs side by side (Markdown; --out also writes CSV)", "llmrec.report:make_table", "llmrec.report:TableConfig", show=_as_is, positional="runs"),
     Command("tune", EVERYDAY, "search a model's options with Optuna (TPE, pruning); every trial an ordinary run", "llmrec.tuning.study:run_tune", "llmrec.tuning.study:TuneConfig", show=_formatted("llmrec.tuning.study:format_tune"), written="{cfg.folder}/trials.md, trials.csv, trials.png, best.yaml, best.json, tune.json", positional="model", model_options=True, torch=True),

@@ -383,10 +383,16 @@ def scaled_item_values(feature: Feature) -> tuple[np.ndarray, np.ndarray]:
     learning rate fits every encoder), and the (N,) mask of the items that have it."""
     values = np.array(feature.values, dtype=np.float32)  # read once from the memory map
     present = ~np.asarray(feature.missing, dtype=bool)
-    norm = float(np.linalg.norm(values[present], axis=1).mean()) if present.any() else 0.0
+    norm = feature_norm(values, present)
     if norm > 0:
         values /= norm
     return values, present
+
+
+def feature_norm(values: np.ndarray, present: np.ndarray) -> float:
+    """The mean row norm of the items that have a feature (0 when none has): what
+    :func:`scaled_item_values` divides by, and items added later are divided by the same."""
+    return float(np.linalg.norm(values[present], axis=1).mean()) if present.any() else 0.0
 
 
 def check_trained_feature(ds: Dataset, name: str, trained_sha256: str, feature: Feature) -> None:

@@ -30,6 +30,8 @@ from llmrec.placement import Placement
 from llmrec.utils.io import read_json, write_json_atomic
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from llmrec.data.dataset import Dataset
 
 
@@ -198,6 +200,31 @@ class Recommender(abc.ABC):
         empty for a model that reads no stored feature."""
         return {}
 
+    # -- items added after training (``llmrec add-items``): only a model that scores an item from its
+    # features or texts can take them; the base class refuses
+    def add_item_rows(self, features: dict[str, np.ndarray], texts: pd.DataFrame) -> None:
+        """Grow the item tables by ``len(texts)`` items never trained on, given their ``features`` by the
+        role names of :meth:`feature_needs` ((M, d) float32 each; a row of NaN: the item lacks it) and
+        their rows of the dataset's item columns (title, description...). The new items take the indices
+        after the last one (``n_items`` grows by M). Build everything first, assign last: the caller
+        holds the lock queries take, so a half-grown model is never scored."""
+        raise LlmrecError(
+            f"model '{self.name}' scores an item by the ID it learned in training, so an item added "
+            "afterwards has no score",
+            hint="retrain on a dataset with the new items, or add them to a run of a model that reads "
+            "item features (illmrec, vbpr)",
+        )
+
+    def check_item_rows(self, features: dict[str, np.ndarray], texts: pd.DataFrame) -> None:
+        """Refuse, before anything is written, items :meth:`add_item_rows` could not take (one line)."""
+        if not self.adds_items():
+            self.add_item_rows(features, texts)  # the refusal
+
+    @classmethod
+    def adds_items(cls) -> bool:
+        """Whether :meth:`add_item_rows` grows the catalog (the model class overrides it)."""
+        return cls.add_item_rows is not Recommender.add_item_rows
+
     @property
     def mixed_precision(self) -> str:
         """Autocast of the training steps (none, bf16, fp16): a torch model's training option."""
@@ -247,6 +274,14 @@ BUILTIN_MODELS: dict[str, str] = {
     **{p: "llm.ctr_presets" for p in ("tallrec", "tallrec_desc", "tallrec_image", "collm", "collm_image")},
     **{p: "llm.ctr_presets" for p in ("binllm", "binllm_image")},
 }
+
+
+def unseen_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An added item feature as :meth:`Recommender.add_item_rows` is given it -> (values with the rows of
+    items without it set to 0, float32; (M,) bool mask of those rows)."""
+    values = np.asarray(values, dtype=np.float32)
+    missing = np.isnan(values).all(axis=1)
+    return np.nan_to_num(values, nan=0.0), missing
 
 
 def available_models() -> list[str]:

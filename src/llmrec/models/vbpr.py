@@ -24,19 +24,29 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from llmrec.config import option
 from llmrec.data.dataset import Dataset
 from llmrec.errors import ConfigError, LlmrecError
-from llmrec.features.store import Feature, check_trained_feature, load_item_feature, scaled_item_values
-from llmrec.models.base import register_model
+from llmrec.features.store import (
+    Feature,
+    check_trained_feature,
+    feature_norm,
+    load_item_feature,
+    scaled_item_values,
+)
+from llmrec.models.base import register_model, unseen_rows
 from llmrec.models.mf import MF, MFConfig
 from llmrec.placement import Placement
 from llmrec.utils.io import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +82,8 @@ class VBPR(MF):
     def attach_feature(self, feature: Feature) -> None:
         """Hold the feature as (N, F) float32 buffers (not saved with the weights) and create E, beta'."""
         values, present = scaled_item_values(feature)  # (N, F), (N,)
+        raw = np.asarray(feature.values, dtype=np.float32)
+        self.feature_scale = feature_norm(raw, present) or 1.0  # added items are divided by the same
         self.register_buffer("features", torch.from_numpy(values), persistent=False)  # (N, F)
         self.register_buffer("missing", torch.from_numpy(~present), persistent=False)  # (N,)
         self.proj = nn.Linear(values.shape[1], self.cfg.visual_dim, bias=False)  # E
@@ -87,6 +99,31 @@ class VBPR(MF):
             "sha256": feature.manifest["sha256"],
             "shape": list(feature.values.shape),
         }
+
+    def feature_needs(self) -> dict[str, str]:
+        """The one item feature f_i, by its role ``feature``."""
+        return {"feature": self.cfg.feature}
+
+    def add_item_rows(self, features: dict[str, np.ndarray], texts: pd.DataFrame) -> None:
+        """Items never trained on: their visual terms from f_i (scaled as the trained items'), no
+        gamma_i and no b_i (zero): score = <theta_u, E f_i> + <beta', f_i>, or <theta_u, m> without f_i."""
+        values, missing = unseen_rows(features["feature"])  # (M, F), (M,)
+        f = torch.from_numpy(values / self.feature_scale).to(self.features)
+        grown = {
+            "features": torch.cat([self.features, f]),  # (N + M, F)
+            "missing": torch.cat([self.missing, torch.from_numpy(missing).to(self.missing.device)]),
+        }
+        zeros = self.item_emb.weight.new_zeros(len(values), self.item_emb.weight.shape[1])
+        weight = torch.cat([self.item_emb.weight.detach(), zeros])  # (N + M, d)
+        bias = None if self.item_bias is None else torch.cat([self.item_bias.detach(), zeros[:, 0]])
+        with torch.no_grad():
+            self.item_emb.weight = nn.Parameter(weight, requires_grad=False)
+            self.item_emb.num_embeddings = len(weight)
+            if bias is not None:
+                self.item_bias = nn.Parameter(bias, requires_grad=False)
+            for name, tensor in grown.items():
+                setattr(self, name, tensor)
+        self.n_items += len(values)
 
     # -- the factorisation: MF's factors with the visual ones appended
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,18 @@ from starlette.exceptions import HTTPException
 from llmrec._version import __version__
 from llmrec.errors import LlmrecError
 from llmrec.serve.batcher import Batcher, Overloaded
+from llmrec.serve.items import ItemAdder
 from llmrec.serve.limits import MAX_JSON_DEPTH, HeaderLimits, JsonTooDeep, _JsonRoute
 from llmrec.serve.ops import AccessLog, ApiKeys, Metrics, RequestIds, add_offline_docs, read_api_keys
-from llmrec.serve.schemas import MAX_K, ErrorBody, RankRequest, Recommendations, RecommendRequest
+from llmrec.serve.schemas import (
+    MAX_K,
+    AddedItems,
+    AddItemsRequest,
+    ErrorBody,
+    RankRequest,
+    Recommendations,
+    RecommendRequest,
+)
 from llmrec.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -33,7 +42,9 @@ log = logging.getLogger(__package__)  # the service's one logger, "llmrec.serve"
 
 #: the error answers the routes document in the OpenAPI schema
 _ERRORS = {
+    403: {"model": ErrorBody, "description": "adding items is off (the service runs without --add-items)"},
     404: {"model": ErrorBody, "description": "unknown user or item id"},
+    409: {"model": ErrorBody, "description": "an item id the catalog has, or a model that cannot add items"},
     422: {"model": ErrorBody, "description": "invalid request (the field is named)"},
     431: {"model": ErrorBody, "description": "too many or too large header fields (field 'headers')"},
     503: {
@@ -50,6 +61,7 @@ def create_app(model: Model, settings: ServeSettings | None = None, access_log: 
     settings = settings or ServeSettings()
     keys = read_api_keys(settings.api_key_file) if settings.api_key_file else None  # a bad file: refused now
     state: dict[str, Any] = {}
+    adder = ItemAdder(model, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +86,7 @@ def create_app(model: Model, settings: ServeSettings | None = None, access_log: 
             if warming is not None and not warming.done():
                 warming.cancel()
             await batcher.close()  # uvicorn calls this once in-flight requests are answered
+            adder.close()
             log.info("stopped: %d requests in %d model calls", batcher.served, batcher.batches)
 
     app = FastAPI(
@@ -112,6 +125,7 @@ def create_app(model: Model, settings: ServeSettings | None = None, access_log: 
     _add_routes(app, model, settings, state)
     _add_probes(app, state, metrics)
     add_offline_docs(app)
+    _add_item_route(app, model, adder)
     return app
 
 
@@ -245,14 +259,16 @@ def _add_routes(app: FastAPI, model: Model, settings: ServeSettings, state: dict
     """/recommend and /rank (through the batcher the lifespan puts in ``state``), /items/{id}, /health."""
     from llmrec.api import QueryError
 
-    def query(user_id: Any, history: Any, k: int, exclude_history: bool, candidates: Any) -> Query:
+    def query(
+        user_id: Any, history: Any, k: int, exclude_history: bool, candidates: Any, **rules: Any
+    ) -> Query:
         if history is not None and len(history) > settings.max_history:
             raise QueryError(
                 f"has {len(history)} items, more than the {settings.max_history} this service accepts",
                 field="history",
                 hint="send the most recent items",
             )
-        return model.query(user_id, history, k, exclude_history, candidates)  # the retriever's checks too
+        return model.query(user_id, history, k, exclude_history, candidates, **rules)  # the retriever's too
 
     def answered(items: list[dict[str, Any]], start: float) -> JSONResponse:
         took = (time.perf_counter() - start) * 1000
@@ -263,9 +279,12 @@ def _add_routes(app: FastAPI, model: Model, settings: ServeSettings, state: dict
 
     @app.post("/recommend", response_model=Recommendations, responses=_ERRORS)
     async def recommend(body: RecommendRequest) -> JSONResponse:
-        """The top-k items for a known user or an ad-hoc history (history items excluded by default)."""
+        """The top-k items for a known user or an ad-hoc history (history items excluded by default), among
+        the items its rules let through (``include``, ``exclude``, ``exclude_items``): k items whenever k
+        items pass."""
         start = time.perf_counter()
-        q = query(body.user_id, body.history, body.k, body.exclude_history, body.candidates)
+        rules = {"include": body.include, "exclude": body.exclude, "exclude_items": body.exclude_items}
+        q = query(body.user_id, body.history, body.k, body.exclude_history, body.candidates, **rules)
         return answered(await state["batcher"].submit(q), start)
 
     @app.post("/rank", response_model=Recommendations, responses=_ERRORS)
@@ -316,6 +335,25 @@ def _add_probes(app: FastAPI, state: dict[str, Any], metrics: Metrics | None) ->
             return Response(body, media_type=content_type)
 
 
+def _add_item_route(app: FastAPI, model: Model, adder: ItemAdder) -> None:
+    """POST /items (see :mod:`llmrec.serve.items`)."""
+
+    @app.post(
+        "/items",
+        status_code=201,
+        response_model=AddedItems,
+        responses={k: _ERRORS[k] for k in (403, 409, 422, 503)},
+    )
+    async def add_items(body: AddItemsRequest) -> JSONResponse:
+        """Add new items to the catalog, encoded with the run's encoders (all of the request or none):
+        recommendable as soon as this answers, while other requests are answered throughout. Off unless
+        the service runs with ``--add-items``."""
+        start = time.perf_counter()
+        added = await adder.add(body)
+        took = round((time.perf_counter() - start) * 1000, 3)
+        return JSONResponse({"added": added, "items": len(model.item_ids), "took_ms": took}, status_code=201)
+
+
 def _health(model: Model, settings: ServeSettings, batcher: Batcher | None) -> dict[str, Any]:
     """/health's answer (``batcher`` is None before the lifespan starts it)."""
     info = model.info()
@@ -342,5 +380,6 @@ def _health(model: Model, settings: ServeSettings, batcher: Batcher | None) -> d
             "queue_size": settings.queue_size,
         },
         "max_history": settings.max_history,
+        "add_items": settings.add_items,
         "max_k": MAX_K,
     }

@@ -47,6 +47,12 @@ class ServeSettings:
     warm_up: bool = option(
         False, "answer one query before /readyz says ready (an app built in code: ready at once by default)"
     )
+    add_items: bool = option(
+        False,
+        "accept POST /items: new items encoded with the run's encoders and added to its catalog (off by "
+        "default: an add changes every client's recommendations and writes to the run folder)",
+    )
+    image_dir: str | None = option(None, "the folder POST /items's image paths are relative to")
 
     def __post_init__(self) -> None:
         check_ranges(self)

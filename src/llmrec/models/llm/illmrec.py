@@ -56,6 +56,7 @@ from llmrec.llm.prompts import (
 from llmrec.models.base import register_model
 from llmrec.models.llm.base import FeatureBackedLLM
 from llmrec.models.llm.illmrec_config import RECIPES, ILLMRecConfig
+from llmrec.models.llm.illmrec_items import AddedItems
 from llmrec.models.llm.illmrec_show import shown_prompts
 from llmrec.models.llm.precision import TrainablePrecision
 from llmrec.models.llm.projectors import mlp_adaptor, projector
@@ -69,7 +70,7 @@ ILA_ANSWER_TOKENS = 96  # chat framing: ILA answers are cut to this many tokens,
 
 
 @register_model("illmrec")
-class ILLMRec(TrainablePrecision, ProjectorsAlone, FeatureBackedLLM):
+class ILLMRec(AddedItems, TrainablePrecision, ProjectorsAlone, FeatureBackedLLM):
     config_cls = ILLMRecConfig
     recipes = RECIPES
     weights_name = "illmrec"
