@@ -36,6 +36,12 @@ docs-serve: install
 wheel-test: install
 	LLMREC_WHEEL_TEST=1 $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/test_wheel.py
 
+# The service held by 256 concurrent clients for 60 s (tests/test_soak.py; a 10-minute memory run:
+# llmrec experiments soak RUN --seconds 600 --warmup 60, docs/tutorials/service-in-production.md).
+.PHONY: soak
+soak: install
+	$(VENV)/bin/python -m pytest -q -s -m soak -p no:cacheprovider tests/test_soak.py
+
 # The GPU check (docs/how-to/gpu-check.md): on a machine with one CUDA GPU, from this folder alone and without
 # network (random-weight models, a tokenizer trained on the spot); at most ~8 minutes on an H100. Its CPU parts
 # run in `make test`. The figures and each part's outcome: $(GPU_CHECK_OUT)/gpu-check.json and .md.

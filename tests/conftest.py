@@ -266,3 +266,20 @@ def add_item_images(root, missing=(3, 17, 29)) -> list[int]:
             )
     fetch_images(ImagesConfig(data=str(root), image_dir=str(folder)))
     return list(missing)
+
+
+def pictured_dataset(root) -> tuple:
+    """The synthetic dataset at ``root/ds`` with a picture per item (in ``root/ds-pictures``) and an "image"
+    feature from a tiny random ViT saved at ``root/vit`` (a real encoder folder: new pictures are encoded by
+    the same one) -> (dataset folder, pictures folder, encoder folder)."""
+    from llmrec.data.processing import ProcessConfig, finalize, write_dataset
+    from llmrec.features.build import FeaturesConfig, build_features
+    from test_features_build import _tiny_vit
+
+    items, inter = synthetic_tables()
+    ds = root / "ds"
+    write_dataset(finalize(items, inter, ProcessConfig(kcore=0, num_negatives=10, seed=3), {}, {}, []), ds)
+    add_item_images(ds, missing=())
+    vit = _tiny_vit(root / "vit", pooler=True)
+    build_features(FeaturesConfig(data=str(ds), text=False, image=True, image_encoder=vit))
+    return ds, root / "ds-pictures", vit

@@ -501,6 +501,41 @@ def test_table_bad_mapping(table_files: tuple[Path, Path]):
         get_importer("table")(ImportSpec(path=str(inter), columns={"usr_id": "uid"}))
 
 
+def test_table_item_columns_map_the_item_file_on_its_own(tmp_path: Path):
+    # regression: one --columns mapping served both files, so an item id named 'sku' in the item file and
+    # 'item' in the interactions could not both be mapped, and the hint pointed at --columns
+    inter, items = tmp_path / "interactions.csv", tmp_path / "products.csv"
+    inter.write_text("user,item,ts\nu1,a1,1\nu1,b2,2\nu2,a1,3\n")
+    items.write_text("sku,name,category\na1,Red shoe,Shoes\nb2,Blue hat,Hats\n")
+    columns = {"user_id": "user", "item_id": "item", "timestamp": "ts"}
+    with pytest.raises(LlmrecError) as exc:
+        get_importer("table")(ImportSpec(path=str(inter), items_path=str(items), columns=columns))
+    assert str(exc.value).endswith("map the right column with --item-columns item_id=<column>")
+    assert exc.value.file == str(items) or str(items) in str(exc.value)
+    raw = get_importer("table")(
+        ImportSpec(
+            path=str(inter),
+            items_path=str(items),
+            columns=columns,
+            item_columns={"item_id": "sku", "title": "name"},
+        )
+    )
+    check_canonical(raw)
+    assert raw.items[["item_id", "title", "category"]].values.tolist() == [
+        ["a1", "Red shoe", "Shoes"],
+        ["b2", "Blue hat", "Hats"],
+    ]
+    assert raw.source["item_columns"] == {"item_id": "sku", "title": "name"}
+    with pytest.raises(
+        LlmrecError, match=r"unknown canonical column\(s\) \['user_id'\] in the --item-columns"
+    ):
+        get_importer("table")(
+            ImportSpec(path=str(inter), items_path=str(items), columns=columns, item_columns={"user_id": "x"})
+        )
+    with pytest.raises(LlmrecError, match="no --items-path is given"):
+        get_importer("table")(ImportSpec(path=str(inter), columns=columns, item_columns={"item_id": "sku"}))
+
+
 def test_table_bad_value_names_line(tmp_path: Path):
     inter = tmp_path / "events.tsv"
     inter.write_text("user_id\titem_id\ttimestamp\trating\nu1\ti1\t100\t5\nu1\ti2\tyesterday\t4\n")

@@ -500,7 +500,7 @@ def test_load_generator_reopens_a_connection_the_server_closed_while_idle():
     timeout; the next request on such a connection read nothing and the bench stopped (status 0)."""
     import asyncio
 
-    from llmrec.experiments.serve_bench import _Connection
+    from llmrec.experiments.serve_bench import Connection
 
     async def main() -> list[tuple[int, bytes]]:
         async def answer_once_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -511,7 +511,7 @@ def test_load_generator_reopens_a_connection_the_server_closed_while_idle():
 
         server = await asyncio.start_server(answer_once_then_close, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        conn = _Connection("127.0.0.1", port)
+        conn = Connection("127.0.0.1", port)
         try:
             return [await conn.request("GET", "/health") for _ in range(3)]
         finally:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmrec.errors import LlmrecError
+from llmrec.filters import ItemAttributes, RuleError, mask_scores, without_items
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,6 +79,7 @@ class Query:
     candidates: np.ndarray | None = (
         None  # item indices to rank; None = the whole catalog (or the retriever's)
     )
+    allowed: np.ndarray | None = None  # (N,) bool: the items its rules let through; None = every item
 
 
 def check_k(k: Any, field: str = "k") -> int:
@@ -127,6 +129,7 @@ class Model:
         self.retriever, self.retrieve = None, check_k(retrieve, "retrieve")
         if retriever is not None:
             self.set_retriever(retriever, retrieve)
+        self._attributes: ItemAttributes | None = None  # the catalog's columns, as filters read them
         self.calls = 0  # model calls made (the service's micro-batching is checked by counting them)
         self._lock = threading.Lock()  # one model call at a time (torch modules are not re-entrant)
 
@@ -219,10 +222,15 @@ class Model:
         k: int = 10,
         exclude_history: bool = True,
         candidates: Sequence[str] | None = None,
+        include: dict[str, Any] | None = None,
+        exclude: dict[str, Any] | None = None,
+        exclude_items: Sequence[str] | None = None,
     ) -> Query:
         """One query, checked: exactly one of a known ``user_id`` (its whole sequence is the history) or an
-        ad-hoc ``history`` of item ids (oldest first); optional ``candidates`` item ids to rank."""
+        ad-hoc ``history`` of item ids (oldest first); optional ``candidates`` item ids to rank; optional
+        business rules (``include``, ``exclude``, ``exclude_items``: see ``recommend()``)."""
         k = check_k(k)
+        allowed = self.allowed(include, exclude, exclude_items)
         if (user_id is None) == (history is None):
             raise QueryError(
                 "give exactly one of user_id or history",
@@ -262,7 +270,30 @@ class Model:
                 field="history",
                 hint="give a user_id or candidates, or retrieve with a sequential model",
             )
-        return Query(user, u, hist, k, bool(exclude_history), cand)
+        return Query(user, u, hist, k, bool(exclude_history), cand, allowed)
+
+    def allowed(
+        self,
+        include: dict[str, Any] | None = None,
+        exclude: dict[str, Any] | None = None,
+        exclude_items: Sequence[str] | None = None,
+    ) -> np.ndarray | None:
+        """The (N,) bool mask of the items these rules let through (None: no rule), checked (see
+        :mod:`llmrec.filters`); a Query carries it as ``allowed``."""
+        if include is None and exclude is None and exclude_items is None:
+            return None
+        attributes = self._attributes
+        if attributes is None or attributes.catalog is not self._catalog:  # first rule, or a grown catalog
+            attributes = self._attributes = ItemAttributes(self._catalog)
+        try:
+            allowed = attributes.mask(include, exclude)
+        except RuleError as e:
+            raise QueryError(e.message, field=str(e.field), hint=e.hint) from None
+        if exclude_items is not None:
+            if isinstance(exclude_items, str):
+                raise QueryError("must be a list of item ids, not one string", field="exclude_items")
+            allowed = without_items(allowed, attributes.n, self._items(exclude_items, "exclude_items"))
+        return allowed
 
     def _items(self, ids: Sequence[str], field: str) -> np.ndarray:
         index = self.item_index
@@ -305,7 +336,7 @@ class Model:
 
     def _top(self, q: Query, scores: np.ndarray, items: np.ndarray | None) -> list[dict[str, Any]]:
         """The ``q.k`` best of one row of scores (over the catalog, or over ``items``)."""
-        scores = scores.copy()
+        scores = mask_scores(scores.copy(), q.allowed, items)  # the rules, before the top-k: k stays filled
         if q.exclude_history and len(q.history):
             if items is None:
                 scores[q.history] = -np.inf
@@ -339,6 +370,9 @@ class Model:
         k: int = 10,
         exclude_history: bool = True,
         candidates: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        include: dict[str, Any] | None = None,
+        exclude: dict[str, Any] | None = None,
+        exclude_items: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Top-``k`` items for each user id (their whole sequence as history) or each ad-hoc history of item
         ids: a DataFrame with columns user, rank, item_id, title, score (``user`` is None for an ad-hoc
@@ -352,6 +386,10 @@ class Model:
             k: how many items per query (an integer >= 1).
             exclude_history: leave out the items already in the user's history.
             candidates: item ids to rank instead of the whole catalog: one list for all, or one per query.
+            include: only items with these attribute values, e.g. ``{"category": ["Horror"]}`` (an item
+                must match every column named, any of its values; see :mod:`llmrec.filters`).
+            exclude: never items with these attribute values, e.g. ``{"brand": ["Acme"]}``.
+            exclude_items: never these item ids.
 
         Returns:
             One row per recommended item: ``query, user, rank, item_id, title, score``, best first.
@@ -381,6 +419,9 @@ class Model:
             )
             for i in range(n)
         ]
+        allowed = self.allowed(include, exclude, exclude_items)  # one mask, shared by every query
+        if allowed is not None:
+            queries = [dataclasses.replace(q, allowed=allowed) for q in queries]
         rows = [
             {"query": i, "user": q.user, "rank": r + 1, **rec}
             for i, (q, recs) in enumerate(zip(queries, self.answer(queries)))

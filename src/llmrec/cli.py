@@ -44,7 +44,7 @@ def _run(spec: Command, args: argparse.Namespace) -> int:
     """Resolve the command's config, run it, print its result and what it wrote."""
     if not isinstance(spec.run, str):
         return spec.run(args)
-    cfg = resolve(_load(spec.config), args, args.config)
+    cfg = resolve(_load(spec.config), args, args.config, env_prefix=spec.env_prefix)
     if spec.torch:
         use_threads(getattr(cfg, "threads", None) or getattr(args, "threads", None))
     result = _load(spec.run)(cfg)

@@ -220,7 +220,7 @@ def _run_recommend(args: argparse.Namespace) -> int:
         print(f"written {summary['out']}: {summary['rows']:,} rows for {summary['users']:,} users{resumed}")
         return 0
     who = {"user_ids": [cfg.user]} if cfg.user is not None else {"histories": [cfg.items]}
-    table = model.recommend(**who, k=cfg.k, exclude_history=cfg.exclude_history)
+    table = model.recommend(**who, k=cfg.k, exclude_history=cfg.exclude_history, **cfg.rules())
     recs = table[["rank", "item_id", "title", "score"]].to_dict("records")
     if cfg.json:
         print(json.dumps(recs, indent=2))
@@ -294,6 +294,7 @@ class Command:
     model: str = ""  # the model those options belong to, where the command fixes it
     torch: bool = False  # runs torch in this process: --threads
     old_flags: tuple[tuple[str, str], ...] = ()  # (old spelling, new one): hidden for one release
+    env_prefix: str = ""  # environment variables <prefix><FIELD> set options (between --config and flags)
 
     @property
     def path(self) -> str:
@@ -312,7 +313,7 @@ COMMANDS: list[Command] = [
     Command("evaluate", EVERYDAY, "re-evaluate a saved run (metrics.json is rewritten)", _run_evaluate, setup=_setup_evaluate, torch=True),
     Command("recommend", EVERYDAY, "top-k catalog items for a user id or an ad-hoc history of item ids", _run_recommend, "llmrec.recommend:RecommendConfig", positional="run", torch=True, old_flags=_CANDIDATES),
     Command("add-items", EVERYDAY, "add new items (their pictures, texts) to a trained run without retraining", "llmrec.add_items:run_add_items", "llmrec.add_items:AddItemsConfig", show=_formatted("llmrec.add_items:format_add_items"), written="{cfg.run}/catalog/", positional="run", torch=True),
-    Command("serve", EVERYDAY, "answer recommendation requests over HTTP (FastAPI), micro-batched", "llmrec.serve:serve", "llmrec.serve:ServeConfig", positional="run", torch=True, old_flags=_CANDIDATES),
+    Command("serve", EVERYDAY, "answer recommendation requests over HTTP (FastAPI), micro-batched", "llmrec.serve:serve", "llmrec.serve:ServeConfig", positional="run", torch=True, old_flags=_CANDIDATES, env_prefix="LLMREC_SERVE_"),
     Command("table", EVERYDAY, "metrics of several runs side by side (Markdown; --out also writes CSV)", "llmrec.report:make_table", "llmrec.report:TableConfig", show=_as_is, positional="runs"),
     Command("tune", EVERYDAY, "search a model's options with Optuna (TPE, pruning); every trial an ordinary run", "llmrec.tuning.study:run_tune", "llmrec.tuning.study:TuneConfig", show=_formatted("llmrec.tuning.study:format_tune"), written="{cfg.folder}/trials.md, trials.csv, trials.png, best.yaml, best.json, tune.json", positional="model", model_options=True, torch=True),
     Command("prompts", EVERYDAY, "the exact prompts (training, ILA, evaluation) an LLM model builds for a user, with token counts", _run_prompts, setup=_setup_prompts, model_options=True, torch=True),
@@ -328,6 +329,7 @@ COMMANDS: list[Command] = [
     Command("bench", EXPERIMENTS, "training and evaluation throughput of a torch model", _EXP + "bench:run_bench", _EXP + "bench:BenchConfig", show=_formatted(_EXP + "bench:format_bench"), model_options=True, torch=True),
     Command("bench-training", EXPERIMENTS, "seconds per LLM training step: two passes vs one pass vs cached prefix", _EXP + "training_bench:run_training_bench", _EXP + "training_bench:TrainingBenchConfig", show=_formatted(_EXP + "training_bench:format_training_bench"), written="{cfg.out}/bench_training.json, bench_training.md, bench_training.png", torch=True),
     Command("bench-prepare", EXPERIMENTS, "seconds and peak memory of 'llmrec prepare amazon2023' on generated Amazon-scale reviews", _EXP + "prepare_bench:run_prepare_bench", _EXP + "prepare_bench:PrepareBenchConfig", show=_formatted(_EXP + "prepare_bench:format_prepare_bench"), written=lambda cfg, result: ", ".join(result["files"])),
+    Command("soak", EXPERIMENTS, "hold many concurrent clients against 'llmrec serve': codes, p99, memory growth", _EXP + "soak:run_soak", _EXP + "soak:SoakConfig", show=_formatted(_EXP + "soak:format_soak"), positional="run"),
     Command("bench-serve", EXPERIMENTS, "throughput and latency of 'llmrec serve', micro-batching on vs off", _EXP + "serve_bench:run_bench_serve", _EXP + "serve_bench:BenchServeConfig", show=_formatted(_EXP + "serve_bench:format_bench_serve"), written="{result[out]}/bench_serve.json, bench_serve.md, bench_serve.png", positional="run"),
 ]  # fmt: skip
 # One concept, one flag: the count of items a retriever hands over is --num-candidates wherever it is a flag

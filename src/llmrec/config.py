@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import re
 import types
 import typing
@@ -444,12 +445,41 @@ def resolve(
     args: argparse.Namespace,
     config_file: str | Path | None = None,
     nested: dict[str, type] | None = None,
+    env_prefix: str = "",
 ) -> T:
-    """Config = defaults, overridden by ``config_file`` (YAML/JSON), overridden by explicit CLI flags.
+    """Config = defaults, overridden by ``config_file`` (YAML/JSON), overridden by ``env_prefix``
+    environment variables (:func:`environment_values`), overridden by explicit CLI flags.
 
     ``nested`` maps a field holding a sub-config to its class: flags of that class fill the sub-config.
     """
-    return from_dict(cls, resolved_dict(cls, args, config_file, nested))
+    return from_dict(cls, resolved_dict(cls, args, config_file, nested, env_prefix))
+
+
+def environment_values(
+    cls: type, prefix: str, environ: typing.Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The fields of ``cls`` set by environment variables ``<prefix><FIELD>`` (``LLMREC_SERVE_PORT=9000``):
+    values read as YAML scalars (a ``str`` field keeps the text as it is; a list field takes
+    comma-separated values). A variable with the prefix that names no field is an error listing the
+    valid names, so a typo is never ignored."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    fields = {f"{prefix}{f.name.upper()}": f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(k for k in environ if k.startswith(prefix) and k not in fields)
+    if unknown:
+        raise ConfigError(f"unknown environment variable(s) {unknown}; valid names are {sorted(fields)}")
+    out: dict[str, Any] = {}
+    for var, name in fields.items():
+        if var not in environ:
+            continue
+        text, tp = environ[var], _strip_optional(hints[name])
+        if tp is str or tp is Path:
+            out[name] = text
+        elif get_origin(tp) is list:
+            out[name] = [v.strip() for v in text.split(",") if v.strip()]
+        else:
+            out[name] = parse_key_values([f"{var}={text}"], var)[var]
+    return out
 
 
 def resolved_dict(
@@ -457,10 +487,14 @@ def resolved_dict(
     args: argparse.Namespace,
     config_file: str | Path | None = None,
     nested: dict[str, type] | None = None,
+    env_prefix: str = "",
 ) -> dict[str, Any]:
-    """What :func:`resolve` builds its config from: the file's mapping with the flags merged in (at every
-    depth: ``-o backbone.dtype=bfloat16`` on top of a file's ``options: {backbone: {lora_r: 4}}`` keeps both)."""
+    """What :func:`resolve` builds its config from: the file's mapping, then the ``env_prefix`` environment
+    variables, with the flags merged in (at every depth: ``-o backbone.dtype=bfloat16`` on top of a file's
+    ``options: {backbone: {lora_r: 4}}`` keeps both)."""
     data: dict[str, Any] = unflatten(load_file(config_file)) if config_file else {}
+    if env_prefix:
+        data.update(environment_values(cls, env_prefix))
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     given = vars(args)

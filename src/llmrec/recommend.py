@@ -20,6 +20,7 @@ from typing import Any
 from llmrec.api import COLUMNS, Model
 from llmrec.config import ConfigError, option
 from llmrec.errors import LlmrecError
+from llmrec.filters import parse_rules
 from llmrec.placement import DtypeName, device_option, dtype_option
 from llmrec.utils.io import (
     atomic_path,
@@ -44,6 +45,15 @@ class RecommendConfig:
     out: str | None = option(None, "the batch's Parquet file (user, rank, item_id, title, score)")
     k: int = option(10, "how many items", ge=1)
     exclude_history: bool = option(True, "never recommend an item of the user's history")
+    include: list[str] | None = option(
+        None,
+        "only items with these attribute values: COLUMN=VALUE ... (e.g. category=Horror category=Comedy "
+        "year=1995); an item must match every column named, any of its values",
+    )
+    exclude: list[str] | None = option(
+        None, "never items with any of these attribute values: COLUMN=VALUE ..."
+    )
+    exclude_items: list[str] | None = option(None, "never these item ids")
     candidates_from: str | None = option(
         None,
         "retrieve then re-rank: another run on the same dataset whose top --candidates items are re-ranked",
@@ -73,6 +83,15 @@ class RecommendConfig:
             raise ConfigError("--out is for batches: add --all-users or --users-file")
         if self.out and Path(self.out).suffix != ".parquet":
             raise ConfigError(f"--out must name a .parquet file, got {self.out!r}")
+        self.rules()  # COLUMN=VALUE checked before a model loads
+
+    def rules(self) -> dict[str, Any]:
+        """The business rules as ``Model.recommend`` takes them (``include``, ``exclude``, ``exclude_items``)."""
+        return {
+            "include": parse_rules(self.include, "include"),
+            "exclude": parse_rules(self.exclude, "exclude"),
+            "exclude_items": self.exclude_items,
+        }
 
     @property
     def batch(self) -> bool:
@@ -142,6 +161,7 @@ def batch_settings(model: Model, users: list[str], cfg: RecommendConfig) -> dict
         "users": len(users),
         "k": cfg.k,
         "exclude_history": cfg.exclude_history,
+        **cfg.rules(),
         "candidates_from": None if retriever is None else str(retriever.run.resolve()),
         "candidates": None if retriever is None else model.retrieve,
         "chunk_users": cfg.chunk_users,
@@ -175,7 +195,7 @@ def _start_or_resume(work: Path, settings: dict[str, Any], restart: bool) -> Non
 
 
 def _write_chunk(model: Model, users: list[str], cfg: RecommendConfig, path: Path) -> None:
-    table = model.recommend(user_ids=users, k=cfg.k, exclude_history=cfg.exclude_history)
+    table = model.recommend(user_ids=users, k=cfg.k, exclude_history=cfg.exclude_history, **cfg.rules())
     with atomic_path(path) as tmp:
         table[list(COLUMNS)].to_parquet(tmp, index=False)
 

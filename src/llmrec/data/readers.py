@@ -272,10 +272,13 @@ def find_bad_line(
     return None
 
 
-def missing_column_error(path: Path, field: str, column: str, available: Sequence[str]) -> LlmrecError:
-    """The error for a column that should be in ``path`` but is not, listing what is there."""
+def missing_column_error(
+    path: Path, field: str, column: str, available: Sequence[str], flag: str = "--columns"
+) -> LlmrecError:
+    """The error for a column that should be in ``path`` but is not, listing what is there; ``flag`` is the
+    option whose mapping applies to this file."""
     what = f"column '{column}' (mapped to {field})" if column != field else f"column '{column}'"
-    hint = f"map the right column with --columns {field}=<column>"
+    hint = f"map the right column with {flag} {field}=<column>"
     if len(available) == 1:  # one column: the file was split on the wrong separator
         for sep, (name, fix) in _OTHER_SEPARATORS.items():
             if sep in str(available[0]):

@@ -68,24 +68,39 @@ class BenchServeConfig:
             raise ConfigError(f"concurrency must list integers >= 1, got {self.concurrency}")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
 
 
-class _Server:
-    """``llmrec serve`` in a subprocess on 127.0.0.1, its output in a log file."""
+def _serve_options(cfg: BenchServeConfig, batching: bool) -> list[str]:
+    argv = ["--max-batch", str(cfg.max_batch), "--max-wait-ms", str(cfg.max_wait_ms)]
+    argv += ["--queue-size", str(cfg.queue_size), "--device", cfg.device, "--dtype", cfg.dtype]
+    argv += [] if batching else ["--no-batching"]
+    argv += ["--threads", str(cfg.threads)] if cfg.threads else []
+    return argv + (["--data", cfg.data] if cfg.data else [])
 
-    def __init__(self, cfg: BenchServeConfig, batching: bool, log_path: Path) -> None:
-        self.port = _free_port()
+
+class ServeProcess:
+    """``llmrec serve RUN OPTIONS`` in a subprocess on 127.0.0.1 (a free port), its output in a log file."""
+
+    def __init__(self, run: str, options: list[str], log_path: Path) -> None:
+        self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        argv = [sys.executable, "-m", "llmrec", "serve", cfg.run, "--host", HOST, "--port", str(self.port)]
-        argv += ["--max-batch", str(cfg.max_batch), "--max-wait-ms", str(cfg.max_wait_ms)]
-        argv += ["--queue-size", str(cfg.queue_size), "--device", cfg.device, "--dtype", cfg.dtype]
-        argv += [] if batching else ["--no-batching"]
-        argv += ["--threads", str(cfg.threads)] if cfg.threads else []
-        argv += ["--data", cfg.data] if cfg.data else []
+        argv = [
+            sys.executable,
+            "-m",
+            "llmrec",
+            "serve",
+            run,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            *options,
+        ]
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         src = str(Path(__file__).resolve().parents[2])  # this llmrec, installed or not
@@ -120,7 +135,7 @@ class _Server:
         return self.proc.returncode
 
 
-class _Connection:
+class Connection:
     """One keep-alive HTTP/1.1 connection that speaks just what the load needs (a request with a JSON
     body, an answer with a Content-Length). The load generator shares the machine with the server it
     measures: this costs it several times less CPU per request than a general client (httpx), so the
@@ -134,6 +149,20 @@ class _Connection:
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         """(status, body) of one request; status 0 when no HTTP answer came. A kept-alive connection the
         server closed while idle (uvicorn closes them after 5 s) is reopened and the request sent again."""
+        status, _, answer = await self.exchange(method, path, body)
+        return status, answer
+
+    async def request_with_headers(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, dict[str, str]]:
+        """(status, headers with lower-case names) of one request, as :meth:`request`."""
+        status, headers, _ = await self.exchange(method, path, body)
+        return status, headers
+
+    async def exchange(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) of one request; status 0 when no HTTP answer came (see :meth:`request`)."""
         for _ in range(2):
             reused = self.writer is not None
             try:
@@ -147,9 +176,9 @@ class _Connection:
                 await self.close()
                 if not reused:
                     break
-        return 0, b""
+        return 0, {}, b""
 
-    async def _send(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+    async def _send(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -160,12 +189,10 @@ class _Connection:
         await self.writer.drain()
         lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
-        lengths = [
-            int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length"
-        ]
-        if not lengths:  # chunked or empty answers are not what the service sends: count as no answer
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
+        if "content-length" not in headers:  # chunked or empty answers are not what the service sends
             raise ValueError("an answer without Content-Length")
-        return status, await self.reader.readexactly(lengths[0])
+        return status, headers, await self.reader.readexactly(int(headers["content-length"]))
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -188,7 +215,7 @@ async def _load(
     codes: Counter[int] = Counter()
     where = urlsplit(url)
     # one keep-alive connection per simulated user
-    clients = [_Connection(where.hostname or "127.0.0.1", where.port or 80) for _ in range(concurrency)]
+    clients = [Connection(where.hostname or "127.0.0.1", where.port or 80) for _ in range(concurrency)]
 
     async def health() -> dict[str, Any]:
         status, body = await clients[0].request("GET", "/health")
@@ -206,7 +233,7 @@ async def _load(
         start = time.perf_counter()
         deadline = start + duration
 
-        async def worker(client: _Connection) -> None:
+        async def worker(client: Connection) -> None:
             nonlocal sent
             while sent < n and time.perf_counter() < deadline:
                 body = bodies[sent]
@@ -277,7 +304,10 @@ def run_bench_serve(cfg: BenchServeConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     users = run_dataset(run, cfg.data).users["user_id"].astype(str).tolist()
 
-    servers = {mode: _Server(cfg, batching, out / f"serve-{mode}.log") for mode, batching in MODES}
+    servers = {
+        mode: ServeProcess(cfg.run, _serve_options(cfg, batching), out / f"serve-{mode}.log")
+        for mode, batching in MODES
+    }
     points: list[dict[str, Any]] = []
     try:
         health = {mode: s.wait_ready(cfg.startup_timeout) for mode, s in servers.items()}

@@ -21,7 +21,8 @@ it with batching on and off.
 
 The modules, in the order a request meets them: ``settings.py`` (the options), ``limits.py`` (bounds on
 request heads and JSON bodies), ``schemas.py`` (request and response bodies), ``app.py`` (the FastAPI app:
-routes and error answers), ``batcher.py`` (the queue and its worker), ``server.py`` (uvicorn).
+routes and error answers), ``batcher.py`` (the queue and its worker), ``items.py`` (``POST /items``: adding
+items while serving, off unless ``--add-items``), ``server.py`` (uvicorn).
 """
 
 from llmrec.extras import require
@@ -31,6 +32,7 @@ require("serve", "llmrec serve")
 
 from llmrec.serve.app import create_app
 from llmrec.serve.batcher import Batcher, Overloaded
+from llmrec.serve.items import ItemAdder
 from llmrec.serve.limits import (
     LINGER_SECONDS,
     MAX_JSON_DEPTH,
@@ -42,7 +44,17 @@ from llmrec.serve.limits import (
     json_depth,
     parse_json,
 )
-from llmrec.serve.schemas import MAX_K, ErrorBody, RankRequest, Recommendations, RecommendRequest, ScoredItem
+from llmrec.serve.schemas import (
+    MAX_K,
+    AddedItems,
+    AddItemsRequest,
+    ErrorBody,
+    NewItem,
+    RankRequest,
+    Recommendations,
+    RecommendRequest,
+    ScoredItem,
+)
 from llmrec.serve.server import GracefulServer, serve, server_config
 from llmrec.serve.settings import ServeConfig, ServeSettings
 
@@ -51,12 +63,16 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_K",
     "REQUEST_LINE_BYTES",
+    "AddItemsRequest",
+    "AddedItems",
     "Batcher",
     "ErrorBody",
     "GracefulServer",
     "HeaderLimitedProtocol",
     "HeaderLimits",
+    "ItemAdder",
     "JsonTooDeep",
+    "NewItem",
     "Overloaded",
     "RankRequest",
     "RecommendRequest",

@@ -5,22 +5,34 @@ handler, so bad input never reaches the model) and submit it; its error handlers
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from llmrec._version import __version__
 from llmrec.errors import LlmrecError
 from llmrec.serve.batcher import Batcher, Overloaded
+from llmrec.serve.items import ItemAdder
 from llmrec.serve.limits import MAX_JSON_DEPTH, HeaderLimits, JsonTooDeep, _JsonRoute
-from llmrec.serve.schemas import MAX_K, ErrorBody, RankRequest, Recommendations, RecommendRequest
+from llmrec.serve.ops import AccessLog, ApiKeys, Metrics, RequestIds, add_offline_docs, read_api_keys
+from llmrec.serve.schemas import (
+    MAX_K,
+    AddedItems,
+    AddItemsRequest,
+    ErrorBody,
+    RankRequest,
+    Recommendations,
+    RecommendRequest,
+)
 from llmrec.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -30,7 +42,9 @@ log = logging.getLogger(__package__)  # the service's one logger, "llmrec.serve"
 
 #: the error answers the routes document in the OpenAPI schema
 _ERRORS = {
+    403: {"model": ErrorBody, "description": "adding items is off (the service runs without --add-items)"},
     404: {"model": ErrorBody, "description": "unknown user or item id"},
+    409: {"model": ErrorBody, "description": "an item id the catalog has, or a model that cannot add items"},
     422: {"model": ErrorBody, "description": "invalid request (the field is named)"},
     431: {"model": ErrorBody, "description": "too many or too large header fields (field 'headers')"},
     503: {
@@ -41,14 +55,17 @@ _ERRORS = {
 }
 
 
-def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
-    """The service around an already loaded ``model`` (see :mod:`llmrec.serve`)."""
+def create_app(model: Model, settings: ServeSettings | None = None, access_log: bool = False) -> FastAPI:
+    """The service around an already loaded ``model`` (see :mod:`llmrec.serve`); ``access_log``: one log
+    line per request (with its request id)."""
     settings = settings or ServeSettings()
-    state: dict[str, Batcher] = {}
+    keys = read_api_keys(settings.api_key_file) if settings.api_key_file else None  # a bad file: refused now
+    state: dict[str, Any] = {}
+    adder = ItemAdder(model, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher = Batcher(model, settings)
+        batcher = Batcher(model, settings, on_batch=metrics.batch if metrics else None)
         batcher.start()
         state["batcher"] = batcher
         log.info(
@@ -59,10 +76,17 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
             if settings.batching
             else "off",
         )
+        # the warm-up runs once the server accepts connections: /livez answers meanwhile, /readyz says 503
+        warming = asyncio.create_task(_warm_up(model, state)) if settings.warm_up else None
+        state["ready"] = warming is None
         try:
             yield
         finally:
+            state["ready"] = False
+            if warming is not None and not warming.done():
+                warming.cancel()
             await batcher.close()  # uvicorn calls this once in-flight requests are answered
+            adder.close()
             log.info("stopped: %d requests in %d model calls", batcher.served, batcher.batches)
 
     app = FastAPI(
@@ -70,15 +94,57 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
         version=__version__,
         description=f"Recommendations from {model.name} ({model.run}).",
         lifespan=lifespan,
+        docs_url=None,  # served from bundled files below: the CDN's are out of reach offline
+        redoc_url=None,
     )
+    metrics = Metrics(model, state) if settings.metrics else None
     app.router.route_class = _JsonRoute  # before the routes below: their JSON bodies are depth-bounded
     app.add_middleware(
         HeaderLimits, max_headers=settings.max_headers, max_header_bytes=settings.max_header_bytes
     )
+    if keys is not None:
+        app.add_middleware(ApiKeys, keys=keys)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+            max_age=600,
+        )
+    if access_log:
+        app.add_middleware(AccessLog, logger=log)
+    if metrics is not None:
+        app.add_middleware(metrics.middleware)  # type: ignore[arg-type]  # an ASGI app factory
+    app.add_middleware(RequestIds)  # outermost: every log line of a request carries its id
     app.state.llmrec_settings = settings  # server_config() bounds request heads in the server alike
     _add_error_handlers(app)
     _add_routes(app, model, settings, state)
+    _add_probes(app, state, metrics)
+    add_offline_docs(app)
+    _add_item_route(app, model, adder)
     return app
+
+
+async def _warm_up(model: Model, state: dict[str, Any]) -> None:
+    """One query answered before the service says it is ready (the first call of a model is often slow:
+    lazy initialisation, caches); a failure is logged and /readyz stays 503 with the reason."""
+    start = time.perf_counter()
+    try:
+        if model.user_ids:  # a known user: every model can answer it (ad-hoc histories not all)
+            q = model.query(user_id=model.user_ids[0], k=1)
+        else:
+            q = model.query(history=[model.item_ids[0]], k=1)
+        await asyncio.get_running_loop().run_in_executor(None, model.answer, [q])
+    except Exception as e:  # the service still runs; the probe says why it is not ready
+        state["not_ready"] = f"the warm-up query failed: {type(e).__name__}: {e}"
+        log.error("%s", state["not_ready"])
+        return
+    state["ready"] = True
+    log.info("warm-up query answered in %.3f s: ready", time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------- errors: 4xx naming the field, never 500
@@ -189,28 +255,36 @@ async def _bug(request: Request, exc: Exception) -> JSONResponse:
 # ----------------------------------------------------------------------------- endpoints
 
 
-def _add_routes(app: FastAPI, model: Model, settings: ServeSettings, state: dict[str, Batcher]) -> None:
+def _add_routes(app: FastAPI, model: Model, settings: ServeSettings, state: dict[str, Any]) -> None:
     """/recommend and /rank (through the batcher the lifespan puts in ``state``), /items/{id}, /health."""
     from llmrec.api import QueryError
 
-    def query(user_id: Any, history: Any, k: int, exclude_history: bool, candidates: Any) -> Query:
+    def query(
+        user_id: Any, history: Any, k: int, exclude_history: bool, candidates: Any, **rules: Any
+    ) -> Query:
         if history is not None and len(history) > settings.max_history:
             raise QueryError(
                 f"has {len(history)} items, more than the {settings.max_history} this service accepts",
                 field="history",
                 hint="send the most recent items",
             )
-        return model.query(user_id, history, k, exclude_history, candidates)  # the retriever's checks too
+        return model.query(user_id, history, k, exclude_history, candidates, **rules)  # the retriever's too
 
     def answered(items: list[dict[str, Any]], start: float) -> JSONResponse:
         took = (time.perf_counter() - start) * 1000
-        return JSONResponse({"items": items, "model": model.name, "took_ms": round(took, 3)})
+        rec_id = uuid.uuid4().hex  # joins later feedback (a click, a purchase) to this answer
+        return JSONResponse(
+            {"items": items, "model": model.name, "took_ms": round(took, 3), "recommendation_id": rec_id}
+        )
 
     @app.post("/recommend", response_model=Recommendations, responses=_ERRORS)
     async def recommend(body: RecommendRequest) -> JSONResponse:
-        """The top-k items for a known user or an ad-hoc history (history items excluded by default)."""
+        """The top-k items for a known user or an ad-hoc history (history items excluded by default), among
+        the items its rules let through (``include``, ``exclude``, ``exclude_items``): k items whenever k
+        items pass."""
         start = time.perf_counter()
-        q = query(body.user_id, body.history, body.k, body.exclude_history, body.candidates)
+        rules = {"include": body.include, "exclude": body.exclude, "exclude_items": body.exclude_items}
+        q = query(body.user_id, body.history, body.k, body.exclude_history, body.candidates, **rules)
         return answered(await state["batcher"].submit(q), start)
 
     @app.post("/rank", response_model=Recommendations, responses=_ERRORS)
@@ -229,6 +303,55 @@ def _add_routes(app: FastAPI, model: Model, settings: ServeSettings, state: dict
     async def health() -> dict[str, Any]:
         """What is served, and how busy it is."""
         return _health(model, settings, state.get("batcher"))
+
+
+def _add_probes(app: FastAPI, state: dict[str, Any], metrics: Metrics | None) -> None:
+    """/livez (the process answers), /readyz (the model is loaded and answered its warm-up query; 503
+    while warming up or stopping) and /metrics (Prometheus' text format)."""
+
+    @app.get("/livez")
+    async def livez() -> dict[str, str]:
+        """200 while the process answers HTTP (a liveness probe: restart the process when it fails)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorBody, "description": "not ready (why is said)"}})
+    async def readyz() -> JSONResponse:
+        """200 once the model is loaded and has answered one warm-up query; 503 before and while stopping
+        (a readiness probe: send traffic only when it passes)."""
+        if state.get("ready"):
+            return JSONResponse({"status": "ready"})
+        batcher = state.get("batcher")
+        why = state.get("not_ready") or (
+            "stopping" if batcher is not None and batcher.closing else "warming up"
+        )
+        return _error(503, f"not ready: {why}")
+
+    if metrics is not None:
+
+        @app.get("/metrics")
+        async def prometheus() -> Response:
+            """The service's metrics in Prometheus' text format."""
+            body, content_type = metrics.exposition()
+            return Response(body, media_type=content_type)
+
+
+def _add_item_route(app: FastAPI, model: Model, adder: ItemAdder) -> None:
+    """POST /items (see :mod:`llmrec.serve.items`)."""
+
+    @app.post(
+        "/items",
+        status_code=201,
+        response_model=AddedItems,
+        responses={k: _ERRORS[k] for k in (403, 409, 422, 503)},
+    )
+    async def add_items(body: AddItemsRequest) -> JSONResponse:
+        """Add new items to the catalog, encoded with the run's encoders (all of the request or none):
+        recommendable as soon as this answers, while other requests are answered throughout. Off unless
+        the service runs with ``--add-items``."""
+        start = time.perf_counter()
+        added = await adder.add(body)
+        took = round((time.perf_counter() - start) * 1000, 3)
+        return JSONResponse({"added": added, "items": len(model.item_ids), "took_ms": took}, status_code=201)
 
 
 def _health(model: Model, settings: ServeSettings, batcher: Batcher | None) -> dict[str, Any]:
@@ -257,5 +380,6 @@ def _health(model: Model, settings: ServeSettings, batcher: Batcher | None) -> d
             "queue_size": settings.queue_size,
         },
         "max_history": settings.max_history,
+        "add_items": settings.add_items,
         "max_k": MAX_K,
     }

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,8 +37,14 @@ class _Pending:
 class Batcher:
     """One worker task answering queued queries in batches with ``Model.answer`` in a thread."""
 
-    def __init__(self, model: Model, settings: ServeSettings) -> None:
-        self.model, self.settings = model, settings
+    def __init__(
+        self,
+        model: Model,
+        settings: ServeSettings,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """``on_batch(size, seconds)`` hears of each model call (the service's metrics)."""
+        self.model, self.settings, self.on_batch = model, settings, on_batch
         self.pending: collections.deque[_Pending] = collections.deque()
         self.batches = 0  # model.answer calls made by the worker
         self.served = 0  # requests those calls answered
@@ -114,9 +121,12 @@ class Batcher:
             results = await loop.run_in_executor(self._executor, self._answer, [b.query for b in batch])
         except Exception as e:  # never let the worker die: each request of the batch reports the error
             results = [e] * len(batch)
-        self.model_seconds += time.perf_counter() - start
+        took = time.perf_counter() - start
+        self.model_seconds += took
         self.batches += 1
         self.served += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), took)
         for item, result in zip(batch, results):
             if item.future.done():  # its client went away
                 continue

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from llmrec.errors import LlmrecError
 from llmrec.serve.app import create_app
 from llmrec.serve.limits import HeaderLimitedProtocol
+from llmrec.serve.ops import log_config
 from llmrec.serve.settings import ServeConfig, ServeSettings
 
 log = logging.getLogger(__package__)  # the service's one logger, "llmrec.serve"
@@ -55,8 +56,10 @@ def serve(cfg: ServeConfig) -> None:
         torch.set_num_threads(cfg.threads)
     model = load_for(cfg)
     log.info("loaded %r", model)
-    app = create_app(model, cfg.settings())
-    config = server_config(app, cfg.host, cfg.port, access_log=cfg.access_log, log_level="info")
+    app = create_app(model, cfg.settings(), access_log=cfg.access_log)
+    config = server_config(
+        app, cfg.host, cfg.port, access_log=False, log_level="info", log_config=log_config(cfg.log_format)
+    )
     server = GracefulServer(config)
     try:
         server.run()

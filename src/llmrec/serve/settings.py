@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 from llmrec.config import ConfigError, check_ranges, option
 from llmrec.placement import DtypeName, device_option, dtype_option
@@ -33,6 +34,25 @@ class ServeSettings:
         "reading a request head that grows past it (plus 8 KiB for the request line)",
         ge=1,
     )
+    api_key_file: str | None = option(
+        None,
+        "a file of API keys, one per line: every route but /livez, /readyz and /docs then wants "
+        "'Authorization: Bearer KEY' or 'X-API-Key: KEY' (401 without)",
+    )
+    cors_origins: list[str] = option(
+        factory=list,
+        help="origins whose browser pages may call the API (CORS), e.g. https://shop.example; '*' for any",
+    )
+    metrics: bool = option(True, "Prometheus metrics at /metrics (--no-metrics: off)")
+    warm_up: bool = option(
+        False, "answer one query before /readyz says ready (an app built in code: ready at once by default)"
+    )
+    add_items: bool = option(
+        False,
+        "accept POST /items: new items encoded with the run's encoders and added to its catalog (off by "
+        "default: an add changes every client's recommendations and writes to the run folder)",
+    )
+    image_dir: str | None = option(None, "the folder POST /items's image paths are relative to")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -58,7 +78,12 @@ class ServeConfig(ServeSettings):
     )
     candidates: int = option(100, "how many items --candidates-from retrieves per request", ge=1)
     threads: int | None = option(None, "torch CPU threads (default: torch's choice)", ge=1)
-    access_log: bool = option(False, "log every request (costs throughput)")
+    warm_up: bool = option(True, "answer one query before /readyz says ready (--no-warm-up: ready at once)")
+    access_log: bool = option(False, "log every request, with its request id (costs throughput)")
+    log_format: Literal["text", "json"] = option(
+        "text",
+        "log lines: text (ISO-8601 time, level, logger, request id, message) or json (one object each)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -25,7 +25,14 @@ class ImportSpec:
     meta_path: str | None = option(None, "item metadata file (Amazon meta_<Cat>.json.gz / meta jsonl)")
     items_path: str | None = option(None, "item table for the generic 'table' importer (csv/tsv/parquet)")
     columns: dict[str, str] = option(
-        factory=dict, help="generic importer column mapping canonical=source, e.g. user_id=uid"
+        factory=dict,
+        help="generic importer column mapping canonical=source for the interactions file, e.g. user_id=uid "
+        "(also for the items file when --item-columns is not given)",
+    )
+    item_columns: dict[str, str] = option(
+        factory=dict,
+        help="generic importer column mapping canonical=source for the --items-path file, e.g. item_id=sku "
+        "(its own names: --columns then applies to the interactions file only)",
     )
     image_dir: str | None = option(
         None,

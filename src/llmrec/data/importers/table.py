@@ -30,32 +30,41 @@ INTERACTION_FIELDS = ("user_id", "item_id", "timestamp", "rating", "label")
 ITEM_FIELDS = ("item_id", "title", "brand", "category", "description", "image")
 
 
-def _check_mapping(columns: dict[str, str]) -> dict[str, str]:
-    known = [*INTERACTION_FIELDS, *ITEM_FIELDS[1:]]
+def _check_mapping(
+    columns: dict[str, str],
+    known: Sequence[str] = (*INTERACTION_FIELDS, *ITEM_FIELDS[1:]),
+    flag: str = "--columns",
+) -> dict[str, str]:
     unknown = sorted(set(columns) - set(known))
     if unknown:
         raise LlmrecError(
-            f"unknown canonical column(s) {unknown} in the column mapping",
+            f"unknown canonical column(s) {unknown} in the {flag} mapping",
             field=unknown[0],
-            hint=f"map any of {known}, e.g. --columns user_id=uid",
+            hint=f"map any of {list(known)}, e.g. {flag} {known[0]}=<column>",
         )
     return dict(columns)
 
 
 def _resolve(
-    df: pd.DataFrame, path: Path, mapping: dict[str, str], fields: Sequence[str], required: Sequence[str]
+    df: pd.DataFrame,
+    path: Path,
+    mapping: dict[str, str],
+    fields: Sequence[str],
+    required: Sequence[str],
+    flag: str = "--columns",
 ) -> dict[str, str]:
-    """{canonical name: source column} for ``fields`` found in ``df``; mapped-but-absent columns are errors."""
+    """{canonical name: source column} for ``fields`` found in ``df``; mapped-but-absent columns are errors
+    whose hint names ``flag``, the option that maps this file's columns."""
     out: dict[str, str] = {}
     for name in fields:
         if name in mapping:
             if mapping[name] not in df.columns:
-                raise missing_column_error(path, name, mapping[name], list(df.columns))
+                raise missing_column_error(path, name, mapping[name], list(df.columns), flag)
             out[name] = mapping[name]
         elif name in df.columns:
             out[name] = name
         elif name in required:
-            raise missing_column_error(path, name, name, list(df.columns))
+            raise missing_column_error(path, name, name, list(df.columns), flag)
     return out
 
 
@@ -101,12 +110,20 @@ def import_table(spec: ImportSpec) -> RawData:
     """Any interaction table (``spec.path``) plus an optional item table (``spec.items_path``).
 
     ``spec.columns`` maps canonical names to source columns (``{"user_id": "uid", "title": "name"}``);
-    unmapped canonical names are used where a column of that name exists. Timestamps may be unix
+    unmapped canonical names are used where a column of that name exists. The item table has its own
+    mapping, ``spec.item_columns`` (``{"item_id": "sku"}``), when the two files name their columns
+    differently; without one, ``spec.columns`` applies to both files. Timestamps may be unix
     seconds or ISO-8601 dates; an empty rating or label means absent. Without an item table, the items
     are the distinct item ids, with any item text columns (title, ...) found in the interaction table.
     """
     path = require_path(spec.path, "interactions table", "--path")
     mapping = _check_mapping(spec.columns)
+    if spec.item_columns and not spec.items_path:
+        raise LlmrecError(
+            "--item-columns maps the columns of an item table, and no --items-path is given",
+            field="item_columns",
+            hint="give the item table with --items-path, or map the interactions file's columns with --columns",
+        )
     src = read_table(path)
     if src.empty:
         raise LlmrecError(
@@ -142,7 +159,14 @@ def import_table(spec: ImportSpec) -> RawData:
             raise LlmrecError(
                 "no items: the table has no data rows", file=items_path, hint="check --items-path"
             )
-        item_cols = _resolve(item_src, items_path, mapping, ITEM_FIELDS, required=("item_id",))
+        if spec.item_columns:
+            item_mapping = _check_mapping(spec.item_columns, ITEM_FIELDS, "--item-columns")
+            flag = "--item-columns"
+        else:
+            item_mapping, flag = mapping, "--item-columns"  # --columns serves both files until told apart
+        item_cols = _resolve(
+            item_src, items_path, item_mapping, ITEM_FIELDS, required=("item_id",), flag=flag
+        )
         if cols["user_id"] in item_src.columns and cols["timestamp"] in item_src.columns:
             raise LlmrecError(
                 f"does not look like an item table: it has the interaction columns '{cols['user_id']}' "
@@ -168,5 +192,10 @@ def import_table(spec: ImportSpec) -> RawData:
     return RawData(
         items=items,
         interactions=interactions,
-        source={"name": "table", "files": files, "columns": mapping},
+        source={
+            "name": "table",
+            "files": files,
+            "columns": mapping,
+            **({"item_columns": dict(spec.item_columns)} if spec.item_columns else {}),
+        },
     )
