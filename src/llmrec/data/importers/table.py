@@ -153,36 +153,8 @@ def import_table(spec: ImportSpec) -> RawData:
     files = [str(path)]
 
     if spec.items_path:
-        items_path = require_path(spec.items_path, "item table", "--items-path")
-        item_src = read_table(items_path)
-        if item_src.empty:
-            raise LlmrecError(
-                "no items: the table has no data rows", file=items_path, hint="check --items-path"
-            )
-        if spec.item_columns:
-            item_mapping = _check_mapping(spec.item_columns, ITEM_FIELDS, "--item-columns")
-            flag = "--item-columns"
-        else:
-            item_mapping, flag = mapping, "--item-columns"  # --columns serves both files until told apart
-        item_cols = _resolve(
-            item_src, items_path, item_mapping, ITEM_FIELDS, required=("item_id",), flag=flag
-        )
-        if cols["user_id"] in item_src.columns and cols["timestamp"] in item_src.columns:
-            raise LlmrecError(
-                f"does not look like an item table: it has the interaction columns '{cols['user_id']}' "
-                f"and '{cols['timestamp']}'",
-                file=items_path,
-                hint="--items-path takes one row per item (item_id, title, ...); interactions go in --path",
-            )
-        table = pd.DataFrame({name: item_src[col] for name, col in item_cols.items()})
-        for col in item_src.columns:
-            if col in item_cols.values():
-                continue
-            # Every other column is item side information that make_items folds into ``extra``; a column
-            # named like a canonical field the user mapped elsewhere keeps its data under a new name.
-            table[f"source_{col}" if col in ITEM_COLUMNS and col != "extra" else col] = item_src[col]
-        items = make_items(table, source=str(items_path))
-        files.append(str(items_path))
+        items = _item_table(spec, mapping, cols)
+        files.append(str(spec.items_path))
     else:
         item_cols = _resolve(src, path, mapping, ITEM_FIELDS, required=("item_id",))
         # Only the item fields: other columns may describe the event, not the item.
@@ -199,3 +171,34 @@ def import_table(spec: ImportSpec) -> RawData:
             **({"item_columns": dict(spec.item_columns)} if spec.item_columns else {}),
         },
     )
+
+
+def _item_table(spec: ImportSpec, mapping: dict[str, str], cols: dict[str, str]) -> pd.DataFrame:
+    """The items of ``spec.items_path``, its columns mapped by ``--item-columns`` (or, without one, by the
+    interactions' ``mapping``); ``cols``: the interactions' resolved columns (to tell the two files apart)."""
+    items_path = require_path(spec.items_path, "item table", "--items-path")
+    item_src = read_table(items_path)
+    if item_src.empty:
+        raise LlmrecError("no items: the table has no data rows", file=items_path, hint="check --items-path")
+    if spec.item_columns:
+        item_mapping = _check_mapping(spec.item_columns, ITEM_FIELDS, "--item-columns")
+    else:
+        item_mapping = mapping  # --columns serves both files until told apart
+    item_cols = _resolve(
+        item_src, items_path, item_mapping, ITEM_FIELDS, required=("item_id",), flag="--item-columns"
+    )
+    if cols["user_id"] in item_src.columns and cols["timestamp"] in item_src.columns:
+        raise LlmrecError(
+            f"does not look like an item table: it has the interaction columns '{cols['user_id']}' "
+            f"and '{cols['timestamp']}'",
+            file=items_path,
+            hint="--items-path takes one row per item (item_id, title, ...); interactions go in --path",
+        )
+    table = pd.DataFrame({name: item_src[col] for name, col in item_cols.items()})
+    for col in item_src.columns:
+        if col in item_cols.values():
+            continue
+        # Every other column is item side information that make_items folds into ``extra``; a column
+        # named like a canonical field the user mapped elsewhere keeps its data under a new name.
+        table[f"source_{col}" if col in ITEM_COLUMNS and col != "extra" else col] = item_src[col]
+    return make_items(table, source=str(items_path))
