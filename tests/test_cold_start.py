@@ -176,3 +176,22 @@ def test_feature_models_score_unseen_items_without_their_id_part(shape_cold_data
         model.item_emb.weight[torch.from_numpy(cold)] += 5.0
     assert np.allclose(model.score_all(users, hist)[:, cold], before, atol=1e-5)
     assert np.ptp(before, axis=1).min() > 0  # the held-out items are told apart (by their features)
+
+
+def test_the_experiment_tables_mean_std_and_the_paired_test():
+    from llmrec.experiments.cold_start import format_cold_start, paired_tests, summary_row
+
+    def run(hit, chance, unseen):
+        return {
+            "warm_hit@10": 0.5, "warm_ndcg@10": 0.3, "cold_hit@10": hit, "cold_ndcg@10": hit / 2,
+            "chance": chance, "cases": 10.0, "scores_unseen": unseen,
+        }  # fmt: skip
+
+    runs = {"illmrec-image": [run(h, 0.1, 1.0) for h in (0.4, 0.5, 0.6)], "sasrec": [run(0.1, 0.1, 0.0)] * 3}
+    rows = [summary_row("d", v, r) for v, r in runs.items()]
+    assert rows[0]["cold_hit@10"] == pytest.approx(0.5) and rows[0]["cold_hit@10_std"] == pytest.approx(0.1)
+    [test] = paired_tests("d", runs)  # the ID model is the fallback, not tested against itself
+    assert test["variant"] == "illmrec-image" and test["mean_difference"] == pytest.approx(0.4)
+    assert test["p_value"] < 0.05
+    text = format_cold_start({"rows": rows, "tests": [test]})
+    assert "0.5000 ± 0.1000" in text and "sasrec (fallback)" in text and "Paired t-test" in text

@@ -171,7 +171,7 @@ def format_cold_start(record: dict[str, Any]) -> str:
         ]
         for r in record["rows"]
     ]
-    text = markdown_table(header, rows)
+    text = "\n".join(markdown_table(header, "llrrrrrr", rows))
     tests = [
         [
             t["dataset"],
@@ -185,9 +185,9 @@ def format_cold_start(record: dict[str, Any]) -> str:
         for t in record["tests"]
     ]
     if tests:
-        text += "\n\nPaired t-test over the seeds (cold hit@10):\n\n" + markdown_table(
-            ["dataset", "variant", "against", "seeds", "mean difference", "t", "p"], tests
-        )
+        head = ["dataset", "variant", "against", "seeds", "mean difference", "t", "p"]
+        text += "\n\nPaired t-test over the seeds (cold hit@10):\n\n"
+        text += "\n".join(markdown_table(head, "lllrrrr", tests))
     return text + "\n"
 
 
