@@ -160,6 +160,13 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
     ctr_rows: dict[str, list[int]] = {}
     ranked_users: dict[str, list[int]] = {}
     ranking = cfg.ranking and "ranking" in model.tasks
+    cold = bool(ds.cold_items.any())
+    if cold and not model.scores_unseen_items:
+        log.warning(
+            "%s cannot score items it never trained on: its cold cases (held-out targets) are ranked at "
+            "chance level (every held-out item the same score, ties counted fairly)",
+            model.name,
+        )
     for split in cfg.splits:
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
@@ -192,6 +199,14 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
         metrics["eval_seconds"] = time.perf_counter() - t0
         results[split] = metrics
         log.info("%s %s: %s", model.name, split, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if cold:  # the held-out targets, ranked among held-out items
+            results[f"{split}_cold"] = _evaluate_cold(model, ds, split, cfg)
+            log.info(
+                "%s %s_cold: %s",
+                model.name,
+                split,
+                ", ".join(f"{k}={v:.4f}" for k, v in results[f"{split}_cold"].items()),
+            )
     written = set()
     if cfg.ctr_examples is not None and ctr_rows:
         run.write_json("ctr_rows.json", ctr_rows)  # which CTR rows were scored: the subset is reproducible
@@ -209,6 +224,33 @@ def evaluate_model(model: Recommender, ds: Dataset, cfg: EvalConfig, run: Run) -
         (run.root / name).unlink(missing_ok=True)
     run.write_metrics(results)  # last: metrics.json whole means the evaluation finished
     return results
+
+
+def _evaluate_cold(model: Recommender, ds: Dataset, split: str, cfg: EvalConfig) -> dict[str, float]:
+    """Metrics of a split's cold cases (see :func:`llmrec.eval.evaluator.evaluate_cold_ranking`), of the
+    users the warm metrics ranked: ranking when the model ranks, AUC/UAUC of the CTR rows whose target is
+    held out when the dataset has both classes there."""
+    from llmrec.eval.evaluator import evaluate_cold_ranking, evaluate_ctr, seeded_rows
+
+    rows = seeded_rows(len(ds.split(split).users), cfg.ranking_users)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    metrics: dict[str, float] = {}
+    if cfg.ranking and "ranking" in model.tasks:
+        metrics = evaluate_cold_ranking(model, ds, split, cfg.ks, cfg.full_ranking, cfg.batch_size, rows)  # type: ignore[arg-type]
+    if (cfg.ctr or "ranking" not in model.tasks) and (ds.root / "ctr").exists():
+        ctr = ds.ctr(split)  # type: ignore[arg-type]
+        if ctr.loc[ds.cold_items[ctr["target"].to_numpy()], "label"].nunique() == 2:
+            scores, _ = evaluate_ctr(
+                model,
+                ds,
+                split,
+                model.pair_batch_size,
+                cfg.ctr_examples,
+                cold=True,  # type: ignore[arg-type]
+            )
+            metrics.update(scores)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    return metrics
 
 
 @dataclass

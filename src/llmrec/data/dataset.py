@@ -7,6 +7,8 @@ Layout::
     interactions.parquet   filtered interactions with user_idx / item_idx, chronological per user
     sequences.parquet      per user: chronological item indices and timestamps
     eval/{valid,test}_negatives.npy   frozen (U, num_negatives) evaluation negatives
+    eval/cold_items.npy, eval/{valid,test}_cold_negatives.npy   with --cold-items: the held-out items and the
+                           frozen negatives of the cases whose target is one (:mod:`llmrec.data.cold`)
     ctr/{train,valid,test}.parquet    labelled CTR examples (when the source has ratings or labels)
     images/manifest.parquet           written by `llmrec images`
     features/<name>.npy + .json       written by `llmrec features`
@@ -119,8 +121,22 @@ class Dataset:
 
     @cached_property
     def train_sequences(self) -> list[np.ndarray]:
-        """Training part of every sequence: all but the last two items (leave-one-out)."""
-        return [s[:-2] for s in self.sequences]
+        """Training part of every sequence: all but the last two items (leave-one-out), without the held-out
+        items (:attr:`cold_items`)."""
+        cold = self.cold_items
+        if not cold.any():
+            return [s[:-2] for s in self.sequences]
+        return [s[:-2][~cold[s[:-2]]] for s in self.sequences]
+
+    @cached_property
+    def cold_items(self) -> np.ndarray:
+        """(N,) bool: the items held out of every training table (``prepare --cold-items``); all False when
+        none are."""
+        mask = np.zeros(self.n_items, dtype=bool)
+        path = self.root / "eval" / "cold_items.npy"
+        if path.exists():
+            mask[self._frozen("eval/cold_items.npy")] = True
+        return mask
 
     def split(self, name: Split) -> SplitData:
         """Leave-one-out examples: valid predicts item -2 from the items before it; test predicts the last item."""
@@ -135,8 +151,17 @@ class Dataset:
         )
 
     def negatives(self, name: Split) -> np.ndarray:
-        """The frozen (U, num_negatives) evaluation negatives of a split, verified against meta.json."""
-        rel = f"eval/{name}_negatives.npy"
+        """The frozen (U, num_negatives) evaluation negatives of a split, verified against meta.json (with
+        held-out items: drawn among the warm items, for the warm cases)."""
+        return self._frozen(f"eval/{name}_negatives.npy")
+
+    def cold_negatives(self, name: Split) -> np.ndarray:
+        """The frozen (U, M) negatives of a split's cold cases (held-out targets), drawn among the held-out
+        items the user never touched; -1 in the rows of warm cases (see :mod:`llmrec.data.cold`)."""
+        return self._frozen(f"eval/{name}_cold_negatives.npy")
+
+    def _frozen(self, rel: str) -> np.ndarray:
+        """A frozen array of the dataset, verified against its checksum in meta.json where recorded."""
         path = self.root / rel
         if not path.exists():
             raise LlmrecError("frozen negatives missing", file=path, hint="re-run 'llmrec prepare'")

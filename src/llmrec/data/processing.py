@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.config import check_ranges, option
+from llmrec.data.cold import cold_negatives_file, hold_out
 from llmrec.data.dataset import INCOMPLETE, content_identity, is_dataset_dir
 from llmrec.data.importers import ImportSpec, get_importer
 from llmrec.data.schema import RawData
@@ -72,6 +73,13 @@ class ProcessConfig:
         100, "evaluation negatives per user, uniform over items the user never touched"
     )
     seed: int = option(42, "seed for user subsampling and evaluation negatives")
+    cold_items: float = option(
+        0.0,
+        "hold out this fraction of the items, those introduced last (first interaction), from every training "
+        "table; cases whose target is one are ranked among held-out items (cold-start evaluation)",
+        ge=0,
+        lt=1,
+    )
     like_threshold: float = option(4.0, "CTR: rating >= threshold is a positive (label 1)")
     ctr_history_len: int = option(10, "CTR: at most this many most recent liked items before the target")
     ctr_history_before: Literal["row", "time"] = option(
@@ -95,6 +103,8 @@ class ProcessConfig:
             raise ConfigError(f"max_users must be positive, got {self.max_users}")
         if self.num_negatives < 1:
             raise ConfigError(f"num_negatives must be >= 1, got {self.num_negatives}")
+        if not 0 <= self.cold_items < 1:
+            raise ConfigError(f"cold_items must be a fraction in [0, 1), got {self.cold_items}")
         if len(self.ctr_split) != 3 or abs(sum(self.ctr_split) - 1.0) > 1e-6 or min(self.ctr_split) < 0:
             raise ConfigError(
                 f"ctr_split must be three non-negative fractions summing to 1, got {self.ctr_split}"
@@ -384,10 +394,12 @@ def _write_dataset_locked(
     try:
         # a full disk names the dataset folder (pyarrow and numpy name no file; the temp folder is ours)
         with disk_errors(out_dir, temp=tmp):
-            meta = fill(tmp)
+            meta = hold_out(tmp, fill(tmp))  # the cold items (--cold-items), when asked for
             checksums = {
-                f"eval/{split}_negatives.npy": sha256_file(tmp / "eval" / f"{split}_negatives.npy")
+                rel: sha256_file(tmp / rel)
                 for split in ("valid", "test")
+                for rel in (f"eval/{split}_negatives.npy", cold_negatives_file(split))
+                if (tmp / rel).exists()
             }
             meta = dict(meta, checksums=checksums, identity=content_identity(tmp))
             write_json_atomic(tmp / "meta.json", meta)

@@ -1,7 +1,9 @@
 """Ranking and CTR metrics as pure functions of scores (no model, no dataset).
 
 Ties are ranked pessimistically: the target's rank counts every candidate whose score is >= its own,
-so a model that outputs constant scores gets the worst rank, never a lucky one.
+so a model that outputs constant scores gets the worst rank, never a lucky one. The cold-start cases rank
+fairly instead (:func:`tie_counts`, :func:`expected_ranking_metrics`): a tied target's rank is uniform over
+the tied places, so a model that cannot tell the candidates apart scores exactly the chance level.
 """
 
 from __future__ import annotations
@@ -51,6 +53,40 @@ def full_ranks(
         raise ValueError("a target item has score -inf: it can never be ranked")
     scores[rows, targets] = -np.inf
     return (scores >= target_scores[:, None]).sum(axis=1)
+
+
+def tie_counts(
+    scores: np.ndarray, target_col: int = 0, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, how many candidates score strictly above the target and how many tie with it (the target
+    not counted). ``allowed``: (U, C) bool, the candidates that take part (the target always does)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    _check_no_nan(scores, "scores")
+    target = scores[:, target_col : target_col + 1]  # (U, 1)
+    inside = np.ones(scores.shape, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool).copy()
+    inside[:, target_col] = False
+    return ((scores > target) & inside).sum(axis=1), ((scores == target) & inside).sum(axis=1)
+
+
+def expected_ranking_metrics(
+    greater: np.ndarray, tied: np.ndarray, ks: Sequence[int] = (5, 10)
+) -> dict[str, float]:
+    """:func:`ranking_metrics` with fair ties: the target's 0-based rank is uniform over ``greater`` ..
+    ``greater + tied``, and each metric is its expectation (hit@k = the share of those places below k)."""
+    g, t = np.asarray(greater, dtype=np.int64), np.asarray(tied, dtype=np.int64)
+    if not len(g):
+        return ranking_metrics(np.zeros(0), ks)
+    top = int((g + t).max()) + 1
+    gain = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(top) + 2.0))])  # gain[n]: ranks < n
+    recip = np.concatenate([[0.0], np.cumsum(1.0 / (np.arange(top) + 1.0))])
+    places = (t + 1).astype(np.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hit@{k}"] = float(np.mean(np.clip(k - g, 0, t + 1) / places))
+        lo, hi = np.minimum(g, k), np.minimum(g + t + 1, k)
+        out[f"ndcg@{k}"] = float(np.mean((gain[hi] - gain[lo]) / places))
+    out["mrr"] = float(np.mean((recip[g + t + 1] - recip[g]) / places))
+    return out
 
 
 def hit_at_k(ranks: np.ndarray, k: int) -> float:

@@ -213,7 +213,9 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
     """Write a trained model's embeddings into the feature store as ``<prefix>_<item|user>``.
 
     Rows follow the dataset's item (user) order whatever the model's own indexing (SASRec's padding row 0
-    is dropped by the model's ``export_embeddings``); the manifest names the run they came from.
+    is dropped by the model's ``export_embeddings``); the manifest names the run they came from. The rows
+    of the items the dataset holds out (``prepare --cold-items``), which the model never trained on, are
+    zero.
     """
     from llmrec.models.base import load_model
     from llmrec.utils.io import read_json
@@ -237,6 +239,9 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
                 f"{model.name} exported {len(values)} {kind} rows for {len(ids)} {kind}s", file=run_dir
             )
         name = f"{prefix or model.name}_{key}"
+        values = np.array(values, dtype=np.float32)
+        if kind == "item" and ds.cold_items.any():  # never trained on: no learned vector, zero (not random)
+            values[ds.cold_items] = 0.0
         spec = {
             "kind": kind,
             "modality": "cf",
@@ -246,7 +251,7 @@ def export_cf_features(ds: Dataset, run_dir: str | Path, prefix: str | None = No
             "dataset_identity": ds.identity,
             "ids_sha256": ids_checksum(ids.astype(str).tolist()),
         }
-        out[name] = save_feature(ds.features_dir, name, np.asarray(values, dtype=np.float32), spec).manifest
+        out[name] = save_feature(ds.features_dir, name, values, spec).manifest
     return out
 
 

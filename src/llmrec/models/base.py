@@ -69,6 +69,10 @@ class Recommender(abc.ABC):
     #: whether scores depend on the user index (a learned user embedding): an ad-hoc history of a user the
     #: model never saw cannot be scored, and the API says so instead of using user 0's embedding
     needs_user_id: ClassVar[bool] = False
+    #: whether the model scores an item it never trained on (an item held out by ``prepare --cold-items``)
+    #: from that item's features or texts; False for an ID model, whose cold cases get the evaluation's
+    #: documented fallback (every unseen item one score: chance level, ties counted fairly)
+    scores_unseen_items: ClassVar[bool] = False
     #: whether the model runs on a torch device (``--device``); a numpy model runs on the CPU
     on_device: ClassVar[bool] = False
     #: whether the model is built around an LLM backbone, whose weights' dtype the placement sets (``--dtype``)

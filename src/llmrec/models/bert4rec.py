@@ -93,6 +93,7 @@ def cloze_mask(
 @register_model("bert4rec")
 class BERT4Rec(SequentialRecommender):
     config_cls = BERT4RecConfig
+    scores_unseen_items = False  # an ID model: an unseen item has no trained embedding
     cfg: BERT4RecConfig
 
     def __init__(

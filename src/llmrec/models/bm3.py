@@ -16,7 +16,8 @@ the form of the reference implementation (MMRec's ``EmbLoss``: Frobenius norms, 
 user and item, divided by the number of items): the cosine terms do not depend on the embeddings' scale,
 so a per-example squared L2 of the same weight shrinks them to zero unopposed (tried: on ML-100K valid
 NDCG@10 fell from 0.19 to 0.03 within 10 epochs).
-score(u, i) = <p(u), p(i)>. Features are divided by their mean row norm (as VBPR's), and an item whose
+score(u, i) = <p(u), p(i)>. An item never trained on (held out by ``prepare --cold-items``) has a zero ID
+embedding and no edge; its i is the mean of its feature views (:meth:`BM3.item_table`). Features are divided by their mean row norm (as VBPR's), and an item whose
 feature is missing gets a learned vector in place of its projection.
 
 The graph and the features are rebuilt from the dataset when a saved model loads (``needs_dataset``);
@@ -81,7 +82,17 @@ class BM3(FeatureGraphRecommender):
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGCN: the mean of the layer outputs; the item ID embedding is added back (as BM3 does)."""
         users, items = self.light_gcn(self.cfg.layers).split([self.n_users, self.n_items])
-        return users, items + self.item_emb.weight
+        return users, items + self.item_ids()
+
+    def item_table(self, items: torch.Tensor) -> torch.Tensor:
+        """(N, D) the backbone's item embeddings ``items``, where an item never trained on takes the mean of
+        its feature views: the cl term trains each view (through the predictor) to point where the item's
+        embedding points, so for an item without an embedding that is the prediction of one."""
+        unseen = torch.nonzero(self.unseen).squeeze(-1)  # (n,)
+        if not len(unseen):
+            return items
+        views = torch.stack(list(self.feature_views(unseen).values())).mean(0)  # (n, D)
+        return items.index_copy(0, unseen, views.to(items.dtype))
 
     def feature_views(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each feature of ``items`` projected to (B, D); missing ones are their learned vector."""
@@ -118,12 +129,13 @@ class BM3(FeatureGraphRecommender):
     # -- scoring: <p(u), p(i)>, histories ignored
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         all_u, all_i = self.propagate()
-        return self.predictor(all_u[users]) @ self.predictor(all_i).T  # (B, N)
+        return self.predictor(all_u[users]) @ self.predictor(self.item_table(all_i)).T  # (B, N)
 
     @torch.no_grad()
     def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
         """{"user": (U, D), "item": (N, D)}: the predictor's outputs, whose dot product is the score."""
         all_u, all_i = self.propagate()
+        all_i = self.item_table(all_i)
         return {
             "user": ("user", self.predictor(all_u).cpu().numpy().copy()),
             "item": ("item", self.predictor(all_i).cpu().numpy().copy()),

@@ -103,10 +103,14 @@ class FeatureGraphRecommender(TorchRecommender):
     """A torch model over the training graph (``adjacency``) and the item features named by ``cfg.features``
     (buffers ``feature_<name>`` (N, F), scaled, and ``missing_<name>`` (N,)). Every user and item node has
     an ID embedding of ``cfg.dim`` (``user_emb``, ``item_emb``) that :meth:`light_gcn` propagates. Subclasses
-    add their per-feature layers in :meth:`new_feature` and any other graph in :meth:`attach_graph`."""
+    add their per-feature layers in :meth:`new_feature` and any other graph in :meth:`attach_graph`.
+
+    An item the dataset holds out of training (``prepare --cold-items``) has no edge in the graph and an ID
+    embedding of zero (:meth:`item_ids`): each model scores it through its features."""
 
     needs_user_id = True  # a user is their node in the graph
     needs_dataset = True  # the graph and the features come from the dataset
+    scores_unseen_items = True  # through its features; the ID embedding of an unseen item is zero
 
     def __init__(self, cfg: Any, n_users: int, n_items: int, placement: Placement | None = None) -> None:
         super().__init__(cfg, n_users, n_items, placement)
@@ -141,6 +145,8 @@ class FeatureGraphRecommender(TorchRecommender):
                 hint="compute one with 'llmrec features' or name one with -o features=[NAME]",
             )
         self.sources = []
+        # the items never trained on (held out by prepare --cold-items): their ID embedding counts as zero
+        self.register_buffer("unseen", torch.from_numpy(dataset.cold_items.copy()), persistent=False)  # (N,)
         for name in names:
             feature = load_item_feature(dataset, name, self.n_items, who=self.name, option="features")
             if trained is not None:
@@ -163,12 +169,17 @@ class FeatureGraphRecommender(TorchRecommender):
         embeddings themselves, (U + N, D)."""
         if not hasattr(self, "adjacency"):
             raise LlmrecError(f"{self.name} has no graph yet", hint="fit the model or load a saved one")
-        x = torch.cat([self.user_emb.weight, self.item_emb.weight])  # (U + N, D)
+        x = torch.cat([self.user_emb.weight, self.item_ids()])  # (U + N, D)
         outputs = [x]
         for _ in range(layers):
             x = sparse_product(self.adjacency, x)
             outputs.append(x)
         return torch.stack(outputs).mean(0)
+
+    def item_ids(self) -> torch.Tensor:
+        """(N, D) the item ID embeddings, zero for the items never trained on (not their random initial
+        values): such an item is scored from its features only."""
+        return self.item_emb.weight.masked_fill(self.unseen.unsqueeze(-1), 0.0)
 
     # -- training: batches of the observed (user, item) pairs
     def num_train_batches(self, dataset: Dataset) -> int:

@@ -58,6 +58,7 @@ class GRU4RecConfig(NeuralConfig):
 @register_model("gru4rec")
 class GRU4Rec(SequentialRecommender):
     config_cls = GRU4RecConfig
+    scores_unseen_items = False  # an ID model: an unseen item has no trained embedding
     cfg: GRU4RecConfig
 
     def __init__(

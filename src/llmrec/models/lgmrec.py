@@ -40,6 +40,10 @@ tau 0.2 (fixed in the reference ``LGMRec.py``), Adam lr 1e-3, batches of 2048. W
 * features are divided by their mean row norm (as VBPR's and BM3's), and an item whose feature is missing
   gets a learned vector in place of its projection and uniform hyperedge dependencies (zero logits).
 
+An item held out of training (``prepare --cold-items``) has no edge and a zero ID embedding, so its local
+embeddings are zero and it is scored through its global (hypergraph) embedding, whose dependencies come
+from its features.
+
 The graph and the features are rebuilt from the dataset when a saved model loads (``needs_dataset``);
 ``feature.json`` records each feature's checksum and a changed feature is refused.
 """
@@ -66,7 +70,7 @@ from llmrec.models.graph import (
     training_edges,
 )
 from llmrec.models.mf import training_pairs
-from llmrec.models.neural import Batch, NeuralConfig, minibatches, sample_unseen, seen_keys
+from llmrec.models.neural import Batch, NeuralConfig, minibatches, sample_unseen, seen_keys, without_held_out
 from llmrec.placement import Placement
 
 
@@ -216,6 +220,7 @@ class LGMRec(FeatureGraphRecommender):
     def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         users, pos = training_pairs(dataset.train_sequences, self.n_items)
         neg = sample_unseen(rng, users, self.n_items, seen_keys(users, pos, self.n_items))
+        neg = without_held_out(rng, neg, pos, dataset.cold_items)  # never a held-out item
         yield from minibatches(rng, self.cfg.batch_size, users=users, pos=pos, neg=neg)
 
     def loss(self, batch: Batch) -> torch.Tensor:

@@ -35,7 +35,15 @@ from torch import nn
 from llmrec.config import option
 from llmrec.errors import ConfigError
 from llmrec.models.base import register_model
-from llmrec.models.neural import Batch, NeuralConfig, TorchRecommender, minibatches, sample_unseen, seen_keys
+from llmrec.models.neural import (
+    Batch,
+    NeuralConfig,
+    TorchRecommender,
+    minibatches,
+    sample_unseen,
+    seen_keys,
+    without_held_out,
+)
 from llmrec.placement import Placement
 
 if TYPE_CHECKING:
@@ -71,6 +79,7 @@ def training_pairs(sequences: list[np.ndarray], n_items: int) -> tuple[np.ndarra
 class MF(TorchRecommender):
     needs_user_id = True  # a user is its learned embedding (VBPR too)
     config_cls = MFConfig
+    scores_unseen_items = False  # an ID model: an unseen item has no trained embedding (VBPR: True)
     cfg: MFConfig
 
     def __init__(self, cfg: MFConfig, n_users: int, n_items: int, placement: Placement | None = None) -> None:
@@ -132,6 +141,7 @@ class MF(TorchRecommender):
         else:
             users, pos = training_pairs(dataset.train_sequences, self.n_items)
             neg = sample_unseen(rng, users, self.n_items, seen_keys(users, pos, self.n_items))
+            neg = without_held_out(rng, neg, pos, dataset.cold_items)  # never a held-out item
             columns = {"users": users, "pos": pos, "neg": neg}
         yield from minibatches(rng, self.cfg.batch_size, **columns)
 

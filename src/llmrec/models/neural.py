@@ -349,6 +349,20 @@ def negatives_for_user(
     )
 
 
+def without_held_out(
+    rng: np.random.Generator, negatives: np.ndarray, targets: np.ndarray, held_out: np.ndarray
+) -> np.ndarray:
+    """``negatives`` (B,) or (B, F) with every held-out item (``held_out``: (N,) bool, ``prepare --cold-items``)
+    redrawn uniformly until it is neither held out nor its row's target; untouched (and no draw made) when
+    none is held out, so seeded runs without held-out items do not change."""
+    target = np.asarray(targets).reshape(-1, *[1] * (negatives.ndim - 1))
+    bad = held_out[negatives]
+    while bad.any():
+        negatives[bad] = rng.integers(0, len(held_out), size=int(bad.sum()))
+        bad &= held_out[negatives] | (negatives == target)
+    return negatives
+
+
 def trainable_users(dataset: Dataset, min_len: int = 2) -> np.ndarray:
     """Users whose training sequence has at least ``min_len`` items (one input and one target)."""
     return np.array([u for u, s in enumerate(dataset.train_sequences) if len(s) >= min_len], dtype=np.int64)

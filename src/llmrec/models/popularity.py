@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 @register_model("popularity")
 class Popularity(Recommender):
+    scores_unseen_items = False  # an item never trained on has no count: the evaluation's fallback
     """Score = number of training interactions of the item (the same ranking for every user)."""
 
     def fit(self, dataset: Dataset, run: Any | None = None) -> None:
@@ -58,6 +59,7 @@ class Random(Recommender):
     """Uniform random scores, a deterministic function of (seed, user, item): re-scoring gives the same numbers."""
 
     config_cls = RandomConfig
+    scores_unseen_items = False  # random scores tell no item apart: the fallback states it exactly
 
     def fit(self, dataset: Dataset, run: Any | None = None) -> None:
         """Nothing to learn."""

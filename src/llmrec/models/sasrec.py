@@ -60,6 +60,7 @@ class PointWiseFeedForward(nn.Module):
 @register_model("sasrec")
 class SASRec(SequentialRecommender):
     config_cls = SASRecConfig
+    scores_unseen_items = False  # an ID model: an unseen item has no trained embedding
     cfg: SASRecConfig
 
     def __init__(

@@ -2,6 +2,9 @@
 
 score(u, i) = b_i + <gamma_u, gamma_i> + <theta_u, E f_i> + <beta', f_i>
 
+An item held out of training (``prepare --cold-items``) has no gamma_i and no b_i: both are zero, so it is
+scored by <theta_u, E f_i> + <beta', f_i> alone.
+
 f_i is a precomputed item feature from the dataset's feature store: option ``feature``, "image" by
 default as in the paper (CNN image features), but any item feature works, e.g. ``-o feature=text`` on
 MovieLens, which has no images. E (no bias, to ``visual_dim``) and beta' are learned. The paper's global
@@ -65,6 +68,7 @@ class VBPRConfig(MFConfig):
 class VBPR(MF):
     config_cls = VBPRConfig
     needs_dataset = True
+    scores_unseen_items = True  # through <theta_u, E f_i> + <beta', f_i>; its ID part is zero
     cfg: VBPRConfig
 
     def __init__(
@@ -93,6 +97,7 @@ class VBPR(MF):
         """Attach the dataset's item feature (E and beta' are sized by it) before training."""
         feature = load_item_feature(dataset, self.cfg.feature, self.n_items, who="vbpr")
         self.attach_feature(feature)
+        self.hold_out(dataset)
         self._dataset = dataset
         self.source = {
             "feature": self.cfg.feature,
@@ -127,6 +132,12 @@ class VBPR(MF):
                 setattr(self, name, tensor)
         self.n_items += len(values)
 
+    def hold_out(self, dataset: Dataset) -> None:
+        """Mark the items ``dataset`` holds out (``prepare --cold-items``): never trained on, they are scored
+        by their feature alone (their gamma_i and b_i are zero, not the random initial values)."""
+        unseen = torch.from_numpy(dataset.cold_items.copy()).to(self.user_emb.weight.device)
+        self.register_buffer("unseen", unseen, persistent=False)  # (N,)
+
     # -- the factorisation: MF's factors with the visual ones appended
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.user_emb(users), self.user_visual(users)], dim=-1)  # (..., d + d')
@@ -135,6 +146,8 @@ class VBPR(MF):
         if self.proj is None:
             raise LlmrecError("vbpr has no item feature yet", hint="fit the model or load a saved one")
         gamma, bias = super().item_terms(items)  # (..., d), (...)
+        known = ~self.unseen[items]  # (...) an item never trained on has no ID part: gamma_i = b_i = 0
+        gamma, bias = gamma * known.unsqueeze(-1), bias * known
         f = self.features[items]  # (..., F)
         missing = self.missing[items]  # (...)
         visual = torch.where(missing.unsqueeze(-1), self.missing_visual, self.proj(f))  # (..., d')
@@ -175,5 +188,6 @@ class VBPR(MF):
         feature = load_item_feature(ds, source["feature"], self.n_items, who="vbpr")
         check_trained_feature(ds, source["feature"], source["sha256"], feature)
         self.attach_feature(feature)
+        self.hold_out(ds)
         self.source = source
         super().load_state(directory, dataset)

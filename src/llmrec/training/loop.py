@@ -639,6 +639,10 @@ class ValidationView:
     def item_popularity(self) -> np.ndarray:
         return self.dataset.item_popularity
 
+    @property
+    def cold_items(self) -> np.ndarray:
+        return self.dataset.cold_items  # validation ranks the warm cases only
+
     def split(self, name: Split) -> SplitData:
         from llmrec.data.dataset import SplitData
 

@@ -127,6 +127,7 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
     themselves come from :class:`CtrPrompts`."""
 
     config_cls = HistLLMConfig
+    scores_unseen_items = True  # through the title, description and image the prompt shows
     recipes = RECIPES
     weights_name = "histllm"
     legacy_weights = ("step_done",)  # the step-1 flag of models saved before the trainer ran the stages

@@ -61,7 +61,7 @@ from llmrec.models.llm.illmrec_show import shown_prompts
 from llmrec.models.llm.precision import TrainablePrecision
 from llmrec.models.llm.projectors import mlp_adaptor, projector
 from llmrec.models.llm.projectors_alone import ProjectorsAlone
-from llmrec.models.neural import Batch, Stage, negatives_for_user, trainable_users
+from llmrec.models.neural import Batch, Stage, negatives_for_user, trainable_users, without_held_out
 from llmrec.placement import Placement
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ ILA_ANSWER_TOKENS = 96  # chat framing: ILA answers are cut to this many tokens,
 @register_model("illmrec")
 class ILLMRec(AddedItems, TrainablePrecision, ProjectorsAlone, FeatureBackedLLM):
     config_cls = ILLMRecConfig
+    scores_unseen_items = True  # through its image/text features (its cf term is left out)
     recipes = RECIPES
     weights_name = "illmrec"
     legacy_weights = ("epochs_started",)  # a counter of models before 0.2
@@ -115,6 +116,8 @@ class ILLMRec(AddedItems, TrainablePrecision, ProjectorsAlone, FeatureBackedLLM)
         has_image, drop = self._images(feats)
         shown = self.shown_images(ds, has_image, drop)  # the items whose picture the prompts show
         self.register_buffer("has_image", torch.from_numpy(has_image), persistent=False)  # (N,)
+        # items held out of training (prepare --cold-items): no CF vector of theirs was learned
+        self.register_buffer("unseen", torch.from_numpy(ds.cold_items.copy()), persistent=False)  # (N,)
         if "image" in self.cfg.features and not has_image.all() and "text" not in feats:
             # image-less items are retrieved through their text feature (Sec. 4.5)
             feats["text"] = self._load_feature(
@@ -443,8 +446,10 @@ class ILLMRec(AddedItems, TrainablePrecision, ProjectorsAlone, FeatureBackedLLM)
         one per feature type."""
         if self.cfg.negative_sampling == "official":
             draws = rng.integers(0, self.n_items - 1, size=(len(targets), len(self.cfg.features)))
-            return draws + (draws >= np.asarray(targets)[:, None])  # uniform over every item but the target
-        return np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in users])
+            out = draws + (draws >= np.asarray(targets)[:, None])  # uniform over every item but the target
+        else:
+            out = np.concatenate([negatives_for_user(rng, u, seqs[u], self.n_items, 1) for u in users])
+        return without_held_out(rng, out, targets, self.unseen.cpu().numpy())
 
     def train_batches(self, dataset: Dataset, rng: np.random.Generator) -> Iterator[Batch]:
         """IRE prompts of random training windows (and their ILA prompts when ``ila``), a user per example."""
@@ -565,6 +570,8 @@ class ILLMRec(AddedItems, TrainablePrecision, ProjectorsAlone, FeatureBackedLLM)
         if feature == "image" and "image_fallback" in self.item_proj:
             fallback = self.item_proj["image_fallback"](self.feat_text[idx].to(dtype))  # (n, d_s)
             proj = torch.where(self.has_image[idx].unsqueeze(-1), proj, fallback)
+        if feature == "cf":  # an unseen item has no CF vector: its cf term is left out (zero)
+            proj = proj.masked_fill(self.unseen[idx].unsqueeze(-1), 0.0)
         return proj
 
     def loss(self, batch: Batch) -> torch.Tensor:

@@ -85,6 +85,7 @@ class RecGPT4V(Recommender):
     """Zero-shot: ``fit`` attaches the VLM and the dataset's titles and images and trains nothing."""
 
     config_cls = RecGPT4VConfig
+    scores_unseen_items = True  # zero-shot from the item texts and pictures
     needs_dataset = True
     pair_batch_size = 16  # CTR rows per evaluation call (one VLM forward each)
     on_device = has_backbone = True  # the VLM, on the placement's device in its dtype
