@@ -339,6 +339,11 @@ def test_first_recommendations(tmp_path, ml100k):
 def test_your_own_data(tmp_path, tiny_llm):
     run_tutorial("your-own-data.md", tmp_path, {"tiny_llm": tiny_llm})
     assert (tmp_path / "runs" / "shop-illmrec" / "metrics.json").exists()
+    # the item table's own column names and its relative picture paths reached the dataset
+    import pandas as pd
+
+    manifest = pd.read_parquet(tmp_path / "data" / "shop" / "images" / "manifest.parquet")
+    assert (manifest["status"] == "ok").all() and len(manifest) == 48
 
 
 @pytest.mark.slow

@@ -536,6 +536,20 @@ def test_table_item_columns_map_the_item_file_on_its_own(tmp_path: Path):
         get_importer("table")(ImportSpec(path=str(inter), columns=columns, item_columns={"item_id": "sku"}))
 
 
+def test_table_image_paths_relative_to_the_item_table(tmp_path: Path):
+    # a catalog export names its pictures relative to itself: they must still be found from the dataset
+    shop = tmp_path / "shop"
+    (shop / "pictures").mkdir(parents=True)
+    (shop / "pictures" / "a1.png").write_bytes(b"png")
+    (shop / "inter.csv").write_text("user_id,item_id,timestamp\nu1,a1,1\nu1,b2,2\n")
+    (shop / "items.csv").write_text(
+        "item_id,title,image\na1,A,pictures/a1.png\nb2,B,https://x.example/b2.jpg\n"
+    )
+    raw = get_importer("table")(ImportSpec(path=str(shop / "inter.csv"), items_path=str(shop / "items.csv")))
+    images = dict(zip(raw.items["item_id"], raw.items["image"]))
+    assert images == {"a1": str((shop / "pictures" / "a1.png").resolve()), "b2": "https://x.example/b2.jpg"}
+
+
 def test_table_bad_value_names_line(tmp_path: Path):
     inter = tmp_path / "events.tsv"
     inter.write_text("user_id\titem_id\ttimestamp\trating\nu1\ti1\t100\t5\nu1\ti2\tyesterday\t4\n")

@@ -189,14 +189,3 @@ def format_cold_start(record: dict[str, Any]) -> str:
         text += "\n\nPaired t-test over the seeds (cold hit@10):\n\n"
         text += "\n".join(markdown_table(head, "lllrrrr", tests))
     return text + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m llmrec.experiments.cold_start`` (the same as ``llmrec experiments cold-start``)."""
-    from llmrec.cli import main as cli
-
-    return cli(["experiments", "cold-start", *(argv or [])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -201,4 +201,20 @@ def _item_table(spec: ImportSpec, mapping: dict[str, str], cols: dict[str, str])
         # Every other column is item side information that make_items folds into ``extra``; a column
         # named like a canonical field the user mapped elsewhere keeps its data under a new name.
         table[f"source_{col}" if col in ITEM_COLUMNS and col != "extra" else col] = item_src[col]
+    if "image" in table:
+        table["image"] = _images_beside(table["image"], items_path.parent)
     return make_items(table, source=str(items_path))
+
+
+def _images_beside(images: pd.Series, folder: Path) -> pd.Series:
+    """Image references that are paths relative to the item table's folder (``pictures/p1.png`` beside
+    ``items.csv``) made absolute, so ``llmrec images`` finds them wherever the dataset is written; URLs,
+    absolute paths and paths that name no file there are kept as given."""
+
+    def resolve(ref: object) -> object:
+        if not isinstance(ref, str) or not ref.strip() or "://" in ref or Path(ref).is_absolute():
+            return ref
+        candidate = folder / ref.strip()
+        return str(candidate.resolve()) if candidate.is_file() else ref
+
+    return images.map(resolve)
