@@ -73,3 +73,83 @@ def test_models_without_vectors_say_so(featured):
     assert not model.dot_product
     with pytest.raises(Exception, match="'popularity' has no item vectors"):
         model.item_matrix()
+
+
+# ----------------------------------------------------------------------------- the index kinds
+def clustered(n=3000, d=16, queries=200, seed=0):
+    from llmrec.retrieval.bench import synthetic_catalog
+
+    return synthetic_catalog(n, d, 30, seed, queries)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_each_kind_reaches_its_recall_target(kind):
+    from llmrec.retrieval.index import build_index
+    from llmrec.retrieval.vectors import exact_top, recall
+
+    items, queries = clustered()
+    index = build_index(items, kind, 0.9, queries[:100], k=10)
+    assert index.info["recall"] >= 0.9 and index.info["reached_target"]
+    fresh = queries[100:]  # queries the build never saw
+    assert recall(index.search(fresh, 10)[1], exact_top(items, fresh, 10)[1]) >= (1.0 if kind == "flat" else 0.85)
+
+
+def _queries(vectors, k, history=(), allowed=None):
+    from llmrec.api import Query
+
+    out = []
+    for _ in vectors:
+        q = Query(None, 0, np.asarray(history, dtype=np.int64), k)
+        q.allowed = allowed  # the filters' (N,) mask
+        out.append(q)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hnsw_catalog():
+    from llmrec.retrieval.index import build_index
+
+    items, queries = clustered()
+    return items, queries, build_index(items, "hnsw", 0.95, queries[:100])
+
+
+def test_history_exclusion_fills_k(hnsw_catalog):
+    from llmrec.retrieval.lookup import RunIndex
+    from llmrec.retrieval.vectors import exact_top
+
+    items, queries, index = hnsw_catalog
+    q = queries[150:151]
+    history = exact_top(items, q, 60)[1][0]  # the 60 best items are all history
+    (rows, scores), = RunIndex(index).top(q, items, _queries(q, 10, history))
+    assert len(rows) == 10 and not np.isin(rows, history).any()
+    np.testing.assert_allclose(scores, items[rows] @ q[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("exact_below", [True, False], ids=["exact-over-allowed", "index-widened"])
+def test_filter_removing_most_of_the_catalog_still_fills_k(hnsw_catalog, monkeypatch, exact_below):
+    from llmrec.retrieval import lookup
+
+    if not exact_below:  # force the index path: it must widen (or hand over to exact) until k pass
+        monkeypatch.setattr(lookup, "EXACT_ITEMS", 0)
+        monkeypatch.setattr(lookup, "EXACT_SHARE", 0.0)
+    items, queries, index = hnsw_catalog
+    allowed = np.zeros(len(items), dtype=bool)
+    allowed[np.random.default_rng(1).choice(len(items), 60, replace=False)] = True  # 2% of the catalog
+    q = queries[100:110]
+    for rows, _ in lookup.RunIndex(index).top(q, items, _queries(q, 10, allowed=allowed)):
+        assert len(rows) == 10 and allowed[rows].all()
+    few = np.zeros(len(items), dtype=bool)
+    few[[5, 9, 11]] = True  # fewer pass than k: every one of them
+    (rows, _), = lookup.RunIndex(index).top(q[:1], items, _queries(q[:1], 10, history=[9], allowed=few))
+    assert sorted(rows.tolist()) == [5, 11]
+
+
+def test_items_added_beyond_the_index_are_found(hnsw_catalog):
+    from llmrec.retrieval.lookup import RunIndex
+
+    items, queries, index = hnsw_catalog  # the index covers these 3000 items
+    q = queries[120:121]
+    added = np.stack([5 * q[0], -q[0]])  # one new item far ahead of every other, one far behind
+    grown = np.concatenate([items, added])
+    (rows, _), = RunIndex(index).top(q, grown, _queries(q, 10))
+    assert rows[0] == len(items) and len(items) + 1 not in rows.tolist() and len(rows) == 10

@@ -20,6 +20,7 @@ killed build leaves the previous index or none, never half of one.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ FORMAT = 1  # index.json's format
 
 def faiss_module() -> Any:
     """FAISS, imported on first use, or one line saying how to install it."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it loads: not news
     try:
         import faiss
     except ImportError:
