@@ -45,16 +45,11 @@ FORMAT = 1  # index.json's format
 
 
 def faiss_module() -> Any:
-    """FAISS, imported on first use, or one line saying how to install it."""
+    """FAISS, imported on first use, or one line naming the extra that installs it."""
+    from llmrec.extras import require
+
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it loads: not news
-    try:
-        import faiss
-    except ImportError:
-        raise LlmrecError(
-            "the item index needs FAISS, which is not installed",
-            hint="pip install 'llmrec[index]' (or: pip install faiss-cpu)",
-        ) from None
-    return faiss
+    return require("index", "the item index (llmrec index, bench-retrieval)")[0]
 
 
 def ivf_lists(count: int) -> int:
