@@ -230,6 +230,7 @@ def test_similar_items_and_their_route(sasrec_run):
         body = client.get("/items/i005/similar", params={"k": 4}).json()
         assert [r["item_id"] for r in body["items"]] == [r["item_id"] for r in similar]
         assert client.get("/items/nope/similar").status_code == 404
+        assert client.get("/health").json()["index"]["kind"] == "hnsw"
         assert client.get("/items/i005/similar", params={"k": 0}).json()["field"] == "k"
 
 

@@ -263,6 +263,7 @@ def _health(model: Model, settings: ServeSettings, batcher: Batcher | None) -> d
         "users": info["users"],
         "items": info["items"],
         "retriever": info["retriever"],
+        "index": info["index"],
         "queue_depth": len(batcher.pending) if batcher else 0,
         "batches": batches,
         "served": served,
