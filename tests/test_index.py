@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from llmrec.data.dataset import Dataset
-from llmrec.features.store import ids_checksum, save_feature
 from llmrec.models.base import build_model
+from test_lgmrec import lgm_dataset as lgm_dataset  # the synthetic dataset, an image and a text feature
 
 faiss = pytest.importorskip("faiss")
 
@@ -29,19 +28,6 @@ VECTOR_MODELS = {
 }
 
 
-@pytest.fixture
-def featured(synthetic_dataset):
-    """The synthetic dataset with an 'image' (2 items missing) and a 'text' feature."""
-    ds = Dataset(synthetic_dataset)
-    rng = np.random.default_rng(0)
-    spec = {"kind": "item", "encoder": "test", "ids_sha256": ids_checksum(ds.items["item_id"].tolist())}
-    missing = np.zeros(ds.n_items, dtype=bool)
-    missing[[2, 7]] = True
-    save_feature(ds.features_dir, "image", rng.normal(size=(ds.n_items, 8)).astype(np.float32), spec, missing)
-    save_feature(ds.features_dir, "text", rng.normal(size=(ds.n_items, 6)).astype(np.float32), spec)
-    return ds
-
-
 def _attached(name, ds, request):
     options = dict(VECTOR_MODELS[name])
     if name == "illmrec":
@@ -58,18 +44,18 @@ def _attached(name, ds, request):
 
 
 @pytest.mark.parametrize("name", sorted(VECTOR_MODELS))
-def test_vectors_reproduce_score_all(name, featured, request):
-    model = _attached(name, featured, request)
+def test_vectors_reproduce_score_all(name, lgm_dataset, request):
+    model = _attached(name, lgm_dataset, request)
     assert model.dot_product
-    data = featured.split("test")
+    data = lgm_dataset.split("test")
     users, hist = data.users[:6], data.histories[:6]
     q, items = model.query_vectors(users, hist), model.item_matrix()
-    assert q.dtype == items.dtype == np.float32 and items.shape[0] == featured.n_items
+    assert q.dtype == items.dtype == np.float32 and items.shape[0] == lgm_dataset.n_items
     np.testing.assert_allclose(q @ items.T, model.score_all(users, hist), rtol=1e-4, atol=1e-4)
 
 
-def test_models_without_vectors_say_so(featured):
-    model = build_model("popularity", {}, featured.n_users, featured.n_items)
+def test_models_without_vectors_say_so(lgm_dataset):
+    model = build_model("popularity", {}, lgm_dataset.n_users, lgm_dataset.n_items)
     assert not model.dot_product
     with pytest.raises(Exception, match="'popularity' has no item vectors"):
         model.item_matrix()
