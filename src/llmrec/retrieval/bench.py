@@ -2,7 +2,8 @@
 
 For each catalog size, a seeded catalog of clustered item vectors (``--clusters`` Gaussian centres with
 unit variance, each item a centre plus unit-variance noise, float32, ``--dim`` dimensions) and queries drawn
-the same way. Every index kind is built as ``llmrec index`` builds it (its search parameter tuned to
+the same way (``--spread``: their standard deviation around the centre, 1 by default as the centres'; the
+larger, the less clustered and the harder for an index). Every index kind is built as ``llmrec index`` builds it (its search parameter tuned to
 ``--recall-target`` on half of ``--queries`` queries); recall@10 against exact search is measured on the
 other half. Latency: ``--latency-queries`` queries one at a time (batch 1) and in batches of ``--batch``,
 after a short warm-up, each call timed; p50/p99 per call. ``exact`` is the best exact search this code
@@ -41,7 +42,7 @@ _HNSW_LINK_BYTES = 2 * 16 * 4
 
 @dataclass
 class BenchRetrievalConfig:
-    """Catalog sizes, vector size, index kinds, and how queries are timed."""
+    """Catalog sizes, vectors, index kinds, and how queries are timed."""
 
     items: list[int] = option(
         [100_000, 1_000_000], "catalog sizes (items) to benchmark", factory=lambda: [100_000, 1_000_000]
@@ -52,6 +53,11 @@ class BenchRetrievalConfig:
         ["flat", "ivf", "hnsw"], "index kinds to compare with exact", factory=lambda: list(KINDS)
     )
     clusters: int = option(1000, "Gaussian clusters the items and queries are drawn around", ge=1)
+    spread: float = option(
+        1.0,
+        "standard deviation of the items around their centre (the centres': 1); larger: less clustered",
+        gt=0,
+    )
     recall_target: float = option(0.95, "recall@10 each kind's search parameter is tuned to", gt=0, le=1)
     queries: int = option(1000, "sample queries: half tune the index, half measure its recall", ge=2)
     latency_queries: int = option(200, "timed single queries per kind (batches: this many queries too)", ge=1)
@@ -68,17 +74,19 @@ class BenchRetrievalConfig:
 
 
 def synthetic_catalog(
-    n: int, dim: int, clusters: int, seed: int, queries: int
+    n: int, dim: int, clusters: int, seed: int, queries: int, spread: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n, dim) clustered item vectors and (queries, dim) query vectors around the same centres."""
+    """(n, dim) clustered item vectors and (queries, dim) query vectors around the same centres
+    (standard normal centres; each vector its centre plus normal noise of standard deviation ``spread``)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim), dtype=np.float32)
     items = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 1 << 20):  # float32 throughout, a million rows at a time
         rows = min(1 << 20, n - start)
         items[start : start + rows] = centres[rng.integers(0, clusters, rows)]
-        items[start : start + rows] += rng.standard_normal((rows, dim), dtype=np.float32)
-    qs = centres[rng.integers(0, clusters, queries)] + rng.standard_normal((queries, dim), dtype=np.float32)
+        items[start : start + rows] += spread * rng.standard_normal((rows, dim), dtype=np.float32)
+    qs = centres[rng.integers(0, clusters, queries)]
+    qs += spread * rng.standard_normal((queries, dim), dtype=np.float32)
     return items, qs
 
 
@@ -140,6 +148,7 @@ def run_bench_retrieval(cfg: BenchRetrievalConfig) -> dict[str, Any]:
         "dim": cfg.dim,
         "threads": threads,
         "clusters": cfg.clusters,
+        "spread": cfg.spread,
         "cpu": platform.processor() or platform.machine(),
         "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "out": str(out),
@@ -152,7 +161,7 @@ def run_bench_retrieval(cfg: BenchRetrievalConfig) -> dict[str, Any]:
 
 
 def _one_size(cfg: BenchRetrievalConfig, n: int, batches: list[int], threads: int) -> list[dict[str, Any]]:
-    items, queries = synthetic_catalog(n, cfg.dim, cfg.clusters, cfg.seed, cfg.queries)
+    items, queries = synthetic_catalog(n, cfg.dim, cfg.clusters, cfg.seed, cfg.queries, cfg.spread)
     timed = queries[: cfg.latency_queries]
     if len(timed) < cfg.latency_queries:  # more timed queries than samples: repeat them
         timed = np.resize(queries, (cfg.latency_queries, cfg.dim))
@@ -179,7 +188,8 @@ def _one_size(cfg: BenchRetrievalConfig, n: int, batches: list[int], threads: in
 def format_bench_retrieval(result: dict[str, Any]) -> str:
     """The Markdown table: one row per (catalog size, kind, batch)."""
     head = (
-        f"{result['dim']}-d clustered synthetic vectors ({result['clusters']} clusters), top-10 by inner "
+        f"{result['dim']}-d clustered synthetic vectors ({result['clusters']} clusters, spread "
+        f"{result['spread']:g}), top-10 by inner "
         f"product, {result['threads']} threads on {result['cpu']} (1-min load average before: "
         f"{result['load_before']})"
     )

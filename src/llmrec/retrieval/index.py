@@ -6,8 +6,12 @@ Kinds (``--kind``):
 - ``ivf``: the items clustered into ``nlist`` = 2 sqrt(M) lists (10 k-means iterations on at most 39 items
   per list);
   a query scans its ``nprobe`` nearest lists (``IndexIVFFlat``, inner product);
-- ``hnsw``: a navigable small-world graph of ``M`` = 16 links per item (``efConstruction`` 40) (``IndexHNSWFlat``, inner product);
-  a query explores ``efSearch`` candidates.
+- ``hnsw``: a navigable small-world graph of ``M`` = 32 links per item (``IndexHNSWFlat``, ``efConstruction``
+  64); a query explores ``efSearch`` candidates. A graph of inner products between vectors of unequal norms
+  navigates badly, so the items are indexed by Euclidean distance after the usual reduction of
+  maximum-inner-product search (Bachrach et al., RecSys 2014): each item gets one more coordinate,
+  sqrt(R^2 - |x|^2) with R the largest item norm, each query a 0 there, so the nearest items are those of
+  the largest inner product; the search turns distances back into inner products.
 
 ``nprobe`` and ``efSearch`` are chosen when the index is built: the smallest value of a doubling ladder whose
 recall@k against exact search on one half of the sample queries reaches the target plus a quarter of what
@@ -37,8 +41,8 @@ LADDERS = {
     "ivf": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)),
     "hnsw": ("efSearch", (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)),
 }
-HNSW_LINKS = 16  # M of HNSW: links per item
-HNSW_EF_CONSTRUCTION = 40
+HNSW_LINKS = 32  # M of HNSW: links per item
+HNSW_EF_CONSTRUCTION = 64
 TRAIN_PER_LIST = 39  # k-means training items per IVF list (FAISS's floor)
 KMEANS_ITERATIONS = 10
 FORMAT = 1  # index.json's format
@@ -87,8 +91,15 @@ class ItemIndex:
         k = max(1, min(int(k), self.count))
         if self.kind == "hnsw":  # efSearch below k would return fewer than k
             self.faiss.hnsw.efSearch = max(self.value or LADDERS["hnsw"][1][0], k)
-        scores, rows = self.faiss.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores, rows.astype(np.int64)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.kind != "hnsw":
+            scores, rows = self.faiss.search(queries, k)
+            return scores, rows.astype(np.int64)
+        radius = float(self.info["radius"])  # the Euclidean index of the augmented vectors (see above)
+        found, rows = self.faiss.search(np.pad(queries, ((0, 0), (0, 1))), k)
+        # |q - x'|^2 = |q|^2 + R^2 - 2 <q, x>
+        scores = ((queries**2).sum(1, keepdims=True) + radius**2 - found) / 2
+        return scores.astype(np.float32), rows.astype(np.int64)
 
     def memory_bytes(self) -> int:
         """The index's size when serialised: its vectors and structures, what it holds in memory."""
@@ -156,15 +167,19 @@ def build_index(
         index.train(matrix[np.sort(sample)])
     else:
         params["M"], params["efConstruction"] = HNSW_LINKS, HNSW_EF_CONSTRUCTION
-        index = faiss.IndexHNSWFlat(dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexHNSWFlat(dim + 1, HNSW_LINKS)  # Euclidean, on the augmented vectors
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    index.add(matrix)
     built = ItemIndex(kind, index)
+    if kind == "hnsw":
+        built.info["radius"] = _add_augmented(index, matrix)
+    else:
+        index.add(matrix)
     build_s = time.perf_counter() - start
     if queries is None or not len(queries):
         queries = matrix[rng.choice(count, size=min(count, 256), replace=False)]
     tuned = tune(built, matrix, np.asarray(queries, dtype=np.float32), k, recall_target, rng)
     built.info = {
+        **built.info,
         "format": FORMAT,
         "kind": kind,
         "count": count,
@@ -176,6 +191,17 @@ def build_index(
         "vectors": digest(matrix),
     }
     return built
+
+
+def _add_augmented(index: Any, matrix: np.ndarray, chunk: int = 1 << 18) -> float:
+    """Add ``matrix`` to a Euclidean index as [x, sqrt(R^2 - |x|^2)] (R: the largest norm); returns R."""
+    sq = np.einsum("ij,ij->i", matrix, matrix)  # (M,)
+    radius = float(np.sqrt(sq.max()))
+    for start in range(0, len(matrix), chunk):
+        part = matrix[start : start + chunk]
+        extra = np.sqrt(np.maximum(radius**2 - sq[start : start + chunk], 0.0))[:, None]
+        index.add(np.ascontiguousarray(np.hstack([part, extra]), dtype=np.float32))
+    return radius
 
 
 def tune(
