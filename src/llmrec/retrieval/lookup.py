@@ -12,7 +12,8 @@ Every query still gets ``k`` items whenever ``k`` items pass its exclusions (its
 - items added to the run after the index was built (rows ``count`` .. N-1) are scored exactly and merged
   with what the index found, by score.
 
-Scores are the inner products of the query and item vectors: ``score_all``'s up to float error.
+Scores are the inner products of the query and item vectors, recomputed exactly for the items found:
+``score_all``'s up to float error.
 """
 
 from __future__ import annotations
@@ -123,17 +124,15 @@ class RunIndex:
         pending = list(rows)
         while pending:
             width = max(want[r] for r in pending)
-            scores, found = self.index.search(vectors[pending], width)  # (b, width) each
+            found = self.index.search(vectors[pending], width)[1]  # (b, width)
             still = []
-            for r, s, f in zip(pending, scores, found):
+            for r, f in zip(pending, found):
                 q = queries[r]
                 keep = _passing(q, f)
-                if keep.sum() >= q.k or width >= covered:  # enough, or everything the index has
-                    if keep.sum() >= min(q.k, _passing_count(q, covered)):
-                        result[r] = (f[keep][: q.k], s[keep][: q.k])
-                        continue
-                    result[r] = _exact(vectors[r], matrix, q, np.arange(covered))
-                elif (f < 0).any():  # the index ran out of items for it (IVF's lists): exact instead
+                exhausted = width >= covered  # the index gave every item it has
+                if keep.sum() >= q.k or (exhausted and keep.sum() >= _passing_count(q, covered)):
+                    result[r] = _rescored(vectors[r], matrix, f[keep][: q.k])
+                elif exhausted or (f < 0).any():  # it ran out (an IVF query's lists): exact instead
                     result[r] = _exact(vectors[r], matrix, q, np.arange(covered))
                 else:
                     want[r] = min(covered, 2 * width)
@@ -165,6 +164,14 @@ def _passing(q: Query, rows: np.ndarray) -> np.ndarray:
 def _passing_count(q: Query, covered: int) -> int:
     """How many of the first ``covered`` items ``q`` may be recommended."""
     return int(_passing(q, np.arange(covered)).sum())
+
+
+def _rescored(vector: np.ndarray, matrix: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` with their exact inner products, best first (an index's own scores may be rounded: HNSW's
+    come back from distances)."""
+    scores = matrix[rows] @ vector  # (k,)
+    order = np.lexsort((rows, -scores))
+    return rows[order], scores[order]
 
 
 def _exact(
