@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from llmrec.data.dataset import Dataset
     from llmrec.models.base import Recommender
+    from llmrec.retrieval.lookup import RunIndex
 
 #: the columns of every recommendation table (API, batch files)
 COLUMNS = ("user", "rank", "item_id", "title", "score")
@@ -131,6 +132,7 @@ class Model:
             self.set_retriever(retriever, retrieve)
         self._attributes: ItemAttributes | None = None  # the catalog's columns, as filters read them
         self.calls = 0  # model calls made (the service's micro-batching is checked by counting them)
+        self.index: RunIndex | None = None  # the run's item index (RUN/index/), which load() opens
         self._lock = threading.Lock()  # one model call at a time (torch modules are not re-entrant)
 
     # ------------------------------------------------------------------ what it is
@@ -162,6 +164,7 @@ class Model:
             "retriever": None
             if self.retriever is None
             else {"model": self.retriever.name, "run": str(self.retriever.run), "candidates": self.retrieve},
+            "index": None if self.index is None else self.index.describe(),
         }
 
     def __repr__(self) -> str:
@@ -321,6 +324,13 @@ class Model:
                 chunk = [queries[p] for p in positions[s : s + batch_size]]
                 users = np.array([q.user_idx for q in chunk], dtype=np.int64)
                 histories = [q.history for q in chunk]
+                if width < 0 and self.index is not None:  # the run's item index instead of every score
+                    with self._lock:
+                        self.calls += 1
+                        found = self.index.answer(self, chunk)
+                    for p, recs in zip(positions[s : s + batch_size], found):
+                        out[p] = recs
+                    continue
                 with self._lock:
                     self.calls += 1
                     if width < 0:
@@ -361,6 +371,30 @@ class Model:
             cands = np.array([self.item_index[r["item_id"]] for r in recs], dtype=np.int64)
             out[p] = dataclasses.replace(queries[p], candidates=cands)
         return out
+
+    def similar_items(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
+        """The ``k`` items most like ``item_id`` ({item_id, title, score}, best first, the item itself left
+        out): the cosine similarity of the model's item vectors (``item_matrix()``, the vectors its scores
+        are dot products with; for MF and VBPR they end in the item bias), over every item, exactly. Only a
+        model whose scores are a dot product has item vectors (the others: status 422)."""
+        from llmrec.retrieval.vectors import similar_rows
+
+        i = self.item_index.get(str(item_id))
+        if i is None:
+            raise QueryError(f"unknown item id {str(item_id)!r}", field="item_id", status=404)
+        k = check_k(k)
+        if not self.model.dot_product:
+            raise QueryError(
+                f"model '{self.name}' has no item vectors (its scores are not a dot product)",
+                field="item_id",
+                hint="ask a run of mf, vbpr, sasrec, gru4rec, bert4rec, bm3, lgmrec or illmrec",
+            )
+        with self._lock:
+            rows, sims = similar_rows(self.model, i, k)
+        return [
+            {"item_id": self.item_ids[r], "title": self.titles[r], "score": float(v)}
+            for r, v in zip(rows.tolist(), sims.tolist())
+        ]
 
     # ------------------------------------------------------------------ the notebook calls
     def recommend(
@@ -470,6 +504,7 @@ def load(
     data: str | Path | None = None,
     retriever: str | Path | TrainedRun | Model | None = None,
     retrieve: int = 100,
+    index: bool = True,
 ) -> Model:
     """A trained run (its folder, or what ``train()`` returned) loaded on ``device`` in ``dtype``, ready
     to answer queries. ``data``: the run's dataset moved to another folder (its checksum is verified).
@@ -483,6 +518,8 @@ def load(
         data: where the run's dataset is now, if it moved since training.
         retriever: a run (or loaded ``Model``) whose top-``retrieve`` items are re-ranked.
         retrieve: how many of the retriever's items each query re-ranks.
+        index: answer whole-catalog queries through the run's item index (``RUN/index/``, built by
+            ``llmrec index``) when it has one; False: score every item.
 
     Returns:
         The loaded model.
@@ -507,6 +544,10 @@ def load(
     attach_catalog(loaded)  # the items added to the run after training
     if retriever is not None:
         loaded.set_retriever(retriever, retrieve)
+    if index:
+        from llmrec.retrieval.lookup import open_index
+
+        loaded.index = open_index(model, folder)
     return loaded
 
 

@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "mlflow": ("mlflow",),
     "spark": ("pyspark",),
     "tune": ("optuna",),
+    "index": ("faiss",),
     "docs": ("mkdocs", "material", "mkdocstrings"),
 }
 

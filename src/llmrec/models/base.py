@@ -179,6 +179,27 @@ class Recommender(abc.ABC):
         """Whether :meth:`user_representations` gives user states (the model class overrides it)."""
         return cls.user_representations is not Recommender.user_representations
 
+    #: whether ``score_all`` is a dot product, ``query_vectors(users, histories) @ item_matrix().T`` (up to
+    #: float error; an item bias is folded in as one more column): what ``llmrec index`` and
+    #: ``Model.similar_items`` need
+    dot_product: ClassVar[bool] = False
+
+    def query_vectors(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        """(B, d) float32 query vectors: ``score_all(users, histories) == query_vectors(...) @ item_matrix().T``.
+        Only a model with :attr:`dot_product` has them."""
+        raise self._no_vectors()
+
+    def item_matrix(self) -> np.ndarray:
+        """(N, d) float32 item vectors in dataset order, the other side of :meth:`query_vectors`."""
+        raise self._no_vectors()
+
+    def _no_vectors(self) -> LlmrecError:
+        return LlmrecError(
+            f"model '{self.name}' has no item vectors: its scores are not a dot product of a user vector "
+            "and item vectors",
+            hint="use a model that has them: mf, vbpr, sasrec, gru4rec, bert4rec, bm3, lgmrec, illmrec",
+        )
+
     def show_prompts(self, dataset: Dataset, user: int, seed: int = 0) -> list[dict[str, Any]]:
         """The prompts the model builds for user index ``user`` of ``dataset`` (attached), with token counts
         (``llmrec prompts``). Only a model that overrides this builds any (:meth:`builds_prompts`)."""

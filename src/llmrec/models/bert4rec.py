@@ -149,7 +149,19 @@ class BERT4Rec(SequentialRecommender):
 
     # -- scoring: [MASK] appended after the history
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        return self.logits(self.mask_states(histories))  # (B, N)
+
+    def mask_states(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """(B, d) the state at a [MASK] appended after each history."""
         hist = left_pad(histories, self.cfg.max_len - 1)  # (B, L - 1)
         mask = torch.full((len(histories), 1), self.mask_row, dtype=torch.long)  # (B, 1)
-        h = self.encode(torch.cat([hist, mask], dim=1).to(self.device))[:, -1]  # (B, d)
-        return self.logits(h)  # (B, N)
+        return self.encode(torch.cat([hist, mask], dim=1).to(self.device))[:, -1]  # (B, d)
+
+    def query_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        """(B, d + 1) the output layer's input to the tied item rows, and a 1 that meets the output bias."""
+        q = F.gelu(self.out_proj(self.mask_states(histories)))  # (B, d)
+        return torch.cat([q, q.new_ones(len(q), 1)], dim=1)
+
+    def item_tensor(self) -> torch.Tensor:
+        """(N, d + 1) the tied item rows and the output bias."""
+        return torch.cat([self.item_rows(), self.out_bias[:, None]], dim=1)

@@ -64,6 +64,7 @@ class BM3Config(NeuralConfig):
 @register_model("bm3")
 class BM3(FeatureGraphRecommender):
     config_cls = BM3Config
+    dot_product = True  # <p(u), p(i)>
     cfg: BM3Config
 
     def __init__(
@@ -130,6 +131,12 @@ class BM3(FeatureGraphRecommender):
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         all_u, all_i = self.propagate()
         return self.predictor(all_u[users]) @ self.predictor(self.item_table(all_i)).T  # (B, N)
+
+    def query_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        return self.predictor(self.propagate()[0][users])  # (B, D)
+
+    def item_tensor(self) -> torch.Tensor:
+        return self.predictor(self.propagate()[1])  # (N, D)
 
     @torch.no_grad()
     def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:

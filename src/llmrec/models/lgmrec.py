@@ -139,6 +139,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, all_b: torch.Tensor, tau: float) 
 @register_model("lgmrec")
 class LGMRec(FeatureGraphRecommender):
     config_cls = LGMRecConfig
+    dot_product = True  # <e_u, e_i>
     cfg: LGMRecConfig
 
     def __init__(
@@ -242,6 +243,12 @@ class LGMRec(FeatureGraphRecommender):
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         all_u, all_i, _ = self.embeddings()
         return all_u[users] @ all_i.T  # (B, N)
+
+    def query_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        return self.embeddings()[0][users]  # (B, D)
+
+    def item_tensor(self) -> torch.Tensor:
+        return self.embeddings()[1]  # (N, D)
 
     @torch.no_grad()
     def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:

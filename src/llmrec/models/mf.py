@@ -78,6 +78,7 @@ def training_pairs(sequences: list[np.ndarray], n_items: int) -> tuple[np.ndarra
 @register_model("mf")
 class MF(TorchRecommender):
     needs_user_id = True  # a user is its learned embedding (VBPR too)
+    dot_product = True  # [p_u, 1] . [q_i, b_i] (VBPR: its factors appended)
     config_cls = MFConfig
     scores_unseen_items = False  # an ID model: an unseen item has no trained embedding (VBPR: True)
     cfg: MFConfig
@@ -170,6 +171,16 @@ class MF(TorchRecommender):
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         vectors, bias = self.item_terms(torch.arange(self.n_items, device=self.device))  # (N, D), (N,)
         return self.user_vectors(users) @ vectors.T + bias  # (B, N)
+
+    def query_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        """(B, D + 1) the user factors and a 1 that meets the item bias."""
+        u = self.user_vectors(users)  # (B, D)
+        return torch.cat([u, u.new_ones(len(u), 1)], dim=1)
+
+    def item_tensor(self) -> torch.Tensor:
+        """(N, D + 1) the item factors and the item bias."""
+        vectors, bias = self.item_terms(torch.arange(self.n_items, device=self.device))  # (N, D), (N,)
+        return torch.cat([vectors, bias[:, None]], dim=1)
 
     @torch.no_grad()
     def score(self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:

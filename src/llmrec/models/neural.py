@@ -208,6 +208,31 @@ class TorchRecommender(Recommender, nn.Module):
         self.train(was_training)
         return out.float().cpu().numpy()
 
+    # -- the two sides of a dot-product score (a model with dot_product gives query_tensor, item_tensor)
+    def query_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        """(B, d) query vectors as a tensor (called under ``torch.no_grad`` in eval mode)."""
+        raise self._no_vectors()
+
+    def item_tensor(self) -> torch.Tensor:
+        """(N, d) item vectors as a tensor (called under ``torch.no_grad`` in eval mode)."""
+        raise self._no_vectors()
+
+    def query_vectors(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        users_t = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.device)
+        return self._evaluated(lambda: self.query_tensor(users_t, histories))
+
+    def item_matrix(self) -> np.ndarray:
+        return self._evaluated(self.item_tensor)
+
+    def _evaluated(self, compute: Callable[[], torch.Tensor]) -> np.ndarray:
+        """``compute()`` in eval mode without gradients, as a float32 array (the training mode restored)."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            out = compute()
+        self.train(was_training)
+        return out.detach().float().cpu().numpy()
+
     def fit(self, dataset: Dataset, run: Any | None = None) -> None:
         """Train through :func:`llmrec.training.fit`, which runs the model's :meth:`stages` (the same call as
         for every model; the trainer never calls this for a model ``trained_in_steps``)."""

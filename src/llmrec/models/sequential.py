@@ -33,6 +33,7 @@ class SequentialRecommender(TorchRecommender):
 
     The config has ``batch_size`` and ``max_len`` (the most recent items kept)."""
 
+    dot_product = True  # the user state . the item rows (BERT4Rec: through its output layer)
     item_emb: nn.Embedding  # row 0 padding, rows 1..N the items (BERT4Rec adds [MASK] after them)
 
     @abc.abstractmethod
@@ -52,6 +53,12 @@ class SequentialRecommender(TorchRecommender):
 
     def score_all_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         return self.user_states(histories) @ self.item_rows().T  # (B, N)
+
+    def query_tensor(self, users: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        return self.user_states(histories)  # (B, d)
+
+    def item_tensor(self) -> torch.Tensor:
+        return self.item_rows()  # (N, d)
 
     def export_embeddings(self) -> dict[str, tuple[str, np.ndarray]]:
         return {"item": ("item", self.item_rows().detach().cpu().numpy().copy())}

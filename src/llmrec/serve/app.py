@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from llmrec._version import __version__
@@ -32,6 +34,7 @@ from llmrec.serve.schemas import (
     RankRequest,
     Recommendations,
     RecommendRequest,
+    SimilarItems,
 )
 from llmrec.serve.settings import ServeSettings
 
@@ -256,7 +259,8 @@ async def _bug(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _add_routes(app: FastAPI, model: Model, settings: ServeSettings, state: dict[str, Any]) -> None:
-    """/recommend and /rank (through the batcher the lifespan puts in ``state``), /items/{id}, /health."""
+    """/recommend and /rank (through the batcher the lifespan puts in ``state``), /items/{id},
+    /items/{id}/similar, /health."""
     from llmrec.api import QueryError
 
     def query(
@@ -298,6 +302,15 @@ def _add_routes(app: FastAPI, model: Model, settings: ServeSettings, state: dict
     async def item(item_id: str) -> dict[str, Any]:
         """An item's row of the catalog."""
         return model.item(item_id)
+
+    @app.get("/items/{item_id}/similar", response_model=SimilarItems, responses=_ERRORS)
+    async def similar(item_id: str, k: int = QueryParam(10, ge=1, le=MAX_K)) -> JSONResponse:
+        """The k items most similar to an item: cosine similarity of the model's item vectors (models
+        whose scores are a dot product; the others answer 422)."""
+        start = time.perf_counter()
+        items = await run_in_threadpool(model.similar_items, item_id, k)  # the model's lock, off the loop
+        took = round((time.perf_counter() - start) * 1000, 3)
+        return JSONResponse({"item_id": item_id, "items": items, "model": model.name, "took_ms": took})
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -367,6 +380,7 @@ def _health(model: Model, settings: ServeSettings, batcher: Batcher | None) -> d
         "users": info["users"],
         "items": info["items"],
         "retriever": info["retriever"],
+        "index": info["index"],
         "queue_depth": len(batcher.pending) if batcher else 0,
         "batches": batches,
         "served": served,

@@ -101,6 +101,15 @@ class Recommendations(BaseModel):
     )
 
 
+class SimilarItems(BaseModel):
+    item_id: str = Field(description="the item asked about")
+    items: list[ScoredItem] = Field(
+        description="the most similar items, best first (score: cosine similarity of the model's item vectors)"
+    )
+    model: str
+    took_ms: float = Field(description="time spent in the service")
+
+
 class ErrorBody(BaseModel):
     detail: str = Field(description="what is wrong, where, and what to do")
     field: str | None = Field(None, description="the request field at fault")

@@ -58,6 +58,7 @@ from llmrec.models.llm.base import FeatureBackedLLM
 from llmrec.models.llm.illmrec_config import RECIPES, ILLMRecConfig
 from llmrec.models.llm.illmrec_items import AddedItems
 from llmrec.models.llm.illmrec_show import shown_prompts
+from llmrec.models.llm.ire_vectors import IREVectors
 from llmrec.models.llm.precision import TrainablePrecision
 from llmrec.models.llm.projectors import mlp_adaptor, projector
 from llmrec.models.llm.projectors_alone import ProjectorsAlone
@@ -70,7 +71,7 @@ ILA_ANSWER_TOKENS = 96  # chat framing: ILA answers are cut to this many tokens,
 
 
 @register_model("illmrec")
-class ILLMRec(AddedItems, TrainablePrecision, ProjectorsAlone, FeatureBackedLLM):
+class ILLMRec(AddedItems, IREVectors, TrainablePrecision, ProjectorsAlone, FeatureBackedLLM):
     config_cls = ILLMRecConfig
     scores_unseen_items = True  # through its image/text features (its cf term is left out)
     recipes = RECIPES
