@@ -238,7 +238,7 @@ def test_environment_variables_sit_between_the_config_file_and_the_flags(tmp_pat
     monkeypatch.setenv("LLMREC_SERVE_API_KEY_FILE", "/etc/llmrec/keys")
     args = argparse.Namespace(max_batch=4)  # a flag given on the command line
     cfg = resolve(ServeConfig, args, cfg_file, env_prefix="LLMREC_SERVE_")
-    assert (cfg.run, cfg.host) == ("runs/a", "0.0.0.0")  # the file
+    assert (cfg.run, cfg.host) == (["runs/a"], "0.0.0.0")  # the file
     assert (cfg.port, cfg.batching) == (9000, False)  # the environment over the file
     assert cfg.max_batch == 4  # the flag over both
     assert cfg.cors_origins == ["https://a.example", "https://b.example"]

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -23,7 +23,6 @@ from starlette.exceptions import HTTPException
 from llmrec._version import __version__
 from llmrec.errors import LlmrecError
 from llmrec.serve.batcher import Batcher, Overloaded
-from llmrec.serve.items import ItemAdder
 from llmrec.serve.limits import MAX_JSON_DEPTH, HeaderLimits, JsonTooDeep, _JsonRoute
 from llmrec.serve.ops import AccessLog, ApiKeys, Metrics, RequestIds, add_offline_docs, read_api_keys
 from llmrec.serve.schemas import (
@@ -36,12 +35,17 @@ from llmrec.serve.schemas import (
     RecommendRequest,
     SimilarItems,
 )
+from llmrec.serve.served import Run, Served
 from llmrec.serve.settings import ServeSettings
+from llmrec.serve.ui import add_ui_routes
 
 if TYPE_CHECKING:
     from llmrec.api import Model, Query, QueryError
 
 log = logging.getLogger(__package__)  # the service's one logger, "llmrec.serve"
+
+#: the ``?model=`` of the GET routes: which served run answers
+_MODEL_PARAM = QueryParam(None, max_length=200, description="a served run's name (default: the first)")
 
 #: the error answers the routes document in the OpenAPI schema
 _ERRORS = {
@@ -58,50 +62,76 @@ _ERRORS = {
 }
 
 
-def create_app(model: Model, settings: ServeSettings | None = None, access_log: bool = False) -> FastAPI:
-    """The service around an already loaded ``model`` (see :mod:`llmrec.serve`); ``access_log``: one log
-    line per request (with its request id)."""
+def create_app(
+    model: Model | Mapping[str, Model], settings: ServeSettings | None = None, access_log: bool = False
+) -> FastAPI:
+    """The service around already loaded models (see :mod:`llmrec.serve`): one ``Model`` (named by its run
+    folder), or a mapping name -> model whose first answers requests that name none. ``access_log``: one
+    log line per request (with its request id)."""
     settings = settings or ServeSettings()
     keys = read_api_keys(settings.api_key_file) if settings.api_key_file else None  # a bad file: refused now
-    state: dict[str, Any] = {}
-    adder = ItemAdder(model, settings)
+    served = Served.of(model, settings)
+    metrics = Metrics(served) if settings.metrics else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher = Batcher(model, settings, on_batch=metrics.batch if metrics else None)
-        batcher.start()
-        state["batcher"] = batcher
-        log.info(
-            "serving %s (%s) with micro-batching %s",
-            model.name,
-            model.run,
-            f"up to {settings.max_batch} per call, {settings.max_wait_ms:g} ms wait"
-            if settings.batching
-            else "off",
-        )
+        for run in served.runs.values():
+            run.batcher = Batcher(run.model, settings, on_batch=metrics.batch if metrics else None)
+            run.batcher.start()
+            log.info(
+                "serving %s: %s (%s) with micro-batching %s",
+                run.name,
+                run.model.name,
+                run.model.run,
+                f"up to {settings.max_batch} per call, {settings.max_wait_ms:g} ms wait"
+                if settings.batching
+                else "off",
+            )
         # the warm-up runs once the server accepts connections: /livez answers meanwhile, /readyz says 503
-        warming = asyncio.create_task(_warm_up(model, state)) if settings.warm_up else None
-        state["ready"] = warming is None
+        warming = asyncio.create_task(_warm_up(served)) if settings.warm_up else None
+        served.ready = warming is None
         try:
             yield
         finally:
-            state["ready"] = False
+            served.ready = False
             if warming is not None and not warming.done():
                 warming.cancel()
-            await batcher.close()  # uvicorn calls this once in-flight requests are answered
-            adder.close()
-            log.info("stopped: %d requests in %d model calls", batcher.served, batcher.batches)
+            for run in served.runs.values():
+                assert run.batcher is not None
+                await run.batcher.close()  # uvicorn calls this once in-flight requests are answered
+                run.adder.close()
+                done = (run.batcher.served, run.batcher.batches, run.name)
+                log.info("stopped: %d requests in %d model calls (%s)", *done)
 
+    names = ", ".join(f"{r.model.name} ({r.model.run})" for r in served.runs.values())
     app = FastAPI(
         title="llmrec",
         version=__version__,
-        description=f"Recommendations from {model.name} ({model.run}).",
+        description=f"Recommendations from {names}.",
         lifespan=lifespan,
         docs_url=None,  # served from bundled files below: the CDN's are out of reach offline
         redoc_url=None,
     )
-    metrics = Metrics(model, state) if settings.metrics else None
     app.router.route_class = _JsonRoute  # before the routes below: their JSON bodies are depth-bounded
+    _add_middleware(app, settings, keys, metrics, access_log)
+    app.state.llmrec_settings = settings  # server_config() bounds request heads in the server alike
+    _add_error_handlers(app)
+    _add_routes(app, served, settings)
+    _add_probes(app, served, metrics)
+    add_offline_docs(app)
+    _add_item_route(app, served)
+    add_ui_routes(app, served, page=settings.ui)
+    return app
+
+
+def _add_middleware(
+    app: FastAPI,
+    settings: ServeSettings,
+    keys: frozenset[str] | None,
+    metrics: Metrics | None,
+    access_log: bool,
+) -> None:
+    """Header limits, API keys, CORS, the access log, metrics and request ids (outermost)."""
     app.add_middleware(
         HeaderLimits, max_headers=settings.max_headers, max_header_bytes=settings.max_header_bytes
     )
@@ -123,31 +153,27 @@ def create_app(model: Model, settings: ServeSettings | None = None, access_log: 
     if metrics is not None:
         app.add_middleware(metrics.middleware)  # type: ignore[arg-type]  # an ASGI app factory
     app.add_middleware(RequestIds)  # outermost: every log line of a request carries its id
-    app.state.llmrec_settings = settings  # server_config() bounds request heads in the server alike
-    _add_error_handlers(app)
-    _add_routes(app, model, settings, state)
-    _add_probes(app, state, metrics)
-    add_offline_docs(app)
-    _add_item_route(app, model, adder)
-    return app
 
 
-async def _warm_up(model: Model, state: dict[str, Any]) -> None:
-    """One query answered before the service says it is ready (the first call of a model is often slow:
-    lazy initialisation, caches); a failure is logged and /readyz stays 503 with the reason."""
+async def _warm_up(served: Served) -> None:
+    """One query answered by each served model before the service says it is ready (the first call of a
+    model is often slow: lazy initialisation, caches); a failure is logged and /readyz stays 503 with the
+    reason."""
     start = time.perf_counter()
-    try:
-        if model.user_ids:  # a known user: every model can answer it (ad-hoc histories not all)
-            q = model.query(user_id=model.user_ids[0], k=1)
-        else:
-            q = model.query(history=[model.item_ids[0]], k=1)
-        await asyncio.get_running_loop().run_in_executor(None, model.answer, [q])
-    except Exception as e:  # the service still runs; the probe says why it is not ready
-        state["not_ready"] = f"the warm-up query failed: {type(e).__name__}: {e}"
-        log.error("%s", state["not_ready"])
-        return
-    state["ready"] = True
-    log.info("warm-up query answered in %.3f s: ready", time.perf_counter() - start)
+    for run in served.runs.values():
+        model = run.model
+        try:
+            if model.user_ids:  # a known user: every model can answer it (ad-hoc histories not all)
+                q = model.query(user_id=model.user_ids[0], k=1)
+            else:
+                q = model.query(history=[model.item_ids[0]], k=1)
+            await asyncio.get_running_loop().run_in_executor(None, model.answer, [q])
+        except Exception as e:  # the service still runs; the probe says why it is not ready
+            served.not_ready = f"the warm-up query failed: {type(e).__name__}: {e} (run {run.name})"
+            log.error("%s", served.not_ready)
+            return
+    served.ready = True
+    log.info("warm-up queries answered in %.3f s: ready", time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------- errors: 4xx naming the field, never 500
@@ -258,69 +284,76 @@ async def _bug(request: Request, exc: Exception) -> JSONResponse:
 # ----------------------------------------------------------------------------- endpoints
 
 
-def _add_routes(app: FastAPI, model: Model, settings: ServeSettings, state: dict[str, Any]) -> None:
-    """/recommend and /rank (through the batcher the lifespan puts in ``state``), /items/{id},
-    /items/{id}/similar, /health."""
+def _add_routes(app: FastAPI, served: Served, settings: ServeSettings) -> None:
+    """/recommend and /rank (through the chosen run's batcher), /items/{id}, /items/{id}/similar, /health."""
     from llmrec.api import QueryError
 
-    def query(
-        user_id: Any, history: Any, k: int, exclude_history: bool, candidates: Any, **rules: Any
-    ) -> Query:
-        if history is not None and len(history) > settings.max_history:
+    def query(run: Run, body: Any, k: int, exclude_history: bool, candidates: Any, **rules: Any) -> Query:
+        if body.history is not None and len(body.history) > settings.max_history:
             raise QueryError(
-                f"has {len(history)} items, more than the {settings.max_history} this service accepts",
+                f"has {len(body.history)} items, more than the {settings.max_history} this service accepts",
                 field="history",
                 hint="send the most recent items",
             )
-        return model.query(user_id, history, k, exclude_history, candidates, **rules)  # the retriever's too
+        # the retriever's checks too
+        return run.model.query(body.user_id, body.history, k, exclude_history, candidates, **rules)
 
-    def answered(items: list[dict[str, Any]], start: float) -> JSONResponse:
+    async def answered(run: Run, q: Query, start: float) -> JSONResponse:
+        assert run.batcher is not None
+        items = await run.batcher.submit(q)
         took = (time.perf_counter() - start) * 1000
         rec_id = uuid.uuid4().hex  # joins later feedback (a click, a purchase) to this answer
         return JSONResponse(
-            {"items": items, "model": model.name, "took_ms": round(took, 3), "recommendation_id": rec_id}
+            {
+                "items": items,
+                "model": run.model.name,
+                "run": run.name,
+                "took_ms": round(took, 3),
+                "recommendation_id": rec_id,
+            }
         )
 
     @app.post("/recommend", response_model=Recommendations, responses=_ERRORS)
     async def recommend(body: RecommendRequest) -> JSONResponse:
         """The top-k items for a known user or an ad-hoc history (history items excluded by default), among
         the items its rules let through (``include``, ``exclude``, ``exclude_items``): k items whenever k
-        items pass."""
-        start = time.perf_counter()
+        items pass. ``model`` picks a served run (default: the first)."""
+        start, run = time.perf_counter(), served.pick(body.model)
         rules = {"include": body.include, "exclude": body.exclude, "exclude_items": body.exclude_items}
-        q = query(body.user_id, body.history, body.k, body.exclude_history, body.candidates, **rules)
-        return answered(await state["batcher"].submit(q), start)
+        q = query(run, body, body.k, body.exclude_history, body.candidates, **rules)
+        return await answered(run, q, start)
 
     @app.post("/rank", response_model=Recommendations, responses=_ERRORS)
     async def rank(body: RankRequest) -> JSONResponse:
         """Every candidate scored for the user and ranked, best first (history items included)."""
-        start = time.perf_counter()
-        q = query(body.user_id, body.history, len(body.candidates), False, body.candidates)
-        return answered(await state["batcher"].submit(q), start)
+        start, run = time.perf_counter(), served.pick(body.model)
+        return await answered(run, query(run, body, len(body.candidates), False, body.candidates), start)
 
     @app.get("/items/{item_id}", responses={404: _ERRORS[404], 422: _ERRORS[422]})
-    async def item(item_id: str) -> dict[str, Any]:
+    async def item(item_id: str, model: str | None = _MODEL_PARAM) -> dict[str, Any]:
         """An item's row of the catalog."""
-        return model.item(item_id)
+        return served.pick(model).model.item(item_id)
 
     @app.get("/items/{item_id}/similar", response_model=SimilarItems, responses=_ERRORS)
-    async def similar(item_id: str, k: int = QueryParam(10, ge=1, le=MAX_K)) -> JSONResponse:
+    async def similar(
+        item_id: str, k: int = QueryParam(10, ge=1, le=MAX_K), model: str | None = _MODEL_PARAM
+    ) -> JSONResponse:
         """The k items most similar to an item: cosine similarity of the model's item vectors (models
         whose scores are a dot product; the others answer 422)."""
-        start = time.perf_counter()
-        items = await run_in_threadpool(model.similar_items, item_id, k)  # the model's lock, off the loop
+        start, run = time.perf_counter(), served.pick(model)
+        items = await run_in_threadpool(run.model.similar_items, item_id, k)  # the model's lock, off the loop
         took = round((time.perf_counter() - start) * 1000, 3)
-        return JSONResponse({"item_id": item_id, "items": items, "model": model.name, "took_ms": took})
+        return JSONResponse({"item_id": item_id, "items": items, "model": run.model.name, "took_ms": took})
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """What is served, and how busy it is."""
-        return _health(model, settings, state.get("batcher"))
+        """What is served (the default run's figures; ``models``: every served run's name), and how busy."""
+        return {**_health(served.default, settings), "models": list(served.runs)}
 
 
-def _add_probes(app: FastAPI, state: dict[str, Any], metrics: Metrics | None) -> None:
-    """/livez (the process answers), /readyz (the model is loaded and answered its warm-up query; 503
-    while warming up or stopping) and /metrics (Prometheus' text format)."""
+def _add_probes(app: FastAPI, served: Served, metrics: Metrics | None) -> None:
+    """/livez (the process answers), /readyz (the models are loaded and answered their warm-up queries;
+    503 while warming up or stopping) and /metrics (Prometheus' text format)."""
 
     @app.get("/livez")
     async def livez() -> dict[str, str]:
@@ -329,14 +362,11 @@ def _add_probes(app: FastAPI, state: dict[str, Any], metrics: Metrics | None) ->
 
     @app.get("/readyz", responses={503: {"model": ErrorBody, "description": "not ready (why is said)"}})
     async def readyz() -> JSONResponse:
-        """200 once the model is loaded and has answered one warm-up query; 503 before and while stopping
-        (a readiness probe: send traffic only when it passes)."""
-        if state.get("ready"):
+        """200 once the models are loaded and have answered one warm-up query each; 503 before and while
+        stopping (a readiness probe: send traffic only when it passes)."""
+        if served.ready:
             return JSONResponse({"status": "ready"})
-        batcher = state.get("batcher")
-        why = state.get("not_ready") or (
-            "stopping" if batcher is not None and batcher.closing else "warming up"
-        )
+        why = served.not_ready or ("stopping" if served.closing else "warming up")
         return _error(503, f"not ready: {why}")
 
     if metrics is not None:
@@ -348,27 +378,29 @@ def _add_probes(app: FastAPI, state: dict[str, Any], metrics: Metrics | None) ->
             return Response(body, media_type=content_type)
 
 
-def _add_item_route(app: FastAPI, model: Model, adder: ItemAdder) -> None:
+def _add_item_route(app: FastAPI, served: Served) -> None:
     """POST /items (see :mod:`llmrec.serve.items`)."""
 
     @app.post(
         "/items",
         status_code=201,
         response_model=AddedItems,
-        responses={k: _ERRORS[k] for k in (403, 409, 422, 503)},
+        responses={k: _ERRORS[k] for k in (403, 404, 409, 422, 503)},
     )
     async def add_items(body: AddItemsRequest) -> JSONResponse:
-        """Add new items to the catalog, encoded with the run's encoders (all of the request or none):
-        recommendable as soon as this answers, while other requests are answered throughout. Off unless
-        the service runs with ``--add-items``."""
-        start = time.perf_counter()
-        added = await adder.add(body)
+        """Add new items to the catalog of a served run (``model``; default: the first), encoded with the
+        run's encoders (all of the request or none): recommendable as soon as this answers, while other
+        requests are answered throughout. Off unless the service runs with ``--add-items``."""
+        start, run = time.perf_counter(), served.pick(body.model)
+        added = await run.adder.add(body)
         took = round((time.perf_counter() - start) * 1000, 3)
-        return JSONResponse({"added": added, "items": len(model.item_ids), "took_ms": took}, status_code=201)
+        answer = {"added": added, "items": len(run.model.item_ids), "took_ms": took}
+        return JSONResponse(answer, status_code=201)
 
 
-def _health(model: Model, settings: ServeSettings, batcher: Batcher | None) -> dict[str, Any]:
-    """/health's answer (``batcher`` is None before the lifespan starts it)."""
+def _health(run: Run, settings: ServeSettings) -> dict[str, Any]:
+    """/health's answer for one served run (its batcher is None before the lifespan starts it)."""
+    model, batcher = run.model, run.batcher
     info = model.info()
     batches, served = (batcher.batches, batcher.served) if batcher else (0, 0)
     return {

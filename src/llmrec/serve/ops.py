@@ -32,8 +32,7 @@ from llmrec.errors import LlmrecError
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from llmrec.api import Model
-    from llmrec.serve.batcher import Batcher
+    from llmrec.serve.served import Served
 
 #: the id of the request being answered ("-" outside one), for log lines
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("llmrec_request_id", default="-")
@@ -91,7 +90,7 @@ class Metrics:
     process, as in the tests, never share counts). :meth:`middleware` counts and times every request;
     the batcher reports each model call to :meth:`batch`."""
 
-    def __init__(self, model: Model, batcher: dict[str, Batcher]) -> None:
+    def __init__(self, served: Served) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
@@ -113,10 +112,11 @@ class Metrics:
             registry=r,
         )
         self.model_seconds = Counter("llmrec_model_seconds", "time spent in model calls", registry=r)
-        queue = Gauge("llmrec_queue_depth", "requests waiting for the model", registry=r)
-        queue.set_function(lambda: len(batcher["batcher"].pending) if "batcher" in batcher else 0)
-        items = Gauge("llmrec_catalog_items", "items the model can recommend", registry=r)
-        items.set_function(lambda: len(model.item_ids))
+        queue = Gauge("llmrec_queue_depth", "requests waiting for a model", registry=r)
+        queue.set_function(served.queue_depth)
+        items = Gauge("llmrec_catalog_items", "items each served run can recommend", ["run"], registry=r)
+        for name, run in served.runs.items():
+            items.labels(name).set_function(lambda model=run.model: len(model.item_ids))
 
     def batch(self, size: int, seconds: float) -> None:
         """One model call answered ``size`` queries in ``seconds``."""

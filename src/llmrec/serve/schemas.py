@@ -19,6 +19,9 @@ MAX_NEW_ITEMS = 1000
 _STRICT = ConfigDict(extra="forbid", strict=True)
 _USER_ID = Field(None, description="a user of the run's dataset: their whole sequence is the history")
 _HISTORY = Field(None, description="an ad-hoc history of item ids, oldest first (instead of user_id)")
+_MODEL = Field(
+    None, max_length=200, description="which served run answers, by name (GET /models); default: the first"
+)
 # column -> values (text, numbers, true/false)
 _Rules = dict[str, Annotated[list[str | int | float | bool], Field(min_length=1, max_length=MAX_RULE_VALUES)]]
 
@@ -29,6 +32,7 @@ class RecommendRequest(BaseModel):
     model_config = _STRICT
     user_id: str | None = _USER_ID
     history: list[str] | None = _HISTORY
+    model: str | None = _MODEL
     k: int = Field(10, ge=1, le=MAX_K, description="how many items")
     exclude_history: bool = Field(True, description="never recommend an item of the history")
     candidates: list[str] | None = Field(None, description="only rank these item ids (default: the catalog)")
@@ -55,6 +59,7 @@ class RankRequest(BaseModel):
     model_config = _STRICT
     user_id: str | None = _USER_ID
     history: list[str] | None = _HISTORY
+    model: str | None = _MODEL
     candidates: list[str] = Field(min_length=1, description="item ids to score, each once")
 
 
@@ -76,6 +81,7 @@ class AddItemsRequest(BaseModel):
 
     model_config = _STRICT
     items: list[NewItem] = Field(min_length=1, max_length=MAX_NEW_ITEMS)
+    model: str | None = _MODEL
 
 
 class AddedItems(BaseModel):
@@ -94,7 +100,8 @@ class ScoredItem(BaseModel):
 
 class Recommendations(BaseModel):
     items: list[ScoredItem] = Field(description="best first")
-    model: str
+    model: str = Field(description="the registered name of the model that answered (sasrec, illmrec...)")
+    run: str = Field(description="the served run that answered, by name (a request's model field)")
     took_ms: float = Field(description="time spent in the service, queueing included")
     recommendation_id: str = Field(
         description="this answer's id: send it back with later feedback (a click, a purchase) to join them"

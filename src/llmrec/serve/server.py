@@ -4,9 +4,11 @@ through :func:`server_config` (uvicorn's configuration with the app's header lim
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
-from typing import Any
+import types
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -16,6 +18,9 @@ from llmrec.serve.app import create_app
 from llmrec.serve.limits import HeaderLimitedProtocol
 from llmrec.serve.ops import log_config
 from llmrec.serve.settings import ServeConfig, ServeSettings
+
+if TYPE_CHECKING:
+    from llmrec.api import Model
 
 log = logging.getLogger(__package__)  # the service's one logger, "llmrec.serve"
 
@@ -45,18 +50,28 @@ def server_config(app: FastAPI, host: str, port: int, **options: Any) -> uvicorn
     return uvicorn.Config(app, host=host, port=port, http=protocol, **options)
 
 
+def load_runs(cfg: ServeConfig) -> dict[str, Model]:
+    """Every run of ``cfg`` loaded once, by name (its folder's; the first answers requests naming none)."""
+    from llmrec.recommend import load_for
+    from llmrec.serve.served import unique_names
+
+    runs = [cfg.run] if isinstance(cfg.run, str) else list(cfg.run)
+    models = {}
+    for name, run in zip(unique_names(runs), runs):
+        one = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        models[name] = load_for(types.SimpleNamespace(**{**one, "run": run}))
+        log.info("loaded %s: %r", name, models[name])
+    return models
+
+
 def serve(cfg: ServeConfig) -> None:
     """Load the run once, then answer HTTP requests until SIGINT/SIGTERM (graceful: in-flight requests
     finish)."""
-    from llmrec.recommend import load_for
-
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    model = load_for(cfg)
-    log.info("loaded %r", model)
-    app = create_app(model, cfg.settings(), access_log=cfg.access_log)
+    app = create_app(load_runs(cfg), cfg.settings(), access_log=cfg.access_log)
     config = server_config(
         app, cfg.host, cfg.port, access_log=False, log_level="info", log_config=log_config(cfg.log_format)
     )

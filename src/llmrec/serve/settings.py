@@ -44,6 +44,7 @@ class ServeSettings:
         help="origins whose browser pages may call the API (CORS), e.g. https://shop.example; '*' for any",
     )
     metrics: bool = option(True, "Prometheus metrics at /metrics (--no-metrics: off)")
+    ui: bool = option(True, "a page to look at recommendations at /ui (--no-ui: off)")
     warm_up: bool = option(
         False, "answer one query before /readyz says ready (an app built in code: ready at once by default)"
     )
@@ -67,7 +68,10 @@ class ServeSettings:
 class ServeConfig(ServeSettings):
     """``llmrec serve``: which run, where it listens, how it batches."""
 
-    run: str = option("", "run directory of a trained model")
+    run: list[str] | str = option(
+        factory=list,
+        help="run directories of trained models: one or more (the first answers requests that name no model)",
+    )
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = option(8000, "TCP port (0: any free one)", ge=0, le=65535)
     device: str = device_option()
@@ -87,6 +91,8 @@ class ServeConfig(ServeSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.run, str):  # one run, as a config file or the API may give it
+            self.run = [self.run] if self.run else []
         if not self.run:
             raise ConfigError("run: the run directory of a trained model is required")
 

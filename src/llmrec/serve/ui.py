@@ -10,7 +10,6 @@ scores; with several runs served, two of them side by side. It calls the same JS
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,16 +19,18 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 if TYPE_CHECKING:
     from llmrec.api import Model
+    from llmrec.serve.served import Served
 
 log = logging.getLogger(__package__)
 
 #: the longest history /users/{id} returns (the latest items)
 HISTORY_SHOWN = 50
+_MODEL = Query(None, max_length=200, description="a served run's name (default: the first)")
 
 
 def image_files(model: Model) -> dict[str, Path]:
-    """item id -> its picture file, from the dataset's image manifest (``llmrec images``) and the pictures of
-    items added to the run; empty when neither exists (the page then shows placeholders)."""
+    """item id -> its picture file, from the dataset's image manifest (``llmrec images``); empty without one
+    (the page then shows placeholders, as for items added to the run, whose pictures are not kept)."""
     from llmrec.data.images import load_manifest
     from llmrec.errors import LlmrecError
 
@@ -44,84 +45,13 @@ def image_files(model: Model) -> dict[str, Path]:
         for item_id, path in zip(ok["item_id"].astype(str), ok["path"].astype(str)):
             p = Path(path)
             files[item_id] = p if p.is_absolute() else root / p
-    files.update(getattr(model, "added_images", {}) or {})
     return files
 
 
-def add_ui_routes(
-    app: FastAPI, pick: Callable[[str | None], Model], names: list[str], page: bool = True
-) -> None:
-    """``/models``, ``/users``, ``/users/{user_id}``, ``/items/{item_id}/image`` and (``page``) ``/ui``.
-    ``pick(name)`` is the served model of that name (the first for None; an unknown name a 422)."""
-    from llmrec.api import QueryError
-
-    pictures: dict[str, dict[str, Path]] = {}
-
-    def pictures_of(name: str | None) -> dict[str, Path]:
-        model = pick(name)
-        key = name or names[0]
-        if key not in pictures or len(pictures[key]) < len(getattr(model, "added_images", {}) or {}):
-            pictures[key] = image_files(model)
-        return pictures[key]
-
-    @app.get("/models")
-    async def models() -> dict[str, Any]:
-        """The runs this service serves, the default first: a request's ``model`` field picks one by name."""
-        out = []
-        for name in names:
-            m = pick(name)
-            out.append(
-                {
-                    "name": name,
-                    "model": m.name,
-                    "run": str(m.run),
-                    "items": len(m.item_ids),
-                    "users": len(m.user_ids),
-                }
-            )
-        return {"models": out, "default": names[0]}
-
-    @app.get("/users")
-    async def users(
-        prefix: str = Query("", max_length=200, description="only ids starting with this"),
-        limit: int = Query(50, ge=1, le=1000, description="most ids answered"),
-        model: str | None = Query(None, description="a served run's name (default: the first)"),
-    ) -> dict[str, Any]:
-        """User ids of the run's dataset (those starting with ``prefix``), in the dataset's order."""
-        m = pick(model)
-        found = [u for u in m.user_ids if u.startswith(prefix)] if prefix else m.user_ids
-        return {"users": found[:limit], "total": len(found)}
-
-    @app.get("/users/{user_id}")
-    async def user(
-        user_id: str, model: str | None = Query(None, description="a served run's name (default: the first)")
-    ) -> dict[str, Any]:
-        """A user's history as the model sees it: the latest items (id, title), oldest first."""
-        m = pick(model)
-        u = m.user_index.get(user_id)
-        if u is None:
-            raise QueryError(f"unknown user id {user_id!r}", field="user_id", status=404)
-        seq = m.sequences[u]
-        shown = seq[-HISTORY_SHOWN:].tolist()
-        return {
-            "user_id": user_id,
-            "length": len(seq),
-            "history": [{"item_id": m.item_ids[i], "title": m.titles[i]} for i in shown],
-        }
-
-    @app.get("/items/{item_id}/image", response_class=FileResponse)
-    async def image(
-        item_id: str, model: str | None = Query(None, description="a served run's name (default: the first)")
-    ) -> FileResponse:
-        """The item's picture, as ``llmrec images`` stored it (404 when it has none)."""
-        m = pick(model)
-        if item_id not in m.item_index:
-            raise QueryError(f"unknown item id {item_id!r}", field="item_id", status=404)
-        path = pictures_of(model).get(item_id)
-        if path is None or not path.is_file():
-            raise QueryError(f"item {item_id!r} has no picture", field="item_id", status=404)
-        return FileResponse(path)
-
+def add_ui_routes(app: FastAPI, served: Served, page: bool = True) -> None:
+    """``/models``, ``/users``, ``/users/{user_id}``, ``/items/{item_id}/image`` and (``page``) ``/ui``."""
+    _add_listing_routes(app, served)
+    _add_image_route(app, served)
     if page:
 
         @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
@@ -129,3 +59,72 @@ def add_ui_routes(
             return HTMLResponse(
                 resources.files("llmrec.serve").joinpath("ui.html").read_text(encoding="utf-8")
             )
+
+
+def _add_listing_routes(app: FastAPI, served: Served) -> None:
+    """/models, /users and /users/{user_id}."""
+    from llmrec.api import QueryError
+
+    @app.get("/models")
+    async def models() -> dict[str, Any]:
+        """The runs this service serves, the default first: a request's ``model`` field picks one by name."""
+        out = [
+            {
+                "name": name,
+                "model": run.model.name,
+                "run": str(run.model.run),
+                "items": len(run.model.item_ids),
+                "users": len(run.model.user_ids),
+            }
+            for name, run in served.runs.items()
+        ]
+        return {"models": out, "default": served.default.name}
+
+    @app.get("/users")
+    async def users(
+        prefix: str = Query("", max_length=200, description="only ids starting with this"),
+        limit: int = Query(50, ge=1, le=1000, description="most ids answered"),
+        model: str | None = _MODEL,
+    ) -> dict[str, Any]:
+        """User ids of the run's dataset (those starting with ``prefix``), in the dataset's order."""
+        ids = served.pick(model).model.user_ids
+        found = [u for u in ids if u.startswith(prefix)] if prefix else ids
+        return {"users": found[:limit], "total": len(found)}
+
+    @app.get("/users/{user_id}")
+    async def user(user_id: str, model: str | None = _MODEL) -> dict[str, Any]:
+        """A user's history as the model sees it: the latest items (id, title), oldest first."""
+        m = served.pick(model).model
+        u = m.user_index.get(user_id)
+        if u is None:
+            raise QueryError(f"unknown user id {user_id!r}", field="user_id", status=404)
+        seq = m.sequences[u]
+        return {
+            "user_id": user_id,
+            "length": len(seq),
+            "history": [
+                {"item_id": m.item_ids[i], "title": m.titles[i]} for i in seq[-HISTORY_SHOWN:].tolist()
+            ],
+        }
+
+
+def _add_image_route(app: FastAPI, served: Served) -> None:
+    """/items/{item_id}/image: the files ``llmrec images`` stored, looked up once per run (again when the
+    catalog grew)."""
+    from llmrec.api import QueryError
+
+    pictures: dict[str, tuple[int, dict[str, Path]]] = {}  # run name -> (catalog size, files)
+
+    @app.get("/items/{item_id}/image", response_class=FileResponse)
+    async def image(item_id: str, model: str | None = _MODEL) -> FileResponse:
+        """The item's picture, as ``llmrec images`` stored it (404 when it has none)."""
+        run = served.pick(model)
+        if item_id not in run.model.item_index:
+            raise QueryError(f"unknown item id {item_id!r}", field="item_id", status=404)
+        size = len(run.model.item_ids)
+        if run.name not in pictures or pictures[run.name][0] != size:
+            pictures[run.name] = (size, image_files(run.model))
+        path = pictures[run.name][1].get(item_id)
+        if path is None or not path.is_file():
+            raise QueryError(f"item {item_id!r} has no picture", field="item_id", status=404)
+        return FileResponse(path)
