@@ -144,6 +144,7 @@ def batch_settings(model: Model, users: list[str], cfg: RecommendConfig) -> dict
         "exclude_history": cfg.exclude_history,
         "candidates_from": None if retriever is None else str(retriever.run.resolve()),
         "candidates": None if retriever is None else model.retrieve,
+        "index": None if model.index is None else model.index.describe(),  # approximate answers differ
         "chunk_users": cfg.chunk_users,
     }
 
