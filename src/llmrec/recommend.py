@@ -164,6 +164,7 @@ def batch_settings(model: Model, users: list[str], cfg: RecommendConfig) -> dict
         **cfg.rules(),
         "candidates_from": None if retriever is None else str(retriever.run.resolve()),
         "candidates": None if retriever is None else model.retrieve,
+        "index": None if model.index is None else model.index.describe(),  # approximate answers differ
         "chunk_users": cfg.chunk_users,
     }
 

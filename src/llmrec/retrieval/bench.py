@@ -37,7 +37,7 @@ from llmrec.utils.markdown import markdown_table
 
 K = 10
 #: bytes per item the largest catalog may take, per kind, beyond the float32 vectors (HNSW's links)
-_HNSW_LINK_BYTES = 2 * 16 * 4
+_HNSW_LINK_BYTES = 2 * 32 * 4  # level 0: 2 M links of 4 bytes (M = 32)
 
 
 @dataclass
