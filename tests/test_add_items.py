@@ -109,6 +109,19 @@ def test_vbpr_scores_a_new_item_by_its_visual_terms_alone(world):
     np.testing.assert_allclose(scores[:, new], scores[:, x] - id_part.numpy(), atol=1e-5)
 
 
+def test_a_batch_interrupted_before_an_add_is_not_resumed_after_it(world, tmp_path):
+    # regression: a batch's settings did not record the catalog, so chunks from before and after an add
+    # could be mixed in one file
+    from llmrec.recommend import RecommendConfig, batch_settings
+
+    model = llmrec.load(_copy(world, "vbpr"), device="cpu")
+    cfg = RecommendConfig(run=str(model.run), all_users=True, out=str(tmp_path / "recs.parquet"))
+    before = batch_settings(model, model.user_ids, cfg)
+    model.add_items(_twin(world, "i007", "new-b"), image_dir=world["pictures"])
+    after = batch_settings(model, model.user_ids, cfg)
+    assert after["catalog_items"] == before["catalog_items"] + 1 and after != before
+
+
 def test_cli_adds_from_a_csv_and_refuses_duplicates_missing_columns_and_id_models(world, capsys, tmp_path):
     run = _copy(world, "vbpr")
     csv = tmp_path / "new.csv"
