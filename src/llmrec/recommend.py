@@ -157,7 +157,9 @@ def batch_settings(model: Model, users: list[str], cfg: RecommendConfig) -> dict
         "run": str(model.run.resolve()),
         "model": model.name,
         "dataset": model.dataset.identity,
-        "catalog_items": len(model.item_ids),  # items added to the run since (llmrec add-items) change answers
+        "catalog_items": len(
+            model.item_ids
+        ),  # items added to the run since (llmrec add-items) change answers
         "users_sha256": digest,
         "users": len(users),
         "k": cfg.k,
