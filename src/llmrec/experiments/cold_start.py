@@ -11,6 +11,7 @@ at chance exactly). Public API only (``llmrec.train``).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,16 +76,31 @@ def run_cold_start(cfg: ColdStartConfig) -> dict[str, Any]:
             options = {**options, **(cfg.options.get(model) or {})}
             for seed in cfg.seeds:
                 out = Path(cfg.out) / Path(data).name / variant / f"seed-{seed}"
-                log.info("cold-start: %s %s seed %d -> %s", Path(data).name, variant, seed, out)
-                run = llmrec.train(
-                    model,
-                    data=data,
-                    out=out,
-                    options=options,
-                    seed=seed,
-                    eval={"splits": ["test"], "ks": [10], "ranking_users": cfg.ranking_users, "ctr": False},
-                )
-                per_variant.setdefault(variant, []).append(flat(run.metrics))
+                done = out / "metrics.json"
+                if done.is_file() and "test_cold" in (metrics := json.loads(done.read_text())):
+                    log.info(
+                        "cold-start: %s %s seed %d: evaluated before in %s",
+                        Path(data).name,
+                        variant,
+                        seed,
+                        out,
+                    )
+                else:  # trained and evaluated now (an interrupted run resumes)
+                    log.info("cold-start: %s %s seed %d -> %s", Path(data).name, variant, seed, out)
+                    metrics = llmrec.train(
+                        model,
+                        data=data,
+                        out=out,
+                        options=options,
+                        seed=seed,
+                        eval={
+                            "splits": ["test"],
+                            "ks": [10],
+                            "ranking_users": cfg.ranking_users,
+                            "ctr": False,
+                        },
+                    ).metrics
+                per_variant.setdefault(variant, []).append(flat(metrics))
             rows.append(summary_row(Path(data).name, variant, per_variant[variant]))
         tests += paired_tests(Path(data).name, per_variant)
     record = {"config": to_dict(cfg), "rows": rows, "tests": tests}
