@@ -36,11 +36,12 @@ class Served:
     @classmethod
     def of(cls, models: Model | Mapping[str, Model], settings: ServeSettings) -> Served:
         """``models``: one loaded model (named by its run folder) or a mapping name -> model."""
-        from llmrec.api import Model
+        from pathlib import Path
+
         from llmrec.serve.items import ItemAdder
 
-        if isinstance(models, Model):
-            models = {models.run.name or "run": models}
+        if not isinstance(models, Mapping):
+            models = {Path(models.run).name or "run": models}
         if not models:
             raise ValueError("serve at least one model")
         return cls({name: Run(name, m, ItemAdder(m, settings)) for name, m in models.items()})
