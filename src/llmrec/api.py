@@ -409,6 +409,7 @@ def load(
     data: str | Path | None = None,
     retriever: str | Path | TrainedRun | Model | None = None,
     retrieve: int = 100,
+    quantize: str = "none",
 ) -> Model:
     """A trained run (its folder, or what ``train()`` returned) loaded on ``device`` in ``dtype``, ready
     to answer queries. ``data``: the run's dataset moved to another folder (its checksum is verified).
@@ -422,6 +423,8 @@ def load(
         data: where the run's dataset is now, if it moved since training.
         retriever: a run (or loaded ``Model``) whose top-``retrieve`` items are re-ranked.
         retrieve: how many of the retriever's items each query re-ranks.
+        quantize: ``none`` (exact), or ``int8``: the LLM backbone's linear layers quantised for the CPU
+            (cheaper, close to the exact scores; see the CPU inference guide).
 
     Returns:
         The loaded model.
@@ -437,7 +440,7 @@ def load(
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
     model_dir(folder)  # not a run at all: say so before looking for its dataset
     ds = run_dataset(folder, data)
-    model = load_model(folder, device=device, dtype=dtype, data=ds)
+    model = load_model(folder, device=device, dtype=dtype, data=ds, quantize=quantize)
     if retriever is not None and not isinstance(retriever, Model):
         retriever = load(retriever, device=device, dtype=dtype)
     return Model(model, ds, folder, retriever, retrieve)
@@ -555,6 +558,7 @@ def evaluate(
     data: str | Path | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    quantize: str = "none",
     **eval_options: Any,
 ) -> dict[str, dict[str, float]]:
     """Evaluate a trained run again (``llmrec evaluate``; ``eval_options`` e.g. ``ks=[1, 10]``), on any
@@ -565,6 +569,7 @@ def evaluate(
         data: where the run's dataset is now, if it moved since training.
         device: where to run the model (as for ``load()``).
         dtype: the LLM backbone's dtype (as for ``load()``).
+        quantize: ``none`` or ``int8`` (as for ``load()``).
         **eval_options: the evaluation settings (see "evaluation settings" below).
 
     Returns:
@@ -573,7 +578,8 @@ def evaluate(
     from llmrec.pipeline import evaluate_run
 
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
-    return evaluate_run(folder, eval_options, None if data is None else str(data), device=device, dtype=dtype)
+    data_dir = None if data is None else str(data)
+    return evaluate_run(folder, eval_options, data_dir, device=device, dtype=dtype, quantize=quantize)
 
 
 def _metrics(run_dir: Path) -> dict[str, dict[str, float]]:

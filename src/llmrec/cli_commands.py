@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmrec.config import add_arguments, load_object, resolve
+from llmrec.config import ConfigError, add_arguments, load_object, resolve
 
 # ----------------------------------------------------------------------------- what the commands print
 
@@ -101,6 +101,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from llmrec.models.base import get_model_class
 
     get_model_class(cfg.model)  # a misspelt model name is refused at once, before torch loads
+    if args.quantize not in (None, "none"):
+        from llmrec.placement import NO_TRAINING
+
+        raise ConfigError(NO_TRAINING)
     if args.print_config:
         print(json.dumps({**cfg.resolved(), **({"seeds": args.seeds} if args.seeds else {})}, indent=2))
         return 0
@@ -130,6 +134,7 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     add_arguments(p, TrainConfig, skip=("model", "options", "threads"))
     add_arguments(p, EvalConfig)
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--quantize", default=None, help=argparse.SUPPRESS)  # refused: see NO_TRAINING
     p.add_argument(
         "--seeds",
         nargs="+",
@@ -191,7 +196,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({**cfg.resolved(), "eval": to_dict(cfg.eval)}, indent=2))
         return 0
     use_threads(getattr(args, "threads", None))
-    evaluate_run(args.run, overrides, args.data, device=device, dtype=dtype)
+    quantize = getattr(args, "quantize", None) or "none"
+    evaluate_run(args.run, overrides, args.data, device=device, dtype=dtype, quantize=quantize)
     _print_metrics(args.run)
     return 0
 

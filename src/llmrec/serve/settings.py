@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from llmrec.config import ConfigError, check_ranges, option
-from llmrec.placement import DtypeName, device_option, dtype_option
+from llmrec.placement import DtypeName, QuantizeName, device_option, dtype_option, quantize_option
 
 
 @dataclass
@@ -52,6 +52,7 @@ class ServeConfig(ServeSettings):
     port: int = option(8000, "TCP port (0: any free one)", ge=0, le=65535)
     device: str = device_option()
     dtype: DtypeName = dtype_option()
+    quantize: QuantizeName = quantize_option()
     data: str | None = option(None, "the run's dataset moved: its new folder (checksum verified)")
     candidates_from: str | None = option(
         None, "a run on the same dataset whose top items per request this model re-ranks"
