@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -237,6 +238,7 @@ def _health(model: Model, settings: ServeSettings, batcher: Batcher | None) -> d
     batches, served = (batcher.batches, batcher.served) if batcher else (0, 0)
     return {
         "status": "stopping" if batcher is None or batcher.closing else "ok",
+        "pid": os.getpid(),  # the worker process that answered (llmrec serve --workers N)
         "model": info["model"],
         "run": info["run"],
         "dataset": info["dataset"],

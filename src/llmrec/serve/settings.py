@@ -58,7 +58,12 @@ class ServeConfig(ServeSettings):
         None, "a run on the same dataset whose top items per request this model re-ranks"
     )
     candidates: int = option(100, "how many items --candidates-from retrieves per request", ge=1)
-    threads: int | None = option(None, "torch CPU threads (default: torch's choice)", ge=1)
+    threads: int | None = option(
+        None, "torch CPU threads (default: torch's choice; with --workers: the cores shared out)", ge=1
+    )
+    workers: int = option(
+        1, "server processes on one port, each loading the run and micro-batching its own requests", ge=1
+    )
     access_log: bool = option(False, "log every request (costs throughput)")
 
     def __post_init__(self) -> None:
