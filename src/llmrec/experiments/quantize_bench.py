@@ -205,12 +205,16 @@ def run_quant_bench(cfg: QuantBenchConfig) -> dict[str, Any]:
                 entry["ctr"] = _bench_ctr(models, ds, cfg)
         result["runs"][str(run)] = entry
         del models
-    out = Path(cfg.out)
+        _write(result, Path(cfg.out))  # after each run: a long bench shows its first figures early
+        log.info("quant-bench %s done:\n%s", run, format_quant_bench(result))
+    return result
+
+
+def _write(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result["out"] = str(out)
     write_json_atomic(out / "quant_bench.json", result)
     write_text_atomic(out / "quant_bench.md", format_quant_bench(result) + "\n")
-    return result
 
 
 def _cpu_line(result: dict[str, Any]) -> str:
