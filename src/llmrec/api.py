@@ -505,6 +505,7 @@ def load(
     retriever: str | Path | TrainedRun | Model | None = None,
     retrieve: int = 100,
     index: bool = True,
+    quantize: str = "none",
 ) -> Model:
     """A trained run (its folder, or what ``train()`` returned) loaded on ``device`` in ``dtype``, ready
     to answer queries. ``data``: the run's dataset moved to another folder (its checksum is verified).
@@ -520,6 +521,8 @@ def load(
         retrieve: how many of the retriever's items each query re-ranks.
         index: answer whole-catalog queries through the run's item index (``RUN/index/``, built by
             ``llmrec index``) when it has one; False: score every item.
+        quantize: ``none`` (exact), or ``int8``: the LLM backbone's linear layers quantised for the CPU
+            (cheaper, close to the exact scores; see the CPU inference guide).
 
     Returns:
         The loaded model.
@@ -535,7 +538,7 @@ def load(
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
     model_dir(folder)  # not a run at all: say so before looking for its dataset
     ds = run_dataset(folder, data)
-    model = load_model(folder, device=device, dtype=dtype, data=ds)
+    model = load_model(folder, device=device, dtype=dtype, data=ds, quantize=quantize)
     from llmrec.catalog import attach_catalog
 
     if retriever is not None and not isinstance(retriever, Model):
@@ -663,6 +666,7 @@ def evaluate(
     data: str | Path | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    quantize: str = "none",
     **eval_options: Any,
 ) -> dict[str, dict[str, float]]:
     """Evaluate a trained run again (``llmrec evaluate``; ``eval_options`` e.g. ``ks=[1, 10]``), on any
@@ -673,6 +677,7 @@ def evaluate(
         data: where the run's dataset is now, if it moved since training.
         device: where to run the model (as for ``load()``).
         dtype: the LLM backbone's dtype (as for ``load()``).
+        quantize: ``none`` or ``int8`` (as for ``load()``).
         **eval_options: the evaluation settings (see "evaluation settings" below).
 
     Returns:
@@ -681,7 +686,8 @@ def evaluate(
     from llmrec.pipeline import evaluate_run
 
     folder = Path(run.dir if isinstance(run, TrainedRun) else run)
-    return evaluate_run(folder, eval_options, None if data is None else str(data), device=device, dtype=dtype)
+    data_dir = None if data is None else str(data)
+    return evaluate_run(folder, eval_options, data_dir, device=device, dtype=dtype, quantize=quantize)
 
 
 def _metrics(run_dir: Path) -> dict[str, dict[str, float]]:

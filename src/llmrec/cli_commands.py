@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmrec.config import add_arguments, load_object, resolve
+from llmrec.config import ConfigError, add_arguments, load_object, resolve
 
 # ----------------------------------------------------------------------------- what the commands print
 
@@ -101,6 +101,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from llmrec.models.base import get_model_class
 
     get_model_class(cfg.model)  # a misspelt model name is refused at once, before torch loads
+    if args.quantize not in (None, "none"):
+        from llmrec.placement import NO_TRAINING
+
+        raise ConfigError(NO_TRAINING)
     if args.print_config:
         print(json.dumps({**cfg.resolved(), **({"seeds": args.seeds} if args.seeds else {})}, indent=2))
         return 0
@@ -130,6 +134,7 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     add_arguments(p, TrainConfig, skip=("model", "options", "threads"))
     add_arguments(p, EvalConfig)
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--quantize", default=None, help=argparse.SUPPRESS)  # refused: see NO_TRAINING
     p.add_argument(
         "--seeds",
         nargs="+",
@@ -191,7 +196,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({**cfg.resolved(), "eval": to_dict(cfg.eval)}, indent=2))
         return 0
     use_threads(getattr(args, "threads", None))
-    evaluate_run(args.run, overrides, args.data, device=device, dtype=dtype)
+    quantize = getattr(args, "quantize", None) or "none"
+    evaluate_run(args.run, overrides, args.data, device=device, dtype=dtype, quantize=quantize)
     _print_metrics(args.run)
     return 0
 
@@ -334,6 +340,7 @@ COMMANDS: list[Command] = [
     Command("bench-prepare", EXPERIMENTS, "seconds and peak memory of 'llmrec prepare amazon2023' on generated Amazon-scale reviews", _EXP + "prepare_bench:run_prepare_bench", _EXP + "prepare_bench:PrepareBenchConfig", show=_formatted(_EXP + "prepare_bench:format_prepare_bench"), written=lambda cfg, result: ", ".join(result["files"])),
     Command("soak", EXPERIMENTS, "hold many concurrent clients against 'llmrec serve': codes, p99, memory growth", _EXP + "soak:run_soak", _EXP + "soak:SoakConfig", show=_formatted(_EXP + "soak:format_soak"), positional="run"),
     Command("bench-serve", EXPERIMENTS, "throughput and latency of 'llmrec serve', micro-batching on vs off", _EXP + "serve_bench:run_bench_serve", _EXP + "serve_bench:BenchServeConfig", show=_formatted(_EXP + "serve_bench:format_bench_serve"), written="{result[out]}/bench_serve.json, bench_serve.md, bench_serve.png", positional="run"),
+    Command("quant-bench", EXPERIMENTS, "CPU inference of LLM runs in float32 vs int8 vs bfloat16: seconds per user and agreement with float32", _EXP + "quantize_bench:run_quant_bench", _EXP + "quantize_bench:QuantBenchConfig", show=_formatted(_EXP + "quantize_bench:format_quant_bench"), written="{result[out]}/quant_bench.json, quant_bench.md", positional="runs", torch=True),
 ]  # fmt: skip
 # One concept, one flag: the count of items a retriever hands over is --num-candidates wherever it is a flag
 # (its config key stays 'candidates'); 'candidates' in the API and over HTTP is a list of item ids.

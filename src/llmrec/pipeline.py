@@ -508,15 +508,17 @@ def evaluate_run(
     data: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    quantize: str = "none",
 ) -> dict[str, Any]:
     """Re-evaluate a saved run's model on ``device`` (any: where it was trained does not matter), with
-    ``overrides`` merged into its saved evaluation settings, optionally on a moved copy of its dataset."""
+    ``overrides`` merged into its saved evaluation settings, optionally on a moved copy of its dataset
+    (``quantize="int8"``: its LLM backbone quantised for the CPU)."""
     run_dir = Path(run_dir)
     cfg = evaluation_config(run_dir, overrides, data)
     with folder_lock(run_dir, "run directory"):  # one writer: a training or another evaluation waits
         check_owned(run_dir)  # a folder of someone else's is refused before its files are read
         ds = run_dataset(run_dir, data)
-        model = load_model(run_dir, device=device, dtype=dtype, data=ds)
+        model = load_model(run_dir, device=device, dtype=dtype, data=ds, quantize=quantize)
         with Run(run_dir, cfg, dataset=dataset_ref(ds, run_dir)) as run:
             return evaluate_model(model, ds, cfg.eval, run)
 

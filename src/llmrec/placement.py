@@ -5,6 +5,11 @@ its ``--device`` and ``--dtype`` into a Placement once, and gives it to the mode
 (:func:`llmrec.models.base.build_model`, :func:`llmrec.models.base.load_model`); the model keeps it as
 ``model.placement`` and never writes it into its config, so a run trained on one machine loads on another.
 Under ``accelerate launch`` (several processes) the placement is the accelerator's: each process's own GPU.
+
+``--quantize int8`` (evaluate, recommend, serve, ``llmrec.load``) is part of the placement too: once the
+trained weights are loaded, the backbone's decoder runs its linear layers in int8 (torch dynamic
+quantisation: int8 weights per output channel, activations quantised per call), on the CPU only, for a
+model with an LLM backbone only, never while training (:func:`quantize_model`). The default stays exact fp32.
 """
 
 from __future__ import annotations
@@ -15,9 +20,20 @@ from typing import Any, Literal
 
 from llmrec.config import option
 from llmrec.devices import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
+from llmrec.errors import ConfigError
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]  # an LLM backbone's weights dtype, as given
 DTYPE_HELP = "LLM backbone weights: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16"
+QuantizeName = Literal["none", "int8"]  # how an LLM backbone's linear layers compute, as given
+QUANTIZE = ("none", "int8")
+NO_TRAINING = (
+    "--quantize is for running a trained model (evaluate, recommend, serve): training needs float32 weights; "
+    "train without it"
+)
+QUANTIZE_HELP = (
+    "none (exact), or int8: the LLM backbone's linear layers in int8 (torch dynamic quantisation), CPU only, "
+    "for evaluating, recommending and serving"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,18 +42,32 @@ class Placement:
 
     device: str = "cpu"  # a torch device string: cpu, cuda, cuda:N, mps
     dtype: str | None = None  # the backbone's weights dtype on that device; None: the model has no backbone
+    quantize: str | None = None  # "int8": the backbone's linear layers quantised once loaded; None: exact
 
     @classmethod
     def resolve(
-        cls, device: str | None = "auto", dtype: str | None = "auto", backbone: bool = True
+        cls,
+        device: str | None = "auto",
+        dtype: str | None = "auto",
+        backbone: bool = True,
+        quantize: str | None = None,
     ) -> Placement:
-        """``device``/``dtype`` as given on a command line (None: ``auto``) resolved for this machine, or
-        for this process of an ``accelerate launch``; ``backbone=False``: a model without an LLM (no dtype)."""
+        """``device``/``dtype``/``quantize`` as given on a command line (None: ``auto``, no quantisation)
+        resolved for this machine, or for this process of an ``accelerate launch``; ``backbone=False``: a
+        model without an LLM (no dtype, nothing to quantise)."""
         resolved = _launched_device(device or "auto") or resolve_device(device or "auto")
-        return cls(resolved, resolve_dtype(dtype or "auto", resolved) if backbone else None)
+        placement = cls(resolved, resolve_dtype(dtype or "auto", resolved) if backbone else None)
+        if quantize in (None, "none"):
+            return placement
+        check_quantize(quantize, placement, backbone)
+        return dataclasses.replace(placement, quantize=quantize)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """device and dtype (and quantize when set), as a command's ``--print-config`` shows them."""
+        out = dataclasses.asdict(self)
+        if out["quantize"] is None:
+            del out["quantize"]
+        return out
 
 
 def _launched_device(device: str) -> str | None:
@@ -52,6 +82,39 @@ def _launched_device(device: str) -> str | None:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if resolved.startswith("cuda") else resolved
 
 
+def check_quantize(quantize: str, placement: Placement, backbone: bool = True) -> None:
+    """A ConfigError (one line) unless ``quantize`` can apply: int8, an LLM backbone, in float32, on the CPU."""
+    if quantize not in QUANTIZE:
+        raise ConfigError(f"quantize {quantize!r} is not one of {list(QUANTIZE)}")
+    if not backbone:
+        raise ConfigError("--quantize int8 applies to LLM backbones and this model has none; drop it")
+    if placement.device != "cpu":
+        raise ConfigError(
+            f"--quantize int8 is for the CPU (torch dynamic quantisation) and the model runs on "
+            f"{placement.device}; on a GPU use --dtype bfloat16, or add --device cpu"
+        )
+    if placement.dtype != "float32":
+        raise ConfigError(
+            f"--quantize int8 quantises float32 weights, not {placement.dtype}; drop --dtype {placement.dtype}"
+        )
+
+
+def quantize_model(model: Any) -> Any:
+    """``model`` (a loaded, trained Recommender) with each LLM backbone's decoder quantised as its
+    placement says (nothing when it says none), in eval mode: a quantised backbone cannot train."""
+    if getattr(model, "placement", None) is None or model.placement.quantize is None:
+        return model
+    from llmrec.llm.backbone import Backbone
+
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)] if hasattr(model, "modules") else []
+    if not backbones:
+        raise ConfigError(f"--quantize int8: model '{model.name}' has no LLM backbone; drop it")
+    model.eval()
+    for backbone in backbones:
+        backbone.quantize_int8()
+    return model
+
+
 def device_option(default: str | None = "auto") -> Any:
     """The ``device`` field of every command config that places a model (one declaration, one help)."""
     return option(default, f"{DEVICE_HELP}; under accelerate launch: each process's own GPU")
@@ -62,13 +125,32 @@ def dtype_option(default: str | None = "auto") -> Any:
     return option(default, DTYPE_HELP)
 
 
+def quantize_option(default: str = "none") -> Any:
+    """The ``quantize`` field of the commands that run a trained model (evaluate, recommend, serve)."""
+    return option(default, QUANTIZE_HELP)
+
+
 @dataclasses.dataclass
 class PlacementOptions:
-    """``--device`` and ``--dtype`` of a command that takes nothing else from a config (``llmrec evaluate``);
-    the other commands' configs declare the same two fields with :func:`device_option` / :func:`dtype_option`."""
+    """``--device``, ``--dtype`` and ``--quantize`` of a command that takes nothing else from a config
+    (``llmrec evaluate``); the other commands' configs declare the same fields with :func:`device_option`,
+    :func:`dtype_option` and :func:`quantize_option`."""
 
     device: str = device_option()
     dtype: DtypeName = dtype_option()
+    quantize: QuantizeName = quantize_option()
 
 
-__all__ = ["Placement", "PlacementOptions", "DTYPES", "DtypeName", "device_option", "dtype_option"]
+__all__ = [
+    "DTYPES",
+    "QUANTIZE",
+    "DtypeName",
+    "Placement",
+    "PlacementOptions",
+    "QuantizeName",
+    "check_quantize",
+    "device_option",
+    "dtype_option",
+    "quantize_model",
+    "quantize_option",
+]

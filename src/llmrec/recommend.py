@@ -21,7 +21,7 @@ from llmrec.api import COLUMNS, Model
 from llmrec.config import ConfigError, option
 from llmrec.errors import LlmrecError
 from llmrec.filters import parse_rules
-from llmrec.placement import DtypeName, device_option, dtype_option
+from llmrec.placement import DtypeName, QuantizeName, device_option, dtype_option, quantize_option
 from llmrec.utils.io import (
     atomic_path,
     disk_errors,
@@ -66,6 +66,7 @@ class RecommendConfig:
     json: bool = option(False, "print JSON")
     device: str = device_option()
     dtype: DtypeName = dtype_option()
+    quantize: QuantizeName = quantize_option()
 
     def __post_init__(self) -> None:
         if not self.run:
@@ -99,8 +100,9 @@ class RecommendConfig:
 
 
 def load_for(cfg: Any) -> Model:
-    """The run of ``cfg`` (``llmrec recommend``'s or ``llmrec serve``'s: run, device, dtype, data,
-    candidates_from, candidates) loaded, with its retriever when ``--candidates-from``."""
+    """The run of ``cfg`` (``llmrec recommend``'s or ``llmrec serve``'s: run, device, dtype, quantize, data,
+    candidates_from, candidates) loaded, with its retriever when ``--candidates-from`` (the retriever
+    exact: ``--quantize`` is for the re-ranking LLM)."""
     from llmrec.api import load
 
     return load(
@@ -110,6 +112,7 @@ def load_for(cfg: Any) -> Model:
         data=cfg.data,
         retriever=cfg.candidates_from,
         retrieve=cfg.candidates,
+        quantize=cfg.quantize,
     )
 
 

@@ -53,6 +53,9 @@ class BenchServeConfig:
     max_wait_ms: float = option(5.0, "the batching server's --max-wait-ms", ge=0)
     queue_size: int = option(256, "both servers' --queue-size", ge=1)
     threads: int | None = option(None, "torch CPU threads of each server", ge=1)
+    workers: int = option(
+        1, "each server's --workers (processes; the mean batch is then the answering worker's)", ge=1
+    )
     device: str = device_option()
     dtype: DtypeName = dtype_option()
     data: str | None = option(None, "the run's dataset moved: its new folder")
@@ -80,6 +83,7 @@ def _serve_options(cfg: BenchServeConfig, batching: bool) -> list[str]:
     argv += ["--queue-size", str(cfg.queue_size), "--device", cfg.device, "--dtype", cfg.dtype]
     argv += [] if batching else ["--no-batching"]
     argv += ["--threads", str(cfg.threads)] if cfg.threads else []
+    argv += ["--workers", str(cfg.workers)] if cfg.workers > 1 else []
     return argv + (["--data", cfg.data] if cfg.data else [])
 
 
@@ -348,6 +352,7 @@ def run_bench_serve(cfg: BenchServeConfig) -> dict[str, Any]:
         "max_wait_ms": cfg.max_wait_ms,
         "queue_size": cfg.queue_size,
         "threads": cfg.threads,
+        "workers": cfg.workers,
         "cpus": os.cpu_count(),
         "server_exit": exits,
         "points": points,
@@ -362,7 +367,9 @@ def run_bench_serve(cfg: BenchServeConfig) -> dict[str, Any]:
 def format_bench_serve(result: dict[str, Any]) -> str:
     """The Markdown table: one row per (concurrency, batching)."""
     lines = [
-        f"llmrec serve {result['model']} on {result['device']}: {result['requests_per_point']} POST /recommend "
+        f"llmrec serve {result['model']} on {result['device']}"
+        f"{'' if result.get('workers', 1) == 1 else ' with ' + str(result['workers']) + ' workers'}: "
+        f"{result['requests_per_point']} POST /recommend "
         f"per point in {result['rounds']} alternating slices (k={result['k']}), micro-batching up to {result['max_batch']} per call with "
         f"{result['max_wait_ms']:g} ms wait vs none",
         "",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +160,43 @@ class Backbone(PrefixSharing, TokenBudget, nn.Module):
             }.values():
                 config.tie_word_embeddings = False  # a later tie_weights() must not re-tie them
         embedding.weight.requires_grad_(True)
+
+    quantized: str | None = None  # "int8" once :meth:`quantize_int8` ran
+
+    def quantize_int8(self) -> None:
+        """For inference on the CPU: the decoder's linear layers in int8 (torch dynamic quantisation:
+        int8 weights per output channel, each call's activations quantised on the fly), LoRA folded into
+        the weights it adapts first. The embeddings and the LM head stay float32 (:meth:`token_logits`
+        reads rows of the head). From then on the backbone refuses to train."""
+        if self.quantized:
+            return
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            raise ConfigError(
+                f"int8 quantisation is for a float32 backbone on the CPU, not {self.dtype} on {self.device}"
+            )
+        if hasattr(self.model, "merge_and_unload"):  # peft: LoRA merged, then quantised with its layer
+            self.model = self.model.merge_and_unload()
+        decoder = self.model.get_decoder()
+        linear = sum(isinstance(m, nn.Linear) for m in decoder.modules())
+        with warnings.catch_warnings():  # torch.ao's deprecation notices: the API works and is pinned
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+            torch.ao.quantization.quantize_dynamic(
+                decoder, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True
+            )
+        self.quantized = "int8"
+        self.model.eval()
+        log.info("backbone %s: %d linear layers of the decoder quantised to int8", self.cfg.llm, linear)
+
+    def train(self, mode: bool = True) -> Backbone:
+        """nn.Module's train(); a quantised backbone refuses training mode (its int8 layers have no gradients)."""
+        if mode and self.quantized:
+            raise ConfigError(
+                f"the backbone was quantised to {self.quantized} for inference and cannot train; train in "
+                "float32 and quantise to evaluate, recommend or serve (--quantize int8)"
+            )
+        return super().train(mode)
 
     @property
     def device(self) -> torch.device:

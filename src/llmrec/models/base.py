@@ -26,7 +26,7 @@ import numpy as np
 
 from llmrec.config import ConfigError, check_ranges, from_dict, merge, to_dict
 from llmrec.errors import LlmrecError
-from llmrec.placement import Placement
+from llmrec.placement import Placement, quantize_model
 from llmrec.utils.io import read_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -366,15 +366,21 @@ def _refuse_placement_options(name: str, options: dict[str, Any]) -> None:
             )
 
 
-def placement_for(name: str, device: str | None = None, dtype: str | None = None) -> Placement:
-    """Where model ``name`` runs here, from a command's ``--device``/``--dtype`` (None: ``auto``); a flag
-    that does not apply to the model (a device for a numpy model, a dtype without an LLM) is an error."""
+def placement_for(
+    name: str, device: str | None = None, dtype: str | None = None, quantize: str | None = None
+) -> Placement:
+    """Where model ``name`` runs here, from a command's ``--device``/``--dtype``/``--quantize`` (None:
+    ``auto``, exact); a flag that does not apply to the model (a device for a numpy model, a dtype or a
+    quantisation without an LLM) is an error."""
     cls = get_model_class(name)
     if not cls.on_device and device not in (None, "auto", "cpu"):
         raise ConfigError(f"model '{name}' has no device option: it runs on the CPU (numpy); drop --device")
     if not cls.has_backbone and dtype not in (None, "auto"):
         raise ConfigError(f"--dtype applies to LLM backbones and model '{name}' has none; drop it")
-    return Placement.resolve(device if cls.on_device else "cpu", dtype, backbone=cls.has_backbone)
+    if not cls.has_backbone and quantize not in (None, "none"):
+        raise ConfigError(f"--quantize applies to LLM backbones and model '{name}' has none; drop it")
+    device = device if cls.on_device else "cpu"
+    return Placement.resolve(device, dtype, backbone=cls.has_backbone, quantize=quantize)
 
 
 def build_model(
@@ -470,8 +476,10 @@ def load_model(
     device: str | None = "auto",
     dtype: str | None = "auto",
     data: str | Path | Dataset | None = None,
+    quantize: str | None = None,
 ) -> Recommender:
-    """Rebuild a saved model (a run directory or its ``model/`` folder) on ``device`` in ``dtype``.
+    """Rebuild a saved model (a run directory or its ``model/`` folder) on ``device`` in ``dtype``
+    (``quantize="int8"``: its LLM backbone's linear layers then quantised, see :mod:`llmrec.placement`).
 
     Whatever device and precision it was trained with, it loads here: ``auto`` is this machine's GPU when
     there is one, else the CPU (and bf16 / fp32 for an LLM backbone). A model that reads its dataset
@@ -489,7 +497,7 @@ def load_model(
         raise LlmrecError(
             f"cannot rebuild the saved model ({e})", file=directory / "model.json", hint=_RETRAIN
         ) from None
-    placement = placement_for(info["model"], device, dtype)
+    placement = placement_for(info["model"], device, dtype, quantize)
     model = build_model(info["model"], config, info["n_users"], info["n_items"], placement)
     ref = info.get("dataset")
     if ref is None and (directory / "sources.json").exists():  # saved before model.json recorded it
@@ -505,4 +513,4 @@ def load_model(
                 hint="use the dataset the model was trained on",
             )
     model.load_state(directory, dataset)
-    return model
+    return quantize_model(model)

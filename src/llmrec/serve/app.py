@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -405,6 +406,7 @@ def _health(run: Run, settings: ServeSettings) -> dict[str, Any]:
     batches, served = (batcher.batches, batcher.served) if batcher else (0, 0)
     return {
         "status": "stopping" if batcher is None or batcher.closing else "ok",
+        "pid": os.getpid(),  # the worker process that answered (llmrec serve --workers N)
         "model": info["model"],
         "run": info["run"],
         "dataset": info["dataset"],

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from llmrec.config import ConfigError, check_ranges, option
-from llmrec.placement import DtypeName, device_option, dtype_option
+from llmrec.placement import DtypeName, QuantizeName, device_option, dtype_option, quantize_option
 
 
 @dataclass
@@ -76,12 +76,18 @@ class ServeConfig(ServeSettings):
     port: int = option(8000, "TCP port (0: any free one)", ge=0, le=65535)
     device: str = device_option()
     dtype: DtypeName = dtype_option()
+    quantize: QuantizeName = quantize_option()
     data: str | None = option(None, "the run's dataset moved: its new folder (checksum verified)")
     candidates_from: str | None = option(
         None, "a run on the same dataset whose top items per request this model re-ranks"
     )
     candidates: int = option(100, "how many items --candidates-from retrieves per request", ge=1)
-    threads: int | None = option(None, "torch CPU threads (default: torch's choice)", ge=1)
+    threads: int | None = option(
+        None, "torch CPU threads (default: torch's choice; with --workers: the cores shared out)", ge=1
+    )
+    workers: int = option(
+        1, "server processes on one port, each loading the run and micro-batching its own requests", ge=1
+    )
     warm_up: bool = option(True, "answer one query before /readyz says ready (--no-warm-up: ready at once)")
     access_log: bool = option(False, "log every request, with its request id (costs throughput)")
     log_format: Literal["text", "json"] = option(
