@@ -199,9 +199,13 @@ def test_the_schema_names_the_endpoints(app_client):
     assert set(schemas["/recommend"]["properties"]) == {
         "user_id",
         "history",
+        "model",
         "k",
         "exclude_history",
         "candidates",
+        "include",
+        "exclude",
+        "exclude_items",
     }
     assert schemas["/rank"]["required"] == ["candidates"]
     assert client.get("/openapi.json").json()["paths"].keys() >= {

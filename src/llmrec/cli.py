@@ -176,13 +176,13 @@ def _setup(spec: Command, p: argparse.ArgumentParser) -> None:
 
 
 def _add_positional(p: argparse.ArgumentParser, cls: type, f: dataclasses.Field) -> None:
-    """A config field given positionally: a list takes one or more values, anything else is optional
-    (the config's own check names it when neither the command line nor the file gives it)."""
+    """A config field given positionally: a list takes any number of values, anything else is optional
+    (the config's own check names it when neither the command line, the environment nor the file gives it)."""
     hint = typing.get_type_hints(cls)[f.name]
     many = list in (typing.get_origin(hint), *(typing.get_origin(a) for a in typing.get_args(hint)))
     default = None if many else f.default
     help_text = f.metadata.get("help", "") + (f" (default: {default})" if default else "")
-    p.add_argument(f.name, nargs="+" if many else "?", default=argparse.SUPPRESS, help=help_text)
+    p.add_argument(f.name, nargs="*" if many else "?", default=argparse.SUPPRESS, help=help_text)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

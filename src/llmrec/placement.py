@@ -9,7 +9,7 @@ Under ``accelerate launch`` (several processes) the placement is the accelerator
 ``--quantize int8`` (evaluate, recommend, serve, ``llmrec.load``) is part of the placement too: once the
 trained weights are loaded, the backbone's decoder runs its linear layers in int8 (torch dynamic
 quantisation: int8 weights per output channel, activations quantised per call), on the CPU only, for a
-model with an LLM backbone only, never while training (:func:`quantize_model`). The default stays exact fp32.
+model with an LLM backbone only, never while training (:func:`llmrec.models.base.quantized`). The default stays exact fp32.
 """
 
 from __future__ import annotations
@@ -99,22 +99,6 @@ def check_quantize(quantize: str, placement: Placement, backbone: bool = True) -
         )
 
 
-def quantize_model(model: Any) -> Any:
-    """``model`` (a loaded, trained Recommender) with each LLM backbone's decoder quantised as its
-    placement says (nothing when it says none), in eval mode: a quantised backbone cannot train."""
-    if getattr(model, "placement", None) is None or model.placement.quantize is None:
-        return model
-    from llmrec.llm.backbone import Backbone
-
-    backbones = [m for m in model.modules() if isinstance(m, Backbone)] if hasattr(model, "modules") else []
-    if not backbones:
-        raise ConfigError(f"--quantize int8: model '{model.name}' has no LLM backbone; drop it")
-    model.eval()
-    for backbone in backbones:
-        backbone.quantize_int8()
-    return model
-
-
 def device_option(default: str | None = "auto") -> Any:
     """The ``device`` field of every command config that places a model (one declaration, one help)."""
     return option(default, f"{DEVICE_HELP}; under accelerate launch: each process's own GPU")
@@ -151,6 +135,5 @@ __all__ = [
     "check_quantize",
     "device_option",
     "dtype_option",
-    "quantize_model",
     "quantize_option",
 ]

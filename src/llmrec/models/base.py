@@ -26,7 +26,7 @@ import numpy as np
 
 from llmrec.config import ConfigError, check_ranges, from_dict, merge, to_dict
 from llmrec.errors import LlmrecError
-from llmrec.placement import Placement, quantize_model
+from llmrec.placement import Placement
 from llmrec.utils.io import read_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -513,4 +513,20 @@ def load_model(
                 hint="use the dataset the model was trained on",
             )
     model.load_state(directory, dataset)
-    return quantize_model(model)
+    return quantized(model)
+
+
+def quantized(model: Any) -> Any:
+    """``model`` (a loaded, trained Recommender) with each LLM backbone's decoder quantised as its
+    placement says (nothing when it says none), in eval mode: a quantised backbone cannot train."""
+    if getattr(model, "placement", None) is None or model.placement.quantize is None:
+        return model
+    from llmrec.llm.backbone import Backbone
+
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)] if hasattr(model, "modules") else []
+    if not backbones:
+        raise ConfigError(f"--quantize int8: model '{model.name}' has no LLM backbone; drop it")
+    model.eval()
+    for backbone in backbones:
+        backbone.quantize_int8()
+    return model

@@ -34,17 +34,16 @@ class Served:
     not_ready: str | None = None  # why the warm-up failed, for /readyz
 
     @classmethod
-    def of(cls, models: Model | Mapping[str, Model], settings: ServeSettings) -> Served:
-        """``models``: one loaded model (named by its run folder) or a mapping name -> model."""
+    def of(cls, given: Model | Mapping[str, Model], settings: ServeSettings) -> Served:
+        """``given``: one loaded model (named by its run folder) or a mapping name -> model."""
         from pathlib import Path
 
         from llmrec.serve.items import ItemAdder
 
-        if not isinstance(models, Mapping):
-            models = {Path(models.run).name or "run": models}
-        if not models:
+        by_name = given if isinstance(given, Mapping) else {Path(given.run).name or "run": given}
+        if not by_name:
             raise ValueError("serve at least one model")
-        return cls({name: Run(name, m, ItemAdder(m, settings)) for name, m in models.items()})
+        return cls({name: Run(name, m, ItemAdder(m, settings)) for name, m in by_name.items()})
 
     @property
     def default(self) -> Run:

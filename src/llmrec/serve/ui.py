@@ -28,6 +28,14 @@ HISTORY_SHOWN = 50
 _MODEL = Query(None, max_length=200, description="a served run's name (default: the first)")
 
 
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route documents: the service's own error body (see serve.app)."""
+    from llmrec.serve.schemas import ErrorBody
+
+    what = {404: "unknown user, item or run", 422: "invalid request (the field is named)"}
+    return {code: {"model": ErrorBody, "description": what[code]} for code in codes}
+
+
 def image_files(model: Model) -> dict[str, Path]:
     """item id -> its picture file, from the dataset's image manifest (``llmrec images``); empty without one
     (the page then shows placeholders, as for items added to the run, whose pictures are not kept)."""
@@ -80,7 +88,7 @@ def _add_listing_routes(app: FastAPI, served: Served) -> None:
         ]
         return {"models": out, "default": served.default.name}
 
-    @app.get("/users")
+    @app.get("/users", responses=_errors(404, 422))
     async def users(
         prefix: str = Query("", max_length=200, description="only ids starting with this"),
         limit: int = Query(50, ge=1, le=1000, description="most ids answered"),
@@ -91,7 +99,7 @@ def _add_listing_routes(app: FastAPI, served: Served) -> None:
         found = [u for u in ids if u.startswith(prefix)] if prefix else ids
         return {"users": found[:limit], "total": len(found)}
 
-    @app.get("/users/{user_id}")
+    @app.get("/users/{user_id}", responses=_errors(404, 422))
     async def user(user_id: str, model: str | None = _MODEL) -> dict[str, Any]:
         """A user's history as the model sees it: the latest items (id, title), oldest first."""
         m = served.pick(model).model
@@ -115,7 +123,7 @@ def _add_image_route(app: FastAPI, served: Served) -> None:
 
     pictures: dict[str, tuple[int, dict[str, Path]]] = {}  # run name -> (catalog size, files)
 
-    @app.get("/items/{item_id}/image", response_class=FileResponse)
+    @app.get("/items/{item_id}/image", response_class=FileResponse, responses=_errors(404, 422))
     async def image(item_id: str, model: str | None = _MODEL) -> FileResponse:
         """The item's picture, as ``llmrec images`` stored it (404 when it has none)."""
         run = served.pick(model)
