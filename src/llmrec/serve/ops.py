@@ -24,6 +24,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,28 +133,13 @@ class Metrics:
     def middleware(self, app: Any) -> Any:
         """ASGI middleware counting and timing each HTTP request by its route's template (``/items/{item_id}``,
         not each id: the label set stays small; a path no route has counts as ``unmatched``)."""
-        metrics = self
+        return after_each_request(app, self._count)
 
-        async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
-            start, status = time.perf_counter(), [500]
-
-            async def send_status(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
-
-            try:
-                await app(scope, receive, send_status)
-            finally:
-                route = scope.get("route")
-                name = getattr(route, "path", None) or "unmatched"
-                metrics.requests.labels(name, scope["method"], str(status[0])).inc()
-                metrics.latency.labels(name).observe(time.perf_counter() - start)
-
-        return counted
+    def _count(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+        route = scope.get("route")
+        name = getattr(route, "path", None) or "unmatched"
+        self.requests.labels(name, scope["method"], str(status)).inc()
+        self.latency.labels(name).observe(seconds)
 
 
 # ----------------------------------------------------------------------------- API keys
@@ -279,11 +265,32 @@ class AccessLog:
     status and milliseconds (the JSON format carries them as fields)."""
 
     def __init__(self, app: Any, logger: logging.Logger) -> None:
-        self.app, self.log = app, logger
+        self.log = logger
+        self.app = after_each_request(app, self._record)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    def _record(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+        ms = round(seconds * 1000, 3)
+        client = (scope.get("client") or ("-", 0))[0]
+        fields = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "ms": ms,
+            "client": client,
+        }
+        self.log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, ms, extra=fields)
+
+
+def after_each_request(app: Any, record: Callable[[dict[str, Any], int, float], None]) -> Any:
+    """ASGI middleware calling ``record(scope, status, seconds)`` once each HTTP request is answered (status
+    500 when the app raised before answering)."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         start, status = time.perf_counter(), [500]
 
@@ -293,24 +300,11 @@ class AccessLog:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await app(scope, receive, send_status)
         finally:
-            ms = round((time.perf_counter() - start) * 1000, 3)
-            client = scope.get("client") or ("-", 0)
-            self.log.info(
-                "%s %s %d %.1f ms",
-                scope["method"],
-                scope["path"],
-                status[0],
-                ms,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status[0],
-                    "ms": ms,
-                    "client": client[0],
-                },
-            )
+            record(scope, status[0], time.perf_counter() - start)
+
+    return wrapped
 
 
 # ----------------------------------------------------------------------------- docs from bundled files
