@@ -429,15 +429,20 @@ def parse_key_values(pairs: list[str], where: str) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"{where}: expected KEY=VALUE, got {pair!r}")
-        try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            parsed = value
-        if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string; a number is meant
-            with contextlib.suppress(ValueError):
-                parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
-        out[key] = parsed
+        out[key] = _scalar(value)
     return out
+
+
+def _scalar(value: str) -> Any:
+    """A value given as text, read as a YAML scalar (``8`` -> 8, ``false`` -> False, ``1e-4`` -> 0.0001)."""
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string; a number is meant
+        with contextlib.suppress(ValueError):
+            parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
+    return parsed
 
 
 def resolve(
@@ -478,7 +483,7 @@ def environment_values(
         elif get_origin(tp) is list:
             out[name] = [v.strip() for v in text.split(",") if v.strip()]
         else:
-            out[name] = parse_key_values([f"{var}={text}"], var)[var]
+            out[name] = _scalar(text)
     return out
 
 

@@ -62,7 +62,7 @@ def load_runs(cfg: ServeConfig) -> dict[str, Model]:
     from llmrec.recommend import load_for
     from llmrec.serve.served import unique_names
 
-    runs = [cfg.run] if isinstance(cfg.run, str) else list(cfg.run)
+    runs = list(cfg.run)  # a list once the config is built (ServeConfig.__post_init__)
     models = {}
     for name, run in zip(unique_names(runs), runs):
         one = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
@@ -143,7 +143,7 @@ def _check_before_workers(cfg: ServeConfig) -> None:
     cannot take (a worker that fails to start stops the service, with its traceback)."""
     from llmrec.models.base import model_dir, placement_for, read_model_record
 
-    for run in [cfg.run] if isinstance(cfg.run, str) else cfg.run:
+    for run in cfg.run:
         info = read_model_record(model_dir(run))
         placement_for(info["model"], cfg.device, cfg.dtype, cfg.quantize)
 
