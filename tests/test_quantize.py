@@ -118,3 +118,16 @@ def test_quant_bench_measures_the_variants_side_by_side(runs, tmp_path):
     assert "| int8 |" in table and "CPU:" in table and (tmp_path / "qb" / "quant_bench.md").exists()
     with pytest.raises(ConfigError, match="variants"):
         QuantBenchConfig(runs=["x"], variants=["int4"])
+
+
+def test_a_model_with_a_known_int8_cost_warns_when_quantised(runs, monkeypatch, caplog):
+    from llmrec.models.llm.histllm import HistLLM
+    from llmrec.models.llm.illmrec import ILLMRec
+
+    assert "quant-bench" in HistLLM.int8_caution  # per-candidate Yes/No logits: measured in the docs
+    assert ILLMRec.int8_caution is None  # one pass per user: int8 keeps its ranking
+    load_model(runs["illmrec"], device="cpu", data=runs["ds"], quantize="int8")
+    assert "--quantize int8" not in caplog.text
+    monkeypatch.setattr(ILLMRec, "int8_caution", "scores move")
+    load_model(runs["illmrec"], device="cpu", data=runs["ds"], quantize="int8")
+    assert "--quantize int8 on illmrec: scores move" in caplog.text

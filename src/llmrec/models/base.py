@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import difflib
 import importlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,6 +29,8 @@ from llmrec.config import ConfigError, check_ranges, from_dict, merge, to_dict
 from llmrec.errors import LlmrecError
 from llmrec.placement import Placement
 from llmrec.utils.io import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,6 +76,9 @@ class Recommender(abc.ABC):
     #: from that item's features or texts; False for an ID model, whose cold cases get the evaluation's
     #: documented fallback (every unseen item one score: chance level, ties counted fairly)
     scores_unseen_items: ClassVar[bool] = False
+    #: what quantising the model's backbone to int8 is known to cost it, logged as a warning when it is
+    #: quantised (None: nothing known; ``llmrec experiments quant-bench`` measures it on a run)
+    int8_caution: ClassVar[str | None] = None
     #: whether the model runs on a torch device (``--device``); a numpy model runs on the CPU
     on_device: ClassVar[bool] = False
     #: whether the model is built around an LLM backbone, whose weights' dtype the placement sets (``--dtype``)
@@ -529,4 +535,6 @@ def quantized(model: Any) -> Any:
     model.eval()
     for backbone in backbones:
         backbone.quantize_int8()
+    if model.int8_caution:
+        log.warning("--quantize int8 on %s: %s", model.name, model.int8_caution)
     return model

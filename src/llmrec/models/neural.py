@@ -204,7 +204,9 @@ class TorchRecommender(Recommender, nn.Module):
         was_training = self.training
         self.eval()
         with torch.no_grad():
-            out = self.score_all_tensor(torch.as_tensor(np.asarray(users), device=self.device), histories)
+            # a copy (torch.tensor): torch warns about sharing a read-only array, as the user ids often are
+            users_t = torch.tensor(np.asarray(users), device=self.device)
+            out = self.score_all_tensor(users_t, histories)
         self.train(was_training)
         return out.float().cpu().numpy()
 

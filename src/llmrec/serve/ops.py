@@ -4,7 +4,8 @@ timestamps (text or JSON lines) and the API docs from bundled files.
 - **Request ids**: every request gets an ``X-Request-ID`` (the client's, when it sends a sane one, else a new
   one), returned in the answer's headers and attached to every log line written while it is answered.
 - **Metrics**: ``/metrics`` in Prometheus' text format (:class:`Metrics`): requests by route, method and
-  status, latency histograms by route, micro-batch sizes, queue depth, model seconds, catalog size.
+  status, latency histograms by route, micro-batch sizes, queue depth, model seconds, catalog size; under
+  ``--workers N``, of all the workers together (Prometheus' multiprocess mode).
 - **API keys** (``--api-key-file``): every route but the probes (``/livez``, ``/readyz``) and the API docs
   wants ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; anything else is a 401.
 - **CORS** (``--cors-origins``): browsers on those origins may call the API (preflight answered).
@@ -21,6 +22,7 @@ import datetime
 import hmac
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -44,6 +46,9 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 #: routes anyone may call, with or without an API key: the probes and the API docs
 OPEN_PATHS = ("/livez", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 OPEN_PREFIXES = ("/docs-assets/",)
+
+#: the environment variable naming the folder where worker processes share their metrics (prometheus_client's)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 # ----------------------------------------------------------------------------- request ids
@@ -89,11 +94,18 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
 class Metrics:
     """The service's Prometheus metrics, in a registry of their own (one per app, so that several apps in one
     process, as in the tests, never share counts). :meth:`middleware` counts and times every request;
-    the batcher reports each model call to :meth:`batch`."""
+    the batcher reports each model call to :meth:`batch`.
+
+    Under ``llmrec serve --workers N`` the parent sets ``PROMETHEUS_MULTIPROC_DIR`` (:data:`MULTIPROCESS_DIR`)
+    before the workers start: each worker then writes its values to files there, and ``/metrics``, whichever
+    worker answers it, reads all of them (prometheus_client's multiprocess mode): counters and histograms
+    summed over the workers, the queue depth summed over the live ones, the catalog size their largest."""
 
     def __init__(self, served: Served) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        self.served = served
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -113,22 +125,42 @@ class Metrics:
             registry=r,
         )
         self.model_seconds = Counter("llmrec_model_seconds", "time spent in model calls", registry=r)
-        queue = Gauge("llmrec_queue_depth", "requests waiting for a model", registry=r)
-        queue.set_function(served.queue_depth)
-        items = Gauge("llmrec_catalog_items", "items each served run can recommend", ["run"], registry=r)
-        for name, run in served.runs.items():
-            items.labels(name).set_function(lambda model=run.model: len(model.item_ids))
+        # gauges hold values set by refresh() (a callback gauge cannot be shared between processes)
+        self.queue = Gauge(
+            "llmrec_queue_depth", "requests waiting for a model", registry=r, multiprocess_mode="livesum"
+        )
+        self.items = Gauge(
+            "llmrec_catalog_items",
+            "items each served run can recommend",
+            ["run"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Set the gauges to this process's current queue depth and catalog sizes."""
+        self.queue.set(self.served.queue_depth())
+        for name, run in self.served.runs.items():
+            self.items.labels(name).set(len(run.model.item_ids))
 
     def batch(self, size: int, seconds: float) -> None:
         """One model call answered ``size`` queries in ``seconds``."""
         self.batch_size.observe(size)
         self.model_seconds.inc(seconds)
+        self.refresh()
 
     def exposition(self) -> tuple[bytes, str]:
-        """The metrics in Prometheus' text format, and its content type."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        """The metrics in Prometheus' text format (of every worker under ``--workers N``), and its content
+        type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        self.refresh()
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def middleware(self, app: Any) -> Any:
         """ASGI middleware counting and timing each HTTP request by its route's template (``/items/{item_id}``,
@@ -140,6 +172,7 @@ class Metrics:
         name = getattr(route, "path", None) or "unmatched"
         self.requests.labels(name, scope["method"], str(status)).inc()
         self.latency.labels(name).observe(seconds)
+        self.refresh()
 
 
 # ----------------------------------------------------------------------------- API keys

@@ -5,7 +5,8 @@ through :func:`server_config` (uvicorn's configuration with the app's header lim
 ``--workers N`` (N > 1) runs N server processes on one listening socket (uvicorn's supervisor): each worker
 loads the run itself and micro-batches its own requests (:func:`worker_app`, the app factory the workers
 import, reads the options from :data:`WORKER_ENV`); SIGINT/SIGTERM to the parent stops every worker after
-its requests in flight and its queue are answered."""
+its requests in flight and its queue are answered. Their metrics are shared through files in a temporary
+folder (``PROMETHEUS_MULTIPROC_DIR``, or the operator's own when it is set), so ``/metrics`` counts them all."""
 
 from __future__ import annotations
 
@@ -13,17 +14,19 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import types
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
 
-from llmrec.errors import LlmrecError
+from llmrec.errors import ConfigError, LlmrecError
 from llmrec.serve.app import create_app
 from llmrec.serve.limits import HeaderLimitedProtocol
-from llmrec.serve.ops import log_config
+from llmrec.serve.ops import MULTIPROCESS_DIR, log_config
 from llmrec.serve.settings import ServeConfig, ServeSettings
 
 if TYPE_CHECKING:
@@ -143,6 +146,12 @@ def _check_before_workers(cfg: ServeConfig) -> None:
     cannot take (a worker that fails to start stops the service, with its traceback)."""
     from llmrec.models.base import model_dir, placement_for, read_model_record
 
+    if cfg.add_items:
+        raise ConfigError(
+            "--add-items needs one server process: each of the --workers holds its own copy of the catalog, "
+            "and an item added through one would be unknown to the others; drop --workers (or add items "
+            "with 'llmrec add-items RUN' and restart the workers)"
+        )
     for run in cfg.run:
         info = read_model_record(model_dir(run))
         placement_for(info["model"], cfg.device, cfg.dtype, cfg.quantize)
@@ -155,6 +164,9 @@ def serve_workers(cfg: ServeConfig) -> None:
 
     _check_before_workers(cfg)
     os.environ[WORKER_ENV] = json.dumps(dataclasses.asdict(cfg))  # the spawned workers inherit it
+    own_metrics_dir = cfg.metrics and not os.environ.get(MULTIPROCESS_DIR)
+    if own_metrics_dir:  # the workers' metrics, shared through files; the operator may name the folder
+        os.environ[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix="llmrec-metrics-")
     config = uvicorn.Config(
         f"{__name__}:worker_app",
         factory=True,
@@ -179,3 +191,5 @@ def serve_workers(cfg: ServeConfig) -> None:
         Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
+        if own_metrics_dir:
+            shutil.rmtree(os.environ.pop(MULTIPROCESS_DIR), ignore_errors=True)

@@ -128,6 +128,11 @@ class HistLLM(CtrPrompts, FeatureBackedLLM):
 
     config_cls = HistLLMConfig
     scores_unseen_items = True  # through the title, description and image the prompt shows
+    int8_caution = (
+        "each candidate is scored by its own Yes/No logits, and int8 moves them by about as much as "
+        "candidates differ: on the demo's HistLLM int8 kept 28% of float32's top 10 (AUC 0.49 against "
+        "0.62); measure this run with 'llmrec experiments quant-bench RUN' before relying on it"
+    )
     recipes = RECIPES
     weights_name = "histllm"
     legacy_weights = ("step_done",)  # the step-1 flag of models saved before the trainer ran the stages
