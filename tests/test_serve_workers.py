@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_serve import make_run
 
 from llmrec.errors import ConfigError
 from llmrec.serve.server import serve
 from llmrec.serve.settings import ServeConfig
+from test_serve import make_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
