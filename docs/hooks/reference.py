@@ -397,7 +397,7 @@ def openapi_schema() -> dict[str, Any]:
     only name the model when they answer; nothing is loaded or served)."""
     from llmrec.serve import create_app
 
-    stand_in = types.SimpleNamespace(name="MODEL", run="RUN")
+    stand_in = types.SimpleNamespace(name="MODEL", run="RUN", item_ids=[])
     return create_app(stand_in).openapi()  # type: ignore[arg-type]
 
 
