@@ -135,10 +135,12 @@ def shape_cold_dataset(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_illmrec_ranks_held_out_items_from_their_pictures(shape_cold_dataset, tiny_llm):
+@pytest.mark.parametrize("ire_loss", ["bce", "softmax"])
+def test_illmrec_ranks_held_out_items_from_their_pictures(shape_cold_dataset, tiny_llm, ire_loss):
     ds = shape_cold_dataset
     torch.manual_seed(0)
     options = {
+        "ire_loss": ire_loss,
         "adaptor_hidden": 16,
         "d_shared": 8,
         "batch_size": 8,
@@ -156,6 +158,27 @@ def test_illmrec_ranks_held_out_items_from_their_pictures(shape_cold_dataset, ti
     assert cold["hit@3"] > cold["chance@3"] + 0.3, cold  # right shape: 3 of the ~10 candidates
     warm, _ = evaluate_ranking(model, ds, "test", ks=(3,), full=False)
     assert warm["hit@3"] > 0.3, warm
+
+
+def test_the_softmax_ire_loss_never_sees_held_out_items():
+    """ire_loss=softmax: cross-entropy over the trainable items only; a held-out item's vector cannot change
+    the loss (it is neither a positive nor a negative), and the loss is the plain cross-entropy over the rest."""
+    import torch.nn.functional as F
+
+    from llmrec.models.llm.ire_loss import softmax_term
+
+    gen = torch.Generator().manual_seed(0)
+    o_u, items = torch.randn(5, 4, generator=gen), torch.randn(9, 4, generator=gen)
+    held_out = torch.tensor([False, False, True, False, True, False, False, False, True])
+    target = torch.tensor([0, 3, 5, 6, 7])
+    loss = softmax_term(o_u, items, target, held_out, 0.5)
+    moved = items.clone()
+    moved[held_out] += 100.0
+    assert torch.equal(softmax_term(o_u, moved, target, held_out, 0.5), loss)
+    kept = torch.nonzero(~held_out).flatten()
+    remap = {int(i): j for j, i in enumerate(kept)}
+    plain = F.cross_entropy((o_u @ items[kept].T) * 0.5, torch.tensor([remap[int(t)] for t in target]))
+    assert torch.allclose(loss, plain)
 
 
 @pytest.mark.parametrize("name", ["vbpr", "bm3", "lgmrec"])

@@ -98,8 +98,10 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
         "localhost:8000": "localhost:{port}",
     },
     "your-own-data.md": {
-        # SmolLM2-135M trains for minutes on a CPU: the tests' tiny random backbone instead
+        # SmolLM2-135M trains for minutes on a CPU: the tests' tiny random backbone instead, and fewer
+        # epochs of the projectors alone (the whole page runs in under a minute on 2 idle cores)
         "llmrec train illmrec": f"llmrec train illmrec {TINY}",
+        "-o head_epochs=10": "-o head_epochs=2",
         "--port 8000": "--port {port}",
         "localhost:8000": "localhost:{port}",
     },

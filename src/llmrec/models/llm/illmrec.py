@@ -33,7 +33,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llmrec.data.dataset import Dataset
@@ -58,6 +57,7 @@ from llmrec.models.llm.base import FeatureBackedLLM
 from llmrec.models.llm.illmrec_config import RECIPES, ILLMRecConfig
 from llmrec.models.llm.illmrec_items import AddedItems
 from llmrec.models.llm.illmrec_show import shown_prompts
+from llmrec.models.llm.ire_loss import bce_term, softmax_term
 from llmrec.models.llm.ire_vectors import IREVectors
 from llmrec.models.llm.precision import TrainablePrecision
 from llmrec.models.llm.projectors import mlp_adaptor, projector
@@ -586,7 +586,8 @@ class ILLMRec(AddedItems, IREVectors, TrainablePrecision, ProjectorsAlone, Featu
         return self.ire_loss(batch, state) + self.backbone.lm_loss(ila, batch["ila_labels"][:, p:])
 
     def ire_loss(self, batch: Batch, raw_state: torch.Tensor | None = None) -> torch.Tensor:
-        """IRE (Eq. 5-6): BCE of the target and of one random negative per feature type, averaged over the
+        """IRE (Eq. 5-6): BCE of the target and of one random negative per feature type (or, with
+        ``ire_loss=softmax``, cross-entropy over the catalog: :mod:`llmrec.models.llm.ire_loss`), averaged over the
         types (the official code) or summed (``ire_reduction=sum``: Eq. 7's sum over the types); from the
         batch's prompts, from their [REC] states ``raw_state``, or from the cached states (projectors alone).
         The logits come in the modules' dtype; the BCE is taken in float32."""
@@ -596,17 +597,16 @@ class ILLMRec(AddedItems, IREVectors, TrainablePrecision, ProjectorsAlone, Featu
             raw_state = self.raw_states(
                 batch["ire_ids"], batch["ire_mask"], batch["ire_visual"], batch["ire_cf"]
             )
-        h = self.read_state(raw_state)  # (B, d)
+        h, target = self.read_state(raw_state), batch["target"]  # (B, d), (B,)
         ire = []
         for i, t in enumerate(self.cfg.features):
             o_u = self.user_proj[t](h)  # (B, d_s)
+            if self.cfg.ire_loss == "softmax":  # every item the model may see is a negative
+                ire.append(softmax_term(o_u, self.item_vectors(t), target, self.unseen, self.score_scale))
+                continue
             negative = batch["negative"] if batch["negative"].dim() == 1 else batch["negative"][:, i]  # (B,)
-            pos = (o_u * self.item_vectors(t, batch["target"])).sum(-1).float() * self.score_scale  # (B,)
-            neg = (o_u * self.item_vectors(t, negative)).sum(-1).float() * self.score_scale  # (B,)
-            ire.append(
-                F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
-                + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
-            )
+            vectors = self.item_vectors(t, target), self.item_vectors(t, negative)  # (B, d_s) each
+            ire.append(bce_term(o_u, *vectors, self.score_scale))
         return torch.stack(ire).sum() if self.cfg.ire_reduction == "sum" else torch.stack(ire).mean()
 
     def ila_loss(self, batch: Batch) -> torch.Tensor:

@@ -113,6 +113,12 @@ class ILLMRecConfig(NeuralConfig):
         "IRE losses over the feature types: mean (the official code) or sum (the paper's Eq. 7, which weighs "
         "IRE against ILA by the number of feature types)",
     )
+    ire_loss: Literal["bce", "softmax"] = option(
+        "bce",
+        "IRE loss per feature type: bce: the paper's, the target against ONE sampled negative; softmax: "
+        "cross-entropy of the target over every trainable item (held-out items excluded), which learns from "
+        "the whole catalog each step",
+    )
     adaptor_hidden: int = option(512, "hidden size of the 2-layer MLP adaptor", ge=1)
     adaptor_ln_eps: float = option(1e-5, "epsilon of the adaptor's LayerNorm (official code: 1e-8)", gt=0)
     adaptor_activation: Literal["gelu", "relu"] = option(
