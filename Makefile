@@ -11,7 +11,7 @@ demo: install
 	$(VENV)/bin/llmrec demo
 
 test: install
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # requirements.lock from pyproject.toml, keeping its versions (UPGRADE=1: the newest; see scripts/lock.sh)
 lock:
