@@ -139,7 +139,8 @@ class Metrics:
         self.refresh()
 
     def refresh(self) -> None:
-        """Set the gauges to this process's current queue depth and catalog sizes."""
+        """Set the gauges to this process's current queue depth and catalog sizes (at each scrape; under
+        ``--workers N`` also after each request and model call, since the scrape may reach another worker)."""
         self.queue.set(self.served.queue_depth())
         for name, run in self.served.runs.items():
             self.items.labels(name).set(len(run.model.item_ids))
@@ -148,7 +149,8 @@ class Metrics:
         """One model call answered ``size`` queries in ``seconds``."""
         self.batch_size.observe(size)
         self.model_seconds.inc(seconds)
-        self.refresh()
+        if self.multiprocess:
+            self.refresh()
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in Prometheus' text format (of every worker under ``--workers N``), and its content
@@ -172,7 +174,8 @@ class Metrics:
         name = getattr(route, "path", None) or "unmatched"
         self.requests.labels(name, scope["method"], str(status)).inc()
         self.latency.labels(name).observe(seconds)
-        self.refresh()
+        if self.multiprocess:
+            self.refresh()
 
 
 # ----------------------------------------------------------------------------- API keys
